@@ -1,0 +1,223 @@
+//! [`Batch`]: many dispatches recorded into one compute pass and submitted together, with their
+//! parameter blocks packed into one uniform buffer, and GPU timestamps where supported.
+
+use super::pipelines::{KernelSpec, Pipeline};
+use super::{Gpu, GpuTensor};
+use anyhow::{anyhow, Result};
+use std::sync::Arc;
+use wgpu::util::DeviceExt;
+
+struct Dispatch {
+    pipeline: Arc<Pipeline>,
+    params: std::ops::Range<usize>,
+    buffers: Vec<Arc<wgpu::Buffer>>,
+    groups: [u32; 3],
+}
+
+/// GPU time of one submitted batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchTiming {
+    /// Seconds between the start and the end of the compute pass, from GPU timestamps.
+    pub gpu_seconds: f64,
+}
+
+/// Records dispatches; [`Batch::submit`] sends them all in one command buffer.
+pub struct Batch {
+    gpu: Arc<Gpu>,
+    dispatches: Vec<Dispatch>,
+    params: Vec<u8>,
+    align: usize,
+}
+
+impl Batch {
+    pub(crate) fn new(gpu: Arc<Gpu>) -> Self {
+        let align = gpu.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
+        Self { gpu, dispatches: vec![], params: vec![], align }
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    pub fn len(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dispatches.is_empty()
+    }
+
+    /// Queues one dispatch of `spec` with override `constants`, parameter block `params`,
+    /// storage buffers `tensors` (in binding order; `None` binds a dummy buffer the kernel does not
+    /// touch) and `groups` workgroups (a count > the per-dimension limit is folded into y: kernels
+    /// use [`linear_workgroup`](crate::shaders) indexing).
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        spec: &KernelSpec,
+        constants: &[(&'static str, f64)],
+        params: &P,
+        tensors: &[Option<&GpuTensor>],
+        groups: [u32; 3],
+    ) {
+        assert_eq!(
+            tensors.len(),
+            spec.bindings.len(),
+            "{}::{}: wrong number of bindings",
+            spec.shader.name,
+            spec.entry
+        );
+        if groups.contains(&0) {
+            return;
+        }
+        let pipeline = self.gpu.pipelines.get(&self.gpu.device, spec, constants);
+        let start = self.params.len().div_ceil(self.align) * self.align;
+        self.params.resize(start, 0);
+        self.params.extend_from_slice(bytemuck::bytes_of(params));
+        let end = start + std::mem::size_of::<P>().div_ceil(16) * 16;
+        self.params.resize(end, 0);
+        let buffers =
+            tensors.iter().map(|t| t.map(|t| t.buffer.clone()).unwrap_or_else(|| self.gpu.dummy.clone())).collect();
+        let groups = fold_groups(groups, self.gpu.limits.max_compute_workgroups_per_dimension);
+        self.dispatches.push(Dispatch { pipeline, params: start..end, buffers, groups });
+    }
+
+    fn record(&mut self, timestamps: Option<&wgpu::QuerySet>) -> wgpu::CommandEncoder {
+        let gpu = &self.gpu;
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        if self.dispatches.is_empty() {
+            return enc;
+        }
+        let ubuf = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: &self.params,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let groups: Vec<wgpu::BindGroup> = self
+            .dispatches
+            .iter()
+            .map(|d| {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &ubuf,
+                        offset: d.params.start as u64,
+                        size: std::num::NonZeroU64::new((d.params.end - d.params.start) as u64),
+                    }),
+                }];
+                for (i, b) in d.buffers.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+                }
+                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(&d.pipeline.label),
+                    layout: &d.pipeline.layout,
+                    entries: &entries,
+                })
+            })
+            .collect();
+        {
+            let tw = timestamps.map(|q| wgpu::ComputePassTimestampWrites {
+                query_set: q,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: tw });
+            for (d, bg) in self.dispatches.iter().zip(&groups) {
+                pass.set_pipeline(&d.pipeline.pipeline);
+                pass.set_bind_group(0, bg, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+        }
+        self.dispatches.clear();
+        self.params.clear();
+        enc
+    }
+
+    /// Submits everything queued so far (does not wait).
+    pub fn submit(&mut self) {
+        if self.dispatches.is_empty() {
+            return;
+        }
+        let enc = self.record(None);
+        self.gpu.queue.submit([enc.finish()]);
+    }
+
+    /// Submits, waits, and returns the GPU time of the batch (`None` when the GPU has no
+    /// timestamp queries: callers then time with the wall clock around a full sync).
+    pub fn submit_timed(&mut self) -> Result<Option<BatchTiming>> {
+        if !self.gpu.has(wgpu::Features::TIMESTAMP_QUERY) {
+            self.submit();
+            self.gpu.sync()?;
+            return Ok(None);
+        }
+        let gpu = self.gpu.clone();
+        let qs = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let resolve = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: 16,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps-read"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.record(Some(&qs));
+        enc.resolve_query_set(&qs, 0..2, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
+        gpu.queue.submit([enc.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        read.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.sync()?;
+        rx.recv().map_err(|_| anyhow!("timestamp map never completed"))?.map_err(|e| anyhow!("{e}"))?;
+        let view = read.slice(..).get_mapped_range().map_err(|e| anyhow!("reading GPU timestamps: {e:?}"))?;
+        let ts: [u64; 2] = bytemuck::pod_read_unaligned(&view[..16]);
+        drop(view);
+        let period = gpu.queue.get_timestamp_period() as f64;
+        Ok(Some(BatchTiming { gpu_seconds: ts[1].saturating_sub(ts[0]) as f64 * period * 1e-9 }))
+    }
+
+    /// Submits and waits for completion.
+    pub fn finish(&mut self) -> Result<()> {
+        self.submit();
+        self.gpu.sync()
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // Work queued but never submitted is a bug in the caller; submit it so nothing is lost.
+        if !self.dispatches.is_empty() {
+            self.submit();
+        }
+    }
+}
+
+/// Folds a workgroup count whose x exceeds the per-dimension limit into x × y.
+fn fold_groups(g: [u32; 3], max: u32) -> [u32; 3] {
+    if g[0] <= max || g[1] != 1 {
+        return g;
+    }
+    let y = g[0].div_ceil(max);
+    [g[0].div_ceil(y), y, g[2]]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fold_groups_covers_all() {
+        for n in [1u32, 7, 65535, 65536, 200_000, 10_000_000] {
+            let g = super::fold_groups([n, 1, 1], 65535);
+            assert!(g[0] <= 65535 && g[1] <= 65535);
+            assert!(g[0] as u64 * g[1] as u64 >= n as u64);
+        }
+    }
+}

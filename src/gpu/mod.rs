@@ -1,0 +1,202 @@
+//! The GPU runtime: device selection ([`Gpu`]), tensors ([`GpuTensor`]), the pipeline cache
+//! ([`pipelines`]) and command batching with optional GPU timestamps ([`Batch`]).
+
+mod batch;
+pub mod pipelines;
+mod tensor;
+
+pub use batch::{Batch, BatchTiming};
+pub use pipelines::{Access, KernelSpec};
+pub use tensor::GpuTensor;
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::sync::Arc;
+
+/// Environment variable naming the GPU to use: an index from `peft info`, or a case-insensitive
+/// substring of the adapter's name (e.g. `llvmpipe`, `nvidia`).
+pub const GPU_ENV: &str = "PEFT_GPU";
+
+/// Optional features we use when the GPU offers them; none is required.
+pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
+    .union(wgpu::Features::SUBGROUP)
+    .union(wgpu::Features::TIMESTAMP_QUERY)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+
+/// How to choose a GPU.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Index (as `peft info` prints) or name substring; `None` reads [`GPU_ENV`], then picks the
+    /// best device (discrete > integrated > virtual > CPU).
+    pub select: Option<String>,
+}
+
+/// Facts about one GPU as wgpu sees it.
+#[derive(Clone, Debug)]
+pub struct GpuDescription {
+    pub index: usize,
+    pub info: wgpu::AdapterInfo,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+}
+
+impl GpuDescription {
+    fn new(index: usize, adapter: &wgpu::Adapter) -> Self {
+        Self { index, info: adapter.get_info(), features: adapter.features(), limits: adapter.limits() }
+    }
+
+    /// One line: name, backend, driver.
+    pub fn summary(&self) -> String {
+        let i = &self.info;
+        format!(
+            "[{}] {} ({:?}, {:?}, driver: {} {})",
+            self.index, i.name, i.backend, i.device_type, i.driver, i.driver_info
+        )
+    }
+
+    /// The limits and features our kernels care about, one per line.
+    pub fn details(&self) -> Vec<String> {
+        let l = &self.limits;
+        let f = |feat: wgpu::Features, name: &str| {
+            format!("{name}: {}", if self.features.contains(feat) { "yes" } else { "no" })
+        };
+        vec![
+            format!("max storage binding: {} MiB", l.max_storage_buffer_binding_size / (1 << 20)),
+            format!("max buffer size: {} MiB", l.max_buffer_size / (1 << 20)),
+            format!("max workgroup memory: {} KiB", l.max_compute_workgroup_storage_size / 1024),
+            format!("max invocations per workgroup: {}", l.max_compute_invocations_per_workgroup),
+            format!("max workgroups per dimension: {}", l.max_compute_workgroups_per_dimension),
+            format!("storage buffers per stage: {}", l.max_storage_buffers_per_shader_stage),
+            format!("subgroup size: {}..{}", self.info.subgroup_min_size, self.info.subgroup_max_size),
+            f(wgpu::Features::SHADER_F16, "shader-f16"),
+            f(wgpu::Features::SUBGROUP, "subgroup"),
+            f(wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+            f(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, "cooperative-matrix"),
+        ]
+    }
+}
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+    wgpu::Instance::new(desc)
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// Every GPU wgpu can see, in a stable order.
+pub fn list_gpus() -> Vec<GpuDescription> {
+    let inst = instance();
+    let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+    adapters.iter().enumerate().map(|(i, a)| GpuDescription::new(i, a)).collect()
+}
+
+const NO_GPU_HELP: &str = "no GPU found by wgpu (Vulkan, Metal or DX12). On a machine without a GPU \
+install a CPU Vulkan driver: on Debian/Ubuntu `sudo scripts/install-vulkan.sh` (Mesa lavapipe)";
+
+/// The GPU: wgpu device and queue, what they offer, and the pipeline cache.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub description: GpuDescription,
+    /// Features enabled on the device (subset of [`OPTIONAL_FEATURES`]).
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    pub(crate) pipelines: pipelines::PipelineCache,
+    pub(crate) dummy: Arc<wgpu::Buffer>,
+}
+
+impl Gpu {
+    /// Opens the GPU chosen by `options` (or [`GPU_ENV`], or the best one).
+    pub fn new(options: &GpuOptions) -> Result<Arc<Self>> {
+        let inst = instance();
+        let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        if adapters.is_empty() {
+            bail!(NO_GPU_HELP);
+        }
+        let select = options.select.clone().or_else(|| std::env::var(GPU_ENV).ok()).filter(|s| !s.is_empty());
+        let index = match select {
+            Some(sel) => {
+                if let Ok(i) = sel.parse::<usize>() {
+                    if i >= adapters.len() {
+                        bail!("GPU index {i} out of range: {} GPU(s) found (see `peft info`)", adapters.len());
+                    }
+                    i
+                } else {
+                    let s = sel.to_lowercase();
+                    adapters
+                        .iter()
+                        .position(|a| a.get_info().name.to_lowercase().contains(&s))
+                        .ok_or_else(|| anyhow!("no GPU whose name contains {sel:?} (see `peft info`)"))?
+                }
+            }
+            None => {
+                (0..adapters.len()).min_by_key(|&i| (rank(adapters[i].get_info().device_type), i)).expect("non-empty")
+            }
+        };
+        let adapter = &adapters[index];
+        let description = GpuDescription::new(index, adapter);
+        let features = adapter.features() & OPTIONAL_FEATURES;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("peft-wgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .with_context(|| format!("opening GPU {}", description.summary()))?;
+        let dummy = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }));
+        Ok(Arc::new(Self {
+            device,
+            queue,
+            description,
+            features,
+            limits,
+            pipelines: pipelines::PipelineCache::default(),
+            dummy,
+        }))
+    }
+
+    /// A GPU for tests: the one named by [`GPU_ENV`] or the best one. Panics with the help text
+    /// when there is none (tests need a Vulkan driver; see README).
+    pub fn for_tests() -> Arc<Self> {
+        match Self::new(&GpuOptions::default()) {
+            Ok(g) => g,
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
+    pub fn has(&self, f: wgpu::Features) -> bool {
+        self.features.contains(f)
+    }
+
+    /// Starts a batch of dispatches that are submitted together.
+    pub fn batch(self: &Arc<Self>) -> Batch {
+        Batch::new(self.clone())
+    }
+
+    /// Blocks until the GPU has finished all submitted work.
+    pub fn sync(&self) -> Result<()> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+        Ok(())
+    }
+
+    /// The largest storage buffer binding, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.limits.max_storage_buffer_binding_size
+    }
+}

@@ -1,0 +1,129 @@
+//! [`GpuTensor`]: a shape and an f32 storage buffer on the GPU.
+
+use super::Gpu;
+use anyhow::{anyhow, bail, Result};
+use std::sync::Arc;
+use wgpu::util::DeviceExt;
+
+/// A dense row-major f32 tensor in a GPU storage buffer.
+#[derive(Clone)]
+pub struct GpuTensor {
+    pub buffer: Arc<wgpu::Buffer>,
+    pub shape: Vec<usize>,
+}
+
+const USAGE: wgpu::BufferUsages =
+    wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl GpuTensor {
+    fn check_size(gpu: &Gpu, shape: &[usize]) -> Result<u64> {
+        let bytes = (numel(shape).max(1) * 4) as u64;
+        if bytes > gpu.max_binding_bytes() {
+            bail!(
+                "tensor of shape {shape:?} needs {} MiB, more than this GPU's largest storage binding ({} MiB); \
+                 use a smaller --batch-size or --max-length",
+                bytes >> 20,
+                gpu.max_binding_bytes() >> 20
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// Uploads `data` (row-major, `shape.product()` values).
+    pub fn from_slice(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Self> {
+        if data.len() != numel(shape) {
+            bail!("tensor data has {} values, shape {shape:?} needs {}", data.len(), numel(shape));
+        }
+        Self::check_size(gpu, shape)?;
+        let contents: &[u8] = if data.is_empty() { &[0u8; 4] } else { bytemuck::cast_slice(data) };
+        let buffer =
+            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage: USAGE });
+        Ok(Self { buffer: Arc::new(buffer), shape: shape.to_vec() })
+    }
+
+    /// A tensor whose contents are zero.
+    pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Self> {
+        let bytes = Self::check_size(gpu, shape)?;
+        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: USAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Self { buffer: Arc::new(buffer), shape: shape.to_vec() })
+    }
+
+    /// A tensor filled with `value` (tests poison outputs with NaN this way).
+    pub fn filled(gpu: &Gpu, shape: &[usize], value: f32) -> Result<Self> {
+        Self::from_slice(gpu, shape, &vec![value; numel(shape)])
+    }
+
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        (self.numel() * 4) as u64
+    }
+
+    /// Overwrites the contents with `data` (queued before the next submit).
+    pub fn write(&self, gpu: &Gpu, data: &[f32]) -> Result<()> {
+        if data.len() != self.numel() {
+            bail!("writing {} values into a tensor of shape {:?}", data.len(), self.shape);
+        }
+        if !data.is_empty() {
+            gpu.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
+    /// Copies the contents back to the host (waits for all submitted work).
+    pub fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let n = self.numel();
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        let size = (n * 4) as u64;
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("download"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
+        gpu.queue.submit([enc.finish()]);
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.sync()?;
+        rx.recv()
+            .map_err(|_| anyhow!("GPU buffer map callback never ran"))?
+            .map_err(|e| anyhow!("mapping a GPU buffer for reading failed: {e}"))?;
+        let view = slice.get_mapped_range().map_err(|e| anyhow!("reading a GPU buffer: {e:?}"))?;
+        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Same buffer, another shape with the same number of elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
+        if numel(shape) != self.numel() {
+            bail!("cannot reshape {:?} to {shape:?}", self.shape);
+        }
+        Ok(Self { buffer: self.buffer.clone(), shape: shape.to_vec() })
+    }
+}
+
+impl std::fmt::Debug for GpuTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuTensor{:?}", self.shape)
+    }
+}

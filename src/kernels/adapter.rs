@@ -1,0 +1,212 @@
+//! `shaders/adapter.wgsl`: the fused bottleneck adapter (Houlsby et al. 2019).
+//!
+//! Forward (one dispatch): `a = W_down x + b_down`, `g = act(a)`, `y = x + s (W_up g + b_up)`,
+//! saving `a` for backward. Backward: one fused pass over tokens for `dx`, `da` and `g`, then the
+//! weight gradients as token reductions with the matmul kernel (`dW_up = s dyᵀ g`,
+//! `dW_down = daᵀ x`) and column sums for the biases. Every output element is summed by one
+//! thread in a fixed order, so gradients are bit-identical run to run (no float atomics).
+
+use super::matmul::{Matmul, View};
+use super::{expect_shape, reduce, Activation};
+use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use crate::shaders;
+use anyhow::{bail, Result};
+
+const FORWARD: KernelSpec = KernelSpec {
+    shader: &shaders::ADAPTER,
+    entry: "forward",
+    bindings: &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
+
+const BACKWARD_DX: KernelSpec = KernelSpec {
+    shader: &shaders::ADAPTER,
+    entry: "backward_dx",
+    bindings: &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+        Access::ReadWrite,
+    ],
+};
+
+/// Tokens per workgroup (`TT` in the shader).
+const TOKENS_PER_WORKGROUP: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    t: u32,
+    d: u32,
+    m: u32,
+    _pad: u32,
+    scale: f32,
+    _pad2: [u32; 3],
+}
+
+/// The weights of one bottleneck adapter on the GPU, in nn.Linear layout.
+#[derive(Clone, Debug)]
+pub struct AdapterWeights {
+    /// `[m, d]`
+    pub w_down: GpuTensor,
+    /// `[m]`
+    pub b_down: GpuTensor,
+    /// `[d, m]`
+    pub w_up: GpuTensor,
+    /// `[d]`
+    pub b_up: GpuTensor,
+}
+
+/// Shape and options of a bottleneck adapter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdapterShape {
+    pub d: usize,
+    pub m: usize,
+    pub act: Activation,
+    /// `s` in `y = x + s·(...)` (AdapterHub's `scaling`, default 1.0).
+    pub scale: f32,
+}
+
+impl AdapterShape {
+    /// Number of trainable parameters: `2md + d + m`.
+    pub fn parameters(&self) -> usize {
+        2 * self.m * self.d + self.d + self.m
+    }
+
+    fn check(&self, w: &AdapterWeights) -> Result<()> {
+        if self.m == 0 || self.d == 0 {
+            bail!("adapter with hidden size {} and bottleneck {}: both must be at least 1", self.d, self.m);
+        }
+        expect_shape("adapter w_down", &w.w_down.shape, &[self.m, self.d])?;
+        expect_shape("adapter b_down", &w.b_down.shape, &[self.m])?;
+        expect_shape("adapter w_up", &w.w_up.shape, &[self.d, self.m])?;
+        expect_shape("adapter b_up", &w.b_up.shape, &[self.d])?;
+        Ok(())
+    }
+
+    fn params(&self, t: usize) -> Params {
+        Params { t: t as u32, d: self.d as u32, m: self.m as u32, _pad: 0, scale: self.scale, _pad2: [0; 3] }
+    }
+
+    fn constants(&self) -> [(&'static str, f64); 2] {
+        [("ACT", self.act.id()), ("WG", 64.0)]
+    }
+
+    fn tokens(&self, what: &str, x: &GpuTensor) -> Result<usize> {
+        let d = *x.shape.last().unwrap_or(&0);
+        if d != self.d {
+            bail!("{what}: last dimension {d} (shape {:?}) is not the adapter's hidden size {}", x.shape, self.d);
+        }
+        Ok(x.numel() / d)
+    }
+
+    /// Queues the forward pass: `y` (same shape as `x`) and `a_saved` (`[T, m]`).
+    pub fn forward(
+        &self,
+        batch: &mut Batch,
+        w: &AdapterWeights,
+        x: &GpuTensor,
+        y: &GpuTensor,
+        a_saved: &GpuTensor,
+    ) -> Result<()> {
+        self.check(w)?;
+        let t = self.tokens("adapter input", x)?;
+        expect_shape("adapter output", &y.shape, &x.shape)?;
+        expect_shape("adapter saved activations", &a_saved.shape, &[t, self.m])?;
+        let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
+        batch.dispatch(
+            &FORWARD,
+            &self.constants(),
+            &self.params(t),
+            &[Some(x), Some(&w.w_down), Some(&w.b_down), Some(&w.w_up), Some(&w.b_up), Some(y), Some(a_saved)],
+            [groups, 1, 1],
+        );
+        Ok(())
+    }
+
+    /// Queues the backward pass. Writes `dx` and the four weight gradients in `grads`; `da` and
+    /// `g` (`[T, m]` each) are scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        batch: &mut Batch,
+        w: &AdapterWeights,
+        x: &GpuTensor,
+        a_saved: &GpuTensor,
+        dy: &GpuTensor,
+        dx: &GpuTensor,
+        grads: &AdapterWeights,
+        scratch: &AdapterScratch,
+    ) -> Result<()> {
+        self.check(w)?;
+        self.check(grads)?;
+        let t = self.tokens("adapter input", x)?;
+        expect_shape("adapter dy", &dy.shape, &x.shape)?;
+        expect_shape("adapter dx", &dx.shape, &x.shape)?;
+        expect_shape("adapter saved activations", &a_saved.shape, &[t, self.m])?;
+        expect_shape("adapter scratch da", &scratch.da.shape, &[t, self.m])?;
+        expect_shape("adapter scratch g", &scratch.g.shape, &[t, self.m])?;
+        let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
+        batch.dispatch(
+            &BACKWARD_DX,
+            &self.constants(),
+            &self.params(t),
+            &[Some(dy), Some(a_saved), Some(&w.w_down), Some(&w.w_up), Some(dx), Some(&scratch.da), Some(&scratch.g)],
+            [groups, 1, 1],
+        );
+        let (d, m) = (self.d, self.m);
+        // dW_up [d, m] = s · dyᵀ g
+        Matmul::new(d, m, t).alpha(self.scale).run(
+            batch,
+            View::transposed(dy, d),
+            View::rows(&scratch.g, m),
+            None,
+            View::rows(&grads.w_up, m),
+        )?;
+        // dW_down [m, d] = daᵀ x
+        Matmul::new(m, d, t).run(
+            batch,
+            View::transposed(&scratch.da, m),
+            View::rows(x, d),
+            None,
+            View::rows(&grads.w_down, d),
+        )?;
+        reduce::col_sum(batch, dy, t, d, self.scale, 0.0, &grads.b_up)?;
+        reduce::col_sum(batch, &scratch.da, t, m, 1.0, 0.0, &grads.b_down)?;
+        Ok(())
+    }
+}
+
+/// Per-call scratch of the backward pass.
+pub struct AdapterScratch {
+    pub da: GpuTensor,
+    pub g: GpuTensor,
+}
+
+impl AdapterScratch {
+    pub fn new(gpu: &crate::gpu::Gpu, tokens: usize, m: usize) -> Result<Self> {
+        Ok(Self { da: GpuTensor::zeros(gpu, &[tokens, m])?, g: GpuTensor::zeros(gpu, &[tokens, m])? })
+    }
+}
+
+impl AdapterWeights {
+    /// Allocates zeroed tensors of the right shapes (for gradients).
+    pub fn zeros(gpu: &crate::gpu::Gpu, d: usize, m: usize) -> Result<Self> {
+        Ok(Self {
+            w_down: GpuTensor::zeros(gpu, &[m, d])?,
+            b_down: GpuTensor::zeros(gpu, &[m])?,
+            w_up: GpuTensor::zeros(gpu, &[d, m])?,
+            b_up: GpuTensor::zeros(gpu, &[d])?,
+        })
+    }
+}

@@ -1,0 +1,48 @@
+//! `shaders/reduce.wgsl`: deterministic column sums (bias gradients).
+
+use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use crate::shaders;
+use anyhow::{bail, Result};
+
+const COL_SUM: KernelSpec =
+    KernelSpec { shader: &shaders::REDUCE, entry: "col_sum", bindings: &[Access::Read, Access::ReadWrite] };
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    cols: u32,
+    row_stride: u32,
+    x_off: u32,
+    out_off: u32,
+    _p0: u32,
+    scale: f32,
+    beta: f32,
+}
+
+/// `out[j] = scale · Σ_i x[i, j] + beta · out[j]` for a row-major `x` of `rows × cols`.
+pub fn col_sum(
+    batch: &mut Batch,
+    x: &GpuTensor,
+    rows: usize,
+    cols: usize,
+    scale: f32,
+    beta: f32,
+    out: &GpuTensor,
+) -> Result<()> {
+    if rows * cols > x.numel() || cols > out.numel() {
+        bail!("col_sum: {rows}×{cols} does not fit x {:?} / out {:?}", x.shape, out.shape);
+    }
+    let params = Params {
+        rows: rows as u32,
+        cols: cols as u32,
+        row_stride: cols as u32,
+        x_off: 0,
+        out_off: 0,
+        _p0: 0,
+        scale,
+        beta,
+    };
+    batch.dispatch(&COL_SUM, &[("WG", 64.0)], &params, &[Some(x), Some(out)], [(cols as u32).div_ceil(64), 1, 1]);
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! peft-wgpu: parameter-efficient fine-tuning (bottleneck adapters, AdapterFusion) of frozen
+//! transformers on any GPU through wgpu and hand-written WGSL kernels.
+//!
+//! Modules: [`gpu`] (device, tensors, pipeline cache, batching), [`shaders`] (the WGSL sources),
+//! [`kernels`] (one host module per shader family), [`reference`] (f64 CPU reference, tests only).
+
+pub mod gpu;
+pub mod kernels;
+pub mod reference;
+pub mod shaders;
+
+pub use gpu::{Gpu, GpuOptions, GpuTensor};
+pub use kernels::Activation;
