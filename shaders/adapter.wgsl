@@ -19,6 +19,10 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 override ACT: u32 = 0u;   // activation id (common.wgsl)
+// Residual: 0 = the input x (y = x + s·(...)), 1 = a separate tensor r (y = r + s·(...), as
+// AdapterHub's Pfeiffer placement, whose residual is the sub-layer output before the LayerNorm),
+// 2 = none (y = s·(...), the adapter outputs AdapterFusion mixes).
+override RESIDUAL: u32 = 0u;
 override WG: u32 = 64u;   // threads per workgroup = bottleneck chunk
 const TT: u32 = 8u;       // tokens per workgroup
 const MAX_WG: u32 = 256u;
@@ -33,6 +37,7 @@ var<workgroup> tile: array<f32, 2048>; // TT * MAX_WG
 @group(0) @binding(5) var<storage, read> b_up: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 @group(0) @binding(7) var<storage, read_write> a_out: array<f32>;
+@group(0) @binding(8) var<storage, read> r_in: array<f32>;
 
 @compute @workgroup_size(WG)
 fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -82,7 +87,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                     var total = u[tt];
                     if (c0 > 0u) { total += y[idx]; } // partial sum of earlier chunks
                     if (is_last) {
-                        y[idx] = x[idx] + p.scale * (total + b_up[k]);
+                        var res = 0.0;
+                        if (RESIDUAL == 0u) { res = x[idx]; } else if (RESIDUAL == 1u) { res = r_in[idx]; }
+                        y[idx] = res + p.scale * (total + b_up[k]);
                     } else {
                         y[idx] = total;
                     }
@@ -94,7 +101,9 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 }
 
 // backward_dx bindings: given dy, the saved pre-activation a, and the weights, computes
-//   dg = s W_up^T dy,  da = dg * act'(a),  dx = dy + W_down^T da,  and g = act(a)
+//   dg = s W_up^T dy,  da = dg * act'(a),  dx = [dy +] W_down^T da,  and g = act(a)
+// (dy is added only when the residual is the input, RESIDUAL == 0; otherwise the residual's
+// gradient is dy itself and the caller routes it)
 // (da and g feed the weight-gradient reductions).
 @group(0) @binding(1) var<storage, read> bdy: array<f32>;
 @group(0) @binding(2) var<storage, read> ba: array<f32>;
@@ -149,7 +158,7 @@ fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                 if (t <= last_t) {
                     let idx = t * d + i;
                     if (c0 == 0u) {
-                        bdx[idx] = bdy[idx] + v[tt];
+                        bdx[idx] = select(0.0, bdy[idx], RESIDUAL == 0u) + v[tt];
                     } else {
                         bdx[idx] = bdx[idx] + v[tt];
                     }

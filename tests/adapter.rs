@@ -225,3 +225,61 @@ fn adapter_rejects_wrong_shapes() {
     let err = shape.forward(&mut g.batch(), &bad, &x, &poisoned(&[3, 8]), &a).unwrap_err().to_string();
     assert!(err.contains("w_down"), "{err}");
 }
+
+/// Pfeiffer-style separate residual and fusion-style no residual: y = r + s·(...) / s·(...), and
+/// backward's dx is then only the path through the bottleneck.
+#[test]
+fn adapter_separate_and_no_residual() {
+    use peft_wgpu::kernels::adapter::Residual;
+    let mut rng = rng(21);
+    let (t, d, m) = (11, 40, 6);
+    let wd = rand_f32(&mut rng, m * d, 0.3);
+    let bd = rand_f32(&mut rng, m, 0.5);
+    let wu = rand_f32(&mut rng, d * m, 0.3);
+    let bu = rand_f32(&mut rng, d, 0.5);
+    let x = rand_f32(&mut rng, t * d, 1.0);
+    let r = rand_f32(&mut rng, t * d, 1.0);
+    let dy = rand_f32(&mut rng, t * d, 1.0);
+    let shape = AdapterShape { d, m, act: Activation::Silu, scale: 0.5 };
+    let w = AdapterWeights {
+        w_down: upload(&[m, d], &wd),
+        b_down: upload(&[m], &bd),
+        w_up: upload(&[d, m], &wu),
+        b_up: upload(&[d], &bu),
+    };
+    let reference = Adapter {
+        d,
+        m,
+        act: Activation::Silu,
+        scale: 0.5,
+        w_down: f64s(&wd),
+        b_down: f64s(&bd),
+        w_up: f64s(&wu),
+        b_up: f64s(&bu),
+    };
+    let (ry, _) = reference.forward(&f64s(&x), t);
+    let (rdx, rg) = reference.backward(&f64s(&x), &f64s(&dy), t);
+    let rdx_bottleneck: Vec<f64> = rdx.iter().zip(&dy).map(|(a, b)| a - *b as f64).collect();
+    let (xg, rg_t, dyg) = (upload(&[t, d], &x), upload(&[t, d], &r), upload(&[t, d], &dy));
+    for (name, residual, offset) in [("tensor", Residual::Tensor(&rg_t), Some(&r)), ("none", Residual::None, None)] {
+        let y = poisoned(&[t, d]);
+        let a = poisoned(&[t, m]);
+        let dx = poisoned(&[t, d]);
+        let grads = AdapterWeights::zeros(&gpu(), d, m).unwrap();
+        let scratch = AdapterScratch::new(&gpu(), t, m).unwrap();
+        let mut b = gpu().batch();
+        shape.forward_residual(&mut b, &w, &xg, residual, &y, &a).unwrap();
+        shape.backward_residual(&mut b, &w, &xg, true, &a, &dyg, &dx, &grads, &scratch).unwrap();
+        b.finish().unwrap();
+        let want: Vec<f64> = ry
+            .iter()
+            .zip(&x)
+            .enumerate()
+            .map(|(i, (yv, xv))| yv - *xv as f64 + offset.map_or(0.0, |r| r[i] as f64))
+            .collect();
+        assert_close(&format!("{name} y"), &download(&y), &want, 1e-5);
+        assert_close(&format!("{name} dx"), &download(&dx), &rdx_bottleneck, 1e-5);
+        assert_close(&format!("{name} dW_down"), &download(&grads.w_down), &rg.w_down, 1e-5);
+        assert_close(&format!("{name} dW_up"), &download(&grads.w_up), &rg.w_up, 1e-5);
+    }
+}

@@ -45,6 +45,11 @@ impl GpuTensor {
         Ok(Self { buffer: Arc::new(buffer), shape: shape.to_vec() })
     }
 
+    /// Uploads u32 data (token ids, labels); kernels read it as `array<u32>`.
+    pub fn from_u32(gpu: &Gpu, shape: &[usize], data: &[u32]) -> Result<Self> {
+        Self::from_slice(gpu, shape, bytemuck::cast_slice(data))
+    }
+
     /// A tensor whose contents are zero.
     pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Self> {
         let bytes = Self::check_size(gpu, shape)?;

@@ -23,8 +23,32 @@ const FORWARD: KernelSpec = KernelSpec {
         Access::Read,
         Access::ReadWrite,
         Access::ReadWrite,
+        Access::Read,
     ],
 };
+
+/// What the adapter adds its output to.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Residual<'a> {
+    /// `y = x + s·(...)`: Houlsby placement.
+    #[default]
+    Input,
+    /// `y = r + s·(...)`: Pfeiffer placement, where the residual is the sub-layer output before
+    /// the pretrained LayerNorm that feeds the adapter.
+    Tensor(&'a GpuTensor),
+    /// `y = s·(...)`: the scaled up-projection that AdapterFusion mixes.
+    None,
+}
+
+impl Residual<'_> {
+    fn id(&self) -> f64 {
+        match self {
+            Residual::Input => 0.0,
+            Residual::Tensor(_) => 1.0,
+            Residual::None => 2.0,
+        }
+    }
+}
 
 const BACKWARD_DX: KernelSpec = KernelSpec {
     shader: &shaders::ADAPTER,
@@ -98,8 +122,8 @@ impl AdapterShape {
         Params { t: t as u32, d: self.d as u32, m: self.m as u32, _pad: 0, scale: self.scale, _pad2: [0; 3] }
     }
 
-    fn constants(&self) -> [(&'static str, f64); 2] {
-        [("ACT", self.act.id()), ("WG", 64.0)]
+    fn constants(&self, residual: f64) -> [(&'static str, f64); 3] {
+        [("ACT", self.act.id()), ("WG", 64.0), ("RESIDUAL", residual)]
     }
 
     fn tokens(&self, what: &str, x: &GpuTensor) -> Result<usize> {
@@ -119,16 +143,36 @@ impl AdapterShape {
         y: &GpuTensor,
         a_saved: &GpuTensor,
     ) -> Result<()> {
+        self.forward_residual(batch, w, x, Residual::Input, y, a_saved)
+    }
+
+    /// [`forward`](Self::forward) with another residual (Pfeiffer placement, fusion outputs).
+    pub fn forward_residual(
+        &self,
+        batch: &mut Batch,
+        w: &AdapterWeights,
+        x: &GpuTensor,
+        residual: Residual,
+        y: &GpuTensor,
+        a_saved: &GpuTensor,
+    ) -> Result<()> {
         self.check(w)?;
+        let r = match residual {
+            Residual::Tensor(r) => {
+                expect_shape("adapter residual", &r.shape, &x.shape)?;
+                Some(r)
+            }
+            _ => None,
+        };
         let t = self.tokens("adapter input", x)?;
         expect_shape("adapter output", &y.shape, &x.shape)?;
         expect_shape("adapter saved activations", &a_saved.shape, &[t, self.m])?;
         let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
         batch.dispatch(
             &FORWARD,
-            &self.constants(),
+            &self.constants(residual.id()),
             &self.params(t),
-            &[Some(x), Some(&w.w_down), Some(&w.b_down), Some(&w.w_up), Some(&w.b_up), Some(y), Some(a_saved)],
+            &[Some(x), Some(&w.w_down), Some(&w.b_down), Some(&w.w_up), Some(&w.b_up), Some(y), Some(a_saved), r],
             [groups, 1, 1],
         );
         Ok(())
@@ -136,12 +180,29 @@ impl AdapterShape {
 
     /// Queues the backward pass. Writes `dx` and the four weight gradients in `grads`; `da` and
     /// `g` (`[T, m]` each) are scratch.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         batch: &mut Batch,
         w: &AdapterWeights,
         x: &GpuTensor,
+        a_saved: &GpuTensor,
+        dy: &GpuTensor,
+        dx: &GpuTensor,
+        grads: &AdapterWeights,
+        scratch: &AdapterScratch,
+    ) -> Result<()> {
+        self.backward_residual(batch, w, x, false, a_saved, dy, dx, grads, scratch)
+    }
+
+    /// [`backward`](Self::backward) for an adapter whose residual was not its input
+    /// (`input_is_residual == false`): `dx` is then only the gradient through the bottleneck, and
+    /// the residual's gradient is `dy` itself, for the caller to route.
+    pub fn backward_residual(
+        &self,
+        batch: &mut Batch,
+        w: &AdapterWeights,
+        x: &GpuTensor,
+        separate_residual: bool,
         a_saved: &GpuTensor,
         dy: &GpuTensor,
         dx: &GpuTensor,
@@ -159,7 +220,7 @@ impl AdapterShape {
         let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
         batch.dispatch(
             &BACKWARD_DX,
-            &self.constants(),
+            &self.constants(if separate_residual { 1.0 } else { 0.0 }),
             &self.params(t),
             &[Some(dy), Some(a_saved), Some(&w.w_down), Some(&w.w_up), Some(dx), Some(&scratch.da), Some(&scratch.g)],
             [groups, 1, 1],
