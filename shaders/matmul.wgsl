@@ -3,6 +3,9 @@
 // Element (b, i, k) of A is A[a_off + b*a_sb + i*a_si + k*a_sk]; likewise B (b, k, j) and C (b, i, j),
 // so every transpose (A·Bᵀ for nn.Linear, Aᵀ·B for weight gradients, per-head attention) is the
 // same kernel with other strides. bias (optional, HAS_BIAS) is per output column j.
+// An optional inner batch dimension (host: InnerBatch): matrix z < batch is (z / inner, z % inner)
+// and each operand adds inner_index * its inner stride (attention's (batch, head) pairs); inner = 1
+// with zero inner strides is the plain batched product.
 // beta == 0 never reads C (outputs may hold garbage or NaN before the kernel runs).
 //
 // Register tiling: each thread computes a 4×4 block of C, a workgroup WG_X×WG_Y threads; no
@@ -14,7 +17,8 @@ struct Params {
     a_off: u32, a_si: u32, a_sk: u32, a_sb: u32,
     b_off: u32, b_sk: u32, b_sj: u32, b_sb: u32,
     c_off: u32, c_si: u32, c_sj: u32, c_sb: u32,
-    bias_off: u32, _p0: u32, alpha: f32, beta: f32,
+    bias_off: u32, inner: u32, alpha: f32, beta: f32,
+    a_sbi: u32, b_sbi: u32, c_sbi: u32, _p1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -36,8 +40,10 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     if (i0 >= p.m || j0 >= p.n || bz >= p.batch) {
         return;
     }
-    let a_base = p.a_off + bz * p.a_sb;
-    let b_base = p.b_off + bz * p.b_sb;
+    let zo = bz / p.inner;
+    let zi = bz - zo * p.inner;
+    let a_base = p.a_off + zo * p.a_sb + zi * p.a_sbi;
+    let b_base = p.b_off + zo * p.b_sb + zi * p.b_sbi;
     // Rows/columns past the edge read a valid row/column; their results are not stored.
     var ar: vec4<u32>;
     var bc: vec4<u32>;
@@ -61,7 +67,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
         bk += p.b_sk;
     }
     var accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-    let c_base = p.c_off + bz * p.c_sb;
+    let c_base = p.c_off + zo * p.c_sb + zi * p.c_sbi;
     for (var r = 0u; r < 4u; r++) {
         let i = i0 + r;
         if (i >= p.m) { break; }

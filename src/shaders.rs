@@ -29,9 +29,16 @@ pub const COMMON: &str = include_str!("../shaders/common.wgsl");
 pub static ADAPTER: Shader = Shader { name: "adapter", parts: &[COMMON, include_str!("../shaders/adapter.wgsl")] };
 pub static MATMUL: Shader = Shader { name: "matmul", parts: &[COMMON, include_str!("../shaders/matmul.wgsl")] };
 pub static REDUCE: Shader = Shader { name: "reduce", parts: &[COMMON, include_str!("../shaders/reduce.wgsl")] };
+pub static LAYERNORM: Shader =
+    Shader { name: "layernorm", parts: &[COMMON, include_str!("../shaders/layernorm.wgsl")] };
+pub static ATTENTION: Shader =
+    Shader { name: "attention", parts: &[COMMON, include_str!("../shaders/attention.wgsl")] };
+pub static ELEMENTWISE: Shader =
+    Shader { name: "elementwise", parts: &[COMMON, include_str!("../shaders/elementwise.wgsl")] };
+pub static LOSS: Shader = Shader { name: "loss", parts: &[COMMON, include_str!("../shaders/loss.wgsl")] };
 
 /// All shaders, for validation.
-pub static ALL: &[&Shader] = &[&ADAPTER, &MATMUL, &REDUCE];
+pub static ALL: &[&Shader] = &[&ADAPTER, &MATMUL, &REDUCE, &LAYERNORM, &ATTENTION, &ELEMENTWISE, &LOSS];
 
 /// Parses and validates a WGSL source with naga (what wgpu does when it builds a pipeline).
 pub fn validate(src: &str) -> Result<(), String> {

@@ -23,9 +23,32 @@ struct Params {
     b: [u32; 4],
     c: [u32; 4],
     bias_off: u32,
-    _p0: u32,
+    /// Inner batch count (1 without [`InnerBatch`]); matrix `z` is `(z / inner, z % inner)`.
+    inner: u32,
     alpha: f32,
     beta: f32,
+    /// Inner batch strides of A, B, C.
+    inner_strides: [u32; 4],
+}
+
+/// A second batch dimension for [`Matmul::run_inner`]: matrix `z` of the `batch · count` matrices
+/// is `(outer, inner) = (z / count, z % count)`, and each operand's element (outer, inner, r, c) is
+/// at `off + outer·s_batch + inner·stride + r·s_row + c·s_col` (e.g. attention's (batch, head)
+/// pairs over `[batch·seq, heads·head_dim]` activations).
+#[derive(Clone, Copy, Debug)]
+pub struct InnerBatch {
+    pub count: usize,
+    /// Inner batch stride of A.
+    pub a: usize,
+    /// Inner batch stride of B.
+    pub b: usize,
+    /// Inner batch stride of C.
+    pub c: usize,
+}
+
+impl InnerBatch {
+    /// No inner batch dimension.
+    pub const NONE: InnerBatch = InnerBatch { count: 1, a: 0, b: 0, c: 0 };
 }
 
 /// A strided view of a tensor as a (batch of) matrices: element (b, r, c) is at
@@ -60,9 +83,22 @@ impl<'a> View<'a> {
         self
     }
 
-    fn check(&self, what: &str, batch: usize, rows: usize, cols: usize) -> Result<[u32; 4]> {
-        if batch > 0 && rows > 0 && cols > 0 {
-            let last = self.off + (batch - 1) * self.s_batch + (rows - 1) * self.s_row + (cols - 1) * self.s_col;
+    /// Checks that `batch × inner.0` matrices of `rows × cols` (inner matrices `inner.1` apart) fit
+    /// the tensor and returns the kernel's (offset, row, column, batch) strides.
+    fn check_inner(
+        &self,
+        what: &str,
+        batch: usize,
+        inner: (usize, usize),
+        rows: usize,
+        cols: usize,
+    ) -> Result<[u32; 4]> {
+        if batch > 0 && inner.0 > 0 && rows > 0 && cols > 0 {
+            let last = self.off
+                + (batch - 1) * self.s_batch
+                + (inner.0 - 1) * inner.1
+                + (rows - 1) * self.s_row
+                + (cols - 1) * self.s_col;
             if last >= self.t.numel() {
                 bail!(
                     "matmul operand {what}: a {batch}×{rows}×{cols} view (offset {}, strides {}/{}/{}) reaches element {last} \
@@ -117,10 +153,27 @@ impl Matmul {
 
     /// Queues the product. `bias` is a tensor and an element offset; it is added per column.
     pub fn run(&self, batch: &mut Batch, a: View, b: View, bias: Option<(&GpuTensor, usize)>, c: View) -> Result<()> {
-        let pa = a.check("A", self.batch, self.m, self.k)?;
-        let pb = b.check("B", self.batch, self.k, self.n)?;
+        self.run_inner(batch, InnerBatch::NONE, a, b, bias, c)
+    }
+
+    /// [`run`](Self::run) over `self.batch × inner.count` matrices (see [`InnerBatch`]).
+    pub fn run_inner(
+        &self,
+        batch: &mut Batch,
+        inner: InnerBatch,
+        a: View,
+        b: View,
+        bias: Option<(&GpuTensor, usize)>,
+        c: View,
+    ) -> Result<()> {
+        let pa = a.check_inner("A", self.batch, (inner.count, inner.a), self.m, self.k)?;
+        let pb = b.check_inner("B", self.batch, (inner.count, inner.b), self.k, self.n)?;
         // B's "rows" are k and its "cols" are n: View's s_row/s_col map to b_sk/b_sj.
-        let pc = c.check("C", self.batch, self.m, self.n)?;
+        let pc = c.check_inner("C", self.batch, (inner.count, inner.c), self.m, self.n)?;
+        let u = |v: usize| -> Result<u32> {
+            u32::try_from(v).map_err(|_| anyhow::anyhow!("matmul inner batch: {v} exceeds u32"))
+        };
+        let total = self.batch * inner.count;
         let mut bias_off = 0u32;
         if let Some((t, off)) = bias {
             if off + self.n > t.numel() {
@@ -132,19 +185,20 @@ impl Matmul {
             m: self.m as u32,
             n: self.n as u32,
             k: self.k as u32,
-            batch: self.batch as u32,
+            batch: u(total)?,
             a: pa,
             b: pb,
             c: pc,
             bias_off,
-            _p0: 0,
+            inner: u(inner.count.max(1))?,
             alpha: self.alpha,
             beta: self.beta,
+            inner_strides: [u(inner.a)?, u(inner.b)?, u(inner.c)?, 0],
         };
         let (wx, wy) = (8u32, 8u32);
-        let groups = [(self.n as u32).div_ceil(4 * wx), (self.m as u32).div_ceil(4 * wy), self.batch as u32];
+        let groups = [(self.n as u32).div_ceil(4 * wx), (self.m as u32).div_ceil(4 * wy), u(total)?];
         if groups[2] > batch.gpu().limits.max_compute_workgroups_per_dimension {
-            bail!("matmul batch {} exceeds the GPU's workgroup limit", self.batch);
+            bail!("matmul batch {total} exceeds the GPU's workgroup limit");
         }
         let constants = [
             ("WG_X", wx as f64),

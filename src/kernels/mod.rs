@@ -1,6 +1,10 @@
 //! Host side of each WGSL kernel family: `shaders/<family>.wgsl` ↔ `kernels/<family>.rs`.
 
 pub mod adapter;
+pub mod attention;
+pub mod elementwise;
+pub mod layernorm;
+pub mod loss;
 pub mod matmul;
 pub mod reduce;
 

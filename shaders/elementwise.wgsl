@@ -1,0 +1,128 @@
+// ---- elementwise.wgsl: one thread per output element ----
+//
+// add, act_backward, copy, fill, BERT embeddings (word + position + token type), and the row
+// gather / scatter that pick the [CLS] token of each sequence. The grid is 1-D, folded into x * y
+// by the host for large tensors (linear_workgroup); every kernel guards its bound.
+
+struct Params {
+    n: u32,          // output elements
+    d: u32,          // row length (embeddings, gather, scatter)
+    seq: u32,        // embeddings: tokens per sequence (position = token % seq)
+    stride: u32,     // gather / scatter: rows per sequence
+    vocab: u32,      // embeddings: rows of the word table
+    types: u32,      // embeddings: rows of the token-type table
+    accumulate: u32, // scatter: out += instead of out =
+    _p0: u32,
+    value: f32,      // fill
+    _p1: u32,
+    _p2: u32,
+    _p3: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+override WG: u32 = 256u;
+override ACT: u32 = 3u;
+
+fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return linear_workgroup(wid, nwg) * WG + lid;
+}
+
+// ---- add: out = a + b; act_backward: dx = dy * act'(pre) ----
+@group(0) @binding(1) var<storage, read> in_a: array<f32>;
+@group(0) @binding(2) var<storage, read> in_b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out3: array<f32>;
+
+@compute @workgroup_size(WG)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out3[i] = in_a[i] + in_b[i];
+}
+
+// in_a = pre-activation, in_b = dy, out3 = dx
+@compute @workgroup_size(WG)
+fn act_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out3[i] = in_b[i] * activate_grad(ACT, in_a[i]);
+}
+
+// ---- copy, gather_rows, scatter_rows: src -> out2 ----
+@group(0) @binding(2) var<storage, read_write> out2: array<f32>;
+
+@compute @workgroup_size(WG)
+fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out2[i] = in_a[i];
+}
+
+// out2 [B, d] = rows 0, stride, 2 stride, ... of in_a [B * stride, d]
+@compute @workgroup_size(WG)
+fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let b = i / p.d;
+    let c = i - b * p.d;
+    out2[i] = in_a[b * p.stride * p.d + c];
+}
+
+// out2 [B * stride, d]: row b * stride = in_a row b, other rows 0; with accumulate, n = B * d
+// threads add in_a into rows b * stride and leave the other rows untouched.
+@compute @workgroup_size(WG)
+fn scatter_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    if (p.accumulate != 0u) {
+        let b = i / p.d;
+        let c = i - b * p.d;
+        let o = b * p.stride * p.d + c;
+        out2[o] = out2[o] + in_a[i];
+        return;
+    }
+    let t = i / p.d;
+    let c = i - t * p.d;
+    let b = t / p.stride;
+    out2[i] = select(0.0, in_a[b * p.d + c], t == b * p.stride);
+}
+
+// ---- fill ----
+@group(0) @binding(1) var<storage, read_write> out1: array<f32>;
+
+@compute @workgroup_size(WG)
+fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out1[i] = p.value;
+}
+
+// ---- embeddings: out[t] = word[ids[t]] + position[t % seq] + token_type[types[t]] ----
+// Ids past the tables are clamped to the last row (the host validates them; this only keeps the
+// kernel inside its buffers).
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> type_ids: array<u32>;
+@group(0) @binding(3) var<storage, read> word: array<f32>;
+@group(0) @binding(4) var<storage, read> position: array<f32>;
+@group(0) @binding(5) var<storage, read> token_type: array<f32>;
+@group(0) @binding(6) var<storage, read_write> emb_out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn embeddings(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let d = p.d;
+    let t = i / d;
+    let c = i - t * d;
+    let id = min(ids[t], p.vocab - 1u);
+    let tt = min(type_ids[t], p.types - 1u);
+    let pos = t % p.seq;
+    emb_out[i] = word[id * d + c] + position[pos * d + c] + token_type[tt * d + c];
+}

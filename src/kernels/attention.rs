@@ -1,0 +1,259 @@
+//! `shaders/attention.wgsl` + the shared matmul: BERT's masked multi-head self-attention,
+//! forward and input gradients.
+//!
+//! Activations are `[batch·seq, heads·head_dim]` row-major (q, k, v, ctx and their gradients), the
+//! mask is `[batch, seq]` f32 (1 = token, 0 = padding; masked keys get probability exactly 0) and the
+//! probabilities are `[batch, heads, seq, seq]`. Per (batch, head) pair:
+//!
+//! forward:  `S = Q·Kᵀ/√hd` → `P = masked softmax(S)` (saved) → `ctx = P·V`
+//! backward: `dP = dctx·Vᵀ` → `dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √hd` → `dQ = dS·K`, `dK = dSᵀ·Q`,
+//! `dV = Pᵀ·dctx`
+//!
+//! The products are the matmul kernel over the (batch, head) pairs as an [`InnerBatch`]; the row
+//! softmax and its backward are one workgroup-cooperative pass each. Every output is summed in a
+//! fixed order: results are bit-identical run to run.
+
+use super::elementwise::check_no_alias;
+use super::matmul::{InnerBatch, Matmul, View};
+use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use crate::shaders;
+use anyhow::{bail, Result};
+
+pub use crate::reference::ops::AttentionShape;
+
+const SOFTMAX_ROWS: KernelSpec =
+    KernelSpec { shader: &shaders::ATTENTION, entry: "softmax_rows", bindings: &[Access::Read, Access::ReadWrite] };
+const SOFTMAX_BACKWARD: KernelSpec =
+    KernelSpec { shader: &shaders::ATTENTION, entry: "softmax_backward", bindings: &[Access::Read, Access::ReadWrite] };
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    seq: u32,
+    heads: u32,
+    _p0: u32,
+    scale: f32,
+    _p1: [u32; 3],
+}
+
+const WG: u32 = 64;
+
+/// Number of elements of the probabilities (and of the backward scratch): `batch·heads·seq²`.
+pub fn probs_len(s: AttentionShape) -> usize {
+    s.batch * s.heads * s.seq * s.seq
+}
+
+/// The `[batch, heads, seq, seq]` shape of the saved probabilities and the backward scratch.
+pub fn probs_shape(s: AttentionShape) -> [usize; 4] {
+    [s.batch, s.heads, s.seq, s.seq]
+}
+
+/// Threads per row of the row kernels: about four keys each, a power of two up to the workgroup.
+fn threads_per_row(seq: usize) -> u32 {
+    (seq.div_ceil(4).next_power_of_two() as u32).min(WG)
+}
+
+/// Validates the shapes of every operand of an attention call.
+fn check(
+    what: &str,
+    s: AttentionShape,
+    acts: &[(&str, &GpuTensor)],
+    mask: &GpuTensor,
+    rows: &[(&str, &GpuTensor)],
+) -> Result<()> {
+    if s.batch == 0 || s.seq == 0 || s.heads == 0 || s.head_dim == 0 {
+        bail!("{what}: every dimension of {s:?} must be at least 1");
+    }
+    let hidden = s.heads * s.head_dim;
+    let tokens = s.batch * s.seq;
+    for (name, t) in acts {
+        if t.numel() != tokens * hidden || t.shape.last() != Some(&hidden) {
+            bail!(
+                "{what}: {name} must be [batch·seq, heads·head_dim] = [{tokens}, {hidden}] for {s:?}, got {:?}",
+                t.shape
+            );
+        }
+    }
+    if mask.numel() != tokens {
+        bail!("{what}: mask must hold batch·seq = {tokens} values, got shape {:?}", mask.shape);
+    }
+    for (name, t) in rows {
+        if t.numel() != probs_len(s) {
+            bail!("{what}: {name} must be [batch, heads, seq, seq] = {:?}, got {:?}", probs_shape(s), t.shape);
+        }
+    }
+    if probs_len(s) > u32::MAX as usize || tokens * hidden > u32::MAX as usize {
+        bail!("{what}: {s:?} is too large for u32 indexing");
+    }
+    Ok(())
+}
+
+/// Views of one (batch, head) pair, with the head as the inner batch.
+struct Layout {
+    s: AttentionShape,
+}
+
+impl Layout {
+    fn hidden(&self) -> usize {
+        self.s.heads * self.s.head_dim
+    }
+    /// `[seq, head_dim]` slice of an activation (rows = tokens).
+    fn act<'a>(&self, t: &'a GpuTensor) -> View<'a> {
+        View::rows(t, self.hidden()).batch_stride(self.s.seq * self.hidden())
+    }
+    /// Its transpose `[head_dim, seq]`.
+    fn act_t<'a>(&self, t: &'a GpuTensor) -> View<'a> {
+        View::transposed(t, self.hidden()).batch_stride(self.s.seq * self.hidden())
+    }
+    /// `[seq, seq]` slice of probabilities / scores.
+    fn rows<'a>(&self, t: &'a GpuTensor) -> View<'a> {
+        View::rows(t, self.s.seq).batch_stride(self.s.heads * self.s.seq * self.s.seq)
+    }
+    /// Its transpose.
+    fn rows_t<'a>(&self, t: &'a GpuTensor) -> View<'a> {
+        View::transposed(t, self.s.seq).batch_stride(self.s.heads * self.s.seq * self.s.seq)
+    }
+    /// Head stride of an activation and of a probability tensor.
+    fn inner(&self, a: Which, b: Which, c: Which) -> InnerBatch {
+        let st = |w: Which| match w {
+            Which::Act => self.s.head_dim,
+            Which::Rows => self.s.seq * self.s.seq,
+        };
+        InnerBatch { count: self.s.heads, a: st(a), b: st(b), c: st(c) }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Act,
+    Rows,
+}
+
+fn row_kernel(batch: &mut Batch, spec: &KernelSpec, s: AttentionShape, a: &GpuTensor, b: &GpuTensor) {
+    let rows = s.batch * s.heads * s.seq;
+    let tpr = threads_per_row(s.seq);
+    let params = Params {
+        rows: rows as u32,
+        seq: s.seq as u32,
+        heads: s.heads as u32,
+        _p0: 0,
+        scale: 1.0 / (s.head_dim as f32).sqrt(),
+        _p1: [0; 3],
+    };
+    let groups = (rows as u32).div_ceil(WG / tpr);
+    batch.dispatch(spec, &[("WG", WG as f64), ("TPR", tpr as f64)], &params, &[Some(a), Some(b)], [groups, 1, 1]);
+}
+
+/// `ctx = softmax(q·kᵀ/√head_dim, masked)·v` per batch and head; saves the probabilities in `probs`
+/// (`[batch, heads, seq, seq]`, needed by [`attention_backward`]). `probs` and `ctx` must not share
+/// a buffer with an input or each other. A query whose keys are all masked gets zero probabilities
+/// (and a zero context).
+pub fn attention_forward(
+    batch: &mut Batch,
+    s: AttentionShape,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    mask: &GpuTensor,
+    probs: &GpuTensor,
+    ctx: &GpuTensor,
+) -> Result<()> {
+    check("attention_forward", s, &[("q", q), ("k", k), ("v", v), ("ctx", ctx)], mask, &[("probs", probs)])?;
+    check_no_alias("attention_forward", &[probs, ctx], &[Some(q), Some(k), Some(v), Some(mask)])?;
+    let l = Layout { s };
+    let (n, hd) = (s.seq, s.head_dim);
+    let scale = 1.0 / (hd as f32).sqrt();
+    // S = scale · Q Kᵀ
+    Matmul::new(n, n, hd).batch(s.batch).alpha(scale).run_inner(
+        batch,
+        l.inner(Which::Act, Which::Act, Which::Rows),
+        l.act(q),
+        l.act_t(k),
+        None,
+        l.rows(probs),
+    )?;
+    row_kernel(batch, &SOFTMAX_ROWS, s, mask, probs);
+    // ctx = P V
+    Matmul::new(n, hd, n).batch(s.batch).run_inner(
+        batch,
+        l.inner(Which::Rows, Which::Act, Which::Act),
+        l.rows(probs),
+        l.act(v),
+        None,
+        l.act(ctx),
+    )?;
+    Ok(())
+}
+
+/// Gradients of [`attention_forward`] with respect to q, k and v (all overwritten), given the saved
+/// `probs` and `dctx`. `scratch` (`[batch, heads, seq, seq]`) receives dS. The outputs and
+/// `scratch` must not share a buffer with an input or each other.
+pub fn attention_backward(
+    batch: &mut Batch,
+    s: AttentionShape,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    mask: &GpuTensor,
+    probs: &GpuTensor,
+    dctx: &GpuTensor,
+    dq: &GpuTensor,
+    dk: &GpuTensor,
+    dv: &GpuTensor,
+    scratch: &GpuTensor,
+) -> Result<()> {
+    check(
+        "attention_backward",
+        s,
+        &[("q", q), ("k", k), ("v", v), ("dctx", dctx), ("dq", dq), ("dk", dk), ("dv", dv)],
+        mask,
+        &[("probs", probs), ("scratch", scratch)],
+    )?;
+    check_no_alias(
+        "attention_backward",
+        &[dq, dk, dv, scratch],
+        &[Some(q), Some(k), Some(v), Some(mask), Some(probs), Some(dctx)],
+    )?;
+    let l = Layout { s };
+    let (n, hd) = (s.seq, s.head_dim);
+    // dP = dctx Vᵀ
+    Matmul::new(n, n, hd).batch(s.batch).run_inner(
+        batch,
+        l.inner(Which::Act, Which::Act, Which::Rows),
+        l.act(dctx),
+        l.act_t(v),
+        None,
+        l.rows(scratch),
+    )?;
+    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)), in place
+    row_kernel(batch, &SOFTMAX_BACKWARD, s, probs, scratch);
+    // dQ = dS K
+    Matmul::new(n, hd, n).batch(s.batch).run_inner(
+        batch,
+        l.inner(Which::Rows, Which::Act, Which::Act),
+        l.rows(scratch),
+        l.act(k),
+        None,
+        l.act(dq),
+    )?;
+    // dK = dSᵀ Q
+    Matmul::new(n, hd, n).batch(s.batch).run_inner(
+        batch,
+        l.inner(Which::Rows, Which::Act, Which::Act),
+        l.rows_t(scratch),
+        l.act(q),
+        None,
+        l.act(dk),
+    )?;
+    // dV = Pᵀ dctx
+    Matmul::new(n, hd, n).batch(s.batch).run_inner(
+        batch,
+        l.inner(Which::Rows, Which::Act, Which::Act),
+        l.rows_t(probs),
+        l.act(dctx),
+        None,
+        l.act(dv),
+    )?;
+    Ok(())
+}

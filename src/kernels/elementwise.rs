@@ -1,0 +1,223 @@
+//! `shaders/elementwise.wgsl`: one thread per output element — `add`, `act_backward`, `copy`,
+//! `fill`, BERT `embeddings`, and the [CLS]-row `gather_rows` / `scatter_rows`.
+
+use super::{expect_shape, Activation};
+use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use crate::shaders;
+use anyhow::{bail, Result};
+use std::sync::Arc;
+
+const R: Access = Access::Read;
+const W: Access = Access::ReadWrite;
+
+const ADD: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "add", bindings: &[R, R, W] };
+const ACT_BACKWARD: KernelSpec =
+    KernelSpec { shader: &shaders::ELEMENTWISE, entry: "act_backward", bindings: &[R, R, W] };
+const COPY: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "copy", bindings: &[R, W] };
+const GATHER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "gather_rows", bindings: &[R, W] };
+const SCATTER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "scatter_rows", bindings: &[R, W] };
+const FILL: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "fill", bindings: &[W] };
+const EMBEDDINGS: KernelSpec =
+    KernelSpec { shader: &shaders::ELEMENTWISE, entry: "embeddings", bindings: &[R, R, R, R, R, W] };
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    d: u32,
+    seq: u32,
+    stride: u32,
+    vocab: u32,
+    types: u32,
+    accumulate: u32,
+    _p0: u32,
+    value: f32,
+    _p1: [u32; 3],
+}
+
+/// Fails when an output shares a buffer with another output or an input: wgpu forbids binding a
+/// buffer read-only and read-write in one dispatch, and the kernels assume no aliasing.
+pub(crate) fn check_no_alias(what: &str, outputs: &[&GpuTensor], inputs: &[Option<&GpuTensor>]) -> Result<()> {
+    for (i, o) in outputs.iter().enumerate() {
+        let clash = outputs[i + 1..].iter().any(|p| Arc::ptr_eq(&o.buffer, &p.buffer))
+            || inputs.iter().flatten().any(|p| Arc::ptr_eq(&o.buffer, &p.buffer));
+        if clash {
+            bail!(
+                "{what}: an output tensor {:?} shares its buffer with another operand (in-place is not supported)",
+                o.shape
+            );
+        }
+    }
+    Ok(())
+}
+
+fn count(what: &str, n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| anyhow::anyhow!("{what}: {n} elements exceed u32 indexing"))
+}
+
+fn groups(n: u32) -> [u32; 3] {
+    [n.div_ceil(WG), 1, 1]
+}
+
+fn run(batch: &mut Batch, spec: &KernelSpec, act: Option<Activation>, params: Params, tensors: &[Option<&GpuTensor>]) {
+    let wg = ("WG", WG as f64);
+    match act {
+        Some(a) => batch.dispatch(spec, &[wg, ("ACT", a.id())], &params, tensors, groups(params.n)),
+        None => batch.dispatch(spec, &[wg], &params, tensors, groups(params.n)),
+    }
+}
+
+/// `out = a + b` (all the same shape; `out` distinct from the inputs).
+pub fn add(batch: &mut Batch, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> Result<()> {
+    expect_shape("add b", &b.shape, &a.shape)?;
+    expect_shape("add out", &out.shape, &a.shape)?;
+    check_no_alias("add", &[out], &[Some(a), Some(b)])?;
+    let params = Params { n: count("add", a.numel())?, ..Default::default() };
+    run(batch, &ADD, None, params, &[Some(a), Some(b), Some(out)]);
+    Ok(())
+}
+
+/// `dx = dy ⊙ act'(pre)` (all the same shape; `dx` distinct from the inputs).
+pub fn act_backward(batch: &mut Batch, act: Activation, pre: &GpuTensor, dy: &GpuTensor, dx: &GpuTensor) -> Result<()> {
+    expect_shape("act_backward dy", &dy.shape, &pre.shape)?;
+    expect_shape("act_backward dx", &dx.shape, &pre.shape)?;
+    check_no_alias("act_backward", &[dx], &[Some(pre), Some(dy)])?;
+    let params = Params { n: count("act_backward", pre.numel())?, ..Default::default() };
+    run(batch, &ACT_BACKWARD, Some(act), params, &[Some(pre), Some(dy), Some(dx)]);
+    Ok(())
+}
+
+/// `dst = src` (same number of elements; shapes may differ).
+pub fn copy(batch: &mut Batch, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
+    if src.numel() != dst.numel() {
+        bail!("copy: source {:?} and destination {:?} differ in size", src.shape, dst.shape);
+    }
+    check_no_alias("copy", &[dst], &[Some(src)])?;
+    let params = Params { n: count("copy", src.numel())?, ..Default::default() };
+    run(batch, &COPY, None, params, &[Some(src), Some(dst)]);
+    Ok(())
+}
+
+/// Every element of `t` = `value`.
+pub fn fill(batch: &mut Batch, t: &GpuTensor, value: f32) -> Result<()> {
+    let params = Params { n: count("fill", t.numel())?, value, ..Default::default() };
+    run(batch, &FILL, None, params, &[Some(t)]);
+    Ok(())
+}
+
+/// Rows and row length of a `[rows, d]` (or `[.., d]`) tensor.
+fn rows_d(what: &str, t: &GpuTensor) -> Result<(usize, usize)> {
+    match t.shape.last() {
+        Some(&d) if d > 0 => Ok((t.numel() / d, d)),
+        _ => bail!("{what}: expected a [rows, d] tensor with d ≥ 1, got {:?}", t.shape),
+    }
+}
+
+/// BERT embeddings before their LayerNorm: `out[t] = word[ids[t]] + position[t % seq] +
+/// token_type[token_types[t]]` for `B·seq` tokens. `ids` and `token_types` are u32 tensors of
+/// `B·seq` values ([`GpuTensor::from_u32`]); tables are `[vocab, d]`, `[max_positions, d]` (≥ seq
+/// rows) and `[types, d]`; `out` is `[B·seq, d]`. Ids are the caller's to validate: the kernel
+/// clamps an id past its table to the last row, so it never reads out of bounds.
+pub fn embeddings(
+    batch: &mut Batch,
+    ids: &GpuTensor,
+    token_types: &GpuTensor,
+    seq: usize,
+    word: &GpuTensor,
+    position: &GpuTensor,
+    token_type: &GpuTensor,
+    out: &GpuTensor,
+) -> Result<()> {
+    let (vocab, d) = rows_d("embeddings word table", word)?;
+    let (positions, dp) = rows_d("embeddings position table", position)?;
+    let (types, dt) = rows_d("embeddings token-type table", token_type)?;
+    if dp != d || dt != d {
+        bail!(
+            "embeddings: tables have different widths: word {:?}, position {:?}, token type {:?}",
+            word.shape,
+            position.shape,
+            token_type.shape
+        );
+    }
+    let tokens = ids.numel();
+    if seq == 0 || tokens % seq != 0 {
+        bail!("embeddings: {tokens} token ids are not a whole number of sequences of length {seq}");
+    }
+    if seq > positions {
+        bail!("embeddings: sequence length {seq} exceeds the {positions} position embeddings");
+    }
+    if token_types.numel() != tokens {
+        bail!("embeddings: {} token types for {tokens} token ids", token_types.numel());
+    }
+    if vocab == 0 || types == 0 {
+        bail!("embeddings: empty word or token-type table");
+    }
+    expect_shape("embeddings out", &out.shape, &[tokens, d])?;
+    check_no_alias(
+        "embeddings",
+        &[out],
+        &[Some(ids), Some(token_types), Some(word), Some(position), Some(token_type)],
+    )?;
+    let params = Params {
+        n: count("embeddings", tokens * d)?,
+        d: d as u32,
+        seq: seq as u32,
+        vocab: count("embeddings vocabulary", vocab)?,
+        types: count("embeddings token types", types)?,
+        ..Default::default()
+    };
+    run(
+        batch,
+        &EMBEDDINGS,
+        None,
+        params,
+        &[Some(ids), Some(token_types), Some(word), Some(position), Some(token_type), Some(out)],
+    );
+    Ok(())
+}
+
+/// Shapes shared by gather/scatter: `full` is `[B·stride, d]`, `rows` is `[B, d]`.
+fn gather_shapes(what: &str, full: &GpuTensor, rows: &GpuTensor, stride: usize) -> Result<(usize, usize)> {
+    let (n_full, d) = rows_d(what, full)?;
+    if stride == 0 || n_full % stride != 0 {
+        bail!("{what}: {n_full} rows are not a whole number of sequences of length {stride}");
+    }
+    let b = n_full / stride;
+    expect_shape(&format!("{what} per-sequence rows"), &rows.shape, &[b, d])?;
+    Ok((b, d))
+}
+
+/// `out[b] = x[b·stride]` for `x` `[B·stride, d]` and `out` `[B, d]` (the [CLS] token of each
+/// sequence).
+pub fn gather_rows(batch: &mut Batch, x: &GpuTensor, stride: usize, out: &GpuTensor) -> Result<()> {
+    let (b, d) = gather_shapes("gather_rows", x, out, stride)?;
+    check_no_alias("gather_rows", &[out], &[Some(x)])?;
+    let params = Params { n: count("gather_rows", b * d)?, d: d as u32, stride: stride as u32, ..Default::default() };
+    run(batch, &GATHER_ROWS, None, params, &[Some(x), Some(out)]);
+    Ok(())
+}
+
+/// The transpose of [`gather_rows`]: row `b·stride` of `out` `[B·stride, d]` = `src[b]` (`+=` with
+/// `accumulate`); every other row is zeroed (left untouched with `accumulate`).
+pub fn scatter_rows(
+    batch: &mut Batch,
+    src: &GpuTensor,
+    stride: usize,
+    out: &GpuTensor,
+    accumulate: bool,
+) -> Result<()> {
+    let (b, d) = gather_shapes("scatter_rows", out, src, stride)?;
+    check_no_alias("scatter_rows", &[out], &[Some(src)])?;
+    let params = Params {
+        // accumulate touches only the B target rows; otherwise every element of `out` is written
+        n: count("scatter_rows", if accumulate { b * d } else { b * stride * d })?,
+        d: d as u32,
+        stride: stride as u32,
+        accumulate: accumulate as u32,
+        ..Default::default()
+    };
+    run(batch, &SCATTER_ROWS, None, params, &[Some(src), Some(out)]);
+    Ok(())
+}

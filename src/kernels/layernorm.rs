@@ -1,0 +1,139 @@
+//! `shaders/layernorm.wgsl`: LayerNorm over the last dimension (optionally of `x + residual`) and
+//! its input gradient (gamma and beta are frozen). One workgroup per row, deterministic.
+
+use super::elementwise::check_no_alias;
+use super::expect_shape;
+use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use crate::shaders;
+use anyhow::{bail, Result};
+
+const FORWARD: KernelSpec = KernelSpec {
+    shader: &shaders::LAYERNORM,
+    entry: "forward",
+    bindings: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
+};
+
+const BACKWARD: KernelSpec = KernelSpec {
+    shader: &shaders::LAYERNORM,
+    entry: "backward",
+    bindings: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    d: u32,
+    accumulate: u32,
+    _p0: u32,
+    eps: f32,
+    _p1: [u32; 3],
+}
+
+/// Largest supported hidden size (a thread walks `d / WG` columns; nothing breaks above it, but
+/// nothing tests it either).
+pub const MAX_D: usize = 1 << 16;
+
+/// Threads per row: enough for coalesced loads, few enough that short rows keep them busy.
+fn workgroup_size(d: usize) -> f64 {
+    if d >= 2048 {
+        256.0
+    } else if d >= 512 {
+        128.0
+    } else {
+        64.0
+    }
+}
+
+/// Rows and row length of `x` for a LayerNorm with `gamma` of shape `[d]`.
+fn rows_of(what: &str, x: &GpuTensor, gamma: &GpuTensor) -> Result<(usize, usize)> {
+    let d = gamma.numel();
+    if gamma.shape.len() != 1 || d == 0 || d > MAX_D {
+        bail!("{what}: gamma must have shape [d] with 1 ≤ d ≤ {MAX_D}, got {:?}", gamma.shape);
+    }
+    if x.shape.last() != Some(&d) {
+        bail!("{what}: input of shape {:?} does not end in the hidden size {d}", x.shape);
+    }
+    let rows = x.numel() / d;
+    if rows > u32::MAX as usize {
+        bail!("{what}: too many rows ({rows})");
+    }
+    Ok((rows, d))
+}
+
+/// `y = LayerNorm(x [+ residual]) · gamma + beta` over the last dimension. `x`, `residual`,
+/// `sum_out` and `y` have the same shape `[.., d]`; `sum_out`, when given, receives `x + residual`
+/// (or `x`), the input [`layer_norm_backward`] needs. `y` and `sum_out` must not share a buffer with
+/// an input or each other.
+pub fn layer_norm(
+    batch: &mut Batch,
+    x: &GpuTensor,
+    residual: Option<&GpuTensor>,
+    gamma: &GpuTensor,
+    beta: &GpuTensor,
+    eps: f32,
+    sum_out: Option<&GpuTensor>,
+    y: &GpuTensor,
+) -> Result<()> {
+    let (rows, d) = rows_of("layer_norm", x, gamma)?;
+    expect_shape("layer_norm beta", &beta.shape, &[d])?;
+    expect_shape("layer_norm output", &y.shape, &x.shape)?;
+    if let Some(r) = residual {
+        expect_shape("layer_norm residual", &r.shape, &x.shape)?;
+    }
+    let mut outputs = vec![y];
+    if let Some(s) = sum_out {
+        expect_shape("layer_norm sum_out", &s.shape, &x.shape)?;
+        outputs.push(s);
+    }
+    check_no_alias("layer_norm", &outputs, &[Some(x), residual, Some(gamma), Some(beta)])?;
+    if !(eps >= 0.0 && eps.is_finite()) {
+        bail!("layer_norm: eps must be a finite number ≥ 0, got {eps}");
+    }
+    let params = Params { rows: rows as u32, d: d as u32, accumulate: 0, _p0: 0, eps, _p1: [0; 3] };
+    let constants = [
+        ("WG", workgroup_size(d)),
+        ("HAS_RESIDUAL", if residual.is_some() { 1.0 } else { 0.0 }),
+        ("HAS_SUM", if sum_out.is_some() { 1.0 } else { 0.0 }),
+    ];
+    batch.dispatch(
+        &FORWARD,
+        &constants,
+        &params,
+        // An absent residual binds x (unread): the shared dummy buffer cannot fill both a read-only
+        // and a read-write slot of one dispatch, and sum_out may need it.
+        &[Some(x), Some(residual.unwrap_or(x)), Some(gamma), Some(beta), sum_out, Some(y)],
+        [rows as u32, 1, 1],
+    );
+    Ok(())
+}
+
+/// Input gradient of [`layer_norm`]: `dx (+)= ∂L/∂x` given `dy = ∂L/∂y` and the LayerNorm input
+/// `x` (the saved sum); mean and rstd are recomputed from `x`. With `accumulate`, `dx` is added to
+/// instead of overwritten. `dx` must not share a buffer with `x`, `gamma` or `dy`.
+pub fn layer_norm_backward(
+    batch: &mut Batch,
+    x: &GpuTensor,
+    gamma: &GpuTensor,
+    eps: f32,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+    accumulate: bool,
+) -> Result<()> {
+    let (rows, d) = rows_of("layer_norm_backward", x, gamma)?;
+    expect_shape("layer_norm_backward dy", &dy.shape, &x.shape)?;
+    expect_shape("layer_norm_backward dx", &dx.shape, &x.shape)?;
+    check_no_alias("layer_norm_backward", &[dx], &[Some(x), Some(gamma), Some(dy)])?;
+    if !(eps >= 0.0 && eps.is_finite()) {
+        bail!("layer_norm_backward: eps must be a finite number ≥ 0, got {eps}");
+    }
+    let params = Params { rows: rows as u32, d: d as u32, accumulate: accumulate as u32, _p0: 0, eps, _p1: [0; 3] };
+    batch.dispatch(
+        &BACKWARD,
+        &[("WG", workgroup_size(d))],
+        &params,
+        &[Some(x), Some(gamma), Some(dy), Some(dx)],
+        [rows as u32, 1, 1],
+    );
+    Ok(())
+}
