@@ -5,9 +5,12 @@
 //! [`kernels`] (one host module per shader family), [`reference`] (f64 CPU reference, tests only).
 
 pub mod gpu;
+pub mod io;
 pub mod kernels;
+pub mod model;
 pub mod reference;
 pub mod shaders;
+pub mod tokenizer;
 
 pub use gpu::{Gpu, GpuOptions, GpuTensor};
 pub use kernels::Activation;

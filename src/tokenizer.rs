@@ -1,0 +1,282 @@
+//! Tokenization for BERT-family models through Hugging Face's `tokenizers` crate: `tokenizer.json`
+//! as the model ships it, or a `vocab.txt` WordPiece pipeline (BERT normalizer, pre-tokenizer and
+//! `[CLS] A [SEP] (B [SEP])` post-processor) when there is no `tokenizer.json`.
+//!
+//! Padding and truncation pinned in the file (all-MiniLM-L6-v2 pins both to 128) are replaced:
+//! batches are padded (right) to their longest sequence and truncated (longest first) at
+//! `max_length`, exactly like `tokenizer(texts, padding=True, truncation=True, max_length=N)`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{
+    AddedToken, EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, TruncationDirection, TruncationParams,
+    TruncationStrategy,
+};
+
+/// One batch, padded to its longest sequence: row `i` of each field belongs to input `i`, and
+/// every row has `seq_len` entries.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Encoded {
+    pub input_ids: Vec<Vec<u32>>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<Vec<u32>>,
+    /// 0 for the first text (and its `[CLS]`/`[SEP]`), 1 for the second of a pair.
+    pub token_type_ids: Vec<Vec<u32>>,
+    pub seq_len: usize,
+}
+
+impl Encoded {
+    pub fn batch_size(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    /// `[batch * seq_len]`, row-major.
+    pub fn flat_input_ids(&self) -> Vec<u32> {
+        self.input_ids.concat()
+    }
+
+    pub fn flat_attention_mask(&self) -> Vec<u32> {
+        self.attention_mask.concat()
+    }
+
+    pub fn flat_token_type_ids(&self) -> Vec<u32> {
+        self.token_type_ids.concat()
+    }
+
+    /// Real (unpadded) length of each row.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.attention_mask.iter().map(|r| r.iter().filter(|&&m| m != 0).count()).collect()
+    }
+}
+
+/// A BERT tokenizer with our padding / truncation policy.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    max_length: usize,
+    source: PathBuf,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer").field("source", &self.source).field("max_length", &self.max_length).finish()
+    }
+}
+
+impl Tokenizer {
+    /// `tokenizer.json` in `dir`, or else `vocab.txt` (lower-casing as `tokenizer_config.json`'s
+    /// `do_lower_case` says; true when absent, as for BERT's uncased models).
+    pub fn from_model_dir(dir: impl AsRef<Path>, max_length: usize) -> Result<Self> {
+        let dir = dir.as_ref();
+        let json = dir.join("tokenizer.json");
+        if json.exists() {
+            return Self::from_tokenizer_json(&json, max_length);
+        }
+        let vocab = dir.join("vocab.txt");
+        if vocab.exists() {
+            let opts = BertVocabOptions::from_tokenizer_config(dir)?;
+            return Self::from_vocab_txt(&vocab, &opts, max_length);
+        }
+        bail!("{}: no tokenizer.json or vocab.txt to build a tokenizer from", dir.display())
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`. The file's padding token is kept (else `[PAD]`).
+    pub fn from_tokenizer_json(path: impl AsRef<Path>, max_length: usize) -> Result<Self> {
+        let path = path.as_ref();
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let (pad_id, pad_token, pad_type_id) = match inner.get_padding() {
+            Some(p) => (p.pad_id, p.pad_token.clone(), p.pad_type_id),
+            None => {
+                let id = inner.token_to_id("[PAD]").with_context(|| {
+                    format!("{}: no padding configured and no [PAD] token in the vocabulary", path.display())
+                })?;
+                (id, "[PAD]".to_string(), 0)
+            }
+        };
+        Self::finish(inner, path, max_length, pad_id, pad_token, pad_type_id)
+    }
+
+    /// Builds BERT's WordPiece pipeline from a `vocab.txt` (one token per line, id = line number).
+    pub fn from_vocab_txt(path: impl AsRef<Path>, opts: &BertVocabOptions, max_length: usize) -> Result<Self> {
+        let path = path.as_ref();
+        let vocab = WordPiece::read_file(&path.to_string_lossy())
+            .map_err(|e| anyhow!("{}: cannot read vocabulary: {e}", path.display()))?;
+        let id = |tok: &str| -> Result<u32> {
+            vocab.get(tok).copied().with_context(|| format!("{}: vocabulary has no {tok} token", path.display()))
+        };
+        let (cls, sep, pad) = (id("[CLS]")?, id("[SEP]")?, id("[PAD]")?);
+        id("[UNK]")?;
+        let model = WordPiece::builder()
+            .vocab(vocab.clone())
+            .unk_token("[UNK]".into())
+            .continuing_subword_prefix("##".into())
+            .max_input_chars_per_word(100)
+            .build()
+            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let mut inner = tokenizers::Tokenizer::new(model);
+        inner
+            .with_normalizer(Some(BertNormalizer::new(
+                true,
+                opts.tokenize_chinese_chars,
+                opts.strip_accents,
+                opts.lowercase,
+            )))
+            .with_pre_tokenizer(Some(BertPreTokenizer))
+            .with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))))
+            .with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+        // As BertTokenizerFast does: the special tokens are never split or lower-cased.
+        let specials: Vec<AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .iter()
+            .filter(|t| vocab.contains_key(**t))
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        inner.add_special_tokens(&specials);
+        Self::finish(inner, path, max_length, pad, "[PAD]".into(), 0)
+    }
+
+    fn finish(
+        mut inner: tokenizers::Tokenizer,
+        path: &Path,
+        max_length: usize,
+        pad_id: u32,
+        pad_token: String,
+        pad_type_id: u32,
+    ) -> Result<Self> {
+        inner.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id,
+            pad_type_id,
+            pad_token,
+        }));
+        let mut t = Self { inner, max_length: 0, source: path.to_path_buf() };
+        t.set_max_length(max_length)?;
+        Ok(t)
+    }
+
+    /// Truncation length (special tokens included). Must leave room for `[CLS] a [SEP] b [SEP]`.
+    pub fn set_max_length(&mut self, max_length: usize) -> Result<()> {
+        if max_length < 4 {
+            bail!("max_length {max_length} is too short: [CLS] and [SEP] tokens alone take 2 (3 for pairs)");
+        }
+        self.inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| anyhow!("setting truncation to {max_length}: {e}"))?;
+        self.max_length = max_length;
+        Ok(())
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// The file this tokenizer was built from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The underlying `tokenizers` tokenizer (our padding / truncation already set).
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Single texts: `[CLS] text [SEP]`, padded to the longest in the batch.
+    pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S]) -> Result<Encoded> {
+        let inputs: Vec<EncodeInput> = texts.iter().map(|t| EncodeInput::Single(t.as_ref().into())).collect();
+        self.run(inputs)
+    }
+
+    /// Text pairs: `[CLS] a [SEP] b [SEP]`, token type 1 on `b [SEP]`.
+    pub fn encode_pairs<A: AsRef<str>, B: AsRef<str>>(&self, pairs: &[(A, B)]) -> Result<Encoded> {
+        let inputs: Vec<EncodeInput> =
+            pairs.iter().map(|(a, b)| EncodeInput::Dual(a.as_ref().into(), b.as_ref().into())).collect();
+        self.run(inputs)
+    }
+
+    fn run(&self, inputs: Vec<EncodeInput>) -> Result<Encoded> {
+        if inputs.is_empty() {
+            return Ok(Encoded::default());
+        }
+        let encs = self
+            .inner
+            .encode_batch(inputs, true)
+            .map_err(|e| anyhow!("tokenizing with {}: {e}", self.source.display()))?;
+        let seq_len = encs.first().map_or(0, |e| e.len());
+        let mut out = Encoded { seq_len, ..Default::default() };
+        for e in &encs {
+            debug_assert_eq!(e.len(), seq_len);
+            out.input_ids.push(e.get_ids().to_vec());
+            out.attention_mask.push(e.get_attention_mask().to_vec());
+            out.token_type_ids.push(e.get_type_ids().to_vec());
+        }
+        Ok(out)
+    }
+}
+
+/// How to build the `vocab.txt` pipeline (BertTokenizer's options).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BertVocabOptions {
+    pub lowercase: bool,
+    /// `None`: strip accents exactly when lower-casing (BERT's rule).
+    pub strip_accents: Option<bool>,
+    pub tokenize_chinese_chars: bool,
+}
+
+impl Default for BertVocabOptions {
+    fn default() -> Self {
+        Self { lowercase: true, strip_accents: None, tokenize_chinese_chars: true }
+    }
+}
+
+impl BertVocabOptions {
+    /// Reads `do_lower_case`, `strip_accents`, `tokenize_chinese_chars` from
+    /// `<dir>/tokenizer_config.json` when it exists; defaults otherwise.
+    pub fn from_tokenizer_config(dir: &Path) -> Result<Self> {
+        let mut o = Self::default();
+        let path = dir.join("tokenizer_config.json");
+        if !path.exists() {
+            return Ok(o);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+        let get_bool = |k: &str| -> Result<Option<bool>> {
+            match v.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+                Some(other) => bail!("{}: {k} must be a boolean, got {other}", path.display()),
+            }
+        };
+        if let Some(b) = get_bool("do_lower_case")? {
+            o.lowercase = b;
+        }
+        o.strip_accents = get_bool("strip_accents")?;
+        if let Some(b) = get_bool("tokenize_chinese_chars")? {
+            o.tokenize_chinese_chars = b;
+        }
+        Ok(o)
+    }
+}
