@@ -3,6 +3,7 @@
 pub mod adapter;
 pub mod attention;
 pub mod elementwise;
+pub mod fusion;
 pub mod layernorm;
 pub mod loss;
 pub mod matmul;

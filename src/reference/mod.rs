@@ -2,6 +2,7 @@
 //! the CPU). Written for readability: one loop nest per formula.
 
 pub mod adapter;
+pub mod fusion;
 pub mod ops;
 
 use crate::kernels::Activation;

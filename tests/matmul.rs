@@ -1,0 +1,209 @@
+//! The shared matmul kernel (`C = act(alpha·A·B + bias + beta·C)`, transposes as strides) vs the
+//! f64 reference, on shapes that are not multiples of its 32×32 workgroup tile.
+
+mod common;
+use common::*;
+use peft_wgpu::kernels::matmul::{Matmul, View};
+use peft_wgpu::reference::{act, matmul, transpose};
+use peft_wgpu::Activation;
+
+const TOL: f64 = 1e-5;
+
+/// (m, n, k): C is m×n, the inner dimension k.
+const SHAPES: [(usize, usize, usize); 4] = [(1, 1, 1), (5, 7, 3), (33, 65, 17), (100, 31, 129)];
+
+/// How A and B are stored: plain row-major `[m, k]` / `[k, n]`, or as their transposes
+/// (`[k, m]` / `[n, k]`, e.g. an nn.Linear weight) read through `View::transposed`.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    a_t: bool,
+    b_t: bool,
+}
+
+const LAYOUTS: [Layout; 4] = [
+    Layout { a_t: false, b_t: false }, // A·B
+    Layout { a_t: false, b_t: true },  // A·Bᵀ (nn.Linear)
+    Layout { a_t: true, b_t: false },  // Aᵀ·B (weight gradients)
+    Layout { a_t: true, b_t: true },   // Aᵀ·Bᵀ
+];
+
+/// Stores the logical `[rows, cols]` matrix `x` as itself or as its transpose.
+fn store(x: &[f32], rows: usize, cols: usize, transposed: bool) -> Vec<f32> {
+    if transposed {
+        transpose(&f64s(x), rows, cols).into_iter().map(|v| v as f32).collect()
+    } else {
+        x.to_vec()
+    }
+}
+
+fn view<'a>(t: &'a peft_wgpu::GpuTensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
+    // A stored transpose is `[cols, rows]` row-major: its row stride is `rows`.
+    if transposed {
+        View::transposed(t, rows)
+    } else {
+        View::rows(t, cols)
+    }
+}
+
+/// C = A·B for every shape and operand layout, into a NaN-poisoned C (beta = 0 must not read it).
+#[test]
+fn matmul_shapes_and_transposes() {
+    let mut worst = 0f64;
+    for (si, &(m, n, k)) in SHAPES.iter().enumerate() {
+        for (li, &lay) in LAYOUTS.iter().enumerate() {
+            let mut rng = rng((si * 10 + li) as u64);
+            let a = rand_f32(&mut rng, m * k, 1.0);
+            let b = rand_f32(&mut rng, k * n, 1.0);
+            let at = upload(&[a.len()], &store(&a, m, k, lay.a_t));
+            let bt = upload(&[b.len()], &store(&b, k, n, lay.b_t));
+            let c = poisoned(&[m, n]);
+            let mut batch = gpu().batch();
+            Matmul::new(m, n, k)
+                .run(&mut batch, view(&at, m, k, lay.a_t), view(&bt, k, n, lay.b_t), None, View::rows(&c, n))
+                .unwrap();
+            batch.finish().unwrap();
+            let want = matmul(&f64s(&a), &f64s(&b), m, k, n);
+            worst = worst.max(assert_close(&format!("{m}×{n}×{k} {lay:?}"), &download(&c), &want, TOL));
+        }
+    }
+    println!("shapes × layouts: max relative error {worst:.2e}");
+}
+
+/// A batch of products through offsets and batch strides with gaps; elements between the batch's
+/// matrices in C are left alone.
+#[test]
+fn matmul_batched_with_offsets_and_strides() {
+    let (nb, m, n, k) = (3usize, 9usize, 37usize, 20usize);
+    let mut rng = rng(100);
+    let (a_off, a_sb) = (5, m * k + 3);
+    let (b_off, b_sb) = (2, k * n + 11);
+    let (c_off, c_sb) = (4, m * n + 6);
+    let a_all = rand_f32(&mut rng, a_off + nb * a_sb, 1.0);
+    let b_all = rand_f32(&mut rng, b_off + nb * b_sb, 1.0);
+    let sentinel = 7.5f32;
+    let c_all = vec![sentinel; c_off + nb * c_sb];
+    let (at, bt, ct) = (upload(&[a_all.len()], &a_all), upload(&[b_all.len()], &b_all), upload(&[c_all.len()], &c_all));
+    // A·Bᵀ per batch: A row-major [m, k], B stored [n, k].
+    let mut batch = gpu().batch();
+    Matmul::new(m, n, k)
+        .batch(nb)
+        .run(
+            &mut batch,
+            View::rows(&at, k).offset(a_off).batch_stride(a_sb),
+            View::transposed(&bt, k).offset(b_off).batch_stride(b_sb),
+            None,
+            View::rows(&ct, n).offset(c_off).batch_stride(c_sb),
+        )
+        .unwrap();
+    batch.finish().unwrap();
+    let got = download(&ct);
+    let mut worst = 0f64;
+    let mut written = vec![false; got.len()];
+    for z in 0..nb {
+        let a = f64s(&a_all[a_off + z * a_sb..][..m * k]);
+        let b_nk = f64s(&b_all[b_off + z * b_sb..][..n * k]);
+        let want = matmul(&a, &transpose(&b_nk, n, k), m, k, n);
+        let c = &got[c_off + z * c_sb..][..m * n];
+        worst = worst.max(assert_close(&format!("batch {z}"), c, &want, TOL));
+        written[c_off + z * c_sb..][..m * n].iter_mut().for_each(|w| *w = true);
+    }
+    for (i, (&v, &w)) in got.iter().zip(&written).enumerate() {
+        assert!(w || v == sentinel, "element {i} outside the batch's matrices was overwritten with {v}");
+    }
+    println!("batched: max relative error {worst:.2e}");
+}
+
+/// C = act(alpha·A·B + bias + beta·C) for each activation, a bias read from an offset, and beta
+/// accumulating into C's previous contents.
+#[test]
+fn matmul_bias_alpha_beta_and_activation() {
+    let (m, n, k) = (13usize, 70usize, 33usize);
+    let acts = [Activation::Identity, Activation::Gelu, Activation::Relu, Activation::Silu, Activation::Tanh];
+    let mut worst = 0f64;
+    for (i, act_kind) in acts.into_iter().enumerate() {
+        for (alpha, beta, with_bias) in [(1.0f32, 0.0f32, true), (0.5, 1.0, false), (-1.25, -0.5, true)] {
+            let mut rng = rng(200 + i as u64);
+            let a = rand_f32(&mut rng, m * k, 1.0);
+            let b = rand_f32(&mut rng, k * n, 1.0);
+            let bias_off = 3;
+            let bias = rand_f32(&mut rng, bias_off + n, 1.0);
+            let c0 = rand_f32(&mut rng, m * n, 1.0);
+            let (at, bt, bias_t) = (upload(&[m, k], &a), upload(&[k, n], &b), upload(&[bias.len()], &bias));
+            // beta = 0 must not read C: poison it then.
+            let c = if beta == 0.0 { poisoned(&[m, n]) } else { upload(&[m, n], &c0) };
+            let mut batch = gpu().batch();
+            Matmul::new(m, n, k)
+                .alpha(alpha)
+                .beta(beta)
+                .act(act_kind)
+                .run(
+                    &mut batch,
+                    View::rows(&at, k),
+                    View::rows(&bt, n),
+                    with_bias.then_some((&bias_t, bias_off)),
+                    View::rows(&c, n),
+                )
+                .unwrap();
+            batch.finish().unwrap();
+            let ab = matmul(&f64s(&a), &f64s(&b), m, k, n);
+            let want: Vec<f64> = (0..m * n)
+                .map(|idx| {
+                    let mut v = alpha as f64 * ab[idx] + beta as f64 * c0[idx] as f64;
+                    if with_bias {
+                        v += bias[bias_off + idx % n] as f64;
+                    }
+                    act(act_kind, v)
+                })
+                .collect();
+            let what = format!("{act_kind:?} alpha={alpha} beta={beta} bias={with_bias}");
+            worst = worst.max(assert_close(&what, &download(&c), &want, TOL));
+        }
+    }
+    println!("bias/alpha/beta/activation: max relative error {worst:.2e}");
+}
+
+/// Same product twice: identical bits (one thread sums each output in a fixed order).
+#[test]
+fn matmul_is_deterministic() {
+    let (m, n, k) = (45usize, 52usize, 300usize);
+    let mut rng = rng(300);
+    let a = upload(&[k, m], &rand_f32(&mut rng, k * m, 1.0));
+    let b = upload(&[k, n], &rand_f32(&mut rng, k * n, 1.0));
+    let run = || {
+        let c = poisoned(&[m, n]);
+        let mut batch = gpu().batch();
+        Matmul::new(m, n, k)
+            .run(&mut batch, View::transposed(&a, m), View::rows(&b, n), None, View::rows(&c, n))
+            .unwrap();
+        batch.finish().unwrap();
+        download(&c).iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn matmul_rejects_views_past_the_end() {
+    let g = gpu();
+    let a = upload(&[4, 3], &[0.0; 12]);
+    let b = upload(&[3, 5], &[0.0; 15]);
+    let c = poisoned(&[4, 5]);
+    let mut batch = g.batch();
+    // k = 4 reads past A's rows of 3.
+    let err = Matmul::new(4, 5, 4)
+        .run(&mut batch, View::rows(&a, 3), View::rows(&b, 5), None, View::rows(&c, 5))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("operand A") || err.contains("operand B"), "{err}");
+    let err = Matmul::new(4, 5, 3)
+        .run(&mut batch, View::rows(&a, 3), View::rows(&b, 5), None, View::rows(&c, 5).offset(1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("operand C"), "{err}");
+    let bias = upload(&[4], &[0.0; 4]);
+    let err = Matmul::new(4, 5, 3)
+        .run(&mut batch, View::rows(&a, 3), View::rows(&b, 5), Some((&bias, 0)), View::rows(&c, 5))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bias"), "{err}");
+    assert!(batch.is_empty(), "a rejected product must queue nothing");
+}
