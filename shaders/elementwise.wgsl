@@ -53,6 +53,16 @@ fn act_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // ---- copy, gather_rows, scatter_rows: src -> out2 ----
 @group(0) @binding(2) var<storage, read_write> out2: array<f32>;
 
+// ---- activate: out2 = act(src) ----
+@compute @workgroup_size(WG)
+fn activate_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out2[i] = activate(ACT, in_a[i]);
+}
+
+
 @compute @workgroup_size(WG)
 fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {

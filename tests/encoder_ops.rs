@@ -395,7 +395,11 @@ fn add_copy_fill_and_act_backward() {
         let filled = poisoned(&[n]);
         let acts = [Activation::Gelu, Activation::Relu, Activation::Silu, Activation::Tanh, Activation::Identity];
         let dxs: Vec<GpuTensor> = acts.iter().map(|_| poisoned(&[n])).collect();
+        let ys: Vec<GpuTensor> = acts.iter().map(|_| poisoned(&[n])).collect();
         let mut b = gpu().batch();
+        for (act, y) in acts.iter().zip(&ys) {
+            elementwise::activate(&mut b, *act, &ag, y).unwrap();
+        }
         elementwise::add(&mut b, &ag, &bg, &sum).unwrap();
         elementwise::copy(&mut b, &ag, &copied).unwrap();
         elementwise::fill(&mut b, &filled, -2.5).unwrap();
@@ -407,6 +411,10 @@ fn add_copy_fill_and_act_backward() {
         assert_eq!(bits(&download(&sum)), bits(&want), "add n={n}");
         assert_eq!(bits(&download(&copied)), bits(&a), "copy n={n}");
         assert!(download(&filled).iter().all(|&v| v == -2.5), "fill n={n}");
+        for (act, y) in acts.iter().zip(&ys) {
+            let r: Vec<f64> = a.iter().map(|x| reference::act(*act, *x as f64)).collect();
+            assert_close(&format!("activate {act:?} n={n}"), &download(y), &r, TOL);
+        }
         for (act, dx) in acts.iter().zip(&dxs) {
             let r: Vec<f64> =
                 a.iter().zip(&bv).map(|(x, dy)| *dy as f64 * reference::act_grad(*act, *x as f64)).collect();

@@ -75,8 +75,11 @@ impl Batch {
         self.params.extend_from_slice(bytemuck::bytes_of(params));
         let end = start + std::mem::size_of::<P>().div_ceil(16) * 16;
         self.params.resize(end, 0);
-        let buffers =
-            tensors.iter().map(|t| t.map(|t| t.buffer.clone()).unwrap_or_else(|| self.gpu.dummy.clone())).collect();
+        let buffers = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| t.map(|t| t.buffer.clone()).unwrap_or_else(|| self.gpu.dummies[i].clone()))
+            .collect();
         let groups = fold_groups(groups, self.gpu.limits.max_compute_workgroups_per_dimension);
         self.dispatches.push(Dispatch { pipeline, params: start..end, buffers, groups });
     }

@@ -110,7 +110,9 @@ pub struct Gpu {
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
     pub(crate) pipelines: pipelines::PipelineCache,
-    pub(crate) dummy: Arc<wgpu::Buffer>,
+    /// One small unused buffer per binding slot, bound where a kernel's optional input is absent
+    /// (distinct per slot, so a read-only and a read-write slot never share a buffer).
+    pub(crate) dummies: Vec<Arc<wgpu::Buffer>>,
 }
 
 impl Gpu {
@@ -154,12 +156,16 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .with_context(|| format!("opening GPU {}", description.summary()))?;
-        let dummy = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("dummy"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        }));
+        let dummies = (0..16)
+            .map(|_| {
+                Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("dummy"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                }))
+            })
+            .collect();
         Ok(Arc::new(Self {
             device,
             queue,
@@ -167,7 +173,7 @@ impl Gpu {
             features,
             limits,
             pipelines: pipelines::PipelineCache::default(),
-            dummy,
+            dummies,
         }))
     }
 

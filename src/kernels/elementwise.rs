@@ -13,6 +13,7 @@ const W: Access = Access::ReadWrite;
 const ADD: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "add", bindings: &[R, R, W] };
 const ACT_BACKWARD: KernelSpec =
     KernelSpec { shader: &shaders::ELEMENTWISE, entry: "act_backward", bindings: &[R, R, W] };
+const ACTIVATE: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "activate_fwd", bindings: &[R, W] };
 const COPY: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "copy", bindings: &[R, W] };
 const GATHER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "gather_rows", bindings: &[R, W] };
 const SCATTER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "scatter_rows", bindings: &[R, W] };
@@ -86,6 +87,15 @@ pub fn act_backward(batch: &mut Batch, act: Activation, pre: &GpuTensor, dy: &Gp
     check_no_alias("act_backward", &[dx], &[Some(pre), Some(dy)])?;
     let params = Params { n: count("act_backward", pre.numel())?, ..Default::default() };
     run(batch, &ACT_BACKWARD, Some(act), params, &[Some(pre), Some(dy), Some(dx)]);
+    Ok(())
+}
+
+/// `out = act(x)` (same shape; `out` distinct from `x`).
+pub fn activate(batch: &mut Batch, act: Activation, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
+    expect_shape("activate out", &out.shape, &x.shape)?;
+    check_no_alias("activate", &[out], &[Some(x)])?;
+    let params = Params { n: count("activate", x.numel())?, ..Default::default() };
+    run(batch, &ACTIVATE, Some(act), params, &[Some(x), Some(out)]);
     Ok(())
 }
 

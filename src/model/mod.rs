@@ -1,4 +1,9 @@
 //! The encoder's model description: config and tensor names.
 
+pub mod adapters;
 pub mod config;
+pub mod encoder;
+pub mod load;
+pub mod source;
+pub mod store;
 pub mod weights;

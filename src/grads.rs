@@ -1,0 +1,114 @@
+//! `peft grads`: one forward + backward with mean cross-entropy on a given batch, writing logits,
+//! loss, last hidden state and the gradient of every trainable tensor under the `adapters`
+//! library's names (the parity interface other tools and tests rely on).
+
+use crate::gpu::Gpu;
+use crate::io::weights::{write_tensors, Tensor, TensorMap};
+use crate::model::encoder::{Inputs, Setup};
+use crate::model::load;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Arguments of `peft grads`.
+#[derive(Clone, Debug, Default)]
+pub struct GradsArgs {
+    pub model: PathBuf,
+    pub adapters: Vec<PathBuf>,
+    pub fusion: Option<PathBuf>,
+    pub head: Option<PathBuf>,
+    pub inputs: PathBuf,
+    pub out: PathBuf,
+    pub resident_layers: Option<usize>,
+}
+
+/// Reads `input_ids`, `attention_mask`, `labels` and optional `token_type_ids` (else zeros).
+pub fn read_inputs_json(path: &Path) -> Result<(Inputs, Vec<u32>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let rows = |k: &str| -> Result<Option<Vec<Vec<u32>>>> {
+        let Some(x) = v.get(k) else { return Ok(None) };
+        let bad = || anyhow!("{}: {k:?} must be a list of lists of non-negative integers", path.display());
+        x.as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .ok_or_else(bad)?
+                    .iter()
+                    .map(|n| n.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad))
+                    .collect::<Result<Vec<u32>>>()
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    };
+    let ids = rows("input_ids")?.ok_or_else(|| anyhow!("{}: no \"input_ids\"", path.display()))?;
+    let mask = rows("attention_mask")?.unwrap_or_else(|| ids.iter().map(|r| vec![1; r.len()]).collect());
+    let batch = ids.len();
+    if batch == 0 {
+        bail!("{}: \"input_ids\" is empty", path.display());
+    }
+    let seq = ids[0].len();
+    let types = rows("token_type_ids")?.unwrap_or_else(|| vec![vec![0; seq]; batch]);
+    for (name, r) in [("input_ids", &ids), ("attention_mask", &mask), ("token_type_ids", &types)] {
+        if r.len() != batch || r.iter().any(|row| row.len() != seq) {
+            bail!("{}: {name:?} must be {batch} rows of {seq} (padded to one length)", path.display());
+        }
+    }
+    let labels = v
+        .get("labels")
+        .and_then(|l| l.as_array())
+        .ok_or_else(|| anyhow!("{}: no \"labels\" list", path.display()))?
+        .iter()
+        .map(|n| n.as_u64().map(|n| n as u32).ok_or_else(|| anyhow!("{}: labels must be integers", path.display())))
+        .collect::<Result<Vec<u32>>>()?;
+    let inputs = Inputs {
+        batch,
+        seq,
+        ids: ids.concat(),
+        token_types: types.concat(),
+        mask: mask.concat().iter().map(|&m| m as f32).collect(),
+    };
+    Ok((inputs, labels))
+}
+
+/// Runs `peft grads` and returns the tensors written.
+pub fn run(gpu: &Arc<Gpu>, args: &GradsArgs) -> Result<TensorMap> {
+    if args.fusion.is_some() {
+        bail!("--fusion: AdapterFusion is not wired into the encoder yet");
+    }
+    if args.adapters.len() > 1 {
+        bail!("several --adapter folders need --fusion");
+    }
+    let (cfg, mut enc) = load::load_encoder(gpu, &args.model, args.resident_layers)?;
+    let d = cfg.hidden_size;
+    let (adapter, saved_head) = match args.adapters.first() {
+        Some(dir) => {
+            let (a, h) = load::load_adapter(gpu, dir, &cfg)?;
+            (Some(a), h)
+        }
+        None => (None, None),
+    };
+    let head = match &args.head {
+        Some(dir) => load::load_head(gpu, dir, d)?,
+        None => saved_head.ok_or_else(|| anyhow!("no head: pass --head DIR or an adapter saved with its head"))?,
+    };
+    let (inputs, labels) = read_inputs_json(&args.inputs)?;
+    let setup = match &adapter {
+        Some(a) => Setup::Adapter(a),
+        None => Setup::None,
+    };
+    let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
+    let mut map = TensorMap::new();
+    map.insert("logits".into(), Tensor::new(vec![inputs.batch, head.labels], out.logits)?);
+    map.insert("loss".into(), Tensor::new(vec![1], vec![out.loss.expect("labels given")])?);
+    let hidden = out.last_hidden_state.expect("asked for");
+    map.insert("last_hidden_state".into(), Tensor::new(vec![inputs.batch, inputs.seq, d], hidden)?);
+    let named = adapter.iter().flat_map(|a| a.named()).chain(head.named());
+    for (name, _, grad) in named {
+        map.insert(format!("grad.{name}"), Tensor::new(grad.shape.clone(), grad.to_vec(gpu)?)?);
+    }
+    write_tensors(&args.out, &map, None)?;
+    Ok(map)
+}

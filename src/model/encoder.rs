@@ -1,0 +1,495 @@
+//! The frozen BERT-family encoder on the GPU: forward, and backward of activation gradients to the
+//! trainable adapters and head (no gradients for frozen weights), with the base's layer weights
+//! resident or streamed ([`LayerStore`]).
+
+use super::adapters::{AdapterModule, AdapterSet, ClassificationHead, Location, Placement};
+use super::store::{LayerStore, LayerWeights, TensorSource};
+use crate::gpu::{Batch, Gpu, GpuTensor};
+use crate::kernels::adapter::{AdapterScratch, Residual};
+use crate::kernels::attention::{self, AttentionShape};
+use crate::kernels::matmul::{linear, Matmul, View};
+use crate::kernels::{elementwise, layernorm, loss, reduce, Activation};
+use anyhow::{bail, Result};
+use std::sync::Arc;
+
+/// The encoder's dimensions and options (from `config.json`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dims {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub act: Activation,
+    pub eps: f32,
+    pub max_positions: usize,
+    pub type_vocab: usize,
+    pub vocab: usize,
+}
+
+/// Embedding tables and their LayerNorm.
+pub struct Embeddings {
+    pub word: GpuTensor,
+    pub position: GpuTensor,
+    pub token_type: GpuTensor,
+    pub ln_g: GpuTensor,
+    pub ln_b: GpuTensor,
+}
+
+/// A tokenized batch: `[batch, seq]` ids, token types and mask (1 real, 0 padding).
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub batch: usize,
+    pub seq: usize,
+    pub ids: Vec<u32>,
+    pub token_types: Vec<u32>,
+    pub mask: Vec<f32>,
+}
+
+/// What trains on top of the frozen base.
+pub enum Setup<'a> {
+    /// The base alone.
+    None,
+    /// One adapter set (trainable).
+    Adapter(&'a AdapterSet),
+}
+
+/// Results of one pass.
+pub struct PassOutput {
+    pub logits: Vec<f32>,
+    pub loss: Option<f32>,
+    /// `[batch·seq, hidden]` when asked for.
+    pub last_hidden_state: Option<Vec<f32>>,
+    /// Bytes uploaded for streamed weights during the pass.
+    pub uploaded_bytes: u64,
+}
+
+/// Activations one sub-layer (attention or FFN output) keeps for backward.
+struct SubActs {
+    /// `h + x_in` fed to the pretrained LayerNorm before the adapter (original_ln_before).
+    s1: Option<GpuTensor>,
+    /// The adapter's input.
+    hs: Option<GpuTensor>,
+    /// The adapter's saved pre-activation.
+    a: Option<GpuTensor>,
+    /// Input of the final LayerNorm (`out + x_in`).
+    u: Option<GpuTensor>,
+    out: GpuTensor,
+}
+
+struct LayerActs {
+    q: GpuTensor,
+    k: GpuTensor,
+    v: GpuTensor,
+    probs: GpuTensor,
+    attn: SubActs,
+    pre: GpuTensor,
+    ffn: SubActs,
+}
+
+/// The frozen encoder on one GPU.
+pub struct Encoder {
+    pub gpu: Arc<Gpu>,
+    pub dims: Dims,
+    pub embeddings: Embeddings,
+    pub store: LayerStore,
+}
+
+fn t(gpu: &Gpu, shape: &[usize]) -> Result<GpuTensor> {
+    GpuTensor::zeros(gpu, shape)
+}
+
+impl Encoder {
+    /// Loads embeddings (resident) and the layer store from `source`.
+    pub fn new(gpu: Arc<Gpu>, dims: Dims, source: Arc<dyn TensorSource>, resident_layers: usize) -> Result<Self> {
+        let d = dims.hidden;
+        let up = |name: &str, shape: &[usize]| -> Result<GpuTensor> {
+            let bytes = source.bytes(name, shape)?;
+            let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+            GpuTensor::from_slice(&gpu, shape, &v)
+        };
+        let embeddings = Embeddings {
+            word: up("embeddings.word_embeddings.weight", &[dims.vocab, d])?,
+            position: up("embeddings.position_embeddings.weight", &[dims.max_positions, d])?,
+            token_type: up("embeddings.token_type_embeddings.weight", &[dims.type_vocab, d])?,
+            ln_g: up("embeddings.LayerNorm.weight", &[d])?,
+            ln_b: up("embeddings.LayerNorm.bias", &[d])?,
+        };
+        let store = LayerStore::new(gpu.clone(), source, d, dims.ffn, dims.layers, resident_layers)?;
+        Ok(Self { gpu, dims, embeddings, store })
+    }
+
+    fn check_inputs(&self, inp: &Inputs) -> Result<()> {
+        let n = inp.batch * inp.seq;
+        if inp.batch == 0 || inp.seq == 0 {
+            bail!("empty batch");
+        }
+        if inp.ids.len() != n || inp.token_types.len() != n || inp.mask.len() != n {
+            bail!("inputs: ids/token_types/mask must each have batch·seq = {n} values");
+        }
+        if inp.seq > self.dims.max_positions {
+            bail!("sequence length {} exceeds the model's {} positions", inp.seq, self.dims.max_positions);
+        }
+        if let Some(&id) = inp.ids.iter().find(|&&id| id as usize >= self.dims.vocab) {
+            bail!("token id {id} is outside the vocabulary ({} entries)", self.dims.vocab);
+        }
+        if let Some(&tt) = inp.token_types.iter().find(|&&tt| tt as usize >= self.dims.type_vocab) {
+            bail!("token type {tt} is outside the model's {} token types", self.dims.type_vocab);
+        }
+        for b in 0..inp.batch {
+            if inp.mask[b * inp.seq] < 0.5 {
+                bail!("sequence {b} has a masked first token (the [CLS] position must be a real token)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward (and, with `labels` and `backward`, backward) of the encoder + head. Gradients are
+    /// written into the adapters' and the head's gradient tensors (overwritten, not accumulated).
+    pub fn pass(
+        &mut self,
+        setup: &Setup,
+        head: &ClassificationHead,
+        inp: &Inputs,
+        labels: Option<&[u32]>,
+        backward: bool,
+        want_hidden: bool,
+    ) -> Result<PassOutput> {
+        self.check_inputs(inp)?;
+        if let Some(l) = labels {
+            if l.len() != inp.batch {
+                bail!("{} labels for a batch of {}", l.len(), inp.batch);
+            }
+            if let Some(&bad) = l.iter().find(|&&x| x as usize >= head.labels) {
+                bail!("label {bad} is outside the head's {} labels", head.labels);
+            }
+        }
+        if backward && labels.is_none() {
+            bail!("backward needs labels");
+        }
+        let gpu = self.gpu.clone();
+        let dims = self.dims;
+        let (d, tok) = (dims.hidden, inp.batch * inp.seq);
+        let ids = GpuTensor::from_u32(&gpu, &[tok], &inp.ids)?;
+        let types = GpuTensor::from_u32(&gpu, &[tok], &inp.token_types)?;
+        let mask = GpuTensor::from_slice(&gpu, &[inp.batch, inp.seq], &inp.mask)?;
+        let ashape = AttentionShape { batch: inp.batch, seq: inp.seq, heads: dims.heads, head_dim: d / dims.heads };
+        let mut b = gpu.batch();
+
+        // Embeddings + LayerNorm.
+        let emb = t(&gpu, &[tok, d])?;
+        elementwise::embeddings(
+            &mut b,
+            &ids,
+            &types,
+            inp.seq,
+            &self.embeddings.word,
+            &self.embeddings.position,
+            &self.embeddings.token_type,
+            &emb,
+        )?;
+        let mut x = t(&gpu, &[tok, d])?;
+        layernorm::layer_norm(&mut b, &emb, None, &self.embeddings.ln_g, &self.embeddings.ln_b, dims.eps, None, &x)?;
+
+        let mut acts: Vec<LayerActs> = Vec::with_capacity(dims.layers);
+        for l in 0..dims.layers {
+            let w = self.store.layer(l)?;
+            let la = self.layer_forward(&mut b, &w, setup, l, &x, &mask, ashape)?;
+            x = la.ffn.out.clone();
+            acts.push(la);
+            if !self.store.is_resident() {
+                b.submit();
+            }
+        }
+        let hidden = x;
+
+        // Head.
+        let bsz = inp.batch;
+        let cls = t(&gpu, &[bsz, d])?;
+        elementwise::gather_rows(&mut b, &hidden, inp.seq, &cls)?;
+        let hpre = t(&gpu, &[bsz, d])?;
+        linear(&mut b, &cls, &head.w1, Some(&head.b1), &hpre)?;
+        let hact = t(&gpu, &[bsz, d])?;
+        Matmul::new(bsz, d, d).act(Activation::Tanh).run(
+            &mut b,
+            View::rows(&cls, d),
+            View::transposed(&head.w1, d),
+            Some((&head.b1, 0)),
+            View::rows(&hact, d),
+        )?;
+        let logits = t(&gpu, &[bsz, head.labels])?;
+        linear(&mut b, &hact, &head.w4, Some(&head.b4), &logits)?;
+
+        let mut loss_value = None;
+        if let Some(labels) = labels {
+            let lab = GpuTensor::from_u32(&gpu, &[bsz], labels)?;
+            let loss_t = t(&gpu, &[1])?;
+            let dlogits = t(&gpu, &[bsz, head.labels])?;
+            loss::softmax_cross_entropy(&mut b, &logits, &lab, &loss_t, &dlogits)?;
+            if backward {
+                let dhidden = self.head_backward(&mut b, head, &cls, &hpre, &hact, &dlogits, inp.seq, tok)?;
+                self.layers_backward(&mut b, setup, &acts, &mask, ashape, dhidden)?;
+            }
+            b.finish()?;
+            loss_value = Some(loss_t.to_vec(&gpu)?[0]);
+        } else {
+            b.finish()?;
+        }
+        Ok(PassOutput {
+            logits: logits.to_vec(&gpu)?,
+            loss: loss_value,
+            last_hidden_state: if want_hidden { Some(hidden.to_vec(&gpu)?) } else { None },
+            uploaded_bytes: self.store.take_uploaded(),
+        })
+    }
+
+    fn layer_forward(
+        &self,
+        b: &mut Batch,
+        w: &LayerWeights,
+        setup: &Setup,
+        l: usize,
+        x: &GpuTensor,
+        mask: &GpuTensor,
+        s: AttentionShape,
+    ) -> Result<LayerActs> {
+        let gpu = &self.gpu;
+        let (d, tok) = (self.dims.hidden, s.batch * s.seq);
+        let q = t(gpu, &[tok, d])?;
+        let k = t(gpu, &[tok, d])?;
+        let v = t(gpu, &[tok, d])?;
+        linear(b, x, &w.q_w, Some(&w.q_b), &q)?;
+        linear(b, x, &w.k_w, Some(&w.k_b), &k)?;
+        linear(b, x, &w.v_w, Some(&w.v_b), &v)?;
+        let probs = t(gpu, &[s.batch, s.heads, s.seq, s.seq])?;
+        let ctx = t(gpu, &[tok, d])?;
+        attention::attention_forward(b, s, &q, &k, &v, mask, &probs, &ctx)?;
+        let h1 = t(gpu, &[tok, d])?;
+        linear(b, &ctx, &w.ao_w, Some(&w.ao_b), &h1)?;
+        let adapter = |loc| match setup {
+            Setup::None => None,
+            Setup::Adapter(a) => a.at(l, loc).map(|m| (m, a.placement)),
+        };
+        let attn = self.sublayer_forward(b, h1, x, &w.ln1_g, &w.ln1_b, adapter(Location::Attention))?;
+        let y1 = attn.out.clone();
+        let ffn_dim = self.dims.ffn;
+        let pre = t(gpu, &[tok, ffn_dim])?;
+        linear(b, &y1, &w.i_w, Some(&w.i_b), &pre)?;
+        let inter = t(gpu, &[tok, ffn_dim])?;
+        elementwise::activate(b, self.dims.act, &pre, &inter)?;
+        let h2 = t(gpu, &[tok, d])?;
+        linear(b, &inter, &w.o_w, Some(&w.o_b), &h2)?;
+        let ffn = self.sublayer_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapter(Location::Output))?;
+        Ok(LayerActs { q, k, v, probs, attn, pre, ffn })
+    }
+
+    /// Dense output `h` of a sub-layer → its final output, with an optional adapter placed as
+    /// AdapterHub places it (see [`Placement`]).
+    fn sublayer_forward(
+        &self,
+        b: &mut Batch,
+        h: GpuTensor,
+        x_in: &GpuTensor,
+        ln_g: &GpuTensor,
+        ln_b: &GpuTensor,
+        adapter: Option<(&AdapterModule, Placement)>,
+    ) -> Result<SubActs> {
+        let gpu = &self.gpu;
+        let eps = self.dims.eps;
+        let shape = h.shape.clone();
+        let Some((ad, pl)) = adapter else {
+            let u = t(gpu, &shape)?;
+            let out = t(gpu, &shape)?;
+            layernorm::layer_norm(b, &h, Some(x_in), ln_g, ln_b, eps, Some(&u), &out)?;
+            return Ok(SubActs { s1: None, hs: None, a: None, u: Some(u), out });
+        };
+        let (s1, hs) = if pl.original_ln_before {
+            let s1 = t(gpu, &shape)?;
+            let hs = t(gpu, &shape)?;
+            layernorm::layer_norm(b, &h, Some(x_in), ln_g, ln_b, eps, Some(&s1), &hs)?;
+            (Some(s1), hs)
+        } else {
+            (None, h.clone())
+        };
+        let a = t(gpu, &[shape[0], ad.shape.m])?;
+        let adapted = t(gpu, &shape)?;
+        let residual = if pl.separate_residual() { Residual::Tensor(&h) } else { Residual::Input };
+        ad.shape.forward_residual(b, &ad.w, &hs, residual, &adapted, &a)?;
+        let (u, out) = if pl.original_ln_after {
+            let u = t(gpu, &shape)?;
+            let out = t(gpu, &shape)?;
+            layernorm::layer_norm(b, &adapted, Some(x_in), ln_g, ln_b, eps, Some(&u), &out)?;
+            (Some(u), out)
+        } else {
+            (None, adapted)
+        };
+        Ok(SubActs { s1, hs: Some(hs), a: Some(a), u, out })
+    }
+
+    /// Gradient of a sub-layer: from `dfinal` to `dh` (its dense output) and `dx_in` (written).
+    fn sublayer_backward(
+        &self,
+        b: &mut Batch,
+        acts: &SubActs,
+        ln_g: &GpuTensor,
+        adapter: Option<(&AdapterModule, Placement)>,
+        dfinal: &GpuTensor,
+        dh: &GpuTensor,
+        dx_in: &GpuTensor,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let eps = self.dims.eps;
+        let shape = dfinal.shape.clone();
+        let Some((ad, pl)) = adapter else {
+            let u = acts.u.as_ref().expect("saved LN input");
+            layernorm::layer_norm_backward(b, u, ln_g, eps, dfinal, dh, false)?;
+            elementwise::copy(b, dh, dx_in)?;
+            return Ok(());
+        };
+        let du = match &acts.u {
+            Some(u) => {
+                let du = t(gpu, &shape)?;
+                layernorm::layer_norm_backward(b, u, ln_g, eps, dfinal, &du, false)?;
+                Some(du)
+            }
+            None => None,
+        };
+        let dout = du.as_ref().unwrap_or(dfinal);
+        let hs = acts.hs.as_ref().expect("saved adapter input");
+        let a = acts.a.as_ref().expect("saved adapter activations");
+        let dhs = t(gpu, &shape)?;
+        let scratch = AdapterScratch::new(gpu, shape[0], ad.shape.m)?;
+        let separate = pl.separate_residual();
+        ad.shape.backward_residual(b, &ad.w, hs, separate, a, dout, &dhs, &ad.grad, &scratch)?;
+        // The gradient reaching the adapter's input flows to h (directly, or through the
+        // pretrained LayerNorm before the adapter, which also feeds x_in).
+        let (to_h, to_x) = match &acts.s1 {
+            Some(s1) => {
+                let ds1 = t(gpu, &shape)?;
+                layernorm::layer_norm_backward(b, s1, ln_g, eps, &dhs, &ds1, false)?;
+                (ds1.clone(), Some(ds1))
+            }
+            None => (dhs, None),
+        };
+        if separate {
+            elementwise::add(b, dout, &to_h, dh)?;
+        } else {
+            elementwise::copy(b, &to_h, dh)?;
+        }
+        match (&du, &to_x) {
+            (Some(du), Some(dx)) => elementwise::add(b, du, dx, dx_in)?,
+            (Some(du), None) => elementwise::copy(b, du, dx_in)?,
+            (None, Some(dx)) => elementwise::copy(b, dx, dx_in)?,
+            (None, None) => elementwise::fill(b, dx_in, 0.0)?,
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn head_backward(
+        &self,
+        b: &mut Batch,
+        head: &ClassificationHead,
+        cls: &GpuTensor,
+        hpre: &GpuTensor,
+        hact: &GpuTensor,
+        dlogits: &GpuTensor,
+        seq: usize,
+        tok: usize,
+    ) -> Result<GpuTensor> {
+        let gpu = &self.gpu;
+        let d = self.dims.hidden;
+        let (bsz, c) = (cls.shape[0], head.labels);
+        // logits = hact·W4ᵀ + b4
+        Matmul::new(c, d, bsz).run(
+            b,
+            View::transposed(dlogits, c),
+            View::rows(hact, d),
+            None,
+            View::rows(&head.g_w4, d),
+        )?;
+        reduce::col_sum(b, dlogits, bsz, c, 1.0, 0.0, &head.g_b4)?;
+        let dhact = t(gpu, &[bsz, d])?;
+        Matmul::new(bsz, d, c).run(b, View::rows(dlogits, c), View::rows(&head.w4, d), None, View::rows(&dhact, d))?;
+        let dhpre = t(gpu, &[bsz, d])?;
+        elementwise::act_backward(b, Activation::Tanh, hpre, &dhact, &dhpre)?;
+        // hpre = cls·W1ᵀ + b1
+        Matmul::new(d, d, bsz).run(
+            b,
+            View::transposed(&dhpre, d),
+            View::rows(cls, d),
+            None,
+            View::rows(&head.g_w1, d),
+        )?;
+        reduce::col_sum(b, &dhpre, bsz, d, 1.0, 0.0, &head.g_b1)?;
+        let dcls = t(gpu, &[bsz, d])?;
+        Matmul::new(bsz, d, d).run(b, View::rows(&dhpre, d), View::rows(&head.w1, d), None, View::rows(&dcls, d))?;
+        let dhidden = t(gpu, &[tok, d])?;
+        elementwise::scatter_rows(b, &dcls, seq, &dhidden, false)?;
+        Ok(dhidden)
+    }
+
+    fn layers_backward(
+        &mut self,
+        b: &mut Batch,
+        setup: &Setup,
+        acts: &[LayerActs],
+        mask: &GpuTensor,
+        s: AttentionShape,
+        mut dy: GpuTensor,
+    ) -> Result<()> {
+        let gpu = self.gpu.clone();
+        let (d, tok, ffn) = (self.dims.hidden, s.batch * s.seq, self.dims.ffn);
+        for l in (0..self.dims.layers).rev() {
+            let w = self.store.layer(l)?;
+            let la = &acts[l];
+            let adapter = |loc| match setup {
+                Setup::None => None,
+                Setup::Adapter(a) => a.at(l, loc).map(|m| (m, a.placement)),
+            };
+            // FFN sub-layer.
+            let dh2 = t(&gpu, &[tok, d])?;
+            let dy1 = t(&gpu, &[tok, d])?;
+            self.sublayer_backward(b, &la.ffn, &w.ln2_g, adapter(Location::Output), &dy, &dh2, &dy1)?;
+            let dinter = t(&gpu, &[tok, ffn])?;
+            Matmul::new(tok, ffn, d).run(
+                b,
+                View::rows(&dh2, d),
+                View::rows(&w.o_w, ffn),
+                None,
+                View::rows(&dinter, ffn),
+            )?;
+            let dpre = t(&gpu, &[tok, ffn])?;
+            elementwise::act_backward(b, self.dims.act, &la.pre, &dinter, &dpre)?;
+            Matmul::new(tok, d, ffn).beta(1.0).run(
+                b,
+                View::rows(&dpre, ffn),
+                View::rows(&w.i_w, d),
+                None,
+                View::rows(&dy1, d),
+            )?;
+            // Attention sub-layer.
+            let dh1 = t(&gpu, &[tok, d])?;
+            let dx = t(&gpu, &[tok, d])?;
+            self.sublayer_backward(b, &la.attn, &w.ln1_g, adapter(Location::Attention), &dy1, &dh1, &dx)?;
+            let dctx = t(&gpu, &[tok, d])?;
+            Matmul::new(tok, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
+            let (dq, dk, dv) = (t(&gpu, &[tok, d])?, t(&gpu, &[tok, d])?, t(&gpu, &[tok, d])?);
+            let scratch = t(&gpu, &[s.batch, s.heads, s.seq, s.seq])?;
+            attention::attention_backward(b, s, &la.q, &la.k, &la.v, mask, &la.probs, &dctx, &dq, &dk, &dv, &scratch)?;
+            for (g, wt) in [(&dq, &w.q_w), (&dk, &w.k_w), (&dv, &w.v_w)] {
+                Matmul::new(tok, d, d).beta(1.0).run(
+                    b,
+                    View::rows(g, d),
+                    View::rows(wt, d),
+                    None,
+                    View::rows(&dx, d),
+                )?;
+            }
+            dy = dx;
+            if !self.store.is_resident() {
+                b.submit();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,136 @@
+//! Builds the GPU model from what is on disk: a HF model directory, AdapterHub adapter and head
+//! folders (read by [`crate::io::adapterhub`]).
+
+use super::adapters::{AdapterSet, ClassificationHead, Location, Placement};
+use super::config::BertConfig;
+use super::encoder::{Dims, Encoder};
+use super::source::FileSource;
+use crate::gpu::Gpu;
+use crate::io::adapterhub::{Adapter, Head, ResidualBeforeLn};
+use crate::io::weights::{TensorMap, WeightFile};
+use crate::kernels::Activation;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+pub fn dims(cfg: &BertConfig) -> Dims {
+    Dims {
+        hidden: cfg.hidden_size,
+        layers: cfg.num_hidden_layers,
+        heads: cfg.num_attention_heads,
+        ffn: cfg.intermediate_size,
+        act: cfg.hidden_act,
+        eps: cfg.layer_norm_eps as f32,
+        max_positions: cfg.max_position_embeddings,
+        type_vocab: cfg.type_vocab_size,
+        vocab: cfg.vocab_size,
+    }
+}
+
+/// Opens `model_dir` (`config.json` + `model.safetensors`) on the GPU. `resident_layers`: how many
+/// layers stay on the GPU (`None`: all).
+pub fn load_encoder(gpu: &Arc<Gpu>, model_dir: &Path, resident_layers: Option<usize>) -> Result<(BertConfig, Encoder)> {
+    let cfg = BertConfig::from_model_dir(model_dir)?;
+    let path = model_dir.join("model.safetensors");
+    if !path.exists() {
+        bail!("{}: no model.safetensors (only safetensors checkpoints are supported)", model_dir.display());
+    }
+    let file = WeightFile::open(&path)?;
+    super::weights::validate_bert_weights(&file, &cfg)?;
+    let dims = dims(&cfg);
+    let source = Arc::new(FileSource::new(file));
+    let enc = Encoder::new(gpu.clone(), dims, source, resident_layers.unwrap_or(dims.layers))
+        .with_context(|| format!("loading {}", model_dir.display()))?;
+    Ok((cfg, enc))
+}
+
+fn getter<'a>(map: &'a TensorMap, what: &'a str) -> impl Fn(&str, &[usize]) -> Result<Vec<f32>> + 'a {
+    move |name: &str, shape: &[usize]| {
+        let t = map
+            .get(name)
+            .or_else(|| name.strip_prefix("bert.").and_then(|n| map.get(n)))
+            .ok_or_else(|| anyhow!("{what}: tensor {name:?} is missing"))?;
+        if t.shape != shape {
+            bail!("{what}: tensor {name:?} has shape {:?}, expected {shape:?}", t.shape);
+        }
+        Ok(t.data.clone())
+    }
+}
+
+/// An adapter read from an AdapterHub folder, on the GPU.
+pub fn adapter_set(gpu: &Arc<Gpu>, a: &Adapter, cfg: &BertConfig) -> Result<AdapterSet> {
+    let c = &a.config;
+    let placement = Placement {
+        original_ln_before: c.original_ln_before,
+        original_ln_after: c.original_ln_after,
+        residual_before_ln: match c.residual_before_ln {
+            ResidualBeforeLn::True => true,
+            ResidualBeforeLn::False => false,
+            ResidualBeforeLn::PostAdd => {
+                bail!("adapter {:?}: residual_before_ln \"post_add\" is not supported", a.name())
+            }
+        },
+    };
+    let m = a
+        .layers
+        .iter()
+        .flat_map(|l| [l.attention.as_ref(), l.output.as_ref()])
+        .flatten()
+        .map(|w| w.bottleneck_dim())
+        .next()
+        .ok_or_else(|| anyhow!("adapter {:?} has no weights", a.name()))?;
+    let map = a.tensors();
+    let what = format!("adapter {:?}", a.name());
+    let layers = &a.layers;
+    let get = getter(&map, &what);
+    let set = AdapterSet::from_tensors(
+        gpu,
+        a.name(),
+        placement,
+        c.non_linearity,
+        c.scaling as f32,
+        cfg.hidden_size,
+        m,
+        cfg.num_hidden_layers,
+        &|l, loc| match loc {
+            Location::Attention => layers.get(l).is_some_and(|x| x.attention.is_some()),
+            Location::Output => layers.get(l).is_some_and(|x| x.output.is_some()),
+        },
+        &get,
+    )?;
+    Ok(set)
+}
+
+/// Loads an adapter folder (and the head saved with it, if any).
+pub fn load_adapter(gpu: &Arc<Gpu>, dir: &Path, cfg: &BertConfig) -> Result<(AdapterSet, Option<ClassificationHead>)> {
+    let a = Adapter::load(dir, cfg)?;
+    let set = adapter_set(gpu, &a, cfg)?;
+    let head = a.head.as_ref().map(|h| classification_head(gpu, h, cfg.hidden_size)).transpose()?;
+    Ok((set, head))
+}
+
+/// AdapterHub's default classification head on the GPU; other head layouts are refused.
+pub fn classification_head(gpu: &Arc<Gpu>, h: &Head, d: usize) -> Result<ClassificationHead> {
+    let c = &h.config;
+    if c.layers != 2 || c.activation_function != Some(Activation::Tanh) || c.use_pooler || !c.bias {
+        bail!(
+            "head {:?}: only AdapterHub's default classification head is supported (layers 2, tanh, bias, no pooler); \
+             this one has layers {}, activation {:?}, use_pooler {}, bias {}",
+            h.name(),
+            c.layers,
+            c.activation_function,
+            c.use_pooler,
+            c.bias
+        );
+    }
+    let map = h.tensors();
+    let what = format!("head {:?}", h.name());
+    let get = getter(&map, &what);
+    let head = ClassificationHead::from_tensors(gpu, h.name(), d, c.num_labels, &get)?;
+    Ok(head)
+}
+
+/// Loads a head folder.
+pub fn load_head(gpu: &Arc<Gpu>, dir: &Path, d: usize) -> Result<ClassificationHead> {
+    classification_head(gpu, &Head::load(dir, d)?, d)
+}
