@@ -12,9 +12,9 @@ struct Params {
     vocab: u32,      // embeddings: rows of the word table
     types: u32,      // embeddings: rows of the token-type table
     accumulate: u32, // scatter: out += instead of out =
-    _p0: u32,
+    src_off: u32,    // copy_range: first source element
     value: f32,      // fill
-    _p1: u32,
+    dst_off: u32,    // copy_range: first destination element
     _p2: u32,
     _p3: u32,
 }
@@ -69,6 +69,15 @@ fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = element(wid, nwg, lid);
     if (i >= p.n) { return; }
     out2[i] = in_a[i];
+}
+
+// out2[dst_off + i] = in_a[src_off + i], i < n
+@compute @workgroup_size(WG)
+fn copy_range(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out2[p.dst_off + i] = in_a[p.src_off + i];
 }
 
 // out2 [B, d] = rows 0, stride, 2 stride, ... of in_a [B * stride, d]

@@ -75,14 +75,14 @@ pub fn read_inputs_json(path: &Path) -> Result<(Inputs, Vec<u32>)> {
 
 /// Runs `peft grads` and returns the tensors written.
 pub fn run(gpu: &Arc<Gpu>, args: &GradsArgs) -> Result<TensorMap> {
-    if args.fusion.is_some() {
-        bail!("--fusion: AdapterFusion is not wired into the encoder yet");
-    }
-    if args.adapters.len() > 1 {
+    if args.adapters.len() > 1 && args.fusion.is_none() {
         bail!("several --adapter folders need --fusion");
     }
     let (cfg, mut enc) = load::load_encoder(gpu, &args.model, args.resident_layers)?;
     let d = cfg.hidden_size;
+    if let Some(fdir) = &args.fusion {
+        return run_fusion(gpu, args, fdir, &cfg, &mut enc);
+    }
     let (adapter, saved_head) = match args.adapters.first() {
         Some(dir) => {
             let (a, h) = load::load_adapter(gpu, dir, &cfg)?;
@@ -107,6 +107,48 @@ pub fn run(gpu: &Arc<Gpu>, args: &GradsArgs) -> Result<TensorMap> {
     map.insert("last_hidden_state".into(), Tensor::new(vec![inputs.batch, inputs.seq, d], hidden)?);
     let named = adapter.iter().flat_map(|a| a.named()).chain(head.named());
     for (name, _, grad) in named {
+        map.insert(format!("grad.{name}"), Tensor::new(grad.shape.clone(), grad.to_vec(gpu)?)?);
+    }
+    write_tensors(&args.out, &map, None)?;
+    Ok(map)
+}
+
+fn run_fusion(
+    gpu: &Arc<Gpu>,
+    args: &GradsArgs,
+    fdir: &Path,
+    cfg: &crate::model::config::BertConfig,
+    enc: &mut crate::model::encoder::Encoder,
+) -> Result<TensorMap> {
+    let d = cfg.hidden_size;
+    let f = crate::io::adapterhub::Fusion::load(fdir, cfg)?;
+    let fusion = crate::model::fusion::FusionModel::from_fusion(gpu, &f, d)?;
+    let mut sets = vec![];
+    for dir in &args.adapters {
+        sets.push(load::load_adapter(gpu, dir, cfg)?.0);
+    }
+    // Order the adapters as the fusion lists them.
+    let mut ordered = vec![];
+    for name in &fusion.adapter_names {
+        let s = sets.iter().find(|s| &s.name == name).ok_or_else(|| {
+            anyhow!("fusion {:?} needs adapter {name:?}: pass its folder with --adapter", fusion.name)
+        })?;
+        ordered.push(s);
+    }
+    let head = match (&args.head, &f.head) {
+        (Some(dir), _) => load::load_head(gpu, dir, d)?,
+        (None, Some(h)) => load::classification_head(gpu, h, d)?,
+        (None, None) => bail!("no head: pass --head DIR"),
+    };
+    let (inputs, labels) = read_inputs_json(&args.inputs)?;
+    let setup = Setup::Fusion { adapters: ordered, fusion: &fusion };
+    let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
+    let mut map = TensorMap::new();
+    map.insert("logits".into(), Tensor::new(vec![inputs.batch, head.labels], out.logits)?);
+    map.insert("loss".into(), Tensor::new(vec![1], vec![out.loss.expect("labels given")])?);
+    let hidden = out.last_hidden_state.expect("asked for");
+    map.insert("last_hidden_state".into(), Tensor::new(vec![inputs.batch, inputs.seq, d], hidden)?);
+    for (name, _, grad) in fusion.named().into_iter().chain(head.named()) {
         map.insert(format!("grad.{name}"), Tensor::new(grad.shape.clone(), grad.to_vec(gpu)?)?);
     }
     write_tensors(&args.out, &map, None)?;

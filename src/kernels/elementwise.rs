@@ -14,6 +14,7 @@ const ADD: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "add"
 const ACT_BACKWARD: KernelSpec =
     KernelSpec { shader: &shaders::ELEMENTWISE, entry: "act_backward", bindings: &[R, R, W] };
 const ACTIVATE: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "activate_fwd", bindings: &[R, W] };
+const COPY_RANGE: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "copy_range", bindings: &[R, W] };
 const COPY: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "copy", bindings: &[R, W] };
 const GATHER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "gather_rows", bindings: &[R, W] };
 const SCATTER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "scatter_rows", bindings: &[R, W] };
@@ -33,9 +34,10 @@ struct Params {
     vocab: u32,
     types: u32,
     accumulate: u32,
-    _p0: u32,
+    src_off: u32,
     value: f32,
-    _p1: [u32; 3],
+    dst_off: u32,
+    _p1: [u32; 2],
 }
 
 /// Fails when an output shares a buffer with another output or an input: wgpu forbids binding a
@@ -96,6 +98,29 @@ pub fn activate(batch: &mut Batch, act: Activation, x: &GpuTensor, out: &GpuTens
     check_no_alias("activate", &[out], &[Some(x)])?;
     let params = Params { n: count("activate", x.numel())?, ..Default::default() };
     run(batch, &ACTIVATE, Some(act), params, &[Some(x), Some(out)]);
+    Ok(())
+}
+
+/// `dst[dst_off..dst_off + n] = src[src_off..src_off + n]` (slices of stacked tensors).
+pub fn copy_range(
+    batch: &mut Batch,
+    src: &GpuTensor,
+    src_off: usize,
+    dst: &GpuTensor,
+    dst_off: usize,
+    n: usize,
+) -> Result<()> {
+    if src_off + n > src.numel() || dst_off + n > dst.numel() {
+        bail!("copy_range: {n} values from {src_off} of {:?} to {dst_off} of {:?} out of range", src.shape, dst.shape);
+    }
+    check_no_alias("copy_range", &[dst], &[Some(src)])?;
+    let params = Params {
+        n: count("copy_range", n)?,
+        src_off: count("copy_range", src_off)?,
+        dst_off: count("copy_range", dst_off)?,
+        ..Default::default()
+    };
+    run(batch, &COPY_RANGE, None, params, &[Some(src), Some(dst)]);
     Ok(())
 }
 

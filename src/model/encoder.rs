@@ -3,10 +3,13 @@
 //! resident or streamed ([`LayerStore`]).
 
 use super::adapters::{AdapterModule, AdapterSet, ClassificationHead, Location, Placement};
+use super::fusion::FusionModel;
 use super::store::{LayerStore, LayerWeights, TensorSource};
 use crate::gpu::{Batch, Gpu, GpuTensor};
+use crate::kernels::adapter::AdapterWeights;
 use crate::kernels::adapter::{AdapterScratch, Residual};
 use crate::kernels::attention::{self, AttentionShape};
+use crate::kernels::fusion::{FusionSaved, FusionScratch};
 use crate::kernels::matmul::{linear, Matmul, View};
 use crate::kernels::{elementwise, layernorm, loss, reduce, Activation};
 use anyhow::{bail, Result};
@@ -51,6 +54,8 @@ pub enum Setup<'a> {
     None,
     /// One adapter set (trainable).
     Adapter(&'a AdapterSet),
+    /// AdapterFusion over frozen adapters at the FFN output (fusion trains).
+    Fusion { adapters: Vec<&'a AdapterSet>, fusion: &'a FusionModel },
 }
 
 /// Results of one pass.
@@ -65,6 +70,7 @@ pub struct PassOutput {
 
 /// Activations one sub-layer (attention or FFN output) keeps for backward.
 struct SubActs {
+    fusion: Option<FusionActs>,
     /// `h + x_in` fed to the pretrained LayerNorm before the adapter (original_ln_before).
     s1: Option<GpuTensor>,
     /// The adapter's input.
@@ -74,6 +80,14 @@ struct SubActs {
     /// Input of the final LayerNorm (`out + x_in`).
     u: Option<GpuTensor>,
     out: GpuTensor,
+}
+
+struct FusionActs {
+    query: GpuTensor,
+    residual: GpuTensor,
+    z: GpuTensor,
+    a: Vec<GpuTensor>,
+    saved: FusionSaved,
 }
 
 struct LayerActs {
@@ -266,8 +280,8 @@ impl Encoder {
         let h1 = t(gpu, &[tok, d])?;
         linear(b, &ctx, &w.ao_w, Some(&w.ao_b), &h1)?;
         let adapter = |loc| match setup {
-            Setup::None => None,
             Setup::Adapter(a) => a.at(l, loc).map(|m| (m, a.placement)),
+            _ => None,
         };
         let attn = self.sublayer_forward(b, h1, x, &w.ln1_g, &w.ln1_b, adapter(Location::Attention))?;
         let y1 = attn.out.clone();
@@ -278,7 +292,12 @@ impl Encoder {
         elementwise::activate(b, self.dims.act, &pre, &inter)?;
         let h2 = t(gpu, &[tok, d])?;
         linear(b, &inter, &w.o_w, Some(&w.o_b), &h2)?;
-        let ffn = self.sublayer_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapter(Location::Output))?;
+        let ffn = match setup {
+            Setup::Fusion { adapters, fusion } if fusion.at(l).is_some() => {
+                self.fusion_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapters, fusion, l)?
+            }
+            _ => self.sublayer_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapter(Location::Output))?,
+        };
         Ok(LayerActs { q, k, v, probs, attn, pre, ffn })
     }
 
@@ -300,7 +319,7 @@ impl Encoder {
             let u = t(gpu, &shape)?;
             let out = t(gpu, &shape)?;
             layernorm::layer_norm(b, &h, Some(x_in), ln_g, ln_b, eps, Some(&u), &out)?;
-            return Ok(SubActs { s1: None, hs: None, a: None, u: Some(u), out });
+            return Ok(SubActs { fusion: None, s1: None, hs: None, a: None, u: Some(u), out });
         };
         let (s1, hs) = if pl.original_ln_before {
             let s1 = t(gpu, &shape)?;
@@ -322,7 +341,7 @@ impl Encoder {
         } else {
             (None, adapted)
         };
-        Ok(SubActs { s1, hs: Some(hs), a: Some(a), u, out })
+        Ok(SubActs { fusion: None, s1, hs: Some(hs), a: Some(a), u, out })
     }
 
     /// Gradient of a sub-layer: from `dfinal` to `dh` (its dense output) and `dx_in` (written).
@@ -384,6 +403,168 @@ impl Encoder {
         Ok(())
     }
 
+    /// FFN output with AdapterFusion: the last adapter's placement decides the LayerNorms and the
+    /// residual (AdapterHub's `compose_fuse`); each frozen adapter's scaled up-projection `z_n`
+    /// is mixed by the fusion attention.
+    fn fusion_forward(
+        &self,
+        b: &mut Batch,
+        h: GpuTensor,
+        x_in: &GpuTensor,
+        ln_g: &GpuTensor,
+        ln_b: &GpuTensor,
+        adapters: &[&AdapterSet],
+        fusion: &FusionModel,
+        l: usize,
+    ) -> Result<SubActs> {
+        let gpu = &self.gpu;
+        let eps = self.dims.eps;
+        let shape = h.shape.clone();
+        let tok = shape[0];
+        let d = self.dims.hidden;
+        let fl = fusion.at(l).expect("checked");
+        let last = adapters.last().ok_or_else(|| anyhow::anyhow!("fusion without adapters"))?;
+        let pl = last.placement;
+        let (s1, hs) = if pl.original_ln_before {
+            let s1 = t(gpu, &shape)?;
+            let hs = t(gpu, &shape)?;
+            layernorm::layer_norm(b, &h, Some(x_in), ln_g, ln_b, eps, Some(&s1), &hs)?;
+            (Some(s1), hs)
+        } else {
+            (None, h.clone())
+        };
+        let residual = if pl.residual_before_ln { h.clone() } else { hs.clone() };
+        let query = if fusion.query_before_ln { h.clone() } else { hs.clone() };
+        let z = t(gpu, &[adapters.len(), tok, d])?;
+        let mut a_saved = vec![];
+        for (n, set) in adapters.iter().enumerate() {
+            let ad = set.at(l, Location::Output).ok_or_else(|| {
+                anyhow::anyhow!("fusion: adapter {:?} has no FFN-output adapter in layer {l}", set.name)
+            })?;
+            let a = t(gpu, &[tok, ad.shape.m])?;
+            let zn = t(gpu, &shape)?;
+            ad.shape.forward_residual(b, &ad.w, &hs, Residual::None, &zn, &a)?;
+            elementwise::copy_range(b, &zn, 0, &z, n * tok * d, tok * d)?;
+            a_saved.push(a);
+        }
+        let saved = FusionSaved::new(gpu, &fusion.shape, tok)?;
+        let o = t(gpu, &shape)?;
+        fusion.shape.forward(b, &fl.w, &query, &z, &residual, fusion.temperature, &o, &saved)?;
+        let (u, out) = if pl.original_ln_after {
+            let u = t(gpu, &shape)?;
+            let out = t(gpu, &shape)?;
+            layernorm::layer_norm(b, &o, Some(x_in), ln_g, ln_b, eps, Some(&u), &out)?;
+            (Some(u), out)
+        } else {
+            (None, o)
+        };
+        let fusion_acts = FusionActs { query, residual, z, a: a_saved, saved };
+        Ok(SubActs { fusion: Some(fusion_acts), s1, hs: Some(hs), a: None, u, out })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fusion_backward(
+        &self,
+        b: &mut Batch,
+        acts: &SubActs,
+        ln_g: &GpuTensor,
+        adapters: &[&AdapterSet],
+        fusion: &FusionModel,
+        l: usize,
+        dfinal: &GpuTensor,
+        dh: &GpuTensor,
+        dx_in: &GpuTensor,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let eps = self.dims.eps;
+        let shape = dfinal.shape.clone();
+        let (tok, d) = (shape[0], self.dims.hidden);
+        let fl = fusion.at(l).expect("checked");
+        let fa = acts.fusion.as_ref().expect("fusion activations");
+        let hs = acts.hs.as_ref().expect("adapter input");
+        let du = match &acts.u {
+            Some(u) => {
+                let du = t(gpu, &shape)?;
+                layernorm::layer_norm_backward(b, u, ln_g, eps, dfinal, &du, false)?;
+                Some(du)
+            }
+            None => None,
+        };
+        let d_o = du.as_ref().unwrap_or(dfinal);
+        let (dquery, dz, dr) = (t(gpu, &shape)?, t(gpu, &[adapters.len(), tok, d])?, t(gpu, &shape)?);
+        let scratch = FusionScratch::new(gpu, &fusion.shape, tok)?;
+        fusion.shape.backward(
+            b,
+            &fl.w,
+            &fa.query,
+            &fa.z,
+            &fa.saved,
+            fusion.temperature,
+            d_o,
+            &dquery,
+            &dz,
+            &dr,
+            &fl.grad,
+            &scratch,
+        )?;
+        // Gradients reaching the adapters' common input hs, and the dense output h.
+        let same = |x: &GpuTensor, y: &GpuTensor| Arc::ptr_eq(&x.buffer, &y.buffer);
+        let mut to_hs: Vec<GpuTensor> = vec![];
+        let mut to_h: Vec<GpuTensor> = vec![];
+        for (g, src) in [(&dquery, &fa.query), (&dr, &fa.residual)] {
+            if same(src, hs) {
+                to_hs.push(g.clone());
+            } else {
+                to_h.push(g.clone());
+            }
+        }
+        for (n, set) in adapters.iter().enumerate() {
+            let ad = set.at(l, Location::Output).expect("checked in forward");
+            let dzn = t(gpu, &shape)?;
+            elementwise::copy_range(b, &dz, n * tok * d, &dzn, 0, tok * d)?;
+            let dxn = t(gpu, &shape)?;
+            let frozen_grads = AdapterWeights::zeros(gpu, d, ad.shape.m)?;
+            let sc = AdapterScratch::new(gpu, tok, ad.shape.m)?;
+            ad.shape.backward_residual(b, &ad.w, hs, true, &fa.a[n], &dzn, &dxn, &frozen_grads, &sc)?;
+            to_hs.push(dxn);
+        }
+        let dhs = self.sum(b, &to_hs)?;
+        match &acts.s1 {
+            Some(s1) => {
+                let ds1 = t(gpu, &shape)?;
+                layernorm::layer_norm_backward(b, s1, ln_g, eps, &dhs, &ds1, false)?;
+                to_h.push(ds1.clone());
+                let mut to_x = vec![ds1];
+                if let Some(du) = &du {
+                    to_x.push(du.clone());
+                }
+                let sx = self.sum(b, &to_x)?;
+                elementwise::copy(b, &sx, dx_in)?;
+            }
+            None => {
+                to_h.push(dhs);
+                match &du {
+                    Some(du) => elementwise::copy(b, du, dx_in)?,
+                    None => elementwise::fill(b, dx_in, 0.0)?,
+                }
+            }
+        }
+        let sh = self.sum(b, &to_h)?;
+        elementwise::copy(b, &sh, dh)?;
+        Ok(())
+    }
+
+    /// Sum of same-shaped tensors (fixed order) into a new tensor.
+    fn sum(&self, b: &mut Batch, xs: &[GpuTensor]) -> Result<GpuTensor> {
+        let mut acc = xs.first().ok_or_else(|| anyhow::anyhow!("empty sum"))?.clone();
+        for x in &xs[1..] {
+            let next = t(&self.gpu, &acc.shape)?;
+            elementwise::add(b, &acc, x, &next)?;
+            acc = next;
+        }
+        Ok(acc)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn head_backward(
         &self,
@@ -443,13 +624,18 @@ impl Encoder {
             let w = self.store.layer(l)?;
             let la = &acts[l];
             let adapter = |loc| match setup {
-                Setup::None => None,
                 Setup::Adapter(a) => a.at(l, loc).map(|m| (m, a.placement)),
+                _ => None,
             };
             // FFN sub-layer.
             let dh2 = t(&gpu, &[tok, d])?;
             let dy1 = t(&gpu, &[tok, d])?;
-            self.sublayer_backward(b, &la.ffn, &w.ln2_g, adapter(Location::Output), &dy, &dh2, &dy1)?;
+            match setup {
+                Setup::Fusion { adapters, fusion } if fusion.at(l).is_some() => {
+                    self.fusion_backward(b, &la.ffn, &w.ln2_g, adapters, fusion, l, &dy, &dh2, &dy1)?
+                }
+                _ => self.sublayer_backward(b, &la.ffn, &w.ln2_g, adapter(Location::Output), &dy, &dh2, &dy1)?,
+            }
             let dinter = t(&gpu, &[tok, ffn])?;
             Matmul::new(tok, ffn, d).run(
                 b,

@@ -3,6 +3,7 @@
 pub mod adapters;
 pub mod config;
 pub mod encoder;
+pub mod fusion;
 pub mod load;
 pub mod source;
 pub mod store;
