@@ -11,7 +11,7 @@ demo: deps
 	./target/release/peft info
 
 test: deps
-	$(CARGO) test --release -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test -- --test-threads=$(TEST_THREADS)
 
 deps: vulkan
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs or apt-get install cargo)"; exit 1; }
