@@ -283,3 +283,25 @@ fn adapter_separate_and_no_residual() {
         assert_close(&format!("{name} dW_up"), &download(&grads.w_up), &rg.w_up, 1e-5);
     }
 }
+
+/// GPU timestamps where the device has them (lavapipe does): a positive duration for real work.
+#[test]
+fn batch_timing_reports_gpu_time() {
+    let g = gpu();
+    let (t, d, m) = (64, 96, 16);
+    let shape = AdapterShape { d, m, act: Activation::Gelu, scale: 1.0 };
+    let w = AdapterWeights::zeros(&g, d, m).unwrap();
+    let x = upload(&[t, d], &vec![0.5; t * d]);
+    let (y, a) = (poisoned(&[t, d]), poisoned(&[t, m]));
+    let mut b = g.batch();
+    shape.forward(&mut b, &w, &x, &y, &a).unwrap();
+    let timing = b.submit_timed().unwrap();
+    if g.has(wgpu::Features::TIMESTAMP_QUERY) {
+        let s = timing.expect("timestamps supported").gpu_seconds;
+        assert!(s > 0.0 && s < 10.0, "implausible GPU time {s}");
+    } else {
+        assert!(timing.is_none());
+    }
+    // With zero weights the adapter is the identity.
+    assert_eq!(download(&y), vec![0.5; t * d]);
+}
