@@ -73,6 +73,14 @@ pub fn read_inputs_json(path: &Path) -> Result<(Inputs, Vec<u32>)> {
     Ok((inputs, labels))
 }
 
+fn report(out: &crate::model::encoder::PassOutput) {
+    eprintln!(
+        "peak GPU memory {:.1} MiB, streamed {:.1} MiB of weights",
+        out.peak_bytes as f64 / 1048576.0,
+        out.uploaded_bytes as f64 / 1048576.0
+    );
+}
+
 /// Runs `peft grads` and returns the tensors written.
 pub fn run(gpu: &Arc<Gpu>, args: &GradsArgs) -> Result<TensorMap> {
     if args.adapters.len() > 1 && args.fusion.is_none() {
@@ -100,6 +108,7 @@ pub fn run(gpu: &Arc<Gpu>, args: &GradsArgs) -> Result<TensorMap> {
         None => Setup::None,
     };
     let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
+    report(&out);
     let mut map = TensorMap::new();
     map.insert("logits".into(), Tensor::new(vec![inputs.batch, head.labels], out.logits)?);
     map.insert("loss".into(), Tensor::new(vec![1], vec![out.loss.expect("labels given")])?);
@@ -143,6 +152,7 @@ fn run_fusion(
     let (inputs, labels) = read_inputs_json(&args.inputs)?;
     let setup = Setup::Fusion { adapters: ordered, fusion: &fusion };
     let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
+    report(&out);
     let mut map = TensorMap::new();
     map.insert("logits".into(), Tensor::new(vec![inputs.batch, head.labels], out.logits)?);
     map.insert("loss".into(), Tensor::new(vec![1], vec![out.loss.expect("labels given")])?);

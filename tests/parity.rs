@@ -211,3 +211,31 @@ fn fusion_matches_adapters_library() {
     println!("fusion: worst relative error {:.2e} ({})", worst.0, worst.1);
     std::fs::remove_file(out).ok();
 }
+
+/// GPU memory accounting: every buffer is counted; streaming one layer holds less than keeping
+/// all layers resident, and nothing leaks between passes.
+#[test]
+fn memory_accounting_and_streaming_peak() {
+    let dir = fixtures().join("tiny-bert/houlsby");
+    let model = fixtures().join("tiny-bert/base");
+    let g = gpu();
+    let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
+    let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
+    let head = head.unwrap();
+    let (inputs, labels) = read_inputs(&dir.join("inputs.json"));
+    let mut peaks = vec![];
+    for resident in [None, Some(1)] {
+        let (_, mut enc) = load::load_encoder(&g, &model, resident).unwrap();
+        let before = g.memory.in_use();
+        let a = enc.pass(&Setup::Adapter(&adapter), &head, &inputs, Some(&labels), true, false).unwrap();
+        let after_first = g.memory.in_use();
+        let b = enc.pass(&Setup::Adapter(&adapter), &head, &inputs, Some(&labels), true, false).unwrap();
+        assert_eq!(g.memory.in_use(), after_first, "buffers leak between passes");
+        assert_eq!(after_first, before, "a pass must release its activations");
+        assert!(a.peak_bytes > before && a.peak_bytes == b.peak_bytes);
+        peaks.push((a.peak_bytes, enc.store.gpu_bytes()));
+    }
+    println!("tiny-bert houlsby 3×11: peak {} B resident, {} B streaming one layer", peaks[0].0, peaks[1].0);
+    assert!(peaks[1].1 < peaks[0].1, "one slot holds fewer weight bytes than all layers");
+    assert!(peaks[1].0 < peaks[0].0, "streaming must lower the peak");
+}

@@ -10,7 +10,7 @@ use wgpu::util::DeviceExt;
 struct Dispatch {
     pipeline: Arc<Pipeline>,
     params: std::ops::Range<usize>,
-    buffers: Vec<Arc<wgpu::Buffer>>,
+    buffers: Vec<Arc<super::TrackedBuffer>>,
     groups: [u32; 3],
 }
 

@@ -2,10 +2,12 @@
 //! ([`pipelines`]) and command batching with optional GPU timestamps ([`Batch`]).
 
 mod batch;
+pub mod memory;
 pub mod pipelines;
 mod tensor;
 
 pub use batch::{Batch, BatchTiming};
+pub use memory::{MemoryTracker, TrackedBuffer};
 pub use pipelines::{Access, KernelSpec};
 pub use tensor::GpuTensor;
 
@@ -112,7 +114,9 @@ pub struct Gpu {
     pub(crate) pipelines: pipelines::PipelineCache,
     /// One small unused buffer per binding slot, bound where a kernel's optional input is absent
     /// (distinct per slot, so a read-only and a read-write slot never share a buffer).
-    pub(crate) dummies: Vec<Arc<wgpu::Buffer>>,
+    pub(crate) dummies: Vec<Arc<TrackedBuffer>>,
+    /// Every storage buffer of the project on this GPU, counted.
+    pub memory: Arc<MemoryTracker>,
 }
 
 impl Gpu {
@@ -156,14 +160,16 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .with_context(|| format!("opening GPU {}", description.summary()))?;
+        let memory = Arc::new(MemoryTracker::default());
         let dummies = (0..16)
             .map(|_| {
-                Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+                let b = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("dummy"),
                     size: 16,
                     usage: wgpu::BufferUsages::STORAGE,
                     mapped_at_creation: false,
-                }))
+                });
+                Arc::new(TrackedBuffer::new(b, &memory))
             })
             .collect();
         Ok(Arc::new(Self {
@@ -174,6 +180,7 @@ impl Gpu {
             limits,
             pipelines: pipelines::PipelineCache::default(),
             dummies,
+            memory,
         }))
     }
 

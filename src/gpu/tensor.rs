@@ -8,7 +8,7 @@ use wgpu::util::DeviceExt;
 /// A dense row-major f32 tensor in a GPU storage buffer.
 #[derive(Clone)]
 pub struct GpuTensor {
-    pub buffer: Arc<wgpu::Buffer>,
+    pub buffer: Arc<super::TrackedBuffer>,
     pub shape: Vec<usize>,
 }
 
@@ -42,7 +42,7 @@ impl GpuTensor {
         let contents: &[u8] = if data.is_empty() { &[0u8; 4] } else { bytemuck::cast_slice(data) };
         let buffer =
             gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage: USAGE });
-        Ok(Self { buffer: Arc::new(buffer), shape: shape.to_vec() })
+        Ok(Self { buffer: Arc::new(super::TrackedBuffer::new(buffer, &gpu.memory)), shape: shape.to_vec() })
     }
 
     /// Uploads u32 data (token ids, labels); kernels read it as `array<u32>`.
@@ -59,7 +59,7 @@ impl GpuTensor {
             usage: USAGE,
             mapped_at_creation: false,
         });
-        Ok(Self { buffer: Arc::new(buffer), shape: shape.to_vec() })
+        Ok(Self { buffer: Arc::new(super::TrackedBuffer::new(buffer, &gpu.memory)), shape: shape.to_vec() })
     }
 
     /// A tensor filled with `value` (tests poison outputs with NaN this way).

@@ -66,6 +66,8 @@ pub struct PassOutput {
     pub last_hidden_state: Option<Vec<f32>>,
     /// Bytes uploaded for streamed weights during the pass.
     pub uploaded_bytes: u64,
+    /// Peak GPU bytes held by the project's buffers during the pass (weights included).
+    pub peak_bytes: u64,
 }
 
 /// Activations one sub-layer (attention or FFN output) keeps for backward.
@@ -181,6 +183,7 @@ impl Encoder {
             bail!("backward needs labels");
         }
         let gpu = self.gpu.clone();
+        gpu.memory.reset_peak();
         let dims = self.dims;
         let (d, tok) = (dims.hidden, inp.batch * inp.seq);
         let ids = GpuTensor::from_u32(&gpu, &[tok], &inp.ids)?;
@@ -253,6 +256,7 @@ impl Encoder {
             loss: loss_value,
             last_hidden_state: if want_hidden { Some(hidden.to_vec(&gpu)?) } else { None },
             uploaded_bytes: self.store.take_uploaded(),
+            peak_bytes: gpu.memory.peak(),
         })
     }
 

@@ -143,6 +143,8 @@ impl LayerStore {
             for l in 0..layers {
                 s.upload(l, l)?;
             }
+            // The one-time load is not streaming traffic.
+            s.uploaded = 0;
         }
         Ok(s)
     }
