@@ -37,9 +37,11 @@ pub static ELEMENTWISE: Shader =
     Shader { name: "elementwise", parts: &[COMMON, include_str!("../shaders/elementwise.wgsl")] };
 pub static LOSS: Shader = Shader { name: "loss", parts: &[COMMON, include_str!("../shaders/loss.wgsl")] };
 pub static FUSION: Shader = Shader { name: "fusion", parts: &[COMMON, include_str!("../shaders/fusion.wgsl")] };
+pub static OPTIM: Shader = Shader { name: "optim", parts: &[COMMON, include_str!("../shaders/optim.wgsl")] };
 
 /// All shaders, for validation.
-pub static ALL: &[&Shader] = &[&ADAPTER, &MATMUL, &REDUCE, &FUSION, &LAYERNORM, &ATTENTION, &ELEMENTWISE, &LOSS];
+pub static ALL: &[&Shader] =
+    &[&ADAPTER, &MATMUL, &REDUCE, &FUSION, &LAYERNORM, &ATTENTION, &ELEMENTWISE, &LOSS, &OPTIM];
 
 /// Parses and validates a WGSL source with naga (what wgpu does when it builds a pipeline).
 pub fn validate(src: &str) -> Result<(), String> {

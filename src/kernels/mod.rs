@@ -7,6 +7,7 @@ pub mod fusion;
 pub mod layernorm;
 pub mod loss;
 pub mod matmul;
+pub mod optim;
 pub mod reduce;
 
 use anyhow::{bail, Result};

@@ -4,6 +4,7 @@
 pub mod adapter;
 pub mod fusion;
 pub mod ops;
+pub mod optim;
 
 use crate::kernels::Activation;
 
