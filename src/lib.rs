@@ -4,9 +4,11 @@
 //! Modules: [`gpu`] (device, tensors, pipeline cache, batching), [`shaders`] (the WGSL sources),
 //! [`kernels`] (one host module per shader family), [`reference`] (f64 CPU reference, tests only).
 
+pub mod data;
 pub mod gpu;
 pub mod io;
 pub mod kernels;
+pub mod metrics;
 pub mod model;
 pub mod reference;
 pub mod shaders;
