@@ -17,3 +17,4 @@ pub mod tokenizer;
 pub use gpu::{Gpu, GpuOptions, GpuTensor};
 pub use kernels::Activation;
 pub mod grads;
+pub mod train;

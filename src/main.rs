@@ -23,6 +23,45 @@ struct Cli {
 enum Command {
     /// List the GPUs wgpu sees, with the limits and features our kernels use.
     Info,
+    /// Train a bottleneck adapter + classification head on a CSV/TSV/JSONL file.
+    Train(TrainCli),
+    /// Accuracy and macro-F1 of a trained adapter on a labelled file.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        adapter: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        columns: Columns,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 128)]
+        max_length: usize,
+    },
+    /// Label, probabilities and logits per input of a trained adapter.
+    Predict {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        adapter: PathBuf,
+        /// One text to classify.
+        #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+        text: Option<String>,
+        /// A CSV/TSV/JSONL file of texts.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        columns: Columns,
+        /// Write JSONL here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 128)]
+        max_length: usize,
+    },
     /// One forward + backward (mean cross-entropy) on a JSON batch; writes logits, loss,
     /// last_hidden_state and grad.<name> of every trainable tensor (AdapterHub names).
     Grads {
@@ -50,6 +89,99 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Clone, Debug)]
+struct Columns {
+    /// Column / key holding the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// Column / key holding the second text of a pair.
+    #[arg(long)]
+    text_pair_column: Option<String>,
+    /// Column / key holding the label.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+}
+
+impl Columns {
+    fn options(&self, require_labels: bool) -> peft_wgpu::data::DataOptions {
+        peft_wgpu::data::DataOptions {
+            text_column: self.text_column.clone(),
+            text_pair_column: self.text_pair_column.clone(),
+            label_column: self.label_column.clone(),
+            format: None,
+            require_labels,
+        }
+    }
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct TrainCli {
+    /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json or vocab.txt).
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data: CSV / TSV with a header, or JSONL.
+    #[arg(long)]
+    train: PathBuf,
+    /// Dev data; without it a seeded --dev-split of the training file is held out.
+    #[arg(long)]
+    dev: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.1)]
+    dev_split: f64,
+    /// houlsby = AdapterHub double_seq_bn, pfeiffer = seq_bn.
+    #[arg(long, value_enum, default_value = "houlsby")]
+    config: peft_wgpu::train::Preset,
+    #[arg(long, default_value_t = 16.0)]
+    reduction_factor: f64,
+    /// Default: AdapterHub's for the preset (houlsby: swish, pfeiffer: relu).
+    #[arg(long, value_parser = parse_act)]
+    non_linearity: Option<peft_wgpu::Activation>,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f32,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    max_length: usize,
+    /// Train on the first N examples (after the seeded shuffle).
+    #[arg(long)]
+    max_train_examples: Option<usize>,
+    /// Evaluate on the first N dev examples.
+    #[arg(long)]
+    max_dev_examples: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of steps with linear warmup.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    /// Stop after N epochs without a better dev accuracy.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Name of the adapter and head.
+    #[arg(long, default_value = "task")]
+    name: String,
+    /// Frozen layers kept on the GPU; fewer stream from the file (default: all).
+    #[arg(long)]
+    resident_layers: Option<usize>,
+    #[command(flatten)]
+    columns: Columns,
+    /// Output folder (AdapterHub adapter + head, metrics.jsonl, training.png).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_act(s: &str) -> std::result::Result<peft_wgpu::Activation, String> {
+    peft_wgpu::Activation::parse(s).map_err(|e| e.to_string())
+}
+
+fn open_gpu(select: Option<String>) -> Result<std::sync::Arc<gpu::Gpu>> {
+    gpu::Gpu::new(&gpu::GpuOptions { select })
+}
+
 fn info(select: Option<String>) -> Result<()> {
     let gpus = gpu::list_gpus();
     if gpus.is_empty() {
@@ -72,6 +204,67 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(cli.gpu),
+        Command::Train(t) => open_gpu(cli.gpu).and_then(|g| {
+            let args = peft_wgpu::train::TrainArgs {
+                model: t.model,
+                train: t.train,
+                dev: t.dev,
+                dev_split: t.dev_split,
+                config: t.config,
+                reduction_factor: t.reduction_factor,
+                non_linearity: t.non_linearity,
+                epochs: t.epochs,
+                lr: t.lr,
+                batch_size: t.batch_size,
+                max_length: t.max_length,
+                max_train_examples: t.max_train_examples,
+                max_dev_examples: t.max_dev_examples,
+                seed: t.seed,
+                out: t.out,
+                warmup_ratio: t.warmup_ratio,
+                weight_decay: t.weight_decay,
+                max_grad_norm: t.max_grad_norm,
+                patience: t.patience,
+                data: t.columns.options(true),
+                adapter_name: t.name,
+                resident_layers: t.resident_layers,
+                progress: true,
+            };
+            peft_wgpu::train::train(&g, &args).map(|_| ())
+        }),
+        Command::Eval { model, adapter, data, columns, batch_size, max_length } => open_gpu(cli.gpu).and_then(|g| {
+            let s = peft_wgpu::train::evaluate(
+                &g,
+                &model,
+                &adapter,
+                &data,
+                &columns.options(true),
+                batch_size,
+                max_length,
+            )?;
+            println!("accuracy={:.4} macro_f1={:.4} n={}", s.accuracy, s.macro_f1, s.n);
+            Ok(())
+        }),
+        Command::Predict { model, adapter, text, data, columns, out, batch_size, max_length } => open_gpu(cli.gpu)
+            .and_then(|g| {
+                let examples = match (text, data) {
+                    (Some(t), _) => vec![peft_wgpu::data::Example { text: t, ..Default::default() }],
+                    (None, Some(p)) => peft_wgpu::data::load_examples(&p, &columns.options(false))?,
+                    (None, None) => anyhow::bail!("give --text or --data"),
+                };
+                let preds = peft_wgpu::train::predict(&g, &model, &adapter, &examples, batch_size, max_length)?;
+                let lines: Vec<String> =
+                    preds.iter().map(serde_json::to_string).collect::<std::result::Result<_, _>>()?;
+                let text = lines.join("\n") + "\n";
+                match out {
+                    Some(p) => {
+                        peft_wgpu::io::write_atomic(&p, text.as_bytes())?;
+                        eprintln!("wrote {} predictions to {}", preds.len(), p.display());
+                    }
+                    None => print!("{text}"),
+                }
+                Ok(())
+            }),
         Command::Grads { model, adapters, fusion, head, inputs, out, resident_layers } => {
             let args = peft_wgpu::grads::GradsArgs { model, adapters, fusion, head, inputs, out, resident_layers };
             gpu::Gpu::new(&gpu::GpuOptions { select: cli.gpu }).and_then(|g| {

@@ -1,0 +1,53 @@
+//! Checkpoints in AdapterHub's format: the GPU tensors gathered into [`Adapter`] (with its head),
+//! which writes each file atomically (temp file + fsync + rename).
+
+use crate::gpu::Gpu;
+use crate::io::adapterhub::{
+    Adapter, BottleneckConfig, BottleneckWeights, Head, HeadConfig, HeadLinear, LayerAdapters, SavedConfig,
+};
+use crate::io::weights::Tensor;
+use crate::model::adapters::{AdapterSet, ClassificationHead, Location};
+use anyhow::Result;
+
+fn host(gpu: &Gpu, t: &crate::gpu::GpuTensor) -> Result<Tensor> {
+    Tensor::new(t.shape.clone(), t.to_vec(gpu)?)
+}
+
+/// Builds AdapterHub's in-memory adapter + head (for saving) from the GPU tensors.
+pub fn to_adapterhub(
+    gpu: &Gpu,
+    set: &AdapterSet,
+    config: &BottleneckConfig,
+    head: &ClassificationHead,
+    labels: &[String],
+    hidden: usize,
+    model_name: &str,
+) -> Result<Adapter> {
+    let mut layers = vec![];
+    for l in 0..set.attention.len() {
+        let w = |loc| -> Result<Option<BottleneckWeights>> {
+            match set.at(l, loc) {
+                None => Ok(None),
+                Some(a) => Ok(Some(BottleneckWeights {
+                    down_weight: host(gpu, &a.w.w_down)?,
+                    down_bias: host(gpu, &a.w.b_down)?,
+                    up_weight: host(gpu, &a.w.w_up)?,
+                    up_bias: host(gpu, &a.w.b_up)?,
+                })),
+            }
+        };
+        layers.push(LayerAdapters { attention: w(Location::Attention)?, output: w(Location::Output)? });
+    }
+    let saved = SavedConfig::new(&set.name, hidden, model_name, config.to_config());
+    let head_config = HeadConfig::classification(labels);
+    let head_saved = SavedConfig::new(&head.name, hidden, model_name, head_config.to_config());
+    let head = Head {
+        saved: head_saved,
+        config: head_config,
+        linears: vec![
+            HeadLinear { weight: host(gpu, &head.w1)?, bias: Some(host(gpu, &head.b1)?) },
+            HeadLinear { weight: host(gpu, &head.w4)?, bias: Some(host(gpu, &head.b4)?) },
+        ],
+    };
+    Ok(Adapter { saved, config: config.clone(), layers, head: Some(head) })
+}

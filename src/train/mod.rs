@@ -1,0 +1,559 @@
+//! Training, evaluation and prediction of adapters on the frozen encoder (`peft train / eval /
+//! predict`). All compute runs on the GPU: the encoder's forward/backward, AdamW, gradient
+//! clipping, softmax; the host only batches data, schedules the learning rate and logs.
+
+pub mod checkpoint;
+
+use crate::data::{self, DataOptions, Example, LabelMap, Tokenized};
+use crate::gpu::{Gpu, GpuTensor};
+use crate::io::adapterhub::{BottleneckConfig, ResidualBeforeLn};
+use crate::kernels::optim::{self, AdamW, LinearSchedule};
+use crate::kernels::Activation;
+use crate::metrics::{self, MetricsLog, Scores, TrainingCurves};
+use crate::model::adapters::{adapter_tensor_names, AdapterSet, ClassificationHead, Location, Placement};
+use crate::model::config::BertConfig;
+use crate::model::encoder::{Encoder, Setup};
+use crate::model::load;
+use crate::tokenizer::Tokenizer;
+use anyhow::{anyhow, bail, Context, Result};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// AdapterHub's two bottleneck presets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// `double_seq_bn`: after the attention output and after the FFN (AdapterHub default: swish).
+    Houlsby,
+    /// `seq_bn`: after the FFN only (AdapterHub default: relu).
+    Pfeiffer,
+}
+
+/// Everything `peft train` takes.
+#[derive(Clone, Debug)]
+pub struct TrainArgs {
+    pub model: PathBuf,
+    pub train: PathBuf,
+    pub dev: Option<PathBuf>,
+    pub dev_split: f64,
+    pub config: Preset,
+    pub reduction_factor: f64,
+    /// `None`: the preset's AdapterHub default.
+    pub non_linearity: Option<Activation>,
+    pub epochs: usize,
+    pub lr: f32,
+    pub batch_size: usize,
+    pub max_length: usize,
+    pub max_train_examples: Option<usize>,
+    pub max_dev_examples: Option<usize>,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub warmup_ratio: f64,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+    /// Stop after this many epochs without a better dev accuracy.
+    pub patience: Option<usize>,
+    pub data: DataOptions,
+    pub adapter_name: String,
+    pub resident_layers: Option<usize>,
+    pub progress: bool,
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::new(),
+            train: PathBuf::new(),
+            dev: None,
+            dev_split: 0.1,
+            config: Preset::Houlsby,
+            reduction_factor: 16.0,
+            non_linearity: None,
+            epochs: 3,
+            lr: 1e-4,
+            batch_size: 32,
+            max_length: 128,
+            max_train_examples: None,
+            max_dev_examples: None,
+            seed: 42,
+            out: PathBuf::new(),
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            patience: None,
+            data: DataOptions::default(),
+            adapter_name: "task".into(),
+            resident_layers: None,
+            progress: true,
+        }
+    }
+}
+
+/// What a training run produced.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub dev_accuracy: Vec<f64>,
+    pub dev_macro_f1: Vec<f64>,
+    pub best_accuracy: f64,
+    pub best_epoch: usize,
+    pub train_losses: Vec<f32>,
+    pub tokens_per_second: f64,
+    pub trainable_parameters: usize,
+    pub model_parameters: usize,
+    pub steps: usize,
+    pub out: PathBuf,
+}
+
+fn bottleneck_config(args: &TrainArgs) -> BottleneckConfig {
+    match args.config {
+        Preset::Houlsby => {
+            BottleneckConfig::houlsby(args.reduction_factor, args.non_linearity.unwrap_or(Activation::Silu))
+        }
+        Preset::Pfeiffer => {
+            BottleneckConfig::pfeiffer(args.reduction_factor, args.non_linearity.unwrap_or(Activation::Relu))
+        }
+    }
+}
+
+/// AdapterHub's "bert" initialisation: every Linear N(0, 0.02), biases 0 (so a new adapter starts
+/// close to the identity and a new head close to uniform logits).
+fn init_values(rng: &mut rand::rngs::StdRng, name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    if name.ends_with("bias") {
+        return vec![0.0; n];
+    }
+    let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
+    (0..n).map(|_| normal.sample(rng)).collect()
+}
+
+/// New adapter + head with AdapterHub's initialisation, on the GPU.
+pub fn new_adapter(
+    gpu: &Arc<Gpu>,
+    cfg: &BertConfig,
+    bn: &BottleneckConfig,
+    name: &str,
+    labels: usize,
+    seed: u64,
+) -> Result<(AdapterSet, ClassificationHead)> {
+    let d = cfg.hidden_size;
+    let m = bn.bottleneck_dim(d, 0)?;
+    let placement = Placement {
+        original_ln_before: bn.original_ln_before,
+        original_ln_after: bn.original_ln_after,
+        residual_before_ln: match bn.residual_before_ln {
+            ResidualBeforeLn::True => true,
+            ResidualBeforeLn::False => false,
+            ResidualBeforeLn::PostAdd => bail!("residual_before_ln \"post_add\" is not supported"),
+        },
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut values: HashMap<String, Vec<f32>> = HashMap::new();
+    let sites = |loc: Location| match loc {
+        Location::Attention => bn.mh_adapter,
+        Location::Output => bn.output_adapter,
+    };
+    for l in 0..cfg.num_hidden_layers {
+        for loc in [Location::Attention, Location::Output] {
+            if sites(loc) && bn.has_layer(l) {
+                let names = adapter_tensor_names(name, l, loc);
+                let shapes = [vec![m, d], vec![m], vec![d, m], vec![d]];
+                for (n, s) in names.iter().zip(&shapes) {
+                    values.insert(n.clone(), init_values(&mut rng, n, s));
+                }
+            }
+        }
+    }
+    for (n, s) in
+        ClassificationHead::tensor_names(name).iter().zip([vec![d, d], vec![d], vec![labels, d], vec![labels]])
+    {
+        values.insert(n.clone(), init_values(&mut rng, n, &s));
+    }
+    let get = |n: &str, _shape: &[usize]| -> Result<Vec<f32>> {
+        values.get(n).cloned().ok_or_else(|| anyhow!("internal: no initial value for {n}"))
+    };
+    let set = AdapterSet::from_tensors(
+        gpu,
+        name,
+        placement,
+        bn.non_linearity,
+        bn.scaling as f32,
+        d,
+        m,
+        cfg.num_hidden_layers,
+        &|l, loc| sites(loc) && bn.has_layer(l),
+        &get,
+    )?;
+    let head = ClassificationHead::from_tensors(gpu, name, d, labels, &get)?;
+    Ok((set, head))
+}
+
+/// AdamW state of every trainable tensor.
+pub struct Optimizer {
+    opt: AdamW,
+    schedule: LinearSchedule,
+    clip: f32,
+    moments: Vec<(GpuTensor, GpuTensor)>,
+    ss: GpuTensor,
+    scale: GpuTensor,
+    step: u32,
+}
+
+impl Optimizer {
+    pub fn new(
+        gpu: &Gpu,
+        params: &[(String, &GpuTensor, &GpuTensor)],
+        opt: AdamW,
+        schedule: LinearSchedule,
+        clip: f32,
+    ) -> Result<Self> {
+        let moments = params
+            .iter()
+            .map(|(_, w, _)| Ok((GpuTensor::zeros(gpu, &w.shape)?, GpuTensor::zeros(gpu, &w.shape)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            opt,
+            schedule,
+            clip,
+            moments,
+            ss: GpuTensor::zeros(gpu, &[1])?,
+            scale: GpuTensor::zeros(gpu, &[1])?,
+            step: 0,
+        })
+    }
+
+    /// One AdamW step with global-norm clipping, all on the GPU; returns (lr, grad norm).
+    pub fn step(&mut self, gpu: &Arc<Gpu>, params: &[(String, &GpuTensor, &GpuTensor)]) -> Result<(f32, f32)> {
+        self.step += 1;
+        // As HF's Trainer: optimizer step t (1-based) uses the schedule's value at t - 1.
+        let lr = self.schedule.lr_at(self.step - 1);
+        let mut b = gpu.batch();
+        let grads: Vec<&GpuTensor> = params.iter().map(|p| p.2).collect();
+        optim::sum_of_squares(&mut b, &grads, &self.ss)?;
+        optim::clip_factor(&mut b, &self.ss, self.clip, &self.scale)?;
+        for ((name, w, g), (m, v)) in params.iter().zip(&self.moments) {
+            // As HF's Trainer: no weight decay for biases (and LayerNorm weights, which adapters lack).
+            let decay = !name.ends_with("bias");
+            optim::adamw_step(&mut b, &self.opt, self.step, lr, 1.0, Some(&self.scale), decay, w, g, m, v)?;
+        }
+        b.finish()?;
+        let norm = optim::grad_norm(gpu, &self.ss)?;
+        Ok((lr, norm))
+    }
+}
+
+/// Tokenized examples with label ids.
+struct Prepared {
+    tokens: Vec<Tokenized>,
+    labels: Vec<u32>,
+}
+
+fn prepare(tok: &Tokenizer, examples: &[Example], labels: &LabelMap, source: &str) -> Result<Prepared> {
+    let tokens = data::tokenize(tok, examples)?;
+    let labels = labels.encode(examples, source)?;
+    Ok(Prepared { tokens, labels })
+}
+
+/// Logits of every example (batched by length, in the examples' order).
+fn predict_logits(
+    enc: &mut Encoder,
+    setup: &Setup,
+    head: &ClassificationHead,
+    tokens: &[Tokenized],
+    pad: u32,
+    batch_size: usize,
+) -> Result<Vec<f32>> {
+    let c = head.labels;
+    let mut out = vec![0.0f32; tokens.len() * c];
+    let mut order: Vec<usize> = (0..tokens.len()).collect();
+    order.sort_by_key(|&i| tokens[i].len());
+    for chunk in order.chunks(batch_size.max(1)) {
+        let b = data::Batch::new(tokens, None, chunk, pad);
+        let r = enc.pass(setup, head, &b.inputs(), None, false, false)?;
+        for (k, &i) in chunk.iter().enumerate() {
+            out[i * c..(i + 1) * c].copy_from_slice(&r.logits[k * c..(k + 1) * c]);
+        }
+    }
+    Ok(out)
+}
+
+fn evaluate_prepared(
+    enc: &mut Encoder,
+    setup: &Setup,
+    head: &ClassificationHead,
+    p: &Prepared,
+    pad: u32,
+    batch_size: usize,
+) -> Result<Scores> {
+    let logits = predict_logits(enc, setup, head, &p.tokens, pad, batch_size)?;
+    let preds = metrics::argmax_rows(&logits, head.labels);
+    Ok(Scores::new(&p.labels, &preds))
+}
+
+fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} steps, ETA {eta} | {msg}",
+        )
+        .expect("valid template"),
+    );
+    pb
+}
+
+/// `peft train`.
+pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
+    if args.batch_size == 0 || args.epochs == 0 {
+        bail!("--batch-size and --epochs must be at least 1");
+    }
+    println!("device: {}", gpu.description.summary());
+    let (cfg, mut enc) = load::load_encoder(gpu, &args.model, args.resident_layers)?;
+    let tok = Tokenizer::from_model_dir(&args.model, args.max_length.min(cfg.max_position_embeddings))?;
+    let pad = data::pad_id(&tok);
+
+    // Data: a seeded shuffle before any split or cut (files may be sorted by label).
+    let mut train_ex = data::load_examples(&args.train, &args.data)?;
+    data::shuffle(&mut train_ex, args.seed);
+    let (mut train_ex, mut dev_ex, dev_note) = match &args.dev {
+        Some(dev) => (train_ex, data::load_examples(dev, &args.data)?, format!("{}", dev.display())),
+        None => {
+            let (t, d) = data::seeded_split(train_ex, args.dev_split, args.seed)?;
+            (t, d, format!("seeded {:.0}% held out of {}", args.dev_split * 100.0, args.train.display()))
+        }
+    };
+    if let Some(n) = args.max_train_examples {
+        train_ex.truncate(n);
+    }
+    if let Some(n) = args.max_dev_examples {
+        dev_ex.truncate(n);
+    }
+    if train_ex.is_empty() || dev_ex.is_empty() {
+        bail!("need at least one training and one dev example (train {}, dev {})", train_ex.len(), dev_ex.len());
+    }
+    let labels = LabelMap::from_examples(&train_ex)?;
+    if labels.len() < 2 {
+        bail!("the training data has {} label(s); classification needs at least 2", labels.len());
+    }
+    let train_p = prepare(&tok, &train_ex, &labels, &args.train.display().to_string())?;
+    let dev_p = prepare(&tok, &dev_ex, &labels, "dev")?;
+    println!(
+        "data: {} train, {} dev ({dev_note}), {} labels: {}",
+        train_ex.len(),
+        dev_ex.len(),
+        labels.len(),
+        labels.labels.join(", ")
+    );
+
+    let bn = bottleneck_config(args);
+    let (set, head) = new_adapter(gpu, &cfg, &bn, &args.adapter_name, labels.len(), args.seed)?;
+    let trainable = set.parameters() + head.parameters();
+    let model_params = model_parameters(&cfg);
+    println!(
+        "adapter: {} ({:?}, reduction factor {}, {}), {} trainable parameters = {:.2}% of the model's {}",
+        args.adapter_name,
+        args.config,
+        args.reduction_factor,
+        bn.non_linearity.adapterhub_name(),
+        trainable,
+        100.0 * trainable as f64 / model_params as f64,
+        model_params
+    );
+
+    let steps_per_epoch = train_ex.len().div_ceil(args.batch_size);
+    let total = (steps_per_epoch * args.epochs) as u32;
+    let schedule = LinearSchedule {
+        base_lr: args.lr,
+        warmup_steps: (total as f64 * args.warmup_ratio).round() as u32,
+        total_steps: total,
+    };
+    let opt = AdamW { lr: args.lr, weight_decay: args.weight_decay, ..AdamW::default() };
+    let params: Vec<(String, &GpuTensor, &GpuTensor)> = set.named().into_iter().chain(head.named()).collect();
+    let mut optimizer = Optimizer::new(gpu, &params, opt, schedule, args.max_grad_norm)?;
+
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let mut log = MetricsLog::create(args.out.join("metrics.jsonl"))?;
+    let model_name = args.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let setup = Setup::Adapter(&set);
+    let lengths: Vec<usize> = train_p.tokens.iter().map(|t| t.len()).collect();
+    let pb = progress_bar(total as u64, args.progress);
+    let mut curves = TrainingCurves { loss: vec![], dev_accuracy: vec![], dev_macro_f1: vec![] };
+    let mut summary = TrainSummary {
+        dev_accuracy: vec![],
+        dev_macro_f1: vec![],
+        best_accuracy: f64::NEG_INFINITY,
+        best_epoch: 0,
+        train_losses: vec![],
+        tokens_per_second: 0.0,
+        trainable_parameters: trainable,
+        model_parameters: model_params,
+        steps: 0,
+        out: args.out.clone(),
+    };
+    let (mut real_tokens, mut train_secs) = (0usize, 0.0f64);
+    let mut since_best = 0;
+    for epoch in 1..=args.epochs {
+        pb.set_prefix(format!("epoch {epoch}/{}", args.epochs));
+        let batches = data::make_batches(&lengths, args.batch_size, args.seed.wrapping_add(epoch as u64), true);
+        for idx in &batches {
+            let t0 = Instant::now();
+            let b = data::Batch::new(&train_p.tokens, Some(&train_p.labels), idx, pad);
+            let out = enc.pass(&setup, &head, &b.inputs(), Some(&b.labels), true, false)?;
+            let loss = out.loss.expect("labels given");
+            let (lr, norm) = optimizer.step(gpu, &params)?;
+            if !loss.is_finite() || !norm.is_finite() {
+                bail!(
+                    "step {}: loss {loss} / gradient norm {norm} is not finite; the last good checkpoint is in {}",
+                    optimizer.step,
+                    args.out.display()
+                );
+            }
+            train_secs += t0.elapsed().as_secs_f64();
+            real_tokens += b.real_tokens();
+            summary.steps += 1;
+            summary.train_losses.push(loss);
+            curves.loss.push((summary.steps, loss as f64));
+            let tps = real_tokens as f64 / train_secs.max(1e-9);
+            log.log(&json!({"step": summary.steps, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": norm,
+                "tokens": b.real_tokens(), "tokens_per_second": tps}))?;
+            pb.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
+            pb.inc(1);
+        }
+        let scores = evaluate_prepared(&mut enc, &setup, &head, &dev_p, pad, args.batch_size)?;
+        summary.dev_accuracy.push(scores.accuracy);
+        summary.dev_macro_f1.push(scores.macro_f1);
+        curves.dev_accuracy.push((epoch, scores.accuracy));
+        curves.dev_macro_f1.push((epoch, scores.macro_f1));
+        log.log(&json!({"epoch": epoch, "dev_accuracy": scores.accuracy, "dev_macro_f1": scores.macro_f1, "dev_n": dev_ex.len()}))?;
+        let better = scores.accuracy > summary.best_accuracy;
+        pb.println(format!(
+            "epoch {epoch}: dev accuracy {:.4}, macro-F1 {:.4}{}",
+            scores.accuracy,
+            scores.macro_f1,
+            if better { " (best; saved)" } else { "" }
+        ));
+        if better {
+            summary.best_accuracy = scores.accuracy;
+            summary.best_epoch = epoch;
+            since_best = 0;
+            let a = checkpoint::to_adapterhub(gpu, &set, &bn, &head, &labels.labels, cfg.hidden_size, &model_name)?;
+            a.save(&args.out)?;
+        } else {
+            since_best += 1;
+            if args.patience.is_some_and(|p| since_best >= p) {
+                pb.println(format!("early stopping: no better dev accuracy for {since_best} epoch(s)"));
+                break;
+            }
+        }
+    }
+    pb.finish_and_clear();
+    summary.tokens_per_second = real_tokens as f64 / train_secs.max(1e-9);
+    metrics::plot_training(args.out.join("training.png"), &curves)?;
+    println!(
+        "best dev accuracy {:.4} (epoch {}); {:.0} real tokens/s over {} steps; adapter + head saved to {}",
+        summary.best_accuracy,
+        summary.best_epoch,
+        summary.tokens_per_second,
+        summary.steps,
+        args.out.display()
+    );
+    Ok(summary)
+}
+
+/// Parameters of the base model (embeddings + layers), for the "share of the model" line.
+pub fn model_parameters(cfg: &BertConfig) -> usize {
+    let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+    let emb = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * d + 2 * d;
+    let layer = 4 * (d * d + d) + 2 * d + (d * f + f) + (f * d + d) + 2 * d;
+    emb + cfg.num_hidden_layers * layer
+}
+
+/// A trained adapter folder (with its head) ready for inference.
+pub struct Loaded {
+    pub cfg: BertConfig,
+    pub enc: Encoder,
+    pub set: AdapterSet,
+    pub head: ClassificationHead,
+    pub labels: LabelMap,
+    pub tok: Tokenizer,
+}
+
+pub fn load_trained(gpu: &Arc<Gpu>, model: &Path, adapter: &Path, max_length: usize) -> Result<Loaded> {
+    let (cfg, enc) = load::load_encoder(gpu, model, None)?;
+    let a = crate::io::adapterhub::Adapter::load(adapter, &cfg)?;
+    let h = a.head.as_ref().ok_or_else(|| anyhow!("{}: no head saved with the adapter", adapter.display()))?;
+    let labels = LabelMap::new(h.config.id2label.clone())?;
+    let head = load::classification_head(gpu, h, cfg.hidden_size)?;
+    let set = load::adapter_set(gpu, &a, &cfg)?;
+    let tok = Tokenizer::from_model_dir(model, max_length.min(cfg.max_position_embeddings))?;
+    Ok(Loaded { cfg, enc, set, head, labels, tok })
+}
+
+/// `peft eval`: accuracy and macro-F1 of a trained adapter on a labelled file.
+pub fn evaluate(
+    gpu: &Arc<Gpu>,
+    model: &Path,
+    adapter: &Path,
+    data_path: &Path,
+    opts: &DataOptions,
+    batch_size: usize,
+    max_length: usize,
+) -> Result<Scores> {
+    let mut l = load_trained(gpu, model, adapter, max_length)?;
+    let ex = data::load_examples(data_path, opts)?;
+    if ex.is_empty() {
+        bail!("{}: no examples", data_path.display());
+    }
+    let p = prepare(&l.tok, &ex, &l.labels, &data_path.display().to_string())?;
+    let pad = data::pad_id(&l.tok);
+    evaluate_prepared(&mut l.enc, &Setup::Adapter(&l.set), &l.head, &p, pad, batch_size)
+}
+
+/// One prediction.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Prediction {
+    pub text: String,
+    pub label: String,
+    pub probabilities: std::collections::BTreeMap<String, f32>,
+    pub logits: Vec<f32>,
+}
+
+/// `peft predict`: label, probabilities (softmax on the GPU) and raw logits per input.
+pub fn predict(
+    gpu: &Arc<Gpu>,
+    model: &Path,
+    adapter: &Path,
+    examples: &[Example],
+    batch_size: usize,
+    max_length: usize,
+) -> Result<Vec<Prediction>> {
+    let mut l = load_trained(gpu, model, adapter, max_length)?;
+    let tokens = data::tokenize(&l.tok, examples)?;
+    let pad = data::pad_id(&l.tok);
+    let c = l.head.labels;
+    let logits = predict_logits(&mut l.enc, &Setup::Adapter(&l.set), &l.head, &tokens, pad, batch_size)?;
+    let lt = GpuTensor::from_slice(gpu, &[examples.len(), c], &logits)?;
+    let pt = GpuTensor::zeros(gpu, &[examples.len(), c])?;
+    let mut b = gpu.batch();
+    crate::kernels::loss::softmax(&mut b, &lt, &pt)?;
+    b.finish()?;
+    let probs = pt.to_vec(gpu)?;
+    let preds = metrics::argmax_rows(&logits, c);
+    Ok(examples
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Prediction {
+            text: e.text.clone(),
+            label: l.labels.name(preds[i]).unwrap_or("?").to_string(),
+            probabilities: (0..c)
+                .map(|k| (l.labels.name(k as u32).unwrap_or("?").to_string(), probs[i * c + k]))
+                .collect(),
+            logits: logits[i * c..(i + 1) * c].to_vec(),
+        })
+        .collect())
+}
