@@ -6,9 +6,28 @@ TEST_THREADS ?= 2
 
 .PHONY: demo test deps vulkan build fmt lint
 
+MODEL := .cache/models/all-MiniLM-L6-v2
+DATA := .cache/data/rotten_tomatoes/all.csv
+DEMO_OUT ?= runs/rotten-tomatoes-houlsby
+# On a CPU Vulkan driver (lavapipe) the demo trains on a subset sized to finish in ~10 minutes;
+# on a GPU it trains on the whole train split. Override with DEMO_ARGS="...".
+DEMO_CPU_ARGS ?= --max-train-examples 1200 --max-dev-examples 400 --epochs 1 --batch-size 16 --lr 3e-3
+DEMO_GPU_ARGS ?= --epochs 3 --batch-size 32 --lr 1e-3
+
 demo: deps
 	$(CARGO) build --release
+	bash scripts/fetch-model.sh
+	bash scripts/fetch-data.sh
 	./target/release/peft info
+	@if ./target/release/peft info | grep -q '^selected:.*, Cpu,'; then \
+	  echo "demo: CPU Vulkan driver: training on a subset ($(DEMO_CPU_ARGS))"; \
+	  args="$${DEMO_ARGS:-$(DEMO_CPU_ARGS)}"; \
+	else \
+	  echo "demo: GPU: training on the whole train split ($(DEMO_GPU_ARGS))"; \
+	  args="$${DEMO_ARGS:-$(DEMO_GPU_ARGS)}"; \
+	fi; \
+	./target/release/peft train --model $(MODEL) --train $(DATA) --dev-split 0.1 --config houlsby $$args --out $(DEMO_OUT)
+	./target/release/peft predict --model $(MODEL) --adapter $(DEMO_OUT) --text "a warm, funny and beautifully acted film"
 
 test: deps
 	$(CARGO) test -- --test-threads=$(TEST_THREADS)

@@ -423,6 +423,11 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
                 "tokens": b.real_tokens(), "tokens_per_second": tps}))?;
             pb.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
             pb.inc(1);
+            if args.progress && pb.is_hidden() && (summary.steps % 10 == 0 || summary.steps == 1) {
+                // No terminal (logs, CI): a plain line now and then instead of the bar.
+                let eta = (total as usize - summary.steps) as f64 * train_secs / summary.steps as f64;
+                println!("step {}/{total}: loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s, ETA {eta:.0} s", summary.steps);
+            }
         }
         let scores = evaluate_prepared(&mut enc, &setup, &head, &dev_p, pad, args.batch_size)?;
         summary.dev_accuracy.push(scores.accuracy);
@@ -431,12 +436,14 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
         curves.dev_macro_f1.push((epoch, scores.macro_f1));
         log.log(&json!({"epoch": epoch, "dev_accuracy": scores.accuracy, "dev_macro_f1": scores.macro_f1, "dev_n": dev_ex.len()}))?;
         let better = scores.accuracy > summary.best_accuracy;
-        pb.println(format!(
-            "epoch {epoch}: dev accuracy {:.4}, macro-F1 {:.4}{}",
+        let line = format!(
+            "epoch {epoch}: dev accuracy {:.4}, macro-F1 {:.4}, {:.0} train tokens/s{}",
             scores.accuracy,
             scores.macro_f1,
+            real_tokens as f64 / train_secs.max(1e-9),
             if better { " (best; saved)" } else { "" }
-        ));
+        );
+        pb.suspend(|| println!("{line}"));
         if better {
             summary.best_accuracy = scores.accuracy;
             summary.best_epoch = epoch;
@@ -446,7 +453,7 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
         } else {
             since_best += 1;
             if args.patience.is_some_and(|p| since_best >= p) {
-                pb.println(format!("early stopping: no better dev accuracy for {since_best} epoch(s)"));
+                pb.suspend(|| println!("early stopping: no better dev accuracy for {since_best} epoch(s)"));
                 break;
             }
         }
