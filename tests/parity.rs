@@ -218,7 +218,8 @@ fn fusion_matches_adapters_library() {
 fn memory_accounting_and_streaming_peak() {
     let dir = fixtures().join("tiny-bert/houlsby");
     let model = fixtures().join("tiny-bert/base");
-    let g = gpu();
+    // Its own device: other tests of this binary allocate on the shared one concurrently.
+    let g = peft_wgpu::Gpu::for_tests();
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
     let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
     let head = head.unwrap();

@@ -624,6 +624,11 @@ impl Encoder {
     ) -> Result<()> {
         let gpu = self.gpu.clone();
         let (d, tok, ffn) = (self.dims.hidden, s.batch * s.seq, self.dims.ffn);
+        let trainable = |l: usize, loc: Location| match setup {
+            Setup::None => false,
+            Setup::Adapter(a) => a.at(l, loc).is_some(),
+            Setup::Fusion { fusion, .. } => loc == Location::Output && fusion.at(l).is_some(),
+        };
         for l in (0..self.dims.layers).rev() {
             let w = self.store.layer(l)?;
             let la = &acts[l];
@@ -639,6 +644,11 @@ impl Encoder {
                     self.fusion_backward(b, &la.ffn, &w.ln2_g, adapters, fusion, l, &dy, &dh2, &dy1)?
                 }
                 _ => self.sublayer_backward(b, &la.ffn, &w.ln2_g, adapter(Location::Output), &dy, &dh2, &dy1)?,
+            }
+            // Nothing trainable below this point: the rest of the backward would be wasted work.
+            let below = (0..l).any(|k| trainable(k, Location::Attention) || trainable(k, Location::Output));
+            if !below && !trainable(l, Location::Attention) {
+                break;
             }
             let dinter = t(&gpu, &[tok, ffn])?;
             Matmul::new(tok, ffn, d).run(
@@ -661,6 +671,9 @@ impl Encoder {
             let dh1 = t(&gpu, &[tok, d])?;
             let dx = t(&gpu, &[tok, d])?;
             self.sublayer_backward(b, &la.attn, &w.ln1_g, adapter(Location::Attention), &dy1, &dh1, &dx)?;
+            if !below {
+                break;
+            }
             let dctx = t(&gpu, &[tok, d])?;
             Matmul::new(tok, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
             let (dq, dk, dv) = (t(&gpu, &[tok, d])?, t(&gpu, &[tok, d])?, t(&gpu, &[tok, d])?);
