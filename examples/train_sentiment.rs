@@ -26,7 +26,8 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     println!("dev accuracy per epoch: {:?}", summary.dev_accuracy);
-    let text = peft_wgpu::data::Example { text: "a warm, funny and beautifully acted film".into(), ..Default::default() };
+    let text =
+        peft_wgpu::data::Example { text: "a warm, funny and beautifully acted film".into(), ..Default::default() };
     let p = &train::predict(&gpu, &model, &out, &[text], 1, 128)?[0];
     println!("{:?} -> {} {:?}", p.text, p.label, p.probabilities);
     Ok(())
