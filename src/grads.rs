@@ -81,6 +81,29 @@ fn report(out: &crate::model::encoder::PassOutput) {
     );
 }
 
+/// Writes logits, loss, last_hidden_state and `grad.<name>` of every trainable tensor.
+fn write_outputs(
+    gpu: &Arc<Gpu>,
+    path: &Path,
+    inputs: &Inputs,
+    head: &crate::model::adapters::ClassificationHead,
+    out: crate::model::encoder::PassOutput,
+    named: Vec<(String, &crate::gpu::GpuTensor, &crate::gpu::GpuTensor)>,
+) -> Result<TensorMap> {
+    report(&out);
+    let d = head.w1.shape[0];
+    let mut map = TensorMap::new();
+    map.insert("logits".into(), Tensor::new(vec![inputs.batch, head.labels], out.logits)?);
+    map.insert("loss".into(), Tensor::new(vec![1], vec![out.loss.expect("labels given")])?);
+    let hidden = out.last_hidden_state.expect("asked for");
+    map.insert("last_hidden_state".into(), Tensor::new(vec![inputs.batch, inputs.seq, d], hidden)?);
+    for (name, _, grad) in named {
+        map.insert(format!("grad.{name}"), Tensor::new(grad.shape.clone(), grad.to_vec(gpu)?)?);
+    }
+    write_tensors(path, &map, None)?;
+    Ok(map)
+}
+
 /// Runs `peft grads` and returns the tensors written.
 pub fn run(gpu: &Arc<Gpu>, args: &GradsArgs) -> Result<TensorMap> {
     if args.adapters.len() > 1 && args.fusion.is_none() {
@@ -108,18 +131,8 @@ pub fn run(gpu: &Arc<Gpu>, args: &GradsArgs) -> Result<TensorMap> {
         None => Setup::None,
     };
     let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
-    report(&out);
-    let mut map = TensorMap::new();
-    map.insert("logits".into(), Tensor::new(vec![inputs.batch, head.labels], out.logits)?);
-    map.insert("loss".into(), Tensor::new(vec![1], vec![out.loss.expect("labels given")])?);
-    let hidden = out.last_hidden_state.expect("asked for");
-    map.insert("last_hidden_state".into(), Tensor::new(vec![inputs.batch, inputs.seq, d], hidden)?);
-    let named = adapter.iter().flat_map(|a| a.named()).chain(head.named());
-    for (name, _, grad) in named {
-        map.insert(format!("grad.{name}"), Tensor::new(grad.shape.clone(), grad.to_vec(gpu)?)?);
-    }
-    write_tensors(&args.out, &map, None)?;
-    Ok(map)
+    let named = adapter.iter().flat_map(|a| a.named()).chain(head.named()).collect();
+    write_outputs(gpu, &args.out, &inputs, &head, out, named)
 }
 
 fn run_fusion(
@@ -152,15 +165,6 @@ fn run_fusion(
     let (inputs, labels) = read_inputs_json(&args.inputs)?;
     let setup = Setup::Fusion { adapters: ordered, fusion: &fusion };
     let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
-    report(&out);
-    let mut map = TensorMap::new();
-    map.insert("logits".into(), Tensor::new(vec![inputs.batch, head.labels], out.logits)?);
-    map.insert("loss".into(), Tensor::new(vec![1], vec![out.loss.expect("labels given")])?);
-    let hidden = out.last_hidden_state.expect("asked for");
-    map.insert("last_hidden_state".into(), Tensor::new(vec![inputs.batch, inputs.seq, d], hidden)?);
-    for (name, _, grad) in fusion.named().into_iter().chain(head.named()) {
-        map.insert(format!("grad.{name}"), Tensor::new(grad.shape.clone(), grad.to_vec(gpu)?)?);
-    }
-    write_tensors(&args.out, &map, None)?;
-    Ok(map)
+    let named = fusion.named().into_iter().chain(head.named()).collect();
+    write_outputs(gpu, &args.out, &inputs, &head, out, named)
 }

