@@ -5,6 +5,7 @@
 //! [`kernels`] (one host module per shader family), [`reference`] (f64 CPU reference, tests only).
 
 pub mod data;
+pub mod datasets;
 pub mod gpu;
 pub mod io;
 pub mod kernels;

@@ -62,6 +62,9 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         max_length: usize,
     },
+    /// Data sets of the fusion demo: `peft data prepare <task>` writes train.csv + test.csv.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// One forward + backward (mean cross-entropy) on a JSON batch; writes logits, loss,
     /// last_hidden_state and grad.<name> of every trainable tensor (AdapterHub names).
     Grads {
@@ -87,6 +90,14 @@ enum Command {
         #[arg(long)]
         resident_layers: Option<usize>,
     },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Convert a task's raw files (fetched by scripts/fetch-fusion-data.sh when missing) to
+    /// text,label CSV: newsgroups (20 Newsgroups), spam (SpamAssassin), tweets (2016 election,
+    /// author), drugs (drug reviews, 3 classes), imdb (1,000 training reviews).
+    Prepare(peft_wgpu::datasets::PrepareArgs),
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -204,6 +215,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info => info(cli.gpu),
+        Command::Data(DataCommand::Prepare(a)) => peft_wgpu::datasets::prepare_cli(&a).map(|_| ()),
         Command::Train(t) => open_gpu(cli.gpu).and_then(|g| {
             let args = peft_wgpu::train::TrainArgs {
                 model: t.model,

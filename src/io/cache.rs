@@ -83,6 +83,33 @@ fn fetch_if_missing(
     what: &str,
     instead: &str,
 ) -> Result<()> {
+    run_fetch(lock, target, ready, script, &[], &format!("default {what}"), instead)
+}
+
+static FETCH_OTHER: Mutex<()> = Mutex::new(());
+
+/// Runs `scripts/<script> <args>` (with this process's cache folder) unless `ready(target)`, one
+/// such fetch at a time in this process (the scripts lock across processes themselves).
+pub(crate) fn fetch_with_script(
+    target: &Path,
+    ready: &dyn Fn(&Path) -> bool,
+    script: &str,
+    args: &[&str],
+    what: &str,
+    instead: &str,
+) -> Result<()> {
+    run_fetch(&FETCH_OTHER, target, ready, script, args, what, instead)
+}
+
+fn run_fetch(
+    lock: &Mutex<()>,
+    target: &Path,
+    ready: &dyn Fn(&Path) -> bool,
+    script: &str,
+    args: &[&str],
+    what: &str,
+    instead: &str,
+) -> Result<()> {
     if ready(target) {
         return Ok(());
     }
@@ -92,19 +119,16 @@ fn fetch_if_missing(
     }
     let script = repo_root().join("scripts").join(script);
     if !script.exists() {
-        bail!(
-            "the default {what} is not in {} and {} is not there to fetch it; {instead}",
-            target.display(),
-            script.display()
-        );
+        bail!("the {what} is not in {} and {} is not there to fetch it; {instead}", target.display(), script.display());
     }
     let status = Command::new("bash")
         .arg(&script)
+        .args(args)
         .env("PEFT_CACHE", cache_dir())
         .status()
         .with_context(|| format!("running {}", script.display()))?;
     if !status.success() {
-        bail!("fetching the default {what} failed ({status}); see the messages above from {}", script.display());
+        bail!("fetching the {what} failed ({status}); see the messages above from {}", script.display());
     }
     if !ready(target) {
         bail!("{} succeeded but {} is missing or incomplete", script.display(), target.display());
