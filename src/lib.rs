@@ -4,6 +4,7 @@
 //! Modules: [`gpu`] (device, tensors, pipeline cache, batching), [`shaders`] (the WGSL sources),
 //! [`kernels`] (one host module per shader family), [`reference`] (f64 CPU reference, tests only).
 
+pub mod bench;
 pub mod data;
 pub mod datasets;
 pub mod gpu;

@@ -14,6 +14,39 @@ struct Dispatch {
     groups: [u32; 3],
 }
 
+/// Values copied out of a submitted batch ([`Batch::submit_with_readback`]).
+pub struct Readback {
+    gpu: Arc<Gpu>,
+    staging: wgpu::Buffer,
+    lens: Vec<usize>,
+    rx: std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+    index: wgpu::SubmissionIndex,
+}
+
+impl Readback {
+    /// Waits for the submission (not for later ones) and returns each tensor's values.
+    pub fn wait(self) -> Result<Vec<Vec<f32>>> {
+        let poll = wgpu::PollType::Wait { submission_index: Some(self.index), timeout: None };
+        self.gpu.device.poll(poll).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+        self.rx
+            .recv()
+            .map_err(|_| anyhow!("GPU buffer map callback never ran"))?
+            .map_err(|e| anyhow!("mapping a GPU buffer for reading failed: {e}"))?;
+        let slice = self.staging.slice(..);
+        let view = slice.get_mapped_range().map_err(|e| anyhow!("reading a GPU buffer: {e:?}"))?;
+        let all: &[f32] = bytemuck::cast_slice(&view);
+        let mut out = Vec::with_capacity(self.lens.len());
+        let mut off = 0;
+        for &n in &self.lens {
+            out.push(all[off..off + n].to_vec());
+            off += n;
+        }
+        drop(view);
+        self.staging.unmap();
+        Ok(out)
+    }
+}
+
 /// GPU time of one submitted batch.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchTiming {
@@ -186,6 +219,38 @@ impl Batch {
         drop(view);
         let period = gpu.queue.get_timestamp_period() as f64;
         Ok(Some(BatchTiming { gpu_seconds: ts[1].saturating_sub(ts[0]) as f64 * period * 1e-9 }))
+    }
+
+    /// Submits everything queued so far followed by a copy of `tensors` into one host-readable
+    /// buffer, without waiting: [`Readback::wait`] later returns their values. Lets the host
+    /// record the next batch while the GPU runs this one (one sync per step, a step behind).
+    pub fn submit_with_readback(&mut self, tensors: &[&GpuTensor]) -> Result<Readback> {
+        let gpu = self.gpu.clone();
+        let lens: Vec<usize> = tensors.iter().map(|t| t.numel()).collect();
+        let total = (lens.iter().sum::<usize>() * 4).max(4) as u64;
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        gpu.memory.begin_submit();
+        let mut enc = self.record(None);
+        let mut off = 0u64;
+        for t in tensors {
+            let size = (t.numel() * 4) as u64;
+            if size > 0 {
+                enc.copy_buffer_to_buffer(&t.buffer, 0, &staging, off, size);
+            }
+            off += size;
+        }
+        let index = gpu.queue.submit([enc.finish()]);
+        self.track_completion();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        Ok(Readback { gpu, staging, lens, rx, index })
     }
 
     /// Submits and waits for completion.

@@ -6,7 +6,7 @@ pub mod memory;
 pub mod pipelines;
 mod tensor;
 
-pub use batch::{Batch, BatchTiming};
+pub use batch::{Batch, BatchTiming, Readback};
 pub use memory::{MemoryTracker, TrackedBuffer};
 pub use pipelines::{Access, KernelSpec};
 pub use tensor::GpuTensor;

@@ -58,6 +58,16 @@ pub enum Setup<'a> {
     Fusion { adapters: Vec<&'a AdapterSet>, fusion: &'a FusionModel },
 }
 
+/// Tensors of a recorded pass, valid once the batch that holds it has run.
+pub struct Recorded {
+    /// `[batch, labels]`
+    pub logits: GpuTensor,
+    /// Mean cross-entropy `[1]`, when labels were given.
+    pub loss: Option<GpuTensor>,
+    /// `[batch·seq, hidden]`
+    pub last_hidden_state: GpuTensor,
+}
+
 /// Results of one pass.
 pub struct PassOutput {
     pub logits: Vec<f32>,
@@ -159,17 +169,19 @@ impl Encoder {
         Ok(())
     }
 
-    /// Forward (and, with `labels` and `backward`, backward) of the encoder + head. Gradients are
-    /// written into the adapters' and the head's gradient tensors (overwritten, not accumulated).
-    pub fn pass(
+    /// Records the forward (and, with `labels` and `backward`, backward) of the encoder + head into
+    /// `b` without waiting; gradients are written into the adapters' and the head's gradient tensors
+    /// (overwritten, not accumulated). With streamed weights or `--recompute` it submits per layer.
+    /// The caller submits the rest (e.g. with an optimizer step in the same command buffer).
+    pub fn record(
         &mut self,
+        b: &mut Batch,
         setup: &Setup,
         head: &ClassificationHead,
         inp: &Inputs,
         labels: Option<&[u32]>,
         backward: bool,
-        want_hidden: bool,
-    ) -> Result<PassOutput> {
+    ) -> Result<Recorded> {
         self.check_inputs(inp)?;
         if let Some(l) = labels {
             if l.len() != inp.batch {
@@ -241,20 +253,39 @@ impl Encoder {
             let lab = GpuTensor::from_u32(&gpu, &[bsz], labels)?;
             let loss_t = t(&gpu, &[1])?;
             let dlogits = t(&gpu, &[bsz, head.labels])?;
-            loss::softmax_cross_entropy(&mut b, &logits, &lab, &loss_t, &dlogits)?;
+            loss::softmax_cross_entropy(b, &logits, &lab, &loss_t, &dlogits)?;
             if backward {
-                let dhidden = self.head_backward(&mut b, head, &cls, &hpre, &hact, &dlogits, inp.seq, tok)?;
-                self.layers_backward(&mut b, setup, &acts, &mask, ashape, dhidden)?;
+                let dhidden = self.head_backward(b, head, &cls, &hpre, &hact, &dlogits, inp.seq, tok)?;
+                self.layers_backward(b, setup, acts, &mask, ashape, dhidden)?;
             }
-            b.finish()?;
-            loss_value = Some(loss_t.to_vec(&gpu)?[0]);
-        } else {
-            b.finish()?;
+            loss = Some(loss_t);
         }
+        Ok(Recorded { logits, loss, last_hidden_state: hidden })
+    }
+
+    /// Forward (and, with `labels` and `backward`, backward) of the encoder + head, submitted and
+    /// read back: [`record`](Self::record) into a batch of its own, then a full sync.
+    pub fn pass(
+        &mut self,
+        setup: &Setup,
+        head: &ClassificationHead,
+        inp: &Inputs,
+        labels: Option<&[u32]>,
+        backward: bool,
+        want_hidden: bool,
+    ) -> Result<PassOutput> {
+        let gpu = self.gpu.clone();
+        gpu.memory.reset_peak();
+        let mut b = gpu.batch();
+        let r = self.record(&mut b, setup, head, inp, labels, backward)?;
+        b.finish()?;
         Ok(PassOutput {
-            logits: logits.to_vec(&gpu)?,
-            loss: loss_value,
-            last_hidden_state: if want_hidden { Some(hidden.to_vec(&gpu)?) } else { None },
+            logits: r.logits.to_vec(&gpu)?,
+            loss: match &r.loss {
+                Some(l) => Some(l.to_vec(&gpu)?[0]),
+                None => None,
+            },
+            last_hidden_state: if want_hidden { Some(r.last_hidden_state.to_vec(&gpu)?) } else { None },
             uploaded_bytes: self.store.take_uploaded(),
             peak_bytes: gpu.memory.peak(),
         })

@@ -3,9 +3,12 @@
 //! clipping, softmax; the host only batches data, schedules the learning rate and logs.
 
 pub mod checkpoint;
+pub mod fuse;
+pub mod guard;
+pub mod resume;
 
 use crate::data::{self, DataOptions, Example, LabelMap, Tokenized};
-use crate::gpu::{Gpu, GpuTensor};
+use crate::gpu::{Batch, Gpu, GpuTensor};
 use crate::io::adapterhub::{BottleneckConfig, ResidualBeforeLn};
 use crate::kernels::optim::{self, AdamW, LinearSchedule};
 use crate::kernels::Activation;
@@ -227,6 +230,17 @@ impl Optimizer {
 
     /// One AdamW step with global-norm clipping, all on the GPU; returns (lr, grad norm).
     pub fn step(&mut self, gpu: &Arc<Gpu>, params: &[(String, &GpuTensor, &GpuTensor)]) -> Result<(f32, f32)> {
+        let mut b = gpu.batch();
+        let lr = self.record_step(&mut b, params)?;
+        b.finish()?;
+        let norm = optim::grad_norm(gpu, &self.ss)?;
+        Ok((lr, norm))
+    }
+
+    /// Records one AdamW step with global-norm clipping into `b` (after the pass that wrote the
+    /// gradients, in the same command buffer); returns the step's learning rate. The squared
+    /// gradient norm lands in [`sum_of_squares`](Self::sum_of_squares).
+    pub fn record_step(&mut self, b: &mut Batch, params: &[(String, &GpuTensor, &GpuTensor)]) -> Result<f32> {
         self.step += 1;
         // As HF's Trainer: optimizer step t (1-based) uses the schedule's value at t - 1.
         let lr = self.schedule.lr_at(self.step - 1);
@@ -237,11 +251,14 @@ impl Optimizer {
         for ((name, w, g), (m, v)) in params.iter().zip(&self.moments) {
             // As HF's Trainer: no weight decay for biases (and LayerNorm weights, which adapters lack).
             let decay = !name.ends_with("bias");
-            optim::adamw_step(&mut b, &self.opt, self.step, lr, 1.0, Some(&self.scale), decay, w, g, m, v)?;
+            optim::adamw_step(b, &self.opt, self.step, lr, 1.0, Some(&self.scale), decay, w, g, m, v)?;
         }
-        b.finish()?;
-        let norm = optim::grad_norm(gpu, &self.ss)?;
-        Ok((lr, norm))
+        Ok(lr)
+    }
+
+    /// `[1]`: the squared global gradient norm of the last recorded step (before clipping).
+    pub fn sum_of_squares(&self) -> &GpuTensor {
+        &self.ss
     }
 }
 

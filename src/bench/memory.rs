@@ -1,0 +1,233 @@
+//! `peft bench --memory`: planned vs measured peak GPU memory of one adapter training step
+//! (Houlsby, reduction factor 16, AdamW) on a model of a given shape with random weights, and its
+//! step time; optionally the same step with and without `--recompute`.
+
+use super::step::random_inputs;
+use crate::gpu::{Gpu, GpuTensor};
+use crate::io::adapterhub::BottleneckConfig;
+use crate::kernels::optim::{AdamW, LinearSchedule};
+use crate::kernels::Activation;
+use crate::model::config::BertConfig;
+use crate::model::encoder::Setup;
+use crate::model::load;
+use crate::model::plan::{self, AdapterSpec, Choice, MemoryPlan, PlanInput};
+use crate::train::{new_adapter, Optimizer};
+use anyhow::{bail, Result};
+use rand::SeedableRng;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The adapter the memory benchmark trains: AdapterHub's Houlsby (`double_seq_bn`) defaults.
+pub fn bench_adapter() -> BottleneckConfig {
+    BottleneckConfig::houlsby(16.0, Activation::Silu)
+}
+
+/// One measured training step.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryRun {
+    pub config: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub batch: usize,
+    pub seq: usize,
+    /// Layer slots on the GPU (= layers when resident).
+    pub resident_layers: usize,
+    pub recompute: bool,
+    pub planned_bytes: u64,
+    pub measured_bytes: u64,
+    /// Seconds of each step, wall clock around forward + backward + AdamW with a full sync (the
+    /// first includes compiling the pipelines).
+    pub step_seconds: Vec<f64>,
+    pub loss: f32,
+    pub device: String,
+}
+
+impl MemoryRun {
+    /// `(measured − planned) / measured`.
+    pub fn plan_error(&self) -> f64 {
+        (self.planned_bytes as f64 - self.measured_bytes as f64) / self.measured_bytes as f64
+    }
+
+    pub fn row(&self) -> String {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let times: Vec<String> = self.step_seconds.iter().map(|t| format!("{t:.2}")).collect();
+        format!(
+            "{:<12} {:>3}×{:<5} {:>3}×{:<4} {:>9} {:>9} {:>10.1} {:>10.1} {:>+7.1}% {:>8.4}  {}",
+            self.config,
+            self.layers,
+            self.hidden,
+            self.batch,
+            self.seq,
+            format!("{}/{}", self.resident_layers, self.layers),
+            if self.recompute { "on" } else { "off" },
+            mib(self.planned_bytes),
+            mib(self.measured_bytes),
+            100.0 * self.plan_error(),
+            self.loss,
+            times.join(" ")
+        )
+    }
+}
+
+pub fn table_header() -> String {
+    format!(
+        "{:<12} {:>9} {:>8} {:>9} {:>9} {:>10} {:>10} {:>8} {:>8}  step seconds",
+        "config", "layers×d", "B×S", "resident", "recompute", "plan MiB", "meas. MiB", "plan err", "loss"
+    )
+}
+
+/// The plan of a Houlsby training step at `batch × seq` on `cfg`.
+pub fn plan_step(
+    gpu: &Gpu,
+    cfg: &BertConfig,
+    batch: usize,
+    seq: usize,
+    choice: Choice,
+    budget: Option<u64>,
+) -> Result<MemoryPlan> {
+    let spec = AdapterSpec::from_bottleneck(cfg, &bench_adapter())?;
+    let input = PlanInput {
+        cfg,
+        batch,
+        seq,
+        labels: 2,
+        adapter: &spec,
+        resident_layers: cfg.num_hidden_layers,
+        recompute: false,
+    };
+    plan::choose_for(gpu, &input, choice, budget)
+}
+
+/// Plans, then runs `steps` training steps of a new Houlsby adapter + head with AdamW on the model
+/// in `model_dir` (all tokens real) and measures the peak of the project's GPU buffers
+/// ([`MemoryTracker`](crate::gpu::MemoryTracker)) over the steps.
+pub fn measure(
+    gpu: &Arc<Gpu>,
+    name: &str,
+    model_dir: &Path,
+    batch: usize,
+    seq: usize,
+    choice: Choice,
+    budget: Option<u64>,
+    steps: usize,
+) -> Result<(MemoryPlan, MemoryRun)> {
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let cfg = BertConfig::from_model_dir(model_dir)?;
+    let planned = plan_step(gpu, &cfg, batch, seq, choice, budget)?;
+    let (cfg, mut enc) = load::load_encoder(gpu, model_dir, Some(planned.resident_layers()))?;
+    enc.recompute = planned.recompute;
+    let (set, head) = new_adapter(gpu, &cfg, &bench_adapter(), "bench", 2, 0)?;
+    let params: Vec<(String, &GpuTensor, &GpuTensor)> = set.named().into_iter().chain(head.named()).collect();
+    let schedule = LinearSchedule { base_lr: 1e-4, warmup_steps: 0, total_steps: steps as u32 };
+    let mut opt = Optimizer::new(gpu, &params, AdamW::default(), schedule, 1.0)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let inp = random_inputs(&mut rng, &vec![seq; batch], cfg.vocab_size);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
+    let mut times = vec![];
+    let mut peak = 0;
+    let mut loss = f32::NAN;
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        // `pass` starts a new peak measurement; the optimizer step adds to it.
+        let out = enc.pass(&Setup::Adapter(&set), &head, &inp, Some(&labels), true, false)?;
+        opt.step(gpu, &params)?;
+        times.push(t0.elapsed().as_secs_f64());
+        peak = peak.max(gpu.memory.peak());
+        loss = out.loss.unwrap_or(f32::NAN);
+        if !loss.is_finite() {
+            bail!("memory benchmark: the loss is not finite ({loss})");
+        }
+    }
+    let run = MemoryRun {
+        config: name.to_string(),
+        layers: cfg.num_hidden_layers,
+        hidden: cfg.hidden_size,
+        batch,
+        seq,
+        resident_layers: planned.resident_layers(),
+        recompute: planned.recompute,
+        planned_bytes: planned.peak_bytes(),
+        measured_bytes: peak,
+        step_seconds: times,
+        loss,
+        device: gpu.description.info.name.clone(),
+    };
+    Ok((planned, run))
+}
+
+/// A model directory for `spec` (preset, config or model directory), with only the first
+/// `layers` layers when given: random weights written under `scratch` unless `spec` is a
+/// directory with weights.
+pub fn model_dir(spec: &str, layers: Option<usize>, scratch: &Path) -> Result<(BertConfig, std::path::PathBuf)> {
+    let p = Path::new(spec);
+    if p.is_dir() && p.join("model.safetensors").is_file() {
+        if layers.is_some() {
+            bail!("--layers applies to presets and config files, not to a model directory ({spec})");
+        }
+        return Ok((BertConfig::from_model_dir(p)?, p.to_path_buf()));
+    }
+    let mut cfg = super::model::resolve_config(spec)?;
+    if let Some(n) = layers {
+        if n == 0 || n > cfg.num_hidden_layers {
+            bail!("--layers {n}: must be 1..={} for {spec}", cfg.num_hidden_layers);
+        }
+        cfg.num_hidden_layers = n;
+    }
+    let dir = scratch.join(format!("random-{}x{}x{}-0", cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size));
+    if !(dir.join("model.safetensors").is_file() && BertConfig::from_model_dir(&dir).ok().as_ref() == Some(&cfg)) {
+        eprintln!("writing random weights of {spec} ({} layers) to {}", cfg.num_hidden_layers, dir.display());
+        super::model::write_random_model(&cfg, &dir, 0)?;
+    }
+    Ok((cfg, dir))
+}
+
+/// `peft bench --memory`.
+pub fn run_cli(gpu: &Arc<Gpu>, o: &super::cli::BenchCli) -> Result<()> {
+    let budget = o.max_gpu_memory.as_deref().map(plan::parse_size).transpose()?;
+    let given = o.recompute || o.resident_layers.is_some() || budget.is_some();
+    let choice = if given {
+        Choice { resident_layers: o.resident_layers, recompute: o.recompute.then_some(true) }
+    } else {
+        Choice { resident_layers: Some(1), recompute: Some(true) }
+    };
+    let scratch = o.scratch.clone().unwrap_or_else(|| std::env::temp_dir().join("peft-bench"));
+    println!("device: {}", gpu.description.summary());
+    let mut runs = vec![];
+    for spec in &o.configs {
+        let (_, dir) = model_dir(spec, o.layers, &scratch)?;
+        let choices = if o.compare_recompute {
+            vec![Choice { recompute: Some(false), ..choice }, Choice { recompute: Some(true), ..choice }]
+        } else {
+            vec![choice]
+        };
+        for c in choices {
+            let (planned, run) = measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps)?;
+            println!("{spec}: {planned}");
+            println!("{}\n{}", table_header(), run.row());
+            runs.push(run);
+        }
+        if o.compare_recompute {
+            let n = runs.len();
+            let last = |r: &MemoryRun| *r.step_seconds.last().expect("steps >= 1");
+            let (off, on) = (last(&runs[n - 2]), last(&runs[n - 1]));
+            println!(
+                "{spec}: step time with recompute / without = {:.3} ({on:.2} s / {off:.2} s, last step of each)",
+                on / off
+            );
+        }
+    }
+    if let Some(path) = &o.json {
+        let mut text = String::new();
+        for r in &runs {
+            text += &serde_json::to_string(r)?;
+            text.push('\n');
+        }
+        crate::io::write_atomic(path, text.as_bytes())?;
+        println!("wrote {} results to {}", runs.len(), path.display());
+    }
+    Ok(())
+}
