@@ -3,6 +3,11 @@
 //! operand layout, NaN-poisoned outputs, bias / alpha / beta / activations, batches with offsets and
 //! gaps, and the inner (attention) batch. A variant this GPU cannot run is skipped with a note.
 //! These tests name their variant, so they hold whatever `PEFT_MATMUL_VARIANT` says.
+//!
+//! The f16-input variants (`f16`, `coop`) are compared with a reference computed in f64 from the
+//! inputs rounded to f16 (what they are specified to multiply), at the same f32 tolerance: the
+//! products of f16 values are exact in f32, so only f32 summation error remains. Their error
+//! against the unrounded inputs is checked separately against the f16 rounding bound.
 
 mod common;
 use common::*;
@@ -11,6 +16,15 @@ use peft_wgpu::reference::{act, matmul, transpose};
 use peft_wgpu::Activation;
 
 const TOL: f64 = 1e-5;
+
+/// The inputs as `v` multiplies them: rounded to f16 (nearest even) for the f16-input variants.
+fn as_used(v: MatmulVariant, x: &[f32]) -> Vec<f32> {
+    if v.f16_inputs() {
+        x.iter().map(|&y| half::f16::from_f32(y).to_f32()).collect()
+    } else {
+        x.to_vec()
+    }
+}
 
 /// (m, n, k): C is m×n, the inner dimension k. None is a multiple of 4 except the 64×64×64 tile.
 const SHAPES: [(usize, usize, usize); 8] =
@@ -72,7 +86,7 @@ fn variants_shapes_and_transposes() {
                     .run(&mut batch, view(&at, m, k, a_t), view(&bt, k, n, b_t), None, View::rows(&c, n))
                     .unwrap();
                 batch.finish().unwrap();
-                let want = matmul(&f64s(&a), &f64s(&b), m, k, n);
+                let want = matmul(&f64s(&as_used(v, &a)), &f64s(&as_used(v, &b)), m, k, n);
                 let what = format!("{v}: {m}×{n}×{k} Aᵀ={a_t} Bᵀ={b_t}");
                 worst = worst.max(assert_close(&what, &download(&c), &want, TOL));
             }
@@ -114,7 +128,7 @@ fn variants_bias_alpha_beta_and_activation() {
                         )
                         .unwrap();
                     batch.finish().unwrap();
-                    let ab = matmul(&f64s(&a), &f64s(&b), m, k, n);
+                    let ab = matmul(&f64s(&as_used(v, &a)), &f64s(&as_used(v, &b)), m, k, n);
                     let want: Vec<f64> = (0..m * n)
                         .map(|idx| {
                             let mut x = alpha as f64 * ab[idx] + beta as f64 * c0[idx] as f64;
@@ -166,8 +180,8 @@ fn variants_batched_with_offsets_and_strides() {
             let got = download(&ct);
             let mut written = vec![false; got.len()];
             for z in 0..nb {
-                let a_km = f64s(&a_all[a_off + z * a_sb..][..m * k]);
-                let b = f64s(&b_all[b_off + z * b_sb..][..k * n]);
+                let a_km = f64s(&as_used(v, &a_all[a_off + z * a_sb..][..m * k]));
+                let b = f64s(&as_used(v, &b_all[b_off + z * b_sb..][..k * n]));
                 let want = matmul(&transpose(&a_km, k, m), &b, m, k, n);
                 let c = &got[c_off + z * c_sb..][..m * n];
                 assert_close(&format!("{v}: batch {z} of {nb}×{m}×{n}×{k}"), c, &want, TOL);
@@ -198,6 +212,7 @@ fn variants_inner_batch() {
             let bm = rand_f32(&mut rng, b_len, 1.0);
             let c0 = rand_f32(&mut rng, c_len, 1.0);
             let (ag, bg) = (upload(&[a_len], &a), upload(&[b_len], &bm));
+            let (a, bm) = (as_used(v, &a), as_used(v, &bm));
             let cg = if beta == 0.0 { poisoned(&[c_len]) } else { upload(&[c_len], &c0) };
             let av = View { t: &ag, off: 0, s_row: inner * k, s_col: 1, s_batch: m * inner * k };
             let bv = View { t: &bg, off: 0, s_row: 1, s_col: k, s_batch: inner * n * k };
@@ -259,7 +274,8 @@ fn variants_are_deterministic_and_agree() {
     for v in variants() {
         let x = run(v);
         assert_eq!(bits(&x), bits(&run(v)), "{v}: two runs differ");
-        if v == MatmulVariant::Basic {
+        // basic has another fma chain; the f16-input variants multiply other numbers.
+        if v == MatmulVariant::Basic || v.f16_inputs() {
             continue;
         }
         match &first {
@@ -277,19 +293,22 @@ fn variants_are_deterministic_and_agree() {
 }
 
 /// The device rule (no PEFT_MATMUL_VARIANT): CPU drivers with subgroups of 8 (lavapipe) get the
-/// subgroup kernel, other CPU drivers the register tile, GPUs the workgroup-memory tiles.
+/// subgroup kernel, other CPU drivers the register tile, discrete GPUs the vec4 workgroup-memory
+/// kernel (`smem`), other GPUs the first workgroup-memory kernel (`tiled`); never an f16 variant.
 #[test]
 fn auto_variant_follows_the_device() {
     let g = gpu();
     let info = &g.description.info;
-    let want = if info.device_type == wgpu::DeviceType::Cpu {
-        if g.has(wgpu::Features::SUBGROUP) && info.subgroup_min_size == 8 && info.subgroup_max_size == 8 {
-            MatmulVariant::Subgroup
-        } else {
-            MatmulVariant::Register
+    let want = match info.device_type {
+        wgpu::DeviceType::Cpu => {
+            if g.has(wgpu::Features::SUBGROUP) && info.subgroup_min_size == 8 && info.subgroup_max_size == 8 {
+                MatmulVariant::Subgroup
+            } else {
+                MatmulVariant::Register
+            }
         }
-    } else {
-        MatmulVariant::Tiled
+        wgpu::DeviceType::DiscreteGpu => MatmulVariant::Smem,
+        _ => MatmulVariant::Tiled,
     };
     assert_eq!(MatmulVariant::auto(&g), want);
     println!("{}: auto variant {want}, in use {}", g.description.summary(), default_variant(&g).unwrap());

@@ -19,10 +19,16 @@ use std::sync::Arc;
 pub const GPU_ENV: &str = "PEFT_GPU";
 
 /// Optional features we use when the GPU offers them; none is required.
+/// EXPERIMENTAL_COOPERATIVE_MATRIX (tensor cores) is requested only where the adapter offers it
+/// and [`COOP_ENV`] does not turn it off; only the `coop` matmul variant uses it.
 pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::TIMESTAMP_QUERY)
-    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS);
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+
+/// Environment variable: `0` / `off` leaves EXPERIMENTAL_COOPERATIVE_MATRIX off even where offered.
+pub const COOP_ENV: &str = "PEFT_COOP";
 
 /// How to choose a GPU.
 #[derive(Clone, Debug, Default)]
@@ -39,11 +45,30 @@ pub struct GpuDescription {
     pub info: wgpu::AdapterInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
+    /// Cooperative matrix shapes and types the adapter supports (empty without the feature).
+    pub coop_matrix: Vec<wgpu::CooperativeMatrixProperties>,
 }
 
 impl GpuDescription {
     fn new(index: usize, adapter: &wgpu::Adapter) -> Self {
-        Self { index, info: adapter.get_info(), features: adapter.features(), limits: adapter.limits() }
+        let features = adapter.features();
+        let coop_matrix = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            adapter.cooperative_matrix_properties()
+        } else {
+            vec![]
+        };
+        Self { index, info: adapter.get_info(), features, limits: adapter.limits(), coop_matrix }
+    }
+
+    /// Whether the adapter multiplies 16×16×16 f16 cooperative matrices into f32 accumulators.
+    pub fn has_coop_16x16_f16_f32(&self) -> bool {
+        self.coop_matrix.iter().any(|p| {
+            p.m_size == 16
+                && p.n_size == 16
+                && p.k_size == 16
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
     }
 
     /// One line: name, backend, driver.
@@ -73,6 +98,18 @@ impl GpuDescription {
             f(wgpu::Features::SUBGROUP, "subgroup"),
             f(wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
             f(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, "cooperative-matrix"),
+            format!(
+                "cooperative matrix shapes (M×N×K A/B→C): {}",
+                if self.coop_matrix.is_empty() {
+                    "none".to_string()
+                } else {
+                    self.coop_matrix
+                        .iter()
+                        .map(|p| format!("{}×{}×{} {:?}→{:?}", p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ),
         ]
     }
 }
@@ -149,13 +186,27 @@ impl Gpu {
         };
         let adapter = &adapters[index];
         let description = GpuDescription::new(index, adapter);
-        let features = adapter.features() & OPTIONAL_FEATURES;
+        let mut features = adapter.features() & OPTIONAL_FEATURES;
+        let coop_off = matches!(
+            std::env::var(COOP_ENV).unwrap_or_default().trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no"
+        );
+        if coop_off {
+            features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        }
+        let experimental = if features.intersects(wgpu::Features::all_experimental_mask()) {
+            // SAFETY: the only experimental feature we request is EXPERIMENTAL_COOPERATIVE_MATRIX, used
+            // by one shader (matmul_coop) that the tests and the benchmark check against a reference.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("peft-wgpu"),
             required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: experimental,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))

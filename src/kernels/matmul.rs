@@ -1,6 +1,18 @@
-//! `shaders/matmul.wgsl`: one batched, strided matmul for every product in the project
+//! `shaders/matmul*.wgsl`: one batched, strided matmul for every product in the project
 //! (`C = act(alpha·A·B + bias + beta·C)`; transposes are strides), in several kernel variants that
-//! the host picks per device ([`MatmulVariant`]): one API, the same sums in the same order.
+//! the host picks per device ([`MatmulVariant`]): one API; the f32 variants sum in the same order.
+//!
+//! Precision of the f16-input variants ([`MatmulVariant::F16`], [`MatmulVariant::Coop`]): A and B
+//! are rounded to f16 (round to nearest even, unit roundoff u = 2⁻¹¹ ≈ 4.9e-4), each product of two
+//! f16 values is exact in f32, and the products are summed in f32 (u_acc = 2⁻²⁴; tensor cores may
+//! truncate, so 2⁻²³ is used). Rounding error analysis (Higham, ch. 3) gives, for every output,
+//! `|C − C_exact| ≤ (2u + u² + K·u_acc) · Σ_k |a_ik|·|b_kj|`, the bound the tests assert element by
+//! element ([`f16_error_bound`]). For inputs of random sign the errors of the K terms are
+//! independent, so the typical relative error of an output is about `u·√(2/3) ≈ 4e-4` of
+//! `√(Σ_k (a_ik b_kj)²)` (≈ |C| for random data), and the largest over a 4096² output is a few
+//! times that (measured values are in tests/matmul_variants.rs output and bench/NOTES.md). They
+//! compute exactly the f32 product of the f16-rounded inputs up to f32 summation error, which the
+//! tests check with the f32 tolerance against a reference built from the rounded inputs.
 
 use super::Activation;
 use crate::gpu::{Access, Batch, Gpu, GpuTensor, KernelSpec};
@@ -19,12 +31,17 @@ const SUBGROUP_MARKER: &str = "// ==== SUBGROUP KERNELS";
 static CORE: LazyLock<Shader> = LazyLock::new(|| {
     let src = *shaders::MATMUL.parts.last().expect("matmul shader has a source");
     let cut = src.find(SUBGROUP_MARKER).expect("shaders/matmul.wgsl lost its SUBGROUP KERNELS line");
-    Shader { name: "matmul_core", parts: Box::leak(Box::new([shaders::COMMON, &src[..cut]])) }
+    Shader { name: "matmul_core", parts: Box::leak(Box::new([shaders::COMMON, &src[..cut]])), trusted: true }
 });
 
 /// Environment variable forcing a variant for every product: `basic`, `register`, `tiled`,
-/// `subgroup`, or `auto` (the default: [`MatmulVariant::auto`]).
+/// `subgroup`, `smem`, `f16`, `coop`, or `auto` (the default: [`MatmulVariant::auto`]).
 pub const VARIANT_ENV: &str = "PEFT_MATMUL_VARIANT";
+
+/// Storage bindings of the workgroup-memory kernels (`matmul_vec4.wgsl`): A, A as vec4, B, B as
+/// vec4, bias, C.
+const VEC4_BINDINGS: &[Access] =
+    &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
 /// Which kernel computes a product. Every variant sums each output in k order 0..K in one
 /// invocation (deterministic); all but [`Basic`](Self::Basic) use the same fma chain and epilogue,
@@ -41,11 +58,30 @@ pub enum MatmulVariant {
     /// A subgroup of 8 owns 32×32 outputs and shares A through `subgroupBroadcast` (8 loads per 128
     /// multiply-adds, no barriers): lavapipe. Needs the SUBGROUP feature and subgroups of exactly 8.
     Subgroup,
+    /// `shaders/matmul_smem.wgsl`: BM×BN tiles staged through double-buffered workgroup memory
+    /// with vec4 loads where the layout allows, a TM×TN register tile per invocation, tile sizes as
+    /// override constants ([`TileConfig`], chosen per shape): discrete GPUs.
+    Smem,
+    /// `shaders/matmul_f16.wgsl`: A and B rounded to f16 in workgroup memory, f32 accumulation, in
+    /// 16×16 fragments computed by plain invocations: the [`Coop`](Self::Coop) kernel without
+    /// cooperative matrices (its test bed on any device with SHADER_F16). Never chosen by `auto`.
+    F16,
+    /// `shaders/matmul_coop.wgsl`: [`F16`](Self::F16) with the 16×16×16 fragment products on
+    /// cooperative matrices (tensor cores). Needs EXPERIMENTAL_COOPERATIVE_MATRIX with 16×16×16
+    /// f16→f32, SHADER_F16, SUBGROUP and a fixed subgroup size. f16 inputs: never chosen by `auto`.
+    Coop,
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 4] =
-        [MatmulVariant::Basic, MatmulVariant::Register, MatmulVariant::Tiled, MatmulVariant::Subgroup];
+    pub const ALL: [MatmulVariant; 7] = [
+        MatmulVariant::Basic,
+        MatmulVariant::Register,
+        MatmulVariant::Tiled,
+        MatmulVariant::Subgroup,
+        MatmulVariant::Smem,
+        MatmulVariant::F16,
+        MatmulVariant::Coop,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -53,7 +89,15 @@ impl MatmulVariant {
             MatmulVariant::Register => "register",
             MatmulVariant::Tiled => "tiled",
             MatmulVariant::Subgroup => "subgroup",
+            MatmulVariant::Smem => "smem",
+            MatmulVariant::F16 => "f16",
+            MatmulVariant::Coop => "coop",
         }
+    }
+
+    /// Whether the variant rounds A and B to f16 (see the module docs for its error bound).
+    pub fn f16_inputs(self) -> bool {
+        matches!(self, MatmulVariant::F16 | MatmulVariant::Coop)
     }
 
     /// A variant name as [`VARIANT_ENV`] takes it; `auto` (or empty) is `None`.
@@ -62,50 +106,306 @@ impl MatmulVariant {
         if s.is_empty() || s == "auto" {
             return Ok(None);
         }
-        Self::ALL
-            .into_iter()
-            .find(|v| v.name() == s)
-            .map(Some)
-            .ok_or_else(|| anyhow!("unknown matmul variant {s:?} (expected auto, basic, register, tiled or subgroup)"))
+        Self::ALL.into_iter().find(|v| v.name() == s).map(Some).ok_or_else(|| {
+            anyhow!("unknown matmul variant {s:?} (expected auto, basic, register, tiled, subgroup, smem, f16 or coop)")
+        })
     }
 
-    /// Whether this GPU can run the variant (only [`Subgroup`](Self::Subgroup) has requirements).
-    pub fn is_supported(self, gpu: &Gpu) -> bool {
+    /// Why this GPU cannot run the variant, or `None` where it can.
+    pub fn unsupported_reason(self, gpu: &Gpu) -> Option<String> {
+        let info = &gpu.description.info;
         match self {
             MatmulVariant::Subgroup => {
-                let info = &gpu.description.info;
-                gpu.has(wgpu::Features::SUBGROUP) && info.subgroup_min_size == 8 && info.subgroup_max_size == 8
+                (!(gpu.has(wgpu::Features::SUBGROUP) && info.subgroup_min_size == 8 && info.subgroup_max_size == 8))
+                    .then(|| "needs the SUBGROUP feature with subgroups of exactly 8 lanes".to_string())
             }
-            _ => true,
+            MatmulVariant::Smem => TileConfig::SMALL.check(gpu).err().map(|e| format!("{e:#}")),
+            MatmulVariant::F16 => {
+                if !gpu.has(wgpu::Features::SHADER_F16) {
+                    Some("needs the SHADER_F16 feature".into())
+                } else {
+                    FragConfig::SMALL.check(gpu, 32).err().map(|e| format!("{e:#}"))
+                }
+            }
+            MatmulVariant::Coop => {
+                let f = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                    | wgpu::Features::SHADER_F16
+                    | wgpu::Features::SUBGROUP;
+                if !gpu.has(f) {
+                    Some(format!("needs the features {:?} (enabled here: {:?})", f, gpu.features & f))
+                } else if !gpu.description.has_coop_16x16_f16_f32() {
+                    Some("the adapter has no 16×16×16 f16→f32 cooperative matrix".into())
+                } else if info.subgroup_min_size != info.subgroup_max_size {
+                    Some(format!(
+                        "needs a fixed subgroup size (adapter: {}..{})",
+                        info.subgroup_min_size, info.subgroup_max_size
+                    ))
+                } else {
+                    FragConfig::SMALL.check(gpu, info.subgroup_max_size).err().map(|e| format!("{e:#}"))
+                }
+            }
+            _ => None,
         }
+    }
+
+    /// Whether this GPU can run the variant.
+    pub fn is_supported(self, gpu: &Gpu) -> bool {
+        self.unsupported_reason(gpu).is_none()
     }
 
     /// The device rule: CPU drivers (no real parallel hardware behind workgroup memory; barriers
     /// are slow) get [`Subgroup`](Self::Subgroup) where subgroups are exactly 8 wide (lavapipe on
-    /// AVX2) and [`Register`](Self::Register) otherwise; every other device gets
-    /// [`Tiled`](Self::Tiled).
+    /// AVX2) and [`Register`](Self::Register) otherwise; discrete GPUs (NVIDIA, AMD, Intel Arc)
+    /// get [`Smem`](Self::Smem); other devices (integrated, virtual) [`Tiled`](Self::Tiled).
+    /// The f16-input variants are never chosen automatically (they change the numerics).
     pub fn auto(gpu: &Gpu) -> Self {
-        if gpu.description.info.device_type == wgpu::DeviceType::Cpu {
-            if MatmulVariant::Subgroup.is_supported(gpu) {
-                MatmulVariant::Subgroup
-            } else {
-                MatmulVariant::Register
+        match gpu.description.info.device_type {
+            wgpu::DeviceType::Cpu => {
+                if MatmulVariant::Subgroup.is_supported(gpu) {
+                    MatmulVariant::Subgroup
+                } else {
+                    MatmulVariant::Register
+                }
             }
-        } else {
-            MatmulVariant::Tiled
+            wgpu::DeviceType::DiscreteGpu if MatmulVariant::Smem.is_supported(gpu) => MatmulVariant::Smem,
+            _ => MatmulVariant::Tiled,
         }
     }
 
     fn spec(self) -> KernelSpec {
-        let (shader, entry): (&'static Shader, &'static str) = match self {
-            MatmulVariant::Basic => (&CORE, "matmul"),
-            MatmulVariant::Register => (&CORE, "matmul_reg"),
-            MatmulVariant::Tiled => (&CORE, "matmul_tiled"),
-            MatmulVariant::Subgroup => (&shaders::MATMUL, "matmul_subgroup"),
+        let (shader, entry, bindings): (&'static Shader, &'static str, &'static [Access]) = match self {
+            MatmulVariant::Basic => (&CORE, "matmul", BINDINGS),
+            MatmulVariant::Register => (&CORE, "matmul_reg", BINDINGS),
+            MatmulVariant::Tiled => (&CORE, "matmul_tiled", BINDINGS),
+            MatmulVariant::Subgroup => (&shaders::MATMUL, "matmul_subgroup", BINDINGS),
+            MatmulVariant::Smem => (&shaders::MATMUL_SMEM, "matmul_smem", VEC4_BINDINGS),
+            MatmulVariant::F16 => (&shaders::MATMUL_F16, "matmul_f16", VEC4_BINDINGS),
+            MatmulVariant::Coop => (&shaders::MATMUL_COOP, "matmul_coop", VEC4_BINDINGS),
         };
-        KernelSpec { shader, entry, bindings: BINDINGS }
+        KernelSpec { shader, entry, bindings }
     }
 }
+
+/// The variants this GPU can run, in [`MatmulVariant::ALL`] order.
+pub fn available_variants(gpu: &Gpu) -> Vec<MatmulVariant> {
+    MatmulVariant::ALL.into_iter().filter(|v| v.is_supported(gpu)).collect()
+}
+
+/// The element-wise error bound of the f16-input variants for one output (module docs):
+/// `(2u + u² + K·u_acc) · Σ_k |a_ik|·|b_kj|` with u = 2⁻¹¹ and u_acc = 2⁻²³, times |alpha|.
+pub fn f16_error_bound(k: usize, abs_dot: f64, alpha: f64) -> f64 {
+    let u = 2f64.powi(-11);
+    let u_acc = 2f64.powi(-23);
+    (2.0 * u + u * u + k as f64 * u_acc) * abs_dot * alpha.abs()
+}
+
+/// Tile sizes of [`MatmulVariant::Smem`]: a workgroup of (bm/tm)·(bn/tn) invocations computes a
+/// bm×bn tile of C in k-steps of bk, each invocation a tm×tn register tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileConfig {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+impl TileConfig {
+    /// 128×128 in k-steps of 16, 8×8 per invocation (256 invocations): large products.
+    pub const LARGE: TileConfig = TileConfig { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 };
+    /// 64×64, 4×4 per invocation (256 invocations).
+    pub const MEDIUM: TileConfig = TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
+    /// 32×32, 4×4 per invocation (64 invocations): small or narrow products, attention.
+    pub const SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4 };
+
+    /// Invocations per workgroup.
+    pub fn invocations(&self) -> u32 {
+        (self.bm / self.tm.max(1)) * (self.bn / self.tn.max(1))
+    }
+
+    /// Workgroup memory in bytes (two k-major slices of A and B, rows padded by one vec4).
+    pub fn workgroup_bytes(&self) -> u64 {
+        2 * self.bk as u64 * ((self.bm / 4 + 1) as u64 + (self.bn / 4 + 1) as u64) * 16
+    }
+
+    /// Checks the shader's assumptions and the device's limits.
+    pub fn check(&self, gpu: &Gpu) -> Result<()> {
+        let &TileConfig { bm, bn, bk, tm, tn } = self;
+        if !matches!(tm, 4 | 8) || !matches!(tn, 4 | 8) {
+            bail!("smem tiles {self}: tm and tn must be 4 or 8");
+        }
+        if bm == 0 || bn == 0 || bk == 0 || bm % tm != 0 || bn % tn != 0 || bk % 4 != 0 {
+            bail!("smem tiles {self}: bm, bn must be multiples of tm, tn and bk a multiple of 4");
+        }
+        let wg = self.invocations();
+        for (what, elems) in [("A", bm * bk), ("B", bk * bn)] {
+            if elems % (4 * wg) != 0 || !(1..=4).contains(&(elems / (4 * wg))) {
+                bail!("smem tiles {self}: the {what} slice must be 1 to 4 vec4s per invocation ({wg} invocations)");
+            }
+        }
+        check_workgroup(gpu, &format!("smem tiles {self}"), wg, self.workgroup_bytes())
+    }
+
+    /// The configuration for an m×n product over `batch` matrices ([`choose`]).
+    pub fn auto(gpu: &Gpu, m: usize, n: usize, batch: usize) -> TileConfig {
+        let c = [TileConfig::LARGE, TileConfig::MEDIUM, TileConfig::SMALL];
+        choose(&c, |t| (t.bm, t.bn), |t| t.check(gpu).is_ok(), m, n, batch).unwrap_or(TileConfig::SMALL)
+    }
+}
+
+impl std::fmt::Display for TileConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}/{}x{}", self.bm, self.bn, self.bk, self.tm, self.tn)
+    }
+}
+
+impl std::str::FromStr for TileConfig {
+    type Err = anyhow::Error;
+    /// `BMxBNxBK/TMxTN`, e.g. `128x128x16/8x8`.
+    fn from_str(s: &str) -> Result<Self> {
+        let v = parse_dims(s, 3, 2).map_err(|e| anyhow!("smem tiles {s:?}: {e} (expected BMxBNxBK/TMxTN)"))?;
+        Ok(TileConfig { bm: v[0], bn: v[1], bk: v[2], tm: v[3], tn: v[4] })
+    }
+}
+
+/// Tile sizes of [`MatmulVariant::F16`] and [`MatmulVariant::Coop`]: a workgroup of sg_m×sg_n
+/// subgroups computes a bm×bn tile in k-steps of bk (a multiple of 16); each subgroup owns
+/// (bm/16/sg_m)×(bn/16/sg_n) fragments of 16×16 (1, 2 or 4 × 1 or 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragConfig {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub sg_m: u32,
+    pub sg_n: u32,
+}
+
+impl FragConfig {
+    /// 128×128×32, 2×4 subgroups of 64×32.
+    pub const LARGE: FragConfig = FragConfig { bm: 128, bn: 128, bk: 32, sg_m: 2, sg_n: 4 };
+    /// 64×64×32, 2×2 subgroups of 32×32.
+    pub const MEDIUM: FragConfig = FragConfig { bm: 64, bn: 64, bk: 32, sg_m: 2, sg_n: 2 };
+    /// 32×32×16, one subgroup of 32×32.
+    pub const SMALL: FragConfig = FragConfig { bm: 32, bn: 32, bk: 16, sg_m: 1, sg_n: 1 };
+
+    fn frags(&self) -> (u32, u32) {
+        (self.bm / (16 * self.sg_m.max(1)), self.bn / (16 * self.sg_n.max(1)))
+    }
+
+    /// Halves in one buffer of the A and B slices (the larger of the two layouts).
+    fn tiles(&self) -> (u32, u32) {
+        let (bm, bn, bk) = (self.bm, self.bn, self.bk);
+        ((bm * (bk + 8)).max(bk * (bm + 8)), (bn * (bk + 8)).max(bk * (bn + 8)))
+    }
+
+    /// Workgroup memory in bytes: two f16 buffers of each slice and a 16×16 f32 scratch per subgroup.
+    pub fn workgroup_bytes(&self) -> u64 {
+        let (ta, tb) = self.tiles();
+        4 * (ta as u64 + tb as u64) + 1024 * (self.sg_m * self.sg_n) as u64
+    }
+
+    /// Checks the shader's assumptions and the device's limits for subgroups of `sgs` lanes.
+    pub fn check(&self, gpu: &Gpu, sgs: u32) -> Result<()> {
+        let &FragConfig { bm, bn, bk, sg_m, sg_n } = self;
+        if sg_m == 0 || sg_n == 0 || bk == 0 || bk % 16 != 0 || bm % (16 * sg_m) != 0 || bn % (16 * sg_n) != 0 {
+            bail!("fragment tiles {self}: bk must be a multiple of 16 and bm, bn of 16·sg_m, 16·sg_n");
+        }
+        let (fm, fn_) = self.frags();
+        if !matches!(fm, 1 | 2 | 4) || !matches!(fn_, 1 | 2) {
+            bail!("fragment tiles {self}: a subgroup must own 1, 2 or 4 × 1 or 2 fragments (has {fm}×{fn_})");
+        }
+        if sgs == 0 || 256 % sgs != 0 {
+            bail!("fragment tiles {self}: subgroups of {sgs} lanes do not divide a 16×16 fragment");
+        }
+        let wg = sg_m * sg_n * sgs;
+        for (what, elems) in [("A", bm * bk), ("B", bk * bn)] {
+            if elems % (4 * wg) != 0 || !(1..=8).contains(&(elems / (4 * wg))) {
+                bail!("fragment tiles {self}: the {what} slice must be 1 to 8 quads per invocation ({wg} invocations)");
+            }
+        }
+        check_workgroup(gpu, &format!("fragment tiles {self}"), wg, self.workgroup_bytes())
+    }
+
+    /// The configuration for an m×n product over `batch` matrices ([`choose`]).
+    pub fn auto(gpu: &Gpu, sgs: u32, m: usize, n: usize, batch: usize) -> FragConfig {
+        let c = [FragConfig::LARGE, FragConfig::MEDIUM, FragConfig::SMALL];
+        choose(&c, |t| (t.bm, t.bn), |t| t.check(gpu, sgs).is_ok(), m, n, batch).unwrap_or(FragConfig::SMALL)
+    }
+}
+
+impl std::fmt::Display for FragConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}/{}x{}", self.bm, self.bn, self.bk, self.sg_m, self.sg_n)
+    }
+}
+
+impl std::str::FromStr for FragConfig {
+    type Err = anyhow::Error;
+    /// `BMxBNxBK/SG_MxSG_N`, e.g. `128x128x32/2x4`.
+    fn from_str(s: &str) -> Result<Self> {
+        let v = parse_dims(s, 3, 2).map_err(|e| anyhow!("fragment tiles {s:?}: {e} (expected BMxBNxBK/SGMxSGN)"))?;
+        Ok(FragConfig { bm: v[0], bn: v[1], bk: v[2], sg_m: v[3], sg_n: v[4] })
+    }
+}
+
+/// `AxBxC/DxE` → [A, B, C, D, E] (`first` numbers before the slash, `second` after).
+fn parse_dims(s: &str, first: usize, second: usize) -> Result<Vec<u32>> {
+    let (l, r) = s.trim().split_once('/').ok_or_else(|| anyhow!("no '/'"))?;
+    let nums = |part: &str, count: usize| -> Result<Vec<u32>> {
+        let v: Vec<u32> = part
+            .split(['x', 'X', '×'])
+            .map(|t| t.trim().parse::<u32>().map_err(|_| anyhow!("{t:?} is not a number")))
+            .collect::<Result<_>>()?;
+        if v.len() != count {
+            bail!("{} numbers where {count} are expected", v.len());
+        }
+        Ok(v)
+    };
+    let mut v = nums(l, first)?;
+    v.extend(nums(r, second)?);
+    Ok(v)
+}
+
+fn check_workgroup(gpu: &Gpu, what: &str, invocations: u32, bytes: u64) -> Result<()> {
+    let l = &gpu.limits;
+    if invocations > l.max_compute_invocations_per_workgroup || invocations > l.max_compute_workgroup_size_x {
+        bail!("{what}: {invocations} invocations exceed the GPU's workgroup limits");
+    }
+    if bytes > l.max_compute_workgroup_storage_size as u64 {
+        bail!("{what}: {bytes} bytes of workgroup memory exceed the GPU's {}", l.max_compute_workgroup_storage_size);
+    }
+    Ok(())
+}
+
+/// Picks among tile configurations (largest first): the first valid one that gives at least
+/// [`TARGET_WORKGROUPS`] workgroups and wastes at most a quarter of its tiles on padding, else
+/// the valid one with the least padding (the smallest on ties).
+fn choose<T: Copy>(
+    configs: &[T],
+    dims: impl Fn(&T) -> (u32, u32),
+    valid: impl Fn(&T) -> bool,
+    m: usize,
+    n: usize,
+    batch: usize,
+) -> Option<T> {
+    let stats = |t: &T| {
+        let (bm, bn) = dims(t);
+        let (tm, tn) = (m.div_ceil(bm as usize).max(1), n.div_ceil(bn as usize).max(1));
+        let fill = (m * n) as f64 / (tm * bm as usize * tn * bn as usize) as f64;
+        (tm * tn * batch.max(1), fill)
+    };
+    let ok: Vec<&T> = configs.iter().filter(|t| valid(t)).collect();
+    ok.iter()
+        .find(|t| {
+            let (groups, fill) = stats(t);
+            groups >= TARGET_WORKGROUPS && fill >= 0.75
+        })
+        .or_else(|| ok.iter().rev().min_by(|a, b| stats(b).1.total_cmp(&stats(a).1)))
+        .map(|t| **t)
+}
+
+/// Workgroups a product should have to fill a large GPU (an H100 has 132 multiprocessors).
+pub const TARGET_WORKGROUPS: usize = 128;
 
 impl std::fmt::Display for MatmulVariant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -252,11 +552,36 @@ pub struct Matmul {
     pub act: Activation,
     /// The kernel to use; `None`: [`default_variant`].
     pub variant: Option<MatmulVariant>,
+    /// Tile sizes for [`MatmulVariant::Smem`]; `None`: [`TileConfig::auto`].
+    pub smem_tiles: Option<TileConfig>,
+    /// Tile sizes for [`MatmulVariant::F16`] / [`MatmulVariant::Coop`]; `None`: [`FragConfig::auto`].
+    pub frag_tiles: Option<FragConfig>,
 }
 
 impl Matmul {
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        Self { m, n, k, batch: 1, alpha: 1.0, beta: 0.0, act: Activation::Identity, variant: None }
+        Self {
+            m,
+            n,
+            k,
+            batch: 1,
+            alpha: 1.0,
+            beta: 0.0,
+            act: Activation::Identity,
+            variant: None,
+            smem_tiles: None,
+            frag_tiles: None,
+        }
+    }
+    /// Tile sizes for the `smem` variant (benchmarks, tests).
+    pub fn smem_tiles(mut self, t: TileConfig) -> Self {
+        self.smem_tiles = Some(t);
+        self
+    }
+    /// Tile sizes for the `f16` and `coop` variants (benchmarks, tests).
+    pub fn frag_tiles(mut self, t: FragConfig) -> Self {
+        self.frag_tiles = Some(t);
+        self
     }
     pub fn batch(mut self, b: usize) -> Self {
         self.batch = b;
@@ -329,8 +654,11 @@ impl Matmul {
             Some(v) => v,
             None => default_variant(&gpu)?,
         };
-        if !variant.is_supported(&gpu) {
-            bail!("matmul variant {variant} needs subgroups of exactly 8 lanes, which this GPU does not offer");
+        if let Some(why) = variant.unsupported_reason(&gpu) {
+            bail!("matmul variant {variant} cannot run on {}: {why}", gpu.description.summary());
+        }
+        if matches!(variant, MatmulVariant::Smem | MatmulVariant::F16 | MatmulVariant::Coop) {
+            return self.run_vec4(batch, variant, &params, (a, b, c), bias.map(|b| b.0), total);
         }
         let (m, n) = (self.m, self.n);
         let bias_c = if bias.is_some() { 1.0 } else { 0.0 };
@@ -357,6 +685,7 @@ impl Matmul {
                 let w = group_width(blocks);
                 ([blocks.div_ceil(w), m.div_ceil(32), total], vec![("WG_X", (8 * w) as f64)])
             }
+            MatmulVariant::Smem | MatmulVariant::F16 | MatmulVariant::Coop => unreachable!("dispatched by run_vec4"),
         };
         let max = batch.gpu().limits.max_compute_workgroups_per_dimension as usize;
         if groups.iter().any(|&g| g > max) {
@@ -376,6 +705,102 @@ impl Matmul {
             &constants,
             &params,
             &[Some(a.t), Some(b.t), bias.map(|b| b.0), Some(c.t)],
+            groups,
+        );
+        Ok(())
+    }
+}
+
+impl Matmul {
+    /// The workgroup-memory variants (`matmul_vec4.wgsl`): quad directions and vec4 eligibility
+    /// from the operands' strides, tile sizes, dispatch.
+    fn run_vec4(
+        &self,
+        batch: &mut Batch,
+        variant: MatmulVariant,
+        params: &Params,
+        (a, b, c): (View, View, View),
+        bias: Option<&GpuTensor>,
+        total: usize,
+    ) -> Result<()> {
+        let gpu = batch.gpu().clone();
+        let (m, n, k) = (self.m, self.n, self.k);
+        let inner = params.inner > 1;
+        let outer = self.batch > 1;
+        // Quads along A's k unless i is the contiguous dimension; B's along j unless k is.
+        let a_kq = params.a[2] == 1 || params.a[1] != 1;
+        let b_jq = params.b[2] == 1 || params.b[1] != 1;
+        // vec4 loads: stride 1 along the quad, the quad dimension a multiple of 4, every other
+        // stride and the offset multiples of 4 (so every quad is one aligned, whole vec4).
+        let aligned = |off: u32, others: &[u32], outer_s: u32, inner_s: u32| {
+            off % 4 == 0
+                && others.iter().all(|s| s % 4 == 0)
+                && (!outer || outer_s % 4 == 0)
+                && (!inner || inner_s % 4 == 0)
+        };
+        let a_vec = if a_kq {
+            params.a[2] == 1 && k % 4 == 0 && aligned(params.a[0], &[params.a[1]], params.a[3], params.inner_strides[0])
+        } else {
+            params.a[1] == 1 && m % 4 == 0 && aligned(params.a[0], &[params.a[2]], params.a[3], params.inner_strides[0])
+        } && a.t.numel() >= 4;
+        let b_vec = if b_jq {
+            params.b[2] == 1 && n % 4 == 0 && aligned(params.b[0], &[params.b[1]], params.b[3], params.inner_strides[1])
+        } else {
+            params.b[1] == 1 && k % 4 == 0 && aligned(params.b[0], &[params.b[2]], params.b[3], params.inner_strides[1])
+        } && b.t.numel() >= 4;
+        let flag = |x: bool| if x { 1.0 } else { 0.0 };
+        let mut constants: Vec<(&'static str, f64)> = vec![
+            ("A_KQ", flag(a_kq)),
+            ("B_JQ", flag(b_jq)),
+            ("A_VEC", flag(a_vec)),
+            ("B_VEC", flag(b_vec)),
+            ("HAS_BIAS", flag(bias.is_some())),
+            ("ACT", self.act.id()),
+            ("USE_BETA", flag(self.beta != 0.0)),
+        ];
+        let (bm, bn) = if variant == MatmulVariant::Smem {
+            let t = self.smem_tiles.unwrap_or_else(|| TileConfig::auto(&gpu, m, n, total));
+            t.check(&gpu)?;
+            constants.extend([
+                ("BM", t.bm as f64),
+                ("BN", t.bn as f64),
+                ("BK", t.bk as f64),
+                ("TM", t.tm as f64),
+                ("TN", t.tn as f64),
+                ("WG", t.invocations() as f64),
+            ]);
+            (t.bm, t.bn)
+        } else {
+            let sgs = if variant == MatmulVariant::Coop { gpu.description.info.subgroup_max_size } else { 32 };
+            let t = self.frag_tiles.unwrap_or_else(|| FragConfig::auto(&gpu, sgs, m, n, total));
+            t.check(&gpu, sgs)?;
+            let (ta, tb) = t.tiles();
+            constants.extend([
+                ("BM", t.bm as f64),
+                ("BN", t.bn as f64),
+                ("BK", t.bk as f64),
+                ("SG_M", t.sg_m as f64),
+                ("SG_N", t.sg_n as f64),
+                ("SGS", sgs as f64),
+                ("WG", (t.sg_m * t.sg_n * sgs) as f64),
+                ("A_TILE", ta as f64),
+                ("B_TILE", tb as f64),
+            ]);
+            (t.bm, t.bn)
+        };
+        let groups = [n.div_ceil(bn as usize), m.div_ceil(bm as usize), total];
+        let max = gpu.limits.max_compute_workgroups_per_dimension as usize;
+        if groups.iter().any(|&g| g > max) {
+            bail!(
+                "matmul {m}×{n} × batch {total} needs {groups:?} workgroups, more than the GPU's {max} per dimension"
+            );
+        }
+        let groups = [groups[0] as u32, groups[1] as u32, groups[2] as u32];
+        batch.dispatch(
+            &variant.spec(),
+            &constants,
+            params,
+            &[Some(a.t), a_vec.then_some(a.t), Some(b.t), b_vec.then_some(b.t), bias, Some(c.t)],
             groups,
         );
         Ok(())

@@ -7,6 +7,7 @@ pub mod fusion;
 pub mod layernorm;
 pub mod loss;
 pub mod matmul;
+pub mod matmul_bench;
 pub mod optim;
 pub mod reduce;
 
