@@ -174,8 +174,18 @@ impl Batch {
         if self.dispatches.is_empty() {
             return;
         }
+        self.gpu.memory.begin_submit();
         let enc = self.record(None);
         self.gpu.queue.submit([enc.finish()]);
+        self.track_completion();
+    }
+
+    /// After a submit announced with `begin_submit` (before [`record`](Self::record) dropped its
+    /// references): buffers dropped until now are counted free once this submission completes.
+    fn track_completion(&self) {
+        let memory = self.gpu.memory.clone();
+        let bytes = memory.take_deferred();
+        self.gpu.queue.on_submitted_work_done(move || memory.completed(bytes));
     }
 
     /// Submits, waits, and returns the GPU time of the batch (`None` when the GPU has no
@@ -204,10 +214,12 @@ impl Batch {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        gpu.memory.begin_submit();
         let mut enc = self.record(Some(&qs));
         enc.resolve_query_set(&qs, 0..2, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
         gpu.queue.submit([enc.finish()]);
+        self.track_completion();
         let (tx, rx) = std::sync::mpsc::channel();
         read.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);

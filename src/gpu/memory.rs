@@ -1,38 +1,91 @@
 //! Accounting of every storage buffer the project allocates on the GPU: bytes in use now and the
-//! peak since the last reset. [`TrackedBuffer`] counts itself in on creation and out on drop.
+//! peak since the last reset. [`TrackedBuffer`] counts itself in on creation and out when its
+//! memory is really free: a buffer dropped while submitted work may still use it (wgpu keeps such a
+//! buffer alive until that work is done) stays counted until a submission issued after the drop has
+//! completed, or until [`Gpu::sync`](super::Gpu::sync) has waited for all work.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug, Default)]
+struct State {
+    /// Bytes counted in use (live buffers + dropped ones the GPU may still use).
+    current: u64,
+    peak: u64,
+    /// Bytes of buffers dropped since the last submit while work was in flight.
+    deferred: u64,
+    /// Submissions not yet known to be complete.
+    in_flight: u64,
+}
 
 #[derive(Debug, Default)]
 pub struct MemoryTracker {
-    current: AtomicU64,
-    peak: AtomicU64,
+    state: Mutex<State>,
 }
 
 impl MemoryTracker {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Accounting never panics while holding the lock; recover the data if a holder did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn add(&self, bytes: u64) {
-        let now = self.current.fetch_add(bytes, Ordering::SeqCst) + bytes;
-        self.peak.fetch_max(now, Ordering::SeqCst);
+        let mut s = self.lock();
+        s.current += bytes;
+        s.peak = s.peak.max(s.current);
     }
 
-    fn sub(&self, bytes: u64) {
-        self.current.fetch_sub(bytes, Ordering::SeqCst);
+    /// A buffer was dropped: free now when no submitted work can use it, else at the next completion.
+    fn release(&self, bytes: u64) {
+        let mut s = self.lock();
+        if s.in_flight == 0 {
+            s.current -= bytes;
+        } else {
+            s.deferred += bytes;
+        }
     }
 
-    /// Bytes held by live buffers.
+    /// Called before recording a command buffer that will be submitted: from now on dropped
+    /// buffers may be in use by it.
+    pub(crate) fn begin_submit(&self) {
+        self.lock().in_flight += 1;
+    }
+
+    /// Called right after the submit that [`begin_submit`](Self::begin_submit) announced: the bytes
+    /// dropped so far are freed when that submission completes ([`completed`](Self::completed)).
+    pub(crate) fn take_deferred(&self) -> u64 {
+        std::mem::take(&mut self.lock().deferred)
+    }
+
+    /// A submission finished (wgpu's `on_submitted_work_done`): `bytes` from
+    /// [`take_deferred`](Self::take_deferred) are free.
+    pub(crate) fn completed(&self, bytes: u64) {
+        let mut s = self.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        s.current -= bytes;
+    }
+
+    /// After waiting for all submitted work: whatever was dropped since is free.
+    pub(crate) fn idle(&self) {
+        let mut s = self.lock();
+        if s.in_flight == 0 {
+            s.current -= std::mem::take(&mut s.deferred);
+        }
+    }
+
+    /// Bytes held by live buffers (and dropped ones the GPU may still be using).
     pub fn in_use(&self) -> u64 {
-        self.current.load(Ordering::SeqCst)
+        self.lock().current
     }
 
     /// Largest [`in_use`](Self::in_use) since creation or the last [`reset_peak`](Self::reset_peak).
     pub fn peak(&self) -> u64 {
-        self.peak.load(Ordering::SeqCst)
+        self.lock().peak
     }
 
     /// Starts a new peak measurement from what is in use now.
     pub fn reset_peak(&self) {
-        self.peak.store(self.in_use(), Ordering::SeqCst);
+        let mut s = self.lock();
+        s.peak = s.current;
     }
 }
 
@@ -65,6 +118,33 @@ impl std::ops::Deref for TrackedBuffer {
 
 impl Drop for TrackedBuffer {
     fn drop(&mut self) {
-        self.tracker.sub(self.bytes);
+        self.tracker.release(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frees_wait_for_submissions_in_flight() {
+        let m = MemoryTracker::default();
+        m.add(100);
+        m.add(50);
+        m.release(50); // nothing in flight: free at once
+        assert_eq!((m.in_use(), m.peak()), (100, 150));
+        m.begin_submit();
+        m.release(100); // dropped while recording / in flight: still counted
+        assert_eq!(m.in_use(), 100);
+        let bytes = m.take_deferred();
+        m.add(10);
+        m.release(10); // dropped after the submit: waits for a later completion or idle
+        assert_eq!(m.in_use(), 110);
+        m.completed(bytes);
+        assert_eq!(m.in_use(), 10);
+        m.idle();
+        assert_eq!(m.in_use(), 0);
+        m.reset_peak();
+        assert_eq!(m.peak(), 0);
     }
 }

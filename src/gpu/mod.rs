@@ -256,6 +256,8 @@ impl Gpu {
     /// Blocks until the GPU has finished all submitted work.
     pub fn sync(&self) -> Result<()> {
         self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+        // Every submission is done (their callbacks ran): buffers dropped since are free.
+        self.memory.idle();
         Ok(())
     }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod encoder;
 pub mod fusion;
 pub mod load;
+pub mod plan;
 pub mod source;
 pub mod store;
 pub mod weights;

@@ -1,0 +1,217 @@
+//! Memory: `--recompute` is bit-identical to keeping activations (tiny fixture model with Houlsby,
+//! Pfeiffer and fusion, streamed or resident; the real MiniLM), the planner's peak is within 10% of
+//! the measured one, and a too-small `--max-gpu-memory` fails with a clear error.
+
+mod common;
+use common::*;
+use peft_wgpu::model::adapters::ClassificationHead;
+use peft_wgpu::model::encoder::{Inputs, Setup};
+use peft_wgpu::model::load;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    assert!(p.exists(), "fixtures not found at {} (see README)", p.display());
+    p
+}
+
+/// Logits, loss and every trainable gradient of one forward + backward, as raw bits.
+fn pass_bits(
+    model: &Path,
+    setup: &Setup,
+    named: &[(String, &peft_wgpu::GpuTensor, &peft_wgpu::GpuTensor)],
+    head: &ClassificationHead,
+    inputs: &Inputs,
+    labels: &[u32],
+    resident: Option<usize>,
+    recompute: bool,
+) -> (Vec<(String, Vec<u32>)>, u64) {
+    let g = gpu();
+    let (_, mut enc) = load::load_encoder(&g, model, resident).unwrap();
+    enc.recompute = recompute;
+    // Poison the gradients: every one must be written by this pass.
+    for (_, _, grad) in named {
+        grad.write(&g, &vec![f32::NAN; grad.numel()]).unwrap();
+    }
+    let out = enc.pass(setup, head, inputs, Some(labels), true, true).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let mut r = vec![
+        ("logits".to_string(), bits(&out.logits)),
+        ("loss".to_string(), bits(&[out.loss.unwrap()])),
+        ("last_hidden_state".to_string(), bits(out.last_hidden_state.as_ref().unwrap())),
+    ];
+    for (name, _, grad) in named {
+        let v = download(grad);
+        assert!(v.iter().all(|x| x.is_finite()), "{name}: not written");
+        r.push((format!("grad.{name}"), bits(&v)));
+    }
+    (r, out.peak_bytes)
+}
+
+fn assert_same_bits(what: &str, a: &[(String, Vec<u32>)], b: &[(String, Vec<u32>)]) {
+    assert_eq!(a.len(), b.len());
+    for ((na, va), (nb, vb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        assert!(va == vb, "{what}: {na} differs with --recompute");
+    }
+}
+
+fn adapter_case(case: &str) {
+    let dir = fixtures().join("tiny-bert").join(case);
+    let model = fixtures().join("tiny-bert/base");
+    let g = gpu();
+    let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
+    let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
+    let head = head.unwrap();
+    let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
+    let setup = Setup::Adapter(&adapter);
+    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, false);
+    for resident in [None, Some(1)] {
+        let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, resident, true);
+        assert_same_bits(&format!("tiny-bert {case} resident {resident:?}"), &keep, &rc);
+    }
+}
+
+#[test]
+fn recompute_bit_identical_houlsby() {
+    adapter_case("houlsby");
+}
+
+#[test]
+fn recompute_bit_identical_pfeiffer() {
+    adapter_case("pfeiffer");
+}
+
+#[test]
+fn recompute_bit_identical_fusion() {
+    let dir = fixtures().join("tiny-bert/fusion");
+    let model = fixtures().join("tiny-bert/base");
+    let g = gpu();
+    let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
+    let f = peft_wgpu::io::adapterhub::Fusion::load(dir.join("fusion"), &cfg).unwrap();
+    let fusion = peft_wgpu::model::fusion::FusionModel::from_fusion(&g, &f, cfg.hidden_size).unwrap();
+    let sets: Vec<_> = fusion
+        .adapter_names
+        .iter()
+        .map(|n| load::load_adapter(&g, &dir.join("adapters").join(n), &cfg).unwrap().0)
+        .collect();
+    let head = load::load_head(&g, &dir.join("head"), cfg.hidden_size).unwrap();
+    let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let named: Vec<_> = fusion.named().into_iter().chain(head.named()).collect();
+    let setup = Setup::Fusion { adapters: sets.iter().collect(), fusion: &fusion };
+    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, false);
+    let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, Some(1), true);
+    assert_same_bits("tiny-bert fusion", &keep, &rc);
+}
+
+/// The real all-MiniLM-L6-v2 with the fixture's Pfeiffer adapter.
+#[test]
+fn recompute_bit_identical_minilm() {
+    let model = peft_wgpu::io::cache::ensure_default_model().expect("fetching the default model");
+    let dir = fixtures().join("minilm");
+    let g = gpu();
+    let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
+    let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
+    let head = head.unwrap();
+    let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
+    let setup = Setup::Adapter(&adapter);
+    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, false);
+    let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, true);
+    assert_same_bits("minilm", &keep, &rc);
+}
+
+/// A small random-weight model (sizes not multiples of any tile) written to a temp dir.
+fn small_model(tmp: &Path) -> PathBuf {
+    let mut cfg = peft_wgpu::bench::model::preset("minilm").unwrap();
+    (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) = (72, 4, 4, 136);
+    (cfg.vocab_size, cfg.max_position_embeddings) = (1200, 40);
+    let dir = tmp.join("small");
+    peft_wgpu::bench::model::write_random_model(&cfg, &dir, 3).unwrap();
+    dir
+}
+
+/// The planner's peak is within 10% of the measured peak (our accounting of every GPU buffer over
+/// a Houlsby + AdamW training step) for three configs; recompute lowers the measured peak.
+#[test]
+fn planned_peak_within_10_percent_of_measured() {
+    use peft_wgpu::bench::memory::measure;
+    use peft_wgpu::model::plan::Choice;
+    let tmp = tempfile::tempdir().unwrap();
+    let small = small_model(tmp.path());
+    let minilm = peft_wgpu::io::cache::ensure_default_model().expect("fetching the default model");
+    let tiny = fixtures().join("tiny-bert/base");
+    let keep = |slots| Choice { resident_layers: slots, recompute: Some(false) };
+    let rc = |slots| Choice { resident_layers: slots, recompute: Some(true) };
+    let cases = [
+        ("tiny-bert resident", tiny.as_path(), 3, 11, keep(None)),
+        ("small resident", small.as_path(), 5, 13, keep(None)),
+        ("small 1 slot + recompute", small.as_path(), 5, 13, rc(Some(1))),
+        ("minilm resident + recompute", minilm.as_path(), 4, 21, rc(None)),
+    ];
+    let mut measured = vec![];
+    for (what, dir, batch, seq, choice) in cases {
+        // A device of its own: nothing else allocates on it.
+        let g = peft_wgpu::Gpu::for_tests();
+        let (plan, run) = measure(&g, what, dir, batch, seq, choice, None, 1).unwrap();
+        println!(
+            "{what}: planned {} B, measured {} B ({:+.2}%)",
+            run.planned_bytes,
+            run.measured_bytes,
+            100.0 * run.plan_error()
+        );
+        assert_eq!(plan.recompute, choice.recompute.unwrap());
+        assert!(run.plan_error().abs() <= 0.10, "{what}: plan off by {:.1}%", 100.0 * run.plan_error());
+        measured.push(run.measured_bytes);
+    }
+    assert!(measured[2] < measured[1], "streaming + recompute must lower the measured peak");
+}
+
+/// A budget chooses the fastest setup that fits; one too small fails naming what to change.
+#[test]
+fn max_gpu_memory_chooses_or_fails_clearly() {
+    use peft_wgpu::model::plan::{choose, parse_size, AdapterSpec, Choice, PlanInput};
+    let cfg = peft_wgpu::bench::model::preset("bert-base").unwrap();
+    let spec = AdapterSpec::from_bottleneck(&cfg, &peft_wgpu::bench::memory::bench_adapter()).unwrap();
+    let base = PlanInput {
+        cfg: &cfg,
+        batch: 32,
+        seq: 128,
+        labels: 2,
+        adapter: &spec,
+        resident_layers: cfg.num_hidden_layers,
+        recompute: false,
+    };
+    let free = Choice::default();
+    let fast = choose(&base, free, None, None).unwrap();
+    assert!(fast.resident() && !fast.recompute);
+    let lean =
+        peft_wgpu::model::plan::plan(&PlanInput { resident_layers: 1, recompute: true, ..base.clone() }).unwrap();
+    assert!(lean.peak_bytes() < fast.peak_bytes());
+    // Just below the fastest: something leaner that fits.
+    let p = choose(&base, free, Some(fast.peak_bytes() - 1), None).unwrap();
+    assert!(p.recompute || !p.resident());
+    assert!(p.peak_bytes() < fast.peak_bytes());
+    // Exactly the leanest: found.
+    let p = choose(&base, free, Some(lean.peak_bytes()), None).unwrap();
+    assert_eq!(p.peak_bytes(), lean.peak_bytes());
+    // Below it: a clear error.
+    let err = format!("{:#}", choose(&base, free, Some(lean.peak_bytes() - 1), None).unwrap_err());
+    for want in ["--max-gpu-memory", "--batch-size (32)", "--max-length (128)", "recompute on", "1 of 12 layers"] {
+        assert!(err.contains(want), "error {err:?} lacks {want:?}");
+    }
+    // Fixed options that cannot fit are named.
+    let err = format!(
+        "{:#}",
+        choose(&base, Choice { recompute: Some(false), ..free }, Some(lean.peak_bytes()), None).unwrap_err()
+    );
+    assert!(err.contains("recompute off as given"), "{err}");
+    // A tensor larger than a storage binding.
+    let err = format!("{:#}", choose(&base, free, None, Some(16 << 20)).unwrap_err());
+    assert!(err.contains("largest storage binding"), "{err}");
+    assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+    assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
+    assert!(format!("{:#}", parse_size("lots").unwrap_err()).contains("--max-gpu-memory"));
+    assert!(parse_size("0").is_err());
+}
