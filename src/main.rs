@@ -25,14 +25,19 @@ enum Command {
     Info,
     /// Train a bottleneck adapter + classification head on a CSV/TSV/JSONL file.
     Train(TrainCli),
-    /// Accuracy and macro-F1 of a trained adapter on a labelled file.
+    /// Train an AdapterFusion (+ a new head) over frozen adapters (AdapterHub's train_adapter_fusion).
+    Fuse(FuseCli),
+    /// Accuracy and macro-F1 of a trained adapter (or, with --fusion, a fused model) on a labelled file.
     Eval {
         #[arg(long)]
         model: PathBuf,
-        #[arg(long)]
-        adapter: PathBuf,
+        #[command(flatten)]
+        fused: FusedCli,
         #[arg(long)]
         data: PathBuf,
+        /// With --fusion: write the fusion-attention heat map (PNG) here.
+        #[arg(long, requires = "fusion")]
+        attention_png: Option<PathBuf>,
         #[command(flatten)]
         columns: Columns,
         #[arg(long, default_value_t = 32)]
@@ -40,12 +45,12 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         max_length: usize,
     },
-    /// Label, probabilities and logits per input of a trained adapter.
+    /// Label, probabilities and logits per input of a trained adapter (or fused model).
     Predict {
         #[arg(long)]
         model: PathBuf,
-        #[arg(long)]
-        adapter: PathBuf,
+        #[command(flatten)]
+        fused: FusedCli,
         /// One text to classify.
         #[arg(long, conflicts_with = "data", required_unless_present = "data")]
         text: Option<String>,
@@ -185,6 +190,105 @@ struct TrainCli {
     out: PathBuf,
 }
 
+/// The adapter (or fusion) an `eval` / `predict` runs.
+#[derive(clap::Args, Clone, Debug)]
+struct FusedCli {
+    /// Trained adapter folder (with its head); with --fusion: repeat for every fused adapter.
+    #[arg(long = "adapter", required = true)]
+    adapters: Vec<PathBuf>,
+    /// AdapterHub fusion folder (from `peft fuse`).
+    #[arg(long)]
+    fusion: Option<PathBuf>,
+    /// With --fusion: head folder (default: the head saved in the fusion folder).
+    #[arg(long, requires = "fusion")]
+    head: Option<PathBuf>,
+}
+
+impl FusedCli {
+    /// The fusion's paths, or the one adapter folder.
+    fn resolve(
+        self,
+        model: &std::path::Path,
+    ) -> Result<std::result::Result<peft_wgpu::train::fuse::FusedPaths, PathBuf>> {
+        match self.fusion {
+            Some(fusion) => Ok(Ok(peft_wgpu::train::fuse::FusedPaths {
+                model: model.to_path_buf(),
+                fusion,
+                adapters: self.adapters,
+                head: self.head,
+            })),
+            None if self.adapters.len() == 1 => Ok(Err(self.adapters.into_iter().next().expect("one"))),
+            None => anyhow::bail!("several --adapter folders need --fusion"),
+        }
+    }
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct FuseCli {
+    /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json or vocab.txt).
+    #[arg(long)]
+    model: PathBuf,
+    /// Trained adapter folder to fuse (frozen); repeat for each. Adapters at the FFN output only
+    /// (`peft train --config pfeiffer`).
+    #[arg(long = "adapter", required = true)]
+    adapters: Vec<PathBuf>,
+    /// Training data of the target task: CSV / TSV with a header, or JSONL.
+    #[arg(long)]
+    train: PathBuf,
+    /// Dev data; without it a seeded --dev-split of the training file is held out.
+    #[arg(long)]
+    dev: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.1)]
+    dev_split: f64,
+    /// dynamic: value matrix initialised to the identity and regularised towards it; static: none.
+    #[arg(long, value_enum, default_value = "dynamic")]
+    fusion_config: peft_wgpu::train::fuse::FusionPreset,
+    /// AdapterHub's softmax temperature annealing (T from 50 down to 1 during training).
+    #[arg(long)]
+    temperature: bool,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f32,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    max_length: usize,
+    /// Train on the first N examples (after the seeded shuffle).
+    #[arg(long)]
+    max_train_examples: Option<usize>,
+    /// Evaluate on the first N dev examples.
+    #[arg(long)]
+    max_dev_examples: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of steps with linear warmup.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    /// Stop after N epochs without a better dev accuracy.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Name of the new head.
+    #[arg(long, default_value = "target")]
+    name: String,
+    /// Frozen layers kept on the GPU; fewer stream from the file (default: all).
+    #[arg(long)]
+    resident_layers: Option<usize>,
+    #[command(flatten)]
+    columns: Columns,
+    /// Output folder (AdapterHub fusion + head, metrics.jsonl, training.png, fusion_attention.{json,png}).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_gpu_memory(s: &str) -> std::result::Result<u64, String> {
+    peft_wgpu::model::plan::parse_size(s).map_err(|e| format!("{e:#}"))
+}
+
 fn parse_act(s: &str) -> std::result::Result<peft_wgpu::Activation, String> {
     peft_wgpu::Activation::parse(s).map_err(|e| e.to_string())
 }
@@ -244,27 +348,66 @@ fn main() {
             };
             peft_wgpu::train::train(&g, &args).map(|_| ())
         }),
-        Command::Eval { model, adapter, data, columns, batch_size, max_length } => open_gpu(cli.gpu).and_then(|g| {
-            let s = peft_wgpu::train::evaluate(
-                &g,
-                &model,
-                &adapter,
-                &data,
-                &columns.options(true),
-                batch_size,
-                max_length,
-            )?;
-            println!("accuracy={:.4} macro_f1={:.4} n={}", s.accuracy, s.macro_f1, s.n);
-            Ok(())
+        Command::Fuse(f) => open_gpu(cli.gpu).and_then(|g| {
+            let args = peft_wgpu::train::fuse::FuseArgs {
+                model: f.model,
+                adapters: f.adapters,
+                train: f.train,
+                dev: f.dev,
+                dev_split: f.dev_split,
+                fusion_config: f.fusion_config,
+                temperature: f.temperature,
+                epochs: f.epochs,
+                lr: f.lr,
+                batch_size: f.batch_size,
+                max_length: f.max_length,
+                max_train_examples: f.max_train_examples,
+                max_dev_examples: f.max_dev_examples,
+                seed: f.seed,
+                out: f.out,
+                warmup_ratio: f.warmup_ratio,
+                weight_decay: f.weight_decay,
+                max_grad_norm: f.max_grad_norm,
+                patience: f.patience,
+                data: f.columns.options(true),
+                head_name: f.name,
+                resident_layers: f.resident_layers,
+                progress: true,
+            };
+            peft_wgpu::train::fuse::fuse(&g, &args).map(|_| ())
         }),
-        Command::Predict { model, adapter, text, data, columns, out, batch_size, max_length } => open_gpu(cli.gpu)
+        Command::Eval { model, fused, data, attention_png, columns, batch_size, max_length } => open_gpu(cli.gpu)
+            .and_then(|g| {
+                let opts = columns.options(true);
+                let s = match fused.resolve(&model)? {
+                    Ok(paths) => {
+                        let (s, att) =
+                            peft_wgpu::train::fuse::evaluate_fused(&g, &paths, &data, &opts, batch_size, max_length)?;
+                        print!("{}", att.table());
+                        if let Some(p) = attention_png {
+                            att.plot(&p)?;
+                            println!("fusion attention heat map written to {}", p.display());
+                        }
+                        s
+                    }
+                    Err(adapter) => {
+                        peft_wgpu::train::evaluate(&g, &model, &adapter, &data, &opts, batch_size, max_length)?
+                    }
+                };
+                println!("accuracy={:.4} macro_f1={:.4} n={}", s.accuracy, s.macro_f1, s.n);
+                Ok(())
+            }),
+        Command::Predict { model, fused, text, data, columns, out, batch_size, max_length } => open_gpu(cli.gpu)
             .and_then(|g| {
                 let examples = match (text, data) {
                     (Some(t), _) => vec![peft_wgpu::data::Example { text: t, ..Default::default() }],
                     (None, Some(p)) => peft_wgpu::data::load_examples(&p, &columns.options(false))?,
                     (None, None) => anyhow::bail!("give --text or --data"),
                 };
-                let preds = peft_wgpu::train::predict(&g, &model, &adapter, &examples, batch_size, max_length)?;
+                let preds = match fused.resolve(&model)? {
+                    Ok(paths) => peft_wgpu::train::fuse::predict_fused(&g, &paths, &examples, batch_size, max_length)?,
+                    Err(adapter) => peft_wgpu::train::predict(&g, &model, &adapter, &examples, batch_size, max_length)?,
+                };
                 let lines: Vec<String> =
                     preds.iter().map(serde_json::to_string).collect::<std::result::Result<_, _>>()?;
                 let text = lines.join("\n") + "\n";

@@ -329,7 +329,12 @@ impl Encoder {
         linear(b, &inter, &w.o_w, Some(&w.o_b), &h2)?;
         let ffn = match setup {
             Setup::Fusion { adapters, fusion } if fusion.at(l).is_some() => {
-                self.fusion_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapters, fusion, l)?
+                let acts = self.fusion_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapters, fusion, l)?;
+                if let Some(fa) = &acts.fusion {
+                    // Softmax weights summed over real tokens, when the caller records them.
+                    fusion.record_weights(b, &fa.saved.p, mask, l)?;
+                }
+                acts
             }
             _ => self.sublayer_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapter(Location::Output))?,
         };

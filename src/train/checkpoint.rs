@@ -39,15 +39,26 @@ pub fn to_adapterhub(
         layers.push(LayerAdapters { attention: w(Location::Attention)?, output: w(Location::Output)? });
     }
     let saved = SavedConfig::new(&set.name, hidden, model_name, config.to_config());
+    let head = head_to_adapterhub(gpu, head, labels, hidden, model_name)?;
+    Ok(Adapter { saved, config: config.clone(), layers, head: Some(head) })
+}
+
+/// AdapterHub's in-memory classification head (for saving) from the GPU tensors.
+pub fn head_to_adapterhub(
+    gpu: &Gpu,
+    head: &ClassificationHead,
+    labels: &[String],
+    hidden: usize,
+    model_name: &str,
+) -> Result<Head> {
     let head_config = HeadConfig::classification(labels);
     let head_saved = SavedConfig::new(&head.name, hidden, model_name, head_config.to_config());
-    let head = Head {
+    Ok(Head {
         saved: head_saved,
         config: head_config,
         linears: vec![
             HeadLinear { weight: host(gpu, &head.w1)?, bias: Some(host(gpu, &head.b1)?) },
             HeadLinear { weight: host(gpu, &head.w4)?, bias: Some(host(gpu, &head.b4)?) },
         ],
-    };
-    Ok(Adapter { saved, config: config.clone(), layers, head: Some(head) })
+    })
 }

@@ -15,7 +15,7 @@ use crate::kernels::Activation;
 use crate::metrics::{self, MetricsLog, Scores, TrainingCurves};
 use crate::model::adapters::{adapter_tensor_names, AdapterSet, ClassificationHead, Location, Placement};
 use crate::model::config::BertConfig;
-use crate::model::encoder::{Encoder, Setup};
+use crate::model::encoder::{Encoder, Inputs, Setup};
 use crate::model::load;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
@@ -263,9 +263,16 @@ impl Optimizer {
 }
 
 /// Tokenized examples with label ids.
-struct Prepared {
-    tokens: Vec<Tokenized>,
-    labels: Vec<u32>,
+pub(crate) struct Prepared {
+    pub(crate) tokens: Vec<Tokenized>,
+    pub(crate) labels: Vec<u32>,
+}
+
+impl Prepared {
+    /// Tokens that are not padding, over all examples.
+    pub(crate) fn real_tokens(&self) -> usize {
+        self.tokens.iter().map(|t| t.len()).sum()
+    }
 }
 
 fn prepare(tok: &Tokenizer, examples: &[Example], labels: &LabelMap, source: &str) -> Result<Prepared> {
@@ -324,30 +331,40 @@ fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar {
     pb
 }
 
-/// `peft train`.
-pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
-    if args.batch_size == 0 || args.epochs == 0 {
-        bail!("--batch-size and --epochs must be at least 1");
-    }
-    println!("device: {}", gpu.description.summary());
-    let (cfg, mut enc) = load::load_encoder(gpu, &args.model, args.resident_layers)?;
-    let tok = Tokenizer::from_model_dir(&args.model, args.max_length.min(cfg.max_position_embeddings))?;
-    let pad = data::pad_id(&tok);
+/// Where a task's examples come from (shared by `peft train` and `peft fuse`).
+pub(crate) struct DataSpec<'a> {
+    pub(crate) train: &'a Path,
+    pub(crate) dev: Option<&'a Path>,
+    pub(crate) dev_split: f64,
+    pub(crate) max_train_examples: Option<usize>,
+    pub(crate) max_dev_examples: Option<usize>,
+    pub(crate) seed: u64,
+    pub(crate) options: &'a DataOptions,
+}
 
-    // Data: a seeded shuffle before any split or cut (files may be sorted by label).
-    let mut train_ex = data::load_examples(&args.train, &args.data)?;
-    data::shuffle(&mut train_ex, args.seed);
-    let (mut train_ex, mut dev_ex, dev_note) = match &args.dev {
-        Some(dev) => (train_ex, data::load_examples(dev, &args.data)?, format!("{}", dev.display())),
+/// A task's tokenized training and dev sets and its label map.
+pub(crate) struct TaskData {
+    pub(crate) train: Prepared,
+    pub(crate) dev: Prepared,
+    pub(crate) labels: LabelMap,
+}
+
+/// Loads, shuffles (seeded, before any split or cut: files may be sorted by label), splits, cuts
+/// and tokenizes a task's data; prints a line about it.
+pub(crate) fn load_task_data(tok: &Tokenizer, spec: &DataSpec) -> Result<TaskData> {
+    let mut train_ex = data::load_examples(spec.train, spec.options)?;
+    data::shuffle(&mut train_ex, spec.seed);
+    let (mut train_ex, mut dev_ex, dev_note) = match spec.dev {
+        Some(dev) => (train_ex, data::load_examples(dev, spec.options)?, format!("{}", dev.display())),
         None => {
-            let (t, d) = data::seeded_split(train_ex, args.dev_split, args.seed)?;
-            (t, d, format!("seeded {:.0}% held out of {}", args.dev_split * 100.0, args.train.display()))
+            let (t, d) = data::seeded_split(train_ex, spec.dev_split, spec.seed)?;
+            (t, d, format!("seeded {:.0}% held out of {}", spec.dev_split * 100.0, spec.train.display()))
         }
     };
-    if let Some(n) = args.max_train_examples {
+    if let Some(n) = spec.max_train_examples {
         train_ex.truncate(n);
     }
-    if let Some(n) = args.max_dev_examples {
+    if let Some(n) = spec.max_dev_examples {
         dev_ex.truncate(n);
     }
     if train_ex.is_empty() || dev_ex.is_empty() {
@@ -357,8 +374,8 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
     if labels.len() < 2 {
         bail!("the training data has {} label(s); classification needs at least 2", labels.len());
     }
-    let train_p = prepare(&tok, &train_ex, &labels, &args.train.display().to_string())?;
-    let dev_p = prepare(&tok, &dev_ex, &labels, "dev")?;
+    let train = prepare(tok, &train_ex, &labels, &spec.train.display().to_string())?;
+    let dev = prepare(tok, &dev_ex, &labels, "dev")?;
     println!(
         "data: {} train, {} dev ({dev_note}), {} labels: {}",
         train_ex.len(),
@@ -366,39 +383,103 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
         labels.len(),
         labels.labels.join(", ")
     );
+    Ok(TaskData { train, dev, labels })
+}
 
-    let bn = bottleneck_config(args);
-    let (set, head) = new_adapter(gpu, &cfg, &bn, &args.adapter_name, labels.len(), args.seed)?;
-    let trainable = set.parameters() + head.parameters();
-    let model_params = model_parameters(&cfg);
-    println!(
-        "adapter: {} ({:?}, reduction factor {}, {}), {} trainable parameters = {:.2}% of the model's {}",
-        args.adapter_name,
-        args.config,
-        args.reduction_factor,
-        bn.non_linearity.adapterhub_name(),
-        trainable,
-        100.0 * trainable as f64 / model_params as f64,
-        model_params
-    );
+/// What the shared training loop trains: the encoder setup, its head, the trainable tensors, and
+/// the hooks where an adapter and a fusion differ.
+pub trait Trainee {
+    fn setup(&self) -> Setup<'_>;
+    fn head(&self) -> &ClassificationHead;
+    /// (AdapterHub name, weight, gradient) of every trainable tensor, in a stable order.
+    fn params(&self) -> Vec<(String, &GpuTensor, &GpuTensor)>;
+    /// Before each training forward pass (e.g. the fusion's temperature schedule).
+    fn before_train_pass(&mut self) {}
+    /// After backward, before the optimizer step: adds the gradients of extra loss terms (e.g. the
+    /// fusion's W_V regularization) to the gradient tensors, on the GPU; returns the extra loss.
+    fn extra_loss(&mut self, _gpu: &Arc<Gpu>) -> Result<f32> {
+        Ok(0.0)
+    }
+    /// Before each dev evaluation.
+    fn before_eval(&mut self, _gpu: &Arc<Gpu>) -> Result<()> {
+        Ok(())
+    }
+    /// Saves the weights into `out` (each file atomically); called right after the dev evaluation
+    /// of a new best epoch.
+    fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, labels: &[String]) -> Result<()>;
+}
 
-    let steps_per_epoch = train_ex.len().div_ceil(args.batch_size);
-    let total = (steps_per_epoch * args.epochs) as u32;
+/// One training step's numbers.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOutput {
+    /// Cross-entropy + extra loss.
+    pub loss: f32,
+    pub extra_loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+}
+
+/// One step: forward + backward on the batch, extra loss terms, AdamW (all on the GPU).
+pub fn train_step<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    enc: &mut Encoder,
+    trainee: &mut T,
+    optimizer: &mut Optimizer,
+    inputs: &Inputs,
+    labels: &[u32],
+) -> Result<StepOutput> {
+    trainee.before_train_pass();
+    let out = enc.pass(&trainee.setup(), trainee.head(), inputs, Some(labels), true, false)?;
+    let loss = out.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?;
+    let extra_loss = trainee.extra_loss(gpu)?;
+    let params = trainee.params();
+    let (lr, grad_norm) = optimizer.step(gpu, &params)?;
+    Ok(StepOutput { loss: loss + extra_loss, extra_loss, lr, grad_norm })
+}
+
+/// Options of the shared epoch loop.
+pub(crate) struct LoopArgs<'a> {
+    pub(crate) epochs: usize,
+    pub(crate) lr: f32,
+    pub(crate) batch_size: usize,
+    pub(crate) seed: u64,
+    pub(crate) warmup_ratio: f64,
+    pub(crate) weight_decay: f32,
+    pub(crate) max_grad_norm: f32,
+    pub(crate) patience: Option<usize>,
+    pub(crate) out: &'a Path,
+    pub(crate) progress: bool,
+    /// What the checkpoints hold, for the last line ("adapter + head").
+    pub(crate) saved_what: &'a str,
+    pub(crate) trainable_parameters: usize,
+    pub(crate) model_parameters: usize,
+}
+
+/// The epoch loop shared by `peft train` and `peft fuse`: length-bucketed batches, AdamW with the
+/// HF linear schedule and clipping, per-epoch dev accuracy / macro-F1, a checkpoint at every new
+/// best dev accuracy, early stopping, `metrics.jsonl`, `training.png` and a progress bar.
+pub(crate) fn run_loop<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    enc: &mut Encoder,
+    trainee: &mut T,
+    task: &TaskData,
+    pad: u32,
+    a: &LoopArgs,
+) -> Result<TrainSummary> {
+    let steps_per_epoch = task.train.tokens.len().div_ceil(a.batch_size);
+    let total = (steps_per_epoch * a.epochs) as u32;
     let schedule = LinearSchedule {
-        base_lr: args.lr,
-        warmup_steps: (total as f64 * args.warmup_ratio).round() as u32,
+        base_lr: a.lr,
+        warmup_steps: (total as f64 * a.warmup_ratio).round() as u32,
         total_steps: total,
     };
-    let opt = AdamW { lr: args.lr, weight_decay: args.weight_decay, ..AdamW::default() };
-    let params: Vec<(String, &GpuTensor, &GpuTensor)> = set.named().into_iter().chain(head.named()).collect();
-    let mut optimizer = Optimizer::new(gpu, &params, opt, schedule, args.max_grad_norm)?;
+    let opt = AdamW { lr: a.lr, weight_decay: a.weight_decay, ..AdamW::default() };
+    let mut optimizer = Optimizer::new(gpu, &trainee.params(), opt, schedule, a.max_grad_norm)?;
 
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let mut log = MetricsLog::create(args.out.join("metrics.jsonl"))?;
-    let model_name = args.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let setup = Setup::Adapter(&set);
-    let lengths: Vec<usize> = train_p.tokens.iter().map(|t| t.len()).collect();
-    let pb = progress_bar(total as u64, args.progress);
+    std::fs::create_dir_all(a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut log = MetricsLog::create(a.out.join("metrics.jsonl"))?;
+    let lengths: Vec<usize> = task.train.tokens.iter().map(|t| t.len()).collect();
+    let pb = progress_bar(total as u64, a.progress);
     let mut curves = TrainingCurves { loss: vec![], dev_accuracy: vec![], dev_macro_f1: vec![] };
     let mut summary = TrainSummary {
         dev_accuracy: vec![],
@@ -407,27 +488,26 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
         best_epoch: 0,
         train_losses: vec![],
         tokens_per_second: 0.0,
-        trainable_parameters: trainable,
-        model_parameters: model_params,
+        trainable_parameters: a.trainable_parameters,
+        model_parameters: a.model_parameters,
         steps: 0,
-        out: args.out.clone(),
+        out: a.out.to_path_buf(),
     };
     let (mut real_tokens, mut train_secs) = (0usize, 0.0f64);
     let mut since_best = 0;
-    for epoch in 1..=args.epochs {
-        pb.set_prefix(format!("epoch {epoch}/{}", args.epochs));
-        let batches = data::make_batches(&lengths, args.batch_size, args.seed.wrapping_add(epoch as u64), true);
+    for epoch in 1..=a.epochs {
+        pb.set_prefix(format!("epoch {epoch}/{}", a.epochs));
+        let batches = data::make_batches(&lengths, a.batch_size, a.seed.wrapping_add(epoch as u64), true);
         for idx in &batches {
             let t0 = Instant::now();
-            let b = data::Batch::new(&train_p.tokens, Some(&train_p.labels), idx, pad);
-            let out = enc.pass(&setup, &head, &b.inputs(), Some(&b.labels), true, false)?;
-            let loss = out.loss.expect("labels given");
-            let (lr, norm) = optimizer.step(gpu, &params)?;
+            let b = data::Batch::new(&task.train.tokens, Some(&task.train.labels), idx, pad);
+            let s = train_step(gpu, enc, trainee, &mut optimizer, &b.inputs(), &b.labels)?;
+            let (loss, lr, norm) = (s.loss, s.lr, s.grad_norm);
             if !loss.is_finite() || !norm.is_finite() {
                 bail!(
                     "step {}: loss {loss} / gradient norm {norm} is not finite; the last good checkpoint is in {}",
                     optimizer.step,
-                    args.out.display()
+                    a.out.display()
                 );
             }
             train_secs += t0.elapsed().as_secs_f64();
@@ -436,22 +516,27 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
             summary.train_losses.push(loss);
             curves.loss.push((summary.steps, loss as f64));
             let tps = real_tokens as f64 / train_secs.max(1e-9);
-            log.log(&json!({"step": summary.steps, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": norm,
-                "tokens": b.real_tokens(), "tokens_per_second": tps}))?;
+            let mut record = json!({"step": summary.steps, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": norm,
+                "tokens": b.real_tokens(), "tokens_per_second": tps});
+            if s.extra_loss != 0.0 {
+                record["regularization_loss"] = json!(s.extra_loss);
+            }
+            log.log(&record)?;
             pb.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
             pb.inc(1);
-            if args.progress && pb.is_hidden() && (summary.steps % 10 == 0 || summary.steps == 1) {
+            if a.progress && pb.is_hidden() && (summary.steps % 10 == 0 || summary.steps == 1) {
                 // No terminal (logs, CI): a plain line now and then instead of the bar.
                 let eta = (total as usize - summary.steps) as f64 * train_secs / summary.steps as f64;
                 println!("step {}/{total}: loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s, ETA {eta:.0} s", summary.steps);
             }
         }
-        let scores = evaluate_prepared(&mut enc, &setup, &head, &dev_p, pad, args.batch_size)?;
+        trainee.before_eval(gpu)?;
+        let scores = evaluate_prepared(enc, &trainee.setup(), trainee.head(), &task.dev, pad, a.batch_size)?;
         summary.dev_accuracy.push(scores.accuracy);
         summary.dev_macro_f1.push(scores.macro_f1);
         curves.dev_accuracy.push((epoch, scores.accuracy));
         curves.dev_macro_f1.push((epoch, scores.macro_f1));
-        log.log(&json!({"epoch": epoch, "dev_accuracy": scores.accuracy, "dev_macro_f1": scores.macro_f1, "dev_n": dev_ex.len()}))?;
+        log.log(&json!({"epoch": epoch, "dev_accuracy": scores.accuracy, "dev_macro_f1": scores.macro_f1, "dev_n": task.dev.labels.len()}))?;
         let better = scores.accuracy > summary.best_accuracy;
         let line = format!(
             "epoch {epoch}: dev accuracy {:.4}, macro-F1 {:.4}, {:.0} train tokens/s{}",
@@ -465,11 +550,10 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
             summary.best_accuracy = scores.accuracy;
             summary.best_epoch = epoch;
             since_best = 0;
-            let a = checkpoint::to_adapterhub(gpu, &set, &bn, &head, &labels.labels, cfg.hidden_size, &model_name)?;
-            a.save(&args.out)?;
+            trainee.save(gpu, a.out, &task.labels.labels)?;
         } else {
             since_best += 1;
-            if args.patience.is_some_and(|p| since_best >= p) {
+            if a.patience.is_some_and(|p| since_best >= p) {
                 pb.suspend(|| println!("early stopping: no better dev accuracy for {since_best} epoch(s)"));
                 break;
             }
@@ -477,16 +561,106 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
     }
     pb.finish_and_clear();
     summary.tokens_per_second = real_tokens as f64 / train_secs.max(1e-9);
-    metrics::plot_training(args.out.join("training.png"), &curves)?;
+    metrics::plot_training(a.out.join("training.png"), &curves)?;
     println!(
-        "best dev accuracy {:.4} (epoch {}); {:.0} real tokens/s over {} steps; adapter + head saved to {}",
+        "best dev accuracy {:.4} (epoch {}); {:.0} real tokens/s over {} steps; {} saved to {}",
         summary.best_accuracy,
         summary.best_epoch,
         summary.tokens_per_second,
         summary.steps,
-        args.out.display()
+        a.saved_what,
+        a.out.display()
     );
     Ok(summary)
+}
+
+/// A new adapter + head being trained (`peft train`).
+struct AdapterTrainee {
+    set: AdapterSet,
+    head: ClassificationHead,
+    bn: BottleneckConfig,
+    hidden: usize,
+    model_name: String,
+}
+
+impl Trainee for AdapterTrainee {
+    fn setup(&self) -> Setup<'_> {
+        Setup::Adapter(&self.set)
+    }
+
+    fn head(&self) -> &ClassificationHead {
+        &self.head
+    }
+
+    fn params(&self) -> Vec<(String, &GpuTensor, &GpuTensor)> {
+        self.set.named().into_iter().chain(self.head.named()).collect()
+    }
+
+    fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, labels: &[String]) -> Result<()> {
+        let a = checkpoint::to_adapterhub(gpu, &self.set, &self.bn, &self.head, labels, self.hidden, &self.model_name)?;
+        a.save(out)
+    }
+}
+
+/// The model directory's name, as AdapterHub's configs record it.
+pub(crate) fn model_name(model: &Path) -> String {
+    model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+}
+
+/// `peft train`.
+pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
+    if args.batch_size == 0 || args.epochs == 0 {
+        bail!("--batch-size and --epochs must be at least 1");
+    }
+    println!("device: {}", gpu.description.summary());
+    let (cfg, mut enc) = load::load_encoder(gpu, &args.model, args.resident_layers)?;
+    let tok = Tokenizer::from_model_dir(&args.model, args.max_length.min(cfg.max_position_embeddings))?;
+    let pad = data::pad_id(&tok);
+    let task = load_task_data(
+        &tok,
+        &DataSpec {
+            train: &args.train,
+            dev: args.dev.as_deref(),
+            dev_split: args.dev_split,
+            max_train_examples: args.max_train_examples,
+            max_dev_examples: args.max_dev_examples,
+            seed: args.seed,
+            options: &args.data,
+        },
+    )?;
+
+    let bn = bottleneck_config(args);
+    let (set, head) = new_adapter(gpu, &cfg, &bn, &args.adapter_name, task.labels.len(), args.seed)?;
+    let trainable = set.parameters() + head.parameters();
+    let model_params = model_parameters(&cfg);
+    println!(
+        "adapter: {} ({:?}, reduction factor {}, {}), {} trainable parameters = {:.2}% of the model's {}",
+        args.adapter_name,
+        args.config,
+        args.reduction_factor,
+        bn.non_linearity.adapterhub_name(),
+        trainable,
+        100.0 * trainable as f64 / model_params as f64,
+        model_params
+    );
+    let mut trainee =
+        AdapterTrainee { set, head, bn, hidden: cfg.hidden_size, model_name: model_name(&args.model) };
+    let loop_args = LoopArgs {
+        epochs: args.epochs,
+        lr: args.lr,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        warmup_ratio: args.warmup_ratio,
+        weight_decay: args.weight_decay,
+        max_grad_norm: args.max_grad_norm,
+        patience: args.patience,
+        out: &args.out,
+        progress: args.progress,
+        saved_what: "adapter + head",
+        trainable_parameters: trainable,
+        model_parameters: model_params,
+    };
+    run_loop(gpu, &mut enc, &mut trainee, &task, pad, &loop_args)
 }
 
 /// Parameters of the base model (embeddings + layers), for the "share of the model" line.
@@ -561,21 +735,32 @@ pub fn predict(
     let pad = data::pad_id(&l.tok);
     let c = l.head.labels;
     let logits = predict_logits(&mut l.enc, &Setup::Adapter(&l.set), &l.head, &tokens, pad, batch_size)?;
-    let lt = GpuTensor::from_slice(gpu, &[examples.len(), c], &logits)?;
+    predictions(gpu, &l.labels, examples, &logits, c)
+}
+
+/// Predictions from logits `[examples, c]`: label, probabilities (softmax on the GPU), logits.
+pub(crate) fn predictions(
+    gpu: &Arc<Gpu>,
+    labels: &LabelMap,
+    examples: &[Example],
+    logits: &[f32],
+    c: usize,
+) -> Result<Vec<Prediction>> {
+    let lt = GpuTensor::from_slice(gpu, &[examples.len(), c], logits)?;
     let pt = GpuTensor::zeros(gpu, &[examples.len(), c])?;
     let mut b = gpu.batch();
     crate::kernels::loss::softmax(&mut b, &lt, &pt)?;
     b.finish()?;
     let probs = pt.to_vec(gpu)?;
-    let preds = metrics::argmax_rows(&logits, c);
+    let preds = metrics::argmax_rows(logits, c);
     Ok(examples
         .iter()
         .enumerate()
         .map(|(i, e)| Prediction {
             text: e.text.clone(),
-            label: l.labels.name(preds[i]).unwrap_or("?").to_string(),
+            label: labels.name(preds[i]).unwrap_or("?").to_string(),
             probabilities: (0..c)
-                .map(|k| (l.labels.name(k as u32).unwrap_or("?").to_string(), probs[i * c + k]))
+                .map(|k| (labels.name(k as u32).unwrap_or("?").to_string(), probs[i * c + k]))
                 .collect(),
             logits: logits[i * c..(i + 1) * c].to_vec(),
         })
