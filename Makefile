@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Tests share one CPU Vulkan device on CI machines: keep the threads few.
 TEST_THREADS ?= 2
 
-.PHONY: demo test deps vulkan build fmt lint
+.PHONY: demo test deps vulkan build fmt lint fuzz
 
 MODEL := .cache/models/all-MiniLM-L6-v2
 DATA := .cache/data/rotten_tomatoes/all.csv
@@ -48,3 +48,7 @@ fmt:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# cargo-fuzz targets (nightly; installs cargo-fuzz when missing), FUZZ_SECONDS each (default 60).
+fuzz:
+	bash scripts/fuzz.sh

@@ -134,7 +134,13 @@ pub fn load_examples(path: impl AsRef<Path>, opts: &DataOptions) -> Result<Vec<E
         None => Format::from_path(path)?,
     };
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(&bytes);
+    parse_examples(path, &bytes, format, opts)
+}
+
+/// Parses a data file's contents (`path` names it in errors); what [`load_examples`] does after
+/// reading the file, and what the data-file fuzz target drives.
+pub fn parse_examples(path: &Path, bytes: &[u8], format: Format, opts: &DataOptions) -> Result<Vec<Example>> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(bytes);
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         bail!("{}: empty file", path.display());
     }
@@ -588,7 +594,14 @@ impl Tokenized {
 
 /// Tokenizes every example (pairs where `pair` is set), truncated at the tokenizer's max length.
 pub fn tokenize(tokenizer: &Tokenizer, examples: &[Example]) -> Result<Vec<Tokenized>> {
+    Ok(tokenize_counting(tokenizer, examples)?.0)
+}
+
+/// Like [`tokenize`], also counting the examples that were longer than the tokenizer's max length
+/// and were truncated.
+pub fn tokenize_counting(tokenizer: &Tokenizer, examples: &[Example]) -> Result<(Vec<Tokenized>, usize)> {
     const CHUNK: usize = 256;
+    let mut truncated = 0;
     let mut out = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(CHUNK) {
         // Runs of singles and of pairs, so a file that mixes them still works.
@@ -606,6 +619,7 @@ pub fn tokenize(tokenizer: &Tokenizer, examples: &[Example]) -> Result<Vec<Token
                 let texts: Vec<&str> = run.iter().map(|e| e.text.as_str()).collect();
                 tokenizer.encode_batch(&texts)?
             };
+            truncated += enc.truncated.iter().filter(|&&t| t).count();
             for (r, len) in enc.lengths().into_iter().enumerate() {
                 out.push(Tokenized {
                     ids: enc.input_ids[r][..len].to_vec(),
@@ -615,7 +629,17 @@ pub fn tokenize(tokenizer: &Tokenizer, examples: &[Example]) -> Result<Vec<Token
             start = end;
         }
     }
-    Ok(out)
+    Ok((out, truncated))
+}
+
+/// The note to print (once per data set) when texts were truncated, `None` when none was.
+pub fn truncation_note(source: &str, truncated: usize, total: usize, max_length: usize) -> Option<String> {
+    (truncated > 0).then(|| {
+        format!(
+            "note: {truncated} of {total} example(s) in {source} are longer than {max_length} tokens and were truncated \
+             (the limit is --max-length or the model's max_position_embeddings, whichever is smaller)"
+        )
+    })
 }
 
 /// The id a tokenizer pads with (`[PAD]`, 0 for BERT vocabularies).

@@ -133,11 +133,11 @@ impl Columns {
 #[derive(clap::Args, Clone, Debug)]
 struct TrainCli {
     /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json or vocab.txt).
-    #[arg(long)]
-    model: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<PathBuf>,
     /// Training data: CSV / TSV with a header, or JSONL.
-    #[arg(long)]
-    train: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    train: Option<PathBuf>,
     /// Dev data; without it a seeded --dev-split of the training file is held out.
     #[arg(long)]
     dev: Option<PathBuf>,
@@ -185,9 +185,99 @@ struct TrainCli {
     resident_layers: Option<usize>,
     #[command(flatten)]
     columns: Columns,
-    /// Output folder (AdapterHub adapter + head, metrics.jsonl, training.png).
-    #[arg(long)]
-    out: PathBuf,
+    /// Output folder (AdapterHub adapter + head, metrics.jsonl, training.png, trainer_state.safetensors).
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the stopped run in this output folder (from its trainer_state.safetensors), with
+    /// the settings it was started with.
+    #[arg(long, value_name = "DIR", conflicts_with_all = TRAIN_SETTINGS)]
+    resume: Option<PathBuf>,
+    /// Also save the training state every N steps (it is always saved at the end of each epoch
+    /// and on Ctrl-C).
+    #[arg(long, value_name = "N")]
+    save_steps: Option<usize>,
+    /// Save the state and stop after N steps in all (for tests and scheduled jobs).
+    #[arg(long, value_name = "N", hide = true)]
+    stop_after_steps: Option<usize>,
+    /// Inject a fault before a step, to test what a run does then: nan@STEP, device-lost@STEP.
+    #[arg(long, value_name = "KIND@STEP", hide = true)]
+    inject_fault: Option<peft_wgpu::train::resume::Fault>,
+}
+
+/// The `peft train` options that define a run: `--resume` takes them from the saved state.
+const TRAIN_SETTINGS: [&str; 23] = [
+    "model",
+    "train",
+    "dev",
+    "dev_split",
+    "config",
+    "reduction_factor",
+    "non_linearity",
+    "epochs",
+    "lr",
+    "batch_size",
+    "max_length",
+    "max_train_examples",
+    "max_dev_examples",
+    "seed",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "patience",
+    "name",
+    "text_column",
+    "text_pair_column",
+    "label_column",
+    "out",
+];
+
+/// `peft train`: a new run, or `--resume DIR`. Ctrl-C saves the state and exits with 130.
+fn train_cli(g: &std::sync::Arc<gpu::Gpu>, t: TrainCli) -> Result<()> {
+    use peft_wgpu::train::resume;
+    let run = resume::RunControl {
+        resume: t.resume.is_some(),
+        stop_after_steps: t.stop_after_steps,
+        save_steps: t.save_steps,
+        fault: t.inject_fault,
+    };
+    let args = match t.resume {
+        Some(dir) => {
+            let mut args = resume::load(&dir)?.args;
+            args.resident_layers = t.resident_layers;
+            args
+        }
+        None => peft_wgpu::train::TrainArgs {
+            model: t.model.expect("required by clap"),
+            train: t.train.expect("required by clap"),
+            dev: t.dev,
+            dev_split: t.dev_split,
+            config: t.config,
+            reduction_factor: t.reduction_factor,
+            non_linearity: t.non_linearity,
+            epochs: t.epochs,
+            lr: t.lr,
+            batch_size: t.batch_size,
+            max_length: t.max_length,
+            max_train_examples: t.max_train_examples,
+            max_dev_examples: t.max_dev_examples,
+            seed: t.seed,
+            out: t.out.expect("required by clap"),
+            warmup_ratio: t.warmup_ratio,
+            weight_decay: t.weight_decay,
+            max_grad_norm: t.max_grad_norm,
+            patience: t.patience,
+            data: t.columns.options(true),
+            adapter_name: t.name,
+            resident_layers: t.resident_layers,
+            progress: true,
+        },
+    };
+    resume::install_ctrlc_handler()?;
+    peft_wgpu::train::train_with(g, &args, &run)?;
+    if resume::stop_requested() {
+        std::process::exit(resume::INTERRUPTED_EXIT_CODE);
+    }
+    Ok(())
 }
 
 /// The adapter (or fusion) an `eval` / `predict` runs.
@@ -320,34 +410,7 @@ fn main() {
     let result = match cli.command {
         Command::Info => info(cli.gpu),
         Command::Data(DataCommand::Prepare(a)) => peft_wgpu::datasets::prepare_cli(&a).map(|_| ()),
-        Command::Train(t) => open_gpu(cli.gpu).and_then(|g| {
-            let args = peft_wgpu::train::TrainArgs {
-                model: t.model,
-                train: t.train,
-                dev: t.dev,
-                dev_split: t.dev_split,
-                config: t.config,
-                reduction_factor: t.reduction_factor,
-                non_linearity: t.non_linearity,
-                epochs: t.epochs,
-                lr: t.lr,
-                batch_size: t.batch_size,
-                max_length: t.max_length,
-                max_train_examples: t.max_train_examples,
-                max_dev_examples: t.max_dev_examples,
-                seed: t.seed,
-                out: t.out,
-                warmup_ratio: t.warmup_ratio,
-                weight_decay: t.weight_decay,
-                max_grad_norm: t.max_grad_norm,
-                patience: t.patience,
-                data: t.columns.options(true),
-                adapter_name: t.name,
-                resident_layers: t.resident_layers,
-                progress: true,
-            };
-            peft_wgpu::train::train(&g, &args).map(|_| ())
-        }),
+        Command::Train(t) => open_gpu(cli.gpu).and_then(|g| train_cli(&g, t)),
         Command::Fuse(f) => open_gpu(cli.gpu).and_then(|g| {
             let args = peft_wgpu::train::fuse::FuseArgs {
                 model: f.model,

@@ -205,6 +205,27 @@ impl MetricsLog {
         Ok(Self { file, path: path.to_path_buf() })
     }
 
+    /// Opens an existing log to continue it (a resumed run), first cutting it to `keep` bytes: the
+    /// length it had when the run's state was saved.
+    pub fn reopen(path: impl AsRef<Path>, keep: u64) -> Result<Self> {
+        let path = path.as_ref();
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {} to continue it", path.display()))?;
+        let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+        if len < keep {
+            bail!("{}: {len} bytes, shorter than the {keep} it had at the checkpoint", path.display());
+        }
+        file.set_len(keep).with_context(|| format!("truncating {}", path.display()))?;
+        Ok(Self { file, path: path.to_path_buf() })
+    }
+
+    /// Bytes written so far (the file's length).
+    pub fn bytes_written(&self) -> Result<u64> {
+        Ok(self.file.metadata().with_context(|| format!("reading {}", self.path.display()))?.len())
+    }
+
     /// Appends `record` as one line.
     pub fn log(&mut self, record: &Value) -> Result<()> {
         let mut line = serde_json::to_string(record).context("serializing a metrics record")?;

@@ -27,6 +27,8 @@ pub struct Encoded {
     /// 0 for the first text (and its `[CLS]`/`[SEP]`), 1 for the second of a pair.
     pub token_type_ids: Vec<Vec<u32>>,
     pub seq_len: usize,
+    /// Per row: whether the input was longer than the max length and was cut.
+    pub truncated: Vec<bool>,
 }
 
 impl Encoded {
@@ -231,6 +233,7 @@ impl Tokenizer {
             out.input_ids.push(e.get_ids().to_vec());
             out.attention_mask.push(e.get_attention_mask().to_vec());
             out.token_type_ids.push(e.get_type_ids().to_vec());
+            out.truncated.push(!e.get_overflowing().is_empty());
         }
         Ok(out)
     }

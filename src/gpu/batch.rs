@@ -5,7 +5,6 @@ use super::pipelines::{KernelSpec, Pipeline};
 use super::{Gpu, GpuTensor};
 use anyhow::{anyhow, Result};
 use std::sync::Arc;
-use wgpu::util::DeviceExt;
 
 struct Dispatch {
     pipeline: Arc<Pipeline>,
@@ -123,11 +122,14 @@ impl Batch {
         if self.dispatches.is_empty() {
             return enc;
         }
-        let ubuf = gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        // Not `create_buffer_init`, which panics once the device is lost (see `Gpu::check`).
+        let ubuf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
-            contents: &self.params,
-            usage: wgpu::BufferUsages::UNIFORM,
+            size: self.params.len() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
         });
+        gpu.queue.write_buffer(&ubuf, 0, &self.params);
         let groups: Vec<wgpu::BindGroup> = self
             .dispatches
             .iter()

@@ -12,7 +12,7 @@ pub use pipelines::{Access, KernelSpec};
 pub use tensor::GpuTensor;
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Environment variable naming the GPU to use: an index from `peft info`, or a case-insensitive
 /// substring of the adapter's name (e.g. `llvmpipe`, `nvidia`).
@@ -154,6 +154,46 @@ pub struct Gpu {
     pub(crate) dummies: Vec<Arc<TrackedBuffer>>,
     /// Every storage buffer of the project on this GPU, counted.
     pub memory: Arc<MemoryTracker>,
+    /// Errors wgpu reported outside a call's result (out of memory, device lost, ...).
+    fault: Arc<Mutex<Faults>>,
+}
+
+/// The first asynchronous error, and whether the device was lost (which explains any error after).
+#[derive(Default)]
+struct Faults {
+    lost: Option<String>,
+    error: Option<String>,
+}
+
+/// Routes wgpu's uncaptured errors (whose default handler panics) and the device-lost callback
+/// into a slot that [`Gpu::check`] turns into an error.
+fn watch_faults(device: &wgpu::Device) -> Arc<Mutex<Faults>> {
+    let fault: Arc<Mutex<Faults>> = Arc::default();
+    let slot = fault.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        let msg = match &e {
+            wgpu::Error::OutOfMemory { .. } => format!(
+                "the GPU ran out of memory ({e}): use a smaller --batch-size or --max-length, or keep fewer \
+                 layers on the GPU with --resident-layers"
+            ),
+            _ => format!("GPU error: {e}"),
+        };
+        log::debug!("{msg}");
+        let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+        f.error.get_or_insert(msg);
+    }));
+    let slot = fault.clone();
+    device.set_device_lost_callback(move |reason, msg| {
+        // Called when the device is lost or destroyed, not when it is dropped.
+        let msg = format!(
+            "the GPU device was lost ({reason:?}{}{msg}): a driver reset, a removed GPU or a hang",
+            if msg.is_empty() { "" } else { ": " }
+        );
+        log::debug!("{msg}");
+        let mut f = slot.lock().unwrap_or_else(|p| p.into_inner());
+        f.lost.get_or_insert(msg);
+    });
+    fault
 }
 
 impl Gpu {
@@ -211,6 +251,7 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .with_context(|| format!("opening GPU {}", description.summary()))?;
+        let fault = watch_faults(&device);
         let memory = Arc::new(MemoryTracker::default());
         let dummies = (0..16)
             .map(|_| {
@@ -232,6 +273,7 @@ impl Gpu {
             pipelines: pipelines::PipelineCache::default(),
             dummies,
             memory,
+            fault,
         }))
     }
 
@@ -253,9 +295,22 @@ impl Gpu {
         Batch::new(self.clone())
     }
 
+    /// Fails with the first error wgpu reported asynchronously (out of memory, validation, device
+    /// lost), if any; every later call fails the same way.
+    pub fn check(&self) -> Result<()> {
+        let f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        match f.lost.as_ref().or(f.error.as_ref()) {
+            Some(msg) => bail!("{msg}"),
+            None => Ok(()),
+        }
+    }
+
     /// Blocks until the GPU has finished all submitted work.
     pub fn sync(&self) -> Result<()> {
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+        // Poll first: a lost device's callback runs in the poll, and explains earlier errors.
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        self.check()?;
+        polled.map_err(|e| anyhow!("GPU poll failed: {e}"))?;
         // Every submission is done (their callbacks ran): buffers dropped since are free.
         self.memory.idle();
         Ok(())

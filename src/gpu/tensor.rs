@@ -3,7 +3,6 @@
 use super::Gpu;
 use anyhow::{anyhow, bail, Result};
 use std::sync::Arc;
-use wgpu::util::DeviceExt;
 
 /// A dense row-major f32 tensor in a GPU storage buffer.
 #[derive(Clone)]
@@ -40,8 +39,15 @@ impl GpuTensor {
         }
         Self::check_size(gpu, shape)?;
         let contents: &[u8] = if data.is_empty() { &[0u8; 4] } else { bytemuck::cast_slice(data) };
-        let buffer =
-            gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage: USAGE });
+        // Not `create_buffer_init`: its mapped-at-creation path panics once the device is lost,
+        // where this gives an error that `Gpu::check` reports.
+        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: contents.len() as u64,
+            usage: USAGE,
+            mapped_at_creation: false,
+        });
+        gpu.queue.write_buffer(&buffer, 0, contents);
         Ok(Self { buffer: Arc::new(super::TrackedBuffer::new(buffer, &gpu.memory)), shape: shape.to_vec() })
     }
 

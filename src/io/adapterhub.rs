@@ -182,6 +182,79 @@ impl SavedConfig {
 // Typed option access
 // ---------------------------------------------------------------------------------------------
 
+/// Every key `adapters` 1.x writes in a bottleneck adapter's `config` (plus `architecture`). The
+/// ones the engine does not implement are refused by value in [`BottleneckConfig::from_config`];
+/// the PHM parameters only matter with `phm_layer: true`, `init_weights_seed` only when creating
+/// weights.
+pub const BOTTLENECK_OPTIONS: &[&str] = &[
+    "adapter_residual_before_ln",
+    "architecture",
+    "cross_adapter",
+    "dropout",
+    "factorized_phm_W",
+    "factorized_phm_rule",
+    "hypercomplex_nonlinearity",
+    "init_weights",
+    "init_weights_seed",
+    "inv_adapter",
+    "inv_adapter_reduction_factor",
+    "is_parallel",
+    "learn_phm",
+    "leave_out",
+    "ln_after",
+    "ln_before",
+    "mh_adapter",
+    "non_linearity",
+    "original_ln_after",
+    "original_ln_before",
+    "output_adapter",
+    "phm_bias",
+    "phm_c_init",
+    "phm_dim",
+    "phm_init_range",
+    "phm_layer",
+    "phm_rank",
+    "reduction_factor",
+    "residual_before_ln",
+    "scaling",
+    "shared_W_phm",
+    "shared_phm_rule",
+    "stochastic_depth",
+    "use_gating",
+];
+
+/// The keys of a classification head's `config`.
+pub const HEAD_OPTIONS: &[&str] =
+    &["activation_function", "bias", "dropout_prob", "head_type", "label2id", "layers", "num_labels", "use_pooler"];
+
+/// The keys of an AdapterFusion's `config`.
+pub const FUSION_OPTIONS: &[&str] = &[
+    "dropout_prob",
+    "key",
+    "query",
+    "query_before_ln",
+    "regularization",
+    "residual_before",
+    "temperature",
+    "value",
+    "value_before_softmax",
+    "value_initialized",
+];
+
+/// An option we do not know could change what the module computes: refuse it (naming it) rather
+/// than silently ignore it.
+fn refuse_unknown(m: &Map<String, Value>, known: &[&str], what: &str) -> Result<()> {
+    let unknown: Vec<String> = m.keys().filter(|k| !known.contains(&k.as_str())).map(|k| format!("{k:?}")).collect();
+    if !unknown.is_empty() {
+        bail!(
+            "unknown {what} option{} {}: not an option of AdapterHub's `adapters` 1.x that this engine implements",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn opt_bool(m: &Map<String, Value>, k: &str, default: bool) -> Result<bool> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(default),
@@ -337,6 +410,7 @@ impl BottleneckConfig {
                 bail!("option \"architecture\" is {a}: only bottleneck adapters are supported (not LoRA, prefix tuning, IA3, ...)");
             }
         }
+        refuse_unknown(m, BOTTLENECK_OPTIONS, "bottleneck adapter")?;
         let refuse_true = |k: &str, what: &str| -> Result<()> {
             if opt_bool(m, k, false)? {
                 bail!("option {k:?}: true ({what}) is not supported");
@@ -813,6 +887,7 @@ pub struct HeadConfig {
 
 impl HeadConfig {
     pub fn from_config(m: &Map<String, Value>) -> Result<Self> {
+        refuse_unknown(m, HEAD_OPTIONS, "head")?;
         match m.get("head_type") {
             Some(Value::String(t)) if t == "classification" => {}
             Some(other) => bail!("option \"head_type\" is {other}: only \"classification\" heads are supported"),
@@ -1058,6 +1133,7 @@ pub struct FusionConfig {
 
 impl FusionConfig {
     pub fn from_config(m: &Map<String, Value>) -> Result<Self> {
+        refuse_unknown(m, FUSION_OPTIONS, "fusion")?;
         let dropout_prob = match m.get("dropout_prob") {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.as_f64().with_context(|| format!("option \"dropout_prob\" must be a number, got {v}"))?),

@@ -50,7 +50,7 @@ pub type TensorMap = BTreeMap<String, Tensor>;
 /// writers replace files by rename, which leaves existing maps intact).
 pub struct WeightFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Bytes,
     header_len: usize,
     tensors: BTreeMap<String, TensorInfo>,
     metadata: Option<HashMap<String, String>>,
@@ -73,8 +73,29 @@ impl WeightFile {
         }
         // SAFETY: the map is read-only; see the type's doc on concurrent modification.
         let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("memory-mapping {}", path.display()))?;
+        Self::parse(path, Bytes::Map(mmap))
+    }
+
+    /// A safetensors file already in memory; `origin` names it in errors. Validates the header
+    /// exactly as [`open`](Self::open) does (this is what the fuzz target drives).
+    pub fn from_bytes(origin: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        let path = origin.into();
+        if bytes.len() < 8 {
+            bail!(
+                "{}: not a safetensors file ({} bytes, shorter than the 8-byte header length)",
+                path.display(),
+                bytes.len()
+            );
+        }
+        Self::parse(path, Bytes::Owned(bytes))
+    }
+
+    /// Parses and validates the header: its length within the file, valid JSON, known dtypes,
+    /// each tensor's byte range matching its dtype and shape, ranges contiguous and in bounds
+    /// (no gap, no overlap, nothing past the end).
+    fn parse(path: PathBuf, mmap: Bytes) -> Result<Self> {
         let (header_len, meta) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {e}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {}", path.display(), describe_error(&e)))?;
         let tensors = meta.tensors().into_iter().map(|(k, v)| (k, v.clone())).collect();
         let metadata = meta.metadata().clone();
         Ok(Self { path, mmap, header_len, tensors, metadata })
@@ -193,6 +214,48 @@ impl WeightFile {
             m.insert(n.to_string(), self.tensor(n)?);
         }
         Ok(m)
+    }
+}
+
+/// A file's bytes: memory-mapped, or owned (files parsed from memory).
+enum Bytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// The safetensors crate's error, with what it means for a file on disk.
+fn describe_error(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    let what = match e {
+        E::HeaderTooLarge => {
+            "the header length (first 8 bytes) is over safetensors' 100 MB limit: corrupt or not a safetensors file"
+        }
+        E::InvalidHeaderLength => {
+            "the header length (first 8 bytes) points past the end of the file: truncated or not a safetensors file"
+        }
+        E::ValidationOverflow => "a tensor's shape overflows the address space",
+        E::MetadataIncompleteBuffer => {
+            "the tensor data does not end where the file ends; the file is truncated or has trailing bytes"
+        }
+        E::InvalidOffset(_) => "tensor byte ranges overlap, leave gaps or are out of range",
+        E::TensorInvalidInfo => "a tensor's byte range does not match its dtype and shape",
+        E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_) => "the header is not valid safetensors JSON",
+        _ => "",
+    };
+    if what.is_empty() {
+        e.to_string()
+    } else {
+        format!("{what} ({e})")
     }
 }
 

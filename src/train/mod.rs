@@ -276,7 +276,10 @@ impl Prepared {
 }
 
 fn prepare(tok: &Tokenizer, examples: &[Example], labels: &LabelMap, source: &str) -> Result<Prepared> {
-    let tokens = data::tokenize(tok, examples)?;
+    let (tokens, truncated) = data::tokenize_counting(tok, examples)?;
+    if let Some(note) = data::truncation_note(source, truncated, examples.len(), tok.max_length()) {
+        eprintln!("{note}");
+    }
     let labels = labels.encode(examples, source)?;
     Ok(Prepared { tokens, labels })
 }
@@ -291,6 +294,8 @@ fn predict_logits(
     batch_size: usize,
 ) -> Result<Vec<f32>> {
     let c = head.labels;
+    let longest = tokens.iter().map(|t| t.len()).max().unwrap_or(1);
+    guard::check_batch_fits(&enc.gpu, &enc.dims, batch_size.max(1).min(tokens.len().max(1)), longest)?;
     let mut out = vec![0.0f32; tokens.len() * c];
     let mut order: Vec<usize> = (0..tokens.len()).collect();
     order.sort_by_key(|&i| tokens[i].len());
@@ -375,7 +380,9 @@ pub(crate) fn load_task_data(tok: &Tokenizer, spec: &DataSpec) -> Result<TaskDat
         bail!("the training data has {} label(s); classification needs at least 2", labels.len());
     }
     let train = prepare(tok, &train_ex, &labels, &spec.train.display().to_string())?;
-    let dev = prepare(tok, &dev_ex, &labels, "dev")?;
+    let dev_source = spec.dev.map_or_else(|| "the dev split".to_string(), |p| p.display().to_string());
+    let dev = prepare(tok, &dev_ex, &labels, &dev_source)
+        .context("the dev data has a label the training data does not have")?;
     println!(
         "data: {} train, {} dev ({dev_note}), {} labels: {}",
         train_ex.len(),
@@ -466,6 +473,30 @@ pub(crate) fn run_loop<T: Trainee>(
     pad: u32,
     a: &LoopArgs,
 ) -> Result<TrainSummary> {
+    run_loop_with(gpu, enc, trainee, task, pad, a, &LoopControl::default())
+}
+
+/// Checkpointing, resuming and stops of [`run_loop_with`] (see [`resume`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LoopControl {
+    pub(crate) run: resume::RunControl,
+    /// The run's settings for the state file; `None`: no state file (the run cannot be resumed).
+    pub(crate) settings: Option<serde_json::Value>,
+    /// [`resume::fingerprint`] of the task's data.
+    pub(crate) fingerprint: String,
+}
+
+/// [`run_loop`], also saving `trainer_state.safetensors` (every epoch, every `save_steps`, on a
+/// stop), resuming from it, and stopping cleanly on Ctrl-C / `stop_after_steps`.
+pub(crate) fn run_loop_with<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    enc: &mut Encoder,
+    trainee: &mut T,
+    task: &TaskData,
+    pad: u32,
+    a: &LoopArgs,
+    ctl: &LoopControl,
+) -> Result<TrainSummary> {
     let steps_per_epoch = task.train.tokens.len().div_ceil(a.batch_size);
     let total = (steps_per_epoch * a.epochs) as u32;
     let schedule = LinearSchedule {
@@ -476,38 +507,80 @@ pub(crate) fn run_loop<T: Trainee>(
     let opt = AdamW { lr: a.lr, weight_decay: a.weight_decay, ..AdamW::default() };
     let mut optimizer = Optimizer::new(gpu, &trainee.params(), opt, schedule, a.max_grad_norm)?;
 
+    // Resuming: the saved weights, moments, step and counters (checked against this run first).
+    let mut p = resume::Progress::new();
+    let metrics_path = a.out.join("metrics.jsonl");
+    if ctl.run.resume {
+        let saved = resume::load(a.out)?;
+        if saved.progress.finished {
+            bail!(
+                "{}: this training run already finished ({} steps); there is nothing to resume",
+                a.out.display(),
+                saved.progress.step
+            );
+        }
+        saved.restore(gpu, &ctl.fingerprint, &trainee.params(), &mut optimizer)?;
+        p = saved.progress;
+        println!(
+            "resuming at step {} of {total} (epoch {}, batch {}) from {}",
+            p.step,
+            p.epoch,
+            p.batch + 1,
+            saved.path.display()
+        );
+    }
     std::fs::create_dir_all(a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut log = MetricsLog::create(a.out.join("metrics.jsonl"))?;
+    let mut log = if ctl.run.resume {
+        MetricsLog::reopen(&metrics_path, p.metrics_bytes)?
+    } else {
+        MetricsLog::create(&metrics_path)?
+    };
     let lengths: Vec<usize> = task.train.tokens.iter().map(|t| t.len()).collect();
     let pb = progress_bar(total as u64, a.progress);
-    let mut curves = TrainingCurves { loss: vec![], dev_accuracy: vec![], dev_macro_f1: vec![] };
+    pb.set_position(p.step as u64);
+    let numbered = |v: &[f64]| -> Vec<(usize, f64)> { v.iter().enumerate().map(|(i, &x)| (i + 1, x)).collect() };
+    let mut curves = TrainingCurves {
+        loss: p.train_losses.iter().enumerate().map(|(i, &l)| (i + 1, l as f64)).collect(),
+        dev_accuracy: numbered(&p.dev_accuracy),
+        dev_macro_f1: numbered(&p.dev_macro_f1),
+    };
     let mut summary = TrainSummary {
-        dev_accuracy: vec![],
-        dev_macro_f1: vec![],
-        best_accuracy: f64::NEG_INFINITY,
-        best_epoch: 0,
-        train_losses: vec![],
+        dev_accuracy: p.dev_accuracy.clone(),
+        dev_macro_f1: p.dev_macro_f1.clone(),
+        best_accuracy: p.best_accuracy,
+        best_epoch: p.best_epoch,
+        train_losses: p.train_losses.clone(),
         tokens_per_second: 0.0,
         trainable_parameters: a.trainable_parameters,
         model_parameters: a.model_parameters,
-        steps: 0,
+        steps: p.step,
         out: a.out.to_path_buf(),
     };
-    let (mut real_tokens, mut train_secs) = (0usize, 0.0f64);
-    let mut since_best = 0;
-    for epoch in 1..=a.epochs {
+    let (mut real_tokens, mut train_secs) = (p.real_tokens, p.train_secs);
+    let mut since_best = p.since_best;
+    // The step of the last state file on disk, for the messages of a failed step.
+    let mut saved_step = ctl.run.resume.then_some(p.step);
+    let mut stopped = false;
+    'epochs: for epoch in p.epoch..=a.epochs {
         pb.set_prefix(format!("epoch {epoch}/{}", a.epochs));
         let batches = data::make_batches(&lengths, a.batch_size, a.seed.wrapping_add(epoch as u64), true);
-        for idx in &batches {
+        for (bi, idx) in batches.iter().enumerate() {
+            if epoch == p.epoch && bi < p.batch {
+                continue; // done before the run was stopped
+            }
             let t0 = Instant::now();
+            let step = summary.steps + 1;
+            let failed = || resume::failed_at(step, a.out, saved_step);
+            resume::inject(gpu, ctl.run.fault, step, &trainee.params())?;
             let b = data::Batch::new(&task.train.tokens, Some(&task.train.labels), idx, pad);
-            let s = train_step(gpu, enc, trainee, &mut optimizer, &b.inputs(), &b.labels)?;
+            let s = train_step(gpu, enc, trainee, &mut optimizer, &b.inputs(), &b.labels).with_context(failed)?;
+            gpu.check().with_context(failed)?;
             let (loss, lr, norm) = (s.loss, s.lr, s.grad_norm);
             if !loss.is_finite() || !norm.is_finite() {
                 bail!(
-                    "step {}: loss {loss} / gradient norm {norm} is not finite; the last good checkpoint is in {}",
-                    optimizer.step,
-                    a.out.display()
+                    "step {step}: loss {loss} / gradient norm {norm} is not finite (a learning rate too high? try a \
+                     smaller --lr); {}",
+                    failed()
                 );
             }
             train_secs += t0.elapsed().as_secs_f64();
@@ -528,6 +601,26 @@ pub(crate) fn run_loop<T: Trainee>(
                 // No terminal (logs, CI): a plain line now and then instead of the bar.
                 let eta = (total as usize - summary.steps) as f64 * train_secs / summary.steps as f64;
                 println!("step {}/{total}: loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s, ETA {eta:.0} s", summary.steps);
+            }
+            let stop = resume::stop_requested() || ctl.run.stop_after_steps == Some(summary.steps);
+            let every = ctl.run.save_steps.is_some_and(|n| n > 0 && summary.steps % n == 0);
+            if let Some(settings) = ctl.settings.as_ref().filter(|_| stop || every) {
+                let snap = resume::Progress::snapshot(
+                    &summary,
+                    epoch,
+                    bi + 1,
+                    false,
+                    since_best,
+                    real_tokens,
+                    train_secs,
+                    log.bytes_written()?,
+                );
+                resume::save(gpu, a.out, settings, &snap, &ctl.fingerprint, &trainee.params(), &optimizer)?;
+                saved_step = Some(summary.steps);
+            }
+            if stop {
+                stopped = true;
+                break 'epochs;
             }
         }
         trainee.before_eval(gpu)?;
@@ -553,13 +646,47 @@ pub(crate) fn run_loop<T: Trainee>(
             trainee.save(gpu, a.out, &task.labels.labels)?;
         } else {
             since_best += 1;
-            if a.patience.is_some_and(|p| since_best >= p) {
-                pb.suspend(|| println!("early stopping: no better dev accuracy for {since_best} epoch(s)"));
-                break;
-            }
+        }
+        let early = !better && a.patience.is_some_and(|p| since_best >= p);
+        if let Some(settings) = &ctl.settings {
+            let done = early || epoch == a.epochs;
+            let snap = resume::Progress::snapshot(
+                &summary,
+                epoch + 1,
+                0,
+                done,
+                since_best,
+                real_tokens,
+                train_secs,
+                log.bytes_written()?,
+            );
+            resume::save(gpu, a.out, settings, &snap, &ctl.fingerprint, &trainee.params(), &optimizer)?;
+            saved_step = Some(summary.steps);
+        }
+        if early {
+            pb.suspend(|| println!("early stopping: no better dev accuracy for {since_best} epoch(s)"));
+            break;
+        }
+        if resume::stop_requested() && epoch < a.epochs {
+            stopped = true;
+            break;
         }
     }
     pb.finish_and_clear();
+    if stopped {
+        metrics::plot_training(a.out.join("training.png"), &curves)?;
+        let why = if resume::stop_requested() { "interrupted" } else { "stopped (--stop-after-steps)" };
+        match saved_step.filter(|_| ctl.settings.is_some()) {
+            Some(s) => eprintln!(
+                "{why} at step {s} of {total}: state saved to {}; continue with `peft train --resume {}`",
+                a.out.join(resume::STATE_FILE).display(),
+                a.out.display()
+            ),
+            None => eprintln!("{why} at step {} of {total}; this run cannot be resumed", summary.steps),
+        }
+        summary.tokens_per_second = real_tokens as f64 / train_secs.max(1e-9);
+        return Ok(summary);
+    }
     summary.tokens_per_second = real_tokens as f64 / train_secs.max(1e-9);
     metrics::plot_training(a.out.join("training.png"), &curves)?;
     println!(
@@ -609,11 +736,23 @@ pub(crate) fn model_name(model: &Path) -> String {
 
 /// `peft train`.
 pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
+    train_with(gpu, args, &resume::RunControl::default())
+}
+
+/// `peft train` with checkpoint control: resume from `args.out`, stop after a number of steps,
+/// save every few steps (see [`resume`]).
+pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &resume::RunControl) -> Result<TrainSummary> {
     if args.batch_size == 0 || args.epochs == 0 {
         bail!("--batch-size and --epochs must be at least 1");
     }
     println!("device: {}", gpu.description.summary());
     let (cfg, mut enc) = load::load_encoder(gpu, &args.model, args.resident_layers)?;
+    if args.max_length > cfg.max_position_embeddings {
+        eprintln!(
+            "note: --max-length {} is more than the model's {} positions (max_position_embeddings); using {}",
+            args.max_length, cfg.max_position_embeddings, cfg.max_position_embeddings
+        );
+    }
     let tok = Tokenizer::from_model_dir(&args.model, args.max_length.min(cfg.max_position_embeddings))?;
     let pad = data::pad_id(&tok);
     let task = load_task_data(
@@ -643,8 +782,11 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
         100.0 * trainable as f64 / model_params as f64,
         model_params
     );
-    let mut trainee =
-        AdapterTrainee { set, head, bn, hidden: cfg.hidden_size, model_name: model_name(&args.model) };
+    // The largest batch must fit the GPU's buffers: found now, not in the middle of a step.
+    let longest = task.train.tokens.iter().chain(&task.dev.tokens).map(|t| t.len()).max().unwrap_or(1);
+    let widest = args.batch_size.min(task.train.tokens.len().max(task.dev.tokens.len()));
+    guard::check_batch_fits(gpu, &load::dims(&cfg), widest, longest)?;
+    let mut trainee = AdapterTrainee { set, head, bn, hidden: cfg.hidden_size, model_name: model_name(&args.model) };
     let loop_args = LoopArgs {
         epochs: args.epochs,
         lr: args.lr,
@@ -660,7 +802,15 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
         trainable_parameters: trainable,
         model_parameters: model_params,
     };
-    run_loop(gpu, &mut enc, &mut trainee, &task, pad, &loop_args)
+    let ctl = LoopControl {
+        run: run.clone(),
+        settings: Some(resume::args_to_json(args)),
+        fingerprint: resume::fingerprint(
+            &[(&task.train.tokens, &task.train.labels), (&task.dev.tokens, &task.dev.labels)],
+            &task.labels.labels,
+        ),
+    };
+    run_loop_with(gpu, &mut enc, &mut trainee, &task, pad, &loop_args, &ctl)
 }
 
 /// Parameters of the base model (embeddings + layers), for the "share of the model" line.
@@ -731,7 +881,10 @@ pub fn predict(
     max_length: usize,
 ) -> Result<Vec<Prediction>> {
     let mut l = load_trained(gpu, model, adapter, max_length)?;
-    let tokens = data::tokenize(&l.tok, examples)?;
+    let (tokens, truncated) = data::tokenize_counting(&l.tok, examples)?;
+    if let Some(note) = data::truncation_note("the input", truncated, examples.len(), l.tok.max_length()) {
+        eprintln!("{note}");
+    }
     let pad = data::pad_id(&l.tok);
     let c = l.head.labels;
     let logits = predict_logits(&mut l.enc, &Setup::Adapter(&l.set), &l.head, &tokens, pad, batch_size)?;
