@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Tests share one CPU Vulkan device on CI machines: keep the threads few.
 TEST_THREADS ?= 2
 
-.PHONY: demo test deps vulkan build fmt lint fuzz
+.PHONY: demo fusion-demo test deps vulkan build fmt lint fuzz
 
 MODEL := .cache/models/all-MiniLM-L6-v2
 DATA := .cache/data/rotten_tomatoes/all.csv
@@ -28,6 +28,14 @@ demo: deps
 	fi; \
 	./target/release/peft train --model $(MODEL) --train $(DATA) --dev-split 0.1 --config houlsby $$args --out $(DEMO_OUT)
 	./target/release/peft predict --model $(MODEL) --adapter $(DEMO_OUT) --text "a warm, funny and beautifully acted film"
+
+# AdapterFusion on real data: four source adapters (sentiment, topic, spam, author), fused for the
+# drug-review and IMDB targets; prints target test accuracy (head only / own adapter / fusion) and
+# the fusion weights. Sized for <= 30 minutes on lavapipe (2 cores); bigger on a GPU. The sizes are
+# environment variables of scripts/fusion-demo.sh.
+fusion-demo: deps
+	$(CARGO) build --release
+	PEFT=./target/release/peft bash scripts/fusion-demo.sh
 
 test: deps
 	$(CARGO) test -- --test-threads=$(TEST_THREADS)

@@ -27,13 +27,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// AdapterHub's two bottleneck presets.
+/// AdapterHub's two bottleneck presets, or no adapter at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
     /// `double_seq_bn`: after the attention output and after the FFN (AdapterHub default: swish).
     Houlsby,
     /// `seq_bn`: after the FFN only (AdapterHub default: relu).
     Pfeiffer,
+    /// No adapter: the head alone on the frozen base (a baseline). Saved as a `seq_bn` adapter
+    /// left out of every layer (`leave_out`: all), so eval / predict / AdapterHub load it as usual.
+    None,
 }
 
 /// Everything `peft train` takes.
@@ -111,7 +114,7 @@ pub struct TrainSummary {
     pub out: PathBuf,
 }
 
-fn bottleneck_config(args: &TrainArgs) -> BottleneckConfig {
+fn bottleneck_config(args: &TrainArgs, layers: usize) -> BottleneckConfig {
     match args.config {
         Preset::Houlsby => {
             BottleneckConfig::houlsby(args.reduction_factor, args.non_linearity.unwrap_or(Activation::Silu))
@@ -119,6 +122,10 @@ fn bottleneck_config(args: &TrainArgs) -> BottleneckConfig {
         Preset::Pfeiffer => {
             BottleneckConfig::pfeiffer(args.reduction_factor, args.non_linearity.unwrap_or(Activation::Relu))
         }
+        Preset::None => BottleneckConfig {
+            leave_out: (0..layers).collect(),
+            ..BottleneckConfig::pfeiffer(args.reduction_factor, args.non_linearity.unwrap_or(Activation::Relu))
+        },
     }
 }
 
@@ -768,7 +775,7 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &resume::RunControl) ->
         },
     )?;
 
-    let bn = bottleneck_config(args);
+    let bn = bottleneck_config(args, cfg.num_hidden_layers);
     let (set, head) = new_adapter(gpu, &cfg, &bn, &args.adapter_name, task.labels.len(), args.seed)?;
     let trainable = set.parameters() + head.parameters();
     let model_params = model_parameters(&cfg);
