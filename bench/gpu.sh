@@ -15,7 +15,8 @@ RESULTS_DIR=${RESULTS_DIR:-bench/results}
 FIXTURES=${FIXTURES:-../shared/fixtures}
 QUICK=${QUICK:-0}
 mkdir -p "$RESULTS_DIR"
-log=$(mktemp)
+work=$(mktemp -d)
+log=$work/log.txt
 say() { echo "$@" | tee -a "$log"; }
 
 # 1. The Vulkan loader and the NVIDIA ICD.
@@ -45,49 +46,71 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 # reference; here, the whole encoder against the AdapterHub fixtures.
 parity_ok=1
 if [ -d "$FIXTURES/tiny-bert" ]; then
-  python3 bench/parity.py "$PEFT" "$FIXTURES" 2>&1 | tee -a "$log" || parity_ok=0
+  "${PYTHON:-python3}" bench/parity.py "$PEFT" "$FIXTURES" 2>&1 | tee -a "$log" || parity_ok=0
 else
   say "parity: no fixtures at $FIXTURES (skipped)"
 fi
 
+# The results file (written after the main comparison and again at the end).
+write_results() {
+  {
+    echo "# Benchmarks on $card ($(date -u +'%F %H:%M UTC'), commit $commit)"
+    echo
+    echo "Ours: \`peft bench\` through Vulkan (wgpu); PyTorch: \`bench/pytorch_baseline.py\`, eager, same card, same run."
+    echo "Kernel times: median of GPU timestamps (ours) / CUDA events (PyTorch); train steps: wall clock, one sync per step."
+    echo "Parity with the AdapterHub fixtures on this GPU: $([ $parity_ok = 1 ] && echo passed || echo FAILED)."
+    echo
+    python3 bench/compare.py "$ours" "$torch" --card "$card"
+    echo
+    echo "## Train step by matmul variant (bert-base shape)"
+    echo
+    for v in ${STEP_VARIANTS:-tiled smem f16 coop}; do
+      [ -s "$work/step-$v.jsonl" ] && python3 - "$work/step-$v.jsonl" "$v" <<'PY'
+import json, sys
+for l in open(sys.argv[1]):
+    m = json.loads(l)
+    print(f"- {sys.argv[2]}: {m['name']} {m['variant']} {m['median_us'] / 1e3:.1f} ms/step, "
+          f"{m['gflops'] / 1e3:.1f} TFLOP/s, {m['extra'].get('tokens_per_s', 0):.0f} tokens/s")
+PY
+    done
+    echo
+    echo "## Log"
+    echo
+    echo '```'
+    cat "$log"
+    echo '```'
+  } > "$file"
+  cat "$work"/step-*.jsonl > "$RESULTS_DIR/steps.jsonl" 2>/dev/null
+  cp "$ours" "$torch" "$RESULTS_DIR/" 2>/dev/null
+  [ -s "$work/matmul.jsonl" ] && cp "$work/matmul.jsonl" "$RESULTS_DIR/"
+  echo "wrote $file (and ours.jsonl, torch.jsonl, steps.jsonl, matmul.jsonl beside it)"
+}
+
 # 4. Ours, then PyTorch's, same card, same run.
-ours=$RESULTS_DIR/ours.jsonl
-torch=$RESULTS_DIR/torch.jsonl
+ours=$work/ours.jsonl
+torch=$work/torch.jsonl
 extra=()
 [ "$QUICK" = 1 ] && extra=(--reps 5 --warmup 1)
+# Extra arguments (a smoke test on a CPU: BENCH_ARGS="--tokens 128 ..." TORCH_ARGS="--device cpu --small").
+read -r -a bench_args <<< "${BENCH_ARGS:-}"
+read -r -a torch_args <<< "${TORCH_ARGS:-}"
 say "== peft bench"
-"$PEFT" bench --stream-layers 1 --json "$ours" "${extra[@]}" 2>&1 | tee -a "$log"
+"$PEFT" bench --stream-layers 1 --json "$ours" "${extra[@]}" "${bench_args[@]}" 2>&1 | tee -a "$log"
+say "== PyTorch"
+PYTHONUNBUFFERED=1 "${PYTHON:-python3}" bench/pytorch_baseline.py --json "$torch" "${extra[@]}" "${torch_args[@]}" 2>&1 | tee -a "$log"
+write_results
+
 # Matmul variants in the whole train step (bert-base shape).
 for v in ${STEP_VARIANTS:-tiled smem f16 coop}; do
   say "== peft bench --only step, PEFT_MATMUL_VARIANT=$v"
-  PEFT_MATMUL_VARIANT=$v "$PEFT" bench --only step --config bert-base --json "$RESULTS_DIR/step-$v.jsonl" "${extra[@]}" 2>&1 | tee -a "$log" || say "variant $v: failed"
+  PEFT_MATMUL_VARIANT=$v "$PEFT" bench --only step --config "${STEP_CONFIG:-bert-base}" --json "$work/step-$v.jsonl" "${extra[@]}" "${bench_args[@]}" 2>&1 | tee -a "$log" || say "variant $v: failed"
 done
-say "== PyTorch"
-PYTHONUNBUFFERED=1 python3 bench/pytorch_baseline.py --json "$torch" "${extra[@]}" 2>&1 | tee -a "$log"
+# Every matmul variant and tile configuration on the encoder's products (examples/matmul_bench.rs).
+MATMUL_BENCH=${MATMUL_BENCH:-$(dirname "$PEFT")/examples/matmul_bench}
+[ -x "$MATMUL_BENCH" ] || MATMUL_BENCH=$(dirname "$PEFT")/matmul_bench
+if [ -x "$MATMUL_BENCH" ]; then
+  say "== matmul variants and tiles"
+  timeout "${MATMUL_TIMEOUT:-150}" "$MATMUL_BENCH" --sweep --samples 5 --min-ms 5 > "$work/matmul.jsonl" 2> >(tee -a "$log" >&2) || say "matmul_bench: stopped (timeout or error)"
+fi
 
-# 5. The results file.
-{
-  echo "# Benchmarks on $card ($(date -u +'%F %H:%M UTC'), commit $commit)"
-  echo
-  echo "Ours: \`peft bench\` through Vulkan (wgpu); PyTorch: \`bench/pytorch_baseline.py\`, eager, same card, same run."
-  echo "Kernel times: median of GPU timestamps (ours) / CUDA events (PyTorch); train steps: wall clock, one sync per step."
-  echo "Parity with the AdapterHub fixtures on this GPU: $([ $parity_ok = 1 ] && echo passed || echo FAILED)."
-  echo
-  python3 bench/compare.py "$ours" "$torch" --card "$card"
-  echo
-  echo "## Train step by matmul variant (bert-base shape)"
-  echo
-  for v in ${STEP_VARIANTS:-tiled smem f16 coop}; do
-    [ -s "$RESULTS_DIR/step-$v.jsonl" ] && python3 -c "
-import json,sys
-for l in open('$RESULTS_DIR/step-$v.jsonl'):
-    m=json.loads(l); print(f\"- $v: {m['name']} {m['variant']} {m['median_us']/1e3:.1f} ms/step, {m['gflops']/1e3:.1f} TFLOP/s, {m['extra'].get('tokens_per_s',0):.0f} tokens/s\")"
-  done
-  echo
-  echo "## Log"
-  echo
-  echo '```'
-  cat "$log"
-  echo '```'
-} > "$file"
-echo "wrote $file"
+write_results

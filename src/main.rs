@@ -67,6 +67,8 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         max_length: usize,
     },
+    /// Kernel and training-step benchmarks on the selected GPU (table + JSON).
+    Bench(peft_wgpu::bench::cli::BenchCli),
     /// Data sets of the fusion demo: `peft data prepare <task>` writes train.csv + test.csv.
     #[command(subcommand)]
     Data(DataCommand),
@@ -183,6 +185,14 @@ struct TrainCli {
     /// Frozen layers kept on the GPU; fewer stream from the file (default: all).
     #[arg(long)]
     resident_layers: Option<usize>,
+    /// Keep only each layer's input in forward and recompute its activations in backward
+    /// (bit-identical results, less memory, about one more forward of time).
+    #[arg(long)]
+    recompute: bool,
+    /// GPU memory to fit in (e.g. 2GiB, 512MiB): the planner chooses --resident-layers and
+    /// --recompute, or fails naming what to change.
+    #[arg(long, value_parser = parse_gpu_memory)]
+    max_gpu_memory: Option<u64>,
     #[command(flatten)]
     columns: Columns,
     /// Output folder (AdapterHub adapter + head, metrics.jsonl, training.png, trainer_state.safetensors).
@@ -244,6 +254,8 @@ fn train_cli(g: &std::sync::Arc<gpu::Gpu>, t: TrainCli) -> Result<()> {
         Some(dir) => {
             let mut args = resume::load(&dir)?.args;
             args.resident_layers = t.resident_layers;
+            args.recompute = t.recompute;
+            args.max_gpu_memory = t.max_gpu_memory;
             args
         }
         None => peft_wgpu::train::TrainArgs {
@@ -269,6 +281,8 @@ fn train_cli(g: &std::sync::Arc<gpu::Gpu>, t: TrainCli) -> Result<()> {
             data: t.columns.options(true),
             adapter_name: t.name,
             resident_layers: t.resident_layers,
+            recompute: t.recompute,
+            max_gpu_memory: t.max_gpu_memory,
             progress: true,
         },
     };
@@ -410,6 +424,7 @@ fn main() {
     let result = match cli.command {
         Command::Info => info(cli.gpu),
         Command::Data(DataCommand::Prepare(a)) => peft_wgpu::datasets::prepare_cli(&a).map(|_| ()),
+        Command::Bench(b) => open_gpu(cli.gpu).and_then(|g| b.run(&g)),
         Command::Train(t) => open_gpu(cli.gpu).and_then(|g| train_cli(&g, t)),
         Command::Fuse(f) => open_gpu(cli.gpu).and_then(|g| {
             let args = peft_wgpu::train::fuse::FuseArgs {

@@ -26,7 +26,12 @@ impl Readback {
     /// Waits for the submission (not for later ones) and returns each tensor's values.
     pub fn wait(self) -> Result<Vec<Vec<f32>>> {
         let poll = wgpu::PollType::Wait { submission_index: Some(self.index), timeout: None };
-        self.gpu.device.poll(poll).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+        if let Err(e) = self.gpu.device.poll(poll) {
+            // A lost device or an error reported by wgpu explains a failed wait better.
+            self.gpu.check()?;
+            return Err(anyhow!("GPU poll failed: {e}"));
+        }
+        self.gpu.check()?;
         self.rx
             .recv()
             .map_err(|_| anyhow!("GPU buffer map callback never ran"))?

@@ -58,6 +58,16 @@ pub enum Setup<'a> {
     Fusion { adapters: Vec<&'a AdapterSet>, fusion: &'a FusionModel },
 }
 
+/// Environment variable: `0` records a resident pass as one submit instead of one per layer.
+pub const SUBMIT_PER_LAYER_ENV: &str = "PEFT_SUBMIT_PER_LAYER";
+
+fn submit_per_layer() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(std::env::var(SUBMIT_PER_LAYER_ENV).as_deref().map(str::trim), Ok("0" | "off" | "false"))
+    })
+}
+
 /// Tensors of a recorded pass, valid once the batch that holds it has run.
 pub struct Recorded {
     /// `[batch, labels]`
@@ -102,6 +112,15 @@ struct FusionActs {
     saved: FusionSaved,
 }
 
+/// What the forward keeps of every layer for backward.
+enum Saved {
+    /// Every layer's activations.
+    All(Vec<LayerActs>),
+    /// `--recompute`: each layer's input only (its activations are recomputed just before its
+    /// backward), and the top layer's activations, which backward needs first.
+    Inputs { inputs: Vec<GpuTensor>, top: Option<Box<LayerActs>> },
+}
+
 struct LayerActs {
     q: GpuTensor,
     k: GpuTensor,
@@ -118,6 +137,10 @@ pub struct Encoder {
     pub dims: Dims,
     pub embeddings: Embeddings,
     pub store: LayerStore,
+    /// Keep only each layer's input during forward and recompute the layer's activations just
+    /// before its backward (bit-identical results); the pass then submits and waits per layer so
+    /// that only one layer's activations are ever on the GPU.
+    pub recompute: bool,
 }
 
 fn t(gpu: &Gpu, shape: &[usize]) -> Result<GpuTensor> {
@@ -141,7 +164,7 @@ impl Encoder {
             ln_b: up("embeddings.LayerNorm.bias", &[d])?,
         };
         let store = LayerStore::new(gpu.clone(), source, d, dims.ffn, dims.layers, resident_layers)?;
-        Ok(Self { gpu, dims, embeddings, store })
+        Ok(Self { gpu, dims, embeddings, store, recompute: false })
     }
 
     fn check_inputs(&self, inp: &Inputs) -> Result<()> {
@@ -195,19 +218,17 @@ impl Encoder {
             bail!("backward needs labels");
         }
         let gpu = self.gpu.clone();
-        gpu.memory.reset_peak();
         let dims = self.dims;
         let (d, tok) = (dims.hidden, inp.batch * inp.seq);
         let ids = GpuTensor::from_u32(&gpu, &[tok], &inp.ids)?;
         let types = GpuTensor::from_u32(&gpu, &[tok], &inp.token_types)?;
         let mask = GpuTensor::from_slice(&gpu, &[inp.batch, inp.seq], &inp.mask)?;
         let ashape = AttentionShape { batch: inp.batch, seq: inp.seq, heads: dims.heads, head_dim: d / dims.heads };
-        let mut b = gpu.batch();
 
         // Embeddings + LayerNorm.
         let emb = t(&gpu, &[tok, d])?;
         elementwise::embeddings(
-            &mut b,
+            b,
             &ids,
             &types,
             inp.seq,
@@ -216,39 +237,29 @@ impl Encoder {
             &self.embeddings.token_type,
             &emb,
         )?;
-        let mut x = t(&gpu, &[tok, d])?;
-        layernorm::layer_norm(&mut b, &emb, None, &self.embeddings.ln_g, &self.embeddings.ln_b, dims.eps, None, &x)?;
+        let x = t(&gpu, &[tok, d])?;
+        layernorm::layer_norm(b, &emb, None, &self.embeddings.ln_g, &self.embeddings.ln_b, dims.eps, None, &x)?;
 
-        let mut acts: Vec<LayerActs> = Vec::with_capacity(dims.layers);
-        for l in 0..dims.layers {
-            let w = self.store.layer(l)?;
-            let la = self.layer_forward(&mut b, &w, setup, l, &x, &mask, ashape)?;
-            x = la.ffn.out.clone();
-            acts.push(la);
-            if !self.store.is_resident() {
-                b.submit();
-            }
-        }
-        let hidden = x;
+        let (hidden, acts) = self.layers_forward(b, setup, x, &mask, ashape)?;
 
         // Head.
         let bsz = inp.batch;
         let cls = t(&gpu, &[bsz, d])?;
-        elementwise::gather_rows(&mut b, &hidden, inp.seq, &cls)?;
+        elementwise::gather_rows(b, &hidden, inp.seq, &cls)?;
         let hpre = t(&gpu, &[bsz, d])?;
-        linear(&mut b, &cls, &head.w1, Some(&head.b1), &hpre)?;
+        linear(b, &cls, &head.w1, Some(&head.b1), &hpre)?;
         let hact = t(&gpu, &[bsz, d])?;
         Matmul::new(bsz, d, d).act(Activation::Tanh).run(
-            &mut b,
+            b,
             View::rows(&cls, d),
             View::transposed(&head.w1, d),
             Some((&head.b1, 0)),
             View::rows(&hact, d),
         )?;
         let logits = t(&gpu, &[bsz, head.labels])?;
-        linear(&mut b, &hact, &head.w4, Some(&head.b4), &logits)?;
+        linear(b, &hact, &head.w4, Some(&head.b4), &logits)?;
 
-        let mut loss_value = None;
+        let mut loss = None;
         if let Some(labels) = labels {
             let lab = GpuTensor::from_u32(&gpu, &[bsz], labels)?;
             let loss_t = t(&gpu, &[1])?;
@@ -291,6 +302,60 @@ impl Encoder {
         })
     }
 
+    /// After a layer's work is recorded: with `--recompute` or streamed weights, submit and wait,
+    /// so that the buffers the layer dropped are really free before the next layer allocates (and
+    /// a streamed slot can be refilled). Fully resident without recompute: submit without waiting
+    /// (the GPU runs layer l while the host records layer l + 1) and let wgpu reclaim what finished
+    /// work dropped, so later layers reuse that memory instead of allocating more
+    /// ([`SUBMIT_PER_LAYER_ENV`]`=0`: one submit for the whole pass instead).
+    fn layer_done(&self, b: &mut Batch) -> Result<()> {
+        if self.recompute || !self.store.is_resident() {
+            b.finish()?;
+        } else if submit_per_layer() {
+            b.submit();
+            self.gpu.device.poll(wgpu::PollType::Poll).map_err(|e| anyhow::anyhow!("GPU poll failed: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Forward of every layer from the embeddings' output `x`: the last hidden state and what
+    /// backward needs (see [`Saved`]).
+    fn layers_forward(
+        &mut self,
+        b: &mut Batch,
+        setup: &Setup,
+        mut x: GpuTensor,
+        mask: &GpuTensor,
+        s: AttentionShape,
+    ) -> Result<(GpuTensor, Saved)> {
+        let n = self.dims.layers;
+        let mut saved = if self.recompute {
+            Saved::Inputs { inputs: Vec::with_capacity(n), top: None }
+        } else {
+            Saved::All(Vec::with_capacity(n))
+        };
+        for l in 0..n {
+            let w = self.store.layer(l)?;
+            let la = self.layer_forward(b, &w, setup, l, &x, mask, s, false)?;
+            let y = la.ffn.out.clone();
+            match &mut saved {
+                Saved::All(acts) => acts.push(la),
+                Saved::Inputs { inputs, top } => {
+                    inputs.push(x);
+                    if l + 1 == n {
+                        *top = Some(Box::new(la));
+                    }
+                }
+            }
+            x = y;
+            self.layer_done(b)?;
+        }
+        Ok((x, saved))
+    }
+
+    /// One layer's forward; `recomputing` when it runs again for backward (`--recompute`), where
+    /// nothing but the activations may change (no fusion weights are recorded twice).
+    #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
         b: &mut Batch,
@@ -300,6 +365,7 @@ impl Encoder {
         x: &GpuTensor,
         mask: &GpuTensor,
         s: AttentionShape,
+        recomputing: bool,
     ) -> Result<LayerActs> {
         let gpu = &self.gpu;
         let (d, tok) = (self.dims.hidden, s.batch * s.seq);
@@ -330,7 +396,7 @@ impl Encoder {
         let ffn = match setup {
             Setup::Fusion { adapters, fusion } if fusion.at(l).is_some() => {
                 let acts = self.fusion_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapters, fusion, l)?;
-                if let Some(fa) = &acts.fusion {
+                if let (Some(fa), false) = (&acts.fusion, recomputing) {
                     // Softmax weights summed over real tokens, when the caller records them.
                     fusion.record_weights(b, &fa.saved.p, mask, l)?;
                 }
@@ -656,7 +722,7 @@ impl Encoder {
         &mut self,
         b: &mut Batch,
         setup: &Setup,
-        acts: &[LayerActs],
+        saved: Saved,
         mask: &GpuTensor,
         s: AttentionShape,
         mut dy: GpuTensor,
@@ -668,9 +734,25 @@ impl Encoder {
             Setup::Adapter(a) => a.at(l, loc).is_some(),
             Setup::Fusion { fusion, .. } => loc == Location::Output && fusion.at(l).is_some(),
         };
+        let (mut all, mut inputs, mut top) = match saved {
+            Saved::All(acts) => (acts, vec![], None),
+            Saved::Inputs { inputs, top } => (vec![], inputs, top),
+        };
         for l in (0..self.dims.layers).rev() {
             let w = self.store.layer(l)?;
-            let la = &acts[l];
+            // This layer's activations: kept, or recomputed from its input with the same kernels
+            // on the same values (so bit-identical).
+            let la = match (inputs.pop(), top.take()) {
+                (Some(_), Some(la)) => *la,
+                (Some(x), None) => {
+                    let la = self.layer_forward(b, &w, setup, l, &x, mask, s, true)?;
+                    // Free the forward's temporaries before backward allocates.
+                    self.layer_done(b)?;
+                    la
+                }
+                (None, _) => all.pop().ok_or_else(|| anyhow::anyhow!("internal: no activations for layer {l}"))?,
+            };
+            let la = &la;
             let adapter = |loc| match setup {
                 Setup::Adapter(a) => a.at(l, loc).map(|m| (m, a.placement)),
                 _ => None,
@@ -728,9 +810,7 @@ impl Encoder {
                 )?;
             }
             dy = dx;
-            if !self.store.is_resident() {
-                b.submit();
-            }
+            self.layer_done(b)?;
         }
         Ok(())
     }

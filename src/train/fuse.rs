@@ -10,7 +10,7 @@
 
 use super::{load_task_data, model_name, model_parameters, run_loop, DataSpec, LoopArgs, TrainSummary, Trainee};
 use crate::data::{self, DataOptions, Example, LabelMap};
-use crate::gpu::{Gpu, GpuTensor};
+use crate::gpu::{Batch, Gpu, GpuTensor};
 use crate::io::adapterhub::{Fusion, FusionConfig};
 use crate::kernels::elementwise;
 use crate::kernels::fusion::{self as fusion_kernels, Temperature, REGULARIZATION_COEF};
@@ -343,19 +343,17 @@ impl Trainee for FusionTrainee {
     /// `0.01·Σ_layers ‖I − W_V‖²_F` and its gradient added to dW_V, on the GPU (AdapterHub's
     /// `get_fusion_regularization_loss`, when the config's `regularization` is set and there is a
     /// value matrix).
-    fn extra_loss(&mut self, gpu: &Arc<Gpu>) -> Result<f32> {
+    fn record_extra_loss(&mut self, b: &mut Batch) -> Result<Option<GpuTensor>> {
         if !self.fusion.config.regularization || !self.fusion.config.value {
-            return Ok(0.0);
+            return Ok(None);
         }
-        let mut b = gpu.batch();
-        elementwise::fill(&mut b, &self.reg_loss, 0.0)?;
+        elementwise::fill(b, &self.reg_loss, 0.0)?;
         for layer in self.fusion.layers.iter().flatten() {
             if let (Some(w_v), Some(g_v)) = (&layer.w.w_v, &layer.grad.w_v) {
-                fusion_kernels::regularization(&mut b, w_v, REGULARIZATION_COEF, g_v, Some(&self.reg_loss), true)?;
+                fusion_kernels::regularization(b, w_v, REGULARIZATION_COEF, g_v, Some(&self.reg_loss), true)?;
             }
         }
-        b.finish()?;
-        Ok(self.reg_loss.to_vec(gpu)?[0])
+        Ok(Some(self.reg_loss.clone()))
     }
 
     fn before_eval(&mut self, gpu: &Arc<Gpu>) -> Result<()> {

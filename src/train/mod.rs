@@ -17,6 +17,7 @@ use crate::model::adapters::{adapter_tensor_names, AdapterSet, ClassificationHea
 use crate::model::config::BertConfig;
 use crate::model::encoder::{Encoder, Inputs, Setup};
 use crate::model::load;
+use crate::model::plan;
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::SeedableRng;
@@ -66,6 +67,11 @@ pub struct TrainArgs {
     pub data: DataOptions,
     pub adapter_name: String,
     pub resident_layers: Option<usize>,
+    /// Recompute layer activations in backward (`--recompute`); the planner may also turn it on to
+    /// fit `max_gpu_memory`.
+    pub recompute: bool,
+    /// `--max-gpu-memory` in bytes: the planner chooses resident layers and recompute to fit.
+    pub max_gpu_memory: Option<u64>,
     pub progress: bool,
 }
 
@@ -94,6 +100,8 @@ impl Default for TrainArgs {
             data: DataOptions::default(),
             adapter_name: "task".into(),
             resident_layers: None,
+            recompute: false,
+            max_gpu_memory: None,
             progress: true,
         }
     }
@@ -251,10 +259,9 @@ impl Optimizer {
         self.step += 1;
         // As HF's Trainer: optimizer step t (1-based) uses the schedule's value at t - 1.
         let lr = self.schedule.lr_at(self.step - 1);
-        let mut b = gpu.batch();
         let grads: Vec<&GpuTensor> = params.iter().map(|p| p.2).collect();
-        optim::sum_of_squares(&mut b, &grads, &self.ss)?;
-        optim::clip_factor(&mut b, &self.ss, self.clip, &self.scale)?;
+        optim::sum_of_squares(b, &grads, &self.ss)?;
+        optim::clip_factor(b, &self.ss, self.clip, &self.scale)?;
         for ((name, w, g), (m, v)) in params.iter().zip(&self.moments) {
             // As HF's Trainer: no weight decay for biases (and LayerNorm weights, which adapters lack).
             let decay = !name.ends_with("bias");
@@ -409,10 +416,11 @@ pub trait Trainee {
     fn params(&self) -> Vec<(String, &GpuTensor, &GpuTensor)>;
     /// Before each training forward pass (e.g. the fusion's temperature schedule).
     fn before_train_pass(&mut self) {}
-    /// After backward, before the optimizer step: adds the gradients of extra loss terms (e.g. the
-    /// fusion's W_V regularization) to the gradient tensors, on the GPU; returns the extra loss.
-    fn extra_loss(&mut self, _gpu: &Arc<Gpu>) -> Result<f32> {
-        Ok(0.0)
+    /// After backward, before the optimizer step, in the same command buffer: records the
+    /// gradients of extra loss terms (e.g. the fusion's W_V regularization) into the gradient
+    /// tensors; returns the `[1]` tensor that will hold the extra loss, if any.
+    fn record_extra_loss(&mut self, _b: &mut Batch) -> Result<Option<GpuTensor>> {
+        Ok(None)
     }
     /// Before each dev evaluation.
     fn before_eval(&mut self, _gpu: &Arc<Gpu>) -> Result<()> {
@@ -433,7 +441,9 @@ pub struct StepOutput {
     pub grad_norm: f32,
 }
 
-/// One step: forward + backward on the batch, extra loss terms, AdamW (all on the GPU).
+/// One step: forward + backward on the batch, extra loss terms and AdamW, recorded into one
+/// command buffer (submitted per layer where weights stream or activations are recomputed), then
+/// one read-back of the loss and the gradient norm.
 pub fn train_step<T: Trainee>(
     gpu: &Arc<Gpu>,
     enc: &mut Encoder,
@@ -443,12 +453,18 @@ pub fn train_step<T: Trainee>(
     labels: &[u32],
 ) -> Result<StepOutput> {
     trainee.before_train_pass();
-    let out = enc.pass(&trainee.setup(), trainee.head(), inputs, Some(labels), true, false)?;
-    let loss = out.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?;
-    let extra_loss = trainee.extra_loss(gpu)?;
+    let mut b = gpu.batch();
+    let rec = enc.record(&mut b, &trainee.setup(), trainee.head(), inputs, Some(labels), true)?;
+    let loss = rec.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?;
+    let extra = trainee.record_extra_loss(&mut b)?;
     let params = trainee.params();
-    let (lr, grad_norm) = optimizer.step(gpu, &params)?;
-    Ok(StepOutput { loss: loss + extra_loss, extra_loss, lr, grad_norm })
+    let lr = optimizer.record_step(&mut b, &params)?;
+    let mut read = vec![&loss, optimizer.sum_of_squares()];
+    read.extend(extra.as_ref());
+    let values = b.submit_with_readback(&read)?.wait()?;
+    gpu.check()?;
+    let extra_loss = values.get(2).map_or(0.0, |v| v[0]);
+    Ok(StepOutput { loss: values[0][0] + extra_loss, extra_loss, lr, grad_norm: values[1][0].sqrt() })
 }
 
 /// Options of the shared epoch loop.
@@ -593,6 +609,10 @@ pub(crate) fn run_loop_with<T: Trainee>(
             train_secs += t0.elapsed().as_secs_f64();
             real_tokens += b.real_tokens();
             summary.steps += 1;
+            if summary.steps == 1 {
+                let peak = gpu.memory.peak() as f64 / 1048576.0;
+                pb.suspend(|| println!("step 1: measured peak GPU memory {peak:.1} MiB (the project's buffers)"));
+            }
             summary.train_losses.push(loss);
             curves.loss.push((summary.steps, loss as f64));
             let tps = real_tokens as f64 / train_secs.max(1e-9);
@@ -753,7 +773,7 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &resume::RunControl) ->
         bail!("--batch-size and --epochs must be at least 1");
     }
     println!("device: {}", gpu.description.summary());
-    let (cfg, mut enc) = load::load_encoder(gpu, &args.model, args.resident_layers)?;
+    let cfg = BertConfig::from_model_dir(&args.model)?;
     if args.max_length > cfg.max_position_embeddings {
         eprintln!(
             "note: --max-length {} is more than the model's {} positions (max_position_embeddings); using {}",
@@ -793,6 +813,25 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &resume::RunControl) ->
     let longest = task.train.tokens.iter().chain(&task.dev.tokens).map(|t| t.len()).max().unwrap_or(1);
     let widest = args.batch_size.min(task.train.tokens.len().max(task.dev.tokens.len()));
     guard::check_batch_fits(gpu, &load::dims(&cfg), widest, longest)?;
+    // Memory plan of the largest step, before anything big is allocated: resident layers and
+    // recompute chosen to fit --max-gpu-memory (or as given).
+    let mem_plan = plan::choose_for(
+        gpu,
+        &plan::PlanInput {
+            cfg: &cfg,
+            batch: widest,
+            seq: longest,
+            labels: task.labels.len(),
+            adapter: &plan::AdapterSpec::from_bottleneck(&cfg, &bn)?,
+            resident_layers: cfg.num_hidden_layers,
+            recompute: false,
+        },
+        plan::Choice { resident_layers: args.resident_layers, recompute: args.recompute.then_some(true) },
+        args.max_gpu_memory,
+    )?;
+    println!("memory: {mem_plan}");
+    let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
+    enc.recompute = mem_plan.recompute;
     let mut trainee = AdapterTrainee { set, head, bn, hidden: cfg.hidden_size, model_name: model_name(&args.model) };
     let loop_args = LoopArgs {
         epochs: args.epochs,
