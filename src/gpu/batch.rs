@@ -27,8 +27,9 @@ impl Readback {
     pub fn wait(self) -> Result<Vec<Vec<f32>>> {
         let poll = wgpu::PollType::Wait { submission_index: Some(self.index), timeout: None };
         if let Err(e) = self.gpu.device.poll(poll) {
-            // A lost device or an error reported by wgpu explains a failed wait better.
-            self.gpu.check()?;
+            // A lost device or an error reported by wgpu explains a failed wait better: a full
+            // poll runs the device-lost callback, then reports it (or the first error).
+            self.gpu.sync()?;
             return Err(anyhow!("GPU poll failed: {e}"));
         }
         self.gpu.check()?;
