@@ -62,24 +62,7 @@ pub fn tensor_shapes(cfg: &BertConfig) -> Vec<(String, Vec<usize>)> {
         ("embeddings.LayerNorm.bias".to_string(), vec![d]),
     ];
     for l in 0..cfg.num_hidden_layers {
-        for (suffix, shape) in [
-            ("attention.self.query.weight", vec![d, d]),
-            ("attention.self.query.bias", vec![d]),
-            ("attention.self.key.weight", vec![d, d]),
-            ("attention.self.key.bias", vec![d]),
-            ("attention.self.value.weight", vec![d, d]),
-            ("attention.self.value.bias", vec![d]),
-            ("attention.output.dense.weight", vec![d, d]),
-            ("attention.output.dense.bias", vec![d]),
-            ("attention.output.LayerNorm.weight", vec![d]),
-            ("attention.output.LayerNorm.bias", vec![d]),
-            ("intermediate.dense.weight", vec![f, d]),
-            ("intermediate.dense.bias", vec![f]),
-            ("output.dense.weight", vec![d, f]),
-            ("output.dense.bias", vec![d]),
-            ("output.LayerNorm.weight", vec![d]),
-            ("output.LayerNorm.bias", vec![d]),
-        ] {
+        for (suffix, shape) in crate::model::store::layer_tensors(d, f) {
             out.push((format!("encoder.layer.{l}.{suffix}"), shape));
         }
     }

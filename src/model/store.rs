@@ -38,8 +38,9 @@ pub struct LayerWeights {
     pub ln2_b: GpuTensor,
 }
 
-/// (field, name suffix under `encoder.layer.L.`, shape as [rows, cols] in units of d / ffn).
-fn layer_tensors(d: usize, ffn: usize) -> [(&'static str, Vec<usize>); 16] {
+/// (name suffix under `encoder.layer.L.`, shape) of every tensor of one layer, in the order of
+/// [`LayerWeights`]'s fields.
+pub(crate) fn layer_tensors(d: usize, ffn: usize) -> [(&'static str, Vec<usize>); 16] {
     [
         ("attention.self.query.weight", vec![d, d]),
         ("attention.self.query.bias", vec![d]),
