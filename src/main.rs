@@ -189,8 +189,16 @@ struct TrainCli {
     /// (bit-identical results, less memory, about one more forward of time).
     #[arg(long)]
     recompute: bool,
-    /// GPU memory to fit in (e.g. 2GiB, 512MiB): the planner chooses --resident-layers and
-    /// --recompute, or fails naming what to change.
+    /// With --recompute: run each layer over this many sequences of the batch at a time, so one
+    /// layer's working set shrinks with it (the adapters' gradients are summed chunk by chunk).
+    #[arg(long)]
+    layer_chunk: Option<usize>,
+    /// With --recompute: also keep each layer's FFN output (one more hidden-size tensor per layer),
+    /// so recomputing skips the FFN's second matmul (about a third of the recompute work).
+    #[arg(long)]
+    keep_ffn_output: bool,
+    /// GPU memory to fit in (e.g. 2GiB, 512MiB): the planner chooses --resident-layers,
+    /// --recompute and --layer-chunk, or fails naming what to change.
     #[arg(long, value_parser = parse_gpu_memory)]
     max_gpu_memory: Option<u64>,
     #[command(flatten)]
@@ -255,6 +263,8 @@ fn train_cli(g: &std::sync::Arc<gpu::Gpu>, t: TrainCli) -> Result<()> {
             let mut args = resume::load(&dir)?.args;
             args.resident_layers = t.resident_layers;
             args.recompute = t.recompute;
+            args.layer_chunk = t.layer_chunk;
+            args.keep_ffn_output = t.keep_ffn_output;
             args.max_gpu_memory = t.max_gpu_memory;
             args
         }
@@ -282,6 +292,8 @@ fn train_cli(g: &std::sync::Arc<gpu::Gpu>, t: TrainCli) -> Result<()> {
             adapter_name: t.name,
             resident_layers: t.resident_layers,
             recompute: t.recompute,
+            layer_chunk: t.layer_chunk,
+            keep_ffn_output: t.keep_ffn_output,
             max_gpu_memory: t.max_gpu_memory,
             progress: true,
         },

@@ -1,6 +1,7 @@
 //! Memory: `--recompute` is bit-identical to keeping activations (tiny fixture model with Houlsby,
-//! Pfeiffer and fusion, streamed or resident; the real MiniLM), the planner's peak is within 10% of
-//! the measured one, and a too-small `--max-gpu-memory` fails with a clear error.
+//! Pfeiffer and fusion, streamed or resident; the real MiniLM), layer chunks give the same values
+//! and (up to f32 summation order) the same gradients, the planner's peak is within 10% of the
+//! measured one, and a too-small `--max-gpu-memory` fails with a clear error.
 
 mod common;
 use common::*;
@@ -15,6 +16,18 @@ fn fixtures() -> PathBuf {
     p
 }
 
+/// How activations are kept: all, or recomputed (in layer chunks, keeping FFN outputs).
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    recompute: bool,
+    chunk: usize,
+    keep_ffn_output: bool,
+}
+
+const KEEP: Mode = Mode { recompute: false, chunk: 0, keep_ffn_output: false };
+const RECOMPUTE: Mode = Mode { recompute: true, chunk: 0, keep_ffn_output: false };
+const RECOMPUTE_KEEP_FFN: Mode = Mode { recompute: true, chunk: 0, keep_ffn_output: true };
+
 /// Logits, loss and every trainable gradient of one forward + backward, as raw bits.
 fn pass_bits(
     model: &Path,
@@ -24,11 +37,13 @@ fn pass_bits(
     inputs: &Inputs,
     labels: &[u32],
     resident: Option<usize>,
-    recompute: bool,
+    mode: Mode,
 ) -> (Vec<(String, Vec<u32>)>, u64) {
     let g = gpu();
     let (_, mut enc) = load::load_encoder(&g, model, resident).unwrap();
-    enc.recompute = recompute;
+    enc.recompute = mode.recompute;
+    enc.layer_chunk = mode.chunk;
+    enc.keep_ffn_output = mode.keep_ffn_output;
     // Poison the gradients: every one must be written by this pass.
     for (_, _, grad) in named {
         grad.write(&g, &vec![f32::NAN; grad.numel()]).unwrap();
@@ -66,10 +81,29 @@ fn adapter_case(case: &str) {
     let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Adapter(&adapter);
-    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, false);
+    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
     for resident in [None, Some(1)] {
-        let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, resident, true);
-        assert_same_bits(&format!("tiny-bert {case} resident {resident:?}"), &keep, &rc);
+        for mode in [RECOMPUTE, RECOMPUTE_KEEP_FFN] {
+            let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, resident, mode);
+            assert_same_bits(&format!("tiny-bert {case} resident {resident:?} {mode:?}"), &keep, &rc);
+        }
+    }
+    // Layer chunks (ragged: 2 + 1 sequences, and one at a time), resident and streamed: the same
+    // forward bits; gradients summed chunk by chunk agree to f32 rounding.
+    assert_eq!(inputs.batch, 3, "the fixture's batch");
+    for (chunk, resident, keep_ffn_output) in [(2, None, false), (1, Some(1), false), (2, Some(2), true)] {
+        let mode = Mode { recompute: true, chunk, keep_ffn_output };
+        let (ch, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, resident, mode);
+        let what = format!("tiny-bert {case} {mode:?} resident {resident:?}");
+        for ((na, va), (nb, vb)) in keep.iter().zip(&ch) {
+            assert_eq!(na, nb);
+            if na.starts_with("grad.") {
+                let f = |v: &[u32]| v.iter().map(|&b| f32::from_bits(b)).collect::<Vec<f32>>();
+                assert_close(&format!("{what}: {na}"), &f(vb), &f64s(&f(va)), 1e-5);
+            } else {
+                assert!(va == vb, "{what}: {na} differs from the unchunked pass");
+            }
+        }
     }
 }
 
@@ -100,9 +134,11 @@ fn recompute_bit_identical_fusion() {
     let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = fusion.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Fusion { adapters: sets.iter().collect(), fusion: &fusion };
-    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, false);
-    let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, Some(1), true);
-    assert_same_bits("tiny-bert fusion", &keep, &rc);
+    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
+    for mode in [RECOMPUTE, RECOMPUTE_KEEP_FFN] {
+        let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, Some(1), mode);
+        assert_same_bits(&format!("tiny-bert fusion {mode:?}"), &keep, &rc);
+    }
 }
 
 /// The real all-MiniLM-L6-v2 with the fixture's Pfeiffer adapter.
@@ -117,9 +153,11 @@ fn recompute_bit_identical_minilm() {
     let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Adapter(&adapter);
-    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, false);
-    let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, true);
-    assert_same_bits("minilm", &keep, &rc);
+    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
+    for mode in [RECOMPUTE, RECOMPUTE_KEEP_FFN] {
+        let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, mode);
+        assert_same_bits(&format!("minilm {mode:?}"), &keep, &rc);
+    }
 }
 
 /// A small random-weight model (sizes not multiples of any tile) written to a temp dir.
@@ -142,13 +180,26 @@ fn planned_peak_within_10_percent_of_measured() {
     let small = small_model(tmp.path());
     let minilm = peft_wgpu::io::cache::ensure_default_model().expect("fetching the default model");
     let tiny = fixtures().join("tiny-bert/base");
-    let keep = |slots| Choice { resident_layers: slots, recompute: Some(false) };
-    let rc = |slots| Choice { resident_layers: slots, recompute: Some(true) };
+    let choice = |slots, recompute, layer_chunk, keep_ffn| Choice {
+        resident_layers: slots,
+        recompute: Some(recompute),
+        layer_chunk,
+        keep_ffn_output: Some(keep_ffn),
+    };
+    let keep = |slots| choice(slots, false, None, false);
+    let rc = |slots| choice(slots, true, None, false);
+    let chunks = |slots, c| choice(slots, true, Some(c), false);
     let cases = [
         ("tiny-bert resident", tiny.as_path(), 3, 11, keep(None)),
         ("small resident", small.as_path(), 5, 13, keep(None)),
         ("small 1 slot + recompute", small.as_path(), 5, 13, rc(Some(1))),
         ("minilm resident + recompute", minilm.as_path(), 4, 21, rc(None)),
+        ("small 1 slot + recompute + chunks of 2", small.as_path(), 5, 13, chunks(Some(1), 2)),
+        ("minilm 2 slots + recompute + chunks of 3", minilm.as_path(), 8, 21, chunks(Some(2), 3)),
+        ("small resident + recompute keeping FFN outputs", small.as_path(), 5, 13, choice(None, true, None, true)),
+        ("small 1 slot + recompute keeping FFN outputs + chunks of 2", small.as_path(), 5, 13, {
+            choice(Some(1), true, Some(2), true)
+        }),
     ];
     let mut measured = vec![];
     for (what, dir, batch, seq, choice) in cases {
@@ -162,10 +213,12 @@ fn planned_peak_within_10_percent_of_measured() {
             100.0 * run.plan_error()
         );
         assert_eq!(plan.recompute, choice.recompute.unwrap());
+        assert_eq!(plan.keep_ffn_output, choice.keep_ffn_output.unwrap());
         assert!(run.plan_error().abs() <= 0.10, "{what}: plan off by {:.1}%", 100.0 * run.plan_error());
         measured.push(run.measured_bytes);
     }
     assert!(measured[2] < measured[1], "streaming + recompute must lower the measured peak");
+    assert!(measured[4] < measured[2], "layer chunks must lower the measured peak");
 }
 
 /// A budget chooses the fastest setup that fits; one too small fails naming what to change.
@@ -182,12 +235,19 @@ fn max_gpu_memory_chooses_or_fails_clearly() {
         adapter: &spec,
         resident_layers: cfg.num_hidden_layers,
         recompute: false,
+        layer_chunk: 0,
+        keep_ffn_output: false,
     };
     let free = Choice::default();
     let fast = choose(&base, free, None, None).unwrap();
     assert!(fast.resident() && !fast.recompute);
-    let lean =
-        peft_wgpu::model::plan::plan(&PlanInput { resident_layers: 1, recompute: true, ..base.clone() }).unwrap();
+    let lean = peft_wgpu::model::plan::plan(&PlanInput {
+        resident_layers: 1,
+        recompute: true,
+        layer_chunk: 1,
+        ..base.clone()
+    })
+    .unwrap();
     assert!(lean.peak_bytes() < fast.peak_bytes());
     // Just below the fastest: something leaner that fits.
     let p = choose(&base, free, Some(fast.peak_bytes() - 1), None).unwrap();
@@ -198,7 +258,14 @@ fn max_gpu_memory_chooses_or_fails_clearly() {
     assert_eq!(p.peak_bytes(), lean.peak_bytes());
     // Below it: a clear error.
     let err = format!("{:#}", choose(&base, free, Some(lean.peak_bytes() - 1), None).unwrap_err());
-    for want in ["--max-gpu-memory", "--batch-size (32)", "--max-length (128)", "recompute on", "1 of 12 layers"] {
+    for want in [
+        "--max-gpu-memory",
+        "--batch-size (32)",
+        "--max-length (128)",
+        "recompute on",
+        "1 of 12 layers",
+        "layer chunks of 1 sequence",
+    ] {
         assert!(err.contains(want), "error {err:?} lacks {want:?}");
     }
     // Fixed options that cannot fit are named.

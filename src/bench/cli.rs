@@ -63,13 +63,23 @@ pub struct BenchCli {
     #[arg(long)]
     pub scratch: Option<PathBuf>,
     /// Memory benchmark instead: planned vs measured peak GPU memory of one Houlsby + AdamW
-    /// training step per --config at --batch × --seq (default: the leanest setup, --recompute
-    /// with one resident layer, unless --recompute/--resident-layers/--max-gpu-memory are given).
+    /// training step per --config at --batch × --seq (default: a lean setup, --recompute with one
+    /// resident layer and layer chunks of 8 sequences, unless --recompute/--resident-layers/
+    /// --layer-chunk/--max-gpu-memory are given).
     #[arg(long)]
     pub memory: bool,
     /// Memory benchmark: recompute layer activations in backward.
     #[arg(long)]
     pub recompute: bool,
+    /// Memory benchmark: print the plans only (no model written, nothing run).
+    #[arg(long)]
+    pub plan_only: bool,
+    /// Memory benchmark: recompute keeps each layer's FFN output (implies --recompute).
+    #[arg(long)]
+    pub keep_ffn_output: bool,
+    /// Memory benchmark: sequences per layer chunk (implies --recompute).
+    #[arg(long)]
+    pub layer_chunk: Option<usize>,
     /// Memory benchmark: frozen layers kept on the GPU (the rest streamed).
     #[arg(long)]
     pub resident_layers: Option<usize>,

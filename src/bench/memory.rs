@@ -24,6 +24,9 @@ pub fn bench_adapter() -> BottleneckConfig {
     BottleneckConfig::houlsby(16.0, Activation::Silu)
 }
 
+/// Sequences per layer chunk of the default (lean) setup.
+pub const LEAN_CHUNK: usize = 8;
+
 /// One measured training step.
 #[derive(Clone, Debug, Serialize)]
 pub struct MemoryRun {
@@ -35,6 +38,11 @@ pub struct MemoryRun {
     /// Layer slots on the GPU (= layers when resident).
     pub resident_layers: usize,
     pub recompute: bool,
+    /// Recompute keeps each layer's FFN output.
+    #[serde(default)]
+    pub keep_ffn_output: bool,
+    /// Sequences per layer chunk (0: the whole batch).
+    pub layer_chunk: usize,
     pub planned_bytes: u64,
     pub measured_bytes: u64,
     /// Seconds of each step, wall clock around forward + backward + AdamW with a full sync (the
@@ -50,6 +58,16 @@ impl MemoryRun {
         (self.planned_bytes as f64 - self.measured_bytes as f64) / self.measured_bytes as f64
     }
 
+    /// The median step time after the first (which compiles pipelines), or the first alone.
+    pub fn typical_step(&self) -> f64 {
+        let mut t: Vec<f64> = self.step_seconds.iter().skip(1).copied().collect();
+        if t.is_empty() {
+            return self.step_seconds.first().copied().unwrap_or(f64::NAN);
+        }
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    }
+
     pub fn row(&self) -> String {
         let mib = |b: u64| b as f64 / 1048576.0;
         let times: Vec<String> = self.step_seconds.iter().map(|t| format!("{t:.2}")).collect();
@@ -61,7 +79,13 @@ impl MemoryRun {
             self.batch,
             self.seq,
             format!("{}/{}", self.resident_layers, self.layers),
-            if self.recompute { "on" } else { "off" },
+            match (self.recompute, self.layer_chunk, self.keep_ffn_output) {
+                (false, _, _) => "off".to_string(),
+                (true, 0, false) => "on".to_string(),
+                (true, 0, true) => "on+ffn".to_string(),
+                (true, c, false) => format!("on c={c}"),
+                (true, c, true) => format!("on+ffn c={c}"),
+            },
             mib(self.planned_bytes),
             mib(self.measured_bytes),
             100.0 * self.plan_error(),
@@ -96,6 +120,8 @@ pub fn plan_step(
         adapter: &spec,
         resident_layers: cfg.num_hidden_layers,
         recompute: false,
+        layer_chunk: 0,
+        keep_ffn_output: false,
     };
     plan::choose_for(gpu, &input, choice, budget)
 }
@@ -120,6 +146,8 @@ pub fn measure(
     let planned = plan_step(gpu, &cfg, batch, seq, choice, budget)?;
     let (cfg, mut enc) = load::load_encoder(gpu, model_dir, Some(planned.resident_layers()))?;
     enc.recompute = planned.recompute;
+    enc.layer_chunk = planned.encoder_chunk();
+    enc.keep_ffn_output = planned.keep_ffn_output;
     let (set, head) = new_adapter(gpu, &cfg, &bench_adapter(), "bench", 2, 0)?;
     let params: Vec<(String, &GpuTensor, &GpuTensor)> = set.named().into_iter().chain(head.named()).collect();
     let schedule = LinearSchedule { base_lr: 1e-4, warmup_steps: 0, total_steps: steps as u32 };
@@ -150,6 +178,8 @@ pub fn measure(
         seq,
         resident_layers: planned.resident_layers(),
         recompute: planned.recompute,
+        layer_chunk: planned.encoder_chunk(),
+        keep_ffn_output: planned.keep_ffn_output,
         planned_bytes: planned.peak_bytes(),
         measured_bytes: peak,
         step_seconds: times,
@@ -188,19 +218,41 @@ pub fn model_dir(spec: &str, layers: Option<usize>, scratch: &Path) -> Result<(B
 /// `peft bench --memory`.
 pub fn run_cli(gpu: &Arc<Gpu>, o: &super::cli::BenchCli) -> Result<()> {
     let budget = o.max_gpu_memory.as_deref().map(plan::parse_size).transpose()?;
-    let given = o.recompute || o.resident_layers.is_some() || budget.is_some();
+    let given =
+        o.recompute || o.keep_ffn_output || o.resident_layers.is_some() || o.layer_chunk.is_some() || budget.is_some();
     let choice = if given {
-        Choice { resident_layers: o.resident_layers, recompute: o.recompute.then_some(true) }
+        Choice {
+            resident_layers: o.resident_layers,
+            recompute: o.recompute.then_some(true),
+            layer_chunk: o.layer_chunk,
+            keep_ffn_output: plan::keep_choice(o.keep_ffn_output, o.recompute),
+        }
     } else {
-        Choice { resident_layers: Some(1), recompute: Some(true) }
+        Choice {
+            resident_layers: Some(1),
+            recompute: Some(true),
+            layer_chunk: Some(LEAN_CHUNK),
+            keep_ffn_output: Some(false),
+        }
     };
     let scratch = o.scratch.clone().unwrap_or_else(|| std::env::temp_dir().join("peft-bench"));
     println!("device: {}", gpu.description.summary());
     let mut runs = vec![];
     for spec in &o.configs {
+        if o.plan_only {
+            let mut cfg = super::model::resolve_config(spec)?;
+            if let Some(n) = o.layers {
+                cfg.num_hidden_layers = n.clamp(1, cfg.num_hidden_layers);
+            }
+            println!("{spec}: {}", plan_step(gpu, &cfg, o.batch, o.seq, choice, budget)?);
+            continue;
+        }
         let (_, dir) = model_dir(spec, o.layers, &scratch)?;
         let choices = if o.compare_recompute {
-            vec![Choice { recompute: Some(false), ..choice }, Choice { recompute: Some(true), ..choice }]
+            vec![
+                Choice { recompute: Some(false), layer_chunk: None, keep_ffn_output: None, ..choice },
+                Choice { recompute: Some(true), ..choice },
+            ]
         } else {
             vec![choice]
         };
@@ -212,11 +264,13 @@ pub fn run_cli(gpu: &Arc<Gpu>, o: &super::cli::BenchCli) -> Result<()> {
         }
         if o.compare_recompute {
             let n = runs.len();
-            let last = |r: &MemoryRun| *r.step_seconds.last().expect("steps >= 1");
-            let (off, on) = (last(&runs[n - 2]), last(&runs[n - 1]));
+            let (off, on) = (runs[n - 2].typical_step(), runs[n - 1].typical_step());
             println!(
-                "{spec}: step time with recompute / without = {:.3} ({on:.2} s / {off:.2} s, last step of each)",
-                on / off
+                "{spec}: step time with recompute / without = {:.3} ({:.1} ms / {:.1} ms, median step of each \
+                 after the first)",
+                on / off,
+                on * 1e3,
+                off * 1e3
             );
         }
     }

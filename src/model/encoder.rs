@@ -29,13 +29,80 @@ pub struct Dims {
     pub vocab: usize,
 }
 
-/// Embedding tables and their LayerNorm.
-pub struct Embeddings {
+/// The three embedding tables.
+#[derive(Clone)]
+pub struct EmbeddingTables {
     pub word: GpuTensor,
     pub position: GpuTensor,
     pub token_type: GpuTensor,
+}
+
+/// Embedding tables (resident, or uploaded for each pass and dropped once looked up, when the
+/// layers stream too) and their LayerNorm (resident).
+pub struct Embeddings {
+    tables: Option<EmbeddingTables>,
+    source: Arc<dyn TensorSource>,
+    dims: Dims,
     pub ln_g: GpuTensor,
     pub ln_b: GpuTensor,
+    /// Bytes uploaded for streamed tables since the last [`take_uploaded`](Self::take_uploaded).
+    uploaded: u64,
+}
+
+impl Embeddings {
+    /// Names and shapes of the three tables.
+    fn table_shapes(dims: &Dims) -> [(&'static str, [usize; 2]); 3] {
+        [
+            ("embeddings.word_embeddings.weight", [dims.vocab, dims.hidden]),
+            ("embeddings.position_embeddings.weight", [dims.max_positions, dims.hidden]),
+            ("embeddings.token_type_embeddings.weight", [dims.type_vocab, dims.hidden]),
+        ]
+    }
+
+    fn upload(gpu: &Gpu, source: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<GpuTensor> {
+        let bytes = source.bytes(name, shape)?;
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
+        GpuTensor::from_slice(gpu, shape, &v)
+    }
+
+    fn load(gpu: &Gpu, dims: Dims, source: Arc<dyn TensorSource>, resident: bool) -> Result<Self> {
+        let d = dims.hidden;
+        let tables = if resident { Some(Self::upload_tables(gpu, &*source, &dims)?) } else { None };
+        Ok(Self {
+            tables,
+            ln_g: Self::upload(gpu, &*source, "embeddings.LayerNorm.weight", &[d])?,
+            ln_b: Self::upload(gpu, &*source, "embeddings.LayerNorm.bias", &[d])?,
+            source,
+            dims,
+            uploaded: 0,
+        })
+    }
+
+    fn upload_tables(gpu: &Gpu, source: &dyn TensorSource, dims: &Dims) -> Result<EmbeddingTables> {
+        let [w, p, t] = Self::table_shapes(dims).map(|(name, shape)| Self::upload(gpu, source, name, &shape));
+        Ok(EmbeddingTables { word: w?, position: p?, token_type: t? })
+    }
+
+    /// True when the tables stay on the GPU.
+    pub fn is_resident(&self) -> bool {
+        self.tables.is_some()
+    }
+
+    /// The tables: the resident ones, or freshly uploaded ones (dropped by the caller after use).
+    pub fn tables(&mut self, gpu: &Gpu) -> Result<EmbeddingTables> {
+        match &self.tables {
+            Some(t) => Ok(t.clone()),
+            None => {
+                let t = Self::upload_tables(gpu, &*self.source, &self.dims)?;
+                self.uploaded += t.word.bytes() + t.position.bytes() + t.token_type.bytes();
+                Ok(t)
+            }
+        }
+    }
+
+    pub fn take_uploaded(&mut self) -> u64 {
+        std::mem::take(&mut self.uploaded)
+    }
 }
 
 /// A tokenized batch: `[batch, seq]` ids, token types and mask (1 real, 0 padding).
@@ -124,7 +191,8 @@ enum Saved {
     All(Vec<LayerActs>),
     /// `--recompute`: each layer's input only (its activations are recomputed just before its
     /// backward), and the top layer's activations, which backward needs first.
-    Inputs { inputs: Vec<GpuTensor>, top: Option<Box<LayerActs>> },
+    /// With `keep_ffn_output`, also each layer's FFN output dense result (`ffn_out`, below the top).
+    Inputs { inputs: Vec<GpuTensor>, ffn_out: Vec<GpuTensor>, top: Option<Box<LayerActs>> },
 }
 
 struct LayerActs {
@@ -147,6 +215,15 @@ pub struct Encoder {
     /// before its backward (bit-identical results); the pass then submits and waits per layer so
     /// that only one layer's activations are ever on the GPU.
     pub recompute: bool,
+    /// With `recompute`: run each layer's forward and backward over this many sequences at a time
+    /// (0 or ≥ batch: the whole batch), so one layer's working set shrinks with the chunk. Values
+    /// and activation gradients are the same as unchunked; the adapters' weight gradients are
+    /// summed chunk by chunk (f32 rounding differs from one sum over the batch).
+    pub layer_chunk: usize,
+    /// With `recompute`: also keep each layer's FFN output dense result (one more `[tokens,
+    /// hidden]` per layer), so that recomputing skips the FFN's second matmul and activation
+    /// (about a third of the layer's matmul work). Same bits either way.
+    pub keep_ffn_output: bool,
 }
 
 fn t(gpu: &Gpu, shape: &[usize]) -> Result<GpuTensor> {
@@ -154,23 +231,14 @@ fn t(gpu: &Gpu, shape: &[usize]) -> Result<GpuTensor> {
 }
 
 impl Encoder {
-    /// Loads embeddings (resident) and the layer store from `source`.
+    /// Loads the embeddings and the layer store from `source`. With `resident_layers < layers`
+    /// the layers stream, and so do the embedding tables (uploaded for each pass, dropped after
+    /// the lookup: the frozen base then needs no more than one layer slot between passes).
     pub fn new(gpu: Arc<Gpu>, dims: Dims, source: Arc<dyn TensorSource>, resident_layers: usize) -> Result<Self> {
-        let d = dims.hidden;
-        let up = |name: &str, shape: &[usize]| -> Result<GpuTensor> {
-            let bytes = source.bytes(name, shape)?;
-            let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-            GpuTensor::from_slice(&gpu, shape, &v)
-        };
-        let embeddings = Embeddings {
-            word: up("embeddings.word_embeddings.weight", &[dims.vocab, d])?,
-            position: up("embeddings.position_embeddings.weight", &[dims.max_positions, d])?,
-            token_type: up("embeddings.token_type_embeddings.weight", &[dims.type_vocab, d])?,
-            ln_g: up("embeddings.LayerNorm.weight", &[d])?,
-            ln_b: up("embeddings.LayerNorm.bias", &[d])?,
-        };
-        let store = LayerStore::new(gpu.clone(), source, d, dims.ffn, dims.layers, resident_layers)?;
-        Ok(Self { gpu, dims, embeddings, store, recompute: false })
+        let resident = resident_layers >= dims.layers;
+        let embeddings = Embeddings::load(&gpu, dims, source.clone(), resident)?;
+        let store = LayerStore::new(gpu.clone(), source, dims.hidden, dims.ffn, dims.layers, resident_layers)?;
+        Ok(Self { gpu, dims, embeddings, store, recompute: false, layer_chunk: 0, keep_ffn_output: false })
     }
 
     fn check_inputs(&self, inp: &Inputs) -> Result<()> {
@@ -232,19 +300,26 @@ impl Encoder {
         let ashape = AttentionShape { batch: inp.batch, seq: inp.seq, heads: dims.heads, head_dim: d / dims.heads };
 
         // Embeddings + LayerNorm.
-        let emb = t(&gpu, &[tok, d])?;
-        elementwise::embeddings(
-            b,
-            &ids,
-            &types,
-            inp.seq,
-            &self.embeddings.word,
-            &self.embeddings.position,
-            &self.embeddings.token_type,
-            &emb,
-        )?;
         let x = t(&gpu, &[tok, d])?;
-        layernorm::layer_norm(b, &emb, None, &self.embeddings.ln_g, &self.embeddings.ln_b, dims.eps, None, &x)?;
+        {
+            let tables = self.embeddings.tables(&gpu)?;
+            let emb = t(&gpu, &[tok, d])?;
+            elementwise::embeddings(
+                b,
+                &ids,
+                &types,
+                inp.seq,
+                &tables.word,
+                &tables.position,
+                &tables.token_type,
+                &emb,
+            )?;
+            layernorm::layer_norm(b, &emb, None, &self.embeddings.ln_g, &self.embeddings.ln_b, dims.eps, None, &x)?;
+        }
+        if !self.embeddings.is_resident() {
+            // Free the streamed tables before the first layer allocates.
+            b.finish()?;
+        }
 
         let (hidden, acts) = self.layers_forward(b, setup, x, &mask, ashape)?;
 
@@ -303,7 +378,7 @@ impl Encoder {
                 None => None,
             },
             last_hidden_state: if want_hidden { Some(r.last_hidden_state.to_vec(&gpu)?) } else { None },
-            uploaded_bytes: self.store.take_uploaded(),
+            uploaded_bytes: self.store.take_uploaded() + self.embeddings.take_uploaded(),
             peak_bytes: gpu.memory.peak(),
         })
     }
@@ -324,6 +399,37 @@ impl Encoder {
         Ok(())
     }
 
+    /// The sequence ranges `(first, count)` a layer runs over at a time: the whole batch, or chunks
+    /// of [`layer_chunk`](Self::layer_chunk) sequences with `--recompute`.
+    fn chunks(&self, batch: usize) -> Vec<(usize, usize)> {
+        let c = if self.recompute && self.layer_chunk > 0 { self.layer_chunk.min(batch) } else { batch };
+        (0..batch).step_by(c).map(|s0| (s0, c.min(batch - s0))).collect()
+    }
+
+    /// Rows `first..first + count` (sequences) of a `[batch·seq, …]` tensor, copied to a new one.
+    fn rows_of(&self, b: &mut Batch, x: &GpuTensor, seq: usize, first: usize, count: usize) -> Result<GpuTensor> {
+        let width = x.numel() / x.shape[0];
+        let shape: Vec<usize> = std::iter::once(count * seq).chain(x.shape[1..].iter().copied()).collect();
+        let out = t(&self.gpu, &shape)?;
+        elementwise::copy_range(b, x, first * seq * width, &out, 0, count * seq * width)?;
+        Ok(out)
+    }
+
+    /// A chunk's layer input, mask and attention shape.
+    fn chunk_of(
+        &self,
+        b: &mut Batch,
+        x: &GpuTensor,
+        mask: &GpuTensor,
+        s: AttentionShape,
+        (first, count): (usize, usize),
+    ) -> Result<(GpuTensor, GpuTensor, AttentionShape)> {
+        let xc = self.rows_of(b, x, s.seq, first, count)?;
+        let mc = t(&self.gpu, &[count, s.seq])?;
+        elementwise::copy_range(b, mask, first * s.seq, &mc, 0, count * s.seq)?;
+        Ok((xc, mc, AttentionShape { batch: count, ..s }))
+    }
+
     /// Forward of every layer from the embeddings' output `x`: the last hidden state and what
     /// backward needs (see [`Saved`]).
     fn layers_forward(
@@ -335,21 +441,50 @@ impl Encoder {
         s: AttentionShape,
     ) -> Result<(GpuTensor, Saved)> {
         let n = self.dims.layers;
+        let chunks = self.chunks(s.batch);
+        if chunks.len() > 1 && matches!(setup, Setup::Fusion { .. }) {
+            bail!("layer chunks (--layer-chunk) apply to adapter training, not to AdapterFusion");
+        }
         let mut saved = if self.recompute {
-            Saved::Inputs { inputs: Vec::with_capacity(n), top: None }
+            Saved::Inputs { inputs: Vec::with_capacity(n), ffn_out: vec![], top: None }
         } else {
             Saved::All(Vec::with_capacity(n))
         };
         for l in 0..n {
             let w = self.store.layer(l)?;
-            let la = self.layer_forward(b, &w, setup, l, &x, mask, s, false)?;
+            if chunks.len() > 1 {
+                // Chunk by chunk, each chunk's activations freed (a wait) before the next.
+                let (tok, d) = (s.batch * s.seq, self.dims.hidden);
+                let y = t(&self.gpu, &[tok, d])?;
+                let h2 = if self.keep_ffn_output { Some(t(&self.gpu, &[tok, d])?) } else { None };
+                for &(first, count) in &chunks {
+                    let (xc, mc, sc) = self.chunk_of(b, &x, mask, s, (first, count))?;
+                    let (la, h2c) = self.layer_forward(b, &w, setup, l, &xc, &mc, sc, false, None)?;
+                    let (at, n) = (first * s.seq * d, count * s.seq * d);
+                    elementwise::copy_range(b, &la.ffn.out, 0, &y, at, n)?;
+                    if let Some(h2) = &h2 {
+                        elementwise::copy_range(b, &h2c, 0, h2, at, n)?;
+                    }
+                    drop((la, h2c, xc, mc));
+                    b.finish()?;
+                }
+                if let Saved::Inputs { inputs, ffn_out, .. } = &mut saved {
+                    inputs.push(x);
+                    ffn_out.extend(h2);
+                }
+                x = y;
+                continue;
+            }
+            let (la, h2) = self.layer_forward(b, &w, setup, l, &x, mask, s, false, None)?;
             let y = la.ffn.out.clone();
             match &mut saved {
                 Saved::All(acts) => acts.push(la),
-                Saved::Inputs { inputs, top } => {
+                Saved::Inputs { inputs, ffn_out, top } => {
                     inputs.push(x);
                     if l + 1 == n {
                         *top = Some(Box::new(la));
+                    } else if self.keep_ffn_output {
+                        ffn_out.push(h2);
                     }
                 }
             }
@@ -372,7 +507,8 @@ impl Encoder {
         mask: &GpuTensor,
         s: AttentionShape,
         recomputing: bool,
-    ) -> Result<LayerActs> {
+        ffn_out: Option<&GpuTensor>,
+    ) -> Result<(LayerActs, GpuTensor)> {
         let gpu = &self.gpu;
         let (d, tok) = (self.dims.hidden, s.batch * s.seq);
         let q = t(gpu, &[tok, d])?;
@@ -395,10 +531,18 @@ impl Encoder {
         let ffn_dim = self.dims.ffn;
         let pre = t(gpu, &[tok, ffn_dim])?;
         linear(b, &y1, &w.i_w, Some(&w.i_b), &pre)?;
-        let inter = t(gpu, &[tok, ffn_dim])?;
-        elementwise::activate(b, self.dims.act, &pre, &inter)?;
-        let h2 = t(gpu, &[tok, d])?;
-        linear(b, &inter, &w.o_w, Some(&w.o_b), &h2)?;
+        // The FFN's output dense: computed, or (recomputing with --keep-ffn-output) the saved one.
+        let h2 = match ffn_out {
+            Some(h2) => h2.clone(),
+            None => {
+                let inter = t(gpu, &[tok, ffn_dim])?;
+                elementwise::activate(b, self.dims.act, &pre, &inter)?;
+                let h2 = t(gpu, &[tok, d])?;
+                linear(b, &inter, &w.o_w, Some(&w.o_b), &h2)?;
+                h2
+            }
+        };
+        let h2_out = h2.clone();
         let ffn = match setup {
             Setup::Fusion { adapters, fusion } if fusion.at(l).is_some() => {
                 let acts = self.fusion_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapters, fusion, l)?;
@@ -410,7 +554,7 @@ impl Encoder {
             }
             _ => self.sublayer_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, adapter(Location::Output))?,
         };
-        Ok(LayerActs { q, k, v, probs, attn, pre, ffn })
+        Ok((LayerActs { q, k, v, probs, attn, pre, ffn }, h2_out))
     }
 
     /// `LN(x + x_in)` with the pretrained LayerNorm, keeping the sum for backward: `(sum, out)`.
@@ -488,6 +632,7 @@ impl Encoder {
         dfinal: &GpuTensor,
         dh: &GpuTensor,
         dx_in: &GpuTensor,
+        accumulate: bool,
     ) -> Result<()> {
         let gpu = &self.gpu;
         let eps = self.dims.eps;
@@ -505,7 +650,21 @@ impl Encoder {
         let dhs = t(gpu, &shape)?;
         let scratch = AdapterScratch::new(gpu, shape[0], ad.shape.m)?;
         let separate = pl.separate_residual();
-        ad.shape.backward_residual(b, &ad.w, hs, separate, a, dout, &dhs, &ad.grad, &scratch)?;
+        let grads = if accumulate { AdapterWeights::zeros(gpu, ad.shape.d, ad.shape.m)? } else { ad.grad.clone() };
+        ad.shape.backward_residual(b, &ad.w, hs, separate, a, dout, &dhs, &grads, &scratch)?;
+        if accumulate {
+            // ad.grad += this chunk's gradients.
+            for (sum, part) in [
+                (&ad.grad.w_down, &grads.w_down),
+                (&ad.grad.b_down, &grads.b_down),
+                (&ad.grad.w_up, &grads.w_up),
+                (&ad.grad.b_up, &grads.b_up),
+            ] {
+                let next = t(gpu, &sum.shape)?;
+                elementwise::add(b, sum, part, &next)?;
+                elementwise::copy(b, &next, sum)?;
+            }
+        }
         // The gradient reaching the adapter's input flows to h (directly, or through the
         // pretrained LayerNorm before the adapter, which also feeds x_in).
         let (to_h, to_x) = match &acts.s1 {
@@ -734,90 +893,152 @@ impl Encoder {
         mut dy: GpuTensor,
     ) -> Result<()> {
         let gpu = self.gpu.clone();
-        let (d, tok, ffn) = (self.dims.hidden, s.batch * s.seq, self.dims.ffn);
-        let trainable = |l: usize, loc: Location| match setup {
-            Setup::None => false,
-            Setup::Adapter(a) => a.at(l, loc).is_some(),
-            Setup::Fusion { fusion, .. } => loc == Location::Output && fusion.at(l).is_some(),
-        };
-        let (mut all, mut inputs, mut top) = match saved {
-            Saved::All(acts) => (acts, vec![], None),
-            Saved::Inputs { inputs, top } => (vec![], inputs, top),
+        let (d, tok) = (self.dims.hidden, s.batch * s.seq);
+        let chunks = self.chunks(s.batch);
+        let (mut all, mut inputs, mut ffn_out, mut top) = match saved {
+            Saved::All(acts) => (acts, vec![], vec![], None),
+            Saved::Inputs { inputs, ffn_out, top } => (vec![], inputs, ffn_out, top),
         };
         for l in (0..self.dims.layers).rev() {
             let w = self.store.layer(l)?;
+            if chunks.len() > 1 {
+                // Chunk by chunk: recompute the chunk's activations from its rows of the layer
+                // input, back-propagate its rows of dy, sum the adapters' gradients over chunks.
+                let mut x =
+                    Some(inputs.pop().ok_or_else(|| anyhow::anyhow!("internal: no input saved for layer {l}"))?);
+                let mut h2 = ffn_out.pop();
+                let dx = t(&gpu, &[tok, d])?;
+                let mut below = false;
+                for (i, &(first, count)) in chunks.iter().enumerate() {
+                    let xl = x.as_ref().expect("taken after the last chunk");
+                    let (xc, mc, sc) = self.chunk_of(b, xl, mask, s, (first, count))?;
+                    let dyc = self.rows_of(b, &dy, s.seq, first, count)?;
+                    let h2c = match &h2 {
+                        Some(h2) => Some(self.rows_of(b, h2, s.seq, first, count)?),
+                        None => None,
+                    };
+                    let (la, _) = self.layer_forward(b, &w, setup, l, &xc, &mc, sc, true, h2c.as_ref())?;
+                    drop((xc, h2c));
+                    b.finish()?;
+                    let dxc = self.layer_backward(b, &w, setup, l, &la, &mc, sc, &dyc, i > 0)?;
+                    if let Some(dxc) = &dxc {
+                        elementwise::copy_range(b, dxc, 0, &dx, first * s.seq * d, count * s.seq * d)?;
+                    }
+                    below = dxc.is_some();
+                    drop((la, mc, dyc, dxc));
+                    if i + 1 == chunks.len() && below {
+                        // Done with the layer's input and the old dy: freed by the wait below.
+                        x = None;
+                        h2 = None;
+                        dy = dx.clone();
+                    }
+                    b.finish()?;
+                }
+                drop((x, h2));
+                if !below {
+                    break;
+                }
+                continue;
+            }
             // This layer's activations: kept, or recomputed from its input with the same kernels
             // on the same values (so bit-identical).
             let la = match (inputs.pop(), top.take()) {
                 (Some(_), Some(la)) => *la,
                 (Some(x), None) => {
-                    let la = self.layer_forward(b, &w, setup, l, &x, mask, s, true)?;
+                    let h2 = ffn_out.pop();
+                    let (la, _) = self.layer_forward(b, &w, setup, l, &x, mask, s, true, h2.as_ref())?;
                     // Free the forward's temporaries before backward allocates.
                     self.layer_done(b)?;
                     la
                 }
                 (None, _) => all.pop().ok_or_else(|| anyhow::anyhow!("internal: no activations for layer {l}"))?,
             };
-            let la = &la;
-            let adapter = |loc| match setup {
-                Setup::Adapter(a) => a.at(l, loc).map(|m| (m, a.placement)),
-                _ => None,
-            };
-            // FFN sub-layer.
-            let dh2 = t(&gpu, &[tok, d])?;
-            let dy1 = t(&gpu, &[tok, d])?;
-            match setup {
-                Setup::Fusion { adapters, fusion } if fusion.at(l).is_some() => {
-                    self.fusion_backward(b, &la.ffn, &w.ln2_g, adapters, fusion, l, &dy, &dh2, &dy1)?
-                }
-                _ => self.sublayer_backward(b, &la.ffn, &w.ln2_g, adapter(Location::Output), &dy, &dh2, &dy1)?,
+            match self.layer_backward(b, &w, setup, l, &la, mask, s, &dy, false)? {
+                Some(dx) => dy = dx,
+                None => break,
             }
-            // Nothing trainable below this point: the rest of the backward would be wasted work.
-            let below = (0..l).any(|k| trainable(k, Location::Attention) || trainable(k, Location::Output));
-            if !below && !trainable(l, Location::Attention) {
-                break;
-            }
-            let dinter = t(&gpu, &[tok, ffn])?;
-            Matmul::new(tok, ffn, d).run(
-                b,
-                View::rows(&dh2, d),
-                View::rows(&w.o_w, ffn),
-                None,
-                View::rows(&dinter, ffn),
-            )?;
-            let dpre = t(&gpu, &[tok, ffn])?;
-            elementwise::act_backward(b, self.dims.act, &la.pre, &dinter, &dpre)?;
-            Matmul::new(tok, d, ffn).beta(1.0).run(
-                b,
-                View::rows(&dpre, ffn),
-                View::rows(&w.i_w, d),
-                None,
-                View::rows(&dy1, d),
-            )?;
-            // Attention sub-layer.
-            let dh1 = t(&gpu, &[tok, d])?;
-            let dx = t(&gpu, &[tok, d])?;
-            self.sublayer_backward(b, &la.attn, &w.ln1_g, adapter(Location::Attention), &dy1, &dh1, &dx)?;
-            if !below {
-                break;
-            }
-            let dctx = t(&gpu, &[tok, d])?;
-            Matmul::new(tok, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
-            let (dq, dk, dv) = (t(&gpu, &[tok, d])?, t(&gpu, &[tok, d])?, t(&gpu, &[tok, d])?);
-            let scratch = t(&gpu, &[s.batch, s.heads, s.seq, s.seq])?;
-            attention::attention_backward(b, s, &la.q, &la.k, &la.v, mask, &la.probs, &dctx, &dq, &dk, &dv, &scratch)?;
-            for (g, wt) in [(&dq, &w.q_w), (&dk, &w.k_w), (&dv, &w.v_w)] {
-                Matmul::new(tok, d, d).beta(1.0).run(
-                    b,
-                    View::rows(g, d),
-                    View::rows(wt, d),
-                    None,
-                    View::rows(&dx, d),
-                )?;
-            }
-            dy = dx;
+            drop(la);
             self.layer_done(b)?;
         }
         Ok(())
+    }
+
+    /// Backward of layer `l` from `dy` (the gradient of its output) with its activations `la`:
+    /// the trainable gradients (added to what is there with `accumulate`) and the gradient of the
+    /// layer's input, or `None` when nothing trainable is below this layer (backward stops here).
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(
+        &self,
+        b: &mut Batch,
+        w: &LayerWeights,
+        setup: &Setup,
+        l: usize,
+        la: &LayerActs,
+        mask: &GpuTensor,
+        s: AttentionShape,
+        dy: &GpuTensor,
+        accumulate: bool,
+    ) -> Result<Option<GpuTensor>> {
+        let gpu = &self.gpu;
+        let (d, tok, ffn) = (self.dims.hidden, s.batch * s.seq, self.dims.ffn);
+        let trainable = |l: usize, loc: Location| match setup {
+            Setup::None => false,
+            Setup::Adapter(a) => a.at(l, loc).is_some(),
+            Setup::Fusion { fusion, .. } => loc == Location::Output && fusion.at(l).is_some(),
+        };
+        if accumulate && matches!(setup, Setup::Fusion { .. }) {
+            bail!("internal: fusion gradients are not accumulated over chunks");
+        }
+        let adapter = |loc| match setup {
+            Setup::Adapter(a) => a.at(l, loc).map(|m| (m, a.placement)),
+            _ => None,
+        };
+        // FFN sub-layer.
+        let dh2 = t(gpu, &[tok, d])?;
+        let dy1 = t(gpu, &[tok, d])?;
+        match setup {
+            Setup::Fusion { adapters, fusion } if fusion.at(l).is_some() => {
+                self.fusion_backward(b, &la.ffn, &w.ln2_g, adapters, fusion, l, dy, &dh2, &dy1)?
+            }
+            _ => self.sublayer_backward(b, &la.ffn, &w.ln2_g, adapter(Location::Output), dy, &dh2, &dy1, accumulate)?,
+        }
+        // Nothing trainable below this point: the rest of the backward would be wasted work.
+        let below = (0..l).any(|k| trainable(k, Location::Attention) || trainable(k, Location::Output));
+        if !below && !trainable(l, Location::Attention) {
+            return Ok(None);
+        }
+        let dinter = t(gpu, &[tok, ffn])?;
+        Matmul::new(tok, ffn, d).run(
+            b,
+            View::rows(&dh2, d),
+            View::rows(&w.o_w, ffn),
+            None,
+            View::rows(&dinter, ffn),
+        )?;
+        let dpre = t(gpu, &[tok, ffn])?;
+        elementwise::act_backward(b, self.dims.act, &la.pre, &dinter, &dpre)?;
+        Matmul::new(tok, d, ffn).beta(1.0).run(
+            b,
+            View::rows(&dpre, ffn),
+            View::rows(&w.i_w, d),
+            None,
+            View::rows(&dy1, d),
+        )?;
+        // Attention sub-layer.
+        let dh1 = t(gpu, &[tok, d])?;
+        let dx = t(gpu, &[tok, d])?;
+        self.sublayer_backward(b, &la.attn, &w.ln1_g, adapter(Location::Attention), &dy1, &dh1, &dx, accumulate)?;
+        if !below {
+            return Ok(None);
+        }
+        let dctx = t(gpu, &[tok, d])?;
+        Matmul::new(tok, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
+        let (dq, dk, dv) = (t(gpu, &[tok, d])?, t(gpu, &[tok, d])?, t(gpu, &[tok, d])?);
+        let scratch = t(gpu, &[s.batch, s.heads, s.seq, s.seq])?;
+        attention::attention_backward(b, s, &la.q, &la.k, &la.v, mask, &la.probs, &dctx, &dq, &dk, &dv, &scratch)?;
+        for (g, wt) in [(&dq, &w.q_w), (&dk, &w.k_w), (&dv, &w.v_w)] {
+            Matmul::new(tok, d, d).beta(1.0).run(b, View::rows(g, d), View::rows(wt, d), None, View::rows(&dx, d))?;
+        }
+        Ok(Some(dx))
     }
 }

@@ -79,6 +79,10 @@ pub struct PlanInput<'a> {
     /// Layer slots on the GPU; `>= layers` keeps every layer resident, fewer stream.
     pub resident_layers: usize,
     pub recompute: bool,
+    /// With `recompute`: sequences per layer chunk (0 or ≥ batch: the whole batch at once).
+    pub layer_chunk: usize,
+    /// With `recompute`: keep each layer's FFN output too (less recompute work, more memory).
+    pub keep_ffn_output: bool,
 }
 
 /// Where the bytes at the peak are.
@@ -110,6 +114,12 @@ pub struct MemoryPlan {
     pub slots: usize,
     pub layers: usize,
     pub recompute: bool,
+    /// Sequences each layer runs over at a time (= the batch when not chunked).
+    pub layer_chunk: usize,
+    /// Recompute keeps each layer's FFN output (`--keep-ffn-output`).
+    pub keep_ffn_output: bool,
+    /// The batch it was planned for.
+    pub batch: usize,
     /// Planned peak bytes of the step, broken down at the peak.
     pub peak: Breakdown,
     /// Weight bytes uploaded per step when streaming (0 when resident).
@@ -131,6 +141,38 @@ impl MemoryPlan {
     pub fn resident_layers(&self) -> usize {
         self.slots
     }
+
+    /// The encoder's `layer_chunk` for this plan (0: not chunked).
+    pub fn encoder_chunk(&self) -> usize {
+        if self.layer_chunk < self.batch {
+            self.layer_chunk
+        } else {
+            0
+        }
+    }
+
+    fn setup(&self) -> String {
+        let s = format!(
+            "{} of {} layers on the GPU, recompute {}",
+            self.slots,
+            self.layers,
+            match (self.recompute, self.keep_ffn_output) {
+                (false, _) => "off",
+                (true, false) => "on",
+                (true, true) => "on keeping FFN outputs",
+            }
+        );
+        s + &self.chunk_text()
+    }
+
+    /// `, layer chunks of N sequences` when the layers run in chunks.
+    fn chunk_text(&self) -> String {
+        match self.layer_chunk {
+            c if c >= self.batch => String::new(),
+            1 => ", layer chunks of 1 sequence".into(),
+            c => format!(", layer chunks of {c} sequences"),
+        }
+    }
 }
 
 fn mib(b: u64) -> f64 {
@@ -150,12 +192,17 @@ impl fmt::Display for MemoryPlan {
                 mib(self.streamed_per_step)
             )
         };
+        let chunks = self.chunk_text();
         write!(
             f,
-            "planned peak {:.1} MiB ({weights}, recompute {}): embeddings {:.1}, layer weights {:.1}, \
+            "planned peak {:.1} MiB ({weights}, recompute {}{chunks}): embeddings {:.1}, layer weights {:.1}, \
              adapters+head+optimizer {:.1}, saved activations {:.1}, working set {:.1} MiB",
             mib(p.total()),
-            if self.recompute { "on" } else { "off" },
+            match (self.recompute, self.keep_ffn_output) {
+                (false, _) => "off",
+                (true, false) => "on",
+                (true, true) => "on keeping FFN outputs",
+            },
             mib(p.embeddings),
             mib(p.layer_weights),
             mib(p.trainable),
@@ -261,6 +308,21 @@ fn sublayer_bwd(adapter: Option<Placement>, t: u64, m: u64) -> u64 {
     }
 }
 
+/// Bytes of the activations of `seqs` sequences.
+#[derive(Clone, Copy)]
+struct Sizes {
+    /// ids, token types or mask
+    tok4: u64,
+    /// `[tokens, hidden]`
+    td: u64,
+    /// `[tokens, ffn]`
+    tf: u64,
+    /// `[seqs, heads, seq, seq]`
+    probs: u64,
+    /// `[tokens, bottleneck]`
+    tm: u64,
+}
+
 /// The planned peak of one training step.
 pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
     let cfg = p.cfg;
@@ -270,29 +332,46 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
     if p.adapter.sites.len() != cfg.num_hidden_layers {
         bail!("adapter spec has {} layers, the model {}", p.adapter.sites.len(), cfg.num_hidden_layers);
     }
+    let chunk = if p.recompute && p.layer_chunk > 0 { p.layer_chunk.min(p.batch) } else { p.batch };
+    let chunks: Vec<usize> = (0..p.batch).step_by(chunk).map(|s0| chunk.min(p.batch - s0)).collect();
+    let chunked = chunks.len() > 1;
     let (d, f, n_layers, heads) =
         (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads);
-    let tok = (p.batch * p.seq) as u64;
     let b4 = |n: u64| n * 4;
-    let td = b4(tok * d as u64);
-    let tf = b4(tok * f as u64);
-    let probs = b4((p.batch * heads * p.seq * p.seq) as u64);
     let m = p.adapter.bottleneck as u64;
-    let tm = b4(tok * m);
+    let sizes = |seqs: usize| {
+        let tok = (seqs * p.seq) as u64;
+        Sizes {
+            tok4: b4(tok),
+            td: b4(tok * d as u64),
+            tf: b4(tok * f as u64),
+            probs: b4((seqs * heads * p.seq * p.seq) as u64),
+            tm: b4(tok * m),
+        }
+    };
+    let all = sizes(p.batch);
+    let (td, tf, probs) = (all.td, all.tf, all.probs);
     let (bsz, c) = (p.batch as u64, p.labels.max(1) as u64);
     let resident = p.resident_layers >= n_layers;
     let slots = if resident { n_layers } else { p.resident_layers.max(1) };
     let layer_bytes = LayerWeights::bytes(d, f);
     let syncs = p.recompute || !resident;
     let adapter_at = |l: usize, loc| p.adapter.at(l, loc).then_some(p.adapter.placement);
+    let ud = d as u64;
+    // One adapter's parameters (its gradients, and their running sum over chunks).
+    let adapter_bytes = b4(2 * m * ud + m + ud);
 
     let mut s = Sim { live: [0; 5], pending: [0; 5], peak: Breakdown::default() };
-    // Resident before the step: embeddings, layer slots, adapters + head (weights, gradients,
-    // AdamW moments), the 16 dummy bindings, the optimizer's two scalars.
-    let ud = d as u64;
-    for n in
-        [cfg.vocab_size as u64 * ud, cfg.max_position_embeddings as u64 * ud, cfg.type_vocab_size as u64 * ud, ud, ud]
-    {
+    // Resident before the step: embeddings (tables only when the layers are resident too),
+    // layer slots, adapters + head (weights, gradients, AdamW moments), the 16 dummy bindings, the
+    // optimizer's two scalars.
+    let tables = [cfg.vocab_size as u64 * ud, cfg.max_position_embeddings as u64 * ud, cfg.type_vocab_size as u64 * ud];
+    if resident {
+        for n in tables {
+            s.alloc(Cat::Embeddings, b4(n));
+        }
+    }
+    for n in [ud, ud] {
         s.alloc(Cat::Embeddings, b4(n));
     }
     for _ in 0..slots {
@@ -325,46 +404,96 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
         s.alloc(Cat::Working, 16); // dummy bindings
     }
 
-    // Inputs, embeddings output, layer 0 input.
-    let io = 3 * b4(tok);
-    s.alloc(Cat::Working, io);
-    s.alloc(Cat::Working, td); // emb
+    // Inputs, layer 0 input, then the lookup (streamed tables uploaded for it) into `emb`.
+    s.alloc(Cat::Working, 3 * all.tok4);
     s.alloc(Cat::Working, td); // x0
+    if !resident {
+        for n in tables {
+            s.alloc(Cat::Embeddings, b4(n));
+            s.free(Cat::Embeddings, b4(n));
+        }
+    }
+    s.alloc(Cat::Working, td); // emb
+    s.free(Cat::Working, td);
+    if !resident {
+        s.sync();
+    }
     if p.recompute {
         s.recat(Cat::Working, Cat::Saved, td);
     }
 
     // Forward, layer by layer. Per layer: kept bytes (LayerActs) and temporaries.
-    let layer_fwd = |l: usize| -> (u64, u64) {
-        let mut kept = 3 * td + probs; // q, k, v, probs
-        let mut temp = td; // ctx
-        let (k1, t1, h1_kept) = sublayer_fwd(adapter_at(l, Location::Attention), td, tm);
-        kept += k1 + tf; // attention sub-layer, pre
-        temp += t1 + tf; // inter
+    // Excluding the FFN output dense `h2` (`[tokens, hidden]`): (kept, temporary, h2 kept by the
+    // FFN sub-layer as the adapter's input). Recomputing from a saved `h2` skips `inter` too.
+    let keep_h2 = p.recompute && p.keep_ffn_output;
+    let layer_fwd_h2 = |l: usize, z: &Sizes, from_saved_h2: bool| -> (u64, u64, bool) {
+        let mut kept = 3 * z.td + z.probs; // q, k, v, probs
+        let mut temp = z.td; // ctx
+        let (k1, t1, h1_kept) = sublayer_fwd(adapter_at(l, Location::Attention), z.td, z.tm);
+        kept += k1 + z.tf; // attention sub-layer, pre
+        temp += t1 + z.tf; // inter
         if h1_kept {
-            kept += td;
+            kept += z.td;
         } else {
-            temp += td;
+            temp += z.td;
         }
-        let (k2, t2, h2_kept) = sublayer_fwd(adapter_at(l, Location::Output), td, tm);
+        let (k2, t2, h2_kept) = sublayer_fwd(adapter_at(l, Location::Output), z.td, z.tm);
         kept += k2;
         temp += t2;
-        if h2_kept {
-            kept += td;
-        } else {
-            temp += td;
+        if from_saved_h2 {
+            temp -= z.tf; // no inter
         }
-        (kept, temp)
+        (kept, temp, h2_kept)
+    };
+    // With h2 in kept or temp (computed, not saved).
+    let layer_fwd = |l: usize, z: &Sizes| -> (u64, u64) {
+        let (kept, temp, h2_kept) = layer_fwd_h2(l, z, false);
+        if h2_kept {
+            (kept + z.td, temp)
+        } else {
+            (kept, temp + z.td)
+        }
     };
     for l in 0..n_layers {
-        let (kept, temp) = layer_fwd(l);
-        s.alloc(Cat::Working, kept + temp);
+        if chunked {
+            s.alloc(Cat::Working, td); // y
+            if keep_h2 {
+                s.alloc(Cat::Saved, td);
+            }
+            for &cs in &chunks {
+                let z = sizes(cs);
+                let (kept, temp) = layer_fwd(l, &z);
+                let chunk_in = z.td + z.tok4; // its rows of x, its mask
+                s.alloc(Cat::Working, chunk_in + kept + temp);
+                s.free(Cat::Working, chunk_in + kept + temp);
+                s.sync();
+            }
+            if l + 1 < n_layers {
+                s.recat(Cat::Working, Cat::Saved, td);
+            }
+            continue;
+        }
+        let (kept, temp, h2_kept) = layer_fwd_h2(l, &all, false);
+        s.alloc(Cat::Working, kept + temp + td);
         s.free(Cat::Working, temp);
         if p.recompute && l + 1 < n_layers {
-            // Only the output (the next layer's input) stays.
+            // Only the output (the next layer's input) stays, and h2 with --keep-ffn-output.
             s.free(Cat::Working, kept - td);
             s.recat(Cat::Working, Cat::Saved, td);
-        } else if !p.recompute {
+            if keep_h2 {
+                s.recat(Cat::Working, Cat::Saved, td);
+            } else {
+                s.free(Cat::Working, td);
+            }
+        } else if p.recompute {
+            if !h2_kept {
+                s.free(Cat::Working, td);
+            }
+        } else {
+            if !h2_kept {
+                s.free(Cat::Working, td);
+            }
+            let kept = kept + if h2_kept { td } else { 0 };
             s.recat(Cat::Working, Cat::Saved, kept);
         }
         if syncs {
@@ -381,10 +510,69 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
     s.free(Cat::Working, 3 * bd);
     s.alloc(Cat::Working, td); // dhidden = dy
 
-    // Backward, top layer first; it stops below the lowest trainable site.
+    // Backward, top layer first; it stops below the lowest trainable site. The backward of one
+    // layer (or chunk) allocates `work` (see `Encoder::layer_backward`): (bytes, stops here).
     let trainable = |l: usize| p.adapter.at(l, Location::Attention) || p.adapter.at(l, Location::Output);
+    let bwd_work = |l: usize, z: &Sizes, accumulate: bool| -> (u64, bool) {
+        let sums = |loc| if accumulate && p.adapter.at(l, loc) { 2 * adapter_bytes } else { 0 };
+        let mut work = 2 * z.td + sublayer_bwd(adapter_at(l, Location::Output), z.td, z.tm); // dh2, dy1
+        work += sums(Location::Output);
+        let below = (0..l).any(trainable);
+        if !below && !p.adapter.at(l, Location::Attention) {
+            return (work, true);
+        }
+        // dinter, dpre, dh1, dx
+        work += 2 * z.tf + 2 * z.td + sublayer_bwd(adapter_at(l, Location::Attention), z.td, z.tm);
+        work += sums(Location::Attention);
+        if !below {
+            return (work, true);
+        }
+        (work + 4 * z.td + z.probs, false) // dctx, dq, dk, dv, scratch
+    };
     for l in (0..n_layers).rev() {
-        let (kept, temp) = layer_fwd(l);
+        if chunked {
+            s.alloc(Cat::Working, td); // dx
+            let mut stop = false;
+            for (i, &cs) in chunks.iter().enumerate() {
+                let z = sizes(cs);
+                s.alloc(Cat::Working, 2 * z.td + z.tok4); // its rows of x and dy, its mask
+                                                          // Recomputed; with --keep-ffn-output from its rows of the saved h2 (copied here,
+                                                          // then counted as h2 is: kept by the adapter, or a temporary).
+                let (kept, temp) = if keep_h2 {
+                    let (kept, temp, h2_kept) = layer_fwd_h2(l, &z, true);
+                    s.alloc(Cat::Working, z.td);
+                    let (kept, temp) = if h2_kept { (kept + z.td, temp) } else { (kept, temp + z.td) };
+                    s.alloc(Cat::Working, kept + temp - z.td);
+                    (kept, temp)
+                } else {
+                    let (kept, temp) = layer_fwd(l, &z);
+                    s.alloc(Cat::Working, kept + temp);
+                    (kept, temp)
+                };
+                s.free(Cat::Working, temp + z.td);
+                s.sync();
+                let (work, stops) = bwd_work(l, &z, i > 0);
+                s.alloc(Cat::Working, work);
+                stop = stops;
+                s.free(Cat::Working, kept + work + z.td + z.tok4);
+                if i + 1 == chunks.len() && !stop {
+                    // The layer's input (and saved h2) and the old dy, dropped before the last wait.
+                    s.free(Cat::Saved, if keep_h2 { 2 * td } else { td });
+                    s.free(Cat::Working, td);
+                }
+                s.sync();
+            }
+            if stop {
+                break;
+            }
+            continue;
+        }
+        let (kept, temp) = if keep_h2 && l + 1 < n_layers {
+            let (kept, temp, _) = layer_fwd_h2(l, &all, true); // h2 is the saved one
+            (kept, temp)
+        } else {
+            layer_fwd(l, &all)
+        };
         let acts = if p.recompute && l + 1 < n_layers {
             s.alloc(Cat::Working, kept + temp); // recomputed, then a wait frees the temporaries
             s.free(Cat::Working, temp);
@@ -396,17 +584,9 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
             }
             kept
         };
-        let mut work = 2 * td + sublayer_bwd(adapter_at(l, Location::Output), td, tm); // dh2, dy1
-        let below = (0..l).any(trainable);
-        let stop_ffn = !below && !p.adapter.at(l, Location::Attention);
-        if !stop_ffn {
-            work += 2 * tf + 2 * td + sublayer_bwd(adapter_at(l, Location::Attention), td, tm); // dinter, dpre, dh1, dx
-            if below {
-                work += 4 * td + probs; // dctx, dq, dk, dv, scratch
-            }
-        }
+        let (work, stop) = bwd_work(l, &all, false);
         s.alloc(Cat::Working, work);
-        if !below || stop_ffn {
+        if stop {
             break;
         }
         // Done with this layer: its activations and temporaries, the old dy (dx, in `work`, is the
@@ -414,22 +594,28 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
         s.free(Cat::Working, acts + work);
         if p.recompute {
             s.free(Cat::Saved, td);
+            if keep_h2 && l + 1 < n_layers {
+                s.free(Cat::Saved, td);
+            }
         }
         if syncs {
             s.sync();
         }
     }
 
-    let streamed = if resident { 0 } else { 2 * n_layers as u64 * layer_bytes };
+    let streamed = if resident { 0 } else { 2 * n_layers as u64 * layer_bytes + b4(tables.iter().sum::<u64>()) };
     Ok(MemoryPlan {
         slots,
         layers: n_layers,
         recompute: p.recompute,
+        keep_ffn_output: keep_h2,
+        layer_chunk: chunk,
+        batch: p.batch,
         peak: s.peak,
         streamed_per_step: streamed,
         // The largest single tensors: word embeddings, an FFN activation, attention probabilities,
         // an FFN weight.
-        largest_tensor: [b4(cfg.vocab_size as u64 * ud), tf, probs, b4(ud * f as u64)].into_iter().max().unwrap_or(0),
+        largest_tensor: [b4(tables[0]), tf, probs, b4(ud * f as u64)].into_iter().max().unwrap_or(0),
     })
 }
 
@@ -438,18 +624,56 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
 pub struct Choice {
     pub resident_layers: Option<usize>,
     pub recompute: Option<bool>,
+    /// `--layer-chunk`: sequences per layer chunk (needs recompute; 0: the whole batch).
+    pub layer_chunk: Option<usize>,
+    /// `--keep-ffn-output` (with recompute).
+    pub keep_ffn_output: Option<bool>,
+}
+
+/// [`Choice::keep_ffn_output`] from the command line: `--keep-ffn-output` given, or off when
+/// `--recompute` is given without it (recompute asked for as the leaner setup), else the planner's.
+pub fn keep_choice(keep_ffn_output: bool, recompute: bool) -> Option<bool> {
+    if keep_ffn_output {
+        Some(true)
+    } else if recompute {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// The fastest setup that fits `budget` bytes (`None`: no budget; the user's choice or all
-/// resident without recompute): every layer resident, then recompute, then streaming with as many
-/// slots as fit (without, then with recompute). Also checks the largest tensor against
-/// `max_binding` bytes. Fails naming what to change when nothing fits.
+/// resident without recompute): every layer resident, then recompute keeping FFN outputs, then
+/// plain recompute, then streaming with as many slots as fit (the same three each), then layer
+/// chunks of half the batch, a quarter, … (with recompute, as many slots as fit). Also checks the largest tensor against `max_binding`
+/// bytes. Fails naming what to change when nothing fits.
 pub fn choose(base: &PlanInput, choice: Choice, budget: Option<u64>, max_binding: Option<u64>) -> Result<MemoryPlan> {
     let n = base.cfg.num_hidden_layers;
-    let with = |slots: usize, rc: bool| plan(&PlanInput { resident_layers: slots, recompute: rc, ..base.clone() });
-    let rcs: Vec<bool> = match choice.recompute {
-        Some(r) => vec![r],
-        None => vec![false, true],
+    let with = |slots: usize, rc: bool, chunk: usize, keep: bool| {
+        plan(&PlanInput {
+            resident_layers: slots,
+            recompute: rc,
+            layer_chunk: chunk,
+            keep_ffn_output: keep,
+            ..base.clone()
+        })
+    };
+    let keeps: Vec<bool> = match choice.keep_ffn_output {
+        Some(k) => vec![k],
+        None => vec![true, false],
+    };
+    if choice.keep_ffn_output == Some(true) && choice.recompute == Some(false) {
+        bail!("--keep-ffn-output applies to recompute (it keeps more of each layer for it)");
+    }
+    let chunk_given = choice.layer_chunk.filter(|&c| c > 0 && c < base.batch);
+    if chunk_given.is_some() && choice.recompute == Some(false) {
+        bail!("--layer-chunk needs recompute (layer chunks recompute each layer's activations in backward)");
+    }
+    let rcs: Vec<bool> = match (choice.recompute, chunk_given) {
+        (_, Some(_)) => vec![true],
+        (None, None) if choice.keep_ffn_output == Some(true) => vec![true],
+        (Some(r), None) => vec![r],
+        (None, None) => vec![false, true],
     };
     let slot_options: Vec<usize> = match choice.resident_layers {
         Some(k) => vec![k.min(n).max(1)],
@@ -459,11 +683,35 @@ pub fn choose(base: &PlanInput, choice: Choice, budget: Option<u64>, max_binding
             v
         }
     };
+    // Whole batch, then halves, quarters, … down to one sequence (when not given).
+    let chunk_options: Vec<usize> = match choice.layer_chunk {
+        Some(c) => vec![if c == 0 { base.batch } else { c.min(base.batch) }],
+        None => {
+            let mut v = vec![base.batch];
+            let mut c = base.batch;
+            while c > 1 && rcs.contains(&true) {
+                c = c.div_ceil(2);
+                v.push(c);
+            }
+            v
+        }
+    };
     let mut candidates = vec![];
-    // All resident first (without, then with recompute), then fewer slots.
-    for &slots in &slot_options {
-        for &rc in &rcs {
-            candidates.push(with(slots, rc)?);
+    // All resident first (without, then with recompute), then fewer slots; then smaller chunks.
+    for &chunk in &chunk_options {
+        for &slots in &slot_options {
+            for &rc in &rcs {
+                if chunk < base.batch && !rc {
+                    continue;
+                }
+                if rc {
+                    for &keep in &keeps {
+                        candidates.push(with(slots, rc, chunk, keep)?);
+                    }
+                } else {
+                    candidates.push(with(slots, rc, chunk, false)?);
+                }
+            }
         }
     }
     if let Some(max) = max_binding {
@@ -493,20 +741,20 @@ pub fn choose(base: &PlanInput, choice: Choice, budget: Option<u64>, max_binding
     if choice.recompute == Some(false) {
         fixed.push("recompute off");
     }
+    if choice.layer_chunk.is_some() {
+        fixed.push("--layer-chunk");
+    }
     let freedom = if fixed.is_empty() {
         String::new()
     } else {
         format!(" with {} as given (leave it to the planner to go lower)", fixed.join(" and "))
     };
     bail!(
-        "this step does not fit --max-gpu-memory {:.1} MiB: the leanest setup{freedom} ({} of {} layers on the GPU, \
-         recompute {}) needs {:.1} MiB (embeddings {:.1}, layer weights {:.1}, adapters+head+optimizer {:.1}, saved \
-         activations {:.1}, working set {:.1}). Lower --batch-size ({}) or --max-length ({}), or raise \
-         --max-gpu-memory",
+        "this step does not fit --max-gpu-memory {:.1} MiB: the leanest setup{freedom} ({}) needs {:.1} MiB \
+         (embeddings {:.1}, layer weights {:.1}, adapters+head+optimizer {:.1}, saved activations {:.1}, working \
+         set {:.1}). Lower --batch-size ({}) or --max-length ({}), or raise --max-gpu-memory",
         mib(budget),
-        best.slots,
-        n,
-        if best.recompute { "on" } else { "off" },
+        best.setup(),
         mib(best.peak_bytes()),
         mib(best.peak.embeddings),
         mib(best.peak.layer_weights),

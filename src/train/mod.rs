@@ -70,7 +70,12 @@ pub struct TrainArgs {
     /// Recompute layer activations in backward (`--recompute`); the planner may also turn it on to
     /// fit `max_gpu_memory`.
     pub recompute: bool,
-    /// `--max-gpu-memory` in bytes: the planner chooses resident layers and recompute to fit.
+    /// `--layer-chunk`: sequences per layer chunk with recompute (`None`: the planner chooses).
+    pub layer_chunk: Option<usize>,
+    /// `--keep-ffn-output`: recompute keeps each layer's FFN output (less time, more memory).
+    pub keep_ffn_output: bool,
+    /// `--max-gpu-memory` in bytes: the planner chooses resident layers, recompute and layer
+    /// chunks to fit.
     pub max_gpu_memory: Option<u64>,
     pub progress: bool,
 }
@@ -101,6 +106,8 @@ impl Default for TrainArgs {
             adapter_name: "task".into(),
             resident_layers: None,
             recompute: false,
+            layer_chunk: None,
+            keep_ffn_output: false,
             max_gpu_memory: None,
             progress: true,
         }
@@ -825,13 +832,22 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &resume::RunControl) ->
             adapter: &plan::AdapterSpec::from_bottleneck(&cfg, &bn)?,
             resident_layers: cfg.num_hidden_layers,
             recompute: false,
+            layer_chunk: 0,
+            keep_ffn_output: false,
         },
-        plan::Choice { resident_layers: args.resident_layers, recompute: args.recompute.then_some(true) },
+        plan::Choice {
+            resident_layers: args.resident_layers,
+            recompute: args.recompute.then_some(true),
+            layer_chunk: args.layer_chunk,
+            keep_ffn_output: plan::keep_choice(args.keep_ffn_output, args.recompute),
+        },
         args.max_gpu_memory,
     )?;
     println!("memory: {mem_plan}");
     let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
     enc.recompute = mem_plan.recompute;
+    enc.layer_chunk = mem_plan.encoder_chunk();
+    enc.keep_ffn_output = mem_plan.keep_ffn_output;
     let mut trainee = AdapterTrainee { set, head, bn, hidden: cfg.hidden_size, model_name: model_name(&args.model) };
     let loop_args = LoopArgs {
         epochs: args.epochs,

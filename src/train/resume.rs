@@ -359,6 +359,8 @@ pub fn args_from_json(v: &Value, out: &Path) -> Result<TrainArgs> {
         adapter_name: s("adapter_name")?,
         resident_layers: None,
         recompute: false,
+        layer_chunk: None,
+        keep_ffn_output: false,
         max_gpu_memory: None,
         progress: true,
     })
