@@ -34,12 +34,9 @@ for pair in minilm:150MiB bert-base:400MiB bert-large:1GiB; do
   echo "== $c within $budget" | tee -a "$log"
   "$PEFT" bench --memory --config "$c" --batch 32 --seq 128 --max-gpu-memory "$budget" --steps "$STEPS" \
     --scratch "$scratch" --json "$scratch/t.jsonl" 2>&1 | tee -a "$log" && cat "$scratch/t.jsonl" >> "$ours"
-  echo "== $c resident, recompute off vs on" | tee -a "$log"
+  echo "== $c resident: recompute off, on, on keeping FFN outputs" | tee -a "$log"
   "$PEFT" bench --memory --config "$c" --batch 32 --seq 128 --resident-layers 1000 --compare-recompute \
     --steps "$STEPS" --scratch "$scratch" --json "$scratch/r.jsonl" 2>&1 | tee -a "$log" && cat "$scratch/r.jsonl" >> "$ours"
-  echo "== $c resident, recompute keeping FFN outputs" | tee -a "$log"
-  "$PEFT" bench --memory --config "$c" --batch 32 --seq 128 --resident-layers 1000 --keep-ffn-output \
-    --steps "$STEPS" --scratch "$scratch" --json "$scratch/k.jsonl" 2>&1 | tee -a "$log" && cat "$scratch/k.jsonl" >> "$ours"
 done
 if [ "${TORCH:-1}" = 1 ]; then
   echo "== PyTorch" | tee -a "$log"

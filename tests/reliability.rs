@@ -962,3 +962,48 @@ fn cli_ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
     assert!(all.contains(&format!("resuming at step {step}")), "{all}");
     assert_eq!(state_json(&out)["progress"]["step"], json!(step + 1));
 }
+
+/// `peft train` with layer chunks and kept FFN outputs (chosen on the command line) trains like
+/// the plain run: the same losses step by step up to f32 summation order (the adapters' gradients
+/// are summed chunk by chunk); a budget nothing fits fails naming the leanest setup.
+#[test]
+fn cli_layer_chunks_train_like_the_plain_run() {
+    let d = tempfile::tempdir().unwrap();
+    let (train, dev) = toy_data(d.path());
+    let model = tiny_model(d.path());
+    let (m, t, dv) = (s(&model), s(&train), s(&dev));
+    let losses = |out: &Path| -> Vec<f64> {
+        let log = fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("step").is_some() && v.get("loss").is_some())
+            .map(|v| v["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let plain = d.path().join("plain");
+    let o = s(&plain);
+    let out = peft(&train_args(&m, &t, &dv, &o));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lean = d.path().join("lean");
+    let o = s(&lean);
+    let mut args = train_args(&m, &t, &dv, &o);
+    args.extend(["--recompute", "--layer-chunk", "2", "--keep-ffn-output", "--resident-layers", "1"]);
+    let out = peft(&args);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for want in ["recompute on keeping FFN outputs", "layer chunks of 2 sequences", "1 of 2 layers on the GPU"] {
+        assert!(stdout.contains(want), "the plan line lacks {want:?}:\n{stdout}");
+    }
+    let (a, b) = (losses(&plain), losses(&lean));
+    assert!(a.len() >= 4 && a.len() == b.len(), "{} vs {} logged steps", a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * x.abs(), "step {}: loss {x} plain vs {y} in layer chunks", i + 1);
+    }
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / x.abs()).fold(0.0, f64::max);
+    println!("{} steps, largest relative loss difference {worst:.2e}", a.len());
+    // Nothing fits 1 KiB: the error names the leanest setup and what to change.
+    let o = s(&d.path().join("none"));
+    let mut args = train_args(&m, &t, &dv, &o);
+    args.extend(["--max-gpu-memory", "1KiB"]);
+    assert_clean_failure(&peft(&args), &["--max-gpu-memory", "layer chunks of 1 sequence", "--batch-size (5)"]);
+}

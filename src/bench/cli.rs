@@ -93,8 +93,9 @@ pub struct BenchCli {
     /// Memory benchmark: training steps per run (the first compiles pipelines).
     #[arg(long, default_value_t = 1)]
     pub steps: usize,
-    /// Memory benchmark: run each config with and without --recompute (same resident layers)
-    /// and report the step-time ratio.
+
+    /// Memory benchmark: run each config without --recompute, with it, and with it keeping FFN
+    /// outputs (same resident layers) and report the step-time ratios.
     #[arg(long)]
     pub compare_recompute: bool,
 }

@@ -248,14 +248,18 @@ pub fn run_cli(gpu: &Arc<Gpu>, o: &super::cli::BenchCli) -> Result<()> {
             continue;
         }
         let (_, dir) = model_dir(spec, o.layers, &scratch)?;
+        // With --compare-recompute: without recompute, with it, and with it keeping FFN outputs
+        // (same resident layers and chunks), one after the other.
         let choices = if o.compare_recompute {
             vec![
                 Choice { recompute: Some(false), layer_chunk: None, keep_ffn_output: None, ..choice },
-                Choice { recompute: Some(true), ..choice },
+                Choice { recompute: Some(true), keep_ffn_output: Some(false), ..choice },
+                Choice { recompute: Some(true), keep_ffn_output: Some(true), ..choice },
             ]
         } else {
             vec![choice]
         };
+        let first = runs.len();
         for c in choices {
             let (planned, run) = measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps)?;
             println!("{spec}: {planned}");
@@ -263,15 +267,17 @@ pub fn run_cli(gpu: &Arc<Gpu>, o: &super::cli::BenchCli) -> Result<()> {
             runs.push(run);
         }
         if o.compare_recompute {
-            let n = runs.len();
-            let (off, on) = (runs[n - 2].typical_step(), runs[n - 1].typical_step());
-            println!(
-                "{spec}: step time with recompute / without = {:.3} ({:.1} ms / {:.1} ms, median step of each \
-                 after the first)",
-                on / off,
-                on * 1e3,
-                off * 1e3
-            );
+            let off = runs[first].typical_step();
+            for (r, what) in runs[first + 1..].iter().zip(["recompute", "recompute keeping FFN outputs"]) {
+                let on = r.typical_step();
+                println!(
+                    "{spec}: step time with {what} / without = {:.3} ({:.1} ms / {:.1} ms, median step of each \
+                     after the first)",
+                    on / off,
+                    on * 1e3,
+                    off * 1e3
+                );
+            }
         }
     }
     if let Some(path) = &o.json {
