@@ -252,7 +252,7 @@ fn bad_tile_configs_are_refused() {
         let t: Result<FragConfig, _> = bad.parse();
         assert!(t.is_err() || t.unwrap().check(&g, 32).is_err(), "{bad} accepted");
     }
-    assert_eq!("128x128x16/8x8".parse::<TileConfig>().unwrap(), TileConfig::LARGE);
+    assert_eq!("128x128x8/8x8".parse::<TileConfig>().unwrap(), TileConfig::LARGE);
     assert_eq!("128x128x32/2x4".parse::<FragConfig>().unwrap(), FragConfig::LARGE);
     if supported(MatmulVariant::Smem) {
         let a = upload(&[4], &[1.0; 4]);

@@ -38,6 +38,10 @@ static CORE: LazyLock<Shader> = LazyLock::new(|| {
 /// `subgroup`, `smem`, `f16`, `coop`, or `auto` (the default: [`MatmulVariant::auto`]).
 pub const VARIANT_ENV: &str = "PEFT_MATMUL_VARIANT";
 
+/// Environment variable: the `smem` variant's large tile as `BMxBNxBK/TMxTN` (default
+/// [`TileConfig::LARGE`]).
+pub const LARGE_TILE_ENV: &str = "PEFT_SMEM_LARGE_TILE";
+
 /// Storage bindings of the workgroup-memory kernels (`matmul_vec4.wgsl`): A, A as vec4, B, B as
 /// vec4, bias, C.
 const VEC4_BINDINGS: &[Access] =
@@ -211,8 +215,10 @@ pub struct TileConfig {
 }
 
 impl TileConfig {
-    /// 128×128 in k-steps of 16, 8×8 per invocation (256 invocations): large products.
-    pub const LARGE: TileConfig = TileConfig { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 };
+    /// 128×128 in k-steps of 8, 8×8 per invocation (256 invocations): large products. On an
+    /// H200, BK = 8 (16 KiB of workgroup memory, two workgroups per SM) ran 4096³ at 36.4 TFLOP/s
+    /// against 23.8 with BK = 16 (bench/NOTES.md). [`LARGE_TILE_ENV`] overrides it.
+    pub const LARGE: TileConfig = TileConfig { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 };
     /// 64×64, 4×4 per invocation (256 invocations).
     pub const MEDIUM: TileConfig = TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
     /// 32×32, 4×4 per invocation (64 invocations): small or narrow products, attention.
@@ -246,9 +252,23 @@ impl TileConfig {
         check_workgroup(gpu, &format!("smem tiles {self}"), wg, self.workgroup_bytes())
     }
 
+    /// The large configuration: [`LARGE`](Self::LARGE), or `BMxBNxBK/TMxTN` from
+    /// [`LARGE_TILE_ENV`] (a per-device tuning knob; an unparsable value is reported once and
+    /// ignored).
+    pub fn large() -> TileConfig {
+        static LARGE: std::sync::OnceLock<TileConfig> = std::sync::OnceLock::new();
+        *LARGE.get_or_init(|| match std::env::var(LARGE_TILE_ENV) {
+            Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
+                eprintln!("warning: {LARGE_TILE_ENV}={v:?} ignored: {e:#}");
+                TileConfig::LARGE
+            }),
+            _ => TileConfig::LARGE,
+        })
+    }
+
     /// The configuration for an m×n product over `batch` matrices ([`choose`]).
     pub fn auto(gpu: &Gpu, m: usize, n: usize, batch: usize) -> TileConfig {
-        let c = [TileConfig::LARGE, TileConfig::MEDIUM, TileConfig::SMALL];
+        let c = [TileConfig::large(), TileConfig::MEDIUM, TileConfig::SMALL];
         choose(&c, |t| (t.bm, t.bn), |t| t.check(gpu).is_ok(), m, n, batch).unwrap_or(TileConfig::SMALL)
     }
 }

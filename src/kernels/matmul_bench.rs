@@ -268,7 +268,7 @@ pub fn configs_for(gpu: &Gpu, variant: MatmulVariant, sweep: bool) -> Vec<Tiles>
                 TileConfig::LARGE,
                 TileConfig::MEDIUM,
                 TileConfig::SMALL,
-                TileConfig { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 },
+                TileConfig { bm: 128, bn: 128, bk: 16, tm: 8, tn: 8 },
                 TileConfig { bm: 128, bn: 64, bk: 16, tm: 8, tn: 4 },
                 TileConfig { bm: 64, bn: 128, bk: 16, tm: 4, tn: 8 },
             ] {
