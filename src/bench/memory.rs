@@ -39,7 +39,6 @@ pub struct MemoryRun {
     pub resident_layers: usize,
     pub recompute: bool,
     /// Recompute keeps each layer's FFN output.
-    #[serde(default)]
     pub keep_ffn_output: bool,
     /// Sequences per layer chunk (0: the whole batch).
     pub layer_chunk: usize,
@@ -145,9 +144,7 @@ pub fn measure(
     let cfg = BertConfig::from_model_dir(model_dir)?;
     let planned = plan_step(gpu, &cfg, batch, seq, choice, budget)?;
     let (cfg, mut enc) = load::load_encoder(gpu, model_dir, Some(planned.resident_layers()))?;
-    enc.recompute = planned.recompute;
-    enc.layer_chunk = planned.encoder_chunk();
-    enc.keep_ffn_output = planned.keep_ffn_output;
+    enc.follow(&planned);
     let (set, head) = new_adapter(gpu, &cfg, &bench_adapter(), "bench", 2, 0)?;
     let params: Vec<(String, &GpuTensor, &GpuTensor)> = set.named().into_iter().chain(head.named()).collect();
     let schedule = LinearSchedule { base_lr: 1e-4, warmup_steps: 0, total_steps: steps as u32 };
@@ -189,16 +186,19 @@ pub fn measure(
     Ok((planned, run))
 }
 
-/// A model directory for `spec` (preset, config or model directory), with only the first
-/// `layers` layers when given: random weights written under `scratch` unless `spec` is a
-/// directory with weights.
-pub fn model_dir(spec: &str, layers: Option<usize>, scratch: &Path) -> Result<(BertConfig, std::path::PathBuf)> {
+fn is_model_dir(spec: &str) -> bool {
     let p = Path::new(spec);
-    if p.is_dir() && p.join("model.safetensors").is_file() {
+    p.is_dir() && p.join("model.safetensors").is_file()
+}
+
+/// The config of `spec` (preset, config file or model directory with weights), with only the
+/// first `layers` layers when given (presets and config files only).
+pub fn model_config(spec: &str, layers: Option<usize>) -> Result<BertConfig> {
+    if is_model_dir(spec) {
         if layers.is_some() {
             bail!("--layers applies to presets and config files, not to a model directory ({spec})");
         }
-        return Ok((BertConfig::from_model_dir(p)?, p.to_path_buf()));
+        return BertConfig::from_model_dir(Path::new(spec));
     }
     let mut cfg = super::model::resolve_config(spec)?;
     if let Some(n) = layers {
@@ -206,6 +206,17 @@ pub fn model_dir(spec: &str, layers: Option<usize>, scratch: &Path) -> Result<(B
             bail!("--layers {n}: must be 1..={} for {spec}", cfg.num_hidden_layers);
         }
         cfg.num_hidden_layers = n;
+    }
+    Ok(cfg)
+}
+
+/// A model directory for `spec` (preset, config or model directory), with only the first
+/// `layers` layers when given: random weights written under `scratch` unless `spec` is a
+/// directory with weights.
+pub fn model_dir(spec: &str, layers: Option<usize>, scratch: &Path) -> Result<(BertConfig, std::path::PathBuf)> {
+    let cfg = model_config(spec, layers)?;
+    if is_model_dir(spec) {
+        return Ok((cfg, Path::new(spec).to_path_buf()));
     }
     let dir = scratch.join(format!("random-{}x{}x{}-0", cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size));
     if !(dir.join("model.safetensors").is_file() && BertConfig::from_model_dir(&dir).ok().as_ref() == Some(&cfg)) {
@@ -240,10 +251,7 @@ pub fn run_cli(gpu: &Arc<Gpu>, o: &super::cli::BenchCli) -> Result<()> {
     let mut runs = vec![];
     for spec in &o.configs {
         if o.plan_only {
-            let mut cfg = super::model::resolve_config(spec)?;
-            if let Some(n) = o.layers {
-                cfg.num_hidden_layers = n.clamp(1, cfg.num_hidden_layers);
-            }
+            let cfg = model_config(spec, o.layers)?;
             println!("{spec}: {}", plan_step(gpu, &cfg, o.batch, o.seq, choice, budget)?);
             continue;
         }

@@ -241,6 +241,14 @@ impl Encoder {
         Ok(Self { gpu, dims, embeddings, store, recompute: false, layer_chunk: 0, keep_ffn_output: false })
     }
 
+    /// Keeps activations as `plan` says: recompute, layer chunks, FFN outputs kept. (Its resident
+    /// layers are chosen when loading: [`load_encoder`](super::load::load_encoder).)
+    pub fn follow(&mut self, plan: &super::plan::MemoryPlan) {
+        self.recompute = plan.recompute;
+        self.layer_chunk = plan.encoder_chunk();
+        self.keep_ffn_output = plan.keep_ffn_output;
+    }
+
     fn check_inputs(&self, inp: &Inputs) -> Result<()> {
         let n = inp.batch * inp.seq;
         if inp.batch == 0 || inp.seq == 0 {

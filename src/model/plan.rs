@@ -152,26 +152,22 @@ impl MemoryPlan {
     }
 
     fn setup(&self) -> String {
-        let s = format!(
-            "{} of {} layers on the GPU, recompute {}",
-            self.slots,
-            self.layers,
-            match (self.recompute, self.keep_ffn_output) {
-                (false, _) => "off",
-                (true, false) => "on",
-                (true, true) => "on keeping FFN outputs",
-            }
-        );
-        s + &self.chunk_text()
+        format!("{} of {} layers on the GPU, {}", self.slots, self.layers, self.activations_text())
     }
 
-    /// `, layer chunks of N sequences` when the layers run in chunks.
-    fn chunk_text(&self) -> String {
-        match self.layer_chunk {
+    /// How activations are kept: `recompute on keeping FFN outputs, layer chunks of N sequences`.
+    fn activations_text(&self) -> String {
+        let recompute = match (self.recompute, self.keep_ffn_output) {
+            (false, _) => "off",
+            (true, false) => "on",
+            (true, true) => "on keeping FFN outputs",
+        };
+        let chunks = match self.layer_chunk {
             c if c >= self.batch => String::new(),
             1 => ", layer chunks of 1 sequence".into(),
             c => format!(", layer chunks of {c} sequences"),
-        }
+        };
+        format!("recompute {recompute}{chunks}")
     }
 }
 
@@ -192,17 +188,12 @@ impl fmt::Display for MemoryPlan {
                 mib(self.streamed_per_step)
             )
         };
-        let chunks = self.chunk_text();
         write!(
             f,
-            "planned peak {:.1} MiB ({weights}, recompute {}{chunks}): embeddings {:.1}, layer weights {:.1}, \
+            "planned peak {:.1} MiB ({weights}, {}): embeddings {:.1}, layer weights {:.1}, \
              adapters+head+optimizer {:.1}, saved activations {:.1}, working set {:.1} MiB",
             mib(p.total()),
-            match (self.recompute, self.keep_ffn_output) {
-                (false, _) => "off",
-                (true, false) => "on",
-                (true, true) => "on keeping FFN outputs",
-            },
+            self.activations_text(),
             mib(p.embeddings),
             mib(p.layer_weights),
             mib(p.trainable),

@@ -845,9 +845,7 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &resume::RunControl) ->
     )?;
     println!("memory: {mem_plan}");
     let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
-    enc.recompute = mem_plan.recompute;
-    enc.layer_chunk = mem_plan.encoder_chunk();
-    enc.keep_ffn_output = mem_plan.keep_ffn_output;
+    enc.follow(&mem_plan);
     let mut trainee = AdapterTrainee { set, head, bn, hidden: cfg.hidden_size, model_name: model_name(&args.model) };
     let loop_args = LoopArgs {
         epochs: args.epochs,
