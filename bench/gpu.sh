@@ -12,7 +12,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS_DIR=${RESULTS_DIR:-bench/results}
-FIXTURES=${FIXTURES:-../shared/fixtures}
+FIXTURES=${FIXTURES:-tests/fixtures}
 QUICK=${QUICK:-0}
 mkdir -p "$RESULTS_DIR"
 work=$(mktemp -d)

@@ -6,7 +6,7 @@
 //!
 //! cargo run --release --example fuse_tasks -- [OUT_DIR]
 
-use peft_wgpu::data::Example;
+use peft_wgpu::train::data::Example;
 use peft_wgpu::train::fuse::{self, FuseArgs, FusedPaths};
 use peft_wgpu::train::{self, Preset, TrainArgs};
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     for (t, l) in rows {
         s.push_str(&format!("\"{t}\",{l}\n"));
     }
-    peft_wgpu::io::write_atomic(path, s.as_bytes())
+    peft_wgpu::formats::write_atomic(path, s.as_bytes())
 }
 
 /// Sentences "<subject> was <adjective>" for every subject and adjective, with a label per pair.
@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
     let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "runs/example-fusion".into()));
     std::fs::create_dir_all(&out)?;
     let gpu = peft_wgpu::Gpu::new(&Default::default())?;
-    let model = peft_wgpu::io::cache::ensure_default_model()?;
+    let model = peft_wgpu::train::cache::ensure_default_model()?;
     let positive = |_: &str, a: &str| if GOOD.contains(&a) { "positive" } else { "negative" };
 
     // Source tasks: sentiment about films; sport vs food.

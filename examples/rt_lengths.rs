@@ -5,8 +5,8 @@
 //!
 //! cargo run --release --example rt_lengths -- MODEL_DIR all.csv OUT [N=7677] [SEED=42]
 
-use peft_wgpu::data;
-use peft_wgpu::tokenizer::Tokenizer;
+use peft_wgpu::train::data;
+use peft_wgpu::train::tokenizer::Tokenizer;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     for l in &lengths {
         writeln!(text, "{l}")?;
     }
-    peft_wgpu::io::write_atomic(std::path::Path::new(&a[3]), &text)?;
+    peft_wgpu::formats::write_atomic(std::path::Path::new(&a[3]), &text)?;
     println!("wrote {} lengths to {}", lengths.len(), a[3]);
     Ok(())
 }

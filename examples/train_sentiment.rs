@@ -8,8 +8,8 @@ use peft_wgpu::train::{self, Preset, TrainArgs};
 fn main() -> anyhow::Result<()> {
     let max_train = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
     let gpu = peft_wgpu::Gpu::new(&Default::default())?;
-    let model = peft_wgpu::io::cache::ensure_default_model()?;
-    let data = peft_wgpu::io::cache::ensure_default_data()?;
+    let model = peft_wgpu::train::cache::ensure_default_model()?;
+    let data = peft_wgpu::train::cache::ensure_default_data()?;
     let out = std::path::PathBuf::from("runs/example-sentiment");
     let summary = train::train(
         &gpu,
@@ -26,8 +26,10 @@ fn main() -> anyhow::Result<()> {
         },
     )?;
     println!("dev accuracy per epoch: {:?}", summary.dev_accuracy);
-    let text =
-        peft_wgpu::data::Example { text: "a warm, funny and beautifully acted film".into(), ..Default::default() };
+    let text = peft_wgpu::train::data::Example {
+        text: "a warm, funny and beautifully acted film".into(),
+        ..Default::default()
+    };
     let p = &train::predict(&gpu, &model, &out, &[text], 1, 128)?[0];
     println!("{:?} -> {} {:?}", p.text, p.label, p.probabilities);
     Ok(())

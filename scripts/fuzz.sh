@@ -2,7 +2,7 @@
 # Fuzzes the file parsers with cargo-fuzz (libFuzzer): the safetensors header, AdapterHub /
 # Hugging Face config files, and data files (CSV / TSV / JSONL). Each target runs for a bounded
 # time (FUZZ_SECONDS, default 60) from the seeds in fuzz/seeds (plus the fixtures' files when
-# ../shared/fixtures exists), then the executions per target are printed. A crash leaves its
+# tests/fixtures exists), then the executions per target are printed. A crash leaves its
 # input in fuzz/artifacts/<target>/ and makes the script exit non-zero: turn it into a regression
 # test (tests/reliability.rs has the earlier ones).
 #
@@ -25,7 +25,7 @@ mkdir -p logs
 # Build every target first (one compile of the instrumented crate), so the timed runs only fuzz.
 cargo "+$TOOLCHAIN" fuzz build
 
-FIX="$ROOT/../shared/fixtures"
+FIX="$ROOT/tests/fixtures"
 seed() {
     local t=$1 dir=corpus/$1
     mkdir -p "$dir"

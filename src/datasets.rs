@@ -15,8 +15,8 @@
 //! have their whitespace runs collapsed to one space. Malformed input is an error naming the
 //! file and line (or member), never a panic.
 
-use crate::data::{self, Example};
-use crate::io::cache;
+use crate::train::cache;
+use crate::train::data::{self, Example};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -509,7 +509,7 @@ pub fn write_csv(path: &Path, examples: &[Example]) -> Result<()> {
         w.write_record([e.text.as_str(), label])?;
     }
     let bytes = w.into_inner().map_err(|e| anyhow!("writing CSV: {e}"))?;
-    crate::io::write_atomic(path, &bytes)
+    crate::formats::write_atomic(path, &bytes)
 }
 
 /// Examples per label, for the summary line.

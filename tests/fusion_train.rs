@@ -5,8 +5,8 @@
 
 mod common;
 use common::*;
-use peft_wgpu::io::adapterhub::{Fusion, Head};
-use peft_wgpu::io::weights::WeightFile;
+use peft_wgpu::formats::adapterhub::{Fusion, Head};
+use peft_wgpu::formats::weights::WeightFile;
 use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
 use peft_wgpu::model::adapters::AdapterSet;
 use peft_wgpu::model::config::BertConfig;
@@ -18,7 +18,7 @@ use peft_wgpu::train::{self, Optimizer, Trainee};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn tiny() -> (BertConfig, Encoder) {
@@ -32,7 +32,7 @@ fn fixture_adapters() -> Vec<PathBuf> {
 }
 
 fn fixture_inputs() -> (Inputs, Vec<u32>) {
-    peft_wgpu::grads::read_inputs_json(&fixtures().join("tiny-bert/fusion/inputs.json")).unwrap()
+    peft_wgpu::train::grads::read_inputs_json(&fixtures().join("tiny-bert/fusion/inputs.json")).unwrap()
 }
 
 fn labels3() -> Vec<String> {
@@ -289,7 +289,7 @@ fn fusion_attention_respects_the_mask_and_sums_to_one() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("att.png");
     padded.plot(&png).unwrap();
-    peft_wgpu::metrics::check_png(&std::fs::read(&png).unwrap()).unwrap();
+    peft_wgpu::train::metrics::check_png(&std::fs::read(&png).unwrap()).unwrap();
 }
 
 #[test]
@@ -322,11 +322,11 @@ fn write_toy_data(dir: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn fuse_eval_predict_round_trip_on_minilm() {
     let g = gpu();
-    let model = peft_wgpu::io::cache::ensure_default_model().unwrap();
+    let model = peft_wgpu::train::cache::ensure_default_model().unwrap();
     let cfg = BertConfig::from_model_dir(&model).unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Two source adapters (Pfeiffer, AdapterHub init, seeded), saved as AdapterHub folders.
-    let bn = peft_wgpu::io::adapterhub::BottleneckConfig::pfeiffer(16.0, peft_wgpu::Activation::Relu);
+    let bn = peft_wgpu::formats::adapterhub::BottleneckConfig::pfeiffer(16.0, peft_wgpu::Activation::Relu);
     let mut adapters = vec![];
     for (k, name) in ["src_a", "src_b"].iter().enumerate() {
         let (set, head) = train::new_adapter(&g, &cfg, &bn, name, 2, 100 + k as u64).unwrap();
@@ -366,7 +366,7 @@ fn fuse_eval_predict_round_trip_on_minilm() {
     ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
-    peft_wgpu::metrics::check_png(&std::fs::read(out.join(fuse::ATTENTION_PNG)).unwrap()).unwrap();
+    peft_wgpu::train::metrics::check_png(&std::fs::read(out.join(fuse::ATTENTION_PNG)).unwrap()).unwrap();
     assert_eq!(s.attention.layers, (0..6).collect::<Vec<_>>());
     for row in &s.attention.mean {
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{row:?}");
@@ -382,7 +382,7 @@ fn fuse_eval_predict_round_trip_on_minilm() {
     assert_eq!(att, s.attention, "eval's fusion attention differs from fuse's on the same dev set");
     // Adapters may come in any order; a missing one is an error.
     let rev = FusedPaths { adapters: adapters.iter().rev().cloned().collect(), ..paths.clone() };
-    let ex = vec![peft_wgpu::data::Example { text: "a great, wonderful film".into(), ..Default::default() }];
+    let ex = vec![peft_wgpu::train::data::Example { text: "a great, wonderful film".into(), ..Default::default() }];
     let p1 = fuse::predict_fused(&g, &paths, &ex, 8, 32).unwrap();
     let p2 = fuse::predict_fused(&g, &rev, &ex, 8, 32).unwrap();
     assert_eq!(p1[0].logits, p2[0].logits);
@@ -415,7 +415,7 @@ fn fuse_eval_predict_round_trip_on_minilm() {
     assert!(o.status.success(), "peft eval --fusion failed: {}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains(&format!("accuracy={:.4}", s.train.best_accuracy)), "{stdout}");
     assert!(stdout.contains("fusion attention") && stdout.contains("src_a") && stdout.contains("src_b"), "{stdout}");
-    peft_wgpu::metrics::check_png(&std::fs::read(&png).unwrap()).unwrap();
+    peft_wgpu::train::metrics::check_png(&std::fs::read(&png).unwrap()).unwrap();
     let o = std::process::Command::new(exe)
         .args(["predict", "--model"])
         .arg(&model)

@@ -9,7 +9,7 @@ use peft_wgpu::train::{self, Preset, TrainArgs};
 #[test]
 fn head_only_trains_the_head_and_loads_back() {
     let g = gpu();
-    let model = peft_wgpu::io::cache::ensure_default_model().unwrap();
+    let model = peft_wgpu::train::cache::ensure_default_model().unwrap();
     let cfg = BertConfig::from_model_dir(&model).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pos = ["a wonderful, moving film", "great acting", "I loved it", "brilliant and funny", "a delight"];
@@ -43,7 +43,7 @@ fn head_only_trains_the_head_and_loads_back() {
     assert!(last_epoch < s.train_losses[0], "the head's loss did not fall: {:?}", s.train_losses);
 
     // No adapter tensors; the config leaves every layer out.
-    let w = peft_wgpu::io::weights::WeightFile::open(out.join("adapter.safetensors")).unwrap();
+    let w = peft_wgpu::formats::weights::WeightFile::open(out.join("adapter.safetensors")).unwrap();
     assert!(w.names().is_empty(), "head-only run saved adapter tensors: {:?}", w.names());
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();

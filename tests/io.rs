@@ -1,19 +1,20 @@
-//! Disk formats against the fixtures the real Python libraries wrote (`../shared/fixtures`):
+//! Disk formats against the fixtures the real Python libraries wrote (`tests/fixtures`):
 //! HF config + safetensors, BERT tensor names, AdapterHub adapter / head / fusion folders read and
 //! written back bit for bit, and the errors a user can hit.
 
-use peft_wgpu::io::adapterhub::*;
-use peft_wgpu::io::weights::{serialize_tensors, write_tensors};
-use peft_wgpu::io::{cache, Tensor, TensorMap, WeightFile};
+use peft_wgpu::formats::adapterhub::*;
+use peft_wgpu::formats::weights::{serialize_tensors, write_tensors};
+use peft_wgpu::formats::{Tensor, TensorMap, WeightFile};
 use peft_wgpu::model::config::BertConfig;
 use peft_wgpu::model::weights::BertWeightNames;
+use peft_wgpu::train::cache;
 use peft_wgpu::Activation;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn tiny() -> PathBuf {

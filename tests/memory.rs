@@ -11,7 +11,7 @@ use peft_wgpu::model::load;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     assert!(p.exists(), "fixtures not found at {} (see README)", p.display());
     p
 }
@@ -78,7 +78,7 @@ fn adapter_case(case: &str) {
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
     let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
     let head = head.unwrap();
-    let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let (inputs, labels) = peft_wgpu::train::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Adapter(&adapter);
     let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
@@ -123,7 +123,7 @@ fn recompute_bit_identical_fusion() {
     let model = fixtures().join("tiny-bert/base");
     let g = gpu();
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
-    let f = peft_wgpu::io::adapterhub::Fusion::load(dir.join("fusion"), &cfg).unwrap();
+    let f = peft_wgpu::formats::adapterhub::Fusion::load(dir.join("fusion"), &cfg).unwrap();
     let fusion = peft_wgpu::model::fusion::FusionModel::from_fusion(&g, &f, cfg.hidden_size).unwrap();
     let sets: Vec<_> = fusion
         .adapter_names
@@ -131,7 +131,7 @@ fn recompute_bit_identical_fusion() {
         .map(|n| load::load_adapter(&g, &dir.join("adapters").join(n), &cfg).unwrap().0)
         .collect();
     let head = load::load_head(&g, &dir.join("head"), cfg.hidden_size).unwrap();
-    let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let (inputs, labels) = peft_wgpu::train::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = fusion.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Fusion { adapters: sets.iter().collect(), fusion: &fusion };
     let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
@@ -144,13 +144,13 @@ fn recompute_bit_identical_fusion() {
 /// The real all-MiniLM-L6-v2 with the fixture's Pfeiffer adapter.
 #[test]
 fn recompute_bit_identical_minilm() {
-    let model = peft_wgpu::io::cache::ensure_default_model().expect("fetching the default model");
+    let model = peft_wgpu::train::cache::ensure_default_model().expect("fetching the default model");
     let dir = fixtures().join("minilm");
     let g = gpu();
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
     let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
     let head = head.unwrap();
-    let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let (inputs, labels) = peft_wgpu::train::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Adapter(&adapter);
     let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
@@ -178,7 +178,7 @@ fn planned_peak_within_10_percent_of_measured() {
     use peft_wgpu::model::plan::Choice;
     let tmp = tempfile::tempdir().unwrap();
     let small = small_model(tmp.path());
-    let minilm = peft_wgpu::io::cache::ensure_default_model().expect("fetching the default model");
+    let minilm = peft_wgpu::train::cache::ensure_default_model().expect("fetching the default model");
     let tiny = fixtures().join("tiny-bert/base");
     let choice = |slots, recompute, layer_chunk, keep_ffn| Choice {
         resident_layers: slots,

@@ -1,17 +1,17 @@
 //! Parity with the real PyTorch `adapters` library: forward + backward of the GPU encoder with
-//! adapters and head against `../shared/fixtures` (logits, loss, last_hidden_state ≤ 1e-4
+//! adapters and head against `tests/fixtures` (logits, loss, last_hidden_state ≤ 1e-4
 //! relative; every gradient ≤ 1e-3), and weight streaming bit-identical to fully resident.
 
 mod common;
 use common::*;
-use peft_wgpu::io::weights::WeightFile;
+use peft_wgpu::formats::weights::WeightFile;
 use peft_wgpu::model::adapters::{AdapterSet, ClassificationHead};
 use peft_wgpu::model::encoder::{Inputs, PassOutput, Setup};
 use peft_wgpu::model::load;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     assert!(p.exists(), "fixtures not found at {} (see README)", p.display());
     p
 }
@@ -130,14 +130,14 @@ fn pfeiffer_matches_adapters_library() {
 fn grads_command_writes_what_the_fixture_has() {
     let dir = fixtures().join("tiny-bert/houlsby");
     let out = std::env::temp_dir().join(format!("peft-grads-{}.safetensors", std::process::id()));
-    let args = peft_wgpu::grads::GradsArgs {
+    let args = peft_wgpu::train::grads::GradsArgs {
         model: fixtures().join("tiny-bert/base"),
         adapters: vec![dir.join("adapter")],
         inputs: dir.join("inputs.json"),
         out: out.clone(),
         ..Default::default()
     };
-    peft_wgpu::grads::run(&gpu(), &args).unwrap();
+    peft_wgpu::train::grads::run(&gpu(), &args).unwrap();
     let ours = WeightFile::open(&out).unwrap();
     let exp = WeightFile::open(dir.join("expected.safetensors")).unwrap();
     let mut a: Vec<&str> = ours.names();
@@ -159,7 +159,7 @@ fn grads_command_writes_what_the_fixture_has() {
 /// Pfeiffer adapter and head, against the `adapters` library.
 #[test]
 fn minilm_matches_adapters_library() {
-    let model = peft_wgpu::io::cache::ensure_default_model().expect("fetching the default model");
+    let model = peft_wgpu::train::cache::ensure_default_model().expect("fetching the default model");
     let dir = fixtures().join("minilm");
     let g = gpu();
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
@@ -175,7 +175,7 @@ fn minilm_matches_adapters_library() {
 fn fusion_matches_adapters_library() {
     let dir = fixtures().join("tiny-bert/fusion");
     let out = std::env::temp_dir().join(format!("peft-fusion-{}.safetensors", std::process::id()));
-    let args = peft_wgpu::grads::GradsArgs {
+    let args = peft_wgpu::train::grads::GradsArgs {
         model: fixtures().join("tiny-bert/base"),
         adapters: ["src1", "src2", "src3"].iter().map(|a| dir.join("adapters").join(a)).collect(),
         fusion: Some(dir.join("fusion")),
@@ -184,7 +184,7 @@ fn fusion_matches_adapters_library() {
         out: out.clone(),
         ..Default::default()
     };
-    peft_wgpu::grads::run(&gpu(), &args).unwrap();
+    peft_wgpu::train::grads::run(&gpu(), &args).unwrap();
     let ours = WeightFile::open(&out).unwrap();
     let exp = WeightFile::open(dir.join("expected.safetensors")).unwrap();
     let mut a: Vec<&str> = ours.names();

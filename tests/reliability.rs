@@ -7,21 +7,21 @@
 
 mod common;
 use common::*;
-use peft_wgpu::data::{self, DataOptions, Example};
-use peft_wgpu::io::adapterhub::{BottleneckConfig, FusionConfig, HeadConfig, SavedConfig};
-use peft_wgpu::io::weights::{write_tensors, Tensor, TensorMap, WeightFile};
+use peft_wgpu::formats::adapterhub::{BottleneckConfig, FusionConfig, HeadConfig, SavedConfig};
+use peft_wgpu::formats::weights::{write_tensors, Tensor, TensorMap, WeightFile};
 use peft_wgpu::model::config::BertConfig;
 use peft_wgpu::model::encoder::Setup;
 use peft_wgpu::model::load;
 use peft_wgpu::model::weights::BertWeightNames;
-use peft_wgpu::tokenizer::{BertVocabOptions, Tokenizer};
+use peft_wgpu::train::data::{self, DataOptions, Example};
+use peft_wgpu::train::tokenizer::{BertVocabOptions, Tokenizer};
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 fn tiny() -> PathBuf {
@@ -281,7 +281,7 @@ fn rounded_f32_model(dir: &Path, round: impl Fn(f32) -> f32) {
 fn f16_and_bf16_base_checkpoints_load_as_f32() {
     let g = gpu();
     let cfg = tiny_config();
-    let (inputs, labels) = peft_wgpu::grads::read_inputs_json(&tiny().join("houlsby/inputs.json")).unwrap();
+    let (inputs, labels) = peft_wgpu::train::grads::read_inputs_json(&tiny().join("houlsby/inputs.json")).unwrap();
     let adapter = tiny().join("houlsby/adapter");
     let logits = |model: &Path, resident: Option<usize>| -> Vec<f32> {
         let (_, mut enc) = load::load_encoder(&g, model, resident).unwrap();
@@ -909,7 +909,7 @@ fn cli_device_lost_keeps_the_last_checkpoint() {
     assert!(st.status.success(), "{}", text(&st.stderr));
     let tensors = |p: &Path| WeightFile::open(p.join("trainer_state.safetensors")).unwrap().to_map().unwrap();
     assert!(tensors(&out) == tensors(&stopped), "the last checkpoint changed");
-    peft_wgpu::io::adapterhub::Adapter::load(&out, &tiny_config()).expect("the best checkpoint loads");
+    peft_wgpu::formats::adapterhub::Adapter::load(&out, &tiny_config()).expect("the best checkpoint loads");
     let r = peft(&["train", "--resume", &o]);
     assert!(r.status.success(), "{}", text(&r.stderr));
     assert_eq!(state_json(&out)["progress"]["finished"], json!(true));

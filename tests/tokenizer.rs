@@ -2,8 +2,8 @@
 //! `vocab.txt` fallback against `tokenizer.json`, truncation, pairs, and errors.
 //! Uses the real all-MiniLM-L6-v2 tokenizer (fetched into the cache on first use).
 
-use peft_wgpu::io::cache;
-use peft_wgpu::tokenizer::{BertVocabOptions, Encoded, Tokenizer};
+use peft_wgpu::train::cache;
+use peft_wgpu::train::tokenizer::{BertVocabOptions, Encoded, Tokenizer};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ fn model_dir() -> PathBuf {
 }
 
 fn fixture() -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/minilm/inputs.json");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm/inputs.json");
     serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap()
 }
 

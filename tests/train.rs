@@ -11,7 +11,7 @@ use peft_wgpu::train::{self, Optimizer, Preset, TrainArgs};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 #[test]
@@ -22,8 +22,12 @@ fn adamw_steps_lower_the_loss_on_the_tiny_model() {
     let (_, mut enc) = load::load_encoder(&g, &model, None).unwrap();
     for preset in [Preset::Houlsby, Preset::Pfeiffer] {
         let bn = match preset {
-            Preset::Houlsby => peft_wgpu::io::adapterhub::BottleneckConfig::houlsby(4.0, peft_wgpu::Activation::Silu),
-            Preset::Pfeiffer => peft_wgpu::io::adapterhub::BottleneckConfig::pfeiffer(4.0, peft_wgpu::Activation::Relu),
+            Preset::Houlsby => {
+                peft_wgpu::formats::adapterhub::BottleneckConfig::houlsby(4.0, peft_wgpu::Activation::Silu)
+            }
+            Preset::Pfeiffer => {
+                peft_wgpu::formats::adapterhub::BottleneckConfig::pfeiffer(4.0, peft_wgpu::Activation::Relu)
+            }
             Preset::None => unreachable!("not in the list"),
         };
         let (set, head) = train::new_adapter(&g, &cfg, &bn, "task", 3, 7).unwrap();
@@ -31,7 +35,7 @@ fn adamw_steps_lower_the_loss_on_the_tiny_model() {
             serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-bert/houlsby/inputs.json")).unwrap())
                 .unwrap();
         let (inputs, labels) =
-            peft_wgpu::grads::read_inputs_json(&fixtures().join("tiny-bert/houlsby/inputs.json")).unwrap();
+            peft_wgpu::train::grads::read_inputs_json(&fixtures().join("tiny-bert/houlsby/inputs.json")).unwrap();
         assert_eq!(v["labels"].as_array().unwrap().len(), labels.len());
         let params: Vec<_> = set.named().into_iter().chain(head.named()).collect();
         let sched = LinearSchedule { base_lr: 5e-3, warmup_steps: 0, total_steps: 1000 };
@@ -88,7 +92,7 @@ fn write_toy_data(dir: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn train_eval_predict_on_minilm() {
     let g = gpu();
-    let model = peft_wgpu::io::cache::ensure_default_model().unwrap();
+    let model = peft_wgpu::train::cache::ensure_default_model().unwrap();
     let dir = std::env::temp_dir().join(format!("peft-train-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (train_csv, dev_csv) = write_toy_data(&dir);
@@ -132,8 +136,8 @@ fn train_eval_predict_on_minilm() {
     let fx = fixtures().join("tiny-bert/houlsby/adapter");
     assert_eq!(keys(&out.join("adapter_config.json")), keys(&fx.join("adapter_config.json")));
     assert_eq!(keys(&out.join("head_config.json")), keys(&fx.join("head_config.json")));
-    let ours = peft_wgpu::io::weights::WeightFile::open(out.join("adapter.safetensors")).unwrap();
-    let theirs = peft_wgpu::io::weights::WeightFile::open(fx.join("adapter.safetensors")).unwrap();
+    let ours = peft_wgpu::formats::weights::WeightFile::open(out.join("adapter.safetensors")).unwrap();
+    let theirs = peft_wgpu::formats::weights::WeightFile::open(fx.join("adapter.safetensors")).unwrap();
     let pattern = |n: &str| {
         n.replace(".task.", ".X.").split('.').filter(|p| p.parse::<usize>().is_err()).collect::<Vec<_>>().join(".")
     };
@@ -150,7 +154,7 @@ fn train_eval_predict_on_minilm() {
     let scores = train::evaluate(&g, &model, &out, &dev_csv, &Default::default(), 8, 32).unwrap();
     assert_eq!(scores.n, 8);
     assert!((scores.accuracy - s.best_accuracy).abs() < 1e-12, "eval {} vs best {}", scores.accuracy, s.best_accuracy);
-    let ex = vec![peft_wgpu::data::Example { text: "a great, wonderful film".into(), ..Default::default() }];
+    let ex = vec![peft_wgpu::train::data::Example { text: "a great, wonderful film".into(), ..Default::default() }];
     let p1 = train::predict(&g, &model, &out, &ex, 8, 32).unwrap();
     let p2 = train::predict(&g, &model, &out, &ex, 8, 32).unwrap();
     assert_eq!(p1[0].logits, p2[0].logits);
@@ -158,9 +162,9 @@ fn train_eval_predict_on_minilm() {
     assert!((total - 1.0).abs() < 1e-5);
     assert!(p1[0].probabilities.contains_key("positive") && p1[0].probabilities.contains_key("negative"));
     let cfg = BertConfig::from_model_dir(&model).unwrap();
-    let a1 = peft_wgpu::io::adapterhub::Adapter::load(&out, &cfg).unwrap();
+    let a1 = peft_wgpu::formats::adapterhub::Adapter::load(&out, &cfg).unwrap();
     a1.save(dir.join("copy")).unwrap();
-    let a2 = peft_wgpu::io::adapterhub::Adapter::load(dir.join("copy"), &cfg).unwrap();
+    let a2 = peft_wgpu::formats::adapterhub::Adapter::load(dir.join("copy"), &cfg).unwrap();
     assert_eq!(a1, a2, "save → load is not bit-exact");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use peft_wgpu::io::adapterhub::{BottleneckConfig, FusionConfig, HeadConfig, SavedConfig};
+use peft_wgpu::formats::adapterhub::{BottleneckConfig, FusionConfig, HeadConfig, SavedConfig};
 use peft_wgpu::model::config::BertConfig;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use peft_wgpu::data::{self, DataOptions, Format, LabelMap};
+use peft_wgpu::train::data::{self, DataOptions, Format, LabelMap};
 use std::path::Path;
 
 fuzz_target!(|input: &[u8]| {

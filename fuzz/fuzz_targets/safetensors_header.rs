@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use peft_wgpu::io::weights::WeightFile;
+use peft_wgpu::formats::weights::WeightFile;
 use peft_wgpu::model::config::BertConfig;
 use peft_wgpu::model::weights::BertWeightNames;
 

@@ -148,7 +148,8 @@ impl BenchCli {
                 text += &serde_json::to_string(r)?;
                 text.push('\n');
             }
-            crate::io::write_atomic(path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+            crate::formats::write_atomic(path, text.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {} results to {}", results.len(), path.display());
         }
         Ok(())

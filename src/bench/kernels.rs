@@ -4,14 +4,14 @@
 //! the timed shapes would take minutes on one CPU core), then timed at the requested shape.
 
 use super::{time_batches, Measurement, Peaks, Reps};
-use crate::gpu::{Batch, Gpu, GpuTensor};
+use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::adapter::{AdapterScratch, AdapterShape, AdapterWeights};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::fusion::{FusionHostWeights, FusionSaved, FusionScratch, FusionShape, FusionWeights};
 use crate::kernels::layernorm;
 use crate::kernels::matmul::{Matmul, MatmulVariant, View};
-use crate::kernels::Activation;
 use crate::reference::{self, rel_err, to_f64};
+use crate::types::Activation;
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -135,11 +135,11 @@ impl AdapterCase {
         })
     }
 
-    fn forward(&self, b: &mut Batch) -> Result<()> {
+    fn forward(&self, b: &mut CommandRecorder) -> Result<()> {
         self.shape.forward(b, &self.w, &self.x, &self.y, &self.a)
     }
 
-    fn backward(&self, b: &mut Batch) -> Result<()> {
+    fn backward(&self, b: &mut CommandRecorder) -> Result<()> {
         self.shape.backward(b, &self.w, &self.x, &self.a, &self.dy, &self.dx, &self.grads, &self.scratch)
     }
 
@@ -273,11 +273,11 @@ impl FusionCase {
         })
     }
 
-    fn forward(&self, b: &mut Batch) -> Result<()> {
+    fn forward(&self, b: &mut CommandRecorder) -> Result<()> {
         self.shape.forward(b, &self.w, &self.h, &self.z, &self.r, 1.0, &self.o, &self.saved)
     }
 
-    fn backward(&self, b: &mut Batch) -> Result<()> {
+    fn backward(&self, b: &mut CommandRecorder) -> Result<()> {
         self.shape.backward(
             b,
             &self.w,
@@ -538,11 +538,11 @@ fn attention_tensors(
 }
 
 impl AttentionTensors {
-    fn forward(&self, b: &mut Batch, s: AttentionShape) -> Result<()> {
+    fn forward(&self, b: &mut CommandRecorder, s: AttentionShape) -> Result<()> {
         attention::attention_forward(b, s, &self.q, &self.k, &self.v, &self.mask, &self.probs, &self.ctx)
     }
 
-    fn backward(&self, b: &mut Batch, s: AttentionShape) -> Result<()> {
+    fn backward(&self, b: &mut CommandRecorder, s: AttentionShape) -> Result<()> {
         attention::attention_backward(
             b,
             s,
@@ -582,7 +582,7 @@ pub fn layer_norm(gpu: &Arc<Gpu>, s: KernelShapes, reps: Reps, peaks: Option<Pea
         ];
         Ok((x, res, g, bb, ts))
     };
-    let record = |b: &mut Batch, ts: &[GpuTensor; 6]| {
+    let record = |b: &mut CommandRecorder, ts: &[GpuTensor; 6]| {
         layernorm::layer_norm(b, &ts[0], Some(&ts[1]), &ts[2], &ts[3], 1e-12, Some(&ts[4]), &ts[5])
     };
     let (x, res, g, bb, ts) = run(67, 51)?;

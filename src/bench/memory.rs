@@ -3,15 +3,15 @@
 //! step time; optionally the same step with and without `--recompute`.
 
 use super::step::random_inputs;
+use crate::formats::adapterhub::BottleneckConfig;
 use crate::gpu::{Gpu, GpuTensor};
-use crate::io::adapterhub::BottleneckConfig;
 use crate::kernels::optim::{AdamW, LinearSchedule};
-use crate::kernels::Activation;
 use crate::model::config::BertConfig;
 use crate::model::encoder::Setup;
 use crate::model::load;
 use crate::model::plan::{self, AdapterSpec, Choice, MemoryPlan, PlanInput};
 use crate::train::{new_adapter, Optimizer};
+use crate::types::Activation;
 use anyhow::{bail, Result};
 use rand::SeedableRng;
 use serde::Serialize;
@@ -294,7 +294,7 @@ pub fn run_cli(gpu: &Arc<Gpu>, o: &super::cli::BenchCli) -> Result<()> {
             text += &serde_json::to_string(r)?;
             text.push('\n');
         }
-        crate::io::write_atomic(path, text.as_bytes())?;
+        crate::formats::write_atomic(path, text.as_bytes())?;
         println!("wrote {} results to {}", runs.len(), path.display());
     }
     Ok(())

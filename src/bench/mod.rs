@@ -12,7 +12,7 @@ pub mod memory;
 pub mod model;
 pub mod step;
 
-use crate::gpu::{Batch, Gpu};
+use crate::gpu::{CommandRecorder, Gpu};
 use anyhow::Result;
 use serde::Serialize;
 use std::sync::Arc;
@@ -183,7 +183,7 @@ impl Default for Reps {
 pub fn time_batches(
     gpu: &Arc<Gpu>,
     reps: Reps,
-    mut record: impl FnMut(&mut Batch) -> Result<()>,
+    mut record: impl FnMut(&mut CommandRecorder) -> Result<()>,
 ) -> Result<(Vec<f64>, Clock)> {
     let mut times = Vec::with_capacity(reps.timed);
     let mut clock = Clock::GpuTimestamps;

@@ -2,9 +2,9 @@
 //! of seeded random weights (`config.json` + `model.safetensors`) for timing and memory runs,
 //! where the weights' values do not matter but their shapes, dtype and file layout do.
 
-use crate::io::weights::{write_tensors, Tensor, TensorMap};
-use crate::kernels::Activation;
+use crate::formats::weights::{write_tensors, Tensor, TensorMap};
 use crate::model::config::BertConfig;
+use crate::types::Activation;
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -91,7 +91,7 @@ pub fn write_random_model(cfg: &BertConfig, dir: &Path, seed: u64) -> Result<()>
     }
     write_tensors(&dir.join("model.safetensors"), &map, None)?;
     let json = serde_json::to_string_pretty(cfg)?;
-    crate::io::write_atomic(&dir.join("config.json"), json.as_bytes())
+    crate::formats::write_atomic(&dir.join("config.json"), json.as_bytes())
 }
 
 /// A model directory for `spec`: the directory itself when `spec` is one holding
@@ -127,7 +127,7 @@ mod tests {
         write_random_model(&cfg, &dir, 7).unwrap();
         assert_eq!(resolve_config(dir.to_str().unwrap()).unwrap(), cfg);
         assert_eq!(BertConfig::from_model_dir(&dir).unwrap(), cfg);
-        let file = crate::io::WeightFile::open(dir.join("model.safetensors")).unwrap();
+        let file = crate::formats::WeightFile::open(dir.join("model.safetensors")).unwrap();
         crate::model::weights::validate_bert_weights(&file, &cfg).unwrap();
     }
 }

@@ -3,14 +3,14 @@
 //! demo workload, an epoch of real Rotten Tomatoes sentence lengths (dynamic padding).
 
 use super::{time_wall, Clock, Measurement, Peaks, Reps};
+use crate::formats::adapterhub::BottleneckConfig;
 use crate::gpu::{Gpu, GpuTensor, Readback};
-use crate::io::adapterhub::BottleneckConfig;
 use crate::kernels::optim::{AdamW, LinearSchedule};
-use crate::kernels::Activation;
 use crate::model::config::BertConfig;
 use crate::model::encoder::{Inputs, Setup};
 use crate::model::load;
 use crate::train::{new_adapter, Optimizer};
+use crate::types::Activation;
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use std::path::Path;

@@ -1,14 +1,14 @@
 //! The GPU runtime: device selection ([`Gpu`]), tensors ([`GpuTensor`]), the pipeline cache
-//! ([`pipelines`]) and command batching with optional GPU timestamps ([`Batch`]).
+//! ([`pipelines`]) and command batching with optional GPU timestamps ([`CommandRecorder`]).
 
-mod batch;
 pub mod memory;
 pub mod pipelines;
+mod recorder;
 mod tensor;
 
-pub use batch::{Batch, BatchTiming, Readback};
 pub use memory::{MemoryTracker, TrackedBuffer};
 pub use pipelines::{Access, KernelSpec};
+pub use recorder::{CommandRecorder, Readback, SubmitTiming};
 pub use tensor::GpuTensor;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -291,8 +291,8 @@ impl Gpu {
     }
 
     /// Starts a batch of dispatches that are submitted together.
-    pub fn batch(self: &Arc<Self>) -> Batch {
-        Batch::new(self.clone())
+    pub fn batch(self: &Arc<Self>) -> CommandRecorder {
+        CommandRecorder::new(self.clone())
     }
 
     /// Fails with the first error wgpu reported asynchronously (out of memory, validation, device

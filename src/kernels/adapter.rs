@@ -7,9 +7,10 @@
 //! thread in a fixed order, so gradients are bit-identical run to run (no float atomics).
 
 use super::matmul::{linear, Matmul, View};
-use super::{elementwise, expect_shape, reduce, Activation};
-use crate::gpu::{Access, Batch, Gpu, GpuTensor, KernelSpec};
+use super::{elementwise, expect_shape, reduce};
+use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec};
 use crate::shaders;
+use crate::types::Activation;
 use anyhow::{bail, Result};
 
 const FORWARD: KernelSpec = KernelSpec {
@@ -163,7 +164,7 @@ impl AdapterShape {
     /// Queues the forward pass: `y` (same shape as `x`) and `a_saved` (`[T, m]`).
     pub fn forward(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         w: &AdapterWeights,
         x: &GpuTensor,
         y: &GpuTensor,
@@ -175,7 +176,7 @@ impl AdapterShape {
     /// [`forward`](Self::forward) with another residual (Pfeiffer placement, fusion outputs).
     pub fn forward_residual(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         w: &AdapterWeights,
         x: &GpuTensor,
         residual: Residual,
@@ -212,7 +213,7 @@ impl AdapterShape {
     /// `g` (`[T, m]` each) are scratch.
     pub fn backward(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         w: &AdapterWeights,
         x: &GpuTensor,
         a_saved: &GpuTensor,
@@ -229,7 +230,7 @@ impl AdapterShape {
     /// the residual's gradient is `dy` itself, for the caller to route.
     pub fn backward_residual(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         w: &AdapterWeights,
         x: &GpuTensor,
         separate_residual: bool,
@@ -295,7 +296,7 @@ impl AdapterShape {
     /// `h = act(a)`, `y = h W_upᵀ + b_up (+ residual)`.
     fn forward_matmul(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         w: &AdapterWeights,
         x: &GpuTensor,
         r: Option<&GpuTensor>,
@@ -325,7 +326,7 @@ impl AdapterShape {
     /// s·(dy W_up)`, `dx = da W_down (+ dy when the adapter's input was its residual)`.
     fn backward_dx_matmul(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         w: &AdapterWeights,
         separate_residual: bool,
         a_saved: &GpuTensor,

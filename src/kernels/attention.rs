@@ -15,7 +15,7 @@
 
 use super::elementwise::check_no_alias;
 use super::matmul::{InnerBatch, Matmul, View};
-use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 
@@ -130,7 +130,7 @@ enum Which {
     Rows,
 }
 
-fn row_kernel(batch: &mut Batch, spec: &KernelSpec, s: AttentionShape, a: &GpuTensor, b: &GpuTensor) {
+fn row_kernel(batch: &mut CommandRecorder, spec: &KernelSpec, s: AttentionShape, a: &GpuTensor, b: &GpuTensor) {
     let rows = s.batch * s.heads * s.seq;
     let tpr = threads_per_row(s.seq);
     let params = Params {
@@ -150,7 +150,7 @@ fn row_kernel(batch: &mut Batch, spec: &KernelSpec, s: AttentionShape, a: &GpuTe
 /// a buffer with an input or each other. A query whose keys are all masked gets zero probabilities
 /// (and a zero context).
 pub fn attention_forward(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     s: AttentionShape,
     q: &GpuTensor,
     k: &GpuTensor,
@@ -190,7 +190,7 @@ pub fn attention_forward(
 /// `probs` and `dctx`. `scratch` (`[batch, heads, seq, seq]`) receives dS. The outputs and
 /// `scratch` must not share a buffer with an input or each other.
 pub fn attention_backward(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     s: AttentionShape,
     q: &GpuTensor,
     k: &GpuTensor,

@@ -1,9 +1,10 @@
 //! `shaders/elementwise.wgsl`: one thread per output element — `add`, `act_backward`, `copy`,
 //! `fill`, BERT `embeddings`, and the [CLS]-row `gather_rows` / `scatter_rows`.
 
-use super::{expect_shape, Activation};
-use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use super::expect_shape;
+use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
+use crate::types::Activation;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
@@ -64,7 +65,13 @@ fn groups(n: u32) -> [u32; 3] {
     [n.div_ceil(WG), 1, 1]
 }
 
-fn run(batch: &mut Batch, spec: &KernelSpec, act: Option<Activation>, params: Params, tensors: &[Option<&GpuTensor>]) {
+fn run(
+    batch: &mut CommandRecorder,
+    spec: &KernelSpec,
+    act: Option<Activation>,
+    params: Params,
+    tensors: &[Option<&GpuTensor>],
+) {
     let wg = ("WG", WG as f64);
     match act {
         Some(a) => batch.dispatch(spec, &[wg, ("ACT", a.id())], &params, tensors, groups(params.n)),
@@ -73,7 +80,7 @@ fn run(batch: &mut Batch, spec: &KernelSpec, act: Option<Activation>, params: Pa
 }
 
 /// `out = a + b` (all the same shape; `out` distinct from the inputs).
-pub fn add(batch: &mut Batch, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> Result<()> {
+pub fn add(batch: &mut CommandRecorder, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> Result<()> {
     expect_shape("add b", &b.shape, &a.shape)?;
     expect_shape("add out", &out.shape, &a.shape)?;
     check_no_alias("add", &[out], &[Some(a), Some(b)])?;
@@ -83,7 +90,13 @@ pub fn add(batch: &mut Batch, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor) -> 
 }
 
 /// `dx = dy ⊙ act'(pre)` (all the same shape; `dx` distinct from the inputs).
-pub fn act_backward(batch: &mut Batch, act: Activation, pre: &GpuTensor, dy: &GpuTensor, dx: &GpuTensor) -> Result<()> {
+pub fn act_backward(
+    batch: &mut CommandRecorder,
+    act: Activation,
+    pre: &GpuTensor,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+) -> Result<()> {
     expect_shape("act_backward dy", &dy.shape, &pre.shape)?;
     expect_shape("act_backward dx", &dx.shape, &pre.shape)?;
     check_no_alias("act_backward", &[dx], &[Some(pre), Some(dy)])?;
@@ -93,7 +106,7 @@ pub fn act_backward(batch: &mut Batch, act: Activation, pre: &GpuTensor, dy: &Gp
 }
 
 /// `out = act(x)` (same shape; `out` distinct from `x`).
-pub fn activate(batch: &mut Batch, act: Activation, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
+pub fn activate(batch: &mut CommandRecorder, act: Activation, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
     expect_shape("activate out", &out.shape, &x.shape)?;
     check_no_alias("activate", &[out], &[Some(x)])?;
     let params = Params { n: count("activate", x.numel())?, ..Default::default() };
@@ -103,7 +116,7 @@ pub fn activate(batch: &mut Batch, act: Activation, x: &GpuTensor, out: &GpuTens
 
 /// `dst[dst_off..dst_off + n] = src[src_off..src_off + n]` (slices of stacked tensors).
 pub fn copy_range(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     src: &GpuTensor,
     src_off: usize,
     dst: &GpuTensor,
@@ -125,7 +138,7 @@ pub fn copy_range(
 }
 
 /// `dst = src` (same number of elements; shapes may differ).
-pub fn copy(batch: &mut Batch, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
+pub fn copy(batch: &mut CommandRecorder, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
     if src.numel() != dst.numel() {
         bail!("copy: source {:?} and destination {:?} differ in size", src.shape, dst.shape);
     }
@@ -136,7 +149,7 @@ pub fn copy(batch: &mut Batch, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
 }
 
 /// Every element of `t` = `value`.
-pub fn fill(batch: &mut Batch, t: &GpuTensor, value: f32) -> Result<()> {
+pub fn fill(batch: &mut CommandRecorder, t: &GpuTensor, value: f32) -> Result<()> {
     let params = Params { n: count("fill", t.numel())?, value, ..Default::default() };
     run(batch, &FILL, None, params, &[Some(t)]);
     Ok(())
@@ -156,7 +169,7 @@ fn rows_d(what: &str, t: &GpuTensor) -> Result<(usize, usize)> {
 /// rows) and `[types, d]`; `out` is `[B·seq, d]`. Ids are the caller's to validate: the kernel
 /// clamps an id past its table to the last row, so it never reads out of bounds.
 pub fn embeddings(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     ids: &GpuTensor,
     token_types: &GpuTensor,
     seq: usize,
@@ -226,7 +239,7 @@ fn gather_shapes(what: &str, full: &GpuTensor, rows: &GpuTensor, stride: usize) 
 
 /// `out[b] = x[b·stride]` for `x` `[B·stride, d]` and `out` `[B, d]` (the [CLS] token of each
 /// sequence).
-pub fn gather_rows(batch: &mut Batch, x: &GpuTensor, stride: usize, out: &GpuTensor) -> Result<()> {
+pub fn gather_rows(batch: &mut CommandRecorder, x: &GpuTensor, stride: usize, out: &GpuTensor) -> Result<()> {
     let (b, d) = gather_shapes("gather_rows", x, out, stride)?;
     check_no_alias("gather_rows", &[out], &[Some(x)])?;
     let params = Params { n: count("gather_rows", b * d)?, d: d as u32, stride: stride as u32, ..Default::default() };
@@ -237,7 +250,7 @@ pub fn gather_rows(batch: &mut Batch, x: &GpuTensor, stride: usize, out: &GpuTen
 /// The transpose of [`gather_rows`]: row `b·stride` of `out` `[B·stride, d]` = `src[b]` (`+=` with
 /// `accumulate`); every other row is zeroed (left untouched with `accumulate`).
 pub fn scatter_rows(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     src: &GpuTensor,
     stride: usize,
     out: &GpuTensor,

@@ -28,7 +28,7 @@
 
 use super::matmul::{linear, Matmul, View};
 use super::{expect_shape, reduce};
-use crate::gpu::{Access, Batch, Gpu, GpuTensor, KernelSpec};
+use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 use rand::Rng;
@@ -313,7 +313,7 @@ impl FusionShape {
     /// `z`: `[N, T, d]`; fills `saved`. `temperature` is T for this pass (see [`Temperature`]).
     pub fn forward(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         w: &FusionWeights,
         h: &GpuTensor,
         z: &GpuTensor,
@@ -367,7 +367,7 @@ impl FusionShape {
     /// is set to zero, its exact value).
     pub fn backward(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         w: &FusionWeights,
         h: &GpuTensor,
         z: &GpuTensor,
@@ -457,7 +457,7 @@ impl FusionShape {
 }
 
 /// Writes zeros into every element of `out`.
-fn zero_fill(batch: &mut Batch, out: &GpuTensor) -> Result<()> {
+fn zero_fill(batch: &mut CommandRecorder, out: &GpuTensor) -> Result<()> {
     let len = u32::try_from(out.numel()).map_err(|_| anyhow::anyhow!("zero_fill: tensor too large"))?;
     let params = Params { len, ..Params::zeroed() };
     batch.dispatch(&ZERO_FILL, &[], &params, &[Some(out)], [len.div_ceil(64), 1, 1]);
@@ -469,7 +469,7 @@ fn zero_fill(batch: &mut Batch, out: &GpuTensor) -> Result<()> {
 /// `loss[0]`; with `accumulate` both are added to what the tensors hold (after
 /// [`FusionShape::backward`] wrote `dW_V`, and to sum the loss over layers).
 pub fn regularization(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     w_v: &GpuTensor,
     coef: f32,
     grad_w_v: &GpuTensor,

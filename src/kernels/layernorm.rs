@@ -3,7 +3,7 @@
 
 use super::elementwise::check_no_alias;
 use super::expect_shape;
-use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 
@@ -66,7 +66,7 @@ fn rows_of(what: &str, x: &GpuTensor, gamma: &GpuTensor) -> Result<(usize, usize
 /// (or `x`), the input [`layer_norm_backward`] needs. `y` and `sum_out` must not share a buffer with
 /// an input or each other.
 pub fn layer_norm(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     x: &GpuTensor,
     residual: Option<&GpuTensor>,
     gamma: &GpuTensor,
@@ -112,7 +112,7 @@ pub fn layer_norm(
 /// `x` (the saved sum); mean and rstd are recomputed from `x`. With `accumulate`, `dx` is added to
 /// instead of overwritten. `dx` must not share a buffer with `x`, `gamma` or `dy`.
 pub fn layer_norm_backward(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     x: &GpuTensor,
     gamma: &GpuTensor,
     eps: f32,

@@ -3,7 +3,7 @@
 
 use super::elementwise::check_no_alias;
 use super::expect_shape;
-use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 
@@ -37,7 +37,7 @@ fn dims(what: &str, logits: &GpuTensor) -> Result<(usize, usize)> {
 /// the kernel clamps larger ones to `C − 1` only to stay in bounds). One workgroup walks all rows,
 /// so this suits classifier heads (`B·C` up to some 10⁵).
 pub fn softmax_cross_entropy(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     logits: &GpuTensor,
     labels: &GpuTensor,
     loss: &GpuTensor,
@@ -64,7 +64,7 @@ pub fn softmax_cross_entropy(
 }
 
 /// `probs = softmax(logits)` over each row of `[B, C]` logits.
-pub fn softmax(batch: &mut Batch, logits: &GpuTensor, probs: &GpuTensor) -> Result<()> {
+pub fn softmax(batch: &mut CommandRecorder, logits: &GpuTensor, probs: &GpuTensor) -> Result<()> {
     let (rows, classes) = dims("softmax", logits)?;
     expect_shape("softmax probs", &probs.shape, &logits.shape)?;
     check_no_alias("softmax", &[probs], &[Some(logits)])?;

@@ -14,9 +14,9 @@
 //! compute exactly the f32 product of the f16-rounded inputs up to f32 summation error, which the
 //! tests check with the f32 tolerance against a reference built from the rounded inputs.
 
-use super::Activation;
-use crate::gpu::{Access, Batch, Gpu, GpuTensor, KernelSpec};
+use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec};
 use crate::shaders::{self, Shader};
+use crate::types::Activation;
 use anyhow::{anyhow, bail, Result};
 use std::sync::{LazyLock, OnceLock};
 
@@ -626,14 +626,21 @@ impl Matmul {
     }
 
     /// Queues the product. `bias` is a tensor and an element offset; it is added per column.
-    pub fn run(&self, batch: &mut Batch, a: View, b: View, bias: Option<(&GpuTensor, usize)>, c: View) -> Result<()> {
+    pub fn run(
+        &self,
+        batch: &mut CommandRecorder,
+        a: View,
+        b: View,
+        bias: Option<(&GpuTensor, usize)>,
+        c: View,
+    ) -> Result<()> {
         self.run_inner(batch, InnerBatch::NONE, a, b, bias, c)
     }
 
     /// [`run`](Self::run) over `self.batch × inner.count` matrices (see [`InnerBatch`]).
     pub fn run_inner(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         inner: InnerBatch,
         a: View,
         b: View,
@@ -736,7 +743,7 @@ impl Matmul {
     /// from the operands' strides, tile sizes, dispatch.
     fn run_vec4(
         &self,
-        batch: &mut Batch,
+        batch: &mut CommandRecorder,
         variant: MatmulVariant,
         params: &Params,
         (a, b, c): (View, View, View),
@@ -828,7 +835,13 @@ impl Matmul {
 }
 
 /// `y[T, out] = x[T, in] · w[out, in]ᵀ + bias` (nn.Linear).
-pub fn linear(batch: &mut Batch, x: &GpuTensor, w: &GpuTensor, bias: Option<&GpuTensor>, y: &GpuTensor) -> Result<()> {
+pub fn linear(
+    batch: &mut CommandRecorder,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    y: &GpuTensor,
+) -> Result<()> {
     let (out, inp) = (w.shape[0], w.shape[1]);
     let t = x.numel() / inp.max(1);
     Matmul::new(t, out, inp).run(

@@ -402,7 +402,13 @@ impl ShapeData {
     }
 }
 
-fn queue(batch: &mut crate::gpu::Batch, s: &Shape, d: &ShapeData, v: MatmulVariant, tiles: Tiles) -> Result<()> {
+fn queue(
+    batch: &mut crate::gpu::CommandRecorder,
+    s: &Shape,
+    d: &ShapeData,
+    v: MatmulVariant,
+    tiles: Tiles,
+) -> Result<()> {
     let mut mm = Matmul::new(s.m, s.n, s.k).batch(s.outer).variant(v);
     match tiles {
         Tiles::Auto => {}

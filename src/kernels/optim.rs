@@ -16,7 +16,7 @@
 //! ```
 
 use super::elementwise::check_no_alias;
-use crate::gpu::{Access, Batch, Gpu, GpuTensor, KernelSpec};
+use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{anyhow, bail, Result};
 
@@ -124,7 +124,7 @@ impl AdamW {
 /// (exp_avg_sq, both zero before step 1) are updated in place; `grad` is only read. All four have
 /// the same shape and distinct buffers.
 pub fn adamw_step(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     opt: &AdamW,
     step: u32,
     lr: f32,
@@ -197,7 +197,7 @@ pub fn sum_of_squares_scratch_len(tensors: &[&GpuTensor]) -> usize {
 /// one dispatch per tensor writes fixed-order partial sums, one more adds them in order. Allocates
 /// its scratch buffer; a trainer that calls it every step can keep one and use
 /// [`sum_of_squares_with_scratch`].
-pub fn sum_of_squares(batch: &mut Batch, tensors: &[&GpuTensor], out: &GpuTensor) -> Result<()> {
+pub fn sum_of_squares(batch: &mut CommandRecorder, tensors: &[&GpuTensor], out: &GpuTensor) -> Result<()> {
     let len = sum_of_squares_scratch_len(tensors);
     let scratch = GpuTensor::zeros(batch.gpu(), &[len.max(1)])?;
     sum_of_squares_with_scratch(batch, tensors, &scratch, out)
@@ -207,7 +207,7 @@ pub fn sum_of_squares(batch: &mut Batch, tensors: &[&GpuTensor], out: &GpuTensor
 /// [`sum_of_squares_scratch_len`]`(tensors)` values (contents overwritten). `out` and `scratch`
 /// are distinct from every input and from each other.
 pub fn sum_of_squares_with_scratch(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     tensors: &[&GpuTensor],
     scratch: &GpuTensor,
     out: &GpuTensor,
@@ -242,7 +242,7 @@ pub fn sum_of_squares_with_scratch(
 /// coefficient from the squared norm `ss` of [`sum_of_squares`], computed on the GPU so
 /// [`adamw_step`] can take it as `grad_scale_tensor`. A non-finite `ss` gives NaN (as in torch,
 /// where a non-finite gradient makes the clipped gradients NaN): check [`grad_norm`] on the host.
-pub fn clip_factor(batch: &mut Batch, ss: &GpuTensor, max_norm: f32, out: &GpuTensor) -> Result<()> {
+pub fn clip_factor(batch: &mut CommandRecorder, ss: &GpuTensor, max_norm: f32, out: &GpuTensor) -> Result<()> {
     if !max_norm.is_finite() || max_norm <= 0.0 {
         bail!("clip_factor: max_norm must be positive and finite, got {max_norm} (skip clipping instead)");
     }

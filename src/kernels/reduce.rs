@@ -1,6 +1,6 @@
 //! `shaders/reduce.wgsl`: deterministic column sums (bias gradients).
 
-use crate::gpu::{Access, Batch, GpuTensor, KernelSpec};
+use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 
@@ -22,7 +22,7 @@ struct Params {
 
 /// `out[j] = scale · Σ_i x[i, j] + beta · out[j]` for a row-major `x` of `rows × cols`.
 pub fn col_sum(
-    batch: &mut Batch,
+    batch: &mut CommandRecorder,
     x: &GpuTensor,
     rows: usize,
     cols: usize,

@@ -3,7 +3,7 @@
 
 use crate::gpu::{Gpu, GpuTensor};
 use crate::kernels::adapter::{AdapterShape, AdapterWeights};
-use crate::kernels::Activation;
+use crate::types::Activation;
 use anyhow::Result;
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! `BertConfig`: the architecture of a BERT-family encoder from a Hugging Face `config.json`.
 
-use crate::kernels::Activation;
+use crate::types::Activation;
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -5,13 +5,14 @@
 use super::adapters::{AdapterModule, AdapterSet, ClassificationHead, Location, Placement};
 use super::fusion::FusionModel;
 use super::store::{LayerStore, LayerWeights, TensorSource};
-use crate::gpu::{Batch, Gpu, GpuTensor};
+use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::adapter::AdapterWeights;
 use crate::kernels::adapter::{AdapterScratch, Residual};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::fusion::{FusionSaved, FusionScratch};
 use crate::kernels::matmul::{linear, Matmul, View};
-use crate::kernels::{elementwise, layernorm, loss, reduce, Activation};
+use crate::kernels::{elementwise, layernorm, loss, reduce};
+use crate::types::Activation;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
@@ -280,7 +281,7 @@ impl Encoder {
     /// The caller submits the rest (e.g. with an optimizer step in the same command buffer).
     pub fn record(
         &mut self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         setup: &Setup,
         head: &ClassificationHead,
         inp: &Inputs,
@@ -397,7 +398,7 @@ impl Encoder {
     /// (the GPU runs layer l while the host records layer l + 1) and let wgpu reclaim what finished
     /// work dropped, so later layers reuse that memory instead of allocating more
     /// ([`SUBMIT_PER_LAYER_ENV`]`=0`: one submit for the whole pass instead).
-    fn layer_done(&self, b: &mut Batch) -> Result<()> {
+    fn layer_done(&self, b: &mut CommandRecorder) -> Result<()> {
         if self.recompute || !self.store.is_resident() {
             b.finish()?;
         } else if submit_per_layer(&self.gpu) {
@@ -415,7 +416,14 @@ impl Encoder {
     }
 
     /// Rows `first..first + count` (sequences) of a `[batch·seq, …]` tensor, copied to a new one.
-    fn rows_of(&self, b: &mut Batch, x: &GpuTensor, seq: usize, first: usize, count: usize) -> Result<GpuTensor> {
+    fn rows_of(
+        &self,
+        b: &mut CommandRecorder,
+        x: &GpuTensor,
+        seq: usize,
+        first: usize,
+        count: usize,
+    ) -> Result<GpuTensor> {
         let width = x.numel() / x.shape[0];
         let shape: Vec<usize> = std::iter::once(count * seq).chain(x.shape[1..].iter().copied()).collect();
         let out = t(&self.gpu, &shape)?;
@@ -426,7 +434,7 @@ impl Encoder {
     /// A chunk's layer input, mask and attention shape.
     fn chunk_of(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         x: &GpuTensor,
         mask: &GpuTensor,
         s: AttentionShape,
@@ -442,7 +450,7 @@ impl Encoder {
     /// backward needs (see [`Saved`]).
     fn layers_forward(
         &mut self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         setup: &Setup,
         mut x: GpuTensor,
         mask: &GpuTensor,
@@ -507,7 +515,7 @@ impl Encoder {
     #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         w: &LayerWeights,
         setup: &Setup,
         l: usize,
@@ -568,7 +576,7 @@ impl Encoder {
     /// `LN(x + x_in)` with the pretrained LayerNorm, keeping the sum for backward: `(sum, out)`.
     fn add_layer_norm(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         x: &GpuTensor,
         x_in: &GpuTensor,
         ln_g: &GpuTensor,
@@ -583,7 +591,7 @@ impl Encoder {
     /// Gradient through the final `LN(out + x_in)` when there is one (`u` is its saved input).
     fn final_ln_backward(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         u: Option<&GpuTensor>,
         ln_g: &GpuTensor,
         dfinal: &GpuTensor,
@@ -598,7 +606,7 @@ impl Encoder {
     /// AdapterHub places it (see [`Placement`]).
     fn sublayer_forward(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         h: GpuTensor,
         x_in: &GpuTensor,
         ln_g: &GpuTensor,
@@ -633,7 +641,7 @@ impl Encoder {
     /// Gradient of a sub-layer: from `dfinal` to `dh` (its dense output) and `dx_in` (written).
     fn sublayer_backward(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         acts: &SubActs,
         ln_g: &GpuTensor,
         adapter: Option<(&AdapterModule, Placement)>,
@@ -702,7 +710,7 @@ impl Encoder {
     /// is mixed by the fusion attention.
     fn fusion_forward(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         h: GpuTensor,
         x_in: &GpuTensor,
         ln_g: &GpuTensor,
@@ -754,7 +762,7 @@ impl Encoder {
     #[allow(clippy::too_many_arguments)]
     fn fusion_backward(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         acts: &SubActs,
         ln_g: &GpuTensor,
         adapters: &[&AdapterSet],
@@ -837,7 +845,7 @@ impl Encoder {
     }
 
     /// Sum of same-shaped tensors (fixed order) into a new tensor.
-    fn sum(&self, b: &mut Batch, xs: &[GpuTensor]) -> Result<GpuTensor> {
+    fn sum(&self, b: &mut CommandRecorder, xs: &[GpuTensor]) -> Result<GpuTensor> {
         let mut acc = xs.first().ok_or_else(|| anyhow::anyhow!("empty sum"))?.clone();
         for x in &xs[1..] {
             let next = t(&self.gpu, &acc.shape)?;
@@ -850,7 +858,7 @@ impl Encoder {
     #[allow(clippy::too_many_arguments)]
     fn head_backward(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         head: &ClassificationHead,
         cls: &GpuTensor,
         hpre: &GpuTensor,
@@ -893,7 +901,7 @@ impl Encoder {
 
     fn layers_backward(
         &mut self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         setup: &Setup,
         saved: Saved,
         mask: &GpuTensor,
@@ -977,7 +985,7 @@ impl Encoder {
     #[allow(clippy::too_many_arguments)]
     fn layer_backward(
         &self,
-        b: &mut Batch,
+        b: &mut CommandRecorder,
         w: &LayerWeights,
         setup: &Setup,
         l: usize,

@@ -1,10 +1,10 @@
 //! AdapterFusion layers of a whole model on the GPU (one per layer at the FFN output), with
 //! their gradients, named as AdapterHub names them.
 
+use crate::formats::adapterhub::{Fusion, FusionConfig, FusionLayer, SavedConfig};
+use crate::formats::weights::{Tensor, TensorMap};
 use crate::gpu::GpuTensor;
-use crate::gpu::{Batch, Gpu};
-use crate::io::adapterhub::{Fusion, FusionConfig, FusionLayer, SavedConfig};
-use crate::io::weights::{Tensor, TensorMap};
+use crate::gpu::{CommandRecorder, Gpu};
 use crate::kernels::fusion::{FusionHostWeights, FusionShape, FusionWeights};
 use crate::kernels::matmul::{Matmul, View};
 use anyhow::{anyhow, bail, Result};
@@ -193,7 +193,7 @@ impl FusionModel {
     /// Called by the encoder after layer `layer`'s fusion forward: when recording, adds
     /// `maskᵀ · p` (the softmax weights `p` `[T, N]` summed over real tokens; `mask` `[T]` is 1 for
     /// real tokens, 0 for padding) to row `layer` of the sums, on the GPU.
-    pub fn record_weights(&self, b: &mut Batch, p: &GpuTensor, mask: &GpuTensor, layer: usize) -> Result<()> {
+    pub fn record_weights(&self, b: &mut CommandRecorder, p: &GpuTensor, mask: &GpuTensor, layer: usize) -> Result<()> {
         let Some(sums) = &self.weight_sums else { return Ok(()) };
         let (n, t) = (self.shape.n, mask.numel());
         if p.numel() != t * n {

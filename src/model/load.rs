@@ -1,14 +1,14 @@
 //! Builds the GPU model from what is on disk: a HF model directory, AdapterHub adapter and head
-//! folders (read by [`crate::io::adapterhub`]).
+//! folders (read by [`crate::formats::adapterhub`]).
 
 use super::adapters::{AdapterSet, ClassificationHead, Location, Placement};
 use super::config::BertConfig;
 use super::encoder::{Dims, Encoder};
 use super::source::FileSource;
+use crate::formats::adapterhub::{Adapter, Head, ResidualBeforeLn};
+use crate::formats::weights::{TensorMap, WeightFile};
 use crate::gpu::Gpu;
-use crate::io::adapterhub::{Adapter, Head, ResidualBeforeLn};
-use crate::io::weights::{TensorMap, WeightFile};
-use crate::kernels::Activation;
+use crate::types::Activation;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 use std::sync::Arc;

@@ -10,8 +10,8 @@
 use super::adapters::{AdapterSet, Location, Placement};
 use super::config::BertConfig;
 use super::store::LayerWeights;
+use crate::formats::adapterhub::{BottleneckConfig, ResidualBeforeLn};
 use crate::gpu::Gpu;
-use crate::io::adapterhub::{BottleneckConfig, ResidualBeforeLn};
 use anyhow::{bail, Result};
 use std::fmt;
 

@@ -3,7 +3,7 @@
 
 use super::store::TensorSource;
 use super::weights::find;
-use crate::io::weights::{decode_f32, WeightFile};
+use crate::formats::weights::{decode_f32, WeightFile};
 use anyhow::{anyhow, bail, Result};
 use std::borrow::Cow;
 

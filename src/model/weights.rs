@@ -7,7 +7,7 @@
 //! parameters `gamma` / `beta`. [`BertWeightNames::resolve`] maps each canonical name to the
 //! name the file uses, and checks every required tensor's presence and shape up front.
 
-use crate::io::WeightFile;
+use crate::formats::WeightFile;
 use crate::model::config::BertConfig;
 use anyhow::{bail, Result};
 

@@ -6,7 +6,7 @@ pub mod fusion;
 pub mod ops;
 pub mod optim;
 
-use crate::kernels::Activation;
+use crate::types::Activation;
 
 pub fn act(kind: Activation, x: f64) -> f64 {
     match kind {

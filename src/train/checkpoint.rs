@@ -1,11 +1,11 @@
 //! Checkpoints in AdapterHub's format: the GPU tensors gathered into [`Adapter`] (with its head),
 //! which writes each file atomically (temp file + fsync + rename).
 
-use crate::gpu::Gpu;
-use crate::io::adapterhub::{
+use crate::formats::adapterhub::{
     Adapter, BottleneckConfig, BottleneckWeights, Head, HeadConfig, HeadLinear, LayerAdapters, SavedConfig,
 };
-use crate::io::weights::Tensor;
+use crate::formats::weights::Tensor;
+use crate::gpu::Gpu;
 use crate::model::adapters::{AdapterSet, ClassificationHead, Location};
 use anyhow::Result;
 

@@ -9,18 +9,18 @@
 //! the encoder's fusion forward ([`FusionModel::record_weights`]).
 
 use super::{load_task_data, model_name, model_parameters, run_loop, DataSpec, LoopArgs, TrainSummary, Trainee};
-use crate::data::{self, DataOptions, Example, LabelMap};
-use crate::gpu::{Batch, Gpu, GpuTensor};
-use crate::io::adapterhub::{Fusion, FusionConfig};
+use crate::formats::adapterhub::{Fusion, FusionConfig};
+use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::elementwise;
 use crate::kernels::fusion::{self as fusion_kernels, Temperature, REGULARIZATION_COEF};
-use crate::metrics::{self, Scores};
 use crate::model::adapters::{AdapterSet, ClassificationHead, Location};
 use crate::model::config::BertConfig;
 use crate::model::encoder::{Encoder, Setup};
 use crate::model::fusion::FusionModel;
 use crate::model::load;
-use crate::tokenizer::Tokenizer;
+use crate::train::data::{self, DataOptions, Example, LabelMap};
+use crate::train::metrics::{self, Scores};
+use crate::train::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::SeedableRng;
 use std::collections::HashMap;
@@ -198,7 +198,7 @@ impl FusionAttention {
     /// Writes the table as JSON (atomically).
     pub fn save_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        crate::io::write_atomic(path, text.as_bytes())
+        crate::formats::write_atomic(path, text.as_bytes())
     }
 }
 
@@ -343,7 +343,7 @@ impl Trainee for FusionTrainee {
     /// `0.01·Σ_layers ‖I − W_V‖²_F` and its gradient added to dW_V, on the GPU (AdapterHub's
     /// `get_fusion_regularization_loss`, when the config's `regularization` is set and there is a
     /// value matrix).
-    fn record_extra_loss(&mut self, b: &mut Batch) -> Result<Option<GpuTensor>> {
+    fn record_extra_loss(&mut self, b: &mut CommandRecorder) -> Result<Option<GpuTensor>> {
         if !self.fusion.config.regularization || !self.fusion.config.value {
             return Ok(None);
         }
@@ -504,7 +504,7 @@ pub fn load_fused(gpu: &Arc<Gpu>, p: &FusedPaths, max_length: usize) -> Result<L
         }
     }
     let h = match (&p.head, &f.head) {
-        (Some(dir), _) => crate::io::adapterhub::Head::load(dir, d)?,
+        (Some(dir), _) => crate::formats::adapterhub::Head::load(dir, d)?,
         (None, Some(h)) => h.clone(),
         (None, None) => bail!("{}: no head saved with the fusion; pass --head DIR", p.fusion.display()),
     };

@@ -2,23 +2,28 @@
 //! predict`). All compute runs on the GPU: the encoder's forward/backward, AdamW, gradient
 //! clipping, softmax; the host only batches data, schedules the learning rate and logs.
 
+pub mod cache;
 pub mod checkpoint;
+pub mod data;
 pub mod fuse;
+pub mod grads;
 pub mod guard;
+pub mod metrics;
 pub mod resume;
+pub mod tokenizer;
 
-use crate::data::{self, DataOptions, Example, LabelMap, Tokenized};
-use crate::gpu::{Batch, Gpu, GpuTensor};
-use crate::io::adapterhub::{BottleneckConfig, ResidualBeforeLn};
+use crate::formats::adapterhub::{BottleneckConfig, ResidualBeforeLn};
+use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::optim::{self, AdamW, LinearSchedule};
-use crate::kernels::Activation;
-use crate::metrics::{self, MetricsLog, Scores, TrainingCurves};
 use crate::model::adapters::{adapter_tensor_names, AdapterSet, ClassificationHead, Location, Placement};
 use crate::model::config::BertConfig;
 use crate::model::encoder::{Encoder, Inputs, Setup};
 use crate::model::load;
 use crate::model::plan;
-use crate::tokenizer::Tokenizer;
+use crate::train::data::{DataOptions, Example, LabelMap, Tokenized};
+use crate::train::metrics::{MetricsLog, Scores, TrainingCurves};
+use crate::train::tokenizer::Tokenizer;
+use crate::types::Activation;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
@@ -262,7 +267,7 @@ impl Optimizer {
     /// Records one AdamW step with global-norm clipping into `b` (after the pass that wrote the
     /// gradients, in the same command buffer); returns the step's learning rate. The squared
     /// gradient norm lands in [`sum_of_squares`](Self::sum_of_squares).
-    pub fn record_step(&mut self, b: &mut Batch, params: &[(String, &GpuTensor, &GpuTensor)]) -> Result<f32> {
+    pub fn record_step(&mut self, b: &mut CommandRecorder, params: &[(String, &GpuTensor, &GpuTensor)]) -> Result<f32> {
         self.step += 1;
         // As HF's Trainer: optimizer step t (1-based) uses the schedule's value at t - 1.
         let lr = self.schedule.lr_at(self.step - 1);
@@ -426,7 +431,7 @@ pub trait Trainee {
     /// After backward, before the optimizer step, in the same command buffer: records the
     /// gradients of extra loss terms (e.g. the fusion's W_V regularization) into the gradient
     /// tensors; returns the `[1]` tensor that will hold the extra loss, if any.
-    fn record_extra_loss(&mut self, _b: &mut Batch) -> Result<Option<GpuTensor>> {
+    fn record_extra_loss(&mut self, _b: &mut CommandRecorder) -> Result<Option<GpuTensor>> {
         Ok(None)
     }
     /// Before each dev evaluation.
@@ -893,7 +898,7 @@ pub struct Loaded {
 
 pub fn load_trained(gpu: &Arc<Gpu>, model: &Path, adapter: &Path, max_length: usize) -> Result<Loaded> {
     let (cfg, enc) = load::load_encoder(gpu, model, None)?;
-    let a = crate::io::adapterhub::Adapter::load(adapter, &cfg)?;
+    let a = crate::formats::adapterhub::Adapter::load(adapter, &cfg)?;
     let h = a.head.as_ref().ok_or_else(|| anyhow!("{}: no head saved with the adapter", adapter.display()))?;
     let labels = LabelMap::new(h.config.id2label.clone())?;
     let head = load::classification_head(gpu, h, cfg.hidden_size)?;

@@ -13,10 +13,10 @@
 //! folder stays loadable by `adapters`' `load_adapter`.
 
 use super::{Optimizer, Preset, TrainArgs, TrainSummary};
-use crate::data::{DataOptions, Format, Tokenized};
+use crate::formats::weights::{write_tensors, Tensor, TensorMap, WeightFile};
 use crate::gpu::{Gpu, GpuTensor};
-use crate::io::weights::{write_tensors, Tensor, TensorMap, WeightFile};
-use crate::kernels::Activation;
+use crate::train::data::{DataOptions, Format, Tokenized};
+use crate::types::Activation;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use std::collections::HashMap;

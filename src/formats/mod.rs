@@ -3,7 +3,7 @@
 //! ([`cache`]), atomic writes and Python-compatible JSON ([`write_atomic`], [`to_python_json`]).
 
 pub mod adapterhub;
-pub mod cache;
+
 pub mod weights;
 
 use anyhow::{Context, Result};

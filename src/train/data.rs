@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use peft_wgpu::data::{self, DataOptions, LabelMap};
+//! use peft_wgpu::train::data::{self, DataOptions, LabelMap};
 //! let examples = data::load_examples("train.csv", &DataOptions::default())?;
 //! let (train, dev) = data::seeded_split(examples, 0.1, 42)?;
 //! let labels = LabelMap::from_examples(&train)?;
@@ -14,7 +14,7 @@
 //! # let _ = (dev, train_ids); Ok(()) }
 //! ```
 
-use crate::tokenizer::Tokenizer;
+use crate::train::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;

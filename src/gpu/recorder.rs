@@ -1,4 +1,4 @@
-//! [`Batch`]: many dispatches recorded into one compute pass and submitted together, with their
+//! [`CommandRecorder`]: many dispatches recorded into one compute pass and submitted together, with their
 //! parameter blocks packed into one uniform buffer, and GPU timestamps where supported.
 
 use super::pipelines::{KernelSpec, Pipeline};
@@ -13,7 +13,7 @@ struct Dispatch {
     groups: [u32; 3],
 }
 
-/// Values copied out of a submitted batch ([`Batch::submit_with_readback`]).
+/// Values copied out of a submitted batch ([`CommandRecorder::submit_with_readback`]).
 pub struct Readback {
     gpu: Arc<Gpu>,
     staging: wgpu::Buffer,
@@ -54,20 +54,20 @@ impl Readback {
 
 /// GPU time of one submitted batch.
 #[derive(Clone, Copy, Debug)]
-pub struct BatchTiming {
+pub struct SubmitTiming {
     /// Seconds between the start and the end of the compute pass, from GPU timestamps.
     pub gpu_seconds: f64,
 }
 
-/// Records dispatches; [`Batch::submit`] sends them all in one command buffer.
-pub struct Batch {
+/// Records dispatches; [`CommandRecorder::submit`] sends them all in one command buffer.
+pub struct CommandRecorder {
     gpu: Arc<Gpu>,
     dispatches: Vec<Dispatch>,
     params: Vec<u8>,
     align: usize,
 }
 
-impl Batch {
+impl CommandRecorder {
     pub(crate) fn new(gpu: Arc<Gpu>) -> Self {
         let align = gpu.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
         Self { gpu, dispatches: vec![], params: vec![], align }
@@ -198,7 +198,7 @@ impl Batch {
 
     /// Submits, waits, and returns the GPU time of the batch (`None` when the GPU has no
     /// timestamp queries: callers then time with the wall clock around a full sync).
-    pub fn submit_timed(&mut self) -> Result<Option<BatchTiming>> {
+    pub fn submit_timed(&mut self) -> Result<Option<SubmitTiming>> {
         if !self.gpu.has(wgpu::Features::TIMESTAMP_QUERY) {
             self.submit();
             self.gpu.sync()?;
@@ -238,7 +238,7 @@ impl Batch {
         let ts: [u64; 2] = bytemuck::pod_read_unaligned(&view[..16]);
         drop(view);
         let period = gpu.queue.get_timestamp_period() as f64;
-        Ok(Some(BatchTiming { gpu_seconds: ts[1].saturating_sub(ts[0]) as f64 * period * 1e-9 }))
+        Ok(Some(SubmitTiming { gpu_seconds: ts[1].saturating_sub(ts[0]) as f64 * period * 1e-9 }))
     }
 
     /// Submits everything queued so far followed by a copy of `tensors` into one host-readable
@@ -280,7 +280,7 @@ impl Batch {
     }
 }
 
-impl Drop for Batch {
+impl Drop for CommandRecorder {
     fn drop(&mut self) {
         // Work queued but never submitted is a bug in the caller; submit it so nothing is lost.
         if !self.dispatches.is_empty() {

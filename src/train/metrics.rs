@@ -288,7 +288,7 @@ pub const PLOT_SIZE: (u32, u32) = (1100, 440);
 pub fn plot_training(path: impl AsRef<Path>, curves: &TrainingCurves) -> Result<()> {
     let path = path.as_ref();
     let png = render_training_png(curves).with_context(|| format!("drawing {}", path.display()))?;
-    crate::io::write_atomic(path, &png)
+    crate::formats::write_atomic(path, &png)
 }
 
 /// The PNG bytes [`plot_training`] writes.
@@ -329,7 +329,7 @@ pub fn plot_heatmap(
     let path = path.as_ref();
     let png =
         render_heatmap_png(title, columns, rows, values).with_context(|| format!("drawing {}", path.display()))?;
-    crate::io::write_atomic(path, &png)
+    crate::formats::write_atomic(path, &png)
 }
 
 /// The PNG bytes [`plot_heatmap`] writes.

@@ -16,8 +16,8 @@
 
 use super::weights::{write_tensors, Tensor, TensorMap, WeightFile};
 use super::{to_python_json, write_atomic};
-use crate::kernels::Activation;
 use crate::model::config::BertConfig;
+use crate::types::Activation;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};

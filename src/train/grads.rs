@@ -2,8 +2,8 @@
 //! loss, last hidden state and the gradient of every trainable tensor under the `adapters`
 //! library's names (the parity interface other tools and tests rely on).
 
+use crate::formats::weights::{write_tensors, Tensor, TensorMap};
 use crate::gpu::Gpu;
-use crate::io::weights::{write_tensors, Tensor, TensorMap};
 use crate::model::encoder::{Inputs, Setup};
 use crate::model::load;
 use anyhow::{anyhow, bail, Context, Result};
@@ -143,7 +143,7 @@ fn run_fusion(
     enc: &mut crate::model::encoder::Encoder,
 ) -> Result<TensorMap> {
     let d = cfg.hidden_size;
-    let f = crate::io::adapterhub::Fusion::load(fdir, cfg)?;
+    let f = crate::formats::adapterhub::Fusion::load(fdir, cfg)?;
     let fusion = crate::model::fusion::FusionModel::from_fusion(gpu, &f, d)?;
     let mut sets = vec![];
     for dir in &args.adapters {
