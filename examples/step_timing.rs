@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     let (_, mut enc) = load::load_encoder(&gpu, &model, None)?;
     let (set, head) = load::load_adapter(&gpu, &adapter, &cfg)?;
     let head = head.ok_or_else(|| anyhow::anyhow!("adapter folder has no head"))?;
-    let (inp, labels) = peft_wgpu::train::grads::read_inputs_json(&inputs)?;
+    let (inp, labels) = peft_wgpu::train::data::read_inputs_json(&inputs)?;
     for i in 0..=steps {
         let t = Instant::now();
         let out = enc.pass(&Setup::Adapter(&set), &head, &inp, Some(&labels), true, false)?;

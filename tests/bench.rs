@@ -11,7 +11,7 @@ use peft_wgpu::kernels::matmul::MatmulVariant;
 use std::path::PathBuf;
 
 fn tiny_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert/base")
+    fixtures().join("tiny-bert/base")
 }
 
 fn options(only: &[&str], scratch: &std::path::Path, lengths: PathBuf) -> BenchOptions {

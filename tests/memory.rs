@@ -10,12 +10,6 @@ use peft_wgpu::model::encoder::{Inputs, Setup};
 use peft_wgpu::model::load;
 use std::path::{Path, PathBuf};
 
-fn fixtures() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    assert!(p.exists(), "fixtures not found at {} (see README)", p.display());
-    p
-}
-
 /// How activations are kept: all, or recomputed (in layer chunks, keeping FFN outputs).
 #[derive(Clone, Copy, Debug)]
 struct Mode {
@@ -78,7 +72,7 @@ fn adapter_case(case: &str) {
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
     let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
     let head = head.unwrap();
-    let (inputs, labels) = peft_wgpu::train::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let (inputs, labels) = peft_wgpu::train::data::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Adapter(&adapter);
     let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
@@ -131,7 +125,7 @@ fn recompute_bit_identical_fusion() {
         .map(|n| load::load_adapter(&g, &dir.join("adapters").join(n), &cfg).unwrap().0)
         .collect();
     let head = load::load_head(&g, &dir.join("head"), cfg.hidden_size).unwrap();
-    let (inputs, labels) = peft_wgpu::train::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let (inputs, labels) = peft_wgpu::train::data::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = fusion.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Fusion { adapters: sets.iter().collect(), fusion: &fusion };
     let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
@@ -150,7 +144,7 @@ fn recompute_bit_identical_minilm() {
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
     let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
     let head = head.unwrap();
-    let (inputs, labels) = peft_wgpu::train::grads::read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let (inputs, labels) = peft_wgpu::train::data::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Adapter(&adapter);
     let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);

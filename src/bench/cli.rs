@@ -1,5 +1,6 @@
 //! `peft bench`'s command-line arguments.
 
+use super::memory::{self, MemoryOptions};
 use super::{kernels::KernelShapes, BenchOptions, Peaks, Reps};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionShape;
@@ -135,10 +136,30 @@ impl BenchCli {
         })
     }
 
+    /// The options of `peft bench --memory`.
+    pub fn memory_options(&self) -> MemoryOptions {
+        MemoryOptions {
+            configs: self.configs.clone(),
+            batch: self.batch,
+            seq: self.seq,
+            recompute: self.recompute,
+            keep_ffn_output: self.keep_ffn_output,
+            layer_chunk: self.layer_chunk,
+            resident_layers: self.resident_layers,
+            max_gpu_memory: self.max_gpu_memory.clone(),
+            layers: self.layers,
+            steps: self.steps,
+            plan_only: self.plan_only,
+            compare_recompute: self.compare_recompute,
+            scratch: self.scratch.clone(),
+            json: self.json.clone(),
+        }
+    }
+
     /// `peft bench`.
     pub fn run(&self, gpu: &Arc<Gpu>) -> Result<()> {
         if self.memory {
-            return super::memory::run_cli(gpu, self);
+            return memory::run(gpu, &self.memory_options());
         }
         let opts = self.options(gpu)?;
         let results = super::run(gpu, &opts)?;

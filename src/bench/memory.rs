@@ -15,7 +15,7 @@ use crate::types::Activation;
 use anyhow::{bail, Result};
 use rand::SeedableRng;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -226,8 +226,34 @@ pub fn model_dir(spec: &str, layers: Option<usize>, scratch: &Path) -> Result<(B
     Ok((cfg, dir))
 }
 
+/// What `peft bench --memory` runs: the memory options of `peft bench`'s arguments (see
+/// `bench::cli::BenchCli`, which builds this).
+#[derive(Clone, Debug)]
+pub struct MemoryOptions {
+    /// Presets, config files or model directories.
+    pub configs: Vec<String>,
+    pub batch: usize,
+    pub seq: usize,
+    pub recompute: bool,
+    pub keep_ffn_output: bool,
+    pub layer_chunk: Option<usize>,
+    pub resident_layers: Option<usize>,
+    /// A size such as `2GiB`.
+    pub max_gpu_memory: Option<String>,
+    /// Only the first N layers of each config.
+    pub layers: Option<usize>,
+    pub steps: usize,
+    /// Print the plans only.
+    pub plan_only: bool,
+    pub compare_recompute: bool,
+    /// Where random-weight models are written (default: the system temp dir).
+    pub scratch: Option<PathBuf>,
+    /// Write every run as one JSON object per line here.
+    pub json: Option<PathBuf>,
+}
+
 /// `peft bench --memory`.
-pub fn run_cli(gpu: &Arc<Gpu>, o: &super::cli::BenchCli) -> Result<()> {
+pub fn run(gpu: &Arc<Gpu>, o: &MemoryOptions) -> Result<()> {
     let budget = o.max_gpu_memory.as_deref().map(plan::parse_size).transpose()?;
     let given =
         o.recompute || o.keep_ffn_output || o.resident_layers.is_some() || o.layer_chunk.is_some() || budget.is_some();

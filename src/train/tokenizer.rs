@@ -41,14 +41,6 @@ impl Encoded {
         self.input_ids.concat()
     }
 
-    pub fn flat_attention_mask(&self) -> Vec<u32> {
-        self.attention_mask.concat()
-    }
-
-    pub fn flat_token_type_ids(&self) -> Vec<u32> {
-        self.token_type_ids.concat()
-    }
-
     /// Real (unpadded) length of each row.
     pub fn lengths(&self) -> Vec<usize> {
         self.attention_mask.iter().map(|r| r.iter().filter(|&&m| m != 0).count()).collect()

@@ -5,6 +5,11 @@ use peft_wgpu::{Gpu, GpuTensor};
 use rand::{Rng, SeedableRng};
 use std::sync::{Arc, OnceLock};
 
+pub mod cli;
+pub mod fixtures;
+#[allow(unused_imports)]
+pub use fixtures::*;
+
 pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     GPU.get_or_init(Gpu::for_tests).clone()
