@@ -27,7 +27,7 @@ pub fn step_flops(cfg: &BertConfig, tokens: usize, seq: usize) -> f64 {
     tokens as f64 * cfg.num_hidden_layers as f64 * (2.0 * dense + 3.0 * attn)
 }
 
-/// Random token ids (first token 101 = [CLS]) with `lengths[i]` real tokens per sequence,
+/// Random token ids (first token 101 = `[CLS]`) with `lengths[i]` real tokens per sequence,
 /// padded to the longest.
 pub fn random_inputs(rng: &mut impl Rng, lengths: &[usize], vocab: usize) -> Inputs {
     let seq = lengths.iter().copied().max().unwrap_or(1).max(1);

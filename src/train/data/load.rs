@@ -1,5 +1,5 @@
 //! CSV / TSV files with a header line (and the Rotten Tomatoes file): [`load_examples`] and
-//! [`parse_examples`] pick the reader by [`Format`]; JSON Lines are read in [`super::json`].
+//! [`parse_examples`] pick the reader by [`Format`]; JSON Lines are read in `json.rs`.
 
 use super::json::read_json;
 use super::Example;
@@ -90,7 +90,7 @@ impl Default for DataOptions {
 
 /// Reads labelled examples from a CSV / TSV file with a header line, or a JSON Lines file.
 /// Labels may be strings or integers (JSON numbers, CSV cells); they are kept as written
-/// (integers in decimal) and mapped to ids by a [`LabelMap`].
+/// (integers in decimal) and mapped to ids by a [`LabelMap`](super::LabelMap).
 pub fn load_examples(path: impl AsRef<Path>, opts: &DataOptions) -> Result<Vec<Example>> {
     let path = path.as_ref();
     let format = match opts.format {

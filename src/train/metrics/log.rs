@@ -58,7 +58,7 @@ impl MetricsLog {
     }
 }
 
-/// What [`plot_training`] draws.
+/// What [`plot_training`](super::plot_training) draws.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrainingCurves {
     /// `(step, training loss)`, steps counted from 1.
