@@ -2,10 +2,10 @@
 //! trainable adapters and head (no gradients for frozen weights), with the base's layer weights
 //! resident or streamed ([`LayerStore`]).
 //!
-//! By concern: [`embeddings`] (tables and lookup), [`forward`] and [`backward`] (one layer),
-//! [`fusion`] (AdapterFusion at the FFN output), [`head`] (classification head), [`schedule`]
-//! (the pass over the layers: recompute, layer chunks, submits), [`acts`] (what forward keeps for
-//! backward) and [`setup`] (what trains).
+//! By concern: `embeddings` (tables and lookup), `forward` and `backward` (one layer), `fusion`
+//! (AdapterFusion at the FFN output), `head` (classification head), `schedule` (the pass over the
+//! layers: recompute, layer chunks, submits), `acts` (what forward keeps for backward) and
+//! `setup` (what trains).
 
 mod acts;
 mod backward;
