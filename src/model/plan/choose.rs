@@ -31,8 +31,8 @@ pub fn keep_choice(keep_ffn_output: bool, recompute: bool) -> Option<bool> {
 /// The fastest setup that fits `budget` bytes (`None`: no budget; the user's choice or all
 /// resident without recompute): every layer resident, then recompute keeping FFN outputs, then
 /// plain recompute, then streaming with as many slots as fit (the same three each), then layer
-/// chunks of half the batch, a quarter, … (with recompute, as many slots as fit). Also checks the largest tensor against `max_binding`
-/// bytes. Fails naming what to change when nothing fits.
+/// chunks of half the batch, a quarter, … (with recompute, as many slots as fit). Also checks
+/// the largest tensor against `max_binding` bytes. Fails naming what to change when nothing fits.
 pub fn choose(base: &PlanInput, choice: Choice, budget: Option<u64>, max_binding: Option<u64>) -> Result<MemoryPlan> {
     let candidates = candidates(base, choice)?;
     if let Some(max) = max_binding {
