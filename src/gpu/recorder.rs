@@ -278,6 +278,14 @@ impl CommandRecorder {
         self.submit();
         self.gpu.sync()
     }
+
+    /// Submits everything queued so far and polls the device without waiting, so that wgpu
+    /// reclaims what finished work dropped (the GPU runs this work while the host records more).
+    pub fn submit_and_poll(&mut self) -> Result<()> {
+        self.submit();
+        self.gpu.device.poll(wgpu::PollType::Poll).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+        Ok(())
+    }
 }
 
 impl Drop for CommandRecorder {

@@ -1,0 +1,90 @@
+//! What the forward keeps for backward: per sub-layer (by kind, so that backward finds every
+//! tensor it needs by construction), per layer, and per pass.
+
+use super::super::adapters::{AdapterModule, Placement};
+use super::super::fusion::{FusionLayerGpu, FusionModel};
+use crate::gpu::GpuTensor;
+use crate::kernels::fusion::FusionSaved;
+
+/// The pretrained LayerNorms around an adapter (or AdapterFusion), as its placement has them.
+pub(super) struct Around {
+    /// `h + x_in`, fed to the pretrained LayerNorm before the adapter (`original_ln_before`).
+    pub s1: Option<GpuTensor>,
+    /// The adapter's input: `LN(s1)`, or the dense output `h` itself.
+    pub hs: GpuTensor,
+    /// Input of the final LayerNorm, `out + x_in` (`original_ln_after`).
+    pub u: Option<GpuTensor>,
+}
+
+/// A sub-layer (attention or FFN output) with a trainable bottleneck adapter.
+pub(super) struct AdapterActs<'a> {
+    pub module: &'a AdapterModule,
+    pub placement: Placement,
+    pub around: Around,
+    /// The adapter's saved pre-activation.
+    pub a: GpuTensor,
+}
+
+/// The FFN output with AdapterFusion over frozen adapters.
+pub(super) struct FusionActs<'a> {
+    pub fusion: &'a FusionModel,
+    pub layer: &'a FusionLayerGpu,
+    /// The frozen adapters' modules at this layer, in the fusion's order.
+    pub modules: Vec<&'a AdapterModule>,
+    pub around: Around,
+    pub query: GpuTensor,
+    pub residual: GpuTensor,
+    /// The adapters' scaled up-projections, `[adapters, tokens, hidden]`.
+    pub z: GpuTensor,
+    /// Each adapter's saved pre-activation.
+    pub a: Vec<GpuTensor>,
+    pub saved: FusionSaved,
+}
+
+/// Activations one sub-layer keeps for backward, by what sits on it.
+pub(super) enum SubActs<'a> {
+    /// No adapter: `u = h + x_in`, the input of the pretrained LayerNorm.
+    Plain {
+        u: GpuTensor,
+        out: GpuTensor,
+    },
+    Adapter {
+        acts: AdapterActs<'a>,
+        out: GpuTensor,
+    },
+    Fusion {
+        acts: Box<FusionActs<'a>>,
+        out: GpuTensor,
+    },
+}
+
+impl SubActs<'_> {
+    /// The sub-layer's output.
+    pub fn out(&self) -> &GpuTensor {
+        match self {
+            SubActs::Plain { out, .. } | SubActs::Adapter { out, .. } | SubActs::Fusion { out, .. } => out,
+        }
+    }
+}
+
+/// One layer's activations.
+pub(super) struct LayerActs<'a> {
+    pub q: GpuTensor,
+    pub k: GpuTensor,
+    pub v: GpuTensor,
+    pub probs: GpuTensor,
+    pub attn: SubActs<'a>,
+    /// The FFN's intermediate pre-activation.
+    pub pre: GpuTensor,
+    pub ffn: SubActs<'a>,
+}
+
+/// What the forward keeps of every layer for backward.
+pub(super) enum Saved<'a> {
+    /// Every layer's activations.
+    All(Vec<LayerActs<'a>>),
+    /// `--recompute`: each layer's input only (its activations are recomputed just before its
+    /// backward), and the top layer's activations, which backward needs first.
+    /// With `keep_ffn_output`, also each layer's FFN output dense result (`ffn_out`, below the top).
+    Inputs { inputs: Vec<GpuTensor>, ffn_out: Vec<GpuTensor>, top: Option<Box<LayerActs<'a>>> },
+}

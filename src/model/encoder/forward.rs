@@ -1,0 +1,152 @@
+//! One layer's forward: attention, FFN, and the adapter (or AdapterFusion) on each sub-layer.
+
+use super::super::adapters::{AdapterModule, Location, Placement};
+use super::super::store::LayerWeights;
+use super::acts::{AdapterActs, Around, LayerActs, SubActs};
+use super::{t, Encoder, Setup};
+use crate::gpu::{CommandRecorder, GpuTensor};
+use crate::kernels::adapter::Residual;
+use crate::kernels::attention::{self, AttentionShape};
+use crate::kernels::matmul::linear;
+use crate::kernels::{elementwise, layernorm};
+use anyhow::Result;
+
+impl Encoder {
+    /// One layer's forward: its activations and the FFN output dense result `h2`. `recomputing`
+    /// when it runs again for backward (`--recompute`), where nothing but the activations may
+    /// change (no fusion weights are recorded twice); `ffn_out`: a saved `h2` to use instead of
+    /// computing it (`--keep-ffn-output`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn layer_forward<'s>(
+        &self,
+        b: &mut CommandRecorder,
+        w: &LayerWeights,
+        setup: &'s Setup,
+        l: usize,
+        x: &GpuTensor,
+        mask: &GpuTensor,
+        s: AttentionShape,
+        recomputing: bool,
+        ffn_out: Option<&GpuTensor>,
+    ) -> Result<(LayerActs<'s>, GpuTensor)> {
+        let gpu = &self.gpu;
+        let (d, tok) = (self.dims.hidden, s.batch * s.seq);
+        let q = t(gpu, &[tok, d])?;
+        let k = t(gpu, &[tok, d])?;
+        let v = t(gpu, &[tok, d])?;
+        linear(b, x, &w.q_w, Some(&w.q_b), &q)?;
+        linear(b, x, &w.k_w, Some(&w.k_b), &k)?;
+        linear(b, x, &w.v_w, Some(&w.v_b), &v)?;
+        let probs = t(gpu, &[s.batch, s.heads, s.seq, s.seq])?;
+        let ctx = t(gpu, &[tok, d])?;
+        attention::attention_forward(b, s, &q, &k, &v, mask, &probs, &ctx)?;
+        let h1 = t(gpu, &[tok, d])?;
+        linear(b, &ctx, &w.ao_w, Some(&w.ao_b), &h1)?;
+        let attn = self.sublayer_forward(b, h1, x, &w.ln1_g, &w.ln1_b, setup.adapter(l, Location::Attention))?;
+        let y1 = attn.out().clone();
+        let ffn_dim = self.dims.ffn;
+        let pre = t(gpu, &[tok, ffn_dim])?;
+        linear(b, &y1, &w.i_w, Some(&w.i_b), &pre)?;
+        // The FFN's output dense: computed, or (recomputing with --keep-ffn-output) the saved one.
+        let h2 = match ffn_out {
+            Some(h2) => h2.clone(),
+            None => {
+                let inter = t(gpu, &[tok, ffn_dim])?;
+                elementwise::activate(b, self.dims.act, &pre, &inter)?;
+                let h2 = t(gpu, &[tok, d])?;
+                linear(b, &inter, &w.o_w, Some(&w.o_b), &h2)?;
+                h2
+            }
+        };
+        let h2_out = h2.clone();
+        let ffn = match setup.fusion_at(l) {
+            Some(f) => {
+                // Softmax weights summed over real tokens, when the caller records them.
+                let record = if recomputing { None } else { Some(mask) };
+                self.fusion_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, f, l, record)?
+            }
+            None => self.sublayer_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, setup.adapter(l, Location::Output))?,
+        };
+        Ok((LayerActs { q, k, v, probs, attn, pre, ffn }, h2_out))
+    }
+
+    /// `LN(x + x_in)` with the pretrained LayerNorm, keeping the sum for backward: `(sum, out)`.
+    pub(super) fn add_layer_norm(
+        &self,
+        b: &mut CommandRecorder,
+        x: &GpuTensor,
+        x_in: &GpuTensor,
+        ln_g: &GpuTensor,
+        ln_b: &GpuTensor,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        let sum = t(&self.gpu, &x.shape)?;
+        let out = t(&self.gpu, &x.shape)?;
+        layernorm::layer_norm(b, x, Some(x_in), ln_g, ln_b, self.dims.eps, Some(&sum), &out)?;
+        Ok((sum, out))
+    }
+
+    /// The adapter's input (`hs`) from the dense output `h`: `LN(h + x_in)` with the pretrained
+    /// LayerNorm before the adapter (keeping `s1 = h + x_in`), or `h` itself.
+    pub(super) fn adapter_input(
+        &self,
+        b: &mut CommandRecorder,
+        pl: Placement,
+        h: &GpuTensor,
+        x_in: &GpuTensor,
+        ln_g: &GpuTensor,
+        ln_b: &GpuTensor,
+    ) -> Result<(Option<GpuTensor>, GpuTensor)> {
+        if pl.original_ln_before {
+            let (s1, hs) = self.add_layer_norm(b, h, x_in, ln_g, ln_b)?;
+            Ok((Some(s1), hs))
+        } else {
+            Ok((None, h.clone()))
+        }
+    }
+
+    /// The final output from the adapter's output `o`: `LN(o + x_in)` with the pretrained
+    /// LayerNorm after the adapter (keeping `u = o + x_in`), or `o` itself.
+    pub(super) fn adapter_output(
+        &self,
+        b: &mut CommandRecorder,
+        pl: Placement,
+        o: GpuTensor,
+        x_in: &GpuTensor,
+        ln_g: &GpuTensor,
+        ln_b: &GpuTensor,
+    ) -> Result<(Option<GpuTensor>, GpuTensor)> {
+        if pl.original_ln_after {
+            let (u, out) = self.add_layer_norm(b, &o, x_in, ln_g, ln_b)?;
+            Ok((Some(u), out))
+        } else {
+            Ok((None, o))
+        }
+    }
+
+    /// Dense output `h` of a sub-layer → its final output, with an optional adapter placed as
+    /// AdapterHub places it (see [`Placement`]).
+    fn sublayer_forward<'s>(
+        &self,
+        b: &mut CommandRecorder,
+        h: GpuTensor,
+        x_in: &GpuTensor,
+        ln_g: &GpuTensor,
+        ln_b: &GpuTensor,
+        adapter: Option<(&'s AdapterModule, Placement)>,
+    ) -> Result<SubActs<'s>> {
+        let gpu = &self.gpu;
+        let shape = h.shape.clone();
+        let Some((ad, pl)) = adapter else {
+            let (u, out) = self.add_layer_norm(b, &h, x_in, ln_g, ln_b)?;
+            return Ok(SubActs::Plain { u, out });
+        };
+        let (s1, hs) = self.adapter_input(b, pl, &h, x_in, ln_g, ln_b)?;
+        let a = t(gpu, &[shape[0], ad.shape.m])?;
+        let adapted = t(gpu, &shape)?;
+        let residual = if pl.separate_residual() { Residual::Tensor(&h) } else { Residual::Input };
+        ad.shape.forward_residual(b, &ad.w, &hs, residual, &adapted, &a)?;
+        let (u, out) = self.adapter_output(b, pl, adapted, x_in, ln_g, ln_b)?;
+        let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u }, a };
+        Ok(SubActs::Adapter { acts, out })
+    }
+}

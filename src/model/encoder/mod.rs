@@ -1,0 +1,229 @@
+//! The frozen BERT-family encoder on the GPU: forward, and backward of activation gradients to the
+//! trainable adapters and head (no gradients for frozen weights), with the base's layer weights
+//! resident or streamed ([`LayerStore`]).
+//!
+//! By concern: `embeddings` (tables and lookup), `forward` and `backward` (one layer), `fusion`
+//! (AdapterFusion at the FFN output), `head` (classification head), `schedule` (the pass over the
+//! layers: recompute, layer chunks, submits), `acts` (what forward keeps for backward) and
+//! `setup` (what trains).
+
+mod acts;
+mod backward;
+mod embeddings;
+mod forward;
+mod fusion;
+mod head;
+mod schedule;
+mod setup;
+
+pub use embeddings::{EmbeddingTables, Embeddings};
+pub use schedule::SUBMIT_PER_LAYER_ENV;
+pub use setup::Setup;
+
+use super::adapters::ClassificationHead;
+use super::store::{LayerStore, TensorSource};
+use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
+use crate::kernels::attention::AttentionShape;
+use crate::kernels::loss;
+use crate::types::Activation;
+use anyhow::{bail, Result};
+use std::sync::Arc;
+
+/// The encoder's dimensions and options (from `config.json`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dims {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub act: Activation,
+    pub eps: f32,
+    pub max_positions: usize,
+    pub type_vocab: usize,
+    pub vocab: usize,
+}
+
+/// A tokenized batch: `[batch, seq]` ids, token types and mask (1 real, 0 padding).
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub batch: usize,
+    pub seq: usize,
+    pub ids: Vec<u32>,
+    pub token_types: Vec<u32>,
+    pub mask: Vec<f32>,
+}
+
+/// Tensors of a recorded pass, valid once the batch that holds it has run.
+pub struct Recorded {
+    /// `[batch, labels]`
+    pub logits: GpuTensor,
+    /// Mean cross-entropy `[1]`, when labels were given.
+    pub loss: Option<GpuTensor>,
+    /// `[batch·seq, hidden]`
+    pub last_hidden_state: GpuTensor,
+}
+
+/// Results of one pass.
+pub struct PassOutput {
+    pub logits: Vec<f32>,
+    pub loss: Option<f32>,
+    /// `[batch·seq, hidden]` when asked for.
+    pub last_hidden_state: Option<Vec<f32>>,
+    /// Bytes uploaded for streamed weights during the pass.
+    pub uploaded_bytes: u64,
+    /// Peak GPU bytes held by the project's buffers during the pass (weights included).
+    pub peak_bytes: u64,
+}
+
+/// The frozen encoder on one GPU.
+pub struct Encoder {
+    pub gpu: Arc<Gpu>,
+    pub dims: Dims,
+    pub embeddings: Embeddings,
+    pub store: LayerStore,
+    /// Keep only each layer's input during forward and recompute the layer's activations just
+    /// before its backward (bit-identical results); the pass then submits and waits per layer so
+    /// that only one layer's activations are ever on the GPU.
+    pub recompute: bool,
+    /// With `recompute`: run each layer's forward and backward over this many sequences at a time
+    /// (0 or ≥ batch: the whole batch), so one layer's working set shrinks with the chunk. Values
+    /// and activation gradients are the same as unchunked; the adapters' weight gradients are
+    /// summed chunk by chunk (f32 rounding differs from one sum over the batch).
+    pub layer_chunk: usize,
+    /// With `recompute`: also keep each layer's FFN output dense result (one more `[tokens,
+    /// hidden]` per layer), so that recomputing skips the FFN's second matmul and activation
+    /// (about a third of the layer's matmul work). Same bits either way.
+    pub keep_ffn_output: bool,
+}
+
+fn t(gpu: &Gpu, shape: &[usize]) -> Result<GpuTensor> {
+    GpuTensor::zeros(gpu, shape)
+}
+
+impl Encoder {
+    /// Loads the embeddings and the layer store from `source`. With `resident_layers < layers`
+    /// the layers stream, and so do the embedding tables (uploaded for each pass, dropped after
+    /// the lookup: the frozen base then needs no more than one layer slot between passes).
+    pub fn new(gpu: Arc<Gpu>, dims: Dims, source: Arc<dyn TensorSource>, resident_layers: usize) -> Result<Self> {
+        let resident = resident_layers >= dims.layers;
+        let embeddings = Embeddings::load(&gpu, dims, source.clone(), resident)?;
+        let store = LayerStore::new(gpu.clone(), source, dims.hidden, dims.ffn, dims.layers, resident_layers)?;
+        Ok(Self { gpu, dims, embeddings, store, recompute: false, layer_chunk: 0, keep_ffn_output: false })
+    }
+
+    /// Keeps activations as `plan` says: recompute, layer chunks, FFN outputs kept. (Its resident
+    /// layers are chosen when loading: [`load_encoder`](super::load::load_encoder).)
+    pub fn follow(&mut self, plan: &super::plan::MemoryPlan) {
+        self.recompute = plan.recompute;
+        self.layer_chunk = plan.encoder_chunk();
+        self.keep_ffn_output = plan.keep_ffn_output;
+    }
+
+    fn check_inputs(&self, inp: &Inputs) -> Result<()> {
+        let n = inp.batch * inp.seq;
+        if inp.batch == 0 || inp.seq == 0 {
+            bail!("empty batch");
+        }
+        if inp.ids.len() != n || inp.token_types.len() != n || inp.mask.len() != n {
+            bail!("inputs: ids/token_types/mask must each have batch·seq = {n} values");
+        }
+        if inp.seq > self.dims.max_positions {
+            bail!("sequence length {} exceeds the model's {} positions", inp.seq, self.dims.max_positions);
+        }
+        if let Some(&id) = inp.ids.iter().find(|&&id| id as usize >= self.dims.vocab) {
+            bail!("token id {id} is outside the vocabulary ({} entries)", self.dims.vocab);
+        }
+        if let Some(&tt) = inp.token_types.iter().find(|&&tt| tt as usize >= self.dims.type_vocab) {
+            bail!("token type {tt} is outside the model's {} token types", self.dims.type_vocab);
+        }
+        for b in 0..inp.batch {
+            if inp.mask[b * inp.seq] < 0.5 {
+                bail!("sequence {b} has a masked first token (the [CLS] position must be a real token)");
+            }
+        }
+        Ok(())
+    }
+
+    /// The labels fit the batch and the head; backward has labels.
+    fn check_labels(inp: &Inputs, head: &ClassificationHead, labels: Option<&[u32]>, backward: bool) -> Result<()> {
+        if let Some(l) = labels {
+            if l.len() != inp.batch {
+                bail!("{} labels for a batch of {}", l.len(), inp.batch);
+            }
+            if let Some(&bad) = l.iter().find(|&&x| x as usize >= head.labels) {
+                bail!("label {bad} is outside the head's {} labels", head.labels);
+            }
+        }
+        if backward && labels.is_none() {
+            bail!("backward needs labels");
+        }
+        Ok(())
+    }
+
+    /// Records the forward (and, with `labels` and `backward`, backward) of the encoder + head into
+    /// `b` without waiting; gradients are written into the adapters' and the head's gradient tensors
+    /// (overwritten, not accumulated). With streamed weights or `--recompute` it submits per layer.
+    /// The caller submits the rest (e.g. with an optimizer step in the same command buffer).
+    pub fn record(
+        &mut self,
+        b: &mut CommandRecorder,
+        setup: &Setup,
+        head: &ClassificationHead,
+        inp: &Inputs,
+        labels: Option<&[u32]>,
+        backward: bool,
+    ) -> Result<Recorded> {
+        self.check_inputs(inp)?;
+        Self::check_labels(inp, head, labels, backward)?;
+        let gpu = self.gpu.clone();
+        let dims = self.dims;
+        let (d, tok) = (dims.hidden, inp.batch * inp.seq);
+        let ids = GpuTensor::from_u32(&gpu, &[tok], &inp.ids)?;
+        let types = GpuTensor::from_u32(&gpu, &[tok], &inp.token_types)?;
+        let mask = GpuTensor::from_slice(&gpu, &[inp.batch, inp.seq], &inp.mask)?;
+        let ashape = AttentionShape { batch: inp.batch, seq: inp.seq, heads: dims.heads, head_dim: d / dims.heads };
+        let x = self.embed(b, &ids, &types, inp.seq)?;
+        let (hidden, acts) = self.layers_forward(b, setup, x, &mask, ashape)?;
+        let h = self.head_forward(b, head, &hidden, inp.seq)?;
+        let mut loss = None;
+        if let Some(labels) = labels {
+            let bsz = inp.batch;
+            let lab = GpuTensor::from_u32(&gpu, &[bsz], labels)?;
+            let loss_t = t(&gpu, &[1])?;
+            let dlogits = t(&gpu, &[bsz, head.labels])?;
+            loss::softmax_cross_entropy(b, &h.logits, &lab, &loss_t, &dlogits)?;
+            if backward {
+                let dhidden = self.head_backward(b, head, &h, &dlogits, inp.seq)?;
+                self.layers_backward(b, setup, acts, &mask, ashape, dhidden)?;
+            }
+            loss = Some(loss_t);
+        }
+        Ok(Recorded { logits: h.logits, loss, last_hidden_state: hidden })
+    }
+    /// read back: [`record`](Self::record) into a batch of its own, then a full sync.
+    pub fn pass(
+        &mut self,
+        setup: &Setup,
+        head: &ClassificationHead,
+        inp: &Inputs,
+        labels: Option<&[u32]>,
+        backward: bool,
+        want_hidden: bool,
+    ) -> Result<PassOutput> {
+        let gpu = self.gpu.clone();
+        gpu.memory.reset_peak();
+        let mut b = gpu.batch();
+        let r = self.record(&mut b, setup, head, inp, labels, backward)?;
+        b.finish()?;
+        Ok(PassOutput {
+            logits: r.logits.to_vec(&gpu)?,
+            loss: match &r.loss {
+                Some(l) => Some(l.to_vec(&gpu)?[0]),
+                None => None,
+            },
+            last_hidden_state: if want_hidden { Some(r.last_hidden_state.to_vec(&gpu)?) } else { None },
+            uploaded_bytes: self.store.take_uploaded() + self.embeddings.take_uploaded(),
+            peak_bytes: gpu.memory.peak(),
+        })
+    }
+}

@@ -1,0 +1,209 @@
+//! The memory planner: the peak GPU bytes of one adapter training step (forward, backward, AdamW)
+//! from the model config, batch, sequence length and placement, before anything is allocated, and
+//! the choice of resident layers and `--recompute` that fits a budget (`--max-gpu-memory`).
+//!
+//! The plan replays the encoder's allocations ([`Encoder::pass`](super::encoder::Encoder)) with the
+//! accounting rule of [`MemoryTracker`](crate::gpu::MemoryTracker): a buffer is freed when the GPU
+//! is done with it, which inside a pass is the next per-layer wait (streaming or recompute) or the
+//! end of the pass (everything resident, one submit).
+
+mod choose;
+mod sim;
+mod step;
+
+pub use choose::{choose, choose_for, keep_choice, parse_size, Choice};
+pub use step::plan;
+
+use super::adapters::{AdapterSet, Location, Placement};
+use super::config::BertConfig;
+use crate::formats::adapterhub::{BottleneckConfig, ResidualBeforeLn};
+use anyhow::{bail, Result};
+use std::fmt;
+
+/// The trainable bottleneck adapters: placement, bottleneck width and which sites have one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSpec {
+    pub placement: Placement,
+    pub bottleneck: usize,
+    /// Per layer: (adapter after attention, adapter after the FFN).
+    pub sites: Vec<(bool, bool)>,
+}
+
+impl AdapterSpec {
+    /// The sites, placement and width of an adapter set already on the GPU.
+    pub fn of(set: &AdapterSet, layers: usize) -> Self {
+        let m = (0..layers)
+            .flat_map(|l| [set.at(l, Location::Attention), set.at(l, Location::Output)])
+            .flatten()
+            .map(|a| a.shape.m)
+            .next()
+            .unwrap_or(0);
+        let sites = (0..layers)
+            .map(|l| (set.at(l, Location::Attention).is_some(), set.at(l, Location::Output).is_some()))
+            .collect();
+        Self { placement: set.placement, bottleneck: m, sites }
+    }
+
+    /// The adapters a new AdapterHub bottleneck config puts on `cfg` (before any is allocated).
+    pub fn from_bottleneck(cfg: &BertConfig, bn: &BottleneckConfig) -> Result<Self> {
+        let placement = Placement {
+            original_ln_before: bn.original_ln_before,
+            original_ln_after: bn.original_ln_after,
+            residual_before_ln: match bn.residual_before_ln {
+                ResidualBeforeLn::True => true,
+                ResidualBeforeLn::False => false,
+                ResidualBeforeLn::PostAdd => bail!("residual_before_ln \"post_add\" is not supported"),
+            },
+        };
+        let bottleneck = bn.bottleneck_dim(cfg.hidden_size, 0)?;
+        let sites = (0..cfg.num_hidden_layers)
+            .map(|l| (bn.mh_adapter && bn.has_layer(l), bn.output_adapter && bn.has_layer(l)))
+            .collect();
+        Ok(Self { placement, bottleneck, sites })
+    }
+
+    fn at(&self, l: usize, loc: Location) -> bool {
+        self.sites.get(l).is_some_and(|s| if loc == Location::Attention { s.0 } else { s.1 })
+    }
+
+    /// Trainable parameters of the adapters.
+    pub fn parameters(&self, d: usize) -> u64 {
+        let per = (2 * d * self.bottleneck + self.bottleneck + d) as u64;
+        self.sites.iter().map(|s| s.0 as u64 + s.1 as u64).sum::<u64>() * per
+    }
+}
+
+/// What is planned: shapes and options of one training step.
+#[derive(Clone, Debug)]
+pub struct PlanInput<'a> {
+    pub cfg: &'a BertConfig,
+    pub batch: usize,
+    pub seq: usize,
+    pub labels: usize,
+    pub adapter: &'a AdapterSpec,
+    /// Layer slots on the GPU; `>= layers` keeps every layer resident, fewer stream.
+    pub resident_layers: usize,
+    pub recompute: bool,
+    /// With `recompute`: sequences per layer chunk (0 or ≥ batch: the whole batch at once).
+    pub layer_chunk: usize,
+    /// With `recompute`: keep each layer's FFN output too (less recompute work, more memory).
+    pub keep_ffn_output: bool,
+}
+
+/// Where the bytes at the peak are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Breakdown {
+    /// Embedding tables.
+    pub embeddings: u64,
+    /// Frozen layer weights on the GPU (all layers, or the streaming slots).
+    pub layer_weights: u64,
+    /// Adapters + head: weights, gradients and AdamW moments.
+    pub trainable: u64,
+    /// Activations kept across layers for backward (every layer's, or only layer inputs with
+    /// `--recompute`).
+    pub saved: u64,
+    /// Everything else alive at the peak: the current layer's working set, inputs, head.
+    pub working: u64,
+}
+
+impl Breakdown {
+    pub fn total(&self) -> u64 {
+        self.embeddings + self.layer_weights + self.trainable + self.saved + self.working
+    }
+}
+
+/// A planned training step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// Layer slots on the GPU (= layers when resident).
+    pub slots: usize,
+    pub layers: usize,
+    pub recompute: bool,
+    /// Sequences each layer runs over at a time (= the batch when not chunked).
+    pub layer_chunk: usize,
+    /// Recompute keeps each layer's FFN output (`--keep-ffn-output`).
+    pub keep_ffn_output: bool,
+    /// The batch it was planned for.
+    pub batch: usize,
+    /// Planned peak bytes of the step, broken down at the peak.
+    pub peak: Breakdown,
+    /// Weight bytes uploaded per step when streaming (0 when resident).
+    pub streamed_per_step: u64,
+    /// The largest single tensor (must fit one storage binding of the device).
+    pub largest_tensor: u64,
+}
+
+impl MemoryPlan {
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak.total()
+    }
+
+    pub fn resident(&self) -> bool {
+        self.slots >= self.layers
+    }
+
+    /// The `--resident-layers` value that gives this plan.
+    pub fn resident_layers(&self) -> usize {
+        self.slots
+    }
+
+    /// The encoder's `layer_chunk` for this plan (0: not chunked).
+    pub fn encoder_chunk(&self) -> usize {
+        if self.layer_chunk < self.batch {
+            self.layer_chunk
+        } else {
+            0
+        }
+    }
+
+    fn setup(&self) -> String {
+        format!("{} of {} layers on the GPU, {}", self.slots, self.layers, self.activations_text())
+    }
+
+    /// How activations are kept: `recompute on keeping FFN outputs, layer chunks of N sequences`.
+    fn activations_text(&self) -> String {
+        let recompute = match (self.recompute, self.keep_ffn_output) {
+            (false, _) => "off",
+            (true, false) => "on",
+            (true, true) => "on keeping FFN outputs",
+        };
+        let chunks = match self.layer_chunk {
+            c if c >= self.batch => String::new(),
+            1 => ", layer chunks of 1 sequence".into(),
+            c => format!(", layer chunks of {c} sequences"),
+        };
+        format!("recompute {recompute}{chunks}")
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.peak;
+        let weights = if self.resident() {
+            format!("all {} layers resident", self.layers)
+        } else {
+            format!(
+                "{} of {} layers on the GPU, {:.1} MiB streamed per step",
+                self.slots,
+                self.layers,
+                mib(self.streamed_per_step)
+            )
+        };
+        write!(
+            f,
+            "planned peak {:.1} MiB ({weights}, {}): embeddings {:.1}, layer weights {:.1}, \
+             adapters+head+optimizer {:.1}, saved activations {:.1}, working set {:.1} MiB",
+            mib(p.total()),
+            self.activations_text(),
+            mib(p.embeddings),
+            mib(p.layer_weights),
+            mib(p.trainable),
+            mib(p.saved),
+            mib(p.working)
+        )
+    }
+}

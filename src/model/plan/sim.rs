@@ -1,0 +1,125 @@
+//! The allocation replay the planner runs: categories of bytes, what is live, what a wait frees,
+//! and the sizes of one sub-layer's allocations.
+
+use super::super::adapters::Placement;
+use super::Breakdown;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cat {
+    Embeddings,
+    Weights,
+    Trainable,
+    Saved,
+    Working,
+}
+
+/// Replays allocations: a freed buffer stays counted until the next wait ([`Sim::sync`]).
+pub(super) struct Sim {
+    pub live: [u64; 5],
+    pending: [u64; 5],
+    pub peak: Breakdown,
+}
+
+impl Sim {
+    pub fn new() -> Self {
+        Self { live: [0; 5], pending: [0; 5], peak: Breakdown::default() }
+    }
+
+    fn idx(c: Cat) -> usize {
+        c as usize
+    }
+
+    fn total(&self) -> u64 {
+        self.live.iter().sum()
+    }
+
+    pub fn alloc(&mut self, c: Cat, bytes: u64) {
+        let bytes = bytes.max(4);
+        self.live[Self::idx(c)] += bytes;
+        if self.total() > self.peak.total() {
+            let l = self.live;
+            self.peak =
+                Breakdown { embeddings: l[0], layer_weights: l[1], trainable: l[2], saved: l[3], working: l[4] };
+        }
+    }
+
+    pub fn free(&mut self, c: Cat, bytes: u64) {
+        self.pending[Self::idx(c)] += bytes.max(4);
+    }
+
+    /// Moves `bytes` that stay alive from one category to another (e.g. a layer's output becomes
+    /// a saved input).
+    pub fn recat(&mut self, from: Cat, to: Cat, bytes: u64) {
+        let bytes = bytes.max(4);
+        self.live[Self::idx(from)] -= bytes;
+        self.live[Self::idx(to)] += bytes;
+    }
+
+    pub fn sync(&mut self) {
+        for i in 0..5 {
+            self.live[i] -= self.pending[i];
+            self.pending[i] = 0;
+        }
+    }
+}
+
+/// Allocations of one sub-layer's forward with an optional adapter: (kept for backward, temporary).
+/// Mirrors `Encoder::sublayer_forward`; `h` (the dense output, `t` bytes) is counted by the caller
+/// as temporary and is kept instead when it is the adapter's input.
+pub(super) fn sublayer_fwd(adapter: Option<Placement>, t: u64, m: u64) -> (u64, u64, bool) {
+    match adapter {
+        None => (2 * t, 0, false),
+        Some(pl) => {
+            let mut kept = m; // adapter pre-activation
+            let mut temp = 0;
+            let h_kept = !pl.original_ln_before;
+            if pl.original_ln_before {
+                kept += 2 * t; // s1, hs
+            }
+            if pl.original_ln_after {
+                temp += t; // adapted
+                kept += 2 * t; // u, out
+            } else {
+                kept += t; // adapted = out
+            }
+            (kept, temp, h_kept)
+        }
+    }
+}
+
+/// Allocations of one sub-layer's backward (all temporary). Mirrors `Encoder::adapter_backward`.
+pub(super) fn sublayer_bwd(adapter: Option<Placement>, t: u64, m: u64) -> u64 {
+    match adapter {
+        None => 0,
+        Some(pl) => {
+            let mut b = t + 2 * m; // dhs, adapter scratch
+            if pl.original_ln_after {
+                b += t; // du
+            }
+            if pl.original_ln_before {
+                b += t; // ds1
+            }
+            b
+        }
+    }
+}
+
+/// Bytes of the activations of `seqs` sequences.
+#[derive(Clone, Copy)]
+pub(super) struct Sizes {
+    /// ids, token types or mask
+    pub tok4: u64,
+    /// `[tokens, hidden]`
+    pub td: u64,
+    /// `[tokens, ffn]`
+    pub tf: u64,
+    /// `[seqs, heads, seq, seq]`
+    pub probs: u64,
+    /// `[tokens, bottleneck]`
+    pub tm: u64,
+}
+
+/// Bytes of `n` f32 values.
+pub(super) fn b4(n: u64) -> u64 {
+    n * 4
+}

@@ -1,0 +1,411 @@
+//! [`plan`]: the peak of one training step, replayed phase by phase as the encoder allocates:
+//! what is resident before the step, the embeddings, each layer's forward, the head and loss,
+//! each layer's backward.
+
+use super::super::adapters::{Location, Placement};
+use super::super::store::LayerWeights;
+use super::sim::{b4, sublayer_bwd, sublayer_fwd, Cat, Sim, Sizes};
+use super::{MemoryPlan, PlanInput};
+use anyhow::{bail, Result};
+
+/// The planned peak of one training step.
+pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
+    let mut r = Replay::new(p)?;
+    r.resident_before_step();
+    r.embeddings();
+    for l in 0..r.n_layers {
+        r.layer_forward(l);
+    }
+    r.head_and_loss();
+    // Backward, top layer first; it stops below the lowest trainable site.
+    for l in (0..r.n_layers).rev() {
+        if r.layer_backward(l) {
+            break;
+        }
+    }
+    Ok(r.finish())
+}
+
+/// One step's shapes and options, and the allocations replayed so far.
+struct Replay<'p> {
+    p: &'p PlanInput<'p>,
+    s: Sim,
+    /// Sequences per layer chunk, and the chunks' sizes (one chunk: the whole batch).
+    chunk: usize,
+    chunks: Vec<usize>,
+    chunked: bool,
+    d: usize,
+    f: usize,
+    n_layers: usize,
+    heads: usize,
+    /// The adapters' bottleneck width.
+    m: u64,
+    /// Sizes of the whole batch's activations.
+    all: Sizes,
+    resident: bool,
+    slots: usize,
+    layer_bytes: u64,
+    /// A wait after each layer (streaming or recompute).
+    syncs: bool,
+    /// One adapter's parameters (its gradients, and their running sum over chunks).
+    adapter_bytes: u64,
+    /// Recompute keeps each layer's FFN output dense result `h2`.
+    keep_h2: bool,
+    /// Elements of the word, position and token type tables.
+    tables: [u64; 3],
+}
+
+impl<'p> Replay<'p> {
+    fn new(p: &'p PlanInput<'p>) -> Result<Self> {
+        let cfg = p.cfg;
+        if p.batch == 0 || p.seq == 0 {
+            bail!("the batch size and the sequence length must be at least 1");
+        }
+        if p.adapter.sites.len() != cfg.num_hidden_layers {
+            bail!("adapter spec has {} layers, the model {}", p.adapter.sites.len(), cfg.num_hidden_layers);
+        }
+        let chunk = if p.recompute && p.layer_chunk > 0 { p.layer_chunk.min(p.batch) } else { p.batch };
+        let chunks: Vec<usize> = (0..p.batch).step_by(chunk).map(|s0| chunk.min(p.batch - s0)).collect();
+        let (d, f, n_layers, heads) =
+            (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads);
+        let m = p.adapter.bottleneck as u64;
+        let resident = p.resident_layers >= n_layers;
+        let ud = d as u64;
+        let tables =
+            [cfg.vocab_size as u64 * ud, cfg.max_position_embeddings as u64 * ud, cfg.type_vocab_size as u64 * ud];
+        let mut r = Self {
+            p,
+            s: Sim::new(),
+            chunk,
+            chunked: chunks.len() > 1,
+            chunks,
+            d,
+            f,
+            n_layers,
+            heads,
+            m,
+            all: Sizes { tok4: 0, td: 0, tf: 0, probs: 0, tm: 0 },
+            resident,
+            slots: if resident { n_layers } else { p.resident_layers.max(1) },
+            layer_bytes: LayerWeights::bytes(d, f),
+            syncs: p.recompute || !resident,
+            adapter_bytes: b4(2 * m * ud + m + ud),
+            keep_h2: p.recompute && p.keep_ffn_output,
+            tables,
+        };
+        r.all = r.sizes(p.batch);
+        Ok(r)
+    }
+
+    /// Bytes of the activations of `seqs` sequences.
+    fn sizes(&self, seqs: usize) -> Sizes {
+        let p = self.p;
+        let tok = (seqs * p.seq) as u64;
+        Sizes {
+            tok4: b4(tok),
+            td: b4(tok * self.d as u64),
+            tf: b4(tok * self.f as u64),
+            probs: b4((seqs * self.heads * p.seq * p.seq) as u64),
+            tm: b4(tok * self.m),
+        }
+    }
+
+    fn adapter_at(&self, l: usize, loc: Location) -> Option<Placement> {
+        self.p.adapter.at(l, loc).then_some(self.p.adapter.placement)
+    }
+
+    /// Resident before the step: embeddings (tables only when the layers are resident too),
+    /// layer slots, adapters + head (weights, gradients, AdamW moments), the 16 dummy bindings,
+    /// the optimizer's two scalars.
+    fn resident_before_step(&mut self) {
+        let (ud, uf, m) = (self.d as u64, self.f as u64, self.m);
+        let c = self.p.labels.max(1) as u64;
+        let s = &mut self.s;
+        if self.resident {
+            for n in self.tables {
+                s.alloc(Cat::Embeddings, b4(n));
+            }
+        }
+        for n in [ud, ud] {
+            s.alloc(Cat::Embeddings, b4(n));
+        }
+        for _ in 0..self.slots {
+            for n in [ud * ud, ud, ud * ud, ud, ud * ud, ud, ud * ud, ud, ud, ud] {
+                s.alloc(Cat::Weights, b4(n));
+            }
+            for n in [uf * ud, uf, ud * uf, ud, ud, ud] {
+                s.alloc(Cat::Weights, b4(n));
+            }
+        }
+        debug_assert_eq!(s.live[1], self.slots as u64 * self.layer_bytes);
+        let mut adapter_tensors = vec![];
+        for l in 0..self.n_layers {
+            for loc in [Location::Attention, Location::Output] {
+                if self.p.adapter.at(l, loc) {
+                    adapter_tensors.extend([m * ud, m, ud * m, ud]);
+                }
+            }
+        }
+        let head_tensors = [ud * ud, ud, c * ud, c];
+        for _copy in 0..4 {
+            // weights, gradients, AdamW m and v
+            for &n in adapter_tensors.iter().chain(&head_tensors) {
+                s.alloc(Cat::Trainable, b4(n));
+            }
+        }
+        s.alloc(Cat::Trainable, 4); // optimizer: sum of squares
+        s.alloc(Cat::Trainable, 4); // optimizer: clip scale
+        for _ in 0..16 {
+            s.alloc(Cat::Working, 16); // dummy bindings
+        }
+    }
+
+    /// Inputs, layer 0 input, then the lookup (streamed tables uploaded for it) into `emb`.
+    fn embeddings(&mut self) {
+        let (all, s) = (self.all, &mut self.s);
+        let td = all.td;
+        s.alloc(Cat::Working, 3 * all.tok4);
+        s.alloc(Cat::Working, td); // x0
+        if !self.resident {
+            for n in self.tables {
+                s.alloc(Cat::Embeddings, b4(n));
+                s.free(Cat::Embeddings, b4(n));
+            }
+        }
+        s.alloc(Cat::Working, td); // emb
+        s.free(Cat::Working, td);
+        if !self.resident {
+            s.sync();
+        }
+        if self.p.recompute {
+            s.recat(Cat::Working, Cat::Saved, td);
+        }
+    }
+
+    /// One layer's forward (`Encoder::layer_forward`) over sizes `z`, excluding the FFN output
+    /// dense `h2` (`[tokens, hidden]`): (kept bytes, temporary bytes, `h2` kept by the FFN
+    /// sub-layer as the adapter's input). Recomputing from a saved `h2` skips `inter` too.
+    fn layer_fwd_h2(&self, l: usize, z: &Sizes, from_saved_h2: bool) -> (u64, u64, bool) {
+        let mut kept = 3 * z.td + z.probs; // q, k, v, probs
+        let mut temp = z.td; // ctx
+        let (k1, t1, h1_kept) = sublayer_fwd(self.adapter_at(l, Location::Attention), z.td, z.tm);
+        kept += k1 + z.tf; // attention sub-layer, pre
+        temp += t1 + z.tf; // inter
+        if h1_kept {
+            kept += z.td;
+        } else {
+            temp += z.td;
+        }
+        let (k2, t2, h2_kept) = sublayer_fwd(self.adapter_at(l, Location::Output), z.td, z.tm);
+        kept += k2;
+        temp += t2;
+        if from_saved_h2 {
+            temp -= z.tf; // no inter
+        }
+        (kept, temp, h2_kept)
+    }
+
+    /// [`layer_fwd_h2`](Self::layer_fwd_h2) with `h2` in kept or temp (computed, not saved).
+    fn layer_fwd(&self, l: usize, z: &Sizes) -> (u64, u64) {
+        let (kept, temp, h2_kept) = self.layer_fwd_h2(l, z, false);
+        if h2_kept {
+            (kept + z.td, temp)
+        } else {
+            (kept, temp + z.td)
+        }
+    }
+
+    /// The forward of layer `l` (`Encoder::layers_forward`).
+    fn layer_forward(&mut self, l: usize) {
+        let td = self.all.td;
+        if self.chunked {
+            self.s.alloc(Cat::Working, td); // y
+            if self.keep_h2 {
+                self.s.alloc(Cat::Saved, td);
+            }
+            for i in 0..self.chunks.len() {
+                let z = self.sizes(self.chunks[i]);
+                let (kept, temp) = self.layer_fwd(l, &z);
+                let chunk_in = z.td + z.tok4; // its rows of x, its mask
+                self.s.alloc(Cat::Working, chunk_in + kept + temp);
+                self.s.free(Cat::Working, chunk_in + kept + temp);
+                self.s.sync();
+            }
+            if l + 1 < self.n_layers {
+                self.s.recat(Cat::Working, Cat::Saved, td);
+            }
+            return;
+        }
+        let (kept, temp, h2_kept) = self.layer_fwd_h2(l, &self.all, false);
+        let s = &mut self.s;
+        s.alloc(Cat::Working, kept + temp + td);
+        s.free(Cat::Working, temp);
+        if self.p.recompute && l + 1 < self.n_layers {
+            // Only the output (the next layer's input) stays, and h2 with --keep-ffn-output.
+            s.free(Cat::Working, kept - td);
+            s.recat(Cat::Working, Cat::Saved, td);
+            if self.keep_h2 {
+                s.recat(Cat::Working, Cat::Saved, td);
+            } else {
+                s.free(Cat::Working, td);
+            }
+        } else if self.p.recompute {
+            if !h2_kept {
+                s.free(Cat::Working, td);
+            }
+        } else {
+            if !h2_kept {
+                s.free(Cat::Working, td);
+            }
+            let kept = kept + if h2_kept { td } else { 0 };
+            s.recat(Cat::Working, Cat::Saved, kept);
+        }
+        if self.syncs {
+            s.sync();
+        }
+    }
+
+    /// Head forward, loss and head backward.
+    fn head_and_loss(&mut self) {
+        let (bsz, c) = (self.p.batch as u64, self.p.labels.max(1) as u64);
+        let bd = b4(bsz * self.d as u64);
+        let s = &mut self.s;
+        for n in [bd, bd, bd, b4(bsz * c), b4(bsz), 4, b4(bsz * c)] {
+            s.alloc(Cat::Working, n); // cls, hpre, hact, logits, labels, loss, dlogits
+        }
+        s.alloc(Cat::Working, 3 * bd); // dhact, dhpre, dcls
+        s.free(Cat::Working, 3 * bd);
+        s.alloc(Cat::Working, self.all.td); // dhidden = dy
+    }
+
+    fn trainable(&self, l: usize) -> bool {
+        self.p.adapter.at(l, Location::Attention) || self.p.adapter.at(l, Location::Output)
+    }
+
+    /// The backward of one layer (or chunk) allocates this (see `Encoder::layer_backward`):
+    /// (bytes, backward stops here).
+    fn bwd_work(&self, l: usize, z: &Sizes, accumulate: bool) -> (u64, bool) {
+        let a = self.p.adapter;
+        let sums = |loc| if accumulate && a.at(l, loc) { 2 * self.adapter_bytes } else { 0 };
+        let mut work = 2 * z.td + sublayer_bwd(self.adapter_at(l, Location::Output), z.td, z.tm); // dh2, dy1
+        work += sums(Location::Output);
+        let below = (0..l).any(|k| self.trainable(k));
+        if !below && !a.at(l, Location::Attention) {
+            return (work, true);
+        }
+        // dinter, dpre, dh1, dx
+        work += 2 * z.tf + 2 * z.td + sublayer_bwd(self.adapter_at(l, Location::Attention), z.td, z.tm);
+        work += sums(Location::Attention);
+        if !below {
+            return (work, true);
+        }
+        (work + 4 * z.td + z.probs, false) // dctx, dq, dk, dv, scratch
+    }
+
+    /// The backward of layer `l` (`Encoder::layers_backward`): true when backward stops here.
+    fn layer_backward(&mut self, l: usize) -> bool {
+        if self.chunked {
+            return self.layer_backward_chunked(l);
+        }
+        let (td, keep_h2, recompute, top) = (self.all.td, self.keep_h2, self.p.recompute, l + 1 == self.n_layers);
+        let (kept, temp) = if keep_h2 && !top {
+            let (kept, temp, _) = self.layer_fwd_h2(l, &self.all, true); // h2 is the saved one
+            (kept, temp)
+        } else {
+            self.layer_fwd(l, &self.all)
+        };
+        let (work, stop) = self.bwd_work(l, &self.all, false);
+        let s = &mut self.s;
+        let acts = if recompute && !top {
+            s.alloc(Cat::Working, kept + temp); // recomputed, then a wait frees the temporaries
+            s.free(Cat::Working, temp);
+            s.sync();
+            kept
+        } else {
+            if !recompute {
+                s.recat(Cat::Saved, Cat::Working, kept);
+            }
+            kept
+        };
+        s.alloc(Cat::Working, work);
+        if stop {
+            return true;
+        }
+        // Done with this layer: its activations and temporaries, the old dy (dx, in `work`, is the
+        // new one) and, with recompute, its input.
+        s.free(Cat::Working, acts + work);
+        if recompute {
+            s.free(Cat::Saved, td);
+            if keep_h2 && !top {
+                s.free(Cat::Saved, td);
+            }
+        }
+        if self.syncs {
+            s.sync();
+        }
+        false
+    }
+
+    /// The backward of layer `l` chunk by chunk: true when backward stops here.
+    fn layer_backward_chunked(&mut self, l: usize) -> bool {
+        let (td, keep_h2) = (self.all.td, self.keep_h2);
+        self.s.alloc(Cat::Working, td); // dx
+        let mut stop = false;
+        for i in 0..self.chunks.len() {
+            let z = self.sizes(self.chunks[i]);
+            self.s.alloc(Cat::Working, 2 * z.td + z.tok4); // its rows of x and dy, its mask
+                                                           // Recomputed; with --keep-ffn-output from its rows of the saved h2 (copied here, then
+                                                           // counted as h2 is: kept by the adapter, or a temporary).
+            let (kept, temp) = if keep_h2 {
+                let (kept, temp, h2_kept) = self.layer_fwd_h2(l, &z, true);
+                self.s.alloc(Cat::Working, z.td);
+                let (kept, temp) = if h2_kept { (kept + z.td, temp) } else { (kept, temp + z.td) };
+                self.s.alloc(Cat::Working, kept + temp - z.td);
+                (kept, temp)
+            } else {
+                let (kept, temp) = self.layer_fwd(l, &z);
+                self.s.alloc(Cat::Working, kept + temp);
+                (kept, temp)
+            };
+            self.s.free(Cat::Working, temp + z.td);
+            self.s.sync();
+            let (work, stops) = self.bwd_work(l, &z, i > 0);
+            self.s.alloc(Cat::Working, work);
+            stop = stops;
+            self.s.free(Cat::Working, kept + work + z.td + z.tok4);
+            if i + 1 == self.chunks.len() && !stop {
+                // The layer's input (and saved h2) and the old dy, dropped before the last wait.
+                self.s.free(Cat::Saved, if keep_h2 { 2 * td } else { td });
+                self.s.free(Cat::Working, td);
+            }
+            self.s.sync();
+        }
+        stop
+    }
+
+    /// The plan from what was replayed.
+    fn finish(self) -> MemoryPlan {
+        let (n_layers, ud, p) = (self.n_layers, self.d as u64, self.p);
+        let streamed = if self.resident {
+            0
+        } else {
+            2 * n_layers as u64 * self.layer_bytes + b4(self.tables.iter().sum::<u64>())
+        };
+        MemoryPlan {
+            slots: self.slots,
+            layers: n_layers,
+            recompute: p.recompute,
+            keep_ffn_output: self.keep_h2,
+            layer_chunk: self.chunk,
+            batch: p.batch,
+            peak: self.s.peak,
+            streamed_per_step: streamed,
+            // The largest single tensors: word embeddings, an FFN activation, attention
+            // probabilities, an FFN weight.
+            largest_tensor: [b4(self.tables[0]), self.all.tf, self.all.probs, b4(ud * self.f as u64)]
+                .into_iter()
+                .max()
+                .unwrap_or(0),
+        }
+    }
+}
