@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use peft_wgpu::formats::adapterhub::{BottleneckConfig, FusionConfig, HeadConfig, SavedConfig};
-use peft_wgpu::model::config::BertConfig;
+use peft_wgpu::formats::hf_config::BertConfig;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

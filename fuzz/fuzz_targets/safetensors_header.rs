@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use peft_wgpu::formats::hf_config::BertConfig;
 use peft_wgpu::formats::weights::WeightFile;
-use peft_wgpu::model::config::BertConfig;
 use peft_wgpu::model::weights::BertWeightNames;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,0 +1,196 @@
+//! A bottleneck adapter folder (`adapter_config.json` + `adapter.safetensors`, and the head saved
+//! with it): its weights, loading with every tensor checked, and saving.
+
+use super::names::{adapter_param_name, AdapterSite, BottleneckParam};
+use super::{lookup, unexpected_error, BottleneckConfig, Head, SavedConfig};
+use super::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use crate::formats::hf_config::BertConfig;
+use crate::formats::weights::{write_tensors, Tensor, TensorMap, WeightFile};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// One bottleneck's weights (nn.Linear layouts).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BottleneckWeights {
+    /// `[bottleneck, hidden]`
+    pub down_weight: Tensor,
+    /// `[bottleneck]`
+    pub down_bias: Tensor,
+    /// `[hidden, bottleneck]`
+    pub up_weight: Tensor,
+    /// `[hidden]`
+    pub up_bias: Tensor,
+}
+
+impl BottleneckWeights {
+    pub fn get(&self, p: BottleneckParam) -> &Tensor {
+        match p {
+            BottleneckParam::DownWeight => &self.down_weight,
+            BottleneckParam::DownBias => &self.down_bias,
+            BottleneckParam::UpWeight => &self.up_weight,
+            BottleneckParam::UpBias => &self.up_bias,
+        }
+    }
+
+    pub fn bottleneck_dim(&self) -> usize {
+        self.down_bias.numel()
+    }
+}
+
+/// The adapters of one encoder layer (`None` where the config puts none, or the layer is left out).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct LayerAdapters {
+    pub attention: Option<BottleneckWeights>,
+    pub output: Option<BottleneckWeights>,
+}
+
+impl LayerAdapters {
+    pub fn site(&self, s: AdapterSite) -> Option<&BottleneckWeights> {
+        match s {
+            AdapterSite::Attention => self.attention.as_ref(),
+            AdapterSite::Output => self.output.as_ref(),
+        }
+    }
+}
+
+/// A bottleneck adapter as `save_adapter` writes it, with its head when one was saved with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adapter {
+    pub saved: SavedConfig,
+    pub config: BottleneckConfig,
+    /// One entry per encoder layer.
+    pub layers: Vec<LayerAdapters>,
+    pub head: Option<Head>,
+}
+
+impl Adapter {
+    /// Loads `<dir>/adapter_config.json` + `adapter.safetensors` for `model`, checking every tensor
+    /// against the config (presence, shape, nothing unexpected), and the head in `dir` if any.
+    /// The tensors' adapter name is the config's `name` (or, if the file uses one other name
+    /// throughout, that one).
+    pub fn load(dir: impl AsRef<Path>, model: &BertConfig) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cpath = dir.join(ADAPTER_CONFIG_FILE);
+        if !cpath.exists() {
+            bail!("{}: no {ADAPTER_CONFIG_FILE}: not an adapter folder", dir.display());
+        }
+        let saved = SavedConfig::read(&cpath)?;
+        let config = BottleneckConfig::from_config(saved.config())
+            .with_context(|| format!("{}: unsupported adapter", cpath.display()))?;
+        saved.check_model(&format!("adapter {}", cpath.display()), model.hidden_size)?;
+        for &l in &config.leave_out {
+            if l >= model.num_hidden_layers {
+                bail!(
+                    "{}: option \"leave_out\" names layer {l}, the model has {} layers",
+                    cpath.display(),
+                    model.num_hidden_layers
+                );
+            }
+        }
+        let file = WeightFile::open(dir.join(ADAPTER_WEIGHTS_FILE))?;
+        let name = tensor_adapter_name(&file, saved.name());
+        let h = model.hidden_size;
+        let mut left: BTreeSet<String> = file.names().into_iter().map(String::from).collect();
+        let mut layers = Vec::with_capacity(model.num_hidden_layers);
+        for l in 0..model.num_hidden_layers {
+            let mut la = LayerAdapters::default();
+            if config.has_layer(l) {
+                let bn = config.bottleneck_dim(h, l).with_context(|| format!("{}", cpath.display()))?;
+                for site in config.sites() {
+                    let mut t = Vec::with_capacity(4);
+                    for p in BottleneckParam::ALL {
+                        let want = adapter_param_name(&name, l, site, p);
+                        let found = lookup(&file, &want).with_context(|| {
+                            format!(
+                                "{}: missing tensor {want:?} (the config has {}: {})",
+                                file.path().display(),
+                                if site == AdapterSite::Attention { "mh_adapter" } else { "output_adapter" },
+                                true
+                            )
+                        })?;
+                        let data = file.get_checked(&found, &p.shape(h, bn))?;
+                        left.remove(&found);
+                        t.push(Tensor { shape: p.shape(h, bn), data });
+                    }
+                    let mut it = t.into_iter();
+                    let w = BottleneckWeights {
+                        down_weight: it.next().expect("4"),
+                        down_bias: it.next().expect("4"),
+                        up_weight: it.next().expect("4"),
+                        up_bias: it.next().expect("4"),
+                    };
+                    match site {
+                        AdapterSite::Attention => la.attention = Some(w),
+                        AdapterSite::Output => la.output = Some(w),
+                    }
+                }
+            }
+            layers.push(la);
+        }
+        unexpected_error(
+            &file,
+            &left,
+            &format!(
+                "not implied by mh_adapter={}, output_adapter={}, leave_out={:?}, {} layers",
+                config.mh_adapter, config.output_adapter, config.leave_out, model.num_hidden_layers
+            ),
+        )?;
+        let head = Head::find(dir, h)?;
+        let mut saved = saved;
+        if name != saved.name() {
+            saved.set_name(&name);
+        }
+        Ok(Self { saved, config, layers, head })
+    }
+
+    pub fn name(&self) -> &str {
+        self.saved.name()
+    }
+
+    /// Every tensor under AdapterHub's names.
+    pub fn tensors(&self) -> TensorMap {
+        let mut m = TensorMap::new();
+        for (l, la) in self.layers.iter().enumerate() {
+            for site in [AdapterSite::Attention, AdapterSite::Output] {
+                if let Some(w) = la.site(site) {
+                    for p in BottleneckParam::ALL {
+                        m.insert(adapter_param_name(self.name(), l, site, p), w.get(p).clone());
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// Writes `adapter.safetensors` and `adapter_config.json` (and the head's two files when the
+    /// adapter has one) into `dir`, each atomically.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_tensors(&dir.join(ADAPTER_WEIGHTS_FILE), &self.tensors(), None)?;
+        self.saved.write(&dir.join(ADAPTER_CONFIG_FILE))?;
+        if let Some(h) = &self.head {
+            h.save(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// The adapter name used in the file's tensor names: `configured` when any tensor uses it, else
+/// the single other name all `.adapters.<name>.` tensors share.
+fn tensor_adapter_name(file: &WeightFile, configured: &str) -> String {
+    let mut found = BTreeSet::new();
+    for n in file.names() {
+        if let Some((_, rest)) = n.split_once(".adapters.") {
+            if let Some((name, _)) = rest.split_once(".adapter_") {
+                found.insert(name.to_string());
+            }
+        }
+    }
+    if found.contains(configured) || found.len() != 1 {
+        configured.to_string()
+    } else {
+        found.into_iter().next().expect("one")
+    }
+}
