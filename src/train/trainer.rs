@@ -32,6 +32,9 @@ pub trait Trainee {
     fn record_extra_loss(&mut self, _b: &mut CommandRecorder) -> Result<Option<GpuTensor>> {
         Ok(None)
     }
+    /// A resumed run continues after `steps` training steps (e.g. the fusion's temperature
+    /// schedule, which advances once a training pass, catches up).
+    fn resumed_after(&mut self, _steps: usize) {}
     /// Before each dev evaluation.
     fn before_eval(&mut self, _gpu: &Arc<Gpu>) -> Result<()> {
         Ok(())

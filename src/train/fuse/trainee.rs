@@ -153,6 +153,12 @@ impl Trainee for FusionTrainee {
         self.fusion.named().into_iter().chain(self.head.named()).collect()
     }
 
+    fn resumed_after(&mut self, steps: usize) {
+        for _ in 0..steps {
+            self.temperature.next_forward();
+        }
+    }
+
     fn before_train_pass(&mut self) {
         self.fusion.stop_recording();
         self.fusion.temperature = self.temperature.next_forward();

@@ -111,7 +111,7 @@ pub(crate) fn run_loop_with<T: Trainee>(
 /// Restores the saved state into the trainee's tensors and the optimizer; the saved counters.
 fn restore<T: Trainee>(
     gpu: &Gpu,
-    trainee: &T,
+    trainee: &mut T,
     optimizer: &mut Optimizer,
     a: &LoopSetup,
     ctl: &LoopControl,
@@ -128,6 +128,7 @@ fn restore<T: Trainee>(
     }
     saved.restore(gpu, &ctl.fingerprint, &trainee.params(), optimizer)?;
     let p = saved.progress;
+    trainee.resumed_after(p.step);
     rep.message(&format!(
         "resuming at step {} of {total} (epoch {}, batch {}) from {}",
         p.step,
