@@ -167,7 +167,9 @@ fn losses(out: &Path) -> Vec<f64> {
 
 /// The state's tensors (fusion + head weights and AdamW moments) as bits, and the saved fusion
 /// and attention files.
-fn final_state(out: &Path) -> (Vec<(String, Vec<u32>)>, Vec<u8>, Vec<u8>, String) {
+type FinalState = (Vec<(String, Vec<u32>)>, Vec<u8>, Vec<u8>, String);
+
+fn final_state(out: &Path) -> FinalState {
     let st = peft_wgpu::formats::weights::WeightFile::open(out.join("trainer_state.safetensors")).unwrap();
     let tensors =
         st.to_map().unwrap().into_iter().map(|(k, t)| (k, t.data.iter().map(|x| x.to_bits()).collect())).collect();
