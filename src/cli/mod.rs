@@ -132,3 +132,69 @@ pub fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("peft").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// `peft fuse` shares the option groups with `peft train` but keeps its own defaults.
+    #[test]
+    fn fuse_keeps_its_defaults() {
+        let fuse = parse(&["fuse", "--model", "m", "--adapter", "a", "--train", "t", "--out", "o"]).unwrap();
+        let Command::Fuse(f) = fuse.command else { panic!("not fuse") };
+        let (run, opt) = f.run_and_optimizer();
+        assert_eq!((run.epochs, opt.lr), (crate::train::fuse::FUSE_EPOCHS, crate::train::fuse::FUSE_LR));
+        let train = parse(&["train", "--model", "m", "--train", "t", "--out", "o"]).unwrap();
+        let Command::Train(t) = train.command else { panic!("not train") };
+        let (run, opt) = t.run_and_optimizer();
+        assert_eq!((run.epochs, opt.lr), (3, 1e-4));
+    }
+
+    /// `--resume` takes the run's settings from the state: giving one again is an error; memory
+    /// options and checkpoints stay free.
+    #[test]
+    fn resume_conflicts_with_the_settings_only() {
+        for cmd in ["train", "fuse"] {
+            let flags: [&[&str]; 16] = [
+                &["--model", "m"],
+                &["--train", "t"],
+                &["--out", "o"],
+                &["--dev", "d"],
+                &["--dev-split", "0.2"],
+                &["--max-length", "9"],
+                &["--max-train-examples", "9"],
+                &["--max-dev-examples", "9"],
+                &["--text-column", "x"],
+                &["--label-column", "x"],
+                &["--lr", "1"],
+                &["--max-grad-norm", "2"],
+                &["--epochs", "1"],
+                &["--seed", "1"],
+                &["--patience", "1"],
+                &["--name", "x"],
+            ];
+            for flag in flags {
+                let mut args = vec![cmd, "--resume", "d"];
+                args.extend(flag);
+                assert!(parse(&args).is_err(), "{args:?}");
+            }
+            assert!(
+                parse(&[cmd, "--resume", "d", "--recompute", "--max-gpu-memory", "1GiB", "--save-steps", "2"]).is_ok()
+            );
+        }
+        assert!(parse(&["train", "--resume", "d", "--config", "pfeiffer"]).is_err());
+        assert!(parse(&["train", "--resume", "d", "--non-linearity", "relu"]).is_err());
+        assert!(parse(&["fuse", "--resume", "d", "--adapter", "a"]).is_err());
+        assert!(parse(&["fuse", "--resume", "d", "--temperature"]).is_err());
+    }
+}

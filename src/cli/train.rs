@@ -39,10 +39,36 @@ impl CheckpointArgs {
 
 /// The option groups that define a run: `--resume` takes them from the saved state, so it
 /// conflicts with every one of them (the memory options and checkpoints stay free).
-const SETTINGS: [&str; 8] =
-    ["model", "train", "out", "DataArgs", "Columns", "OptimizerArgs", "LoopArgs", "AdapterArgs"];
-const FUSE_SETTINGS: [&str; 8] =
-    ["model", "train", "out", "DataArgs", "Columns", "OptimizerArgs", "LoopArgs", "FusionArgs"];
+/// (`DataArgs` is named by its arguments: the group of a struct with a flattened group inside
+/// does not conflict as a whole.)
+const SETTINGS: [&str; 12] = [
+    "model",
+    "train",
+    "out",
+    "dev",
+    "dev_split",
+    "max_length",
+    "max_train_examples",
+    "max_dev_examples",
+    "Columns",
+    "OptimizerArgs",
+    "LoopArgs",
+    "AdapterArgs",
+];
+const FUSE_SETTINGS: [&str; 12] = [
+    "model",
+    "train",
+    "out",
+    "dev",
+    "dev_split",
+    "max_length",
+    "max_train_examples",
+    "max_dev_examples",
+    "Columns",
+    "OptimizerArgs",
+    "LoopArgs",
+    "FusionArgs",
+];
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainCli {
@@ -169,4 +195,18 @@ pub fn fuse(g: &Arc<Gpu>, f: FuseCli) -> Result<()> {
     fuse::fuse_with(g, &args, &run, &mut Terminal::new())?;
     exit_if_interrupted();
     Ok(())
+}
+
+#[cfg(test)]
+impl TrainCli {
+    pub(super) fn run_and_optimizer(&self) -> (&LoopArgs, &OptimizerArgs) {
+        (&self.run, &self.optimizer)
+    }
+}
+
+#[cfg(test)]
+impl FuseCli {
+    pub(super) fn run_and_optimizer(&self) -> (&LoopArgs, &OptimizerArgs) {
+        (&self.run, &self.optimizer)
+    }
 }

@@ -47,9 +47,9 @@ struct Run<'a, T: Trainee> {
     saved_step: Option<usize>,
 }
 
-/// [`super::run_loop`]'s loop, also saving `trainer_state.safetensors` (every epoch, every
-/// `save_steps`, on a stop), resuming from it, and stopping cleanly on Ctrl-C /
-/// `stop_after_steps`.
+/// The epoch loop of `peft train` and `peft fuse`, also saving `trainer_state.safetensors` (every
+/// epoch, every `save_steps`, on a stop when `ctl` has settings), resuming from it, and stopping
+/// cleanly on Ctrl-C / `stop_after_steps`.
 pub(crate) fn run_loop_with<T: Trainee>(
     gpu: &Arc<Gpu>,
     enc: &mut Encoder,
