@@ -7,8 +7,8 @@
 //! cargo run --release --example fuse_tasks -- [OUT_DIR]
 
 use peft_wgpu::train::data::Example;
-use peft_wgpu::train::fuse::{self, FuseArgs, FusedPaths};
-use peft_wgpu::train::{self, Preset, TrainArgs};
+use peft_wgpu::train::fuse::{self, FuseArgs, FusedPaths, FusionArgs};
+use peft_wgpu::train::{self, AdapterArgs, DataArgs, LoopArgs, OptimizerArgs, Preset, TrainArgs};
 use std::path::{Path, PathBuf};
 
 const GOOD: [&str; 6] = ["wonderful", "great", "delightful", "excellent", "lovely", "superb"];
@@ -73,16 +73,12 @@ fn main() -> anyhow::Result<()> {
             &TrainArgs {
                 model: model.clone(),
                 train: train_csv.clone(),
-                dev: Some(dev_csv.clone()),
+                data: DataArgs { dev: Some(dev_csv.clone()), max_length: 16, ..Default::default() },
                 // AdapterFusion fuses adapters at the FFN output (AdapterHub seq_bn).
-                config: Preset::Pfeiffer,
-                epochs: 2,
-                lr: 3e-3,
-                batch_size: 16,
-                max_length: 16,
-                adapter_name: name.into(),
+                adapter: AdapterArgs { config: Preset::Pfeiffer, name: name.into(), ..Default::default() },
+                run: LoopArgs { epochs: 2, batch_size: 16, ..Default::default() },
+                optimizer: OptimizerArgs { lr: 3e-3, ..Default::default() },
                 out: dir.clone(),
-                progress: false,
                 ..TrainArgs::default()
             },
         )?;
@@ -95,17 +91,13 @@ fn main() -> anyhow::Result<()> {
         &gpu,
         &FuseArgs {
             model: model.clone(),
-            adapters: adapters.clone(),
             train: target.0.clone(),
-            dev: Some(target.1.clone()),
-            epochs: 3,
+            fusion: FusionArgs { adapters: adapters.clone(), name: "restaurant".into(), ..Default::default() },
+            data: DataArgs { dev: Some(target.1.clone()), max_length: 16, ..Default::default() },
+            run: LoopArgs { epochs: 3, batch_size: 16, ..Default::default() },
             // Larger than the paper's 5e-5: a few dozen examples, a few steps.
-            lr: 2e-3,
-            batch_size: 16,
-            max_length: 16,
-            head_name: "restaurant".into(),
+            optimizer: OptimizerArgs { lr: 2e-3, ..Default::default() },
             out: fused.clone(),
-            progress: false,
             ..FuseArgs::default()
         },
     )?;

@@ -6,6 +6,7 @@
 //! [`formats`] (disk formats, no GPU) → [`model`] → [`train`] → [`bench`] / [`datasets`] → the CLI.
 
 pub mod bench;
+pub mod cli;
 pub mod datasets;
 pub mod formats;
 pub mod gpu;

@@ -13,8 +13,8 @@ use peft_wgpu::model::config::BertConfig;
 use peft_wgpu::model::encoder::{Encoder, Inputs, Setup};
 use peft_wgpu::model::fusion::FusionModel;
 use peft_wgpu::model::load;
-use peft_wgpu::train::fuse::{self, FuseArgs, FusedPaths, FusionAttention, FusionPreset, FusionTrainee};
-use peft_wgpu::train::{self, Optimizer, Trainee};
+use peft_wgpu::train::fuse::{self, FuseArgs, FusedPaths, FusionArgs, FusionAttention, FusionPreset, FusionTrainee};
+use peft_wgpu::train::{self, DataArgs, LoopArgs, Optimizer, OptimizerArgs, Trainee};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -339,15 +339,12 @@ fn fuse_eval_predict_round_trip_on_minilm() {
     let out = dir.path().join("fusion");
     let args = FuseArgs {
         model: model.clone(),
-        adapters: adapters.clone(),
         train: train_csv,
-        dev: Some(dev_csv.clone()),
-        epochs: 2,
-        lr: 5e-3,
-        batch_size: 8,
-        max_length: 32,
+        fusion: FusionArgs { adapters: adapters.clone(), ..Default::default() },
+        data: DataArgs { dev: Some(dev_csv.clone()), max_length: 32, ..Default::default() },
+        run: LoopArgs { epochs: 2, batch_size: 8, ..Default::default() },
+        optimizer: OptimizerArgs { lr: 5e-3, ..Default::default() },
         out: out.clone(),
-        progress: false,
         ..FuseArgs::default()
     };
     let s = fuse::fuse(&g, &args).unwrap();

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use peft_wgpu::model::config::BertConfig;
-use peft_wgpu::train::{self, Preset, TrainArgs};
+use peft_wgpu::train::{self, AdapterArgs, DataArgs, LoopArgs, OptimizerArgs, Preset, TrainArgs};
 
 #[test]
 fn head_only_trains_the_head_and_loads_back() {
@@ -24,14 +24,11 @@ fn head_only_trains_the_head_and_loads_back() {
     let args = TrainArgs {
         model: model.clone(),
         train: data.clone(),
-        dev: Some(data.clone()),
-        config: Preset::None,
-        epochs: 4,
-        lr: 3e-3,
-        batch_size: 5,
-        max_length: 16,
+        data: DataArgs { dev: Some(data.clone()), max_length: 16, ..Default::default() },
+        adapter: AdapterArgs { config: Preset::None, ..Default::default() },
+        run: LoopArgs { epochs: 4, batch_size: 5, ..Default::default() },
+        optimizer: OptimizerArgs { lr: 3e-3, ..Default::default() },
         out: out.clone(),
-        progress: false,
         ..TrainArgs::default()
     };
     let s = train::train(&g, &args).unwrap();

@@ -7,7 +7,7 @@ use common::*;
 use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
 use peft_wgpu::model::encoder::Setup;
 use peft_wgpu::model::{config::BertConfig, load};
-use peft_wgpu::train::{self, Optimizer, Preset, TrainArgs};
+use peft_wgpu::train::{self, AdapterArgs, DataArgs, LoopArgs, Optimizer, OptimizerArgs, Preset, TrainArgs};
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
@@ -100,14 +100,11 @@ fn train_eval_predict_on_minilm() {
     let args = TrainArgs {
         model: model.clone(),
         train: train_csv,
-        dev: Some(dev_csv.clone()),
-        config: Preset::Houlsby,
-        epochs: 3,
-        lr: 2e-3,
-        batch_size: 8,
-        max_length: 32,
+        data: DataArgs { dev: Some(dev_csv.clone()), max_length: 32, ..Default::default() },
+        adapter: AdapterArgs { config: Preset::Houlsby, ..Default::default() },
+        run: LoopArgs { epochs: 3, batch_size: 8, ..Default::default() },
+        optimizer: OptimizerArgs { lr: 2e-3, ..Default::default() },
         out: out.clone(),
-        progress: false,
         ..TrainArgs::default()
     };
     let s = train::train(&g, &args).unwrap();

@@ -1,0 +1,68 @@
+//! The memory plan of a training run, shared by `peft train` and `peft fuse`: the largest batch
+//! checked against the GPU's buffer limits, then resident layers, recompute and layer chunks
+//! chosen to fit `--max-gpu-memory` (or as given), before anything big is allocated.
+
+use crate::gpu::Gpu;
+use crate::model::config::BertConfig;
+use crate::model::load;
+use crate::model::plan::{self, AdapterSpec, MemoryPlan};
+use crate::train::guard;
+use crate::train::options::MemoryArgs;
+use crate::train::report::Reporter;
+use crate::train::task::TaskData;
+use anyhow::{bail, Result};
+
+/// What is trained over the frozen encoder (layer chunks apply to adapters only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Trained {
+    Adapter,
+    Fusion,
+}
+
+/// Checks the largest batch of `task` against the GPU's limits and plans its step; reports the
+/// plan's line.
+pub(crate) fn plan_memory(
+    gpu: &Gpu,
+    cfg: &BertConfig,
+    task: &TaskData,
+    batch_size: usize,
+    adapter: &AdapterSpec,
+    mem: &MemoryArgs,
+    trained: Trained,
+    rep: &mut dyn Reporter,
+) -> Result<MemoryPlan> {
+    // The largest batch must fit the GPU's buffers: found now, not in the middle of a step.
+    let (widest, longest) = task.largest_batch(batch_size);
+    guard::check_batch_fits(gpu, &load::dims(cfg), widest, longest)?;
+    let layer_chunk = match trained {
+        Trained::Adapter => mem.layer_chunk,
+        Trained::Fusion if mem.layer_chunk.is_some_and(|c| c > 0 && c < batch_size) => {
+            bail!("layer chunks (--layer-chunk) apply to adapter training, not to AdapterFusion")
+        }
+        // The planner must not choose chunks for a fusion either.
+        Trained::Fusion => Some(0),
+    };
+    let mem_plan = plan::choose_for(
+        gpu,
+        &plan::PlanInput {
+            cfg,
+            batch: widest,
+            seq: longest,
+            labels: task.labels.len(),
+            adapter,
+            resident_layers: cfg.num_hidden_layers,
+            recompute: false,
+            layer_chunk: 0,
+            keep_ffn_output: false,
+        },
+        plan::Choice {
+            resident_layers: mem.resident_layers,
+            recompute: mem.recompute.then_some(true),
+            layer_chunk,
+            keep_ffn_output: plan::keep_choice(mem.keep_ffn_output, mem.recompute),
+        },
+        mem.max_gpu_memory,
+    )?;
+    rep.message(&format!("memory: {mem_plan}"));
+    Ok(mem_plan)
+}

@@ -1,0 +1,191 @@
+//! The training options, defined once: one struct per group (data, optimizer, loop, memory), each
+//! a `clap::Args` that `peft train` and `peft fuse` flatten into their command lines and a serde
+//! struct that the resume state saves (see [`super::resume`]).
+//!
+//! `clap::Args` is derived unconditionally: clap is already a dependency of the library (the bench
+//! and data-set commands, the presets' `ValueEnum`), so a feature gate would not drop it.
+
+use crate::train::data::{DataOptions, Format};
+use crate::types::Activation;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Columns (CSV/TSV) or keys (JSONL) of a data file; shared by every command that reads one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct Columns {
+    /// Column / key holding the text.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Column / key holding the second text of a pair.
+    #[arg(long)]
+    pub text_pair_column: Option<String>,
+    /// Column / key holding the label.
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// File format; `None`: from the file's extension (library only).
+    #[arg(skip)]
+    #[serde(with = "format_name")]
+    pub format: Option<Format>,
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self { text_column: "text".into(), text_pair_column: None, label_column: "label".into(), format: None }
+    }
+}
+
+impl Columns {
+    /// How [`crate::train::data::load_examples`] reads a file with these columns.
+    pub fn options(&self, require_labels: bool) -> DataOptions {
+        DataOptions {
+            text_column: self.text_column.clone(),
+            text_pair_column: self.text_pair_column.clone(),
+            label_column: self.label_column.clone(),
+            format: self.format,
+            require_labels,
+        }
+    }
+}
+
+/// How a task's examples are split, cut and tokenized.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct DataArgs {
+    /// Dev data; without it a seeded --dev-split of the training file is held out.
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.1)]
+    pub dev_split: f64,
+    #[arg(long, default_value_t = 128)]
+    pub max_length: usize,
+    /// Train on the first N examples (after the seeded shuffle).
+    #[arg(long)]
+    pub max_train_examples: Option<usize>,
+    /// Evaluate on the first N dev examples.
+    #[arg(long)]
+    pub max_dev_examples: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub columns: Columns,
+}
+
+impl Default for DataArgs {
+    fn default() -> Self {
+        Self {
+            dev: None,
+            dev_split: 0.1,
+            max_length: 128,
+            max_train_examples: None,
+            max_dev_examples: None,
+            columns: Columns::default(),
+        }
+    }
+}
+
+/// AdamW, its learning-rate schedule and gradient clipping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct OptimizerArgs {
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f32,
+    /// Share of steps with linear warmup.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+}
+
+impl Default for OptimizerArgs {
+    fn default() -> Self {
+        Self { lr: 1e-4, warmup_ratio: 0.0, weight_decay: 0.0, max_grad_norm: 1.0 }
+    }
+}
+
+/// The epoch loop: how long, in what batches, with which seed, when to stop early.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct LoopArgs {
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Stop after N epochs without a better dev accuracy.
+    #[arg(long)]
+    pub patience: Option<usize>,
+}
+
+impl Default for LoopArgs {
+    fn default() -> Self {
+        Self { epochs: 3, batch_size: 32, seed: 42, patience: None }
+    }
+}
+
+/// Where the GPU memory goes: they do not change the results, so a resumed run takes them from
+/// its command line, not from the saved state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct MemoryArgs {
+    /// Frozen layers kept on the GPU; fewer stream from the file (default: all).
+    #[arg(long)]
+    pub resident_layers: Option<usize>,
+    /// Keep only each layer's input in forward and recompute its activations in backward
+    /// (bit-identical results, less memory, about one more forward of time).
+    #[arg(long)]
+    pub recompute: bool,
+    /// With --recompute: run each layer over this many sequences of the batch at a time, so one
+    /// layer's working set shrinks with it (the adapters' gradients are summed chunk by chunk).
+    #[arg(long)]
+    pub layer_chunk: Option<usize>,
+    /// With --recompute: also keep each layer's FFN output (one more hidden-size tensor per layer),
+    /// so recomputing skips the FFN's second matmul (about a third of the recompute work).
+    #[arg(long)]
+    pub keep_ffn_output: bool,
+    /// GPU memory to fit in (e.g. 2GiB, 512MiB): the planner chooses --resident-layers,
+    /// --recompute and --layer-chunk, or fails naming what to change.
+    #[arg(long, value_parser = parse_gpu_memory)]
+    pub max_gpu_memory: Option<u64>,
+}
+
+fn parse_gpu_memory(s: &str) -> Result<u64, String> {
+    crate::model::plan::parse_size(s).map_err(|e| format!("{e:#}"))
+}
+
+/// `--non-linearity`: an activation by its AdapterHub (or common) name.
+pub fn parse_activation(s: &str) -> Result<Activation, String> {
+    Activation::parse(s).map_err(|e| e.to_string())
+}
+
+/// `Option<Format>` as its name (`"csv"`, …) or `null`.
+mod format_name {
+    use super::Format;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::str::FromStr;
+
+    pub fn serialize<S: Serializer>(f: &Option<Format>, s: S) -> Result<S::Ok, S::Error> {
+        match f {
+            Some(f) => s.serialize_some(&f.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Format>, D::Error> {
+        Option::<String>::deserialize(d)?.map(|x| Format::from_str(&x).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// `Option<Activation>` as its AdapterHub name (`"swish"`, …) or `null`.
+pub(crate) mod activation_name {
+    use super::Activation;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Option<Activation>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => s.serialize_some(a.adapterhub_name()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Activation>, D::Error> {
+        Option::<String>::deserialize(d)?.map(|x| Activation::parse(&x).map_err(serde::de::Error::custom)).transpose()
+    }
+}

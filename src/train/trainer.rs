@@ -1,0 +1,104 @@
+//! The epoch loop shared by `peft train` and `peft fuse`: length-bucketed batches, AdamW with the
+//! HF linear schedule and clipping, per-epoch dev accuracy / macro-F1, a checkpoint at every new
+//! best dev accuracy, early stopping, `metrics.jsonl`, `training.png`, the resume state
+//! (`trainer_state.safetensors`: every epoch, every `--save-steps`, on a stop) and clean stops
+//! (Ctrl-C, `--stop-after-steps`). What it tells goes to a [`Reporter`].
+
+use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
+use crate::model::adapters::ClassificationHead;
+use crate::model::encoder::{Encoder, Inputs, Setup};
+use crate::train::optimizer::Optimizer;
+use crate::train::options::{LoopArgs, OptimizerArgs};
+use crate::train::resume;
+use anyhow::{anyhow, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+mod epochs;
+pub(crate) use epochs::run_loop_with;
+
+/// What the shared training loop trains: the encoder setup, its head, the trainable tensors, and
+/// the hooks where an adapter and a fusion differ.
+pub trait Trainee {
+    fn setup(&self) -> Setup<'_>;
+    fn head(&self) -> &ClassificationHead;
+    /// (AdapterHub name, weight, gradient) of every trainable tensor, in a stable order.
+    fn params(&self) -> Vec<(String, &GpuTensor, &GpuTensor)>;
+    /// Before each training forward pass (e.g. the fusion's temperature schedule).
+    fn before_train_pass(&mut self) {}
+    /// After backward, before the optimizer step, in the same command buffer: records the
+    /// gradients of extra loss terms (e.g. the fusion's W_V regularization) into the gradient
+    /// tensors; returns the `[1]` tensor that will hold the extra loss, if any.
+    fn record_extra_loss(&mut self, _b: &mut CommandRecorder) -> Result<Option<GpuTensor>> {
+        Ok(None)
+    }
+    /// A resumed run continues after `steps` training steps (e.g. the fusion's temperature
+    /// schedule, which advances once a training pass, catches up).
+    fn resumed_after(&mut self, _steps: usize) {}
+    /// Before each dev evaluation.
+    fn before_eval(&mut self, _gpu: &Arc<Gpu>) -> Result<()> {
+        Ok(())
+    }
+    /// Saves the weights into `out` (each file atomically); called right after the dev evaluation
+    /// of a new best epoch.
+    fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, labels: &[String]) -> Result<()>;
+}
+
+/// One training step's numbers.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOutput {
+    /// Cross-entropy + extra loss.
+    pub loss: f32,
+    pub extra_loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+}
+
+/// One step: forward + backward on the batch, extra loss terms and AdamW, recorded into one
+/// command buffer (submitted per layer where weights stream or activations are recomputed), then
+/// one read-back of the loss and the gradient norm.
+pub fn train_step<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    enc: &mut Encoder,
+    trainee: &mut T,
+    optimizer: &mut Optimizer,
+    inputs: &Inputs,
+    labels: &[u32],
+) -> Result<StepOutput> {
+    trainee.before_train_pass();
+    let mut b = gpu.batch();
+    let rec = enc.record(&mut b, &trainee.setup(), trainee.head(), inputs, Some(labels), true)?;
+    let loss = rec.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?;
+    let extra = trainee.record_extra_loss(&mut b)?;
+    let params = trainee.params();
+    let lr = optimizer.record_step(&mut b, &params)?;
+    let mut read = vec![&loss, optimizer.sum_of_squares()];
+    read.extend(extra.as_ref());
+    let values = b.submit_with_readback(&read)?.wait()?;
+    gpu.check()?;
+    let extra_loss = values.get(2).map_or(0.0, |v| v[0]);
+    Ok(StepOutput { loss: values[0][0] + extra_loss, extra_loss, lr, grad_norm: values[1][0].sqrt() })
+}
+
+/// What the loop trains for and how (the options and the run's fixed facts).
+pub(crate) struct LoopSetup<'a> {
+    pub(crate) optimizer: &'a OptimizerArgs,
+    pub(crate) run: &'a LoopArgs,
+    pub(crate) out: &'a Path,
+    /// The `peft` command that runs it, for the messages ("train", "fuse").
+    pub(crate) command: &'a str,
+    /// What the checkpoints hold, for the last line ("adapter + head").
+    pub(crate) saved_what: &'a str,
+    pub(crate) trainable_parameters: usize,
+    pub(crate) model_parameters: usize,
+}
+
+/// Checkpointing, resuming and stops of [`run_loop_with`] (see [`resume`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LoopControl {
+    pub(crate) run: resume::RunControl,
+    /// The run's settings for the state file; `None`: no state file (the run cannot be resumed).
+    pub(crate) settings: Option<serde_json::Value>,
+    /// [`resume::fingerprint`] of the task's data.
+    pub(crate) fingerprint: String,
+}

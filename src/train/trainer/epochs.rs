@@ -1,0 +1,350 @@
+//! The epoch loop itself: one [`Run`] holds everything a step and an epoch's end change.
+
+use super::{train_step, LoopControl, LoopSetup, Trainee};
+use crate::gpu::Gpu;
+use crate::kernels::optim::{AdamW, LinearSchedule};
+use crate::model::encoder::Encoder;
+use crate::train::metrics::{self, MetricsLog, TrainingCurves};
+use crate::train::optimizer::Optimizer;
+use crate::train::report::{Reporter, StepReport};
+use crate::train::resume::{self, Progress};
+use crate::train::task::TaskData;
+use crate::train::{data, infer, TrainSummary};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the loop does after a step or an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Stopped (Ctrl-C, `--stop-after-steps`): the state is saved, the run can resume.
+    Stop,
+    /// Early stopping: the run is done.
+    Done,
+}
+
+/// A training run in progress.
+struct Run<'a, T: Trainee> {
+    gpu: &'a Arc<Gpu>,
+    enc: &'a mut Encoder,
+    trainee: &'a mut T,
+    task: &'a TaskData,
+    pad: u32,
+    a: &'a LoopSetup<'a>,
+    ctl: &'a LoopControl,
+    rep: &'a mut dyn Reporter,
+    optimizer: Optimizer,
+    log: MetricsLog,
+    curves: TrainingCurves,
+    summary: TrainSummary,
+    total: usize,
+    real_tokens: usize,
+    train_secs: f64,
+    since_best: usize,
+    /// The step of the last state file on disk, for the messages of a failed step.
+    saved_step: Option<usize>,
+}
+
+/// The epoch loop of `peft train` and `peft fuse`, also saving `trainer_state.safetensors` (every
+/// epoch, every `save_steps`, on a stop when `ctl` has settings), resuming from it, and stopping
+/// cleanly on Ctrl-C / `stop_after_steps`.
+pub(crate) fn run_loop_with<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    enc: &mut Encoder,
+    trainee: &mut T,
+    task: &TaskData,
+    pad: u32,
+    a: &LoopSetup,
+    ctl: &LoopControl,
+    rep: &mut dyn Reporter,
+) -> Result<TrainSummary> {
+    let total = task.train.tokens.len().div_ceil(a.run.batch_size) * a.run.epochs;
+    let o = a.optimizer;
+    let schedule = LinearSchedule {
+        base_lr: o.lr,
+        warmup_steps: (total as f64 * o.warmup_ratio).round() as u32,
+        total_steps: total as u32,
+    };
+    let opt = AdamW { lr: o.lr, weight_decay: o.weight_decay, ..AdamW::default() };
+    let mut optimizer = Optimizer::new(gpu, &trainee.params(), opt, schedule, o.max_grad_norm)?;
+    // Resuming: the saved weights, moments, step and counters (checked against this run first).
+    let p = if ctl.run.resume { restore(gpu, trainee, &mut optimizer, a, ctl, total, rep)? } else { Progress::new() };
+    std::fs::create_dir_all(a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let metrics_path = a.out.join("metrics.jsonl");
+    let log = if ctl.run.resume {
+        MetricsLog::reopen(&metrics_path, p.metrics_bytes)?
+    } else {
+        MetricsLog::create(&metrics_path)?
+    };
+    let mut run = Run::new(gpu, enc, trainee, task, pad, a, ctl, rep, optimizer, log, &p, total);
+    run.rep.start(total, p.step);
+    let lengths: Vec<usize> = task.train.tokens.iter().map(|t| t.len()).collect();
+    let mut stopped = false;
+    'epochs: for epoch in p.epoch..=a.run.epochs {
+        run.rep.epoch(epoch, a.run.epochs);
+        let seed = a.run.seed.wrapping_add(epoch as u64);
+        let batches = data::make_batches(&lengths, a.run.batch_size, seed, true);
+        for (bi, idx) in batches.iter().enumerate() {
+            if epoch == p.epoch && bi < p.batch {
+                continue; // done before the run was stopped
+            }
+            if run.step(epoch, bi, idx)? == Flow::Stop {
+                stopped = true;
+                break 'epochs;
+            }
+        }
+        match run.end_epoch(epoch)? {
+            Flow::Continue => {}
+            Flow::Stop => {
+                stopped = true;
+                break;
+            }
+            Flow::Done => break,
+        }
+    }
+    run.rep.finish();
+    run.finish(stopped)
+}
+
+/// Restores the saved state into the trainee's tensors and the optimizer; the saved counters.
+fn restore<T: Trainee>(
+    gpu: &Gpu,
+    trainee: &mut T,
+    optimizer: &mut Optimizer,
+    a: &LoopSetup,
+    ctl: &LoopControl,
+    total: usize,
+    rep: &mut dyn Reporter,
+) -> Result<Progress> {
+    let saved = resume::load(a.out)?;
+    if saved.progress.finished {
+        bail!(
+            "{}: this training run already finished ({} steps); there is nothing to resume",
+            a.out.display(),
+            saved.progress.step
+        );
+    }
+    saved.restore(gpu, &ctl.fingerprint, &trainee.params(), optimizer)?;
+    let p = saved.progress;
+    trainee.resumed_after(p.step);
+    rep.message(&format!(
+        "resuming at step {} of {total} (epoch {}, batch {}) from {}",
+        p.step,
+        p.epoch,
+        p.batch + 1,
+        saved.path.display()
+    ));
+    Ok(p)
+}
+
+impl<'a, T: Trainee> Run<'a, T> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        gpu: &'a Arc<Gpu>,
+        enc: &'a mut Encoder,
+        trainee: &'a mut T,
+        task: &'a TaskData,
+        pad: u32,
+        a: &'a LoopSetup<'a>,
+        ctl: &'a LoopControl,
+        rep: &'a mut dyn Reporter,
+        optimizer: Optimizer,
+        log: MetricsLog,
+        p: &Progress,
+        total: usize,
+    ) -> Self {
+        let numbered = |v: &[f64]| -> Vec<(usize, f64)> { v.iter().enumerate().map(|(i, &x)| (i + 1, x)).collect() };
+        let curves = TrainingCurves {
+            loss: p.train_losses.iter().enumerate().map(|(i, &l)| (i + 1, l as f64)).collect(),
+            dev_accuracy: numbered(&p.dev_accuracy),
+            dev_macro_f1: numbered(&p.dev_macro_f1),
+        };
+        let summary = TrainSummary {
+            dev_accuracy: p.dev_accuracy.clone(),
+            dev_macro_f1: p.dev_macro_f1.clone(),
+            best_accuracy: p.best_accuracy,
+            best_epoch: p.best_epoch,
+            train_losses: p.train_losses.clone(),
+            tokens_per_second: 0.0,
+            trainable_parameters: a.trainable_parameters,
+            model_parameters: a.model_parameters,
+            steps: p.step,
+            out: a.out.to_path_buf(),
+            stopped: false,
+        };
+        Self {
+            gpu,
+            enc,
+            trainee,
+            task,
+            pad,
+            a,
+            ctl,
+            rep,
+            optimizer,
+            log,
+            curves,
+            summary,
+            total,
+            real_tokens: p.real_tokens,
+            train_secs: p.train_secs,
+            since_best: p.since_best,
+            saved_step: ctl.run.resume.then_some(p.step),
+        }
+    }
+
+    fn tokens_per_second(&self) -> f64 {
+        self.real_tokens as f64 / self.train_secs.max(1e-9)
+    }
+
+    /// One training step on the batch `idx` (batch `bi` of `epoch`), logged; saves the state
+    /// when a stop is due or every `save_steps`.
+    fn step(&mut self, epoch: usize, bi: usize, idx: &[usize]) -> Result<Flow> {
+        let (gpu, task, a) = (self.gpu, self.task, self.a);
+        let t0 = Instant::now();
+        let step = self.summary.steps + 1;
+        let saved_step = self.saved_step;
+        let failed = || resume::failed_at(a.command, step, a.out, saved_step);
+        resume::inject(gpu, self.ctl.run.fault, step, &self.trainee.params())?;
+        let b = data::Batch::new(&task.train.tokens, Some(&task.train.labels), idx, self.pad);
+        let s = train_step(gpu, self.enc, self.trainee, &mut self.optimizer, &b.inputs(), &b.labels)
+            .with_context(failed)?;
+        gpu.check().with_context(failed)?;
+        let (loss, lr, norm) = (s.loss, s.lr, s.grad_norm);
+        if !loss.is_finite() || !norm.is_finite() {
+            bail!(
+                "step {step}: loss {loss} / gradient norm {norm} is not finite (a learning rate too high? try a \
+                 smaller --lr); {}",
+                failed()
+            );
+        }
+        self.train_secs += t0.elapsed().as_secs_f64();
+        self.real_tokens += b.real_tokens();
+        self.summary.steps += 1;
+        if self.summary.steps == 1 {
+            let peak = gpu.memory.peak() as f64 / 1048576.0;
+            self.rep.message(&format!("step 1: measured peak GPU memory {peak:.1} MiB (the project's buffers)"));
+        }
+        self.summary.train_losses.push(loss);
+        self.curves.loss.push((self.summary.steps, loss as f64));
+        let tps = self.tokens_per_second();
+        let mut record = json!({"step": self.summary.steps, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": norm,
+            "tokens": b.real_tokens(), "tokens_per_second": tps});
+        if s.extra_loss != 0.0 {
+            record["regularization_loss"] = json!(s.extra_loss);
+        }
+        self.log.log(&record)?;
+        self.rep.step(&StepReport {
+            step: self.summary.steps,
+            total: self.total,
+            loss,
+            lr,
+            tokens_per_second: tps,
+            train_secs: self.train_secs,
+        });
+        let stop = resume::stop_requested() || self.ctl.run.stop_after_steps == Some(self.summary.steps);
+        let every = self.ctl.run.save_steps.is_some_and(|n| n > 0 && self.summary.steps % n == 0);
+        if stop || every {
+            self.save_state(epoch, bi + 1, false)?;
+        }
+        Ok(if stop { Flow::Stop } else { Flow::Continue })
+    }
+
+    /// Writes the resume state (when the run has one), continuing at `epoch` / `batch`.
+    fn save_state(&mut self, epoch: usize, batch: usize, finished: bool) -> Result<()> {
+        let Some(settings) = &self.ctl.settings else {
+            return Ok(());
+        };
+        let snap = Progress::snapshot(
+            &self.summary,
+            epoch,
+            batch,
+            finished,
+            self.since_best,
+            self.real_tokens,
+            self.train_secs,
+            self.log.bytes_written()?,
+        );
+        let params = self.trainee.params();
+        resume::save(self.gpu, self.a.out, settings, &snap, &self.ctl.fingerprint, &params, &self.optimizer)?;
+        self.saved_step = Some(self.summary.steps);
+        Ok(())
+    }
+
+    /// Dev evaluation, the checkpoint of a new best epoch, the state, early stopping.
+    fn end_epoch(&mut self, epoch: usize) -> Result<Flow> {
+        let (gpu, task, a) = (self.gpu, self.task, self.a);
+        self.trainee.before_eval(gpu)?;
+        let scores = {
+            let (setup, head) = (self.trainee.setup(), self.trainee.head());
+            infer::evaluate_prepared(self.enc, &setup, head, &task.dev, self.pad, a.run.batch_size)?
+        };
+        self.summary.dev_accuracy.push(scores.accuracy);
+        self.summary.dev_macro_f1.push(scores.macro_f1);
+        self.curves.dev_accuracy.push((epoch, scores.accuracy));
+        self.curves.dev_macro_f1.push((epoch, scores.macro_f1));
+        self.log.log(&json!({"epoch": epoch, "dev_accuracy": scores.accuracy, "dev_macro_f1": scores.macro_f1, "dev_n": task.dev.labels.len()}))?;
+        let better = scores.accuracy > self.summary.best_accuracy;
+        self.rep.message(&format!(
+            "epoch {epoch}: dev accuracy {:.4}, macro-F1 {:.4}, {:.0} train tokens/s{}",
+            scores.accuracy,
+            scores.macro_f1,
+            self.tokens_per_second(),
+            if better { " (best; saved)" } else { "" }
+        ));
+        if better {
+            self.summary.best_accuracy = scores.accuracy;
+            self.summary.best_epoch = epoch;
+            self.since_best = 0;
+            self.trainee.save(gpu, a.out, &task.labels.labels)?;
+        } else {
+            self.since_best += 1;
+        }
+        let early = !better && a.run.patience.is_some_and(|p| self.since_best >= p);
+        self.save_state(epoch + 1, 0, early || epoch == a.run.epochs)?;
+        if early {
+            let n = self.since_best;
+            self.rep.message(&format!("early stopping: no better dev accuracy for {n} epoch(s)"));
+            return Ok(Flow::Done);
+        }
+        if resume::stop_requested() && epoch < a.run.epochs {
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The training plot and the last lines.
+    fn finish(mut self, stopped: bool) -> Result<TrainSummary> {
+        let a = self.a;
+        self.summary.tokens_per_second = self.tokens_per_second();
+        metrics::plot_training(a.out.join("training.png"), &self.curves)?;
+        let total = self.total;
+        if stopped {
+            self.summary.stopped = true;
+            let why = if resume::stop_requested() { "interrupted" } else { "stopped (--stop-after-steps)" };
+            self.rep.note(&match self.saved_step.filter(|_| self.ctl.settings.is_some()) {
+                Some(s) => format!(
+                    "{why} at step {s} of {total}: state saved to {}; continue with `peft {} --resume {}`",
+                    a.out.join(resume::STATE_FILE).display(),
+                    a.command,
+                    a.out.display()
+                ),
+                None => format!("{why} at step {} of {total}; this run cannot be resumed", self.summary.steps),
+            });
+            return Ok(self.summary);
+        }
+        let summary = &self.summary;
+        self.rep.message(&format!(
+            "best dev accuracy {:.4} (epoch {}); {:.0} real tokens/s over {} steps; {} saved to {}",
+            summary.best_accuracy,
+            summary.best_epoch,
+            summary.tokens_per_second,
+            summary.steps,
+            a.saved_what,
+            a.out.display()
+        ));
+        Ok(self.summary)
+    }
+}

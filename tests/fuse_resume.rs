@@ -1,0 +1,244 @@
+//! `peft fuse` runs like `peft train`: stopped (`--stop-after-steps`) and resumed (`--resume`) it
+//! ends with the uninterrupted run's losses, weights and fusion attention; `--max-gpu-memory`
+//! picks a memory plan, `--recompute` / `--resident-layers` train like the plain run, and layer
+//! chunks are refused for a fusion. On the tiny-bert fusion fixture (three frozen adapters).
+
+use serde_json::{json, Value};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
+}
+
+const POS: [&str; 8] = [
+    "a wonderful moving film",
+    "great acting and a great story",
+    "i loved every minute",
+    "brilliant and funny",
+    "a delight from start to finish",
+    "beautiful warm and clever",
+    "the best movie this year",
+    "superb performances",
+];
+const NEG: [&str; 8] = [
+    "a dull boring mess",
+    "terrible acting and a weak plot",
+    "i hated every minute",
+    "awful and tedious",
+    "a waste of time",
+    "ugly cold and stupid",
+    "the worst movie this year",
+    "painful performances",
+];
+
+/// tiny-bert's base with a WordPiece vocabulary of the data's words (120 entries, the config's
+/// vocab_size).
+fn tiny_model(dir: &Path) -> PathBuf {
+    let m = dir.join("model");
+    fs::create_dir_all(&m).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        fs::copy(tiny().join("base").join(f), m.join(f)).unwrap();
+    }
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
+    for w in POS.iter().chain(&NEG).flat_map(|s| s.split(' ')).chain(["indeed"]) {
+        if !vocab.iter().any(|v| v == w) {
+            vocab.push(w.to_string());
+        }
+    }
+    let mut i = 0;
+    while vocab.len() < 120 {
+        vocab.push(format!("[unused{i}]"));
+        i += 1;
+    }
+    fs::write(m.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    m
+}
+
+/// 16 training and 8 dev sentences, two labels.
+fn toy_data(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut train = String::from("text,label\n");
+    let mut dev = String::from("text,label\n");
+    for i in 0..8 {
+        train.push_str(&format!("{},positive\n{},negative\n", POS[i], NEG[i]));
+        if i % 2 == 0 {
+            dev.push_str(&format!("{} indeed,positive\n{} indeed,negative\n", POS[i], NEG[i]));
+        }
+    }
+    let (t, d) = (dir.join("train.csv"), dir.join("dev.csv"));
+    fs::write(&t, train).unwrap();
+    fs::write(&d, dev).unwrap();
+    (t, d)
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn peft(args: &[String]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peft"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running peft")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+#[track_caller]
+fn assert_ok(o: &Output) -> String {
+    let all = text(o);
+    assert!(o.status.success(), "{all}");
+    all
+}
+
+#[track_caller]
+fn assert_fails(o: &Output, parts: &[&str]) {
+    let all = text(o);
+    assert!(!o.status.success(), "expected a failure:\n{all}");
+    assert!(!all.contains("panicked"), "a panic:\n{all}");
+    for p in parts {
+        assert!(all.contains(p), "the error lacks {p:?}:\n{all}");
+    }
+}
+
+/// The tiny model, data and `peft fuse` arguments of a run into `out` (4 steps an epoch: 16
+/// examples, batch 5).
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    args: Vec<String>,
+}
+
+impl Setup {
+    fn new(epochs: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let model = tiny_model(&root);
+        let (train, dev) = toy_data(&root);
+        let mut args: Vec<String> = vec!["fuse".into(), "--model".into(), s(&model)];
+        for a in ["src1", "src2", "src3"] {
+            args.extend(["--adapter".into(), s(&tiny().join("fusion/adapters").join(a))]);
+        }
+        for (k, v) in [
+            ("--train", s(&train)),
+            ("--dev", s(&dev)),
+            ("--batch-size", "5".into()),
+            ("--lr", "5e-3".into()),
+            ("--max-length", "16".into()),
+            ("--epochs", epochs.to_string()),
+            ("--seed", "3".into()),
+        ] {
+            args.extend([k.to_string(), v]);
+        }
+        Self { _dir: dir, root, args }
+    }
+
+    /// `peft fuse` into `root/<name>` with `extra` arguments.
+    fn run(&self, name: &str, extra: &[&str]) -> (PathBuf, Output) {
+        let out = self.root.join(name);
+        let mut args = self.args.clone();
+        args.extend(["--out".into(), s(&out)]);
+        args.extend(extra.iter().map(|x| x.to_string()));
+        (out.clone(), peft(&args))
+    }
+}
+
+fn state_json(out: &Path) -> Value {
+    let st = peft_wgpu::formats::weights::WeightFile::open(out.join("trainer_state.safetensors")).unwrap();
+    serde_json::from_str(&st.metadata().unwrap()["peft_trainer_state"]).unwrap()
+}
+
+/// Every step's loss in `metrics.jsonl`.
+fn losses(out: &Path) -> Vec<f64> {
+    fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("step").is_some())
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// The state's tensors (fusion + head weights and AdamW moments) as bits, and the saved fusion
+/// and attention files.
+type FinalState = (Vec<(String, Vec<u32>)>, Vec<u8>, Vec<u8>, String);
+
+fn final_state(out: &Path) -> FinalState {
+    let st = peft_wgpu::formats::weights::WeightFile::open(out.join("trainer_state.safetensors")).unwrap();
+    let tensors =
+        st.to_map().unwrap().into_iter().map(|(k, t)| (k, t.data.iter().map(|x| x.to_bits()).collect())).collect();
+    (
+        tensors,
+        fs::read(out.join("model_adapter_fusion.safetensors")).unwrap(),
+        fs::read(out.join("model_head.safetensors")).unwrap(),
+        fs::read_to_string(out.join("fusion_attention.json")).unwrap(),
+    )
+}
+
+#[test]
+fn fuse_stopped_and_resumed_equals_uninterrupted() {
+    let t = Setup::new(3);
+    let (full, o) = t.run("full", &[]);
+    assert_ok(&o);
+    assert_eq!(state_json(&full)["progress"]["step"], json!(12));
+    let want = final_state(&full);
+    let want_losses = losses(&full);
+    assert_eq!(want_losses.len(), 12);
+    // Stopped mid-epoch (step 6, in epoch 2) and at an epoch boundary (step 8), then resumed.
+    for stop in ["6", "8"] {
+        let (part, o) = t.run(&format!("part{stop}"), &["--stop-after-steps", stop]);
+        let all = assert_ok(&o);
+        assert!(all.contains("peft fuse --resume"), "{all}");
+        assert_eq!(state_json(&part)["progress"]["step"], json!(stop.parse::<u64>().unwrap()));
+        let all = assert_ok(&peft(&["fuse".into(), "--resume".into(), s(&part)]));
+        assert!(all.contains(&format!("resuming at step {stop}")), "{all}");
+        assert!(all.contains("fusion attention written to"), "{all}");
+        assert_eq!(losses(&part), want_losses, "stop at {stop}: the losses differ from the uninterrupted run's");
+        let got = final_state(&part);
+        assert!(got.0 == want.0, "stop at {stop}: the trained tensors or moments differ after resuming");
+        assert!(got.1 == want.1 && got.2 == want.2, "stop at {stop}: the saved fusion or head differs");
+        assert_eq!(got.3, want.3, "stop at {stop}: the fusion attention differs");
+    }
+    // The saved settings are the fuse command's (adapters, fusion config) and resume them.
+    let settings = &state_json(&full)["args"];
+    assert_eq!(settings["adapters"].as_array().map(Vec::len), Some(3), "{settings}");
+    assert_eq!(settings["fusion_config"], json!("dynamic"));
+    assert_eq!(settings["head_name"], json!("target"));
+    assert_fails(&peft(&["fuse".into(), "--resume".into(), s(&full)]), &["already finished"]);
+    assert_fails(&peft(&["fuse".into(), "--resume".into(), s(&full), "--lr".into(), "1".into()]), &["--lr"]);
+}
+
+#[test]
+fn fuse_memory_options_pick_a_plan() {
+    let t = Setup::new(1);
+    let (plain, o) = t.run("plain", &[]);
+    let stdout = assert_ok(&o);
+    assert!(stdout.contains("memory: planned peak") && stdout.contains("recompute off"), "{stdout}");
+    // A budget below the plain plan's peak (0.5 MiB): the planner turns recompute on, and the
+    // run trains bit for bit as before.
+    let (budget, o) = t.run("budget", &["--max-gpu-memory", "0.45MiB"]);
+    let stdout = assert_ok(&o);
+    assert!(stdout.contains("memory: planned peak") && stdout.contains("recompute on"), "{stdout}");
+    assert_eq!(losses(&budget), losses(&plain), "recompute changed the losses");
+    // Recompute with one layer on the GPU: the same losses up to f32 summation order.
+    let (lean, o) = t.run("lean", &["--recompute", "--resident-layers", "1"]);
+    let stdout = assert_ok(&o);
+    assert!(stdout.contains("1 of 2 layers on the GPU"), "{stdout}");
+    let (a, b) = (losses(&plain), losses(&lean));
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * x.abs(), "step {}: loss {x} plain vs {y} lean", i + 1);
+    }
+    // Nothing fits 1 KiB: the error names the budget; layer chunks stay refused for a fusion.
+    assert_fails(&t.run("none", &["--max-gpu-memory", "1KiB"]).1, &["--max-gpu-memory"]);
+    assert_fails(
+        &t.run("chunks", &["--recompute", "--layer-chunk", "2"]).1,
+        &["layer chunks (--layer-chunk) apply to adapter training, not to AdapterFusion"],
+    );
+}
