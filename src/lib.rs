@@ -11,10 +11,14 @@ pub mod formats;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
-pub mod reference;
 pub mod shaders;
 pub mod train;
 pub mod types;
+
+/// The numerical helpers of the f64 references (`rel_err`, ...), at their old path for the
+/// integration tests; each kernel's reference is `kernels::<op>::reference`.
+#[cfg(any(test, feature = "reference"))]
+pub use kernels::reference;
 
 pub use gpu::{Gpu, GpuOptions, GpuTensor};
 pub use types::Activation;

@@ -10,7 +10,10 @@ use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::fusion::{FusionHostWeights, FusionSaved, FusionScratch, FusionShape, FusionWeights};
 use crate::kernels::layernorm;
 use crate::kernels::matmul::{Matmul, MatmulVariant, View};
-use crate::reference::{self, rel_err, to_f64};
+#[cfg(feature = "reference")]
+use crate::kernels::reference::{rel_err, to_f64};
+#[cfg(feature = "reference")]
+use crate::kernels::{adapter, attention::reference as attention_ref, fusion, layernorm::reference as layernorm_ref};
 use crate::types::Activation;
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
@@ -74,8 +77,34 @@ fn ensure_ok(what: &str, err: f64, tol: f64) -> Result<f64> {
     Ok(err)
 }
 
+/// Without the `reference` feature a kernel cannot be checked, so it is not timed.
+#[cfg(not(feature = "reference"))]
+fn no_reference<T>() -> Result<T> {
+    bail!("built without the `reference` feature: the kernels cannot be checked against the f64 reference")
+}
+
+#[cfg(not(feature = "reference"))]
+impl AdapterCase {
+    fn check(&self, _: &Arc<Gpu>, _: bool) -> Result<f64> {
+        no_reference()
+    }
+}
+
+#[cfg(not(feature = "reference"))]
+impl FusionCase {
+    fn check(&self, _: &Arc<Gpu>, _: bool) -> Result<f64> {
+        no_reference()
+    }
+}
+
+#[cfg(not(feature = "reference"))]
+fn matmul_check(_: &Arc<Gpu>, _: MatmulVariant, _: usize, _: usize, _: usize, _: u64) -> Result<f64> {
+    no_reference()
+}
+
 struct AdapterCase {
     shape: AdapterShape,
+    #[cfg_attr(not(feature = "reference"), allow(dead_code))]
     t: usize,
     w: AdapterWeights,
     grads: AdapterWeights,
@@ -85,7 +114,8 @@ struct AdapterCase {
     dy: GpuTensor,
     dx: GpuTensor,
     scratch: AdapterScratch,
-    host: (reference::adapter::Adapter, Vec<f32>, Vec<f32>),
+    #[cfg(feature = "reference")]
+    host: (adapter::reference::Adapter, Vec<f32>, Vec<f32>),
 }
 
 impl AdapterCase {
@@ -105,7 +135,8 @@ impl AdapterCase {
             w_up: upload(gpu, &[d, m], &wu)?,
             b_up: upload(gpu, &[d], &bu)?,
         };
-        let host = reference::adapter::Adapter {
+        #[cfg(feature = "reference")]
+        let host = adapter::reference::Adapter {
             d,
             m,
             act: shape.act,
@@ -131,6 +162,7 @@ impl AdapterCase {
             dy: upload(gpu, &[t, d], &dy)?,
             dx: poisoned(gpu, &[t, d])?,
             scratch: AdapterScratch::new(gpu, t, m)?,
+            #[cfg(feature = "reference")]
             host: (host, x, dy),
         })
     }
@@ -144,6 +176,7 @@ impl AdapterCase {
     }
 
     /// Max relative error of y (and with `backward`, dx and the weight gradients).
+    #[cfg(feature = "reference")]
     fn check(&self, gpu: &Arc<Gpu>, backward: bool) -> Result<f64> {
         let mut b = gpu.batch();
         self.forward(&mut b)?;
@@ -213,6 +246,7 @@ pub fn adapter(gpu: &Arc<Gpu>, s: KernelShapes, reps: Reps, peaks: Option<Peaks>
 
 struct FusionCase {
     shape: FusionShape,
+    #[cfg_attr(not(feature = "reference"), allow(dead_code))]
     t: usize,
     w: FusionWeights,
     grads: FusionWeights,
@@ -226,6 +260,7 @@ struct FusionCase {
     dr: GpuTensor,
     saved: FusionSaved,
     scratch: FusionScratch,
+    #[cfg_attr(not(feature = "reference"), allow(dead_code))]
     host: (FusionHostWeights, [Vec<f32>; 4]),
 }
 
@@ -294,6 +329,7 @@ impl FusionCase {
         )
     }
 
+    #[cfg(feature = "reference")]
     fn check(&self, gpu: &Arc<Gpu>, backward: bool) -> Result<f64> {
         let mut b = gpu.batch();
         self.forward(&mut b)?;
@@ -302,7 +338,7 @@ impl FusionCase {
         }
         b.finish()?;
         let (hw, [h, z, r, d_o]) = &self.host;
-        let f = reference::fusion::Fusion {
+        let f = fusion::reference::Fusion {
             d: self.shape.d,
             n: self.shape.n,
             value: true,
@@ -372,6 +408,7 @@ pub fn fusion(gpu: &Arc<Gpu>, s: KernelShapes, reps: Reps, peaks: Option<Peaks>)
 }
 
 /// `C = A·B` (row-major, `[m, k]·[k, n]`) with one variant; returns max relative error.
+#[cfg(feature = "reference")]
 fn matmul_check(gpu: &Arc<Gpu>, v: MatmulVariant, m: usize, n: usize, k: usize, seed: u64) -> Result<f64> {
     let mut r = rng(seed);
     let (a, b) = (rand_vec(&mut r, m * k, 1.0), rand_vec(&mut r, k * n, 1.0));
@@ -379,7 +416,7 @@ fn matmul_check(gpu: &Arc<Gpu>, v: MatmulVariant, m: usize, n: usize, k: usize, 
     let mut bt = gpu.batch();
     Matmul::new(m, n, k).variant(v).run(&mut bt, View::rows(&ga, k), View::rows(&gb, n), None, View::rows(&gc, n))?;
     bt.finish()?;
-    let want = reference::matmul(&to_f64(&a), &to_f64(&b), m, k, n);
+    let want = crate::kernels::reference::matmul(&to_f64(&a), &to_f64(&b), m, k, n);
     Ok(rel_err(&gc.to_vec(gpu)?, &want))
 }
 
@@ -429,6 +466,7 @@ pub fn matmul(gpu: &Arc<Gpu>, s: KernelShapes, reps: Reps, peaks: Option<Peaks>)
 
 /// Masked multi-head attention forward, and forward + backward (input gradients).
 pub fn attention(gpu: &Arc<Gpu>, s: KernelShapes, reps: Reps, peaks: Option<Peaks>) -> Result<Vec<Measurement>> {
+    #[cfg(feature = "reference")]
     let check = {
         let sh = AttentionShape { batch: 2, seq: 37, ..s.attention };
         let (q, k, v, dctx, mask) = attention_inputs(sh, 41);
@@ -438,14 +476,16 @@ pub fn attention(gpu: &Arc<Gpu>, s: KernelShapes, reps: Reps, peaks: Option<Peak
         tg.backward(&mut b, sh)?;
         b.finish()?;
         let (q, k, v, dctx, mask) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&dctx), to_f64(&mask));
-        let (ctx, _) = reference::ops::attention(&q, &k, &v, &mask, sh);
-        let (dq, dk, dv) = reference::ops::attention_backward(&q, &k, &v, &mask, &dctx, sh);
+        let (ctx, _) = attention_ref::attention(&q, &k, &v, &mask, sh);
+        let (dq, dk, dv) = attention_ref::attention_backward(&q, &k, &v, &mask, &dctx, sh);
         let mut e = rel_err(&tg.ctx.to_vec(gpu)?, &ctx);
         for (g, w) in [(&tg.dq, &dq), (&tg.dk, &dk), (&tg.dv, &dv)] {
             e = e.max(rel_err(&g.to_vec(gpu)?, w));
         }
         ensure_ok("attention", e, F32_TOLERANCE)?
     };
+    #[cfg(not(feature = "reference"))]
+    let check: f64 = no_reference()?;
     let sh = s.attention;
     let (q, k, v, dctx, mask) = attention_inputs(sh, 42);
     let tg = attention_tensors(gpu, sh, &q, &k, &v, &dctx, &mask)?;
@@ -585,13 +625,18 @@ pub fn layer_norm(gpu: &Arc<Gpu>, s: KernelShapes, reps: Reps, peaks: Option<Pea
     let record = |b: &mut CommandRecorder, ts: &[GpuTensor; 6]| {
         layernorm::layer_norm(b, &ts[0], Some(&ts[1]), &ts[2], &ts[3], 1e-12, Some(&ts[4]), &ts[5])
     };
-    let (x, res, g, bb, ts) = run(67, 51)?;
-    let mut b = gpu.batch();
-    record(&mut b, &ts)?;
-    b.finish()?;
-    let sum: Vec<f64> = x.iter().zip(&res).map(|(a, b)| *a as f64 + *b as f64).collect();
-    let want = reference::ops::layer_norm(&sum, 67, s.d, &to_f64(&g), &to_f64(&bb), 1e-12);
-    let err = ensure_ok("layer_norm", rel_err(&ts[5].to_vec(gpu)?, &want), F32_TOLERANCE)?;
+    #[cfg(feature = "reference")]
+    let err = {
+        let (x, res, g, bb, ts) = run(67, 51)?;
+        let mut b = gpu.batch();
+        record(&mut b, &ts)?;
+        b.finish()?;
+        let sum: Vec<f64> = x.iter().zip(&res).map(|(a, b)| *a as f64 + *b as f64).collect();
+        let want = layernorm_ref::layer_norm(&sum, 67, s.d, &to_f64(&g), &to_f64(&bb), 1e-12);
+        ensure_ok("layer_norm", rel_err(&ts[5].to_vec(gpu)?, &want), F32_TOLERANCE)?
+    };
+    #[cfg(not(feature = "reference"))]
+    let err: f64 = no_reference()?;
     let (_, _, _, _, ts) = run(s.t, 52)?;
     let (times, clock) = time_batches(gpu, reps, |b| record(b, &ts))?;
     let td = (s.t * s.d) as f64;

@@ -20,6 +20,14 @@ struct Params {
     beta: f32,
 }
 
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![(COL_SUM, p)]
+}
+
 /// `out[j] = scale · Σ_i x[i, j] + beta · out[j]` for a row-major `x` of `rows × cols`.
 pub fn col_sum(
     batch: &mut CommandRecorder,

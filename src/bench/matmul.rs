@@ -16,10 +16,10 @@
 //! every sampled output. A variant that fails, or whose pipeline the driver rejects, is reported
 //! with `ok: false` and not timed.
 
-use super::matmul::{
+use crate::gpu::{Gpu, GpuTensor};
+use crate::kernels::matmul::{
     available_variants, f16_error_bound, FragConfig, InnerBatch, Matmul, MatmulVariant, TileConfig, View,
 };
-use crate::gpu::{Gpu, GpuTensor};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::sync::Arc;
