@@ -10,9 +10,10 @@
 //! element ([`f16_error_bound`]). For inputs of random sign the errors of the K terms are
 //! independent, so the typical relative error of an output is about `u·√(2/3) ≈ 4e-4` of
 //! `√(Σ_k (a_ik b_kj)²)` (≈ |C| for random data), and the largest over a 4096² output is a few
-//! times that (measured values are in tests/matmul_variants.rs output and bench/NOTES.md). They
-//! compute exactly the f32 product of the f16-rounded inputs up to f32 summation error, which the
-//! tests check with the f32 tolerance against a reference built from the rounded inputs.
+//! times that (measured values are in the output of `kernels/matmul/tests_tiles.rs` and in
+//! bench/NOTES.md). They compute exactly the f32 product of the f16-rounded inputs up to f32
+//! summation error, which the tests check with the f32 tolerance against a reference built from the
+//! rounded inputs.
 
 mod tiles;
 mod variant;

@@ -4,6 +4,11 @@ use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
 const COL_SUM: KernelSpec =
     KernelSpec { shader: &shaders::REDUCE, entry: "col_sum", bindings: &[Access::Read, Access::ReadWrite] };
 
