@@ -1,6 +1,6 @@
 //! Matmul throughput per kernel variant (and tile configuration) on the encoder's products
 //! (MiniLM and BERT-base training steps) and on 4096³; every variant is checked against a CPU
-//! reference on sampled outputs before it is timed (see `peft_wgpu::kernels::matmul_bench`).
+//! reference on sampled outputs before it is timed (see `peft_wgpu::bench::matmul`).
 //! Prints one JSON object per result on stdout (progress and a summary table on stderr).
 //!
 //! cargo run --release --example matmul_bench -- [--variants all|basic,smem,coop,...]
@@ -10,8 +10,8 @@
 //! Defaults: every variant this GPU runs, every shape, 10 samples of ≥ 20 ms.
 
 use anyhow::{bail, Context, Result};
+use peft_wgpu::bench::matmul::{self as mb, BenchOptions, ShapeData};
 use peft_wgpu::kernels::matmul::{default_variant, MatmulVariant};
-use peft_wgpu::kernels::matmul_bench::{self as mb, BenchOptions, ShapeData};
 use peft_wgpu::Gpu;
 use std::io::Write;
 

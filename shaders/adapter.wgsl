@@ -14,6 +14,9 @@ struct Params {
     m: u32,      // bottleneck size
     _pad: u32,
     scale: f32,  // s
+    _p1: u32,
+    _p2: u32,
+    _p3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

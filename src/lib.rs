@@ -5,6 +5,8 @@
 //! `tests/architecture.rs`): [`types`] and [`shaders`] → [`gpu`] → [`kernels`];
 //! [`formats`] (disk formats, no GPU) → [`model`] → [`train`] → [`bench`] / [`datasets`] → the CLI.
 
+/// Benchmarks check each kernel against the f64 reference before timing it: they need it.
+#[cfg(feature = "reference")]
 pub mod bench;
 pub mod cli;
 pub mod datasets;
@@ -12,7 +14,6 @@ pub mod formats;
 pub mod gpu;
 pub mod kernels;
 pub mod model;
-pub mod reference;
 pub mod shaders;
 pub mod train;
 pub mod types;

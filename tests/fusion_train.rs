@@ -50,7 +50,7 @@ fn adapter_values(sets: &[AdapterSet]) -> Vec<Vec<f32>> {
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    peft_wgpu::reference::rel_err(a, &f64s(b))
+    peft_wgpu::kernels::reference::rel_err(a, &f64s(b))
 }
 
 #[test]

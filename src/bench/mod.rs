@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod kernels;
+pub mod matmul;
 pub mod memory;
 pub mod model;
 pub mod step;

@@ -42,6 +42,7 @@ enum Command {
     /// Label, probabilities and logits per input of a trained adapter (or fused model).
     Predict(infer::PredictCli),
     /// Kernel and training-step benchmarks on the selected GPU (table + JSON).
+    #[cfg(feature = "reference")]
     Bench(crate::bench::cli::BenchCli),
     /// Data sets of the fusion demo: `peft data prepare <task>` writes train.csv + test.csv.
     #[command(subcommand)]
@@ -120,6 +121,7 @@ pub fn main() {
     let result = match cli.command {
         Command::Info => info(cli.gpu),
         Command::Data(DataCommand::Prepare(a)) => crate::datasets::prepare_cli(&a).map(|_| ()),
+        #[cfg(feature = "reference")]
         Command::Bench(b) => open_gpu(cli.gpu).and_then(|g| b.run(&g)),
         Command::Train(t) => open_gpu(cli.gpu).and_then(|g| train::train(&g, t)),
         Command::Fuse(f) => open_gpu(cli.gpu).and_then(|g| train::fuse(&g, f)),

@@ -1,15 +1,22 @@
-//! Host side of each WGSL kernel family: `shaders/<family>.wgsl` ↔ `kernels/<family>.rs`.
+//! One folder per WGSL kernel family: `kernels/<op>/mod.rs` (host side) beside `shaders/<op>.wgsl`,
+//! with its f64 reference in `kernels/<op>/reference.rs` (tests and the `reference` feature) and its
+//! GPU tests in `kernels/<op>/tests.rs`. Matmul's variants are files of `kernels/matmul/`.
 
 pub mod adapter;
 pub mod attention;
+#[cfg(test)]
+mod bindings;
 pub mod elementwise;
 pub mod fusion;
 pub mod layernorm;
 pub mod loss;
 pub mod matmul;
-pub mod matmul_bench;
 pub mod optim;
 pub mod reduce;
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use anyhow::{bail, Result};
 

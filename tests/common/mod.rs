@@ -44,7 +44,7 @@ pub fn f64s(v: &[f32]) -> Vec<f64> {
 /// Asserts `‖ours − ref‖∞ / ‖ref‖∞ ≤ tol` and returns the error.
 #[track_caller]
 pub fn assert_close(what: &str, ours: &[f32], reference: &[f64], tol: f64) -> f64 {
-    let e = peft_wgpu::reference::rel_err(ours, reference);
+    let e = peft_wgpu::kernels::reference::rel_err(ours, reference);
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
     e
 }

@@ -4,7 +4,7 @@ use super::{ensure_ok, poisoned, rand_vec, rng, upload, KernelShapes, F32_TOLERA
 use crate::bench::{time_batches, Measurement, Peaks, Reps};
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::adapter::{AdapterScratch, AdapterShape, AdapterWeights};
-use crate::reference::{self, rel_err, to_f64};
+use crate::kernels::reference::{rel_err, to_f64};
 use crate::types::Activation;
 use anyhow::Result;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ struct AdapterCase {
     dy: GpuTensor,
     dx: GpuTensor,
     scratch: AdapterScratch,
-    host: (reference::adapter::Adapter, Vec<f32>, Vec<f32>),
+    host: (crate::kernels::adapter::reference::Adapter, Vec<f32>, Vec<f32>),
 }
 
 impl AdapterCase {
@@ -40,7 +40,7 @@ impl AdapterCase {
             w_up: upload(gpu, &[d, m], &wu)?,
             b_up: upload(gpu, &[d], &bu)?,
         };
-        let host = reference::adapter::Adapter {
+        let host = crate::kernels::adapter::reference::Adapter {
             d,
             m,
             act: shape.act,

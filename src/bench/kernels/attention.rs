@@ -4,7 +4,7 @@ use super::{ensure_ok, poisoned, rand_vec, rng, upload, KernelShapes, F32_TOLERA
 use crate::bench::{time_batches, Measurement, Peaks, Reps};
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::attention::{self, AttentionShape};
-use crate::reference::{self, rel_err, to_f64};
+use crate::kernels::reference::{rel_err, to_f64};
 use anyhow::Result;
 use std::sync::Arc;
 
@@ -19,8 +19,8 @@ pub fn attention(gpu: &Arc<Gpu>, s: KernelShapes, reps: Reps, peaks: Option<Peak
         tg.backward(&mut b, sh)?;
         b.finish()?;
         let (q, k, v, dctx, mask) = (to_f64(&q), to_f64(&k), to_f64(&v), to_f64(&dctx), to_f64(&mask));
-        let (ctx, _) = reference::ops::attention(&q, &k, &v, &mask, sh);
-        let (dq, dk, dv) = reference::ops::attention_backward(&q, &k, &v, &mask, &dctx, sh);
+        let (ctx, _) = crate::kernels::attention::reference::attention(&q, &k, &v, &mask, sh);
+        let (dq, dk, dv) = crate::kernels::attention::reference::attention_backward(&q, &k, &v, &mask, &dctx, sh);
         let mut e = rel_err(&tg.ctx.to_vec(gpu)?, &ctx);
         for (g, w) in [(&tg.dq, &dq), (&tg.dk, &dk), (&tg.dv, &dv)] {
             e = e.max(rel_err(&g.to_vec(gpu)?, w));

@@ -4,7 +4,7 @@ use super::{ensure_ok, poisoned, rand_vec, rng, upload, KernelShapes, F32_TOLERA
 use crate::bench::{time_batches, Measurement, Peaks, Reps};
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::fusion::{FusionHostWeights, FusionSaved, FusionScratch, FusionShape, FusionWeights};
-use crate::reference::{self, rel_err, to_f64};
+use crate::kernels::reference::{rel_err, to_f64};
 use anyhow::Result;
 use std::sync::Arc;
 
@@ -99,7 +99,7 @@ impl FusionCase {
         }
         b.finish()?;
         let (hw, [h, z, r, d_o]) = &self.host;
-        let f = reference::fusion::Fusion {
+        let f = crate::kernels::fusion::reference::Fusion {
             d: self.shape.d,
             n: self.shape.n,
             value: true,

@@ -16,7 +16,7 @@ use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::layernorm;
 use crate::kernels::matmul::{Matmul, MatmulVariant, View};
-use crate::reference::{self, rel_err, to_f64};
+use crate::kernels::reference::{self, rel_err, to_f64};
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -165,7 +165,7 @@ pub fn layer_norm(gpu: &Arc<Gpu>, s: KernelShapes, reps: Reps, peaks: Option<Pea
     record(&mut b, &ts)?;
     b.finish()?;
     let sum: Vec<f64> = x.iter().zip(&res).map(|(a, b)| *a as f64 + *b as f64).collect();
-    let want = reference::ops::layer_norm(&sum, 67, s.d, &to_f64(&g), &to_f64(&bb), 1e-12);
+    let want = crate::kernels::layernorm::reference::layer_norm(&sum, 67, s.d, &to_f64(&g), &to_f64(&bb), 1e-12);
     let err = ensure_ok("layer_norm", rel_err(&ts[5].to_vec(gpu)?, &want), F32_TOLERANCE)?;
     let (_, _, _, _, ts) = run(s.t, 52)?;
     let (times, clock) = time_batches(gpu, reps, |b| record(b, &ts))?;

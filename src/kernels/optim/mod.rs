@@ -20,6 +20,11 @@ use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{anyhow, bail, Result};
 
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
 
@@ -50,6 +55,14 @@ struct Params {
     eps: f32,
     max_norm: f32,
     _p1: [f32; 3],
+}
+
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![(ADAMW, p), (SUMSQ_PARTIAL, p), (SUMSQ_FINAL, p), (CLIP_FACTOR, p)]
 }
 
 /// AdamW hyper-parameters (torch.optim.AdamW's; `Default` is PyTorch / HF Trainer's betas, eps and

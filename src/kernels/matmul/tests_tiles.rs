@@ -6,11 +6,11 @@
 //! error against the exact product of the unrounded inputs checked against the f16 rounding bound
 //! element by element. A variant this GPU cannot run is skipped with a note.
 
-mod common;
-use common::*;
-use peft_wgpu::kernels::matmul::{f16_error_bound, FragConfig, Matmul, MatmulVariant, TileConfig, View};
-use peft_wgpu::reference::{act, matmul, transpose};
-use peft_wgpu::Activation;
+use super::reference;
+use crate::kernels::matmul::{f16_error_bound, FragConfig, Matmul, MatmulVariant, TileConfig, View};
+use crate::kernels::reference::{matmul, transpose};
+use crate::kernels::test_support::*;
+use crate::types::Activation;
 
 const TOL: f64 = 1e-5;
 
@@ -102,15 +102,7 @@ impl Case {
             }
         }
         let ab = matmul(&f64s(&prep(&a)), &f64s(&prep(&b)), m, k, n);
-        let want: Vec<f64> = (0..m * n)
-            .map(|idx| {
-                let mut x = alpha as f64 * ab[idx] + beta as f64 * c0[idx] as f64;
-                if bias {
-                    x += bias_v[idx % n] as f64;
-                }
-                act(act_kind, x)
-            })
-            .collect();
+        let want = reference::epilogue(&ab, n, alpha, beta, &c0, bias.then_some((&bias_v[..], 0)), act_kind);
         let what = format!("{m}×{n}×{k} Aᵀ={a_t} Bᵀ={b_t} skew={skew} {act_kind:?} beta={beta} bias={bias}");
         let err = assert_close(&what, &got, &want, TOL);
         if bound {
@@ -128,7 +120,8 @@ impl Case {
                 assert!(e <= bnd, "{what}: output {idx} off by {e:.3e} > f16 bound {bnd:.3e}");
                 worst_ratio = worst_ratio.max(e / bnd);
             }
-            let rel = peft_wgpu::reference::rel_err(&got, &exact.iter().map(|x| alpha as f64 * x).collect::<Vec<_>>());
+            let rel =
+                crate::kernels::reference::rel_err(&got, &exact.iter().map(|x| alpha as f64 * x).collect::<Vec<_>>());
             println!("{what}: vs unrounded inputs: rel. error {rel:.2e}, worst error / bound {worst_ratio:.2}");
         }
         err

@@ -1,6 +1,6 @@
 //! f64 reference of the bottleneck adapter: `y = x + s·(W_up·act(W_down·x + b_down) + b_up)`.
 
-use super::{act, act_grad};
+use crate::kernels::reference::{act, act_grad};
 use crate::types::Activation;
 
 /// Adapter weights in nn.Linear layout: `w_down [m, d]`, `w_up [d, m]`.

@@ -1,11 +1,12 @@
 //! The shared matmul kernel (`C = act(alpha·A·B + bias + beta·C)`, transposes as strides) vs the
 //! f64 reference, on shapes that are not multiples of its 32×32 workgroup tile.
 
-mod common;
-use common::*;
-use peft_wgpu::kernels::matmul::{Matmul, View};
-use peft_wgpu::reference::{act, matmul, transpose};
-use peft_wgpu::Activation;
+use super::reference;
+use crate::kernels::matmul::InnerBatch;
+use crate::kernels::matmul::{Matmul, View};
+use crate::kernels::reference::{matmul, transpose};
+use crate::kernels::test_support::*;
+use crate::types::Activation;
 
 const TOL: f64 = 1e-5;
 
@@ -36,7 +37,7 @@ fn store(x: &[f32], rows: usize, cols: usize, transposed: bool) -> Vec<f32> {
     }
 }
 
-fn view<'a>(t: &'a peft_wgpu::GpuTensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
+fn view<'a>(t: &'a crate::GpuTensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
     // A stored transpose is `[cols, rows]` row-major: its row stride is `rows`.
     if transposed {
         View::transposed(t, rows)
@@ -146,15 +147,8 @@ fn matmul_bias_alpha_beta_and_activation() {
                 .unwrap();
             batch.finish().unwrap();
             let ab = matmul(&f64s(&a), &f64s(&b), m, k, n);
-            let want: Vec<f64> = (0..m * n)
-                .map(|idx| {
-                    let mut v = alpha as f64 * ab[idx] + beta as f64 * c0[idx] as f64;
-                    if with_bias {
-                        v += bias[bias_off + idx % n] as f64;
-                    }
-                    act(act_kind, v)
-                })
-                .collect();
+            let want =
+                reference::epilogue(&ab, n, alpha, beta, &c0, with_bias.then_some((&bias[..], bias_off)), act_kind);
             let what = format!("{act_kind:?} alpha={alpha} beta={beta} bias={with_bias}");
             worst = worst.max(assert_close(&what, &download(&c), &want, TOL));
         }
@@ -206,4 +200,36 @@ fn matmul_rejects_views_past_the_end() {
         .to_string();
     assert!(err.contains("bias"), "{err}");
     assert!(batch.is_empty(), "a rejected product must queue nothing");
+}
+
+/// `C[o, i] = alpha · A[o, i] · B[o, i] + beta · C` over an outer × inner batch with strides that
+/// interleave the operands the way attention does, vs a plain f64 loop.
+#[test]
+fn matmul_inner_batch_matches_reference() {
+    let mut rng = rng(600);
+    for &(outer, inner, m, n, k, beta) in
+        [(2usize, 3usize, 5usize, 7usize, 9usize, 0.0f32), (1, 4, 33, 6, 3, 0.5), (3, 2, 1, 1, 17, 0.0)].iter()
+    {
+        // A: [outer, m, inner, k] (inner = heads between rows); B: [outer, inner, n, k] read transposed;
+        // C: [outer, inner, m, n].
+        let (a_len, b_len, c_len) = (outer * m * inner * k, outer * inner * n * k, outer * inner * m * n);
+        let a = rand_f32(&mut rng, a_len, 1.0);
+        let bm = rand_f32(&mut rng, b_len, 1.0);
+        let c0 = rand_f32(&mut rng, c_len, 1.0);
+        let (ag, bg) = (upload(&[a_len], &a), upload(&[b_len], &bm));
+        let cg = if beta == 0.0 { poisoned(&[c_len]) } else { upload(&[c_len], &c0) };
+        let av = View { t: &ag, off: 0, s_row: inner * k, s_col: 1, s_batch: m * inner * k };
+        let bv = View { t: &bg, off: 0, s_row: 1, s_col: k, s_batch: inner * n * k };
+        let cv = View { t: &cg, off: 0, s_row: n, s_col: 1, s_batch: inner * m * n };
+        let ib = InnerBatch { count: inner, a: k, b: n * k, c: m * n };
+        let mut b = gpu().batch();
+        Matmul::new(m, n, k).batch(outer).alpha(0.75).beta(beta).run_inner(&mut b, ib, av, bv, None, cv).unwrap();
+        // A view one element too long is refused.
+        let short = upload(&[a_len - 1], &a[..a_len - 1]);
+        let sv = View { t: &short, ..av };
+        assert!(Matmul::new(m, n, k).batch(outer).run_inner(&mut b, ib, sv, bv, None, cv).is_err());
+        b.finish().unwrap();
+        let want = reference::inner_batch(&a, &bm, &c0, (outer, inner, m, n, k), 0.75, beta);
+        assert_close(&format!("inner-batch matmul {outer}x{inner} {m}x{n}x{k}"), &download(&cg), &want, TOL);
+    }
 }

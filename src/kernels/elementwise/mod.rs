@@ -8,6 +8,11 @@ use crate::types::Activation;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
 
@@ -39,6 +44,24 @@ struct Params {
     value: f32,
     dst_off: u32,
     _p1: [u32; 2],
+}
+
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![
+        (ADD, p),
+        (ACT_BACKWARD, p),
+        (ACTIVATE, p),
+        (COPY_RANGE, p),
+        (COPY, p),
+        (GATHER_ROWS, p),
+        (SCATTER_ROWS, p),
+        (FILL, p),
+        (EMBEDDINGS, p),
+    ]
 }
 
 /// Fails when an output shares a buffer with another output or an input: wgpu forbids binding a

@@ -7,6 +7,11 @@ use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
 const FORWARD: KernelSpec = KernelSpec {
     shader: &shaders::LAYERNORM,
     entry: "forward",
@@ -28,6 +33,14 @@ struct Params {
     _p0: u32,
     eps: f32,
     _p1: [u32; 3],
+}
+
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![(FORWARD, p), (BACKWARD, p)]
 }
 
 /// Largest supported hidden size (a thread walks `d / WG` columns; nothing breaks above it, but

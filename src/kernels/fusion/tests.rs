@@ -1,12 +1,12 @@
 //! AdapterFusion kernels (the rewrite: q̃ = W_Kᵀ q, mix then project) vs the f64 reference of the
 //! naive formula (a key and a value per adapter).
 
-mod common;
-use common::*;
-use peft_wgpu::kernels::fusion::{
+use super::reference::Fusion;
+use super::{Temperature, MAX_COLS};
+use crate::kernels::fusion::{
     regularization, FusionHostWeights, FusionSaved, FusionScratch, FusionShape, FusionWeights, REGULARIZATION_COEF,
 };
-use peft_wgpu::reference::fusion::Fusion;
+use crate::kernels::test_support::*;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -301,8 +301,8 @@ fn fusion_key_bias_cancels_query_bias_does_not() {
     let mut no_bq = reference(&c, &x.w);
     no_bq.b_q.iter_mut().for_each(|v| *v = 0.0);
     let (h, z, r) = (f64s(&x.h), f64s(&x.z), f64s(&x.r));
-    assert!(peft_wgpu::reference::rel_err(&ours.o, &no_bk.forward(&h, &z, &r, c.t).o) < 1e-5);
-    assert!(peft_wgpu::reference::rel_err(&ours.p, &no_bq.forward(&h, &z, &r, c.t).p) > 1e-3);
+    assert!(crate::kernels::reference::rel_err(&ours.o, &no_bk.forward(&h, &z, &r, c.t).o) < 1e-5);
+    assert!(crate::kernels::reference::rel_err(&ours.p, &no_bq.forward(&h, &z, &r, c.t).p) > 1e-3);
 }
 
 /// AdapterHub's init: W_V = I (+1e-6) makes the dynamic output ≈ the static one.
@@ -335,7 +335,7 @@ fn fusion_adapterhub_init_value_is_identity() {
         b.finish().unwrap();
         outs.push(download(&o));
     }
-    let e = peft_wgpu::reference::rel_err(&outs[0], &f64s(&outs[1]));
+    let e = crate::kernels::reference::rel_err(&outs[0], &f64s(&outs[1]));
     assert!(e < 1e-4, "identity-initialized W_V changed the output: {e:.2e}");
 }
 
@@ -349,7 +349,7 @@ fn fusion_regularization_matches_reference() {
         for (v, e) in wv.iter_mut().zip(rand_f32(&mut rng, d * d, 0.05)) {
             *v += e;
         }
-        let (loss_ref, grad_ref) = peft_wgpu::reference::fusion::regularization(&f64s(&wv), d, 0.01);
+        let (loss_ref, grad_ref) = super::reference::regularization(&f64s(&wv), d, 0.01);
         let w_v = upload(&[d, d], &wv);
         let grad = poisoned(&[d, d]);
         let loss = poisoned(&[1]);
@@ -386,4 +386,49 @@ fn fusion_rejects_wrong_shapes() {
     let no_value = FusionWeights { w_v: None, ..w.clone() };
     let err = sh.forward(&mut g.batch(), &no_value, &h, &z, &h, 1.0, &o, &saved).unwrap_err().to_string();
     assert!(err.contains("w_v"), "{err}");
+}
+
+// ---------------------------------------------------------------- host-side (no GPU)
+
+#[test]
+fn temperature_anneals_like_adapterhub() {
+    let mut t = Temperature::annealed();
+    assert_eq!(t.next_forward(), 50.0);
+    assert!((t.next_forward() - 49.95).abs() < 1e-5);
+    for _ in 0..2000 {
+        t.next_forward();
+    }
+    assert_eq!(t.next_forward(), 1.0);
+    let mut f = Temperature::from_config(false);
+    assert_eq!((f.next_forward(), f.next_forward()), (1.0, 1.0));
+}
+
+#[test]
+fn rewrite_flops_for_bert_base() {
+    let f = FusionShape::dynamic(768, 8).flops_per_token();
+    let mm = 2 * 768 * 768;
+    assert_eq!(f.naive_forward, 17 * mm + 4 * 8 * 768);
+    assert_eq!(f.rewrite_forward, 3 * mm + 4 * 8 * 768);
+    assert!(f.naive_forward > 5 * f.rewrite_forward);
+}
+
+#[test]
+fn launch_covers_hidden_sizes() {
+    for d in [1usize, 33, 64, 100, 256, 257, 512, 513, 768, 1024, 1100, 2048, 2100, 4096] {
+        let (wg, cols) = FusionShape::dynamic(d, 2).launch().unwrap();
+        assert!(wg * cols >= d && wg * (cols - 1) < d && cols <= MAX_COLS && (64..=256).contains(&wg), "d={d}");
+    }
+    assert!(FusionShape::dynamic(4097, 2).launch().is_err());
+}
+
+#[test]
+fn adapterhub_init_values() {
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+    let w = FusionHostWeights::adapterhub_init(64, true, &mut rng);
+    let v = w.w_v.as_ref().unwrap();
+    assert_eq!((v[0], v[1], v[65]), (1.0, 1e-6, 1.0));
+    assert!(w.b_q.iter().chain(&w.b_k).all(|&b| b == 0.0));
+    let std = (w.w_q.iter().map(|x| x * x).sum::<f32>() / w.w_q.len() as f32).sqrt();
+    assert!((std - 0.02).abs() < 0.002, "std {std}");
+    assert!(FusionHostWeights::adapterhub_init(8, false, &mut rng).w_v.is_none());
 }

@@ -28,11 +28,17 @@
 
 use super::matmul::{linear, Matmul, View};
 use super::{expect_shape, reduce};
-use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec};
+use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
-use rand::Rng;
-use rand_distr::{Distribution, Normal};
+
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+mod buffers;
+pub use buffers::Temperature;
 
 const FORWARD: KernelSpec = KernelSpec {
     shader: &shaders::FUSION,
@@ -81,6 +87,14 @@ struct Params {
     beta: f32,
     flags: u32,
     _p: [u32; 2],
+}
+
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![(FORWARD, p), (BACKWARD, p), (REG_GRAD, p), (REG_LOSS, p), (ZERO_FILL, p)]
 }
 
 impl Params {
@@ -148,47 +162,6 @@ pub struct FusionScratch {
     pub dqt: GpuTensor,
     /// `dq = dq̃ W_Kᵀ`.
     pub dq: GpuTensor,
-}
-
-/// The softmax temperature schedule. AdapterHub (`temperature: true`) starts at T = 50 and lowers
-/// it by 0.05 after every forward pass down to 1; otherwise T = 1.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Temperature {
-    current: f64,
-    reduction: f64,
-}
-
-impl Temperature {
-    /// T = 1 throughout.
-    pub fn fixed() -> Self {
-        Self { current: 1.0, reduction: 0.0 }
-    }
-
-    /// AdapterHub's annealing: 50, 49.95, ..., 1.
-    pub fn annealed() -> Self {
-        Self { current: 50.0, reduction: 50.0 / 1000.0 }
-    }
-
-    /// The configuration flag `temperature` as AdapterHub names it.
-    pub fn from_config(temperature: bool) -> Self {
-        if temperature {
-            Self::annealed()
-        } else {
-            Self::fixed()
-        }
-    }
-
-    /// The temperature of the next forward pass (without advancing).
-    pub fn current(&self) -> f32 {
-        self.current as f32
-    }
-
-    /// The temperature for this forward pass; advances the schedule (as AdapterHub's forward does).
-    pub fn next_forward(&mut self) -> f32 {
-        let t = self.current;
-        self.current = (self.current - self.reduction).max(1.0);
-        t as f32
-    }
 }
 
 /// Floating-point operations per token (a multiply-add counts 2; softmax, biases and residual
@@ -489,113 +462,4 @@ pub fn regularization(
         batch.dispatch(&REG_LOSS, &[], &params, &[Some(w_v), Some(loss)], [1, 1, 1]);
     }
     Ok(())
-}
-
-impl FusionHostWeights {
-    /// AdapterHub's initialization: W_Q, W_K ~ N(0, 0.02), biases 0 (BERT init); with a value
-    /// matrix (`value_initialized`), W_V = 1 on the diagonal and 1e-6 elsewhere.
-    pub fn adapterhub_init<R: Rng>(d: usize, value: bool, rng: &mut R) -> Self {
-        let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
-        let mut sample = |n: usize| -> Vec<f32> { (0..n).map(|_| normal.sample(rng)).collect() };
-        let w_q = sample(d * d);
-        let w_k = sample(d * d);
-        let w_v = value.then(|| (0..d * d).map(|k| if k / d == k % d { 1.0 } else { 1e-6 }).collect());
-        Self { w_q, b_q: vec![0.0; d], w_k, b_k: vec![0.0; d], w_v }
-    }
-
-    pub fn upload(&self, gpu: &Gpu) -> Result<FusionWeights> {
-        let d = self.b_q.len();
-        Ok(FusionWeights {
-            w_q: GpuTensor::from_slice(gpu, &[d, d], &self.w_q)?,
-            b_q: GpuTensor::from_slice(gpu, &[d], &self.b_q)?,
-            w_k: GpuTensor::from_slice(gpu, &[d, d], &self.w_k)?,
-            b_k: GpuTensor::from_slice(gpu, &[d], &self.b_k)?,
-            w_v: self.w_v.as_ref().map(|v| GpuTensor::from_slice(gpu, &[d, d], v)).transpose()?,
-        })
-    }
-}
-
-impl FusionWeights {
-    /// Zeroed tensors of the right shapes (for gradients).
-    pub fn zeros(gpu: &Gpu, shape: &FusionShape) -> Result<Self> {
-        let d = shape.d;
-        Ok(Self {
-            w_q: GpuTensor::zeros(gpu, &[d, d])?,
-            b_q: GpuTensor::zeros(gpu, &[d])?,
-            w_k: GpuTensor::zeros(gpu, &[d, d])?,
-            b_k: GpuTensor::zeros(gpu, &[d])?,
-            w_v: if shape.value { Some(GpuTensor::zeros(gpu, &[d, d])?) } else { None },
-        })
-    }
-}
-
-impl FusionSaved {
-    pub fn new(gpu: &Gpu, shape: &FusionShape, tokens: usize) -> Result<Self> {
-        let d = shape.d;
-        Ok(Self {
-            q: GpuTensor::zeros(gpu, &[tokens, d])?,
-            qt: GpuTensor::zeros(gpu, &[tokens, d])?,
-            p: GpuTensor::zeros(gpu, &[tokens, shape.n])?,
-            mix: GpuTensor::zeros(gpu, &[tokens, d])?,
-        })
-    }
-}
-
-impl FusionScratch {
-    pub fn new(gpu: &Gpu, shape: &FusionShape, tokens: usize) -> Result<Self> {
-        let d = shape.d;
-        Ok(Self {
-            du: GpuTensor::zeros(gpu, &[tokens, d])?,
-            dqt: GpuTensor::zeros(gpu, &[tokens, d])?,
-            dq: GpuTensor::zeros(gpu, &[tokens, d])?,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temperature_anneals_like_adapterhub() {
-        let mut t = Temperature::annealed();
-        assert_eq!(t.next_forward(), 50.0);
-        assert!((t.next_forward() - 49.95).abs() < 1e-5);
-        for _ in 0..2000 {
-            t.next_forward();
-        }
-        assert_eq!(t.next_forward(), 1.0);
-        let mut f = Temperature::from_config(false);
-        assert_eq!((f.next_forward(), f.next_forward()), (1.0, 1.0));
-    }
-
-    #[test]
-    fn rewrite_flops_for_bert_base() {
-        let f = FusionShape::dynamic(768, 8).flops_per_token();
-        let mm = 2 * 768 * 768;
-        assert_eq!(f.naive_forward, 17 * mm + 4 * 8 * 768);
-        assert_eq!(f.rewrite_forward, 3 * mm + 4 * 8 * 768);
-        assert!(f.naive_forward > 5 * f.rewrite_forward);
-    }
-
-    #[test]
-    fn launch_covers_hidden_sizes() {
-        for d in [1usize, 33, 64, 100, 256, 257, 512, 513, 768, 1024, 1100, 2048, 2100, 4096] {
-            let (wg, cols) = FusionShape::dynamic(d, 2).launch().unwrap();
-            assert!(wg * cols >= d && wg * (cols - 1) < d && cols <= MAX_COLS && (64..=256).contains(&wg), "d={d}");
-        }
-        assert!(FusionShape::dynamic(4097, 2).launch().is_err());
-    }
-
-    #[test]
-    fn adapterhub_init_values() {
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
-        let w = FusionHostWeights::adapterhub_init(64, true, &mut rng);
-        let v = w.w_v.as_ref().unwrap();
-        assert_eq!((v[0], v[1], v[65]), (1.0, 1e-6, 1.0));
-        assert!(w.b_q.iter().chain(&w.b_k).all(|&b| b == 0.0));
-        let std = (w.w_q.iter().map(|x| x * x).sum::<f32>() / w.w_q.len() as f32).sqrt();
-        assert!((std - 0.02).abs() < 0.002, "std {std}");
-        assert!(FusionHostWeights::adapterhub_init(8, false, &mut rng).w_v.is_none());
-    }
 }

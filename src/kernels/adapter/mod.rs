@@ -13,6 +13,13 @@ use crate::shaders;
 use crate::types::Activation;
 use anyhow::{bail, Result};
 
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_matmul;
+
 const FORWARD: KernelSpec = KernelSpec {
     shader: &shaders::ADAPTER,
     entry: "forward",
@@ -105,6 +112,14 @@ struct Params {
     _pad2: [u32; 3],
 }
 
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![(FORWARD, p), (BACKWARD_DX, p)]
+}
+
 /// The weights of one bottleneck adapter on the GPU, in nn.Linear layout.
 #[derive(Clone, Debug)]
 pub struct AdapterWeights {
@@ -183,6 +198,21 @@ impl AdapterShape {
         y: &GpuTensor,
         a_saved: &GpuTensor,
     ) -> Result<()> {
+        let kernel = AdapterKernel::for_gpu(batch.gpu());
+        self.forward_with(kernel, batch, w, x, residual, y, a_saved)
+    }
+
+    /// [`forward_residual`](Self::forward_residual) through `kernel` (tests pick it explicitly).
+    pub(crate) fn forward_with(
+        &self,
+        kernel: AdapterKernel,
+        batch: &mut CommandRecorder,
+        w: &AdapterWeights,
+        x: &GpuTensor,
+        residual: Residual,
+        y: &GpuTensor,
+        a_saved: &GpuTensor,
+    ) -> Result<()> {
         self.check(w)?;
         let r = match residual {
             Residual::Tensor(r) => {
@@ -195,7 +225,7 @@ impl AdapterShape {
         expect_shape("adapter output", &y.shape, &x.shape)?;
         expect_shape("adapter saved activations", &a_saved.shape, &[t, self.m])?;
         // The matmul epilogue adds the bias unscaled: s ≠ 1 stays on the fused kernel.
-        if self.scale == 1.0 && AdapterKernel::for_gpu(batch.gpu()) == AdapterKernel::Matmul {
+        if self.scale == 1.0 && kernel == AdapterKernel::Matmul {
             return self.forward_matmul(batch, w, x, r, matches!(residual, Residual::Input), y, a_saved, t);
         }
         let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
@@ -240,6 +270,24 @@ impl AdapterShape {
         grads: &AdapterWeights,
         scratch: &AdapterScratch,
     ) -> Result<()> {
+        let kernel = AdapterKernel::for_gpu(batch.gpu());
+        self.backward_with(kernel, batch, w, x, separate_residual, a_saved, dy, dx, grads, scratch)
+    }
+
+    /// [`backward_residual`](Self::backward_residual) through `kernel` (tests pick it explicitly).
+    pub(crate) fn backward_with(
+        &self,
+        kernel: AdapterKernel,
+        batch: &mut CommandRecorder,
+        w: &AdapterWeights,
+        x: &GpuTensor,
+        separate_residual: bool,
+        a_saved: &GpuTensor,
+        dy: &GpuTensor,
+        dx: &GpuTensor,
+        grads: &AdapterWeights,
+        scratch: &AdapterScratch,
+    ) -> Result<()> {
         self.check(w)?;
         self.check(grads)?;
         let t = self.tokens("adapter input", x)?;
@@ -248,7 +296,7 @@ impl AdapterShape {
         expect_shape("adapter saved activations", &a_saved.shape, &[t, self.m])?;
         expect_shape("adapter scratch da", &scratch.da.shape, &[t, self.m])?;
         expect_shape("adapter scratch g", &scratch.g.shape, &[t, self.m])?;
-        if AdapterKernel::for_gpu(batch.gpu()) == AdapterKernel::Matmul {
+        if kernel == AdapterKernel::Matmul {
             self.backward_dx_matmul(batch, w, separate_residual, a_saved, dy, dx, scratch, t)?;
         } else {
             let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;

@@ -4,6 +4,11 @@ use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
 const COL_SUM: KernelSpec =
     KernelSpec { shader: &shaders::REDUCE, entry: "col_sum", bindings: &[Access::Read, Access::ReadWrite] };
 
@@ -18,6 +23,14 @@ struct Params {
     _p0: u32,
     scale: f32,
     beta: f32,
+}
+
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![(COL_SUM, p)]
 }
 
 /// `out[j] = scale · Σ_i x[i, j] + beta · out[j]` for a row-major `x` of `rows × cols`.

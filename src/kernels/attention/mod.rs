@@ -19,7 +19,27 @@ use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 
-pub use crate::reference::ops::AttentionShape;
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+/// Shape of a multi-head self-attention call. Activations are `[batch·seq, heads·head_dim]`
+/// (BERT's layout), the mask is `[batch, seq]` with 1 for real tokens and 0 for padding.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// `heads · head_dim`, the width of an activation row.
+    pub fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
 
 const SOFTMAX_ROWS: KernelSpec =
     KernelSpec { shader: &shaders::ATTENTION, entry: "softmax_rows", bindings: &[Access::Read, Access::ReadWrite] };
@@ -35,6 +55,14 @@ struct Params {
     _p0: u32,
     scale: f32,
     _p1: [u32; 3],
+}
+
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![(SOFTMAX_ROWS, p), (SOFTMAX_BACKWARD, p)]
 }
 
 const WG: u32 = 64;

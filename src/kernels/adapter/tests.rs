@@ -1,10 +1,9 @@
 //! Fused bottleneck-adapter kernels vs the f64 reference.
 
-mod common;
-use common::*;
-use peft_wgpu::kernels::adapter::{AdapterScratch, AdapterShape, AdapterWeights};
-use peft_wgpu::reference::adapter::Adapter;
-use peft_wgpu::Activation;
+use super::reference::Adapter;
+use crate::kernels::adapter::{AdapterScratch, AdapterShape, AdapterWeights};
+use crate::kernels::test_support::*;
+use crate::types::Activation;
 
 struct Case {
     t: usize,
@@ -196,18 +195,18 @@ fn adapter_test_detects_missing_residual_or_bias() {
         w_up: f64s(&wu),
         b_up: f64s(&bu),
     };
-    assert!(peft_wgpu::reference::rel_err(&y, &full.forward(&f64s(&x), t).0) < 1e-5);
+    assert!(crate::kernels::reference::rel_err(&y, &full.forward(&f64s(&x), t).0) < 1e-5);
     let mut no_bu = full.clone();
     no_bu.b_up.iter_mut().for_each(|v| *v = 0.0);
     let mut no_bd = full.clone();
     no_bd.b_down.iter_mut().for_each(|v| *v = 0.0);
     for (name, r) in [("b_up", no_bu), ("b_down", no_bd)] {
-        assert!(peft_wgpu::reference::rel_err(&y, &r.forward(&f64s(&x), t).0) > 1e-3, "{name} has no effect");
+        assert!(crate::kernels::reference::rel_err(&y, &r.forward(&f64s(&x), t).0) > 1e-3, "{name} has no effect");
     }
     // Without the residual, y - x would equal the output.
     let (ry, _) = full.forward(&f64s(&x), t);
     let no_residual: Vec<f64> = ry.iter().zip(&x).map(|(a, b)| a - *b as f64).collect();
-    assert!(peft_wgpu::reference::rel_err(&y, &no_residual) > 1e-2);
+    assert!(crate::kernels::reference::rel_err(&y, &no_residual) > 1e-2);
 }
 
 #[test]
@@ -230,7 +229,7 @@ fn adapter_rejects_wrong_shapes() {
 /// backward's dx is then only the path through the bottleneck.
 #[test]
 fn adapter_separate_and_no_residual() {
-    use peft_wgpu::kernels::adapter::Residual;
+    use crate::kernels::adapter::Residual;
     let mut rng = rng(21);
     let (t, d, m) = (11, 40, 6);
     let wd = rand_f32(&mut rng, m * d, 0.3);

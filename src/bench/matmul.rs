@@ -16,10 +16,10 @@
 //! every sampled output. A variant that fails, or whose pipeline the driver rejects, is reported
 //! with `ok: false` and not timed.
 
-use super::matmul::{
+use crate::gpu::{Gpu, GpuTensor};
+use crate::kernels::matmul::{
     available_variants, f16_error_bound, FragConfig, InnerBatch, Matmul, MatmulVariant, TileConfig, View,
 };
-use crate::gpu::{Gpu, GpuTensor};
 use anyhow::{anyhow, bail, Result};
 use serde::Serialize;
 use std::sync::Arc;
@@ -89,117 +89,54 @@ fn encoder(group: &'static str, batch: usize, seq: usize, d: usize, ffn: usize, 
     let t = batch * seq;
     let hd = d / heads;
     let bottleneck = 64;
-    let plain = |name: String, per_layer, m, n, k, a, b, c| Shape {
+    let shape = |name: String, per_layer, (m, n, k), [a, b, c]: [Layout; 3], (outer, inner)| Shape {
         name,
         group,
         per_layer,
         m,
         n,
         k,
-        outer: 1,
-        inner: 1,
+        outer,
+        inner,
         a,
         b,
         c,
     };
+    let plain = |name, per_layer, mnk, layouts| shape(name, per_layer, mnk, layouts, (1, 1));
+    let attn = |name, per_layer, mnk, layouts| shape(name, per_layer, mnk, layouts, (batch, heads));
+    let (rows, tr) = (Layout::rows, Layout::transposed);
     // Attention operands: activations [batch·seq, heads·hd] (head h at column h·hd),
     // probabilities [batch, heads, seq, seq].
     let act = Layout { sr: d, sc: 1, sb: seq * d, si: hd };
     let act_t = Layout { sr: 1, sc: d, sb: seq * d, si: hd };
     let probs = Layout { sr: seq, sc: 1, sb: heads * seq * seq, si: seq * seq };
     let probs_t = Layout { sr: 1, sc: seq, sb: heads * seq * seq, si: seq * seq };
-    let attn = |name: String, per_layer, m, n, k, a, b, c| Shape {
-        name,
-        group,
-        per_layer,
-        m,
-        n,
-        k,
-        outer: batch,
-        inner: heads,
-        a,
-        b,
-        c,
-    };
     vec![
         // nn.Linear forward: y = x·Wᵀ, W [out, in] read transposed (K contiguous in both).
-        plain(
-            format!("{group} x·Wᵀ {d}→{d} (q k v out)"),
-            4,
-            t,
-            d,
-            d,
-            Layout::rows(d),
-            Layout::transposed(d),
-            Layout::rows(d),
-        ),
-        plain(
-            format!("{group} x·Wᵀ {d}→{ffn} (ffn in)"),
-            1,
-            t,
-            ffn,
-            d,
-            Layout::rows(d),
-            Layout::transposed(d),
-            Layout::rows(ffn),
-        ),
-        plain(
-            format!("{group} x·Wᵀ {ffn}→{d} (ffn out)"),
-            1,
-            t,
-            d,
-            ffn,
-            Layout::rows(ffn),
-            Layout::transposed(ffn),
-            Layout::rows(d),
-        ),
+        plain(format!("{group} x·Wᵀ {d}→{d} (q k v out)"), 4, (t, d, d), [rows(d), tr(d), rows(d)]),
+        plain(format!("{group} x·Wᵀ {d}→{ffn} (ffn in)"), 1, (t, ffn, d), [rows(d), tr(d), rows(ffn)]),
+        plain(format!("{group} x·Wᵀ {ffn}→{d} (ffn out)"), 1, (t, d, ffn), [rows(ffn), tr(ffn), rows(d)]),
         // Activation backward: dX = dY·W, W row-major (B contiguous along j).
-        plain(format!("{group} dY·W {d}→{d}"), 4, t, d, d, Layout::rows(d), Layout::rows(d), Layout::rows(d)),
-        plain(
-            format!("{group} dY·W {d}→{ffn} (dinter)"),
-            1,
-            t,
-            ffn,
-            d,
-            Layout::rows(d),
-            Layout::rows(ffn),
-            Layout::rows(ffn),
-        ),
-        plain(
-            format!("{group} dY·W {ffn}→{d} (dy1)"),
-            1,
-            t,
-            d,
-            ffn,
-            Layout::rows(ffn),
-            Layout::rows(d),
-            Layout::rows(d),
-        ),
+        plain(format!("{group} dY·W {d}→{d}"), 4, (t, d, d), [rows(d), rows(d), rows(d)]),
+        plain(format!("{group} dY·W {d}→{ffn} (dinter)"), 1, (t, ffn, d), [rows(d), rows(ffn), rows(ffn)]),
+        plain(format!("{group} dY·W {ffn}→{d} (dy1)"), 1, (t, d, ffn), [rows(ffn), rows(d), rows(d)]),
         // Adapter weight gradients: dW = Aᵀ·B over the tokens.
         plain(
             format!("{group} Aᵀ·B {d}×{bottleneck} K={t}"),
             1,
-            d,
-            bottleneck,
-            t,
-            Layout::transposed(d),
-            Layout::rows(bottleneck),
-            Layout::rows(bottleneck),
+            (d, bottleneck, t),
+            [tr(d), rows(bottleneck), rows(bottleneck)],
         ),
         plain(
             format!("{group} Aᵀ·B {bottleneck}×{d} K={t}"),
             1,
-            bottleneck,
-            d,
-            t,
-            Layout::transposed(bottleneck),
-            Layout::rows(d),
-            Layout::rows(d),
+            (bottleneck, d, t),
+            [tr(bottleneck), rows(d), rows(d)],
         ),
         // Attention, per (batch, head).
-        attn(format!("{group} attn Q·Kᵀ (also dP)"), 2, seq, seq, hd, act, act_t, probs),
-        attn(format!("{group} attn P·V (also dQ)"), 2, seq, hd, seq, probs, act, act),
-        attn(format!("{group} attn dSᵀ·Q (dK, dV)"), 2, seq, hd, seq, probs_t, act, act),
+        attn(format!("{group} attn Q·Kᵀ (also dP)"), 2, (seq, seq, hd), [act, act_t, probs]),
+        attn(format!("{group} attn P·V (also dQ)"), 2, (seq, hd, seq), [probs, act, act]),
+        attn(format!("{group} attn dSᵀ·Q (dK, dV)"), 2, (seq, hd, seq), [probs_t, act, act]),
     ]
 }
 

@@ -1,11 +1,10 @@
 //! The optimizer on the GPU (AdamW, global-norm clipping, sums of squares) vs the f64 reference
 //! over several steps, determinism, argument checks, and the linear warmup/decay schedule.
 
-mod common;
-use common::*;
-use peft_wgpu::kernels::optim::{self, AdamW, LinearSchedule};
-use peft_wgpu::reference::optim as r;
-use peft_wgpu::GpuTensor;
+use super::reference as r;
+use crate::kernels::optim::{self, AdamW, LinearSchedule};
+use crate::kernels::test_support::*;
+use crate::GpuTensor;
 
 /// Tensor sizes: none a multiple of the 256-thread workgroup or the 4096-element sum chunk.
 const SIZES: [usize; 4] = [1, 7, 1000, 70001];

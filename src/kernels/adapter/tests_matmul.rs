@@ -1,23 +1,14 @@
-//! The adapter through the matmul implementation (`PEFT_ADAPTER_KERNEL=matmul`, the default on
-//! GPUs) vs the f64 reference, in every residual mode, on lavapipe. Every test of this binary sets
-//! the same value before its first kernel, so they cannot race on it.
+//! The adapter through the matmul implementation ([`AdapterKernel::Matmul`], the default on GPUs)
+//! vs the f64 reference, in every residual mode, on lavapipe. The kernel is chosen per call
+//! (`forward_with` / `backward_with`), so the other tests of this binary keep the device's choice.
 
-mod common;
-use common::*;
-use peft_wgpu::kernels::adapter::{
-    AdapterKernel, AdapterScratch, AdapterShape, AdapterWeights, Residual, ADAPTER_KERNEL_ENV,
-};
-use peft_wgpu::reference::adapter::Adapter;
-use peft_wgpu::Activation;
-
-fn force_matmul() {
-    std::env::set_var(ADAPTER_KERNEL_ENV, "matmul");
-    assert_eq!(AdapterKernel::for_gpu(&gpu()), AdapterKernel::Matmul);
-}
+use super::reference::Adapter;
+use crate::kernels::adapter::{AdapterKernel, AdapterScratch, AdapterShape, AdapterWeights, Residual};
+use crate::kernels::test_support::*;
+use crate::types::Activation;
 
 #[test]
 fn matmul_adapter_matches_reference_in_every_residual_mode() {
-    force_matmul();
     let mut worst = 0f64;
     // Ragged sizes (not multiples of any tile), every activation.
     for (i, &(t, d, m, act)) in
@@ -55,8 +46,10 @@ fn matmul_adapter_matches_reference_in_every_residual_mode() {
             };
             let scratch = AdapterScratch { da: poisoned(&[t, m]), g: poisoned(&[t, m]) };
             let mut b = gpu().batch();
-            shape.forward_residual(&mut b, &w, &xg, residual, &y, &a).unwrap();
-            shape.backward_residual(&mut b, &w, &xg, mode != 0, &a, &dyg, &dx, &grads, &scratch).unwrap();
+            shape.forward_with(AdapterKernel::Matmul, &mut b, &w, &xg, residual, &y, &a).unwrap();
+            shape
+                .backward_with(AdapterKernel::Matmul, &mut b, &w, &xg, mode != 0, &a, &dyg, &dx, &grads, &scratch)
+                .unwrap();
             b.finish().unwrap();
             // y = base + (reference y − x), base = x / r / 0; dx loses dy without the input residual.
             let want_y: Vec<f64> =
@@ -71,7 +64,7 @@ fn matmul_adapter_matches_reference_in_every_residual_mode() {
                 (download(&grads.w_up), &rg.w_up),
                 (download(&grads.b_up), &rg.b_up),
             ] {
-                let e = peft_wgpu::reference::rel_err(&got, want);
+                let e = crate::kernels::reference::rel_err(&got, want);
                 assert!(e <= 1e-5, "t={t} d={d} m={m} {act:?} mode {mode}: relative error {e:e}");
                 worst = worst.max(e);
             }

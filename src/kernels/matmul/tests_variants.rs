@@ -9,11 +9,11 @@
 //! products of f16 values are exact in f32, so only f32 summation error remains. Their error
 //! against the unrounded inputs is checked separately against the f16 rounding bound.
 
-mod common;
-use common::*;
-use peft_wgpu::kernels::matmul::{default_variant, InnerBatch, Matmul, MatmulVariant, View};
-use peft_wgpu::reference::{act, matmul, transpose};
-use peft_wgpu::Activation;
+use super::reference;
+use crate::kernels::matmul::{default_variant, InnerBatch, Matmul, MatmulVariant, View};
+use crate::kernels::reference::{matmul, transpose};
+use crate::kernels::test_support::*;
+use crate::types::Activation;
 
 const TOL: f64 = 1e-5;
 
@@ -54,7 +54,7 @@ fn store(x: &[f32], rows: usize, cols: usize, transposed: bool) -> Vec<f32> {
     }
 }
 
-fn view<'a>(t: &'a peft_wgpu::GpuTensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
+fn view<'a>(t: &'a crate::GpuTensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
     if transposed {
         View::transposed(t, rows)
     } else {
@@ -129,15 +129,8 @@ fn variants_bias_alpha_beta_and_activation() {
                         .unwrap();
                     batch.finish().unwrap();
                     let ab = matmul(&f64s(&as_used(v, &a)), &f64s(&as_used(v, &b)), m, k, n);
-                    let want: Vec<f64> = (0..m * n)
-                        .map(|idx| {
-                            let mut x = alpha as f64 * ab[idx] + beta as f64 * c0[idx] as f64;
-                            if with_bias {
-                                x += bias[bias_off + idx % n] as f64;
-                            }
-                            act(act_kind, x)
-                        })
-                        .collect();
+                    let bias = with_bias.then_some((&bias[..], bias_off));
+                    let want = reference::epilogue(&ab, n, alpha, beta, &c0, bias, act_kind);
                     let what = format!("{v}: {m}×{n}×{k} {act_kind:?} alpha={alpha} beta={beta} bias={with_bias}");
                     worst = worst.max(assert_close(&what, &download(&c), &want, TOL));
                 }
@@ -227,22 +220,7 @@ fn variants_inner_batch() {
                 .run_inner(&mut b, ib, av, bv, None, cv)
                 .unwrap();
             b.finish().unwrap();
-            let mut want = vec![0f64; c_len];
-            for o in 0..outer {
-                for h in 0..inner {
-                    for i in 0..m {
-                        for j in 0..n {
-                            let mut acc = 0f64;
-                            for kk in 0..k {
-                                acc += a[o * m * inner * k + i * inner * k + h * k + kk] as f64
-                                    * bm[o * inner * n * k + h * n * k + j * k + kk] as f64;
-                            }
-                            let ci = o * inner * m * n + h * m * n + i * n + j;
-                            want[ci] = 0.75 * acc + beta as f64 * c0[ci] as f64;
-                        }
-                    }
-                }
-            }
+            let want = reference::inner_batch(&a, &bm, &c0, (outer, inner, m, n, k), 0.75, beta);
             let what = format!("{v}: inner batch {outer}×{inner} {m}×{n}×{k} beta={beta}");
             assert_close(&what, &download(&cg), &want, TOL);
         }

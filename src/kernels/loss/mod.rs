@@ -7,6 +7,11 @@ use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
 const CROSS_ENTROPY: KernelSpec = KernelSpec {
     shader: &shaders::LOSS,
     entry: "cross_entropy",
@@ -21,6 +26,14 @@ struct Params {
     rows: u32,
     classes: u32,
     _p: [u32; 2],
+}
+
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![(CROSS_ENTROPY, p), (SOFTMAX, p)]
 }
 
 /// `[rows, classes]` of a logits tensor.

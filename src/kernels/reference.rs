@@ -1,10 +1,7 @@
-//! Plain f64 CPU implementations of every kernel, for tests only (the product never falls back to
-//! the CPU). Written for readability: one loop nest per formula.
-
-pub mod adapter;
-pub mod fusion;
-pub mod ops;
-pub mod optim;
+//! Numerical helpers shared by the f64 references of the kernels (`kernels/<op>/reference.rs`):
+//! activations and their derivatives, a plain matmul and transpose, and the error measure the tests
+//! use. Compiled for tests and with the `reference` feature (the product never falls back to the
+//! CPU). Written for readability: one loop nest per formula.
 
 use crate::types::Activation;
 
@@ -88,4 +85,25 @@ pub fn rel_err(ours: &[f32], reference: &[f64]) -> f64 {
 
 pub fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
+}
+
+/// Uniform in [-1, 1): random inputs of the references' own finite-difference tests.
+#[cfg(test)]
+pub(crate) fn uniform_f64(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f64> {
+    use rand::Rng;
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// Asserts that central finite differences of `f` at `x` match the `analytic` gradient.
+#[cfg(test)]
+#[track_caller]
+pub(crate) fn finite_differences(f: &dyn Fn(&[f64]) -> f64, x: &[f64], analytic: &[f64], what: &str) {
+    let h = 1e-6;
+    for i in 0..x.len() {
+        let (mut p, mut m) = (x.to_vec(), x.to_vec());
+        p[i] += h;
+        m[i] -= h;
+        let num = (f(&p) - f(&m)) / (2.0 * h);
+        assert!((num - analytic[i]).abs() < 1e-6 * (1.0 + num.abs()), "{what}[{i}]: fd {num} vs {}", analytic[i]);
+    }
 }

@@ -1,0 +1,133 @@
+//! The element-wise kernels (add, copy, fill, activations, embeddings, gather/scatter rows) vs
+//! the f64 reference on seeded random inputs with NaN-poisoned outputs.
+
+use super::reference as ops;
+use crate::kernels::elementwise;
+use crate::kernels::reference;
+use crate::kernels::test_support::*;
+use crate::types::Activation;
+use crate::GpuTensor;
+use rand::Rng;
+
+const TOL: f64 = 1e-4;
+
+#[test]
+fn add_copy_fill_and_act_backward() {
+    let mut rng = rng(700);
+    for &n in &[1usize, 7, 1000, 70_001] {
+        let a = rand_f32(&mut rng, n, 3.0);
+        let bv = rand_f32(&mut rng, n, 3.0);
+        let (ag, bg) = (upload(&[n], &a), upload(&[n], &bv));
+        let sum = poisoned(&[n]);
+        let copied = poisoned(&[n]);
+        let filled = poisoned(&[n]);
+        let acts = [Activation::Gelu, Activation::Relu, Activation::Silu, Activation::Tanh, Activation::Identity];
+        let dxs: Vec<GpuTensor> = acts.iter().map(|_| poisoned(&[n])).collect();
+        let ys: Vec<GpuTensor> = acts.iter().map(|_| poisoned(&[n])).collect();
+        let mut b = gpu().batch();
+        for (act, y) in acts.iter().zip(&ys) {
+            elementwise::activate(&mut b, *act, &ag, y).unwrap();
+        }
+        elementwise::add(&mut b, &ag, &bg, &sum).unwrap();
+        elementwise::copy(&mut b, &ag, &copied).unwrap();
+        elementwise::fill(&mut b, &filled, -2.5).unwrap();
+        for (act, dx) in acts.iter().zip(&dxs) {
+            elementwise::act_backward(&mut b, *act, &ag, &bg, dx).unwrap();
+        }
+        b.finish().unwrap();
+        let want: Vec<f32> = a.iter().zip(&bv).map(|(x, y)| x + y).collect();
+        assert_eq!(bits(&download(&sum)), bits(&want), "add n={n}");
+        assert_eq!(bits(&download(&copied)), bits(&a), "copy n={n}");
+        assert!(download(&filled).iter().all(|&v| v == -2.5), "fill n={n}");
+        for (act, y) in acts.iter().zip(&ys) {
+            let r: Vec<f64> = a.iter().map(|x| reference::act(*act, *x as f64)).collect();
+            assert_close(&format!("activate {act:?} n={n}"), &download(y), &r, TOL);
+        }
+        for (act, dx) in acts.iter().zip(&dxs) {
+            let r: Vec<f64> =
+                a.iter().zip(&bv).map(|(x, dy)| *dy as f64 * reference::act_grad(*act, *x as f64)).collect();
+            assert_close(&format!("act_backward {act:?} n={n}"), &download(dx), &r, TOL);
+        }
+    }
+    let x = poisoned(&[4]);
+    let mut b = gpu().batch();
+    assert!(elementwise::add(&mut b, &x, &x, &x).is_err());
+    assert!(elementwise::add(&mut b, &x, &poisoned(&[5]), &poisoned(&[4])).is_err());
+    assert!(elementwise::copy(&mut b, &x, &poisoned(&[3])).is_err());
+    assert!(b.is_empty());
+}
+
+#[test]
+fn embeddings_match_reference() {
+    let mut rng = rng(800);
+    for &(batch, seq, d, vocab, types, positions) in
+        [(1usize, 1usize, 32usize, 50usize, 2usize, 8usize), (3, 7, 48, 100, 2, 7), (2, 33, 100, 1000, 3, 64)].iter()
+    {
+        let t = batch * seq;
+        let ids: Vec<u32> = (0..t).map(|_| rng.random_range(0..vocab as u32)).collect();
+        let tts: Vec<u32> = (0..t).map(|_| rng.random_range(0..types as u32)).collect();
+        let word = rand_f32(&mut rng, vocab * d, 1.0);
+        let pos = rand_f32(&mut rng, positions * d, 1.0);
+        let tt = rand_f32(&mut rng, types * d, 1.0);
+        let out = poisoned(&[t, d]);
+        let (wg, pg, tg) = (upload(&[vocab, d], &word), upload(&[positions, d], &pos), upload(&[types, d], &tt));
+        let mut b = gpu().batch();
+        elementwise::embeddings(&mut b, &upload_u32(&[t], &ids), &upload_u32(&[t], &tts), seq, &wg, &pg, &tg, &out)
+            .unwrap();
+        b.finish().unwrap();
+        let r = ops::embeddings(&ids, &tts, seq, d, &f64s(&word), &f64s(&pos), &f64s(&tt));
+        assert_close(&format!("embeddings B={batch} S={seq} d={d}"), &download(&out), &r, TOL);
+    }
+    // Ids past the tables are clamped to their last rows instead of reading out of bounds.
+    let (d, vocab, types) = (8, 5, 2);
+    let word = rand_f32(&mut rng, vocab * d, 1.0);
+    let pos = rand_f32(&mut rng, 2 * d, 1.0);
+    let tt = rand_f32(&mut rng, types * d, 1.0);
+    let out = poisoned(&[2, d]);
+    let mut b = gpu().batch();
+    let (ids, tts) = (upload_u32(&[2], &[7, u32::MAX]), upload_u32(&[2], &[9, 1]));
+    let (wg, pg, tg) = (upload(&[vocab, d], &word), upload(&[2, d], &pos), upload(&[types, d], &tt));
+    elementwise::embeddings(&mut b, &ids, &tts, 2, &wg, &pg, &tg, &out).unwrap();
+    // Errors: sequence longer than the position table, ragged ids, wrong output shape.
+    assert!(elementwise::embeddings(&mut b, &ids, &tts, 1, &wg, &upload(&[0, d], &[]), &tg, &out).is_err());
+    assert!(elementwise::embeddings(&mut b, &upload_u32(&[3], &[0, 1, 2]), &tts, 2, &wg, &pg, &tg, &out).is_err());
+    assert!(elementwise::embeddings(&mut b, &ids, &tts, 2, &wg, &pg, &tg, &poisoned(&[2, d + 1])).is_err());
+    b.finish().unwrap();
+    let r = ops::embeddings(&[4, 4], &[1, 1], 2, d, &f64s(&word), &f64s(&pos), &f64s(&tt));
+    assert_close("embeddings clamped ids", &download(&out), &r, TOL);
+}
+
+#[test]
+fn gather_and_scatter_rows() {
+    let mut rng = rng(900);
+    for &(batch, stride, d) in [(1usize, 1usize, 32usize), (3, 7, 48), (5, 33, 100), (2, 4, 384)].iter() {
+        let x = rand_f32(&mut rng, batch * stride * d, 1.0);
+        let src = rand_f32(&mut rng, batch * d, 1.0);
+        let prev = rand_f32(&mut rng, batch * stride * d, 1.0);
+        let gathered = poisoned(&[batch, d]);
+        let scattered = poisoned(&[batch * stride, d]);
+        let accumulated = upload(&[batch * stride, d], &prev);
+        let srcg = upload(&[batch, d], &src);
+        let mut b = gpu().batch();
+        elementwise::gather_rows(&mut b, &upload(&[batch * stride, d], &x), stride, &gathered).unwrap();
+        elementwise::scatter_rows(&mut b, &srcg, stride, &scattered, false).unwrap();
+        elementwise::scatter_rows(&mut b, &srcg, stride, &accumulated, true).unwrap();
+        b.finish().unwrap();
+        let want_g: Vec<f32> = (0..batch).flat_map(|bi| x[bi * stride * d..][..d].to_vec()).collect();
+        assert_eq!(bits(&download(&gathered)), bits(&want_g), "gather B={batch} S={stride} d={d}");
+        let mut want_s = vec![0f32; batch * stride * d];
+        let mut want_a = prev.clone();
+        for bi in 0..batch {
+            for c in 0..d {
+                want_s[bi * stride * d + c] = src[bi * d + c];
+                want_a[bi * stride * d + c] += src[bi * d + c];
+            }
+        }
+        assert_eq!(bits(&download(&scattered)), bits(&want_s), "scatter B={batch} S={stride} d={d}");
+        assert_eq!(bits(&download(&accumulated)), bits(&want_a), "scatter accumulate B={batch} S={stride} d={d}");
+    }
+    let mut b = gpu().batch();
+    assert!(elementwise::gather_rows(&mut b, &poisoned(&[10, 4]), 3, &poisoned(&[3, 4])).is_err());
+    assert!(elementwise::scatter_rows(&mut b, &poisoned(&[2, 4]), 3, &poisoned(&[6, 5]), false).is_err());
+    assert!(b.is_empty());
+}

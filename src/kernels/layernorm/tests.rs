@@ -1,0 +1,113 @@
+//! LayerNorm (forward with/without residual and saved sum, backward with/without accumulate) vs
+//! the f64 reference on seeded random inputs with NaN-poisoned outputs.
+
+use super::reference as ops;
+use crate::kernels::layernorm;
+use crate::kernels::test_support::*;
+use rand::Rng;
+
+const TOL: f64 = 1e-4;
+
+/// Forward (with/without residual and saved sum) and backward (with/without accumulate) of one shape.
+fn layer_norm_case(rows: usize, d: usize, seed: u64) -> (f64, f64) {
+    let mut rng = rng(seed);
+    let eps = 1e-5f32;
+    // An offset and a scale so the mean matters and the variance is not 1.
+    let offset = rng.random_range(-3.0f32..3.0);
+    let x: Vec<f32> = rand_f32(&mut rng, rows * d, 2.0).iter().map(|v| v + offset).collect();
+    let r = rand_f32(&mut rng, rows * d, 1.0);
+    let gamma = rand_f32(&mut rng, d, 1.0);
+    let beta = rand_f32(&mut rng, d, 1.0);
+    let dy = rand_f32(&mut rng, rows * d, 1.0);
+    let prev = rand_f32(&mut rng, rows * d, 1.0);
+    let (xg, rg, gg, bg, dyg) = (
+        upload(&[rows, d], &x),
+        upload(&[rows, d], &r),
+        upload(&[d], &gamma),
+        upload(&[d], &beta),
+        upload(&[rows, d], &dy),
+    );
+    let y_plain = poisoned(&[rows, d]);
+    let y_res = poisoned(&[rows, d]);
+    let sum = poisoned(&[rows, d]);
+    let dx = poisoned(&[rows, d]);
+    let dx_acc = upload(&[rows, d], &prev);
+
+    let g = gpu();
+    let mut b = g.batch();
+    layernorm::layer_norm(&mut b, &xg, None, &gg, &bg, eps, None, &y_plain).unwrap();
+    layernorm::layer_norm(&mut b, &xg, Some(&rg), &gg, &bg, eps, Some(&sum), &y_res).unwrap();
+    layernorm::layer_norm_backward(&mut b, &sum, &gg, eps, &dyg, &dx, false).unwrap();
+    layernorm::layer_norm_backward(&mut b, &sum, &gg, eps, &dyg, &dx_acc, true).unwrap();
+    b.finish().unwrap();
+
+    let (x64, g64, b64) = (f64s(&x), f64s(&gamma), f64s(&beta));
+    let s64: Vec<f64> = x.iter().zip(&r).map(|(a, b)| *a as f64 + *b as f64).collect();
+    let what = format!("LN rows={rows} d={d}");
+    let mut ef = assert_close(
+        &format!("{what} y"),
+        &download(&y_plain),
+        &ops::layer_norm(&x64, rows, d, &g64, &b64, eps as f64),
+        TOL,
+    );
+    ef = ef.max(assert_close(
+        &format!("{what} y (residual)"),
+        &download(&y_res),
+        &ops::layer_norm(&s64, rows, d, &g64, &b64, eps as f64),
+        TOL,
+    ));
+    // The saved sum is x + r rounded once to f32.
+    let want_sum: Vec<f32> = x.iter().zip(&r).map(|(a, b)| a + b).collect();
+    assert_eq!(bits(&download(&sum)), bits(&want_sum), "{what}: saved sum");
+    let sum_f64 = f64s(&want_sum);
+    let rdx = ops::layer_norm_backward(&sum_f64, &f64s(&dy), rows, d, &g64, eps as f64);
+    let mut eb = assert_close(&format!("{what} dx"), &download(&dx), &rdx, TOL);
+    let racc: Vec<f64> = rdx.iter().zip(&prev).map(|(a, b)| a + *b as f64).collect();
+    eb = eb.max(assert_close(&format!("{what} dx (accumulate)"), &download(&dx_acc), &racc, TOL));
+    (ef, eb)
+}
+
+#[test]
+fn layer_norm_matches_reference_over_shapes() {
+    let (mut ef, mut eb, mut n) = (0f64, 0f64, 0);
+    for (ri, &rows) in [1usize, 7, 33].iter().enumerate() {
+        for (di, &d) in [32usize, 48, 100, 384, 768].iter().enumerate() {
+            let (f, b) = layer_norm_case(rows, d, (ri * 10 + di) as u64);
+            ef = ef.max(f);
+            eb = eb.max(b);
+            n += 1;
+        }
+    }
+    for (i, &(rows, d)) in [(3usize, 4096usize), (2, 1), (5, 2049)].iter().enumerate() {
+        let (f, b) = layer_norm_case(rows, d, 100 + i as u64);
+        ef = ef.max(f);
+        eb = eb.max(b);
+        n += 1;
+    }
+    println!("LayerNorm: {n} shapes; max relative error forward {ef:.2e}, backward {eb:.2e}");
+}
+
+#[test]
+fn layer_norm_backward_is_deterministic_and_validates() {
+    let mut rng = rng(42);
+    let (rows, d) = (65, 768);
+    let x = upload(&[rows, d], &rand_f32(&mut rng, rows * d, 1.0));
+    let gamma = upload(&[d], &rand_f32(&mut rng, d, 1.0));
+    let dy = upload(&[rows, d], &rand_f32(&mut rng, rows * d, 1.0));
+    let run = || {
+        let dx = poisoned(&[rows, d]);
+        let mut b = gpu().batch();
+        layernorm::layer_norm_backward(&mut b, &x, &gamma, 1e-12, &dy, &dx, false).unwrap();
+        b.finish().unwrap();
+        bits(&download(&dx))
+    };
+    assert_eq!(run(), run());
+    // Shape and aliasing errors are reported, not dispatched.
+    let mut b = gpu().batch();
+    let wrong = poisoned(&[rows, d + 1]);
+    assert!(layernorm::layer_norm_backward(&mut b, &x, &gamma, 1e-5, &dy, &wrong, false).is_err());
+    assert!(layernorm::layer_norm_backward(&mut b, &x, &gamma, 1e-5, &dy, &dy, false).is_err());
+    assert!(layernorm::layer_norm(&mut b, &x, None, &gamma, &gamma, 1e-5, None, &x).is_err());
+    assert!(layernorm::layer_norm(&mut b, &x, None, &wrong, &gamma, 1e-5, None, &dy).is_err());
+    assert!(b.is_empty());
+}
