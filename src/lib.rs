@@ -2,11 +2,12 @@
 //! transformers on any GPU through wgpu and hand-written WGSL kernels.
 //!
 //! Layers, lowest first; a module imports only from layers below it (checked by
-//! `tests/architecture.rs`): [`types`] and [`shaders`] → [`gpu`] → [`kernels`];
+//! `tests/architecture.rs`): [`types`], [`shaders`] and [`env`] → [`gpu`] → [`kernels`];
 //! [`formats`] (disk formats, no GPU) → [`model`] → [`train`] → [`bench`] / [`datasets`] → the CLI.
 
 pub mod bench;
 pub mod datasets;
+pub mod env;
 pub mod formats;
 pub mod gpu;
 pub mod kernels;

@@ -410,7 +410,7 @@ fn parse_act(s: &str) -> std::result::Result<peft_wgpu::Activation, String> {
 }
 
 fn open_gpu(select: Option<String>) -> Result<std::sync::Arc<gpu::Gpu>> {
-    gpu::Gpu::new(&gpu::GpuOptions { select })
+    gpu::Gpu::new(&gpu::GpuOptions { select, ..Default::default() })
 }
 
 fn info(select: Option<String>) -> Result<()> {
@@ -425,8 +425,9 @@ fn info(select: Option<String>) -> Result<()> {
             println!("    {line}");
         }
     }
-    let chosen = gpu::Gpu::new(&gpu::GpuOptions { select })?;
+    let chosen = gpu::Gpu::new(&gpu::GpuOptions { select, ..Default::default() })?;
     println!("selected: {}", chosen.description.summary());
+    println!("policy: {}", chosen.policy());
     Ok(())
 }
 
@@ -513,7 +514,7 @@ fn main() {
         Command::Grads { model, adapters, fusion, head, inputs, out, resident_layers } => {
             let args =
                 peft_wgpu::train::grads::GradsArgs { model, adapters, fusion, head, inputs, out, resident_layers };
-            gpu::Gpu::new(&gpu::GpuOptions { select: cli.gpu }).and_then(|g| {
+            gpu::Gpu::new(&gpu::GpuOptions { select: cli.gpu, ..Default::default() }).and_then(|g| {
                 let map = peft_wgpu::train::grads::run(&g, &args)?;
                 println!("wrote {} tensors to {}", map.len(), args.out.display());
                 Ok(())

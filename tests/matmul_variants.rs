@@ -269,7 +269,7 @@ fn variants_are_deterministic_and_agree() {
         batch.finish().unwrap();
         download(&c)
     };
-    let cpu = gpu().description.info.device_type == wgpu::DeviceType::Cpu;
+    let cpu = gpu().is_cpu();
     let mut first: Option<(MatmulVariant, Vec<f32>)> = None;
     for v in variants() {
         let x = run(v);

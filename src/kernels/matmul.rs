@@ -14,11 +14,15 @@
 //! compute exactly the f32 product of the f16-rounded inputs up to f32 summation error, which the
 //! tests check with the f32 tolerance against a reference built from the rounded inputs.
 
+use crate::gpu::policy::{check_workgroup, parse_dims};
 use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec};
 use crate::shaders::{self, Shader};
 use crate::types::Activation;
 use anyhow::{anyhow, bail, Result};
-use std::sync::{LazyLock, OnceLock};
+use std::sync::LazyLock;
+
+/// The variant and tile types live in the device policy (`gpu::policy`), which chooses them.
+pub use crate::gpu::policy::{MatmulVariant, TileConfig, LARGE_TILE_ENV, VARIANT_ENV};
 
 const BINDINGS: &[Access] = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
@@ -34,95 +38,18 @@ static CORE: LazyLock<Shader> = LazyLock::new(|| {
     Shader { name: "matmul_core", parts: Box::leak(Box::new([shaders::COMMON, &src[..cut]])), trusted: true }
 });
 
-/// Environment variable forcing a variant for every product: `basic`, `register`, `tiled`,
-/// `subgroup`, `smem`, `f16`, `coop`, or `auto` (the default: [`MatmulVariant::auto`]).
-pub const VARIANT_ENV: &str = "PEFT_MATMUL_VARIANT";
-
-/// Environment variable: the `smem` variant's large tile as `BMxBNxBK/TMxTN` (default
-/// [`TileConfig::LARGE`]).
-pub const LARGE_TILE_ENV: &str = "PEFT_SMEM_LARGE_TILE";
-
 /// Storage bindings of the workgroup-memory kernels (`matmul_vec4.wgsl`): A, A as vec4, B, B as
 /// vec4, bias, C.
 const VEC4_BINDINGS: &[Access] =
     &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
-/// Which kernel computes a product. Every variant sums each output in k order 0..K in one
-/// invocation (deterministic); all but [`Basic`](Self::Basic) use the same fma chain and epilogue,
-/// so they agree bit for bit wherever the driver evaluates `fma` the same way in each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MatmulVariant {
-    /// The original kernel: a 4×4 register tile per invocation (8 loads per 16 multiply-adds).
-    Basic,
-    /// An 8×8 register tile per invocation, no workgroup memory (16 loads per 64 multiply-adds):
-    /// CPU drivers without subgroups of 8.
-    Register,
-    /// 64×64 tiles staged through workgroup memory (barriers in the k loop): GPUs.
-    Tiled,
-    /// A subgroup of 8 owns 32×32 outputs and shares A through `subgroupBroadcast` (8 loads per 128
-    /// multiply-adds, no barriers): lavapipe. Needs the SUBGROUP feature and subgroups of exactly 8.
-    Subgroup,
-    /// `shaders/matmul_smem.wgsl`: BM×BN tiles staged through double-buffered workgroup memory
-    /// with vec4 loads where the layout allows, a TM×TN register tile per invocation, tile sizes as
-    /// override constants ([`TileConfig`], chosen per shape): discrete GPUs.
-    Smem,
-    /// `shaders/matmul_f16.wgsl`: A and B rounded to f16 in workgroup memory, f32 accumulation, in
-    /// 16×16 fragments computed by plain invocations: the [`Coop`](Self::Coop) kernel without
-    /// cooperative matrices (its test bed on any device with SHADER_F16). Never chosen by `auto`.
-    F16,
-    /// `shaders/matmul_coop.wgsl`: [`F16`](Self::F16) with the 16×16×16 fragment products on
-    /// cooperative matrices (tensor cores). Needs EXPERIMENTAL_COOPERATIVE_MATRIX with 16×16×16
-    /// f16→f32, SHADER_F16, SUBGROUP and a fixed subgroup size. f16 inputs: never chosen by `auto`.
-    Coop,
-}
-
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 7] = [
-        MatmulVariant::Basic,
-        MatmulVariant::Register,
-        MatmulVariant::Tiled,
-        MatmulVariant::Subgroup,
-        MatmulVariant::Smem,
-        MatmulVariant::F16,
-        MatmulVariant::Coop,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            MatmulVariant::Basic => "basic",
-            MatmulVariant::Register => "register",
-            MatmulVariant::Tiled => "tiled",
-            MatmulVariant::Subgroup => "subgroup",
-            MatmulVariant::Smem => "smem",
-            MatmulVariant::F16 => "f16",
-            MatmulVariant::Coop => "coop",
-        }
-    }
-
-    /// Whether the variant rounds A and B to f16 (see the module docs for its error bound).
-    pub fn f16_inputs(self) -> bool {
-        matches!(self, MatmulVariant::F16 | MatmulVariant::Coop)
-    }
-
-    /// A variant name as [`VARIANT_ENV`] takes it; `auto` (or empty) is `None`.
-    pub fn parse(s: &str) -> Result<Option<Self>> {
-        let s = s.trim().to_ascii_lowercase();
-        if s.is_empty() || s == "auto" {
-            return Ok(None);
-        }
-        Self::ALL.into_iter().find(|v| v.name() == s).map(Some).ok_or_else(|| {
-            anyhow!("unknown matmul variant {s:?} (expected auto, basic, register, tiled, subgroup, smem, f16 or coop)")
-        })
-    }
-
     /// Why this GPU cannot run the variant, or `None` where it can.
     pub fn unsupported_reason(self, gpu: &Gpu) -> Option<String> {
         let info = &gpu.description.info;
         match self {
-            MatmulVariant::Subgroup => {
-                (!(gpu.has(wgpu::Features::SUBGROUP) && info.subgroup_min_size == 8 && info.subgroup_max_size == 8))
-                    .then(|| "needs the SUBGROUP feature with subgroups of exactly 8 lanes".to_string())
-            }
+            MatmulVariant::Subgroup => (!gpu.facts().has_subgroups_of(8))
+                .then(|| "needs the SUBGROUP feature with subgroups of exactly 8 lanes".to_string()),
             MatmulVariant::Smem => TileConfig::SMALL.check(gpu).err().map(|e| format!("{e:#}")),
             MatmulVariant::F16 => {
                 if !gpu.has(wgpu::Features::SHADER_F16) {
@@ -157,23 +84,10 @@ impl MatmulVariant {
         self.unsupported_reason(gpu).is_none()
     }
 
-    /// The device rule: CPU drivers (no real parallel hardware behind workgroup memory; barriers
-    /// are slow) get [`Subgroup`](Self::Subgroup) where subgroups are exactly 8 wide (lavapipe on
-    /// AVX2) and [`Register`](Self::Register) otherwise; discrete GPUs (NVIDIA, AMD, Intel Arc)
-    /// get [`Smem`](Self::Smem); other devices (integrated, virtual) [`Tiled`](Self::Tiled).
-    /// The f16-input variants are never chosen automatically (they change the numerics).
+    /// The device rule ([`MatmulVariant::for_device`]): `subgroup` or `register` on CPU drivers,
+    /// `smem` on discrete GPUs, `tiled` elsewhere; the policy's variant unless overridden.
     pub fn auto(gpu: &Gpu) -> Self {
-        match gpu.description.info.device_type {
-            wgpu::DeviceType::Cpu => {
-                if MatmulVariant::Subgroup.is_supported(gpu) {
-                    MatmulVariant::Subgroup
-                } else {
-                    MatmulVariant::Register
-                }
-            }
-            wgpu::DeviceType::DiscreteGpu if MatmulVariant::Smem.is_supported(gpu) => MatmulVariant::Smem,
-            _ => MatmulVariant::Tiled,
-        }
+        MatmulVariant::for_device(&gpu.facts())
     }
 
     fn spec(self) -> KernelSpec {
@@ -203,88 +117,11 @@ pub fn f16_error_bound(k: usize, abs_dot: f64, alpha: f64) -> f64 {
     (2.0 * u + u * u + k as f64 * u_acc) * abs_dot * alpha.abs()
 }
 
-/// Tile sizes of [`MatmulVariant::Smem`]: a workgroup of (bm/tm)·(bn/tn) invocations computes a
-/// bm×bn tile of C in k-steps of bk, each invocation a tm×tn register tile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TileConfig {
-    pub bm: u32,
-    pub bn: u32,
-    pub bk: u32,
-    pub tm: u32,
-    pub tn: u32,
-}
-
 impl TileConfig {
-    /// 128×128 in k-steps of 8, 8×8 per invocation (256 invocations): large products. On an
-    /// H200, BK = 8 (16 KiB of workgroup memory, two workgroups per SM) ran 4096³ at 36.4 TFLOP/s
-    /// against 23.8 with BK = 16 (bench/NOTES.md). [`LARGE_TILE_ENV`] overrides it.
-    pub const LARGE: TileConfig = TileConfig { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 };
-    /// 64×64, 4×4 per invocation (256 invocations).
-    pub const MEDIUM: TileConfig = TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
-    /// 32×32, 4×4 per invocation (64 invocations): small or narrow products, attention.
-    pub const SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4 };
-
-    /// Invocations per workgroup.
-    pub fn invocations(&self) -> u32 {
-        (self.bm / self.tm.max(1)) * (self.bn / self.tn.max(1))
-    }
-
-    /// Workgroup memory in bytes (two k-major slices of A and B, rows padded by one vec4).
-    pub fn workgroup_bytes(&self) -> u64 {
-        2 * self.bk as u64 * ((self.bm / 4 + 1) as u64 + (self.bn / 4 + 1) as u64) * 16
-    }
-
-    /// Checks the shader's assumptions and the device's limits.
-    pub fn check(&self, gpu: &Gpu) -> Result<()> {
-        let &TileConfig { bm, bn, bk, tm, tn } = self;
-        if !matches!(tm, 4 | 8) || !matches!(tn, 4 | 8) {
-            bail!("smem tiles {self}: tm and tn must be 4 or 8");
-        }
-        if bm == 0 || bn == 0 || bk == 0 || bm % tm != 0 || bn % tn != 0 || bk % 4 != 0 {
-            bail!("smem tiles {self}: bm, bn must be multiples of tm, tn and bk a multiple of 4");
-        }
-        let wg = self.invocations();
-        for (what, elems) in [("A", bm * bk), ("B", bk * bn)] {
-            if elems % (4 * wg) != 0 || !(1..=4).contains(&(elems / (4 * wg))) {
-                bail!("smem tiles {self}: the {what} slice must be 1 to 4 vec4s per invocation ({wg} invocations)");
-            }
-        }
-        check_workgroup(gpu, &format!("smem tiles {self}"), wg, self.workgroup_bytes())
-    }
-
-    /// The large configuration: [`LARGE`](Self::LARGE), or `BMxBNxBK/TMxTN` from
-    /// [`LARGE_TILE_ENV`] (a per-device tuning knob; an unparsable value is reported once and
-    /// ignored).
-    pub fn large() -> TileConfig {
-        static LARGE: std::sync::OnceLock<TileConfig> = std::sync::OnceLock::new();
-        *LARGE.get_or_init(|| match std::env::var(LARGE_TILE_ENV) {
-            Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
-                eprintln!("warning: {LARGE_TILE_ENV}={v:?} ignored: {e:#}");
-                TileConfig::LARGE
-            }),
-            _ => TileConfig::LARGE,
-        })
-    }
-
     /// The configuration for an m×n product over `batch` matrices ([`choose`]).
     pub fn auto(gpu: &Gpu, m: usize, n: usize, batch: usize) -> TileConfig {
-        let c = [TileConfig::large(), TileConfig::MEDIUM, TileConfig::SMALL];
+        let c = [gpu.policy().smem_large_tile, TileConfig::MEDIUM, TileConfig::SMALL];
         choose(&c, |t| (t.bm, t.bn), |t| t.check(gpu).is_ok(), m, n, batch).unwrap_or(TileConfig::SMALL)
-    }
-}
-
-impl std::fmt::Display for TileConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{}/{}x{}", self.bm, self.bn, self.bk, self.tm, self.tn)
-    }
-}
-
-impl std::str::FromStr for TileConfig {
-    type Err = anyhow::Error;
-    /// `BMxBNxBK/TMxTN`, e.g. `128x128x16/8x8`.
-    fn from_str(s: &str) -> Result<Self> {
-        let v = parse_dims(s, 3, 2).map_err(|e| anyhow!("smem tiles {s:?}: {e} (expected BMxBNxBK/TMxTN)"))?;
-        Ok(TileConfig { bm: v[0], bn: v[1], bk: v[2], tm: v[3], tn: v[4] })
     }
 }
 
@@ -343,7 +180,7 @@ impl FragConfig {
                 bail!("fragment tiles {self}: the {what} slice must be 1 to 8 quads per invocation ({wg} invocations)");
             }
         }
-        check_workgroup(gpu, &format!("fragment tiles {self}"), wg, self.workgroup_bytes())
+        check_workgroup(&gpu.limits, &format!("fragment tiles {self}"), wg, self.workgroup_bytes())
     }
 
     /// The configuration for an m×n product over `batch` matrices ([`choose`]).
@@ -366,35 +203,6 @@ impl std::str::FromStr for FragConfig {
         let v = parse_dims(s, 3, 2).map_err(|e| anyhow!("fragment tiles {s:?}: {e} (expected BMxBNxBK/SGMxSGN)"))?;
         Ok(FragConfig { bm: v[0], bn: v[1], bk: v[2], sg_m: v[3], sg_n: v[4] })
     }
-}
-
-/// `AxBxC/DxE` → [A, B, C, D, E] (`first` numbers before the slash, `second` after).
-fn parse_dims(s: &str, first: usize, second: usize) -> Result<Vec<u32>> {
-    let (l, r) = s.trim().split_once('/').ok_or_else(|| anyhow!("no '/'"))?;
-    let nums = |part: &str, count: usize| -> Result<Vec<u32>> {
-        let v: Vec<u32> = part
-            .split(['x', 'X', '×'])
-            .map(|t| t.trim().parse::<u32>().map_err(|_| anyhow!("{t:?} is not a number")))
-            .collect::<Result<_>>()?;
-        if v.len() != count {
-            bail!("{} numbers where {count} are expected", v.len());
-        }
-        Ok(v)
-    };
-    let mut v = nums(l, first)?;
-    v.extend(nums(r, second)?);
-    Ok(v)
-}
-
-fn check_workgroup(gpu: &Gpu, what: &str, invocations: u32, bytes: u64) -> Result<()> {
-    let l = &gpu.limits;
-    if invocations > l.max_compute_invocations_per_workgroup || invocations > l.max_compute_workgroup_size_x {
-        bail!("{what}: {invocations} invocations exceed the GPU's workgroup limits");
-    }
-    if bytes > l.max_compute_workgroup_storage_size as u64 {
-        bail!("{what}: {bytes} bytes of workgroup memory exceed the GPU's {}", l.max_compute_workgroup_storage_size);
-    }
-    Ok(())
 }
 
 /// Picks among tile configurations (largest first): the first valid one that gives at least
@@ -427,26 +235,12 @@ fn choose<T: Copy>(
 /// Workgroups a product should have to fill a large GPU (an H100 has 132 multiprocessors).
 pub const TARGET_WORKGROUPS: usize = 128;
 
-impl std::fmt::Display for MatmulVariant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The variant products use unless they name one: [`VARIANT_ENV`] if set (read once per process),
-/// else [`MatmulVariant::auto`]. Fails if the variable names an unknown variant or one this GPU
-/// cannot run.
+/// The variant products use unless they name one: the GPU's policy
+/// ([`KernelPolicy::matmul_variant`](crate::gpu::KernelPolicy::matmul_variant): [`VARIANT_ENV`] or
+/// [`MatmulVariant::auto`], resolved when the GPU was opened). Running a variant this GPU cannot
+/// run fails at the product.
 pub fn default_variant(gpu: &Gpu) -> Result<MatmulVariant> {
-    static FROM_ENV: OnceLock<std::result::Result<Option<MatmulVariant>, String>> = OnceLock::new();
-    let from_env = FROM_ENV.get_or_init(|| {
-        MatmulVariant::parse(&std::env::var(VARIANT_ENV).unwrap_or_default())
-            .map_err(|e| format!("{VARIANT_ENV}: {e:#}"))
-    });
-    match from_env {
-        Err(e) => bail!("{e}"),
-        Ok(Some(v)) => Ok(*v),
-        Ok(None) => Ok(MatmulVariant::auto(gpu)),
-    }
+    Ok(gpu.policy().matmul_variant)
 }
 
 /// Power of two in 1..=8 that covers `blocks` with the least padding (the larger on ties).
@@ -870,17 +664,6 @@ mod tests {
             panic!("matmul core module: {}", e.emit_to_string(&src));
         }
         assert!(shaders::MATMUL.source().contains("fn matmul_subgroup"));
-    }
-
-    #[test]
-    fn variant_names_round_trip() {
-        for v in MatmulVariant::ALL {
-            assert_eq!(MatmulVariant::parse(v.name()).unwrap(), Some(v));
-            assert_eq!(MatmulVariant::parse(&v.name().to_uppercase()).unwrap(), Some(v));
-        }
-        assert_eq!(MatmulVariant::parse("auto").unwrap(), None);
-        assert_eq!(MatmulVariant::parse("").unwrap(), None);
-        assert!(MatmulVariant::parse("fast").is_err());
     }
 
     #[test]
