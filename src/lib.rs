@@ -2,7 +2,7 @@
 //! transformers on any GPU through wgpu and hand-written WGSL kernels.
 //!
 //! Layers, lowest first; a module imports only from layers below it (checked by
-//! `tests/architecture.rs`): [`types`], [`shaders`] and [`env`] → [`gpu`] → [`kernels`];
+//! `tests/architecture.rs`): [`types`], [`shaders`] and [`env`](mod@env) → [`gpu`] → [`kernels`];
 //! [`formats`] (disk formats, no GPU) → [`model`] → [`train`] → [`bench`] / [`datasets`] → the CLI.
 
 pub mod bench;

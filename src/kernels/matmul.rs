@@ -85,7 +85,7 @@ impl MatmulVariant {
     }
 
     /// The device rule ([`MatmulVariant::for_device`]): `subgroup` or `register` on CPU drivers,
-    /// `smem` on discrete GPUs, `tiled` elsewhere; the policy's variant unless overridden.
+    /// `smem` on discrete GPUs, `tiled` elsewhere. [`default_variant`] unless overridden.
     pub fn auto(gpu: &Gpu) -> Self {
         MatmulVariant::for_device(&gpu.facts())
     }
