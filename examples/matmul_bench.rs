@@ -72,7 +72,7 @@ fn main() -> Result<()> {
     eprintln!("default variant: {}", default_variant(&gpu)?);
     eprintln!(
         "shader runtime checks: {} ({})",
-        if peft_wgpu::shaders::runtime_checks() { "on" } else { "off for trusted shaders" },
+        if gpu.policy().shader_checks { "on" } else { "off for trusted shaders" },
         if cfg!(debug_assertions) { "debug build" } else { "release build" }
     );
     for v in MatmulVariant::ALL {

@@ -2,7 +2,7 @@
 //! transformers on any GPU through wgpu and hand-written WGSL kernels.
 //!
 //! Layers, lowest first; a module imports only from layers below it (checked by
-//! `tests/architecture.rs`): [`types`] and [`shaders`] → [`gpu`] → [`kernels`];
+//! `tests/architecture.rs`): [`types`], [`shaders`] and [`env`](mod@env) → [`gpu`] → [`kernels`];
 //! [`formats`] (disk formats, no GPU) → [`model`] → [`train`] → [`bench`] / [`datasets`] → the CLI.
 
 /// Benchmarks check each kernel against the f64 reference before timing it: they need it.
@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod cli;
 pub mod datasets;
+pub mod env;
 pub mod formats;
 pub mod gpu;
 pub mod kernels;

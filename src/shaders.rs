@@ -9,26 +9,11 @@ pub struct Shader {
     pub name: &'static str,
     pub parts: &'static [&'static str],
     /// Every index the shader computes is in bounds by construction (argued in the shader, checked
-    /// by its host, exercised by tests on ragged shapes with guard regions around the outputs): release
-    /// builds create it without wgpu's runtime bounds checks ([`runtime_checks`]).
+    /// by its host, exercised by tests on ragged shapes with guard regions around the outputs): it
+    /// is created without wgpu's runtime bounds checks unless the GPU's policy keeps them
+    /// (`gpu::KernelPolicy::shader_checks`: on in debug builds, off in release builds,
+    /// `PEFT_SHADER_CHECKS` overrides).
     pub trusted: bool,
-}
-
-/// Environment variable overriding where runtime shader checks are removed: `1` / `on` keeps them
-/// for every shader, `0` / `off` removes them from the trusted shaders in any build (tests use it to
-/// run the trusted kernels unchecked). Unset: checked in debug builds, unchecked in release builds.
-pub const SHADER_CHECKS_ENV: &str = "PEFT_SHADER_CHECKS";
-
-/// Whether trusted shaders keep wgpu's runtime checks in this process (see [`SHADER_CHECKS_ENV`]).
-pub fn runtime_checks() -> bool {
-    static CHECKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CHECKS.get_or_init(|| {
-        match std::env::var(SHADER_CHECKS_ENV).unwrap_or_default().trim().to_ascii_lowercase().as_str() {
-            "1" | "on" | "true" | "yes" => true,
-            "0" | "off" | "false" | "no" => false,
-            _ => cfg!(debug_assertions),
-        }
-    })
 }
 
 impl Shader {
@@ -36,12 +21,13 @@ impl Shader {
         self.parts.join("\n")
     }
 
-    pub(crate) fn module(&self, device: &wgpu::Device) -> wgpu::ShaderModule {
+    /// The shader module; `runtime_checks: false` drops wgpu's runtime checks if it is trusted.
+    pub(crate) fn module(&self, device: &wgpu::Device, runtime_checks: bool) -> wgpu::ShaderModule {
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(self.name),
             source: wgpu::ShaderSource::Wgsl(self.source().into()),
         };
-        if self.trusted && !runtime_checks() {
+        if self.trusted && !runtime_checks {
             // SAFETY: `trusted` shaders index only inside their bindings and workgroup arrays (each one
             // argues it next to its loads and stores; the hosts validate views, tile configurations
             // and dispatch sizes before dispatching), divide only by non-zero values, and every loop

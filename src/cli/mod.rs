@@ -86,7 +86,7 @@ struct GradsCli {
 }
 
 fn open_gpu(select: Option<String>) -> Result<Arc<Gpu>> {
-    Gpu::new(&GpuOptions { select })
+    Gpu::new(&GpuOptions { select, ..Default::default() })
 }
 
 fn info(select: Option<String>) -> Result<()> {
@@ -101,8 +101,9 @@ fn info(select: Option<String>) -> Result<()> {
             println!("    {line}");
         }
     }
-    let chosen = Gpu::new(&GpuOptions { select })?;
+    let chosen = Gpu::new(&GpuOptions { select, ..Default::default() })?;
     println!("selected: {}", chosen.description.summary());
+    println!("policy: {}", chosen.policy());
     Ok(())
 }
 

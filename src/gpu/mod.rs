@@ -1,22 +1,26 @@
 //! The GPU runtime: device selection ([`Gpu`]), tensors ([`GpuTensor`]), the pipeline cache
-//! ([`pipelines`]) and command batching with optional GPU timestamps ([`CommandRecorder`]).
+//! ([`pipelines`]), command batching with optional GPU timestamps ([`CommandRecorder`]) and the
+//! device policy resolved once per GPU ([`policy::KernelPolicy`], [`Gpu::policy`]).
 
 pub mod memory;
 pub mod pipelines;
+pub mod policy;
 mod recorder;
 mod tensor;
 
 pub use memory::{MemoryTracker, TrackedBuffer};
 pub use pipelines::{Access, KernelSpec};
+pub use policy::{AdapterKernel, DeviceFacts, KernelPolicy, MatmulVariant, SubmitPolicy, TileConfig};
 pub use recorder::{CommandRecorder, Readback, SubmitTiming};
 pub use tensor::GpuTensor;
 
+use crate::env::EnvOverrides;
 use anyhow::{anyhow, bail, Context, Result};
 use std::sync::{Arc, Mutex};
 
 /// Environment variable naming the GPU to use: an index from `peft info`, or a case-insensitive
 /// substring of the adapter's name (e.g. `llvmpipe`, `nvidia`).
-pub const GPU_ENV: &str = "PEFT_GPU";
+pub use crate::env::GPU as GPU_ENV;
 
 /// Optional features we use when the GPU offers them; none is required.
 /// EXPERIMENTAL_COOPERATIVE_MATRIX (tensor cores) is requested only where the adapter offers it
@@ -28,14 +32,27 @@ pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
 
 /// Environment variable: `0` / `off` leaves EXPERIMENTAL_COOPERATIVE_MATRIX off even where offered.
-pub const COOP_ENV: &str = "PEFT_COOP";
+pub use crate::env::COOP as COOP_ENV;
 
-/// How to choose a GPU.
+/// How to choose a GPU, and typed overrides of its [`KernelPolicy`] (each `None`: the environment
+/// variable of [`crate::env`], else the device's default).
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// Index (as `peft info` prints) or name substring; `None` reads [`GPU_ENV`], then picks the
     /// best device (discrete > integrated > virtual > CPU).
     pub select: Option<String>,
+    /// The matmul variant of products that name none ([`KernelPolicy::matmul_variant`]).
+    pub matmul_variant: Option<MatmulVariant>,
+    /// The `smem` variant's large tile ([`KernelPolicy::smem_large_tile`]).
+    pub smem_large_tile: Option<TileConfig>,
+    /// The adapter's path ([`KernelPolicy::adapter_kernel`]).
+    pub adapter_kernel: Option<AdapterKernel>,
+    /// How a resident pass is submitted ([`KernelPolicy::submit`]).
+    pub submit: Option<SubmitPolicy>,
+    /// Runtime checks in trusted shaders ([`KernelPolicy::shader_checks`]).
+    pub shader_checks: Option<bool>,
+    /// `Some(false)` leaves EXPERIMENTAL_COOPERATIVE_MATRIX off where offered.
+    pub cooperative_matrix: Option<bool>,
 }
 
 /// Facts about one GPU as wgpu sees it.
@@ -114,6 +131,20 @@ impl GpuDescription {
     }
 }
 
+impl<'a> DeviceFacts<'a> {
+    /// The facts of `description`'s adapter with `features` enabled and `limits`.
+    pub fn new(description: &GpuDescription, features: wgpu::Features, limits: &'a wgpu::Limits) -> Self {
+        let i = &description.info;
+        DeviceFacts {
+            device_type: i.device_type,
+            features,
+            subgroup_min_size: i.subgroup_min_size,
+            subgroup_max_size: i.subgroup_max_size,
+            limits,
+        }
+    }
+}
+
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
@@ -156,6 +187,8 @@ pub struct Gpu {
     pub memory: Arc<MemoryTracker>,
     /// Errors wgpu reported outside a call's result (out of memory, device lost, ...).
     fault: Arc<Mutex<Faults>>,
+    /// Which kernels and submission pattern this GPU gets, resolved once at creation.
+    policy: KernelPolicy,
 }
 
 /// The first asynchronous error, and whether the device was lost (which explains any error after).
@@ -197,14 +230,17 @@ fn watch_faults(device: &wgpu::Device) -> Arc<Mutex<Faults>> {
 }
 
 impl Gpu {
-    /// Opens the GPU chosen by `options` (or [`GPU_ENV`], or the best one).
+    /// Opens the GPU chosen by `options` (or [`GPU_ENV`], or the best one), its policy resolved
+    /// from the device, `options` and the environment ([`KernelPolicy::resolve`]). Fails on an
+    /// environment variable of [`crate::env`] whose value does not parse.
     pub fn new(options: &GpuOptions) -> Result<Arc<Self>> {
+        let env = EnvOverrides::from_env()?;
         let inst = instance();
         let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
         if adapters.is_empty() {
             bail!(NO_GPU_HELP);
         }
-        let select = options.select.clone().or_else(|| std::env::var(GPU_ENV).ok()).filter(|s| !s.is_empty());
+        let select = options.select.clone().or_else(|| env.gpu.clone()).filter(|s| !s.is_empty());
         let index = match select {
             Some(sel) => {
                 if let Ok(i) = sel.parse::<usize>() {
@@ -227,11 +263,7 @@ impl Gpu {
         let adapter = &adapters[index];
         let description = GpuDescription::new(index, adapter);
         let mut features = adapter.features() & OPTIONAL_FEATURES;
-        let coop_off = matches!(
-            std::env::var(COOP_ENV).unwrap_or_default().trim().to_ascii_lowercase().as_str(),
-            "0" | "off" | "false" | "no"
-        );
-        if coop_off {
+        if !KernelPolicy::requests_cooperative_matrix(options, &env) {
             features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
         }
         let experimental = if features.intersects(wgpu::Features::all_experimental_mask()) {
@@ -242,6 +274,7 @@ impl Gpu {
             wgpu::ExperimentalFeatures::disabled()
         };
         let limits = adapter.limits();
+        let policy = KernelPolicy::resolve(&DeviceFacts::new(&description, features, &limits), options, &env)?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("peft-wgpu"),
             required_features: features,
@@ -270,10 +303,11 @@ impl Gpu {
             description,
             features,
             limits,
-            pipelines: pipelines::PipelineCache::default(),
+            pipelines: pipelines::PipelineCache::new(policy.shader_checks),
             dummies,
             memory,
             fault,
+            policy,
         }))
     }
 
@@ -288,6 +322,21 @@ impl Gpu {
 
     pub fn has(&self, f: wgpu::Features) -> bool {
         self.features.contains(f)
+    }
+
+    /// Which kernels and submission pattern this GPU gets (resolved once, at creation).
+    pub fn policy(&self) -> &KernelPolicy {
+        &self.policy
+    }
+
+    /// Whether this is a CPU driver (lavapipe, SwiftShader, WARP).
+    pub fn is_cpu(&self) -> bool {
+        self.policy.is_cpu
+    }
+
+    /// What the policy's device rules look at: type, enabled features, subgroup sizes, limits.
+    pub fn facts(&self) -> DeviceFacts<'_> {
+        DeviceFacts::new(&self.description, self.features, &self.limits)
     }
 
     /// Starts a batch of dispatches that are submitted together.

@@ -36,12 +36,17 @@ struct Key {
     constants: Vec<(&'static str, u64)>,
 }
 
-#[derive(Default)]
 pub struct PipelineCache {
     map: Mutex<HashMap<Key, Arc<Pipeline>>>,
+    /// Whether trusted shaders keep wgpu's runtime checks (the GPU's `KernelPolicy::shader_checks`).
+    runtime_checks: bool,
 }
 
 impl PipelineCache {
+    pub fn new(runtime_checks: bool) -> Self {
+        Self { map: Mutex::default(), runtime_checks }
+    }
+
     /// Number of pipelines built so far.
     pub fn len(&self) -> usize {
         self.map.lock().unwrap().len()
@@ -60,15 +65,15 @@ impl PipelineCache {
         if let Some(p) = self.map.lock().unwrap().get(&key) {
             return p.clone();
         }
-        let p = Arc::new(build(device, spec, constants));
+        let p = Arc::new(build(device, spec, constants, self.runtime_checks));
         self.map.lock().unwrap().insert(key, p.clone());
         p
     }
 }
 
-fn build(device: &wgpu::Device, spec: &KernelSpec, constants: &[(&str, f64)]) -> Pipeline {
+fn build(device: &wgpu::Device, spec: &KernelSpec, constants: &[(&str, f64)], runtime_checks: bool) -> Pipeline {
     let label = format!("{}::{}", spec.shader.name, spec.entry);
-    let module = spec.shader.module(device);
+    let module = spec.shader.module(device, runtime_checks);
     let mut entries = vec![wgpu::BindGroupLayoutEntry {
         binding: 0,
         visibility: wgpu::ShaderStages::COMPUTE,

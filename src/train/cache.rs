@@ -19,10 +19,7 @@ pub fn repo_root() -> PathBuf {
 
 /// `$PEFT_CACHE`, or `<repo>/.cache`.
 pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("PEFT_CACHE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => repo_root().join(".cache"),
-    }
+    crate::env::cache_dir().unwrap_or_else(|| repo_root().join(".cache"))
 }
 
 /// Where the default model is (or will be) cached.
@@ -124,7 +121,7 @@ fn run_fetch(
     let status = Command::new("bash")
         .arg(&script)
         .args(args)
-        .env("PEFT_CACHE", cache_dir())
+        .env(crate::env::CACHE, cache_dir())
         .status()
         .with_context(|| format!("running {}", script.display()))?;
     if !status.success() {

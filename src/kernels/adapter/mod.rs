@@ -8,7 +8,7 @@
 
 use super::matmul::{linear, Matmul, View};
 use super::{elementwise, expect_shape, reduce};
-use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec};
+use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use crate::types::Activation;
 use anyhow::{bail, Result};
@@ -35,31 +35,9 @@ const FORWARD: KernelSpec = KernelSpec {
     ],
 };
 
-/// How the adapter's token-parallel parts run: the fused kernels of `shaders/adapter.wgsl`
-/// (a workgroup owns 8 tokens and reads both weight matrices: best on CPU drivers), or the shared
-/// matmul with bias/β epilogues plus element-wise activation kernels (GPUs, where the fused
-/// kernel re-reads the weights per 8 tokens: 1.2 ms vs PyTorch's 97 µs at T=4096, d=768, m=64 on
-/// an H200). Both compute the same sums; [`ADAPTER_KERNEL_ENV`] (`fused` / `matmul`) overrides.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AdapterKernel {
-    Fused,
-    Matmul,
-}
-
-/// Environment variable choosing [`AdapterKernel`] for every adapter.
-pub const ADAPTER_KERNEL_ENV: &str = "PEFT_ADAPTER_KERNEL";
-
-impl AdapterKernel {
-    /// CPU drivers: fused; other devices: matmul; [`ADAPTER_KERNEL_ENV`] overrides.
-    pub fn for_gpu(gpu: &Gpu) -> Self {
-        match std::env::var(ADAPTER_KERNEL_ENV).as_deref().map(str::trim) {
-            Ok("fused") => AdapterKernel::Fused,
-            Ok("matmul") => AdapterKernel::Matmul,
-            _ if gpu.description.info.device_type == wgpu::DeviceType::Cpu => AdapterKernel::Fused,
-            _ => AdapterKernel::Matmul,
-        }
-    }
-}
+/// The adapter's path ([`AdapterKernel::for_gpu`]: the GPU's policy, [`ADAPTER_KERNEL_ENV`]
+/// overrides) lives in the device policy.
+pub use crate::gpu::policy::{AdapterKernel, ADAPTER_KERNEL_ENV};
 
 /// What the adapter adds its output to.
 #[derive(Clone, Copy, Debug, Default)]

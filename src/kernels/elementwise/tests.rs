@@ -2,11 +2,11 @@
 //! the f64 reference on seeded random inputs with NaN-poisoned outputs.
 
 use super::reference as ops;
+use crate::gpu::GpuTensor;
 use crate::kernels::elementwise;
 use crate::kernels::reference;
 use crate::kernels::test_support::*;
 use crate::types::Activation;
-use crate::GpuTensor;
 use rand::Rng;
 
 const TOL: f64 = 1e-4;

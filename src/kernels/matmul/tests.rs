@@ -37,7 +37,7 @@ fn store(x: &[f32], rows: usize, cols: usize, transposed: bool) -> Vec<f32> {
     }
 }
 
-fn view<'a>(t: &'a crate::GpuTensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
+fn view<'a>(t: &'a crate::gpu::GpuTensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
     // A stored transpose is `[cols, rows]` row-major: its row stride is `rows`.
     if transposed {
         View::transposed(t, rows)

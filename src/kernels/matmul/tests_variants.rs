@@ -54,7 +54,7 @@ fn store(x: &[f32], rows: usize, cols: usize, transposed: bool) -> Vec<f32> {
     }
 }
 
-fn view<'a>(t: &'a crate::GpuTensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
+fn view<'a>(t: &'a crate::gpu::GpuTensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
     if transposed {
         View::transposed(t, rows)
     } else {
@@ -247,7 +247,7 @@ fn variants_are_deterministic_and_agree() {
         batch.finish().unwrap();
         download(&c)
     };
-    let cpu = gpu().description.info.device_type == wgpu::DeviceType::Cpu;
+    let cpu = gpu().is_cpu();
     let mut first: Option<(MatmulVariant, Vec<f32>)> = None;
     for v in variants() {
         let x = run(v);

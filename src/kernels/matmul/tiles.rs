@@ -2,95 +2,18 @@
 //! (`f16`, `coop`), their checks against the shaders' assumptions and the device's limits, and the
 //! per-shape choice ([`TileConfig::auto`], [`FragConfig::auto`]).
 
+use crate::gpu::policy::{check_workgroup, parse_dims};
 use crate::gpu::Gpu;
+
+/// The smem tile type lives in the device policy (`gpu::policy`), which chooses the large tile.
+pub use crate::gpu::policy::{TileConfig, LARGE_TILE_ENV};
 use anyhow::{anyhow, bail, Result};
 
-/// Environment variable: the `smem` variant's large tile as `BMxBNxBK/TMxTN` (default
-/// [`TileConfig::LARGE`]).
-pub const LARGE_TILE_ENV: &str = "PEFT_SMEM_LARGE_TILE";
-
-/// Tile sizes of [`MatmulVariant::Smem`]: a workgroup of (bm/tm)·(bn/tn) invocations computes a
-/// bm×bn tile of C in k-steps of bk, each invocation a tm×tn register tile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TileConfig {
-    pub bm: u32,
-    pub bn: u32,
-    pub bk: u32,
-    pub tm: u32,
-    pub tn: u32,
-}
-
 impl TileConfig {
-    /// 128×128 in k-steps of 8, 8×8 per invocation (256 invocations): large products. On an
-    /// H200, BK = 8 (16 KiB of workgroup memory, two workgroups per SM) ran 4096³ at 36.4 TFLOP/s
-    /// against 23.8 with BK = 16 (bench/NOTES.md). [`LARGE_TILE_ENV`] overrides it.
-    pub const LARGE: TileConfig = TileConfig { bm: 128, bn: 128, bk: 8, tm: 8, tn: 8 };
-    /// 64×64, 4×4 per invocation (256 invocations).
-    pub const MEDIUM: TileConfig = TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
-    /// 32×32, 4×4 per invocation (64 invocations): small or narrow products, attention.
-    pub const SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4 };
-
-    /// Invocations per workgroup.
-    pub fn invocations(&self) -> u32 {
-        (self.bm / self.tm.max(1)) * (self.bn / self.tn.max(1))
-    }
-
-    /// Workgroup memory in bytes (two k-major slices of A and B, rows padded by one vec4).
-    pub fn workgroup_bytes(&self) -> u64 {
-        2 * self.bk as u64 * ((self.bm / 4 + 1) as u64 + (self.bn / 4 + 1) as u64) * 16
-    }
-
-    /// Checks the shader's assumptions and the device's limits.
-    pub fn check(&self, gpu: &Gpu) -> Result<()> {
-        let &TileConfig { bm, bn, bk, tm, tn } = self;
-        if !matches!(tm, 4 | 8) || !matches!(tn, 4 | 8) {
-            bail!("smem tiles {self}: tm and tn must be 4 or 8");
-        }
-        if bm == 0 || bn == 0 || bk == 0 || bm % tm != 0 || bn % tn != 0 || bk % 4 != 0 {
-            bail!("smem tiles {self}: bm, bn must be multiples of tm, tn and bk a multiple of 4");
-        }
-        let wg = self.invocations();
-        for (what, elems) in [("A", bm * bk), ("B", bk * bn)] {
-            if elems % (4 * wg) != 0 || !(1..=4).contains(&(elems / (4 * wg))) {
-                bail!("smem tiles {self}: the {what} slice must be 1 to 4 vec4s per invocation ({wg} invocations)");
-            }
-        }
-        check_workgroup(gpu, &format!("smem tiles {self}"), wg, self.workgroup_bytes())
-    }
-
-    /// The large configuration: [`LARGE`](Self::LARGE), or `BMxBNxBK/TMxTN` from
-    /// [`LARGE_TILE_ENV`] (a per-device tuning knob; an unparsable value is reported once and
-    /// ignored).
-    pub fn large() -> TileConfig {
-        static LARGE: std::sync::OnceLock<TileConfig> = std::sync::OnceLock::new();
-        *LARGE.get_or_init(|| match std::env::var(LARGE_TILE_ENV) {
-            Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
-                eprintln!("warning: {LARGE_TILE_ENV}={v:?} ignored: {e:#}");
-                TileConfig::LARGE
-            }),
-            _ => TileConfig::LARGE,
-        })
-    }
-
     /// The configuration for an m×n product over `batch` matrices ([`choose`]).
     pub fn auto(gpu: &Gpu, m: usize, n: usize, batch: usize) -> TileConfig {
-        let c = [TileConfig::large(), TileConfig::MEDIUM, TileConfig::SMALL];
+        let c = [gpu.policy().smem_large_tile, TileConfig::MEDIUM, TileConfig::SMALL];
         choose(&c, |t| (t.bm, t.bn), |t| t.check(gpu).is_ok(), m, n, batch).unwrap_or(TileConfig::SMALL)
-    }
-}
-
-impl std::fmt::Display for TileConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{}/{}x{}", self.bm, self.bn, self.bk, self.tm, self.tn)
-    }
-}
-
-impl std::str::FromStr for TileConfig {
-    type Err = anyhow::Error;
-    /// `BMxBNxBK/TMxTN`, e.g. `128x128x16/8x8`.
-    fn from_str(s: &str) -> Result<Self> {
-        let v = parse_dims(s, 3, 2).map_err(|e| anyhow!("smem tiles {s:?}: {e} (expected BMxBNxBK/TMxTN)"))?;
-        Ok(TileConfig { bm: v[0], bn: v[1], bk: v[2], tm: v[3], tn: v[4] })
     }
 }
 
@@ -149,7 +72,7 @@ impl FragConfig {
                 bail!("fragment tiles {self}: the {what} slice must be 1 to 8 quads per invocation ({wg} invocations)");
             }
         }
-        check_workgroup(gpu, &format!("fragment tiles {self}"), wg, self.workgroup_bytes())
+        check_workgroup(&gpu.limits, &format!("fragment tiles {self}"), wg, self.workgroup_bytes())
     }
 
     /// The configuration for an m×n product over `batch` matrices ([`choose`]).
@@ -172,35 +95,6 @@ impl std::str::FromStr for FragConfig {
         let v = parse_dims(s, 3, 2).map_err(|e| anyhow!("fragment tiles {s:?}: {e} (expected BMxBNxBK/SGMxSGN)"))?;
         Ok(FragConfig { bm: v[0], bn: v[1], bk: v[2], sg_m: v[3], sg_n: v[4] })
     }
-}
-
-/// `AxBxC/DxE` → [A, B, C, D, E] (`first` numbers before the slash, `second` after).
-fn parse_dims(s: &str, first: usize, second: usize) -> Result<Vec<u32>> {
-    let (l, r) = s.trim().split_once('/').ok_or_else(|| anyhow!("no '/'"))?;
-    let nums = |part: &str, count: usize| -> Result<Vec<u32>> {
-        let v: Vec<u32> = part
-            .split(['x', 'X', '×'])
-            .map(|t| t.trim().parse::<u32>().map_err(|_| anyhow!("{t:?} is not a number")))
-            .collect::<Result<_>>()?;
-        if v.len() != count {
-            bail!("{} numbers where {count} are expected", v.len());
-        }
-        Ok(v)
-    };
-    let mut v = nums(l, first)?;
-    v.extend(nums(r, second)?);
-    Ok(v)
-}
-
-fn check_workgroup(gpu: &Gpu, what: &str, invocations: u32, bytes: u64) -> Result<()> {
-    let l = &gpu.limits;
-    if invocations > l.max_compute_invocations_per_workgroup || invocations > l.max_compute_workgroup_size_x {
-        bail!("{what}: {invocations} invocations exceed the GPU's workgroup limits");
-    }
-    if bytes > l.max_compute_workgroup_storage_size as u64 {
-        bail!("{what}: {bytes} bytes of workgroup memory exceed the GPU's {}", l.max_compute_workgroup_storage_size);
-    }
-    Ok(())
 }
 
 /// Picks among tile configurations (largest first): the first valid one that gives at least

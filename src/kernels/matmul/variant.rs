@@ -4,8 +4,11 @@
 use super::tiles::{FragConfig, TileConfig};
 use crate::gpu::{Access, Gpu, KernelSpec};
 use crate::shaders::{self, Shader};
-use anyhow::{anyhow, bail, Result};
-use std::sync::{LazyLock, OnceLock};
+use anyhow::Result;
+use std::sync::LazyLock;
+
+/// The variant type lives in the device policy (`gpu::policy`), which chooses it.
+pub use crate::gpu::policy::{MatmulVariant, VARIANT_ENV};
 
 pub(super) const BINDINGS: &[Access] = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
@@ -21,91 +24,18 @@ pub(super) static CORE: LazyLock<Shader> = LazyLock::new(|| {
     Shader { name: "matmul_core", parts: Box::leak(Box::new([shaders::COMMON, &src[..cut]])), trusted: true }
 });
 
-/// Environment variable forcing a variant for every product: `basic`, `register`, `tiled`,
-/// `subgroup`, `smem`, `f16`, `coop`, or `auto` (the default: [`MatmulVariant::auto`]).
-pub const VARIANT_ENV: &str = "PEFT_MATMUL_VARIANT";
-
 /// Storage bindings of the workgroup-memory kernels (`matmul_vec4.wgsl`): A, A as vec4, B, B as
 /// vec4, bias, C.
 pub(super) const VEC4_BINDINGS: &[Access] =
     &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
 
-/// Which kernel computes a product. Every variant sums each output in k order 0..K in one
-/// invocation (deterministic); all but [`Basic`](Self::Basic) use the same fma chain and epilogue,
-/// so they agree bit for bit wherever the driver evaluates `fma` the same way in each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum MatmulVariant {
-    /// The original kernel: a 4×4 register tile per invocation (8 loads per 16 multiply-adds).
-    Basic,
-    /// An 8×8 register tile per invocation, no workgroup memory (16 loads per 64 multiply-adds):
-    /// CPU drivers without subgroups of 8.
-    Register,
-    /// 64×64 tiles staged through workgroup memory (barriers in the k loop): GPUs.
-    Tiled,
-    /// A subgroup of 8 owns 32×32 outputs and shares A through `subgroupBroadcast` (8 loads per 128
-    /// multiply-adds, no barriers): lavapipe. Needs the SUBGROUP feature and subgroups of exactly 8.
-    Subgroup,
-    /// `shaders/matmul_smem.wgsl`: BM×BN tiles staged through double-buffered workgroup memory
-    /// with vec4 loads where the layout allows, a TM×TN register tile per invocation, tile sizes as
-    /// override constants ([`TileConfig`], chosen per shape): discrete GPUs.
-    Smem,
-    /// `shaders/matmul_f16.wgsl`: A and B rounded to f16 in workgroup memory, f32 accumulation, in
-    /// 16×16 fragments computed by plain invocations: the [`Coop`](Self::Coop) kernel without
-    /// cooperative matrices (its test bed on any device with SHADER_F16). Never chosen by `auto`.
-    F16,
-    /// `shaders/matmul_coop.wgsl`: [`F16`](Self::F16) with the 16×16×16 fragment products on
-    /// cooperative matrices (tensor cores). Needs EXPERIMENTAL_COOPERATIVE_MATRIX with 16×16×16
-    /// f16→f32, SHADER_F16, SUBGROUP and a fixed subgroup size. f16 inputs: never chosen by `auto`.
-    Coop,
-}
-
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 7] = [
-        MatmulVariant::Basic,
-        MatmulVariant::Register,
-        MatmulVariant::Tiled,
-        MatmulVariant::Subgroup,
-        MatmulVariant::Smem,
-        MatmulVariant::F16,
-        MatmulVariant::Coop,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            MatmulVariant::Basic => "basic",
-            MatmulVariant::Register => "register",
-            MatmulVariant::Tiled => "tiled",
-            MatmulVariant::Subgroup => "subgroup",
-            MatmulVariant::Smem => "smem",
-            MatmulVariant::F16 => "f16",
-            MatmulVariant::Coop => "coop",
-        }
-    }
-
-    /// Whether the variant rounds A and B to f16 (see the module docs for its error bound).
-    pub fn f16_inputs(self) -> bool {
-        matches!(self, MatmulVariant::F16 | MatmulVariant::Coop)
-    }
-
-    /// A variant name as [`VARIANT_ENV`] takes it; `auto` (or empty) is `None`.
-    pub fn parse(s: &str) -> Result<Option<Self>> {
-        let s = s.trim().to_ascii_lowercase();
-        if s.is_empty() || s == "auto" {
-            return Ok(None);
-        }
-        Self::ALL.into_iter().find(|v| v.name() == s).map(Some).ok_or_else(|| {
-            anyhow!("unknown matmul variant {s:?} (expected auto, basic, register, tiled, subgroup, smem, f16 or coop)")
-        })
-    }
-
     /// Why this GPU cannot run the variant, or `None` where it can.
     pub fn unsupported_reason(self, gpu: &Gpu) -> Option<String> {
         let info = &gpu.description.info;
         match self {
-            MatmulVariant::Subgroup => {
-                (!(gpu.has(wgpu::Features::SUBGROUP) && info.subgroup_min_size == 8 && info.subgroup_max_size == 8))
-                    .then(|| "needs the SUBGROUP feature with subgroups of exactly 8 lanes".to_string())
-            }
+            MatmulVariant::Subgroup => (!gpu.facts().has_subgroups_of(8))
+                .then(|| "needs the SUBGROUP feature with subgroups of exactly 8 lanes".to_string()),
             MatmulVariant::Smem => TileConfig::SMALL.check(gpu).err().map(|e| format!("{e:#}")),
             MatmulVariant::F16 => {
                 if !gpu.has(wgpu::Features::SHADER_F16) {
@@ -140,23 +70,10 @@ impl MatmulVariant {
         self.unsupported_reason(gpu).is_none()
     }
 
-    /// The device rule: CPU drivers (no real parallel hardware behind workgroup memory; barriers
-    /// are slow) get [`Subgroup`](Self::Subgroup) where subgroups are exactly 8 wide (lavapipe on
-    /// AVX2) and [`Register`](Self::Register) otherwise; discrete GPUs (NVIDIA, AMD, Intel Arc)
-    /// get [`Smem`](Self::Smem); other devices (integrated, virtual) [`Tiled`](Self::Tiled).
-    /// The f16-input variants are never chosen automatically (they change the numerics).
+    /// The device rule ([`MatmulVariant::for_device`]): `subgroup` or `register` on CPU drivers,
+    /// `smem` on discrete GPUs, `tiled` elsewhere. [`default_variant`] unless overridden.
     pub fn auto(gpu: &Gpu) -> Self {
-        match gpu.description.info.device_type {
-            wgpu::DeviceType::Cpu => {
-                if MatmulVariant::Subgroup.is_supported(gpu) {
-                    MatmulVariant::Subgroup
-                } else {
-                    MatmulVariant::Register
-                }
-            }
-            wgpu::DeviceType::DiscreteGpu if MatmulVariant::Smem.is_supported(gpu) => MatmulVariant::Smem,
-            _ => MatmulVariant::Tiled,
-        }
+        MatmulVariant::for_device(&gpu.facts())
     }
 
     pub(super) fn spec(self) -> KernelSpec {
@@ -186,26 +103,12 @@ pub fn f16_error_bound(k: usize, abs_dot: f64, alpha: f64) -> f64 {
     (2.0 * u + u * u + k as f64 * u_acc) * abs_dot * alpha.abs()
 }
 
-impl std::fmt::Display for MatmulVariant {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The variant products use unless they name one: [`VARIANT_ENV`] if set (read once per process),
-/// else [`MatmulVariant::auto`]. Fails if the variable names an unknown variant or one this GPU
-/// cannot run.
+/// The variant products use unless they name one: the GPU's policy
+/// ([`KernelPolicy::matmul_variant`](crate::gpu::KernelPolicy::matmul_variant): [`VARIANT_ENV`] or
+/// [`MatmulVariant::auto`], resolved when the GPU was opened). Running a variant this GPU cannot
+/// run fails at the product.
 pub fn default_variant(gpu: &Gpu) -> Result<MatmulVariant> {
-    static FROM_ENV: OnceLock<std::result::Result<Option<MatmulVariant>, String>> = OnceLock::new();
-    let from_env = FROM_ENV.get_or_init(|| {
-        MatmulVariant::parse(&std::env::var(VARIANT_ENV).unwrap_or_default())
-            .map_err(|e| format!("{VARIANT_ENV}: {e:#}"))
-    });
-    match from_env {
-        Err(e) => bail!("{e}"),
-        Ok(Some(v)) => Ok(*v),
-        Ok(None) => Ok(MatmulVariant::auto(gpu)),
-    }
+    Ok(gpu.policy().matmul_variant)
 }
 
 /// Power of two in 1..=8 that covers `blocks` with the least padding (the larger on ties).
@@ -230,17 +133,6 @@ mod tests {
             panic!("matmul core module: {}", e.emit_to_string(&src));
         }
         assert!(shaders::MATMUL.source().contains("fn matmul_subgroup"));
-    }
-
-    #[test]
-    fn variant_names_round_trip() {
-        for v in MatmulVariant::ALL {
-            assert_eq!(MatmulVariant::parse(v.name()).unwrap(), Some(v));
-            assert_eq!(MatmulVariant::parse(&v.name().to_uppercase()).unwrap(), Some(v));
-        }
-        assert_eq!(MatmulVariant::parse("auto").unwrap(), None);
-        assert_eq!(MatmulVariant::parse("").unwrap(), None);
-        assert!(MatmulVariant::parse("fast").is_err());
     }
 
     #[test]

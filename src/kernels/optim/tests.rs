@@ -2,9 +2,9 @@
 //! over several steps, determinism, argument checks, and the linear warmup/decay schedule.
 
 use super::reference as r;
+use crate::gpu::GpuTensor;
 use crate::kernels::optim::{self, AdamW, LinearSchedule};
 use crate::kernels::test_support::*;
-use crate::GpuTensor;
 
 /// Tensor sizes: none a multiple of the 256-thread workgroup or the 4096-element sum chunk.
 const SIZES: [usize; 4] = [1, 7, 1000, 70001];

@@ -17,7 +17,6 @@ mod schedule;
 mod setup;
 
 pub use embeddings::{EmbeddingTables, Embeddings};
-pub use schedule::SUBMIT_PER_LAYER_ENV;
 pub use setup::Setup;
 
 use super::adapters::ClassificationHead;

@@ -5,26 +5,10 @@
 use super::super::store::LayerWeights;
 use super::acts::{LayerActs, Saved};
 use super::{t, Encoder, Setup};
-use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
+use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::elementwise;
 use anyhow::{bail, Result};
-
-/// Environment variable: `0` records a resident pass as one submit, `1` as one submit per layer
-/// (default: per layer on GPUs, one on CPU drivers). Per layer, buffers a finished layer dropped
-/// may be reused sooner, so the measured peak can be below the planner's (an upper bound then).
-pub const SUBMIT_PER_LAYER_ENV: &str = "PEFT_SUBMIT_PER_LAYER";
-
-/// On by default on GPUs, where the host recording the next layer while the GPU runs this one
-/// took the BERT-base step from 409 to 237 ms on an H200; off on CPU drivers, where host and
-/// "GPU" share the cores (and the measured memory peak stays the planner's, deterministic).
-fn submit_per_layer(gpu: &Gpu) -> bool {
-    match std::env::var(SUBMIT_PER_LAYER_ENV).as_deref().map(str::trim) {
-        Ok("0" | "off" | "false") => false,
-        Ok("1" | "on" | "true") => true,
-        _ => gpu.description.info.device_type != wgpu::DeviceType::Cpu,
-    }
-}
 
 /// A chunk of sequences: `(first, count)`.
 type Chunk = (usize, usize);
@@ -35,11 +19,12 @@ impl Encoder {
     /// a streamed slot can be refilled). Fully resident without recompute: submit without waiting
     /// (the GPU runs layer l while the host records layer l + 1) and let wgpu reclaim what finished
     /// work dropped, so later layers reuse that memory instead of allocating more
-    /// ([`SUBMIT_PER_LAYER_ENV`]`=0`: one submit for the whole pass instead).
+    /// (the GPU's [`SubmitPolicy`](crate::gpu::SubmitPolicy); one submit for the whole pass on CPU
+    /// drivers or with `PEFT_SUBMIT_PER_LAYER=0`).
     fn layer_done(&self, b: &mut CommandRecorder) -> Result<()> {
         if self.recompute || !self.store.is_resident() {
             b.finish()?;
-        } else if submit_per_layer(&self.gpu) {
+        } else if self.gpu.policy().submit_per_layer() {
             b.submit_and_poll()?;
         }
         Ok(())
