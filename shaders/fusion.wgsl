@@ -14,8 +14,9 @@
 // the same order, so all threads hold identical scores and every result is bit-reproducible.
 //
 // Scores are computed relative to adapter 0 (s_n - s_0 = q̃ · (z_n - z_0) / T; softmax is
-// shift-invariant), and backward likewise works with z_n - z_0: when the adapters' outputs share
-// a large component the differences that decide the gradients are not lost to cancellation.
+// shift-invariant): when the adapters' outputs share a large component the differences that decide
+// the scores are not lost to cancellation. Backward works relative to the token's most probable
+// adapter m instead (z_n - z_m; see `backward`).
 
 struct Params {
     t: u32,      // tokens
@@ -190,8 +191,14 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 // Given dū = W_Vᵀ do (or do when static) as b_du, with g_n = dū · z_n and G = Σ p_m g_m:
 //   ds_n = p_n (g_n - G),  dz_n = p_n dū + ds_n q̃ / T,  dq̃ = Σ_n ds_n z_n / T,
 //   dr = dū if residual_before else do.
-// With e_n = z_n - z_0 (ĝ_n = dū · e_n, Ĝ = Σ p_n ĝ_n, Σ ds_n = 0):
+// With e_n = z_n - z_m (ĝ_n = dū · e_n, Ĝ = Σ p_n ĝ_n, Σ ds_n = 0):
 //   ds_n = p_n (ĝ_n - Ĝ),  dq̃ = (Σ p_n ĝ_n e_n - Ĝ Σ p_n e_n) / T  (accumulated chunk by chunk).
+// The reference m is the token's most probable adapter (the first largest p_n), so e_m = 0 and
+// ĝ_m = 0 exactly. When the softmax saturates (p_m → 1) the true ds and dq̃ are O(1 - p_m): with
+// any other reference, Σ p_n ĝ_n e_n and Ĝ Σ p_n e_n (and in the plain formula g_m and Σ p_n g_n)
+// are O(1) and nearly equal, and their difference keeps only the f32 rounding of the large terms
+// (PyTorch's softmax backward p·(g - Σ p g) loses the same digits). Relative to m every term is
+// already O(1 - p_m), so the gradients keep their relative accuracy however saturated p is.
 @group(0) @binding(1) var<storage, read> b_p: array<f32>;
 @group(0) @binding(2) var<storage, read> b_qt: array<f32>;
 @group(0) @binding(3) var<storage, read> b_z: array<f32>;
@@ -212,9 +219,20 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let nn = p.n;
     let row = t * d;
     let z_tok = t * p.z_st;
+    // The reference adapter: the first with the largest p (every thread finds the same one).
+    var mref = 0u;
+    var pbest = b_p[t * nn];
+    for (var n = 1u; n < nn; n++) {
+        let pn = b_p[t * nn + n];
+        if (pn > pbest) {
+            pbest = pn;
+            mref = n;
+        }
+    }
+    let z_ref = mref * p.z_sn + z_tok;
     var du: array<f32, MAX_COLS>;
     var qv: array<f32, MAX_COLS>;
-    var z0: array<f32, MAX_COLS>;
+    var z0: array<f32, MAX_COLS>; // z_m
     var a: array<f32, MAX_COLS>;  // Σ p_n ĝ_n e_n
     var b: array<f32, MAX_COLS>;  // Σ p_n e_n
     for (var c = 0u; c < COLS; c++) {
@@ -223,7 +241,7 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let ic = min(i, d - 1u);
         du[c] = select(0.0, b_du[row + ic], ok);
         qv[c] = select(0.0, b_qt[row + ic], ok);
-        z0[c] = select(0.0, b_z[z_tok + ic], ok);
+        z0[c] = select(0.0, b_z[z_ref + ic], ok);
         a[c] = 0.0;
         b[c] = 0.0;
     }
