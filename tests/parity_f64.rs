@@ -12,10 +12,6 @@ use peft_wgpu::train::grads::GradsArgs;
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 /// A tensor of the file as f64 (F64 kept exact, F32 widened).
 fn read64(f: &WeightFile, name: &str) -> Vec<f64> {
     let (dtype, _, bytes) = f.raw(name).unwrap();

@@ -36,6 +36,8 @@ use anyhow::{bail, Result};
 pub mod reference;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_accuracy;
 
 mod buffers;
 pub use buffers::Temperature;

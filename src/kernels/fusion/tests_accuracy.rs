@@ -4,11 +4,10 @@
 //! softmax, the gradients of W_Q, b_Q and W_K are small differences of large terms, and ours must
 //! stay within a few times the naive f32 error (or 2e-6), tensor by tensor.
 
-mod common;
-use common::*;
-use peft_wgpu::kernels::fusion::{FusionHostWeights, FusionSaved, FusionScratch, FusionShape, FusionWeights};
-use peft_wgpu::reference::fusion::{Fusion, FusionGrads, FusionInputGrads};
-use peft_wgpu::reference::rel_err;
+use super::reference::{Fusion, FusionGrads, FusionInputGrads};
+use crate::kernels::fusion::{FusionHostWeights, FusionSaved, FusionScratch, FusionShape, FusionWeights};
+use crate::kernels::reference::rel_err;
+use crate::kernels::test_support::*;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
