@@ -4,7 +4,7 @@
 # time (FUZZ_SECONDS, default 60) from the seeds in fuzz/seeds (plus the fixtures' files when
 # tests/fixtures exists), then the executions per target are printed. A crash leaves its
 # input in fuzz/artifacts/<target>/ and makes the script exit non-zero: turn it into a regression
-# test (tests/reliability.rs has the earlier ones).
+# test (tests/reliability_*.rs have the earlier ones).
 #
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`, done here when
 # missing). Usage: scripts/fuzz.sh [target ...]
