@@ -3,87 +3,16 @@
 //! picks a memory plan, `--recompute` / `--resident-layers` train like the plain run, and layer
 //! chunks are refused for a fusion. On the tiny-bert fusion fixture (three frozen adapters).
 
+mod common;
+use common::cli::{s, tiny_model, toy_data};
+use common::tiny;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
-}
-
-const POS: [&str; 8] = [
-    "a wonderful moving film",
-    "great acting and a great story",
-    "i loved every minute",
-    "brilliant and funny",
-    "a delight from start to finish",
-    "beautiful warm and clever",
-    "the best movie this year",
-    "superb performances",
-];
-const NEG: [&str; 8] = [
-    "a dull boring mess",
-    "terrible acting and a weak plot",
-    "i hated every minute",
-    "awful and tedious",
-    "a waste of time",
-    "ugly cold and stupid",
-    "the worst movie this year",
-    "painful performances",
-];
-
-/// tiny-bert's base with a WordPiece vocabulary of the data's words (120 entries, the config's
-/// vocab_size).
-fn tiny_model(dir: &Path) -> PathBuf {
-    let m = dir.join("model");
-    fs::create_dir_all(&m).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        fs::copy(tiny().join("base").join(f), m.join(f)).unwrap();
-    }
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
-    for w in POS.iter().chain(&NEG).flat_map(|s| s.split(' ')).chain(["indeed"]) {
-        if !vocab.iter().any(|v| v == w) {
-            vocab.push(w.to_string());
-        }
-    }
-    let mut i = 0;
-    while vocab.len() < 120 {
-        vocab.push(format!("[unused{i}]"));
-        i += 1;
-    }
-    fs::write(m.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
-    m
-}
-
-/// 16 training and 8 dev sentences, two labels.
-fn toy_data(dir: &Path) -> (PathBuf, PathBuf) {
-    let mut train = String::from("text,label\n");
-    let mut dev = String::from("text,label\n");
-    for i in 0..8 {
-        train.push_str(&format!("{},positive\n{},negative\n", POS[i], NEG[i]));
-        if i % 2 == 0 {
-            dev.push_str(&format!("{} indeed,positive\n{} indeed,negative\n", POS[i], NEG[i]));
-        }
-    }
-    let (t, d) = (dir.join("train.csv"), dir.join("dev.csv"));
-    fs::write(&t, train).unwrap();
-    fs::write(&d, dev).unwrap();
-    (t, d)
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
+use std::process::Output;
 
 fn peft(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_peft"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("running peft")
+    common::cli::peft(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn text(o: &Output) -> String {

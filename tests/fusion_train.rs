@@ -17,10 +17,6 @@ use peft_wgpu::train::fuse::{self, FuseArgs, FusedPaths, FusionArgs, FusionAtten
 use peft_wgpu::train::{self, DataArgs, LoopArgs, Optimizer, OptimizerArgs, Trainee};
 use std::path::{Path, PathBuf};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn tiny() -> (BertConfig, Encoder) {
     let model = fixtures().join("tiny-bert/base");
     let (cfg, enc) = load::load_encoder(&gpu(), &model, None).unwrap();

@@ -8,11 +8,7 @@ use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
 use peft_wgpu::model::encoder::Setup;
 use peft_wgpu::model::{config::BertConfig, load};
 use peft_wgpu::train::{self, AdapterArgs, DataArgs, LoopArgs, Optimizer, OptimizerArgs, Preset, TrainArgs};
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use std::path::Path;
 
 #[test]
 fn adamw_steps_lower_the_loss_on_the_tiny_model() {
@@ -54,48 +50,13 @@ fn adamw_steps_lower_the_loss_on_the_tiny_model() {
     }
 }
 
-fn write_toy_data(dir: &Path) -> (PathBuf, PathBuf) {
-    let pos = [
-        "a wonderful, moving film",
-        "great acting and a great story",
-        "I loved every minute",
-        "brilliant and funny",
-        "a delight from start to finish",
-        "beautiful, warm and clever",
-        "the best movie this year",
-        "superb performances",
-    ];
-    let neg = [
-        "a dull, boring mess",
-        "terrible acting and a weak plot",
-        "I hated every minute",
-        "awful and tedious",
-        "a waste of time",
-        "ugly, cold and stupid",
-        "the worst movie this year",
-        "painful performances",
-    ];
-    let mut train = String::from("text,label\n");
-    let mut dev = String::from("text,label\n");
-    for i in 0..8 {
-        train.push_str(&format!("\"{}\",positive\n\"{}\",negative\n", pos[i], neg[i]));
-        if i % 2 == 0 {
-            dev.push_str(&format!("\"{} indeed\",positive\n\"{} indeed\",negative\n", pos[i], neg[i]));
-        }
-    }
-    let (t, d) = (dir.join("train.csv"), dir.join("dev.csv"));
-    std::fs::write(&t, train).unwrap();
-    std::fs::write(&d, dev).unwrap();
-    (t, d)
-}
-
 #[test]
 fn train_eval_predict_on_minilm() {
     let g = gpu();
     let model = peft_wgpu::train::cache::ensure_default_model().unwrap();
     let dir = std::env::temp_dir().join(format!("peft-train-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (train_csv, dev_csv) = write_toy_data(&dir);
+    let (train_csv, dev_csv) = common::cli::toy_data(&dir);
     let out = dir.join("adapter");
     let args = TrainArgs {
         model: model.clone(),

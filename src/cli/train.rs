@@ -41,34 +41,26 @@ impl CheckpointArgs {
 /// conflicts with every one of them (the memory options and checkpoints stay free).
 /// (`DataArgs` is named by its arguments: the group of a struct with a flattened group inside
 /// does not conflict as a whole.)
-const SETTINGS: [&str; 12] = [
-    "model",
-    "train",
-    "out",
-    "dev",
-    "dev_split",
-    "max_length",
-    "max_train_examples",
-    "max_dev_examples",
-    "Columns",
-    "OptimizerArgs",
-    "LoopArgs",
-    "AdapterArgs",
-];
-const FUSE_SETTINGS: [&str; 12] = [
-    "model",
-    "train",
-    "out",
-    "dev",
-    "dev_split",
-    "max_length",
-    "max_train_examples",
-    "max_dev_examples",
-    "Columns",
-    "OptimizerArgs",
-    "LoopArgs",
-    "FusionArgs",
-];
+macro_rules! settings {
+    ($own:literal) => {
+        [
+            "model",
+            "train",
+            "out",
+            "dev",
+            "dev_split",
+            "max_length",
+            "max_train_examples",
+            "max_dev_examples",
+            "Columns",
+            "OptimizerArgs",
+            "LoopArgs",
+            $own,
+        ]
+    };
+}
+const SETTINGS: [&str; 12] = settings!("AdapterArgs");
+const FUSE_SETTINGS: [&str; 12] = settings!("FusionArgs");
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainCli {

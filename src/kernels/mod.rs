@@ -15,8 +15,9 @@ pub mod optim;
 pub mod reduce;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
-#[cfg(test)]
-pub(crate) mod test_support;
+/// Helpers of the GPU tests (the kernels' unit tests and the integration tests in `tests/`).
+#[cfg(any(test, feature = "reference"))]
+pub mod test_support;
 
 use anyhow::{bail, Result};
 

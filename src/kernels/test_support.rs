@@ -1,5 +1,6 @@
-//! Helpers shared by the kernels' GPU tests (`kernels/<op>/tests.rs`): one GPU per test binary,
-//! seeded random data, NaN-poisoned outputs, and the relative-error assertion.
+//! Helpers shared by the GPU tests (`kernels/<op>/tests.rs` and, through `tests/common`, the
+//! integration tests): one GPU per test binary, seeded random data, NaN-poisoned outputs, and the
+//! relative-error assertion.
 
 use crate::gpu::{Gpu, GpuTensor};
 use rand::{Rng, SeedableRng};

@@ -6,6 +6,10 @@
 //! `weights.rs` (safetensors and BERT's tensor names), `adapterhub.rs` (AdapterHub folders read and
 //! written back), `broken.rs` (broken folders and the errors they give). Shared helpers here.
 
+#[path = "../common/mod.rs"]
+mod common;
+use common::{fixtures, tiny, tiny_config};
+
 mod adapterhub;
 mod broken;
 mod hf_config;
@@ -20,19 +24,7 @@ use peft_wgpu::train::cache;
 use peft_wgpu::Activation;
 use serde_json::{json, Value};
 use std::fs;
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn tiny() -> PathBuf {
-    fixtures().join("tiny-bert")
-}
-
-fn tiny_config() -> BertConfig {
-    BertConfig::from_model_dir(tiny().join("base")).unwrap()
-}
+use std::path::Path;
 
 /// all-MiniLM-L6-v2's architecture (its config.json is checked against this in `minilm_model`).
 fn minilm_config() -> BertConfig {
