@@ -24,6 +24,8 @@ use anyhow::{anyhow, bail, Result};
 pub mod reference;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_f64;
 
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
