@@ -61,7 +61,7 @@ fn device_defaults() {
     );
 }
 
-/// The matmul device rule (what tests/matmul_variants.rs checks on the real device).
+/// The matmul device rule (what kernels/matmul/tests_variants.rs checks on the real device).
 #[test]
 fn matmul_device_rule() {
     let limits = wgpu::Limits::default();
