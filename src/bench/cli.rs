@@ -63,6 +63,11 @@ pub struct BenchCli {
     /// Where random-weight models are written (default: the system temp dir).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Profile instead: one train step of this config (as --config takes it; after a warm-up
+    /// step) at --batch × --seq with a GPU timestamp around every dispatch, per kernel and per
+    /// phase (--json writes the whole profile).
+    #[arg(long, value_name = "CONFIG")]
+    pub profile: Option<String>,
     /// Memory benchmark instead: planned vs measured peak GPU memory of one Houlsby + AdamW
     /// training step per --config at --batch × --seq (default: a lean setup, --recompute with one
     /// resident layer and layer chunks of 8 sequences, unless --recompute/--resident-layers/
@@ -162,6 +167,10 @@ impl BenchCli {
             return memory::run(gpu, &self.memory_options());
         }
         let opts = self.options(gpu)?;
+        if let Some(spec) = &self.profile {
+            super::profile::run(gpu, spec, opts.batch, opts.seq, opts.peaks, &opts.scratch, self.json.as_deref())?;
+            return Ok(());
+        }
         let results = super::run(gpu, &opts)?;
         if let Some(path) = &self.json {
             let mut text = String::new();

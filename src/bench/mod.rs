@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod matmul;
 pub mod memory;
 pub mod model;
+pub mod profile;
 pub mod step;
 
 use crate::gpu::{CommandRecorder, Gpu};

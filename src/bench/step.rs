@@ -56,6 +56,8 @@ pub struct Trainer {
     opt: Optimizer,
     in_flight: Option<Readback>,
     pub trainable: usize,
+    /// Host seconds the last [`step`](Self::step) took to record, up to its submit.
+    pub last_record_seconds: f64,
 }
 
 impl Trainer {
@@ -69,19 +71,21 @@ impl Trainer {
             let schedule = LinearSchedule { base_lr: 1e-4, warmup_steps: 0, total_steps: steps.max(1) };
             Optimizer::new(gpu, &params, AdamW::default(), schedule, 1.0)?
         };
-        Ok(Self { cfg, enc, set, head, opt, in_flight: None, trainable })
+        Ok(Self { cfg, enc, set, head, opt, in_flight: None, trainable, last_record_seconds: 0.0 })
     }
 
     /// Forward, loss, backward and the optimizer step recorded into one command buffer and
     /// submitted without waiting; returns the loss and squared gradient norm of the *previous*
     /// step (whose results are read back while this one runs), if any.
     pub fn step(&mut self, gpu: &Arc<Gpu>, inp: &Inputs, labels: &[u32]) -> Result<Option<(f32, f32)>> {
+        let t0 = Instant::now();
         let mut b = gpu.batch();
         let rec = self.enc.record(&mut b, &Setup::Adapter(&self.set), &self.head, inp, Some(labels), true)?;
         let params: Vec<(String, &GpuTensor, &GpuTensor)> =
             self.set.named().into_iter().chain(self.head.named()).collect();
         self.opt.record_step(&mut b, &params)?;
         let loss = rec.loss.context("training pass recorded no loss")?;
+        self.last_record_seconds = t0.elapsed().as_secs_f64();
         let rb = b.submit_with_readback(&[&loss, self.opt.sum_of_squares()])?;
         self.finish_previous(Some(rb))
     }

@@ -20,6 +20,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct MemoryTracker {
     state: Mutex<State>,
+    /// Buffers, bind groups, dispatches and submits created so far (the profiler's counts).
+    pub counters: super::profile::Counters,
 }
 
 impl MemoryTracker {
@@ -101,6 +103,7 @@ impl TrackedBuffer {
     pub fn new(buffer: wgpu::Buffer, tracker: &Arc<MemoryTracker>) -> Self {
         let bytes = buffer.size();
         tracker.add(bytes);
+        tracker.counters.buffer();
         Self { buffer, bytes, tracker: tracker.clone() }
     }
 

@@ -5,12 +5,14 @@
 pub mod memory;
 pub mod pipelines;
 pub mod policy;
+pub mod profile;
 mod recorder;
 mod tensor;
 
 pub use memory::{MemoryTracker, TrackedBuffer};
 pub use pipelines::{Access, KernelSpec};
 pub use policy::{AdapterKernel, DeviceFacts, KernelPolicy, MatmulVariant, SubmitPolicy, TileConfig};
+pub use profile::{CounterSnapshot, DispatchRecord, ProfileMode};
 pub use recorder::{CommandRecorder, Readback, SubmitTiming};
 pub use tensor::GpuTensor;
 
@@ -22,13 +24,16 @@ use std::sync::{Arc, Mutex};
 /// substring of the adapter's name (e.g. `llvmpipe`, `nvidia`).
 pub use crate::env::GPU as GPU_ENV;
 
-/// Optional features we use when the GPU offers them; none is required.
+/// Optional features we use when the GPU offers them; none is required. TIMESTAMP_QUERY_INSIDE_PASSES
+/// is requested wherever offered (harmless: only the profiler writes timestamps inside passes; on
+/// Vulkan wgpu offers it exactly where it offers TIMESTAMP_QUERY).
 /// EXPERIMENTAL_COOPERATIVE_MATRIX (tensor cores) is requested only where the adapter offers it
 /// and [`COOP_ENV`] does not turn it off; only the `coop` matmul variant uses it.
 pub const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::SHADER_F16
     .union(wgpu::Features::SUBGROUP)
     .union(wgpu::Features::TIMESTAMP_QUERY)
     .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
     .union(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
 
 /// Environment variable: `0` / `off` leaves EXPERIMENTAL_COOPERATIVE_MATRIX off even where offered.
@@ -114,6 +119,7 @@ impl GpuDescription {
             f(wgpu::Features::SHADER_F16, "shader-f16"),
             f(wgpu::Features::SUBGROUP, "subgroup"),
             f(wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+            f(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES, "timestamp-query-inside-passes"),
             f(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, "cooperative-matrix"),
             format!(
                 "cooperative matrix shapes (M×N×K A/B→C): {}",
@@ -189,6 +195,9 @@ pub struct Gpu {
     fault: Arc<Mutex<Faults>>,
     /// Which kernels and submission pattern this GPU gets, resolved once at creation.
     policy: KernelPolicy,
+    /// Whether a profile is on ([`Gpu::start_profile`]), and its state.
+    profiling: std::sync::atomic::AtomicBool,
+    profile: Mutex<Option<profile::ProfileState>>,
 }
 
 /// The first asynchronous error, and whether the device was lost (which explains any error after).
@@ -308,6 +317,8 @@ impl Gpu {
             memory,
             fault,
             policy,
+            profiling: Default::default(),
+            profile: Mutex::default(),
         }))
     }
 

@@ -2,6 +2,7 @@
 //! parameter blocks packed into one uniform buffer, and GPU timestamps where supported.
 
 use super::pipelines::{KernelSpec, Pipeline};
+use super::profile::{Label, Pending, ProfileMode, QUERIES_PER_SET};
 use super::{Gpu, GpuTensor};
 use anyhow::{anyhow, Result};
 use std::sync::Arc;
@@ -11,6 +12,8 @@ struct Dispatch {
     params: std::ops::Range<usize>,
     buffers: Vec<Arc<super::TrackedBuffer>>,
     groups: [u32; 3],
+    /// What the profiler records of it (only while profiling).
+    label: Option<Label>,
 }
 
 /// Values copied out of a submitted batch ([`CommandRecorder::submit_with_readback`]).
@@ -65,12 +68,36 @@ pub struct CommandRecorder {
     dispatches: Vec<Dispatch>,
     params: Vec<u8>,
     align: usize,
+    /// Whether the GPU was profiling when this recorder started ([`Gpu::start_profile`]).
+    profiling: bool,
+    /// FLOPs and bytes the caller declared for the next dispatch (profiling only).
+    next_cost: Option<(f64, f64)>,
+    /// The timestamps of the command buffer being recorded, read after its submit.
+    pending: Option<Pending>,
 }
 
 impl CommandRecorder {
     pub(crate) fn new(gpu: Arc<Gpu>) -> Self {
         let align = gpu.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
-        Self { gpu, dispatches: vec![], params: vec![], align }
+        let profiling = gpu.profiling();
+        Self { gpu, dispatches: vec![], params: vec![], align, profiling, next_cost: None, pending: None }
+    }
+
+    /// Names the phase of the dispatches recorded from now on (`layer 3 / attention fwd`), for the
+    /// profiler; it lasts until the next call, across recorders. Costs nothing unless profiling
+    /// (pass `format_args!` to format only then).
+    pub fn phase(&mut self, name: impl std::fmt::Display) {
+        if self.profiling {
+            self.gpu.set_phase(name.to_string());
+        }
+    }
+
+    /// Declares the FLOPs and compulsory bytes of the next dispatch, for the profiler's rates
+    /// (without it: no FLOPs, and the bytes of the bound tensors). Nothing unless profiling.
+    pub fn cost(&mut self, flops: f64, bytes: f64) {
+        if self.profiling {
+            self.next_cost = Some((flops, bytes));
+        }
     }
 
     pub fn gpu(&self) -> &Arc<Gpu> {
@@ -104,6 +131,7 @@ impl CommandRecorder {
             spec.shader.name,
             spec.entry
         );
+        let cost = self.next_cost.take();
         if groups.contains(&0) {
             return;
         }
@@ -119,7 +147,15 @@ impl CommandRecorder {
             .map(|(i, t)| t.map(|t| t.buffer.clone()).unwrap_or_else(|| self.gpu.dummies[i].clone()))
             .collect();
         let groups = fold_groups(groups, self.gpu.limits.max_compute_workgroups_per_dimension);
-        self.dispatches.push(Dispatch { pipeline, params: start..end, buffers, groups });
+        let label = self.profiling.then(|| {
+            let bound: u64 = tensors.iter().flatten().map(|t| t.bytes()).sum();
+            Label {
+                phase: self.gpu.current_phase(),
+                flops: cost.map(|c| c.0),
+                bytes: cost.map(|c| c.1).unwrap_or(bound as f64),
+            }
+        });
+        self.dispatches.push(Dispatch { pipeline, params: start..end, buffers, groups, label });
     }
 
     fn record(&mut self, timestamps: Option<&wgpu::QuerySet>) -> wgpu::CommandEncoder {
@@ -135,6 +171,9 @@ impl CommandRecorder {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        gpu.memory.counters.buffer();
+        gpu.memory.counters.bind_groups(self.dispatches.len());
+        gpu.memory.counters.dispatches(self.dispatches.len());
         gpu.queue.write_buffer(&ubuf, 0, &self.params);
         let groups: Vec<wgpu::BindGroup> = self
             .dispatches
@@ -158,23 +197,106 @@ impl CommandRecorder {
                 })
             })
             .collect();
-        {
-            let tw = timestamps.map(|q| wgpu::ComputePassTimestampWrites {
-                query_set: q,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            });
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: tw });
-            for (d, bg) in self.dispatches.iter().zip(&groups) {
-                pass.set_pipeline(&d.pipeline.pipeline);
-                pass.set_bind_group(0, bg, &[]);
-                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        let mode = if self.profiling { self.gpu.profile_mode() } else { None };
+        let sets = mode.map(|_| self.query_sets());
+        match (mode, &sets) {
+            (Some(ProfileMode::PassPerDispatch), Some(sets)) => {
+                // One pass per dispatch, its timestamps those of the pass.
+                for (i, (d, bg)) in self.dispatches.iter().zip(&groups).enumerate() {
+                    let q = 2 * i as u32;
+                    let tw = wgpu::ComputePassTimestampWrites {
+                        query_set: &sets[(q / QUERIES_PER_SET) as usize],
+                        beginning_of_pass_write_index: Some(q % QUERIES_PER_SET),
+                        end_of_pass_write_index: Some(q % QUERIES_PER_SET + 1),
+                    };
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("profiled"),
+                        timestamp_writes: Some(tw),
+                    });
+                    pass.set_pipeline(&d.pipeline.pipeline);
+                    pass.set_bind_group(0, bg, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                }
             }
+            _ => {
+                let tw = timestamps.map(|q| wgpu::ComputePassTimestampWrites {
+                    query_set: q,
+                    beginning_of_pass_write_index: Some(0),
+                    end_of_pass_write_index: Some(1),
+                });
+                let mut pass =
+                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: tw });
+                for (i, (d, bg)) in self.dispatches.iter().zip(&groups).enumerate() {
+                    let q = 2 * i as u32;
+                    let set = sets.as_ref().map(|s| &s[(q / QUERIES_PER_SET) as usize]);
+                    if let Some(set) = set {
+                        pass.write_timestamp(set, q % QUERIES_PER_SET);
+                    }
+                    pass.set_pipeline(&d.pipeline.pipeline);
+                    pass.set_bind_group(0, bg, &[]);
+                    pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                    if let Some(set) = set {
+                        pass.write_timestamp(set, q % QUERIES_PER_SET + 1);
+                    }
+                }
+            }
+        }
+        if let Some(sets) = &sets {
+            self.resolve_profile(&mut enc, sets);
         }
         self.dispatches.clear();
         self.params.clear();
         enc
+    }
+
+    /// Query sets for two timestamps per queued dispatch (profiling).
+    fn query_sets(&self) -> Vec<wgpu::QuerySet> {
+        let n = 2 * self.dispatches.len() as u32;
+        (0..n.div_ceil(QUERIES_PER_SET))
+            .map(|i| {
+                self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: (n - i * QUERIES_PER_SET).min(QUERIES_PER_SET),
+                })
+            })
+            .collect()
+    }
+
+    /// Copies the profiling timestamps into a host-readable buffer, read after the submit.
+    fn resolve_profile(&mut self, enc: &mut wgpu::CommandEncoder, sets: &[wgpu::QuerySet]) {
+        let gpu = &self.gpu;
+        let n = 2 * self.dispatches.len() as u64;
+        // Not counted: the step's counts are those of an unprofiled step.
+        let buffer = |usage, label| {
+            gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: n * 8,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let resolve = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC, "profile-resolve");
+        let read = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, "profile-read");
+        for (i, set) in sets.iter().enumerate() {
+            let first = i as u64 * QUERIES_PER_SET as u64;
+            let count = (n - first).min(QUERIES_PER_SET as u64) as u32;
+            enc.resolve_query_set(set, 0..count, &resolve, first * 8);
+        }
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, n * 8);
+        let kernels = self.dispatches.iter().map(|d| d.pipeline.label.clone()).collect();
+        let labels =
+            self.dispatches.iter_mut().map(|d| d.label.take().expect("profiled dispatch has a label")).collect();
+        self.pending = Some(Pending { read, kernels, labels });
+    }
+
+    /// After a submit: counted, and a profiled submit's timestamps handed to the GPU's profile.
+    fn after_submit(&mut self) {
+        self.gpu.memory.counters.submit();
+        if let Some(p) = self.pending.take() {
+            p.read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
+            self.gpu.add_pending(p);
+        }
     }
 
     /// Submits everything queued so far (does not wait).
@@ -185,6 +307,7 @@ impl CommandRecorder {
         self.gpu.memory.begin_submit();
         let enc = self.record(None);
         self.gpu.queue.submit([enc.finish()]);
+        self.after_submit();
         self.track_completion();
     }
 
@@ -199,7 +322,9 @@ impl CommandRecorder {
     /// Submits, waits, and returns the GPU time of the batch (`None` when the GPU has no
     /// timestamp queries: callers then time with the wall clock around a full sync).
     pub fn submit_timed(&mut self) -> Result<Option<SubmitTiming>> {
-        if !self.gpu.has(wgpu::Features::TIMESTAMP_QUERY) {
+        if !self.gpu.has(wgpu::Features::TIMESTAMP_QUERY)
+            || (self.profiling && self.gpu.profile_mode() == Some(ProfileMode::PassPerDispatch))
+        {
             self.submit();
             self.gpu.sync()?;
             return Ok(None);
@@ -227,6 +352,7 @@ impl CommandRecorder {
         enc.resolve_query_set(&qs, 0..2, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
         gpu.queue.submit([enc.finish()]);
+        self.after_submit();
         self.track_completion();
         let (tx, rx) = std::sync::mpsc::channel();
         read.slice(..).map_async(wgpu::MapMode::Read, move |r| {
@@ -254,6 +380,7 @@ impl CommandRecorder {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        gpu.memory.counters.buffer();
         gpu.memory.begin_submit();
         let mut enc = self.record(None);
         let mut off = 0u64;
@@ -265,6 +392,7 @@ impl CommandRecorder {
             off += size;
         }
         let index = gpu.queue.submit([enc.finish()]);
+        self.after_submit();
         self.track_completion();
         let (tx, rx) = std::sync::mpsc::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {

@@ -56,6 +56,7 @@ impl Optimizer {
         // As HF's Trainer: optimizer step t (1-based) uses the schedule's value at t - 1.
         let lr = self.schedule.lr_at(self.step - 1);
         let grads: Vec<&GpuTensor> = params.iter().map(|p| p.2).collect();
+        b.phase("optimizer");
         optim::sum_of_squares(b, &grads, &self.ss)?;
         optim::clip_factor(b, &self.ss, self.clip, &self.scale)?;
         for ((name, w, g), (m, v)) in params.iter().zip(&self.moments) {

@@ -266,6 +266,9 @@ impl Matmul {
             inner_strides: [u(inner.a)?, u(inner.b)?, u(inner.c)?, 0],
         };
         let gpu = batch.gpu().clone();
+        // For the profiler: 2mnk FLOPs and the bytes of A, B and C per product.
+        let (mf, nf, kf, tf) = (self.m as f64, self.n as f64, self.k as f64, total as f64);
+        batch.cost(2.0 * mf * nf * kf * tf, 4.0 * (mf * kf + kf * nf + mf * nf) * tf);
         let variant = match self.variant {
             Some(v) => v,
             None => default_variant(&gpu)?,

@@ -35,6 +35,7 @@ impl Encoder {
             bail!("internal: fusion gradients are not accumulated over chunks");
         }
         // FFN sub-layer.
+        b.phase(format_args!("layer {l} / adapters bwd"));
         let dh2 = t(gpu, &[tok, d])?;
         let dy1 = t(gpu, &[tok, d])?;
         self.sublayer_backward(b, &la.ffn, &w.ln2_g, dy, &dh2, &dy1, accumulate)?;
@@ -43,6 +44,7 @@ impl Encoder {
         if !below && !setup.trains(l, Location::Attention) {
             return Ok(None);
         }
+        b.phase(format_args!("layer {l} / FFN bwd"));
         let dinter = t(gpu, &[tok, ffn])?;
         Matmul::new(tok, ffn, d).run(
             b,
@@ -61,12 +63,14 @@ impl Encoder {
             View::rows(&dy1, d),
         )?;
         // Attention sub-layer.
+        b.phase(format_args!("layer {l} / adapters bwd"));
         let dh1 = t(gpu, &[tok, d])?;
         let dx = t(gpu, &[tok, d])?;
         self.sublayer_backward(b, &la.attn, &w.ln1_g, &dy1, &dh1, &dx, accumulate)?;
         if !below {
             return Ok(None);
         }
+        b.phase(format_args!("layer {l} / attention bwd"));
         let dctx = t(gpu, &[tok, d])?;
         Matmul::new(tok, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
         let (dq, dk, dv) = (t(gpu, &[tok, d])?, t(gpu, &[tok, d])?, t(gpu, &[tok, d])?);

@@ -97,6 +97,7 @@ impl Encoder {
         let gpu = self.gpu.clone();
         let (tok, d) = (ids.shape[0], self.dims.hidden);
         let x = t(&gpu, &[tok, d])?;
+        b.phase("embeddings");
         {
             let tables = self.embeddings.tables(&gpu)?;
             let emb = t(&gpu, &[tok, d])?;

@@ -31,6 +31,9 @@ impl Encoder {
     ) -> Result<(LayerActs<'s>, GpuTensor)> {
         let gpu = &self.gpu;
         let (d, tok) = (self.dims.hidden, s.batch * s.seq);
+        // The profiler's phases: `layer l / <part> fwd`, or `recompute` when it runs again for backward.
+        let pass = if recomputing { "recompute" } else { "fwd" };
+        b.phase(format_args!("layer {l} / attention {pass}"));
         let q = t(gpu, &[tok, d])?;
         let k = t(gpu, &[tok, d])?;
         let v = t(gpu, &[tok, d])?;
@@ -42,9 +45,11 @@ impl Encoder {
         attention::attention_forward(b, s, &q, &k, &v, mask, &probs, &ctx)?;
         let h1 = t(gpu, &[tok, d])?;
         linear(b, &ctx, &w.ao_w, Some(&w.ao_b), &h1)?;
+        b.phase(format_args!("layer {l} / adapters {pass}"));
         let attn = self.sublayer_forward(b, h1, x, &w.ln1_g, &w.ln1_b, setup.adapter(l, Location::Attention))?;
         let y1 = attn.out().clone();
         let ffn_dim = self.dims.ffn;
+        b.phase(format_args!("layer {l} / FFN {pass}"));
         let pre = t(gpu, &[tok, ffn_dim])?;
         linear(b, &y1, &w.i_w, Some(&w.i_b), &pre)?;
         // The FFN's output dense: computed, or (recomputing with --keep-ffn-output) the saved one.
@@ -59,6 +64,7 @@ impl Encoder {
             }
         };
         let h2_out = h2.clone();
+        b.phase(format_args!("layer {l} / adapters {pass}"));
         let ffn = match setup.fusion_at(l) {
             Some(f) => {
                 // Softmax weights summed over real tokens, when the caller records them.

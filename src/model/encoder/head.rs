@@ -28,6 +28,7 @@ impl Encoder {
         let gpu = &self.gpu;
         let d = self.dims.hidden;
         let bsz = hidden.shape[0] / seq;
+        b.phase("head fwd");
         let cls = t(gpu, &[bsz, d])?;
         elementwise::gather_rows(b, hidden, seq, &cls)?;
         let hpre = t(gpu, &[bsz, d])?;
@@ -59,6 +60,7 @@ impl Encoder {
         let gpu = &self.gpu;
         let d = self.dims.hidden;
         let (bsz, c) = (cls.shape[0], head.labels);
+        b.phase("head bwd");
         // logits = hact·W4ᵀ + b4
         Matmul::new(c, d, bsz).run(
             b,

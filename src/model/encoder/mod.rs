@@ -190,6 +190,7 @@ impl Encoder {
             let lab = GpuTensor::from_u32(&gpu, &[bsz], labels)?;
             let loss_t = t(&gpu, &[1])?;
             let dlogits = t(&gpu, &[bsz, head.labels])?;
+            b.phase("loss");
             loss::softmax_cross_entropy(b, &h.logits, &lab, &loss_t, &dlogits)?;
             if backward {
                 let dhidden = self.head_backward(b, head, &h, &dlogits, inp.seq)?;
