@@ -24,7 +24,7 @@ pub struct Row {
     pub gpu_us: f64,
     /// Of the step's GPU busy time (the sum over its dispatches).
     pub pct: f64,
-    /// FLOPs, where every dispatch of the row declared them.
+    /// FLOPs of the row's dispatches that declare them (matmuls: 2mnk); `None` when none does.
     pub flops: Option<f64>,
     pub bytes: f64,
     pub gflops: Option<f64>,
@@ -76,7 +76,6 @@ pub fn aggregate(records: &[DispatchRecord], peaks: Option<Peaks>, key: impl Fn(
     let busy: f64 = records.iter().map(|r| r.gpu_seconds).sum();
     let mut rows: Vec<Row> = vec![];
     let mut index: HashMap<String, usize> = HashMap::new();
-    let mut flops_known: Vec<bool> = vec![];
     for r in records {
         let name = key(r);
         let i = *index.entry(name.to_string()).or_insert_with(|| {
@@ -92,25 +91,20 @@ pub fn aggregate(records: &[DispatchRecord], peaks: Option<Peaks>, key: impl Fn(
                 floor_us: peaks.map(|_| 0.0),
                 pct_of_floor: None,
             });
-            flops_known.push(true);
             rows.len() - 1
         });
         let row = &mut rows[i];
         row.count += 1;
         row.gpu_us += r.gpu_seconds * 1e6;
         row.bytes += r.bytes;
-        match r.flops {
-            Some(f) => row.flops = Some(row.flops.unwrap_or(0.0) + f),
-            None => flops_known[i] = false,
+        if let Some(f) = r.flops {
+            row.flops = Some(row.flops.unwrap_or(0.0) + f);
         }
         if let (Some(p), Some(fl)) = (peaks, row.floor_us.as_mut()) {
             *fl += (r.bytes / p.bytes_per_s).max(r.flops.unwrap_or(0.0) / p.flops_per_s) * 1e6;
         }
     }
-    for (row, known) in rows.iter_mut().zip(flops_known) {
-        if !known {
-            row.flops = None;
-        }
+    for row in &mut rows {
         let s = row.gpu_us * 1e-6;
         row.pct = if busy > 0.0 { 100.0 * s / busy } else { 0.0 };
         let rate = |x: f64| if s > 0.0 { x / s * 1e-9 } else { 0.0 };

@@ -207,6 +207,9 @@ impl AdapterShape {
             return self.forward_matmul(batch, w, x, r, matches!(residual, Residual::Input), y, a_saved, t);
         }
         let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
+        // For the profiler: the two products (4·T·d·m FLOPs); x, y, the weights and `a` moved once.
+        let (tf, df, mf) = (t as f64, self.d as f64, self.m as f64);
+        batch.cost(4.0 * tf * df * mf, 4.0 * (3.0 * tf * df + 2.0 * df * mf + tf * mf));
         batch.dispatch(
             &FORWARD,
             &self.constants(residual.id()),
@@ -278,6 +281,9 @@ impl AdapterShape {
             self.backward_dx_matmul(batch, w, separate_residual, a_saved, dy, dx, scratch, t)?;
         } else {
             let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
+            // For the profiler: the two products (4·T·d·m FLOPs); dy, dx, the weights, a, da, g once.
+            let (tf, df, mf) = (t as f64, self.d as f64, self.m as f64);
+            batch.cost(4.0 * tf * df * mf, 4.0 * (2.0 * tf * df + 2.0 * df * mf + 3.0 * tf * mf));
             batch.dispatch(
                 &BACKWARD_DX,
                 &self.constants(if separate_residual { 1.0 } else { 0.0 }),

@@ -1,0 +1,68 @@
+//! `peft bench --profile` on the tiny fixture model: every phase of the step is there, the
+//! aggregates add up, the times are sane, and profiling does not change what is computed.
+
+mod common;
+use common::*;
+use peft_wgpu::bench::profile::{profile_step, unprofiled_loss};
+use peft_wgpu::bench::Peaks;
+
+#[test]
+fn profile_of_a_train_step() {
+    let gpu = gpu();
+    let dir = fixtures().join("tiny-bert/base");
+    let peaks = Some(Peaks { bytes_per_s: 1e10, flops_per_s: 1e10, source: "test" });
+    let (batch, seq) = (3, 11);
+    let p = profile_step(&gpu, "tiny", &dir, batch, seq, peaks).unwrap();
+    print!("{}", p.report());
+
+    // At least one dispatch in every phase the step has (backward stops at layer 0's adapters:
+    // nothing trains below them).
+    let mut expected: Vec<String> =
+        ["embeddings", "head fwd", "loss", "head bwd", "optimizer"].iter().map(|s| s.to_string()).collect();
+    for l in 0..2 {
+        for part in ["attention fwd", "adapters fwd", "FFN fwd", "adapters bwd", "FFN bwd"] {
+            expected.push(format!("layer {l} / {part}"));
+        }
+    }
+    expected.push("layer 1 / attention bwd".into());
+    for e in &expected {
+        let row = p.phases.iter().find(|r| &r.name == e);
+        assert!(row.is_some_and(|r| r.count >= 1), "no dispatch in phase {e:?}: {:?}", p.phases);
+    }
+    assert!(p.phases.iter().all(|r| !r.name.is_empty()), "a dispatch without a phase");
+    for g in ["attention fwd", "adapters fwd", "FFN fwd", "attention bwd", "adapters bwd", "FFN bwd"] {
+        assert!(p.phase_groups.iter().any(|r| r.name == g), "no phase group {g:?}");
+    }
+
+    // Counts add up: dispatches created = profiled = sum over kernels = sum over phases.
+    let n = p.dispatches.len();
+    assert!(n > 0);
+    assert_eq!(p.created.dispatches as usize, n);
+    for rows in [&p.kernels, &p.phases, &p.phase_groups] {
+        assert_eq!(rows.iter().map(|r| r.count).sum::<usize>(), n);
+        let pct: f64 = rows.iter().map(|r| r.pct).sum();
+        assert!((pct - 100.0).abs() < 1e-6, "percentages sum to {pct}");
+        for r in rows.iter() {
+            assert!(r.gpu_us.is_finite() && r.gpu_us >= 0.0 && r.gbps.is_finite() && r.gbps >= 0.0, "{r:?}");
+            assert!(r.bytes > 0.0, "{r:?}");
+            assert!(r.floor_us.is_some_and(|f| f.is_finite() && f > 0.0), "{r:?}");
+        }
+    }
+    assert!(p.dispatches.iter().all(|d| d.gpu_seconds.is_finite() && d.gpu_seconds >= 0.0));
+    let busy: f64 = p.kernels.iter().map(|r| r.gpu_us).sum();
+    assert!((busy - p.gpu_busy_us).abs() <= 1e-6 * busy.max(1.0));
+    assert!(p.wall_us.is_finite() && p.wall_us > 0.0 && p.host_record_us > 0.0 && p.host_record_us <= p.wall_us);
+    // Every dispatch gets its own bind group today; the step allocates its tensors afresh.
+    assert_eq!(p.created.bind_groups as usize, n);
+    assert!(p.created.buffers > 0 && p.created.submits >= 1);
+    // Matmuls declare their FLOPs (2mnk); a row of only matmuls has a FLOP rate.
+    let mm = p.kernels.iter().find(|r| r.name.starts_with("matmul")).expect("a matmul kernel");
+    assert!(mm.flops.is_some_and(|f| f > 0.0) && mm.gflops.is_some(), "{mm:?}");
+
+    // Profiling changes nothing computed: the same step unprofiled has the same loss, bit for bit.
+    let plain = unprofiled_loss(&gpu, &dir, batch, seq).unwrap();
+    assert!(p.loss.is_finite());
+    assert_eq!(p.loss.to_bits(), plain.to_bits(), "profiled {} vs unprofiled {plain}", p.loss);
+    let json = serde_json::to_value(&p).unwrap();
+    assert!(json["kernels"].as_array().is_some_and(|k| !k.is_empty()));
+}
