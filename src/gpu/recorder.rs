@@ -151,7 +151,7 @@ impl CommandRecorder {
             let bound: u64 = tensors.iter().flatten().map(|t| t.bytes()).sum();
             Label {
                 phase: self.gpu.current_phase(),
-                flops: cost.map(|c| c.0),
+                flops: cost.map(|c| c.0).filter(|&f| f > 0.0),
                 bytes: cost.map(|c| c.1).unwrap_or(bound as f64),
             }
         });
