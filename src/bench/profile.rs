@@ -269,3 +269,34 @@ pub fn run(
     }
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(kernel: &str, phase: &str, us: f64, flops: Option<f64>) -> DispatchRecord {
+        DispatchRecord { kernel: kernel.into(), phase: phase.into(), flops, bytes: 1e6, gpu_seconds: us * 1e-6 }
+    }
+
+    #[test]
+    fn groups_and_aggregates() {
+        assert_eq!(phase_group("layer 11 / attention recompute"), "attention recompute");
+        assert_eq!(phase_group("optimizer"), "optimizer");
+        assert_eq!(phase_group("layer x"), "layer x");
+        let r = [
+            rec("matmul::m", "layer 0 / FFN fwd", 30.0, Some(3e6)),
+            rec("ln::f", "layer 0 / FFN fwd", 10.0, None),
+            rec("matmul::m", "layer 1 / FFN fwd", 60.0, Some(3e6)),
+        ];
+        let peaks = Some(Peaks { bytes_per_s: 1e12, flops_per_s: 1e12, source: "test" });
+        let k = aggregate(&r, peaks, |r| &r.kernel);
+        assert_eq!((k[0].name.as_str(), k[0].count, k[0].gpu_us.round()), ("matmul::m", 2, 90.0));
+        assert!((k[0].pct - 90.0).abs() < 1e-9 && (k[1].pct - 10.0).abs() < 1e-9);
+        // 6e6 FLOPs in 90 µs; the LayerNorm row has none.
+        assert!((k[0].gflops.unwrap() - 6e6 / 90e-6 * 1e-9).abs() < 1e-9 && k[1].gflops.is_none());
+        // floor: per dispatch max(1e6 B / 1e12, 3e6 / 1e12) = 3 µs, twice.
+        assert!((k[0].floor_us.unwrap() - 6.0).abs() < 1e-9);
+        let g = aggregate(&r, peaks, |r| phase_group(&r.phase));
+        assert_eq!((g.len(), g[0].count), (1, 3));
+    }
+}
