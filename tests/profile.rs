@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use peft_wgpu::bench::profile::{profile_step, unprofiled_loss};
 use peft_wgpu::bench::Peaks;
+use peft_wgpu::gpu::ProfileMode;
 
 #[test]
 fn profile_of_a_train_step() {
@@ -12,7 +13,7 @@ fn profile_of_a_train_step() {
     let dir = fixtures().join("tiny-bert/base");
     let peaks = Some(Peaks { bytes_per_s: 1e10, flops_per_s: 1e10, source: "test" });
     let (batch, seq) = (3, 11);
-    let p = profile_step(&gpu, "tiny", &dir, batch, seq, peaks).unwrap();
+    let p = profile_step(&gpu, "tiny", &dir, batch, seq, peaks, None).unwrap();
     print!("{}", p.report());
 
     // At least one dispatch in every phase the step has (backward stops at layer 0's adapters:
@@ -65,4 +66,16 @@ fn profile_of_a_train_step() {
     assert_eq!(p.loss.to_bits(), plain.to_bits(), "profiled {} vs unprofiled {plain}", p.loss);
     let json = serde_json::to_value(&p).unwrap();
     assert!(json["kernels"].as_array().is_some_and(|k| !k.is_empty()));
+
+    // The fallback for GPUs without timestamps inside passes: a pass per dispatch, the same
+    // dispatches in the same phases, the same loss.
+    let q = profile_step(&gpu, "tiny", &dir, batch, seq, peaks, Some(ProfileMode::PassPerDispatch)).unwrap();
+    assert_eq!(q.mode, ProfileMode::PassPerDispatch);
+    assert_eq!(q.loss.to_bits(), plain.to_bits());
+    let key = |p: &peft_wgpu::bench::profile::Profile| -> Vec<(String, String)> {
+        p.dispatches.iter().map(|d| (d.kernel.clone(), d.phase.clone())).collect()
+    };
+    assert_eq!(key(&q), key(&p));
+    assert!(q.dispatches.iter().all(|d| d.gpu_seconds.is_finite() && d.gpu_seconds >= 0.0));
+    assert!(q.gpu_busy_us > 0.0);
 }

@@ -125,14 +125,24 @@ struct StepRun {
     records: Option<(ProfileMode, Vec<DispatchRecord>)>,
 }
 
-fn run_step(gpu: &Arc<Gpu>, model_dir: &Path, batch: usize, seq: usize, profile: bool) -> Result<StepRun> {
+/// Two steps; the second profiled in `profile`'s mode (`Some(None)`: the device's best).
+fn run_step(
+    gpu: &Arc<Gpu>,
+    model_dir: &Path,
+    batch: usize,
+    seq: usize,
+    profile: Option<Option<ProfileMode>>,
+) -> Result<StepRun> {
     let mut tr = Trainer::new(gpu, model_dir, None, 2)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let inp = random_inputs(&mut rng, &vec![seq; batch], tr.cfg.vocab_size);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
     tr.step(gpu, &inp, &labels)?;
     tr.flush()?;
-    let mode = if profile { Some(gpu.start_profile()?) } else { None };
+    let mode = match profile {
+        Some(m) => Some(gpu.start_profile(m)?),
+        None => None,
+    };
     let before = gpu.counters();
     let t0 = Instant::now();
     tr.step(gpu, &inp, &labels)?;
@@ -149,10 +159,12 @@ fn run_step(gpu: &Arc<Gpu>, model_dir: &Path, batch: usize, seq: usize, profile:
 
 /// The loss of the same step unprofiled (for the bit-identity check).
 pub fn unprofiled_loss(gpu: &Arc<Gpu>, model_dir: &Path, batch: usize, seq: usize) -> Result<f32> {
-    Ok(run_step(gpu, model_dir, batch, seq, false)?.loss)
+    Ok(run_step(gpu, model_dir, batch, seq, None)?.loss)
 }
 
-/// Profiles one Houlsby + AdamW train step of the model in `model_dir` at `batch × seq`.
+/// Profiles one Houlsby + AdamW train step of the model in `model_dir` at `batch × seq`, with
+/// timestamps taken as `mode` says (`None`: inside passes where the device can).
+#[allow(clippy::too_many_arguments)]
 pub fn profile_step(
     gpu: &Arc<Gpu>,
     config: &str,
@@ -160,8 +172,9 @@ pub fn profile_step(
     batch: usize,
     seq: usize,
     peaks: Option<Peaks>,
+    mode: Option<ProfileMode>,
 ) -> Result<Profile> {
-    let run = run_step(gpu, model_dir, batch, seq, true)?;
+    let run = run_step(gpu, model_dir, batch, seq, Some(mode))?;
     let (mode, records) = run.records.expect("profiled");
     let gpu_busy: f64 = records.iter().map(|r| r.gpu_seconds).sum();
     Ok(Profile {
@@ -260,7 +273,7 @@ pub fn run(
     json: Option<&Path>,
 ) -> Result<Profile> {
     let (_, dir) = super::model::model_dir_for(spec, scratch, 0)?;
-    let p = profile_step(gpu, spec, &dir, batch, seq, peaks)?;
+    let p = profile_step(gpu, spec, &dir, batch, seq, peaks, None)?;
     print!("{}", p.report());
     if let Some(path) = json {
         crate::formats::write_atomic(path, serde_json::to_string_pretty(&p)?.as_bytes())

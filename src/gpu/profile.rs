@@ -118,16 +118,21 @@ use anyhow::{anyhow, bail, Result};
 
 impl Gpu {
     /// Starts profiling: every dispatch recorded from now on (by recorders created from now on) is
-    /// timed and labelled, until [`finish_profile`](Self::finish_profile). Fails without
-    /// timestamp queries.
-    pub fn start_profile(&self) -> Result<ProfileMode> {
+    /// timed and labelled, until [`finish_profile`](Self::finish_profile). `mode`: how (`None`:
+    /// inside passes where the device can, else a pass per dispatch). Fails without timestamp
+    /// queries, or when `mode` asks for timestamps inside passes and the device has none.
+    pub fn start_profile(&self, mode: Option<ProfileMode>) -> Result<ProfileMode> {
         if !self.has(wgpu::Features::TIMESTAMP_QUERY) {
             bail!("profiling needs GPU timestamps (TIMESTAMP_QUERY), which {} lacks", self.description.summary());
         }
-        let mode = if self.has(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
-            ProfileMode::InsidePasses
-        } else {
-            ProfileMode::PassPerDispatch
+        let inside = self.has(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        let mode = match mode {
+            Some(ProfileMode::InsidePasses) if !inside => {
+                bail!("{} has no timestamps inside passes (TIMESTAMP_QUERY_INSIDE_PASSES)", self.description.summary())
+            }
+            Some(m) => m,
+            None if inside => ProfileMode::InsidePasses,
+            None => ProfileMode::PassPerDispatch,
         };
         *self.profile_lock() = Some(ProfileState { mode, phase: String::new(), pending: vec![] });
         self.profiling.store(true, Ordering::Relaxed);
