@@ -3,7 +3,8 @@
 //! written back bit for bit, and the errors a user can hit.
 //!
 //! One test binary (`cargo test --test io`), one file per format: `hf_config.rs` (config.json),
-//! `weights.rs` (safetensors and BERT's tensor names), `adapterhub.rs` (AdapterHub folders read and
+//! `weights.rs` (safetensors and BERT's tensor names), `torch_bin.rs` (torch `.bin` checkpoints
+//! read, written, and as AdapterHub weights), `adapterhub.rs` (AdapterHub folders read and
 //! written back), `broken.rs` (broken folders and the errors they give). Shared helpers here.
 
 #[path = "../common/mod.rs"]
@@ -13,6 +14,7 @@ use common::{fixtures, tiny, tiny_config};
 mod adapterhub;
 mod broken;
 mod hf_config;
+mod torch_bin;
 mod weights;
 
 use peft_wgpu::formats::adapterhub::*;
