@@ -79,6 +79,8 @@ fn train_eval_predict_on_minilm() {
         "adapter.safetensors",
         "head_config.json",
         "model_head.safetensors",
+        "pytorch_adapter.bin",
+        "pytorch_model_head.bin",
         "metrics.jsonl",
         "training.png",
     ] {

@@ -153,7 +153,7 @@ pub struct MemoryArgs {
 pub struct SaveArgs {
     /// Weight files to write: `safetensors`, `bin` (torch's pytorch_*.bin, what Python's plain
     /// `model.load_adapter(dir)` reads) or `both`.
-    #[arg(long = "format", id = "weights_format", value_name = "FORMAT", default_value = "both")]
+    #[arg(long = "format", id = "weights_format", value_name = "FORMAT", value_enum, default_value_t)]
     pub weights_format: WeightsFormat,
 }
 

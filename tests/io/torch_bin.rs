@@ -276,6 +276,37 @@ fn broken_archives_are_refused_clearly() {
         b[i] ^= 0x5a;
         let _ = torch_bin::read_bytes(&b);
     }
+    // The same for the pickle itself (re-zipped, so the zip's checksums pass): every byte of the
+    // library's data.pkl flipped four ways, each read or refused, never a panic.
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(&good[..])).unwrap();
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).unwrap();
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut b).unwrap();
+        entries.push((f.name().rsplit_once("/data/").map_or(String::new(), |(_, k)| k.to_string()), b));
+    }
+    let pkl = {
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(&good[..])).unwrap();
+        let name = z.file_names().find(|n| n.ends_with("/data.pkl")).unwrap().to_string();
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut z.by_name(&name).unwrap(), &mut b).unwrap();
+        b
+    };
+    let storages: Vec<(&str, &[u8])> =
+        entries.iter().filter(|(k, _)| !k.is_empty()).map(|(k, b)| (k.as_str(), b.as_slice())).collect();
+    let (mut read, mut refused) = (0, 0);
+    for i in 0..pkl.len() {
+        for x in [0x01u8, 0x10, 0x80, 0xff] {
+            let mut p = pkl.clone();
+            p[i] ^= x;
+            match torch_bin::read_bytes(&archive(&p, &storages, zip::CompressionMethod::Stored)) {
+                Ok(_) => read += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(refused > read, "{read} read, {refused} refused");
     assert_err_contains(torch_bin::read_bytes(b"\x80\x02}."), &["legacy", "pre-1.6"]);
     assert_err_contains(torch_bin::read_bytes(b"hello"), &["not a torch checkpoint"]);
     assert_err_contains(torch_bin::read_bytes(&archive(b".", &[], zip::CompressionMethod::Stored)), &["underflow"]);
