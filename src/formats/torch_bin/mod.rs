@@ -11,7 +11,7 @@
 //! dtype), so callers do not care which format a folder holds. Writing ([`write_tensors`]) makes
 //! what `torch.save` makes, so `torch.load(path, weights_only=True)` reads it.
 //!
-//! Files: `pickle.rs` (the interpreter), `reader.rs` (the archive and storages), `writer.rs`.
+//! Files: `pickle/` (the interpreter), `reader.rs` (the archive and storages), `writer.rs`.
 
 mod pickle;
 mod reader;
