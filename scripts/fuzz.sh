@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the file parsers with cargo-fuzz (libFuzzer): the safetensors header, AdapterHub /
-# Hugging Face config files, and data files (CSV / TSV / JSONL). Each target runs for a bounded
+# Fuzzes the file parsers with cargo-fuzz (libFuzzer): the safetensors header, torch `.bin`
+# checkpoints, AdapterHub / Hugging Face config files, and data files (CSV / TSV / JSONL). Each target runs for a bounded
 # time (FUZZ_SECONDS, default 60) from the seeds in fuzz/seeds (plus the fixtures' files when
 # tests/fixtures exists), then the executions per target are printed. A crash leaves its
 # input in fuzz/artifacts/<target>/ and makes the script exit non-zero: turn it into a regression
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SECS=${FUZZ_SECONDS:-60}
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors_header adapterhub_config data_file)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors_header torch_bin adapterhub_config data_file)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
@@ -34,13 +34,15 @@ seed() {
     case $t in
         safetensors_header)
             find "$FIX" -name '*.safetensors' -size -64k -exec sh -c 'cp -f "$1" "$2/fixture-$(echo "$1" | md5sum | cut -c1-12)"' _ {} "$dir" \; ;;
+        torch_bin)
+            find "$FIX" -name '*.bin' -size -64k -exec sh -c 'cp -f "$1" "$2/fixture-$(echo "$1" | md5sum | cut -c1-12)"' _ {} "$dir" \; ;;
         adapterhub_config)
             find "$FIX" -name '*config*.json' -exec sh -c 'cp -f "$1" "$2/fixture-$(echo "$1" | md5sum | cut -c1-12)"' _ {} "$dir" \; ;;
     esac
     chmod -R u+w "$dir"
 }
 
-declare -A MAXLEN=([safetensors_header]=65536 [adapterhub_config]=8192 [data_file]=8192)
+declare -A MAXLEN=([safetensors_header]=65536 [torch_bin]=65536 [adapterhub_config]=8192 [data_file]=8192)
 status=0
 summary=()
 for t in "${TARGETS[@]}"; do

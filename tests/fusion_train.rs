@@ -352,6 +352,8 @@ fn fuse_eval_predict_round_trip_on_minilm() {
         "model_adapter_fusion.safetensors",
         "head_config.json",
         "model_head.safetensors",
+        "pytorch_model_adapter_fusion.bin",
+        "pytorch_model_head.bin",
         "metrics.jsonl",
         "training.png",
         fuse::ATTENTION_JSON,

@@ -3,6 +3,7 @@
 //! format that load back bit-exactly.
 
 mod common;
+use common::cli::{peft, s, text, tiny_model, toy_data, train_args};
 use common::*;
 use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
 use peft_wgpu::model::encoder::Setup;
@@ -79,6 +80,8 @@ fn train_eval_predict_on_minilm() {
         "adapter.safetensors",
         "head_config.json",
         "model_head.safetensors",
+        "pytorch_adapter.bin",
+        "pytorch_model_head.bin",
         "metrics.jsonl",
         "training.png",
     ] {
@@ -125,4 +128,48 @@ fn train_eval_predict_on_minilm() {
     let a2 = peft_wgpu::formats::adapterhub::Adapter::load(dir.join("copy"), &cfg).unwrap();
     assert_eq!(a1, a2, "save → load is not bit-exact");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `--format bin` writes only torch's `.bin` weights (what Python's plain `load_adapter` reads),
+/// and `peft predict` reads such a folder (safetensors first, else `.bin`); the `adapters`
+/// library's own default `save_adapter` output (`.bin` only) predicts as its safetensors twin does.
+#[test]
+fn cli_format_bin_trains_and_predicts() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model(d.path());
+    let (tr, dev) = toy_data(d.path());
+    let out = d.path().join("out");
+    let (m, t, v, o) = (s(&model), s(&tr), s(&dev), s(&out));
+    let mut args = train_args(&m, &t, &v, &o);
+    args.extend(["--epochs", "1", "--format", "bin"]);
+    let r = peft(&args);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.contains("adapter") || f.contains("head"))
+        .collect();
+    files.sort();
+    assert_eq!(files, ["adapter_config.json", "head_config.json", "pytorch_adapter.bin", "pytorch_model_head.bin"]);
+    let predict = |adapter: &str| {
+        let r = peft(&["predict", "--model", &m, "--adapter", adapter, "--text", "a delight", "--max-length", "16"]);
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        text(&r.stdout)
+    };
+    assert!(predict(&o).contains("logits"));
+    let bad = peft(&["train", "--model", &m, "--train", &t, "--out", &o, "--format", "pt"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("possible values: safetensors, bin, both"));
+
+    let lib = fixtures().join("torch-bin/adapter");
+    let (bin_only, st_only) = (d.path().join("bin"), d.path().join("st"));
+    for (dir, drop) in [(&bin_only, ".safetensors"), (&st_only, ".bin")] {
+        std::fs::create_dir_all(dir).unwrap();
+        for e in std::fs::read_dir(&lib).unwrap() {
+            let p = e.unwrap().path();
+            if !p.to_string_lossy().ends_with(drop) {
+                std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    assert_eq!(predict(&s(&bin_only)), predict(&s(&st_only)));
 }

@@ -4,7 +4,7 @@
 use super::report::Terminal;
 use crate::gpu::Gpu;
 use crate::train::fuse::{self, FuseArgs, FusionArgs};
-use crate::train::options::{DataArgs, LoopArgs, MemoryArgs, OptimizerArgs};
+use crate::train::options::{DataArgs, LoopArgs, MemoryArgs, OptimizerArgs, SaveArgs};
 use crate::train::resume::{self, Fault, RunControl};
 use crate::train::{AdapterArgs, TrainArgs};
 use anyhow::{anyhow, Result};
@@ -80,6 +80,8 @@ pub struct TrainCli {
     optimizer: OptimizerArgs,
     #[command(flatten)]
     memory: MemoryArgs,
+    #[command(flatten)]
+    save: SaveArgs,
     /// Output folder (AdapterHub adapter + head, metrics.jsonl, training.png, trainer_state.safetensors).
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
@@ -113,6 +115,8 @@ pub struct FuseCli {
     optimizer: OptimizerArgs,
     #[command(flatten)]
     memory: MemoryArgs,
+    #[command(flatten)]
+    save: SaveArgs,
     /// Output folder (AdapterHub fusion + head, metrics.jsonl, training.png, fusion_attention.{json,png},
     /// trainer_state.safetensors).
     #[arg(long, required_unless_present = "resume")]
@@ -149,7 +153,7 @@ fn exit_if_interrupted() {
 pub fn train(g: &Arc<Gpu>, t: TrainCli) -> Result<()> {
     let run = t.checkpoint.control(t.resume.is_some());
     let args = match t.resume {
-        Some(dir) => TrainArgs { memory: t.memory, ..resume::load(&dir)?.settings(&dir)? },
+        Some(dir) => TrainArgs { memory: t.memory, save: t.save, ..resume::load(&dir)?.settings(&dir)? },
         None => TrainArgs {
             model: t.model.expect("required by clap"),
             train: t.train.expect("required by clap"),
@@ -159,6 +163,7 @@ pub fn train(g: &Arc<Gpu>, t: TrainCli) -> Result<()> {
             optimizer: t.optimizer,
             run: t.run,
             memory: t.memory,
+            save: t.save,
         },
     };
     install_ctrlc_handler()?;
@@ -171,7 +176,7 @@ pub fn train(g: &Arc<Gpu>, t: TrainCli) -> Result<()> {
 pub fn fuse(g: &Arc<Gpu>, f: FuseCli) -> Result<()> {
     let run = f.checkpoint.control(f.resume.is_some());
     let args = match f.resume {
-        Some(dir) => FuseArgs { memory: f.memory, ..resume::load(&dir)?.settings(&dir)? },
+        Some(dir) => FuseArgs { memory: f.memory, save: f.save, ..resume::load(&dir)?.settings(&dir)? },
         None => FuseArgs {
             model: f.model.expect("required by clap"),
             train: f.train.expect("required by clap"),
@@ -181,6 +186,7 @@ pub fn fuse(g: &Arc<Gpu>, f: FuseCli) -> Result<()> {
             optimizer: f.optimizer,
             run: f.run,
             memory: f.memory,
+            save: f.save,
         },
     };
     install_ctrlc_handler()?;

@@ -1,7 +1,8 @@
 //! The file formats, read and written on the CPU with no GPU dependency: memory-mapped
 //! safetensors ([`weights`]), Hugging Face's `config.json` ([`hf_config`]), AdapterHub's adapter /
 //! head / fusion folders ([`adapterhub`]), JSON laid out as Python writes it ([`python_json`]),
-//! and atomic writes ([`write_atomic`]).
+//! torch's `.bin` checkpoints ([`torch_bin`], read and written without Python), and atomic writes
+//! ([`write_atomic`]).
 //!
 //! Layer: imports nothing of the crate but `crate::types`; the model, training, bench and CLI
 //! layers build on it.
@@ -9,6 +10,7 @@
 pub mod adapterhub;
 pub mod hf_config;
 pub mod python_json;
+pub mod torch_bin;
 pub mod weights;
 
 use anyhow::{Context, Result};

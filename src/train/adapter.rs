@@ -1,7 +1,7 @@
 //! `peft train`: a new bottleneck adapter + classification head on the frozen encoder, with
 //! AdapterHub's initialisation, trained by the shared loop ([`super::trainer`]).
 
-use crate::formats::adapterhub::{BottleneckConfig, ResidualBeforeLn};
+use crate::formats::adapterhub::{BottleneckConfig, ResidualBeforeLn, WeightsFormat};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::model::adapters::{adapter_tensor_names, AdapterSet, ClassificationHead, Location, Placement};
 use crate::model::config::BertConfig;
@@ -9,7 +9,9 @@ use crate::model::encoder::Setup;
 use crate::model::load;
 use crate::model::plan::AdapterSpec;
 use crate::train::memory::{plan_memory, Trained};
-use crate::train::options::{activation_name, parse_activation, DataArgs, LoopArgs, MemoryArgs, OptimizerArgs};
+use crate::train::options::{
+    activation_name, parse_activation, DataArgs, LoopArgs, MemoryArgs, OptimizerArgs, SaveArgs,
+};
 use crate::train::report::{PlainReporter, Reporter};
 use crate::train::resume::{self, RunControl};
 use crate::train::task::load_task_data;
@@ -85,6 +87,8 @@ pub struct TrainArgs {
     pub run: LoopArgs,
     #[serde(skip)]
     pub memory: MemoryArgs,
+    #[serde(skip)]
+    pub save: SaveArgs,
 }
 
 impl TrainArgs {
@@ -198,9 +202,9 @@ impl Trainee for AdapterTrainee {
         self.set.named().into_iter().chain(self.head.named()).collect()
     }
 
-    fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, labels: &[String]) -> Result<()> {
+    fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, format: WeightsFormat, labels: &[String]) -> Result<()> {
         let a = checkpoint::to_adapterhub(gpu, &self.set, &self.bn, &self.head, labels, self.hidden, &self.model_name)?;
-        a.save(out)
+        a.save_as(out, format)
     }
 }
 
@@ -251,6 +255,7 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
         optimizer: &args.optimizer,
         run: r,
         out: &args.out,
+        format: args.save.weights_format,
         command: "train",
         saved_what: "adapter + head",
         trainable_parameters: trainable,

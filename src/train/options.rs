@@ -5,6 +5,7 @@
 //! `clap::Args` is derived unconditionally: clap is already a dependency of the library (the bench
 //! and data-set commands, the presets' `ValueEnum`), so a feature gate would not drop it.
 
+use crate::formats::adapterhub::WeightsFormat;
 use crate::train::data::{DataOptions, Format};
 use crate::types::Activation;
 use serde::{Deserialize, Serialize};
@@ -144,6 +145,26 @@ pub struct MemoryArgs {
     /// --recompute and --layer-chunk, or fails naming what to change.
     #[arg(long, value_parser = parse_gpu_memory)]
     pub max_gpu_memory: Option<u64>,
+}
+
+/// What the saved adapter / fusion / head folders hold. Like the memory options it does not change
+/// the result, so it is not part of the resume state: a resumed run takes it from its command line.
+#[derive(Clone, Debug, Default, PartialEq, clap::Args)]
+pub struct SaveArgs {
+    /// Weight files to write: `safetensors`, `bin` (torch's pytorch_*.bin, what Python's plain
+    /// `model.load_adapter(dir)` reads) or `both`.
+    #[arg(long = "format", id = "weights_format", value_name = "FORMAT", value_enum, default_value_t)]
+    pub weights_format: WeightsFormat,
+}
+
+impl clap::ValueEnum for WeightsFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &WeightsFormat::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
 }
 
 fn parse_gpu_memory(s: &str) -> Result<u64, String> {

@@ -4,6 +4,7 @@
 //! (`trainer_state.safetensors`: every epoch, every `--save-steps`, on a stop) and clean stops
 //! (Ctrl-C, `--stop-after-steps`). What it tells goes to a [`Reporter`].
 
+use crate::formats::adapterhub::WeightsFormat;
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::model::adapters::ClassificationHead;
 use crate::model::encoder::{Encoder, Inputs, Setup};
@@ -41,7 +42,7 @@ pub trait Trainee {
     }
     /// Saves the weights into `out` (each file atomically); called right after the dev evaluation
     /// of a new best epoch.
-    fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, labels: &[String]) -> Result<()>;
+    fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, format: WeightsFormat, labels: &[String]) -> Result<()>;
 }
 
 /// One training step's numbers.
@@ -85,6 +86,8 @@ pub(crate) struct LoopSetup<'a> {
     pub(crate) optimizer: &'a OptimizerArgs,
     pub(crate) run: &'a LoopArgs,
     pub(crate) out: &'a Path,
+    /// The weight files each save writes.
+    pub(crate) format: WeightsFormat,
     /// The `peft` command that runs it, for the messages ("train", "fuse").
     pub(crate) command: &'a str,
     /// What the checkpoints hold, for the last line ("adapter + head").

@@ -3,7 +3,8 @@
 //! written back bit for bit, and the errors a user can hit.
 //!
 //! One test binary (`cargo test --test io`), one file per format: `hf_config.rs` (config.json),
-//! `weights.rs` (safetensors and BERT's tensor names), `adapterhub.rs` (AdapterHub folders read and
+//! `weights.rs` (safetensors and BERT's tensor names), `torch_bin.rs` (torch `.bin` checkpoints
+//! read, written, and as AdapterHub weights), `adapterhub.rs` (AdapterHub folders read and
 //! written back), `broken.rs` (broken folders and the errors they give). Shared helpers here.
 
 #[path = "../common/mod.rs"]
@@ -13,6 +14,7 @@ use common::{fixtures, tiny, tiny_config};
 mod adapterhub;
 mod broken;
 mod hf_config;
+mod torch_bin;
 mod weights;
 
 use peft_wgpu::formats::adapterhub::*;
@@ -86,8 +88,25 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 }
 
 /// Every file in `src` is in `dst`: JSON byte-identical; safetensors with the same names, dtypes,
-/// shapes and bytes (and the whole file identical).
+/// shapes and bytes (and the whole file identical). The torch `.bin` files that saving writes
+/// beside the safetensors ones (when `src` has none) hold the same tensors.
 fn assert_same_files(src: &Path, dst: &Path) {
+    let mut bins = 0;
+    for (bin, st) in [
+        (ADAPTER_WEIGHTS_BIN, ADAPTER_WEIGHTS_FILE),
+        (HEAD_WEIGHTS_BIN, HEAD_WEIGHTS_FILE),
+        (FUSION_WEIGHTS_BIN, FUSION_WEIGHTS_FILE),
+    ] {
+        if dst.join(bin).exists() && !src.join(bin).exists() {
+            let ours: std::collections::BTreeMap<_, _> = peft_wgpu::formats::torch_bin::read(&dst.join(bin))
+                .unwrap()
+                .into_iter()
+                .map(|t| (t.name, (format!("{:?}", t.dtype), t.shape, t.data)))
+                .collect();
+            assert_eq!(ours, raw_tensors(&src.join(st)), "{} against {st}", dst.join(bin).display());
+            bins += 1;
+        }
+    }
     let mut n = 0;
     for e in fs::read_dir(src).unwrap() {
         let p = e.unwrap().path();
@@ -103,5 +122,5 @@ fn assert_same_files(src: &Path, dst: &Path) {
         n += 1;
     }
     let written = fs::read_dir(dst).unwrap().count();
-    assert_eq!(written, n, "{} holds exactly the files of {}", dst.display(), src.display());
+    assert_eq!(written, n + bins, "{} holds exactly the files of {} (and .bin copies)", dst.display(), src.display());
 }

@@ -3,9 +3,9 @@
 
 use super::names::{adapter_param_name, AdapterSite, BottleneckParam};
 use super::{lookup, unexpected_error, BottleneckConfig, Head, SavedConfig};
-use super::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use super::{WeightsFormat, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS};
 use crate::formats::hf_config::BertConfig;
-use crate::formats::weights::{write_tensors, Tensor, TensorMap, WeightFile};
+use crate::formats::weights::{Tensor, TensorMap, WeightFile};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -65,7 +65,7 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    /// Loads `<dir>/adapter_config.json` + `adapter.safetensors` for `model`, checking every tensor
+    /// Loads `<dir>/adapter_config.json` + `adapter.safetensors` (or `pytorch_adapter.bin`) for `model`, checking every tensor
     /// against the config (presence, shape, nothing unexpected), and the head in `dir` if any.
     /// The tensors' adapter name is the config's `name` (or, if the file uses one other name
     /// throughout, that one).
@@ -88,7 +88,7 @@ impl Adapter {
                 );
             }
         }
-        let file = WeightFile::open(dir.join(ADAPTER_WEIGHTS_FILE))?;
+        let file = ADAPTER_WEIGHTS.open(dir)?;
         let name = tensor_adapter_name(&file, saved.name());
         let h = model.hidden_size;
         let mut left: BTreeSet<String> = file.names().into_iter().map(String::from).collect();
@@ -163,15 +163,20 @@ impl Adapter {
         m
     }
 
-    /// Writes `adapter.safetensors` and `adapter_config.json` (and the head's two files when the
-    /// adapter has one) into `dir`, each atomically.
+    /// Writes `adapter_config.json` and the weights in both formats (`adapter.safetensors`,
+    /// `pytorch_adapter.bin`), and the head's files when the adapter has one, into `dir`.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        self.save_as(dir, WeightsFormat::default())
+    }
+
+    /// As [`save`](Self::save), the weights in `format`; each file atomically.
+    pub fn save_as(&self, dir: impl AsRef<Path>, format: WeightsFormat) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_tensors(&dir.join(ADAPTER_WEIGHTS_FILE), &self.tensors(), None)?;
+        ADAPTER_WEIGHTS.write(dir, &self.tensors(), format)?;
         self.saved.write(&dir.join(ADAPTER_CONFIG_FILE))?;
         if let Some(h) = &self.head {
-            h.save(dir)?;
+            h.save_as(dir, format)?;
         }
         Ok(())
     }

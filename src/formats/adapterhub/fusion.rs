@@ -3,9 +3,11 @@
 
 use super::names::{fusion_param_name, FusionParam};
 use super::options::{opt_number, refuse_unknown, req_bool, to_object, FUSION_OPTIONS};
-use super::{lookup, unexpected_error, Head, SavedConfig, BASE_PREFIX, FUSION_CONFIG_FILE, FUSION_WEIGHTS_FILE};
+use super::{
+    lookup, unexpected_error, Head, SavedConfig, WeightsFormat, BASE_PREFIX, FUSION_CONFIG_FILE, FUSION_WEIGHTS,
+};
 use crate::formats::hf_config::BertConfig;
-use crate::formats::weights::{write_tensors, Tensor, TensorMap, WeightFile};
+use crate::formats::weights::{Tensor, TensorMap};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -144,7 +146,7 @@ impl Fusion {
             ),
         };
         let fname = adapter_names.join(",");
-        let file = WeightFile::open(dir.join(FUSION_WEIGHTS_FILE))?;
+        let file = FUSION_WEIGHTS.open(dir)?;
         let h = model.hidden_size;
         let params = FusionParam::for_config(&config);
         let mut left: BTreeSet<String> = file.names().into_iter().map(String::from).collect();
@@ -208,15 +210,21 @@ impl Fusion {
         m
     }
 
-    /// Writes `model_adapter_fusion.safetensors` and `adapter_fusion_config.json` (and the head's
-    /// files when there is one) into `dir`, each atomically.
+    /// Writes `adapter_fusion_config.json` and the weights in both formats
+    /// (`model_adapter_fusion.safetensors`, `pytorch_model_adapter_fusion.bin`), and the head's
+    /// files when there is one, into `dir`.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        self.save_as(dir, WeightsFormat::default())
+    }
+
+    /// As [`save`](Self::save), the weights in `format`; each file atomically.
+    pub fn save_as(&self, dir: impl AsRef<Path>, format: WeightsFormat) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_tensors(&dir.join(FUSION_WEIGHTS_FILE), &self.tensors(), None)?;
+        FUSION_WEIGHTS.write(dir, &self.tensors(), format)?;
         self.saved.write(&dir.join(FUSION_CONFIG_FILE))?;
         if let Some(h) = &self.head {
-            h.save(dir)?;
+            h.save_as(dir, format)?;
         }
         Ok(())
     }

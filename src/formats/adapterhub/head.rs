@@ -3,8 +3,8 @@
 
 use super::names::head_param_name;
 use super::options::{opt_bool, opt_number, refuse_unknown, req_usize, to_object, HEAD_OPTIONS};
-use super::{unexpected_error, SavedConfig, HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE};
-use crate::formats::weights::{write_tensors, Tensor, TensorMap, WeightFile};
+use super::{unexpected_error, SavedConfig, WeightsFormat, HEAD_CONFIG_FILE, HEAD_WEIGHTS, HEAD_WEIGHTS_FILE};
+use crate::formats::weights::{Tensor, TensorMap};
 use crate::types::Activation;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -195,11 +195,10 @@ impl Head {
         let config = HeadConfig::from_config(saved.config())
             .with_context(|| format!("{}: unsupported head", cpath.display()))?;
         saved.check_model(&format!("head {}", cpath.display()), hidden)?;
-        let wpath = dir.join(HEAD_WEIGHTS_FILE);
-        if !wpath.exists() {
-            bail!("{}: has {HEAD_CONFIG_FILE} but no {HEAD_WEIGHTS_FILE}", dir.display());
+        if !HEAD_WEIGHTS.present(dir) {
+            bail!("{}: has {HEAD_CONFIG_FILE} but no {HEAD_WEIGHTS_FILE} (or {})", dir.display(), HEAD_WEIGHTS.bin);
         }
-        let file = WeightFile::open(&wpath)?;
+        let file = HEAD_WEIGHTS.open(dir)?;
         let name = saved.name().to_string();
         let mut left: BTreeSet<String> = file.names().into_iter().map(String::from).collect();
         let mut linears = Vec::new();
@@ -244,11 +243,17 @@ impl Head {
         m
     }
 
-    /// Writes `model_head.safetensors` and `head_config.json` into `dir`, atomically.
+    /// Writes `head_config.json` and the weights in both formats (`model_head.safetensors`,
+    /// `pytorch_model_head.bin`) into `dir`, atomically.
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
+        self.save_as(dir, WeightsFormat::default())
+    }
+
+    /// As [`save`](Self::save), the weights in `format`.
+    pub fn save_as(&self, dir: impl AsRef<Path>, format: WeightsFormat) -> Result<()> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        write_tensors(&dir.join(HEAD_WEIGHTS_FILE), &self.tensors(), None)?;
+        HEAD_WEIGHTS.write(dir, &self.tensors(), format)?;
         self.saved.write(&dir.join(HEAD_CONFIG_FILE))
     }
 }

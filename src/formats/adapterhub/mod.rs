@@ -2,9 +2,13 @@
 //!
 //! | folder holds | config | weights | tensor names |
 //! |---|---|---|---|
-//! | a bottleneck adapter | `adapter_config.json` | `adapter.safetensors` | `bert.encoder.layer.L.{attention.output,output}.adapters.<name>.{adapter_down.0,adapter_up}.{weight,bias}` |
-//! | a prediction head | `head_config.json` | `model_head.safetensors` | `heads.<name>.<i>.{weight,bias}` |
-//! | an AdapterFusion | `adapter_fusion_config.json` | `model_adapter_fusion.safetensors` | `bert.encoder.layer.L.output.adapter_fusion_layer.<a,b,c>.{query,key}.{weight,bias}`, `...value.weight` |
+//! | a bottleneck adapter | `adapter_config.json` | `adapter.safetensors` / `pytorch_adapter.bin` | `bert.encoder.layer.L.{attention.output,output}.adapters.<name>.{adapter_down.0,adapter_up}.{weight,bias}` |
+//! | a prediction head | `head_config.json` | `model_head.safetensors` / `pytorch_model_head.bin` | `heads.<name>.<i>.{weight,bias}` |
+//! | an AdapterFusion | `adapter_fusion_config.json` | `model_adapter_fusion.safetensors` / `pytorch_model_adapter_fusion.bin` | `bert.encoder.layer.L.output.adapter_fusion_layer.<a,b,c>.{query,key}.{weight,bias}`, `...value.weight` |
+//!
+//! Weights are read from the safetensors file when there is one, else from torch's `.bin` (what
+//! the `adapters` library's `save_adapter` writes by default; see [`super::torch_bin`]); saving
+//! writes either or both ([`WeightsFormat`], both by default).
 //!
 //! A head saved with an adapter (`save_adapter(..., with_head=True)`) lies in the adapter's
 //! folder and is loaded from there. Every config file is an envelope ([`SavedConfig`]: `config`,
@@ -35,9 +39,11 @@ pub use head::{Head, HeadConfig, HeadLinear};
 pub use names::{adapter_param_name, fusion_param_name, head_param_name, AdapterSite, BottleneckParam, FusionParam};
 pub use options::{BOTTLENECK_OPTIONS, FUSION_OPTIONS, HEAD_OPTIONS};
 
-use super::weights::WeightFile;
-use anyhow::{bail, Result};
+use super::torch_bin;
+use super::weights::{write_tensors, TensorMap, WeightFile};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
+use std::path::Path;
 
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter.safetensors";
@@ -45,6 +51,107 @@ pub const HEAD_CONFIG_FILE: &str = "head_config.json";
 pub const HEAD_WEIGHTS_FILE: &str = "model_head.safetensors";
 pub const FUSION_CONFIG_FILE: &str = "adapter_fusion_config.json";
 pub const FUSION_WEIGHTS_FILE: &str = "model_adapter_fusion.safetensors";
+/// The torch `.bin` files the `adapters` library writes by default (and reads by default: its
+/// `load_adapter` reads safetensors only when asked with `use_safetensors=True`).
+pub const ADAPTER_WEIGHTS_BIN: &str = "pytorch_adapter.bin";
+pub const HEAD_WEIGHTS_BIN: &str = "pytorch_model_head.bin";
+pub const FUSION_WEIGHTS_BIN: &str = "pytorch_model_adapter_fusion.bin";
+
+/// Which weight files a save writes: safetensors, torch's `.bin`, or both (the default, so both
+/// Python's plain `load_adapter(dir)` and `use_safetensors=True` read the folder).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightsFormat {
+    Safetensors,
+    Bin,
+    #[default]
+    Both,
+}
+
+impl WeightsFormat {
+    pub const ALL: [WeightsFormat; 3] = [WeightsFormat::Safetensors, WeightsFormat::Bin, WeightsFormat::Both];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightsFormat::Safetensors => "safetensors",
+            WeightsFormat::Bin => "bin",
+            WeightsFormat::Both => "both",
+        }
+    }
+
+    fn safetensors(self) -> bool {
+        self != WeightsFormat::Bin
+    }
+
+    fn bin(self) -> bool {
+        self != WeightsFormat::Safetensors
+    }
+}
+
+impl std::fmt::Display for WeightsFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for WeightsFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match Self::ALL.into_iter().find(|f| f.name() == s) {
+            Some(f) => Ok(f),
+            None => bail!("weights format {s:?}: expected safetensors, bin or both"),
+        }
+    }
+}
+
+/// The two files one kind of weights may be in (`safetensors` first).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct WeightsFiles {
+    pub(super) safetensors: &'static str,
+    pub(super) bin: &'static str,
+}
+
+pub(super) const ADAPTER_WEIGHTS: WeightsFiles =
+    WeightsFiles { safetensors: ADAPTER_WEIGHTS_FILE, bin: ADAPTER_WEIGHTS_BIN };
+pub(super) const HEAD_WEIGHTS: WeightsFiles = WeightsFiles { safetensors: HEAD_WEIGHTS_FILE, bin: HEAD_WEIGHTS_BIN };
+pub(super) const FUSION_WEIGHTS: WeightsFiles =
+    WeightsFiles { safetensors: FUSION_WEIGHTS_FILE, bin: FUSION_WEIGHTS_BIN };
+
+impl WeightsFiles {
+    /// Whether `dir` holds either file.
+    pub(super) fn present(self, dir: &Path) -> bool {
+        dir.join(self.safetensors).exists() || dir.join(self.bin).exists()
+    }
+
+    /// The safetensors file of `dir`, or else its `.bin`; the error names both when neither is there.
+    pub(super) fn open(self, dir: &Path) -> Result<WeightFile> {
+        let st = dir.join(self.safetensors);
+        if st.exists() {
+            return WeightFile::open(st);
+        }
+        let bin = dir.join(self.bin);
+        if bin.exists() {
+            return torch_bin::open(&bin);
+        }
+        bail!("{}: neither {} nor {} is there", dir.display(), self.safetensors, self.bin)
+    }
+
+    /// Writes `tensors` into `dir` as `format` says, each file atomically. A file of the format not
+    /// written is removed, so the folder never holds a stale copy beside the new one.
+    pub(super) fn write(self, dir: &Path, tensors: &TensorMap, format: WeightsFormat) -> Result<()> {
+        let (st, bin) = (dir.join(self.safetensors), dir.join(self.bin));
+        if format.safetensors() {
+            write_tensors(&st, tensors, None)?;
+        } else if st.exists() {
+            std::fs::remove_file(&st).with_context(|| format!("removing the stale {}", st.display()))?;
+        }
+        if format.bin() {
+            torch_bin::write_tensors(&bin, tensors)?;
+        } else if bin.exists() {
+            std::fs::remove_file(&bin).with_context(|| format!("removing the stale {}", bin.display()))?;
+        }
+        Ok(())
+    }
+}
 
 /// What we write in `version` (the format we follow).
 pub const ADAPTERS_VERSION: &str = "adapters.1.3.0";

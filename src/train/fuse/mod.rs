@@ -23,7 +23,7 @@ use crate::model::config::BertConfig;
 use crate::model::load;
 use crate::model::plan::AdapterSpec;
 use crate::train::memory::{plan_memory, Trained};
-use crate::train::options::{DataArgs, LoopArgs, MemoryArgs, OptimizerArgs};
+use crate::train::options::{DataArgs, LoopArgs, MemoryArgs, OptimizerArgs, SaveArgs};
 use crate::train::report::{PlainReporter, Reporter};
 use crate::train::resume::{self, RunControl, RunSettings};
 use crate::train::task::load_task_data;
@@ -103,6 +103,8 @@ pub struct FuseArgs {
     pub run: LoopArgs,
     #[serde(skip)]
     pub memory: MemoryArgs,
+    #[serde(skip)]
+    pub save: SaveArgs,
 }
 
 impl Default for FuseArgs {
@@ -117,6 +119,7 @@ impl Default for FuseArgs {
             optimizer: OptimizerArgs { lr: FUSE_LR, ..OptimizerArgs::default() },
             run: LoopArgs { epochs: FUSE_EPOCHS, ..LoopArgs::default() },
             memory: MemoryArgs::default(),
+            save: SaveArgs::default(),
         }
     }
 }
@@ -197,6 +200,7 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
         optimizer: &args.optimizer,
         run: r,
         out: &args.out,
+        format: args.save.weights_format,
         command: "fuse",
         saved_what: "fusion + head",
         trainable_parameters: trainable,

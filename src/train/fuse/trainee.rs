@@ -3,7 +3,7 @@
 //! fusion attention of the saved epoch).
 
 use super::FusionAttention;
-use crate::formats::adapterhub::{Fusion, FusionConfig};
+use crate::formats::adapterhub::{Fusion, FusionConfig, WeightsFormat};
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::elementwise;
 use crate::kernels::fusion::{self as fusion_kernels, Temperature, REGULARIZATION_COEF};
@@ -186,8 +186,8 @@ impl Trainee for FusionTrainee {
         self.fusion.start_recording(gpu)
     }
 
-    fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, labels: &[String]) -> Result<()> {
-        self.to_adapterhub(gpu, labels)?.save(out)?;
+    fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, format: WeightsFormat, labels: &[String]) -> Result<()> {
+        self.to_adapterhub(gpu, labels)?.save_as(out, format)?;
         if self.fusion.weight_sums.is_some() && self.dev_tokens > 0 {
             let att = FusionAttention::from_recorded(gpu, &self.fusion, self.dev_tokens)?;
             // Beside the saved fusion, so a resumed run finds the attention of its best epoch.

@@ -298,7 +298,7 @@ impl<'a, T: Trainee> Run<'a, T> {
             self.summary.best_accuracy = scores.accuracy;
             self.summary.best_epoch = epoch;
             self.since_best = 0;
-            self.trainee.save(gpu, a.out, &task.labels.labels)?;
+            self.trainee.save(gpu, a.out, a.format, &task.labels.labels)?;
         } else {
             self.since_best += 1;
         }
