@@ -83,7 +83,8 @@ struct Job {
 
 /// The override sets of one entry point: the host's size sets (or none), times both values of each
 /// boolean override the entry uses, times every activation where it uses `ACT` and the size set
-/// does not fix it. Fails on an integer override that the host sets but its module does not list.
+/// does not fix it. Fails on an integer override (other than `ACT`) of an entry point that no
+/// module's `launches()` lists.
 fn override_sets(spec: &KernelSpec, module: &Module, sizes: Option<&Vec<Constants>>) -> Result<Vec<Constants>, String> {
     let what = format!("{}::{}", spec.shader.name, spec.entry);
     // The overrides the entry point reaches: those left after compacting to it alone.
@@ -112,11 +113,11 @@ fn override_sets(spec: &KernelSpec, module: &Module, sizes: Option<&Vec<Constant
         }
     };
     let acts: Vec<f64> = crate::types::Activation::ALL.iter().map(|a| a.id()).collect();
+    let flags: Vec<&'static str> = flags.into_iter().map(|f| &*Box::leak(f.into_boxed_str())).collect();
     let mut sets = vec![];
     for base in sizes {
         let fixed = |n: &str| base.iter().any(|(k, _)| *k == n);
-        let free_flags: Vec<&'static str> =
-            flags.iter().filter(|f| !fixed(f)).map(|f| &*Box::leak(f.clone().into_boxed_str())).collect();
+        let free_flags: Vec<&'static str> = flags.iter().copied().filter(|f| !fixed(f)).collect();
         let act_values: Vec<Option<f64>> = if ints.iter().any(|n| n == "ACT") && !fixed("ACT") {
             acts.iter().map(|&a| Some(a)).collect()
         } else {
