@@ -19,6 +19,9 @@ pub enum Activation {
 }
 
 impl Activation {
+    pub const ALL: [Activation; 5] =
+        [Activation::Gelu, Activation::Relu, Activation::Silu, Activation::Identity, Activation::Tanh];
+
     pub fn id(self) -> f64 {
         match self {
             Activation::Gelu => 0.0,

@@ -8,7 +8,7 @@ use crate::gpu::{Access, KernelSpec};
 use naga::{AddressSpace, StorageAccess, TypeInner};
 
 /// Every kernel entry point of the crate with the size of the parameter block its host passes.
-fn all_specs() -> Vec<(KernelSpec, usize)> {
+pub(super) fn all_specs() -> Vec<(KernelSpec, usize)> {
     let mut v = vec![];
     v.extend(super::adapter::specs());
     v.extend(super::attention::specs());

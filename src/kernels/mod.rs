@@ -18,8 +18,14 @@ pub mod reference;
 /// Helpers of the GPU tests (the kernels' unit tests and the integration tests in `tests/`).
 #[cfg(any(test, feature = "reference"))]
 pub mod test_support;
+#[cfg(test)]
+mod translate;
 
 use anyhow::{bail, Result};
+
+/// One pipeline's override constants, as the hosts pass them to `CommandRecorder::dispatch`.
+#[cfg(test)]
+pub(crate) type Constants = Vec<(&'static str, f64)>;
 
 /// Fails with a readable message when a tensor's shape is not the one a kernel needs.
 pub(crate) fn expect_shape(what: &str, got: &[usize], want: &[usize]) -> Result<()> {

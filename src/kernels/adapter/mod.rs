@@ -98,6 +98,26 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     vec![(FORWARD, p), (BACKWARD_DX, p)]
 }
 
+/// The fused kernels' override constants: activation, workgroup size, residual mode
+/// ([`Residual`]'s id in the forward pass; 1 = a residual other than the input in the backward).
+fn constants(act: Activation, residual: f64) -> [(&'static str, f64); 3] {
+    [("ACT", act.id()), ("WG", 64.0), ("RESIDUAL", residual)]
+}
+
+/// Every set of override constants the host passes, per kernel, apart from the activation
+/// (`kernels/translate.rs`): the residual modes of each pass.
+#[cfg(test)]
+pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
+    let sets = |modes: &[f64]| -> Vec<crate::kernels::Constants> {
+        modes
+            .iter()
+            .map(|&r| constants(Activation::Identity, r).into_iter().filter(|c| c.0 != "ACT").collect())
+            .collect()
+    };
+    // Residual::id: Input 0, Tensor 1, None 2; the backward: 1 for a residual other than the input.
+    vec![(FORWARD, sets(&[0.0, 1.0, 2.0])), (BACKWARD_DX, sets(&[0.0, 1.0]))]
+}
+
 /// The weights of one bottleneck adapter on the GPU, in nn.Linear layout.
 #[derive(Clone, Debug)]
 pub struct AdapterWeights {
@@ -143,7 +163,7 @@ impl AdapterShape {
     }
 
     fn constants(&self, residual: f64) -> [(&'static str, f64); 3] {
-        [("ACT", self.act.id()), ("WG", 64.0), ("RESIDUAL", residual)]
+        constants(self.act, residual)
     }
 
     fn tokens(&self, what: &str, x: &GpuTensor) -> Result<usize> {

@@ -77,6 +77,25 @@ pub fn probs_shape(s: AttentionShape) -> [usize; 4] {
     [s.batch, s.heads, s.seq, s.seq]
 }
 
+/// Every set of override constants the host passes, per kernel (`kernels/translate.rs`): the
+/// threads per row of every sequence length.
+#[cfg(test)]
+pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
+    let mut sets: Vec<crate::kernels::Constants> = vec![];
+    for seq in 1..=4096 {
+        let c = constants(seq).to_vec();
+        if !sets.contains(&c) {
+            sets.push(c);
+        }
+    }
+    vec![(SOFTMAX_ROWS, sets.clone()), (SOFTMAX_BACKWARD, sets)]
+}
+
+/// The row kernels' override constants for rows of `seq` keys.
+fn constants(seq: usize) -> [(&'static str, f64); 2] {
+    [("WG", WG as f64), ("TPR", threads_per_row(seq) as f64)]
+}
+
 /// Threads per row of the row kernels: about four keys each, a power of two up to the workgroup.
 fn threads_per_row(seq: usize) -> u32 {
     (seq.div_ceil(4).next_power_of_two() as u32).min(WG)
@@ -170,7 +189,7 @@ fn row_kernel(batch: &mut CommandRecorder, spec: &KernelSpec, s: AttentionShape,
         _p1: [0; 3],
     };
     let groups = (rows as u32).div_ceil(WG / tpr);
-    batch.dispatch(spec, &[("WG", WG as f64), ("TPR", tpr as f64)], &params, &[Some(a), Some(b)], [groups, 1, 1]);
+    batch.dispatch(spec, &constants(s.seq), &params, &[Some(a), Some(b)], [groups, 1, 1]);
 }
 
 /// `ctx = softmax(q·kᵀ/√head_dim, masked)·v` per batch and head; saves the probabilities in `probs`

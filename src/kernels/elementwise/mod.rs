@@ -80,6 +80,13 @@ pub(crate) fn check_no_alias(what: &str, outputs: &[&GpuTensor], inputs: &[Optio
     Ok(())
 }
 
+/// Every set of override constants the host passes, per kernel, apart from the activation
+/// (`kernels/translate.rs`): the one workgroup size.
+#[cfg(test)]
+pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
+    specs().into_iter().map(|(s, _)| (s, vec![vec![("WG", WG as f64)]])).collect()
+}
+
 fn count(what: &str, n: usize) -> Result<u32> {
     u32::try_from(n).map_err(|_| anyhow::anyhow!("{what}: {n} elements exceed u32 indexing"))
 }

@@ -99,6 +99,45 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     vec![(FORWARD, p), (BACKWARD, p), (REG_GRAD, p), (REG_LOSS, p), (ZERO_FILL, p)]
 }
 
+/// Every set of override constants the host passes, per kernel (`kernels/translate.rs`): the
+/// fused kernels' (WG, COLS) over every hidden size they take; the others none.
+#[cfg(test)]
+pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
+    let mut sets: Vec<crate::kernels::Constants> = vec![];
+    for d in 1..=256 * MAX_COLS {
+        let c = constants(d).expect("a hidden size within the limit").to_vec();
+        if !sets.contains(&c) {
+            sets.push(c);
+        }
+    }
+    let none = vec![vec![]];
+    vec![
+        (FORWARD, sets.clone()),
+        (BACKWARD, sets),
+        (REG_GRAD, none.clone()),
+        (REG_LOSS, none.clone()),
+        (ZERO_FILL, none),
+    ]
+}
+
+/// Workgroup size and columns per thread of the fused kernels for hidden size `d`: 64 threads up
+/// to d = 256, else 256 threads (up to 16 columns each). Each (WG, COLS) pair is one pipeline; the
+/// options are uniforms so that they share it.
+fn launch(d: usize) -> Result<(usize, usize)> {
+    let wg = if d <= 256 { 64 } else { 256 };
+    let cols = d.div_ceil(wg);
+    if cols > MAX_COLS {
+        bail!("fusion: hidden size {d} exceeds the kernels' limit of {}", 256 * MAX_COLS);
+    }
+    Ok((wg, cols))
+}
+
+/// The fused kernels' override constants for hidden size `d`.
+fn constants(d: usize) -> Result<[(&'static str, f64); 2]> {
+    let (wg, cols) = launch(d)?;
+    Ok([("WG", wg as f64), ("COLS", cols as f64)])
+}
+
 impl Params {
     fn zeroed() -> Self {
         bytemuck::Zeroable::zeroed()
@@ -212,21 +251,8 @@ impl FusionShape {
         }
     }
 
-    /// Workgroup size and columns per thread of the fused kernels: 64 threads up to d = 256,
-    /// else 256 threads (up to 16 columns each). Each (WG, COLS) pair is one pipeline; the options
-    /// are uniforms so that they share it.
-    fn launch(&self) -> Result<(usize, usize)> {
-        let wg = if self.d <= 256 { 64 } else { 256 };
-        let cols = self.d.div_ceil(wg);
-        if cols > MAX_COLS {
-            bail!("fusion: hidden size {} exceeds the kernels' limit of {}", self.d, 256 * MAX_COLS);
-        }
-        Ok((wg, cols))
-    }
-
     fn constants(&self) -> Result<[(&'static str, f64); 2]> {
-        let (wg, cols) = self.launch()?;
-        Ok([("WG", wg as f64), ("COLS", cols as f64)])
+        constants(self.d)
     }
 
     fn params(&self, t: usize, temperature: f32) -> Result<Params> {

@@ -415,10 +415,10 @@ fn rewrite_flops_for_bert_base() {
 #[test]
 fn launch_covers_hidden_sizes() {
     for d in [1usize, 33, 64, 100, 256, 257, 512, 513, 768, 1024, 1100, 2048, 2100, 4096] {
-        let (wg, cols) = FusionShape::dynamic(d, 2).launch().unwrap();
+        let (wg, cols) = super::launch(d).unwrap();
         assert!(wg * cols >= d && wg * (cols - 1) < d && cols <= MAX_COLS && (64..=256).contains(&wg), "d={d}");
     }
-    assert!(FusionShape::dynamic(4097, 2).launch().is_err());
+    assert!(super::launch(4097).is_err());
 }
 
 #[test]

@@ -48,6 +48,20 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
 pub const MAX_D: usize = 1 << 16;
 
 /// Threads per row: enough for coalesced loads, few enough that short rows keep them busy.
+/// Every set of override constants the host passes, per kernel, apart from the flags
+/// (`kernels/translate.rs`): the workgroup size of every hidden size.
+#[cfg(test)]
+pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
+    let mut sets: Vec<crate::kernels::Constants> = vec![];
+    for d in 1..=8192 {
+        let c = vec![("WG", workgroup_size(d))];
+        if !sets.contains(&c) {
+            sets.push(c);
+        }
+    }
+    vec![(FORWARD, sets.clone()), (BACKWARD, sets)]
+}
+
 fn workgroup_size(d: usize) -> f64 {
     if d >= 2048 {
         256.0

@@ -36,6 +36,16 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     vec![(CROSS_ENTROPY, p), (SOFTMAX, p)]
 }
 
+/// Workgroup sizes: one workgroup for the whole cross entropy, one invocation per row of softmax.
+const CROSS_ENTROPY_WG: f64 = 256.0;
+const SOFTMAX_WG: f64 = 64.0;
+
+/// Every set of override constants the host passes, per kernel (`kernels/translate.rs`).
+#[cfg(test)]
+pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
+    vec![(CROSS_ENTROPY, vec![vec![("WG", CROSS_ENTROPY_WG)]]), (SOFTMAX, vec![vec![("WG", SOFTMAX_WG)]])]
+}
+
 /// `[rows, classes]` of a logits tensor.
 fn dims(what: &str, logits: &GpuTensor) -> Result<(usize, usize)> {
     match logits.shape[..] {
@@ -68,7 +78,7 @@ pub fn softmax_cross_entropy(
     let params = Params { rows: rows as u32, classes: classes as u32, _p: [0; 2] };
     batch.dispatch(
         &CROSS_ENTROPY,
-        &[("WG", 256.0)],
+        &[("WG", CROSS_ENTROPY_WG)],
         &params,
         &[Some(logits), Some(labels), Some(loss), Some(dlogits)],
         [1, 1, 1],
@@ -84,7 +94,7 @@ pub fn softmax(batch: &mut CommandRecorder, logits: &GpuTensor, probs: &GpuTenso
     let params = Params { rows: rows as u32, classes: classes as u32, _p: [0; 2] };
     batch.dispatch(
         &SOFTMAX,
-        &[("WG", 64.0)],
+        &[("WG", SOFTMAX_WG)],
         &params,
         &[Some(logits), Some(probs)],
         [(rows as u32).div_ceil(64), 1, 1],

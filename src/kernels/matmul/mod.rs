@@ -62,6 +62,43 @@ pub(crate) fn specs() -> Vec<(crate::gpu::KernelSpec, usize)> {
     MatmulVariant::ALL.into_iter().map(|v| (v.spec(), std::mem::size_of::<Params>())).collect()
 }
 
+/// Every set of size override constants the host passes, per variant (`kernels/translate.rs`
+/// translates each with every value of the flags and activations): the register-tile variants'
+/// workgroup sizes over the shapes that reach each one, the smem tile candidates, and the fragment
+/// candidates for the subgroup sizes the shader can take (`coop` runs with the device's).
+#[cfg(test)]
+pub(crate) fn launches() -> Vec<(crate::gpu::KernelSpec, Vec<crate::kernels::Constants>)> {
+    let mut out = vec![];
+    for v in MatmulVariant::ALL {
+        let mut sets: Vec<crate::kernels::Constants> = vec![];
+        let mut add = |c: crate::kernels::Constants| {
+            if !sets.contains(&c) {
+                sets.push(c);
+            }
+        };
+        match v {
+            MatmulVariant::Smem => TileConfig::CANDIDATES.iter().for_each(|t| add(t.constants().to_vec())),
+            MatmulVariant::F16 | MatmulVariant::Coop => {
+                let sizes: &[u32] = if v == MatmulVariant::F16 { &[vec4::F16_SUBGROUP] } else { &[8, 16, 32, 64] };
+                for t in FragConfig::CANDIDATES {
+                    for &sgs in sizes.iter().filter(|&&s| t.validate(s).is_ok()) {
+                        add(t.constants(sgs).to_vec());
+                    }
+                }
+            }
+            _ => {
+                for m in 1..=300 {
+                    for n in 1..=300 {
+                        add(launch(v, m, n).1);
+                    }
+                }
+            }
+        }
+        out.push((v.spec(), sets));
+    }
+    out
+}
+
 /// A second batch dimension for [`Matmul::run_inner`]: matrix `z` of the `batch · count` matrices
 /// is `(outer, inner) = (z / count, z % count)`, and each operand's element (outer, inner, r, c) is
 /// at `off + outer·s_batch + inner·stride + r·s_row + c·s_col` (e.g. attention's (batch, head)
@@ -281,38 +318,20 @@ impl Matmul {
         }
         let (m, n) = (self.m, self.n);
         let bias_c = if bias.is_some() { 1.0 } else { 0.0 };
-        let (groups, constants): ([usize; 3], Vec<(&'static str, f64)>) = match variant {
-            MatmulVariant::Basic => {
-                let w = 8;
-                ([n.div_ceil(4 * w), m.div_ceil(4 * w), total], vec![("WG_X", w as f64), ("WG_Y", w as f64)])
-            }
-            MatmulVariant::Register => {
-                // 8×8 outputs per invocation; a workgroup no wider or taller than the matrix needs.
-                let (wx, wy) = (n.div_ceil(8).min(8).next_power_of_two(), m.div_ceil(8).min(8).next_power_of_two());
-                ([n.div_ceil(8 * wx), m.div_ceil(8 * wy), total], vec![("WG_X", wx as f64), ("WG_Y", wy as f64)])
-            }
-            MatmulVariant::Tiled => (
-                [n.div_ceil(64), m.div_ceil(64), total],
-                vec![
-                    ("A_K_CONTIGUOUS", if pa[2] == 1 { 1.0 } else { 0.0 }),
-                    ("B_J_CONTIGUOUS", if pb[2] == 1 { 1.0 } else { 0.0 }),
-                ],
-            ),
-            MatmulVariant::Subgroup => {
-                // 32×32 outputs per subgroup of 8, 1..8 subgroups per workgroup side by side along j.
-                let blocks = n.div_ceil(32);
-                let w = group_width(blocks);
-                ([blocks.div_ceil(w), m.div_ceil(32), total], vec![("WG_X", (8 * w) as f64)])
-            }
-            MatmulVariant::Smem | MatmulVariant::F16 | MatmulVariant::Coop => unreachable!("dispatched by run_vec4"),
-        };
+        let (grid, mut constants) = launch(variant, m, n);
+        let groups = [grid[0], grid[1], total];
+        if variant == MatmulVariant::Tiled {
+            constants.extend([
+                ("A_K_CONTIGUOUS", if pa[2] == 1 { 1.0 } else { 0.0 }),
+                ("B_J_CONTIGUOUS", if pb[2] == 1 { 1.0 } else { 0.0 }),
+            ]);
+        }
         let max = batch.gpu().limits.max_compute_workgroups_per_dimension as usize;
         if groups.iter().any(|&g| g > max) {
             bail!(
                 "matmul {m}×{n} × batch {total} needs {groups:?} workgroups, more than the GPU's {max} per dimension"
             );
         }
-        let mut constants = constants;
         constants.push(("HAS_BIAS", bias_c));
         constants.push(("ACT", self.act.id()));
         if variant != MatmulVariant::Basic {
@@ -327,6 +346,31 @@ impl Matmul {
             groups,
         );
         Ok(())
+    }
+}
+
+/// Workgroups along j and i and the workgroup-size override constants of the register-tile
+/// variants ([`MatmulVariant::Basic`], [`Register`](MatmulVariant::Register),
+/// [`Tiled`](MatmulVariant::Tiled), [`Subgroup`](MatmulVariant::Subgroup)) for an m×n product.
+fn launch(variant: MatmulVariant, m: usize, n: usize) -> ([usize; 2], Vec<(&'static str, f64)>) {
+    match variant {
+        MatmulVariant::Basic => {
+            let w = 8;
+            ([n.div_ceil(4 * w), m.div_ceil(4 * w)], vec![("WG_X", w as f64), ("WG_Y", w as f64)])
+        }
+        MatmulVariant::Register => {
+            // 8×8 outputs per invocation; a workgroup no wider or taller than the matrix needs.
+            let (wx, wy) = (n.div_ceil(8).min(8).next_power_of_two(), m.div_ceil(8).min(8).next_power_of_two());
+            ([n.div_ceil(8 * wx), m.div_ceil(8 * wy)], vec![("WG_X", wx as f64), ("WG_Y", wy as f64)])
+        }
+        MatmulVariant::Tiled => ([n.div_ceil(64), m.div_ceil(64)], vec![]),
+        MatmulVariant::Subgroup => {
+            // 32×32 outputs per subgroup of 8, 1..8 subgroups per workgroup side by side along j.
+            let blocks = n.div_ceil(32);
+            let w = group_width(blocks);
+            ([blocks.div_ceil(w), m.div_ceil(32)], vec![("WG_X", (8 * w) as f64)])
+        }
+        MatmulVariant::Smem | MatmulVariant::F16 | MatmulVariant::Coop => unreachable!("dispatched by run_vec4"),
     }
 }
 

@@ -15,6 +15,21 @@ impl TileConfig {
         let c = [gpu.policy().smem_large_tile, TileConfig::MEDIUM, TileConfig::SMALL];
         choose(&c, |t| (t.bm, t.bn), |t| t.check(gpu).is_ok(), m, n, batch).unwrap_or(TileConfig::SMALL)
     }
+
+    /// The candidates [`auto`](Self::auto) chooses among with the default large tile.
+    pub const CANDIDATES: [TileConfig; 3] = [TileConfig::LARGE, TileConfig::MEDIUM, TileConfig::SMALL];
+
+    /// The override constants of `shaders/matmul_smem.wgsl` for these tiles.
+    pub fn constants(&self) -> [(&'static str, f64); 6] {
+        [
+            ("BM", self.bm as f64),
+            ("BN", self.bn as f64),
+            ("BK", self.bk as f64),
+            ("TM", self.tm as f64),
+            ("TN", self.tn as f64),
+            ("WG", self.invocations() as f64),
+        ]
+    }
 }
 
 /// Tile sizes of [`MatmulVariant::F16`] and [`MatmulVariant::Coop`]: a workgroup of sg_m×sg_n
@@ -53,8 +68,35 @@ impl FragConfig {
         4 * (ta as u64 + tb as u64) + 1024 * (self.sg_m * self.sg_n) as u64
     }
 
+    /// The candidates [`auto`](Self::auto) chooses among.
+    pub const CANDIDATES: [FragConfig; 3] = [FragConfig::LARGE, FragConfig::MEDIUM, FragConfig::SMALL];
+
+    /// The override constants of `shaders/matmul_f16.wgsl` (and `matmul_coop.wgsl`) for these
+    /// tiles and subgroups of `sgs` lanes.
+    pub fn constants(&self, sgs: u32) -> [(&'static str, f64); 9] {
+        let (ta, tb) = self.tiles();
+        [
+            ("BM", self.bm as f64),
+            ("BN", self.bn as f64),
+            ("BK", self.bk as f64),
+            ("SG_M", self.sg_m as f64),
+            ("SG_N", self.sg_n as f64),
+            ("SGS", sgs as f64),
+            ("WG", (self.sg_m * self.sg_n * sgs) as f64),
+            ("A_TILE", ta as f64),
+            ("B_TILE", tb as f64),
+        ]
+    }
+
     /// Checks the shader's assumptions and the device's limits for subgroups of `sgs` lanes.
     pub fn check(&self, gpu: &Gpu, sgs: u32) -> Result<()> {
+        self.validate(sgs)?;
+        let wg = self.sg_m * self.sg_n * sgs;
+        check_workgroup(&gpu.limits, &format!("fragment tiles {self}"), wg, self.workgroup_bytes())
+    }
+
+    /// Checks the shader's assumptions (any device) for subgroups of `sgs` lanes.
+    pub fn validate(&self, sgs: u32) -> Result<()> {
         let &FragConfig { bm, bn, bk, sg_m, sg_n } = self;
         if sg_m == 0 || sg_n == 0 || bk == 0 || bk % 16 != 0 || bm % (16 * sg_m) != 0 || bn % (16 * sg_n) != 0 {
             bail!("fragment tiles {self}: bk must be a multiple of 16 and bm, bn of 16·sg_m, 16·sg_n");
@@ -72,13 +114,13 @@ impl FragConfig {
                 bail!("fragment tiles {self}: the {what} slice must be 1 to 8 quads per invocation ({wg} invocations)");
             }
         }
-        check_workgroup(&gpu.limits, &format!("fragment tiles {self}"), wg, self.workgroup_bytes())
+        Ok(())
     }
 
     /// The configuration for an m×n product over `batch` matrices ([`choose`]).
     pub fn auto(gpu: &Gpu, sgs: u32, m: usize, n: usize, batch: usize) -> FragConfig {
-        let c = [FragConfig::LARGE, FragConfig::MEDIUM, FragConfig::SMALL];
-        choose(&c, |t| (t.bm, t.bn), |t| t.check(gpu, sgs).is_ok(), m, n, batch).unwrap_or(FragConfig::SMALL)
+        choose(&Self::CANDIDATES, |t| (t.bm, t.bn), |t| t.check(gpu, sgs).is_ok(), m, n, batch)
+            .unwrap_or(FragConfig::SMALL)
     }
 }
 

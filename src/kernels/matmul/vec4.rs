@@ -8,6 +8,10 @@ use super::{Matmul, Params, View};
 use crate::gpu::{CommandRecorder, GpuTensor};
 use anyhow::{bail, Result};
 
+/// The subgroup size the `f16` variant's fragments assume (`SGS`): its invocations emulate a
+/// subgroup, so any device runs it; `coop` takes the device's fixed subgroup size.
+pub(super) const F16_SUBGROUP: u32 = 32;
+
 impl Matmul {
     /// The workgroup-memory variants (`matmul_vec4.wgsl`): quad directions and vec4 eligibility
     /// from the operands' strides, tile sizes, dispatch.
@@ -58,31 +62,14 @@ impl Matmul {
         let (bm, bn) = if variant == MatmulVariant::Smem {
             let t = self.smem_tiles.unwrap_or_else(|| TileConfig::auto(&gpu, m, n, total));
             t.check(&gpu)?;
-            constants.extend([
-                ("BM", t.bm as f64),
-                ("BN", t.bn as f64),
-                ("BK", t.bk as f64),
-                ("TM", t.tm as f64),
-                ("TN", t.tn as f64),
-                ("WG", t.invocations() as f64),
-            ]);
+            constants.extend(t.constants());
             (t.bm, t.bn)
         } else {
-            let sgs = if variant == MatmulVariant::Coop { gpu.description.info.subgroup_max_size } else { 32 };
+            let sgs =
+                if variant == MatmulVariant::Coop { gpu.description.info.subgroup_max_size } else { F16_SUBGROUP };
             let t = self.frag_tiles.unwrap_or_else(|| FragConfig::auto(&gpu, sgs, m, n, total));
             t.check(&gpu, sgs)?;
-            let (ta, tb) = t.tiles();
-            constants.extend([
-                ("BM", t.bm as f64),
-                ("BN", t.bn as f64),
-                ("BK", t.bk as f64),
-                ("SG_M", t.sg_m as f64),
-                ("SG_N", t.sg_n as f64),
-                ("SGS", sgs as f64),
-                ("WG", (t.sg_m * t.sg_n * sgs) as f64),
-                ("A_TILE", ta as f64),
-                ("B_TILE", tb as f64),
-            ]);
+            constants.extend(t.constants(sgs));
             (t.bm, t.bn)
         };
         let groups = [n.div_ceil(bn as usize), m.div_ceil(bm as usize), total];

@@ -33,6 +33,15 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     vec![(COL_SUM, p)]
 }
 
+/// Workgroup size of the column sum.
+const WG: f64 = 64.0;
+
+/// Every set of override constants the host passes, per kernel (`kernels/translate.rs`).
+#[cfg(test)]
+pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
+    vec![(COL_SUM, vec![vec![("WG", WG)]])]
+}
+
 /// `out[j] = scale · Σ_i x[i, j] + beta · out[j]` for a row-major `x` of `rows × cols`.
 pub fn col_sum(
     batch: &mut CommandRecorder,
@@ -56,6 +65,6 @@ pub fn col_sum(
         scale,
         beta,
     };
-    batch.dispatch(&COL_SUM, &[("WG", 64.0)], &params, &[Some(x), Some(out)], [(cols as u32).div_ceil(64), 1, 1]);
+    batch.dispatch(&COL_SUM, &[("WG", WG)], &params, &[Some(x), Some(out)], [(cols as u32).div_ceil(64), 1, 1]);
     Ok(())
 }
