@@ -47,33 +47,46 @@ impl Errors {
     }
 }
 
-struct Inputs {
-    w: FusionHostWeights,
-    h: Vec<f32>,
-    z: Vec<f32>,
-    r: Vec<f32>,
-    d_o: Vec<f32>,
+pub(super) struct Inputs {
+    pub w: FusionHostWeights,
+    pub h: Vec<f32>,
+    pub z: Vec<f32>,
+    pub r: Vec<f32>,
+    pub d_o: Vec<f32>,
 }
 
-/// Random weights and biases, all of a size where every term matters (scores of order 1).
-fn random_inputs(c: &Case, seed: u64) -> Inputs {
+/// Scales of the uniform draws of [`draw_inputs`]: W_Q and W_K, their biases, W_V, the query input h.
+pub(super) struct Scales {
+    pub qk: f32,
+    pub bias: f32,
+    pub v: f32,
+    pub h: f32,
+}
+
+/// Seeded inputs of a `t`-token, `n`-adapter fusion of width `d`, drawn in one fixed order (shared
+/// by the accuracy tests, which only change the scales).
+pub(super) fn draw_inputs(t: usize, d: usize, n: usize, value: bool, sc: Scales, seed: u64) -> Inputs {
     let mut rng = rng(seed);
-    let (t, d, n) = (c.t, c.d, c.n);
-    let s = 1.0 / (d as f32).sqrt();
     let w = FusionHostWeights {
-        w_q: rand_f32(&mut rng, d * d, s),
-        b_q: rand_f32(&mut rng, d, 0.5),
-        w_k: rand_f32(&mut rng, d * d, s),
-        b_k: rand_f32(&mut rng, d, 0.5),
-        w_v: c.value.then(|| rand_f32(&mut rng, d * d, s)),
+        w_q: rand_f32(&mut rng, d * d, sc.qk),
+        b_q: rand_f32(&mut rng, d, sc.bias),
+        w_k: rand_f32(&mut rng, d * d, sc.qk),
+        b_k: rand_f32(&mut rng, d, sc.bias),
+        w_v: value.then(|| rand_f32(&mut rng, d * d, sc.v)),
     };
     Inputs {
         w,
-        h: rand_f32(&mut rng, t * d, 1.0),
+        h: rand_f32(&mut rng, t * d, sc.h),
         z: rand_f32(&mut rng, n * t * d, 1.0),
         r: rand_f32(&mut rng, t * d, 1.0),
         d_o: rand_f32(&mut rng, t * d, 1.0),
     }
+}
+
+/// Random weights and biases, all of a size where every term matters (scores of order 1).
+fn random_inputs(c: &Case, seed: u64) -> Inputs {
+    let s = 1.0 / (c.d as f32).sqrt();
+    draw_inputs(c.t, c.d, c.n, c.value, Scales { qk: s, bias: 0.5, v: s, h: 1.0 }, seed)
 }
 
 fn reference(c: &Case, w: &FusionHostWeights) -> Fusion {

@@ -5,7 +5,8 @@
 //! stay within a few times the naive f32 error (or 2e-6), tensor by tensor.
 
 use super::reference::{Fusion, FusionGrads, FusionInputGrads};
-use crate::kernels::fusion::{FusionHostWeights, FusionSaved, FusionScratch, FusionShape, FusionWeights};
+use super::tests::{draw_inputs, Inputs, Scales};
+use crate::kernels::fusion::{FusionSaved, FusionScratch, FusionShape, FusionWeights};
 use crate::kernels::reference::rel_err;
 use crate::kernels::test_support::*;
 
@@ -19,32 +20,9 @@ struct Case {
     scale: f32,
 }
 
-struct Inputs {
-    w: FusionHostWeights,
-    h: Vec<f32>,
-    z: Vec<f32>,
-    r: Vec<f32>,
-    d_o: Vec<f32>,
-}
-
 fn random_inputs(c: &Case, seed: u64) -> Inputs {
-    let mut rng = rng(seed);
-    let (t, d, n) = (c.t, c.d, c.n);
-    let s = c.scale / (d as f32).sqrt();
-    let w = FusionHostWeights {
-        w_q: rand_f32(&mut rng, d * d, s),
-        b_q: rand_f32(&mut rng, d, 0.3),
-        w_k: rand_f32(&mut rng, d * d, s),
-        b_k: rand_f32(&mut rng, d, 0.3),
-        w_v: c.value.then(|| rand_f32(&mut rng, d * d, 1.0 / (d as f32).sqrt())),
-    };
-    Inputs {
-        w,
-        h: rand_f32(&mut rng, t * d, 1.7),
-        z: rand_f32(&mut rng, n * t * d, 1.0),
-        r: rand_f32(&mut rng, t * d, 1.0),
-        d_o: rand_f32(&mut rng, t * d, 1.0),
-    }
+    let s = 1.0 / (c.d as f32).sqrt();
+    draw_inputs(c.t, c.d, c.n, c.value, Scales { qk: c.scale * s, bias: 0.3, v: s, h: 1.7 }, seed)
 }
 
 /// The gradients one run produces, in the reference's layouts.

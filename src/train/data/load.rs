@@ -30,7 +30,7 @@ impl Format {
             "tsv" | "tab" => Ok(Format::Tsv),
             "jsonl" | "ndjson" | "json" => Ok(Format::Jsonl),
             _ => bail!(
-                "{}: cannot tell the format from the extension {:?}; name the file .csv, .tsv (.tab), .jsonl (.ndjson) or .json",
+                "{}: cannot tell the format from the extension {:?}; name the file .csv, .tsv, .jsonl or .json, or give the format (--format csv|tsv|jsonl)",
                 path.display(),
                 ext
             ),

@@ -95,6 +95,7 @@ impl<'a> Machine<'a> {
         }
     }
 
+    // long: one arm per pickle opcode the reader accepts; the opcode table reads best in one match.
     fn step(&mut self, op: u8) -> Result<()> {
         match op {
             0x80 => {
