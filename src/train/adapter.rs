@@ -14,10 +14,9 @@ use crate::train::options::{
 };
 use crate::train::report::{PlainReporter, Reporter};
 use crate::train::resume::{self, RunControl};
-use crate::train::task::load_task_data;
-use crate::train::tokenizer::Tokenizer;
+use crate::train::task::{start_run, RunStart};
 use crate::train::trainer::{run_loop_with, LoopControl, LoopSetup, Trainee};
-use crate::train::{checkpoint, data, model_name, model_parameters, Preset, TrainSummary};
+use crate::train::{checkpoint, model_name, model_parameters, Preset, TrainSummary};
 use crate::types::Activation;
 use anyhow::{anyhow, bail, Result};
 use rand::SeedableRng;
@@ -216,21 +215,8 @@ pub fn train(gpu: &Arc<Gpu>, args: &TrainArgs) -> Result<TrainSummary> {
 /// `peft train` with checkpoint control: resume from `args.out`, stop after a number of steps,
 /// save every few steps (see [`resume`]); its lines and progress go to `rep`.
 pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut dyn Reporter) -> Result<TrainSummary> {
-    let (r, d) = (&args.run, &args.data);
-    if r.batch_size == 0 || r.epochs == 0 {
-        bail!("--batch-size and --epochs must be at least 1");
-    }
-    rep.message(&format!("device: {}", gpu.description.summary()));
-    let cfg = BertConfig::from_model_dir(&args.model)?;
-    if d.max_length > cfg.max_position_embeddings {
-        rep.note(&format!(
-            "note: --max-length {} is more than the model's {} positions (max_position_embeddings); using {}",
-            d.max_length, cfg.max_position_embeddings, cfg.max_position_embeddings
-        ));
-    }
-    let tok = Tokenizer::from_model_dir(&args.model, d.max_length.min(cfg.max_position_embeddings))?;
-    let pad = data::pad_id(&tok);
-    let task = load_task_data(&tok, &args.train, d, r.seed, rep)?;
+    let r = &args.run;
+    let RunStart { cfg, pad, task } = start_run(gpu, &args.model, &args.train, &args.data, r, rep)?;
 
     let bn = args.adapter.bottleneck_config(cfg.num_hidden_layers);
     let (set, head) = new_adapter(gpu, &cfg, &bn, &args.adapter.name, task.labels.len(), r.seed)?;

@@ -1,7 +1,9 @@
 //! A task's data for training: loaded, shuffled (seeded), split, cut, tokenized and labelled.
 
+use crate::gpu::Gpu;
+use crate::model::config::BertConfig;
 use crate::train::data::{self, Example, LabelMap, Tokenized};
-use crate::train::options::DataArgs;
+use crate::train::options::{DataArgs, LoopArgs};
 use crate::train::report::Reporter;
 use crate::train::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -106,4 +108,40 @@ pub(crate) fn load_task_data(
         labels.labels.join(", ")
     ));
     Ok(TaskData { train: train_set, dev, labels })
+}
+
+/// What `peft train` and `peft fuse` both start from: the model's config, the padding id and the
+/// task's data tokenized for the model.
+pub(crate) struct RunStart {
+    pub(crate) cfg: BertConfig,
+    pub(crate) pad: u32,
+    pub(crate) task: TaskData,
+}
+
+/// The start shared by `peft train` and `peft fuse`: checks the loop settings, reports the device,
+/// reads the model's config and loads the task's data, tokenized to `--max-length` capped at the
+/// model's positions (with a note when it is capped).
+pub(crate) fn start_run(
+    gpu: &Gpu,
+    model: &Path,
+    train: &Path,
+    d: &DataArgs,
+    r: &LoopArgs,
+    rep: &mut dyn Reporter,
+) -> Result<RunStart> {
+    if r.batch_size == 0 || r.epochs == 0 {
+        bail!("--batch-size and --epochs must be at least 1");
+    }
+    rep.message(&format!("device: {}", gpu.description.summary()));
+    let cfg = BertConfig::from_model_dir(model)?;
+    if d.max_length > cfg.max_position_embeddings {
+        rep.note(&format!(
+            "note: --max-length {} is more than the model's {} positions (max_position_embeddings); using {}",
+            d.max_length, cfg.max_position_embeddings, cfg.max_position_embeddings
+        ));
+    }
+    let tok = Tokenizer::from_model_dir(model, d.max_length.min(cfg.max_position_embeddings))?;
+    let pad = data::pad_id(&tok);
+    let task = load_task_data(&tok, train, d, r.seed, rep)?;
+    Ok(RunStart { cfg, pad, task })
 }

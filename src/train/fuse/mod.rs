@@ -19,18 +19,16 @@ pub use trainee::{load_source_adapters, FusionTrainee};
 
 use crate::formats::adapterhub::FusionConfig;
 use crate::gpu::Gpu;
-use crate::model::config::BertConfig;
 use crate::model::load;
 use crate::model::plan::AdapterSpec;
 use crate::train::memory::{plan_memory, Trained};
 use crate::train::options::{DataArgs, LoopArgs, MemoryArgs, OptimizerArgs, SaveArgs};
 use crate::train::report::{PlainReporter, Reporter};
 use crate::train::resume::{self, RunControl, RunSettings};
-use crate::train::task::load_task_data;
-use crate::train::tokenizer::Tokenizer;
+use crate::train::task::{start_run, RunStart};
 use crate::train::trainer::{run_loop_with, LoopControl, LoopSetup};
-use crate::train::{data, model_name, model_parameters, TrainSummary};
-use anyhow::{anyhow, bail, Result};
+use crate::train::{model_name, model_parameters, TrainSummary};
+use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -162,16 +160,9 @@ pub fn fuse(gpu: &Arc<Gpu>, args: &FuseArgs) -> Result<FuseSummary> {
 /// `peft fuse` with checkpoint control (resume, stops, saves every few steps, as
 /// [`crate::train::train_with`]); its lines and progress go to `rep`.
 pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dyn Reporter) -> Result<FuseSummary> {
-    let (r, d) = (&args.run, &args.data);
-    if r.batch_size == 0 || r.epochs == 0 {
-        bail!("--batch-size and --epochs must be at least 1");
-    }
-    rep.message(&format!("device: {}", gpu.description.summary()));
-    let cfg = BertConfig::from_model_dir(&args.model)?;
+    let r = &args.run;
+    let RunStart { cfg, pad, task } = start_run(gpu, &args.model, &args.train, &args.data, r, rep)?;
     let sets = load_source_adapters(gpu, &args.fusion.adapters, &cfg)?;
-    let tok = Tokenizer::from_model_dir(&args.model, d.max_length.min(cfg.max_position_embeddings))?;
-    let pad = data::pad_id(&tok);
-    let task = load_task_data(&tok, &args.train, d, r.seed, rep)?;
     let config = args.fusion.fusion_config.config(args.fusion.temperature);
     // The planner sizes the step with the source adapters (the fusion layers add little).
     let spec = AdapterSpec::of(&sets[0], cfg.num_hidden_layers);
