@@ -30,7 +30,7 @@ pub mod trainer;
 pub use adapter::{new_adapter, train, train_with, AdapterArgs, TrainArgs};
 pub use infer::{evaluate, load_trained, predict, Loaded, Prediction};
 pub use optimizer::Optimizer;
-pub use options::{Columns, DataArgs, LoopArgs, MemoryArgs, OptimizerArgs};
+pub use options::{BatchOrder, Columns, DataArgs, LoopArgs, MemoryArgs, OptimizerArgs};
 pub use report::{PlainReporter, Reporter, StepReport};
 pub use trainer::{train_step, StepOutput, Trainee};
 

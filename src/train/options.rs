@@ -114,12 +114,28 @@ pub struct LoopArgs {
     /// Stop after N epochs without a better dev accuracy.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// How the training examples are batched each epoch.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub batch_order: BatchOrder,
 }
 
 impl Default for LoopArgs {
     fn default() -> Self {
-        Self { epochs: 3, batch_size: 32, seed: 42, patience: None }
+        Self { epochs: 3, batch_size: 32, seed: 42, patience: None, batch_order: BatchOrder::default() }
     }
+}
+
+/// How the training examples are cut into batches each epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchOrder {
+    /// A seeded shuffle per epoch, batches of similar lengths (the least padding).
+    #[default]
+    Bucketed,
+    /// The training file's order every epoch, cut into batches in turn, no shuffle at all (needs
+    /// `--dev`): for side-by-side runs with another trainer on the same batches.
+    File,
 }
 
 /// Where the GPU memory goes: they do not change the results, so a resumed run takes them from

@@ -3,7 +3,7 @@
 use crate::gpu::Gpu;
 use crate::model::config::BertConfig;
 use crate::train::data::{self, Example, LabelMap, Tokenized};
-use crate::train::options::{DataArgs, LoopArgs};
+use crate::train::options::{BatchOrder, DataArgs, LoopArgs};
 use crate::train::report::Reporter;
 use crate::train::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -70,12 +70,15 @@ pub(crate) fn load_task_data(
     tok: &Tokenizer,
     train: &Path,
     spec: &DataArgs,
-    seed: u64,
+    run: &LoopArgs,
     rep: &mut dyn Reporter,
 ) -> Result<TaskData> {
+    let seed = run.seed;
     let options = spec.columns.options(true);
     let mut train_ex = data::load_examples(train, &options)?;
-    data::shuffle(&mut train_ex, seed);
+    if run.batch_order == BatchOrder::Bucketed {
+        data::shuffle(&mut train_ex, seed);
+    }
     let (mut train_ex, mut dev_ex, dev_note) = match &spec.dev {
         Some(dev) => (train_ex, data::load_examples(dev, &options)?, format!("{}", dev.display())),
         None => {
@@ -132,6 +135,9 @@ pub(crate) fn start_run(
     if r.batch_size == 0 || r.epochs == 0 {
         bail!("--batch-size and --epochs must be at least 1");
     }
+    if r.batch_order == BatchOrder::File && d.dev.is_none() {
+        bail!("--batch-order file keeps the training file's order and needs --dev (a held-out split would shuffle it)");
+    }
     rep.message(&format!("device: {}", gpu.description.summary()));
     let cfg = BertConfig::from_model_dir(model)?;
     if d.max_length > cfg.max_position_embeddings {
@@ -142,6 +148,6 @@ pub(crate) fn start_run(
     }
     let tok = Tokenizer::from_model_dir(model, d.max_length.min(cfg.max_position_embeddings))?;
     let pad = data::pad_id(&tok);
-    let task = load_task_data(&tok, train, d, r.seed, rep)?;
+    let task = load_task_data(&tok, train, d, r, rep)?;
     Ok(RunStart { cfg, pad, task })
 }

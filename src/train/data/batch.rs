@@ -90,6 +90,12 @@ pub fn make_batches(lengths: &[usize], batch_size: usize, seed: u64, bucket: boo
     batches
 }
 
+/// Batches of example indices in order (`0..n` cut into `batch_size` pieces, the last may be
+/// short): `--batch-order file`.
+pub fn batches_in_order(n: usize, batch_size: usize) -> Vec<Vec<usize>> {
+    (0..n).collect::<Vec<_>>().chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect()
+}
+
 /// Real tokens over padded tokens (`Σ len / Σ batch · longest`) for batches of `lengths`;
 /// 1.0 means no padding at all.
 pub fn padding_efficiency(lengths: &[usize], batches: &[Vec<usize>]) -> f64 {

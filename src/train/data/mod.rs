@@ -27,7 +27,7 @@ mod load;
 mod split;
 mod tokens;
 
-pub use batch::{make_batches, padding_efficiency, Batch, BUCKET_WINDOW};
+pub use batch::{batches_in_order, make_batches, padding_efficiency, Batch, BUCKET_WINDOW};
 pub use inputs_json::read_inputs_json;
 pub use labels::{label_counts, LabelMap};
 pub use load::{load_examples, parse_examples, rotten_tomatoes, DataOptions, Format};

@@ -6,6 +6,7 @@ use crate::kernels::optim::{AdamW, LinearSchedule};
 use crate::model::encoder::Encoder;
 use crate::train::metrics::{self, MetricsLog, TrainingCurves};
 use crate::train::optimizer::Optimizer;
+use crate::train::options::BatchOrder;
 use crate::train::report::{Reporter, StepReport};
 use crate::train::resume::{self, Progress};
 use crate::train::task::TaskData;
@@ -85,7 +86,10 @@ pub(crate) fn run_loop_with<T: Trainee>(
     'epochs: for epoch in p.epoch..=a.run.epochs {
         run.rep.epoch(epoch, a.run.epochs);
         let seed = a.run.seed.wrapping_add(epoch as u64);
-        let batches = data::make_batches(&lengths, a.run.batch_size, seed, true);
+        let batches = match a.run.batch_order {
+            BatchOrder::Bucketed => data::make_batches(&lengths, a.run.batch_size, seed, true),
+            BatchOrder::File => data::batches_in_order(lengths.len(), a.run.batch_size),
+        };
         for (bi, idx) in batches.iter().enumerate() {
             if epoch == p.epoch && bi < p.batch {
                 continue; // done before the run was stopped
