@@ -187,10 +187,16 @@ def main():
                    help="no training: one table from the runs of earlier OUT.json files (e.g. --only peft and --only adapters)")
     args = p.parse_args()
     if args.combine:
-        runs = []
+        runs, saved = [], None
         for path in args.combine:
             with open(path) as f:
-                runs += json.load(f)["runs"]
+                v = json.load(f)
+            runs += v["runs"]
+            saved = saved or v["args"]
+        # The table's settings line from the runs' own settings (the first file's), not this call's.
+        out, name = args.out, args.device_name
+        args = argparse.Namespace(**saved)
+        args.out, args.device_name = out, name or args.device_name
         write_table(args, runs)
         return
 
