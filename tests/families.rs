@@ -225,3 +225,40 @@ fn family_adapters_save_under_their_names() {
         assert_eq!(back.layers, a.layers);
     }
 }
+
+/// `peft train` on a family's model saves an adapter + head that the `adapters` library's model
+/// class for that family reads: `model_type` / `model_class` of the family, tensors under its
+/// names, in both formats; `peft predict` loads it back.
+#[test]
+fn train_saves_adapters_for_the_family() {
+    for (fixture, family) in [("tiny-roberta", Family::Roberta), ("tiny-distilbert", Family::DistilBert)] {
+        let d = tempfile::tempdir().unwrap();
+        let (train, dev) = cli::toy_data(d.path());
+        let out = d.path().join("out");
+        let (model, train, dev, out_s) = (s(&base(fixture)), s(&train), s(&dev), s(&out));
+        let mut args = cli::train_args(&model, &train, &dev, &out_s);
+        args.extend(["--epochs", "1"]);
+        let o = cli::peft(&args);
+        assert!(o.status.success(), "{fixture}: peft train failed: {}", cli::text(&o.stderr));
+        for file in ["adapter_config.json", "head_config.json"] {
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(file)).unwrap()).unwrap();
+            assert_eq!(v["model_type"], family.model_type(), "{fixture} {file}");
+            assert_eq!(v["model_class"], family.adapter_model_class(), "{fixture} {file}");
+        }
+        assert!(out.join("pytorch_adapter.bin").exists() && out.join("pytorch_model_head.bin").exists());
+        let names = WeightFile::open(out.join("adapter.safetensors")).unwrap();
+        let names = names.names();
+        assert_eq!(names.len(), 16, "{fixture}: {names:?}");
+        let theirs = WeightFile::open(case(fixture).join("adapter/adapter.safetensors")).unwrap();
+        let their_names = theirs.names();
+        for n in &names {
+            // The library's fixture adapter is named `task`, ours `adapter`: otherwise the same names.
+            let as_theirs = n.replace(".adapters.adapter.", ".adapters.task.");
+            assert!(their_names.contains(&as_theirs.as_str()), "{fixture}: {n} is not a name the library uses");
+        }
+        let cfg = BertConfig::from_model_dir(base(fixture)).unwrap();
+        Adapter::load(&out, &cfg).unwrap();
+        let o = cli::peft(&["predict", "--model", &model, "--adapter", &out_s, "--text", "a superb film"]);
+        assert!(o.status.success(), "{fixture}: peft predict failed: {}", cli::text(&o.stderr));
+    }
+}

@@ -4,7 +4,7 @@
 use super::names::{adapter_param_name, AdapterSite, BottleneckParam};
 use super::{lookup, saved_family, unexpected_error, BottleneckConfig, Head, SavedConfig};
 use super::{WeightsFormat, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS};
-use crate::formats::hf_config::BertConfig;
+use crate::formats::hf_config::{BertConfig, Family};
 use crate::formats::weights::{Tensor, TensorMap, WeightFile};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -148,6 +148,15 @@ impl Adapter {
 
     pub fn name(&self) -> &str {
         self.saved.name()
+    }
+
+    /// Saves for a `family` model: its `model_type` / `model_class` in the configs (the head's
+    /// too), and with them its tensor names ([`tensors`](Self::tensors)).
+    pub fn set_family(&mut self, family: Family) {
+        self.saved.set_family(family);
+        if let Some(h) = &mut self.head {
+            h.saved.set_family(family);
+        }
     }
 
     /// Every tensor under AdapterHub's names.

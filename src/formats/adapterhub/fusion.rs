@@ -194,6 +194,15 @@ impl Fusion {
         Ok(Self { saved, config, adapter_names, layers, head })
     }
 
+    /// Saves for a `family` model: its `model_type` / `model_class` in the configs (the head's
+    /// too), and with them its tensor names ([`tensors`](Self::tensors)).
+    pub fn set_family(&mut self, family: crate::formats::family::Family) {
+        self.saved.set_family(family);
+        if let Some(h) = &mut self.head {
+            h.saved.set_family(family);
+        }
+    }
+
     /// The fusion's name in tensor names: the adapter names joined by commas.
     pub fn fusion_name(&self) -> String {
         self.adapter_names.join(",")
