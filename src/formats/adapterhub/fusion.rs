@@ -210,7 +210,11 @@ impl Fusion {
 
     /// (Named for the family the config's `model_type` says.)
     pub fn tensors(&self) -> TensorMap {
-        let family = saved_family(&self.saved);
+        self.tensors_named_for(saved_family(&self.saved))
+    }
+
+    /// Every tensor under `family`'s names (BERT's: the names the engine uses).
+    pub fn tensors_named_for(&self, family: crate::formats::family::Family) -> TensorMap {
         let fname = self.fusion_name();
         let mut m = TensorMap::new();
         for (l, fl) in self.layers.iter().enumerate() {
