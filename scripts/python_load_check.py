@@ -11,7 +11,7 @@ Every parameter the `.bin` files hold is checked against what Python loaded, bit
 import argparse, json, os, sys
 import numpy as np, torch
 from transformers import AutoTokenizer, BertTokenizer
-from adapters import BertAdapterModel
+from adapters import AutoAdapterModel
 from adapters.composition import Fuse
 
 ap = argparse.ArgumentParser()
@@ -23,7 +23,7 @@ ap.add_argument("--max-length", type=int, default=128)
 ap.add_argument("--tolerance", type=float, default=1e-4, help="max relative logit difference")
 a = ap.parse_args()
 
-m = BertAdapterModel.from_pretrained(a.model)
+m = AutoAdapterModel.from_pretrained(a.model)  # BertAdapterModel, RobertaAdapterModel, ... as config.json says
 bins = []
 if a.fusion:
     names = [m.load_adapter(d, with_head=False) for d in a.adapter]   # the two lines a user writes

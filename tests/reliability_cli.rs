@@ -27,14 +27,14 @@ fn cli_bad_model_folders_fail_cleanly() {
     assert_clean_failure(&run(&bad, &out), &["config.json"]);
     assert!(!out.exists(), "output folder created for a run that never started");
 
-    let bad = d.path().join("roberta");
+    let bad = d.path().join("deberta");
     fs::create_dir_all(&bad).unwrap();
     fs::copy(model.join("model.safetensors"), bad.join("model.safetensors")).unwrap();
     write_vocab(&bad);
     let mut c: Value = serde_json::from_str(&fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
-    c["model_type"] = json!("roberta");
+    c["model_type"] = json!("deberta-v2");
     fs::write(bad.join("config.json"), c.to_string()).unwrap();
-    assert_clean_failure(&run(&bad, &out), &["model_type", "roberta"]);
+    assert_clean_failure(&run(&bad, &out), &["model_type", "deberta-v2"]);
 
     let bad = d.path().join("truncated");
     fs::create_dir_all(&bad).unwrap();

@@ -33,6 +33,7 @@ pub fn preset(name: &str) -> Option<BertConfig> {
         type_vocab_size: 2,
         vocab_size: 30522,
         pad_token_id: Some(0),
+        layout: Default::default(),
     })
 }
 

@@ -1,6 +1,8 @@
 //! `BertConfig`: the architecture of a BERT-family encoder from a Hugging Face `config.json`
-//! (re-exported as `model::config::BertConfig`).
+//! (re-exported as `model::config::BertConfig`): BERT, RoBERTa, XLM-RoBERTa, DistilBERT (its own
+//! key names, read into BERT's) and ELECTRA ([`Family`]).
 
+pub use super::family::Family;
 use crate::types::Activation;
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
@@ -8,9 +10,31 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::Path;
 
-/// The `model_type`s whose checkpoints have BERT's architecture and tensor names. MiniLM
-/// checkpoints such as all-MiniLM-L6-v2 say `"bert"`.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
+/// The `model_type`s whose checkpoints have BERT's layer ([`Family`]). MiniLM checkpoints such as
+/// all-MiniLM-L6-v2 say `"bert"`.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "xlm-roberta", "distilbert", "electra"];
+
+/// How a family's embeddings differ from BERT's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelLayout {
+    pub family: Family,
+    /// The position id of a sequence's first token. RoBERTa / XLM-R: `pad_token_id + 1`, as
+    /// transformers' `create_position_ids_from_input_ids` counts (padding tokens sit at
+    /// `pad_token_id`); 0 otherwise.
+    pub position_offset: usize,
+    /// False for DistilBERT (no token-type table).
+    pub token_types: bool,
+    /// ELECTRA's `embedding_size`: the tables' width, projected to `hidden_size` by
+    /// `embeddings_project` when the two differ. `None`: the tables are `hidden_size` wide.
+    pub embedding_size: Option<usize>,
+}
+
+impl Default for ModelLayout {
+    /// BERT's.
+    fn default() -> Self {
+        Self { family: Family::Bert, position_offset: 0, token_types: true, embedding_size: None }
+    }
+}
 
 /// What the encoder needs from `config.json`. Fields that transformers' `BertConfig` defaults
 /// (`hidden_act`, `layer_norm_eps`, `max_position_embeddings`, `type_vocab_size`,
@@ -31,6 +55,9 @@ pub struct BertConfig {
     pub type_vocab_size: usize,
     pub vocab_size: usize,
     pub pad_token_id: Option<u32>,
+    /// Family and embedding differences (BERT's when absent from a serialized config).
+    #[serde(default)]
+    pub layout: ModelLayout,
 }
 
 impl BertConfig {
@@ -56,39 +83,74 @@ impl BertConfig {
 
     fn from_map(m: &Map<String, Value>) -> Result<Self> {
         let model_type: String = required(m, "model_type")?;
-        if !SUPPORTED_MODEL_TYPES.contains(&model_type.as_str()) {
+        let Some(family) = Family::from_model_type(&model_type) else {
             bail!(
                 "unsupported model_type {model_type:?} (supported: {}; BERT-architecture checkpoints such as MiniLM use \"bert\")",
                 SUPPORTED_MODEL_TYPES.join(", ")
             );
-        }
-        let act_name: String = optional(m, "hidden_act")?.unwrap_or_else(|| "gelu".into());
-        let hidden_act = match act_name.as_str() {
-            // transformers' "gelu" is the exact erf form; the tanh approximations differ.
-            "gelu" | "gelu_python" | "relu" | "silu" | "swish" => Activation::parse(&act_name)?,
-            other => bail!("unsupported hidden_act {other:?} (supported: gelu, gelu_python, relu, silu, swish)"),
         };
+        let cfg = match family {
+            Family::DistilBert => Self::distilbert(m, model_type)?,
+            _ => Self::bert_like(m, model_type, family)?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// BERT's keys, which RoBERTa, XLM-R and ELECTRA share.
+    fn bert_like(m: &Map<String, Value>, model_type: String, family: Family) -> Result<Self> {
         let pet: Option<String> = optional(m, "position_embedding_type")?;
         if let Some(p) = pet {
             if p != "absolute" {
                 bail!("unsupported position_embedding_type {p:?} (supported: absolute)");
             }
         }
-        let cfg = BertConfig {
+        let hidden_size: usize = required(m, "hidden_size")?;
+        let roberta = matches!(family, Family::Roberta | Family::XlmRoberta);
+        // RobertaConfig's default pad_token_id is 1; BertConfig's and ElectraConfig's 0.
+        let pad_token_id: Option<u32> = optional(m, "pad_token_id")?.or(if roberta { Some(1) } else { None });
+        let position_offset = match (roberta, pad_token_id) {
+            (true, Some(p)) => p as usize + 1,
+            _ => 0,
+        };
+        // ElectraConfig's default embedding_size is 128.
+        let embedding_size = match family {
+            Family::Electra => Some(optional(m, "embedding_size")?.unwrap_or(128usize)).filter(|&e| e != hidden_size),
+            _ => None,
+        };
+        Ok(BertConfig {
             model_type,
-            hidden_size: required(m, "hidden_size")?,
+            hidden_size,
             num_hidden_layers: required(m, "num_hidden_layers")?,
             num_attention_heads: required(m, "num_attention_heads")?,
             intermediate_size: required(m, "intermediate_size")?,
-            hidden_act,
+            hidden_act: activation(optional(m, "hidden_act")?, "hidden_act")?,
             layer_norm_eps: optional(m, "layer_norm_eps")?.unwrap_or(1e-12),
             max_position_embeddings: optional(m, "max_position_embeddings")?.unwrap_or(512),
             type_vocab_size: optional(m, "type_vocab_size")?.unwrap_or(2),
             vocab_size: required(m, "vocab_size")?,
+            pad_token_id,
+            layout: ModelLayout { family, position_offset, token_types: true, embedding_size },
+        })
+    }
+
+    /// DistilBERT's keys (`dim`, `hidden_dim`, `n_layers`, `n_heads`, `activation`), read into
+    /// BERT's fields. It has no token types (one type, no table) and LayerNorm eps 1e-12 fixed.
+    fn distilbert(m: &Map<String, Value>, model_type: String) -> Result<Self> {
+        Ok(BertConfig {
+            model_type,
+            hidden_size: required(m, "dim")?,
+            num_hidden_layers: required(m, "n_layers")?,
+            num_attention_heads: required(m, "n_heads")?,
+            intermediate_size: required(m, "hidden_dim")?,
+            hidden_act: activation(optional(m, "activation")?, "activation")?,
+            layer_norm_eps: 1e-12,
+            max_position_embeddings: optional(m, "max_position_embeddings")?.unwrap_or(512),
+            type_vocab_size: 1,
+            vocab_size: required(m, "vocab_size")?,
             pad_token_id: optional(m, "pad_token_id")?,
-        };
-        cfg.validate()?;
-        Ok(cfg)
+            layout: ModelLayout { family: Family::DistilBert, token_types: false, ..ModelLayout::default() },
+        })
     }
 
     /// Checks the relations between fields (positive sizes, heads divide the width).
@@ -121,11 +183,46 @@ impl BertConfig {
                 bail!("pad_token_id {p} is not below vocab_size {}", self.vocab_size);
             }
         }
+        if self.layout.position_offset >= self.max_position_embeddings {
+            bail!(
+                "max_position_embeddings {} leaves no position after the first {} (pad_token_id + 1)",
+                self.max_position_embeddings,
+                self.layout.position_offset
+            );
+        }
+        if self.layout.embedding_size == Some(0) {
+            bail!("embedding_size must be positive, got 0");
+        }
         Ok(())
+    }
+
+    /// The family (BERT, RoBERTa, ...).
+    pub fn family(&self) -> Family {
+        self.layout.family
+    }
+
+    /// The longest sequence the position table holds, special tokens included: RoBERTa's first
+    /// `pad_token_id + 1` positions are not used by real tokens (514 → 512 for roberta-base).
+    pub fn max_sequence_length(&self) -> usize {
+        self.max_position_embeddings - self.layout.position_offset
+    }
+
+    /// The width of the embedding tables (ELECTRA's `embedding_size`, else `hidden_size`).
+    pub fn embedding_width(&self) -> usize {
+        self.layout.embedding_size.unwrap_or(self.hidden_size)
     }
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// transformers' `"gelu"` is the exact erf form; the tanh approximations differ and are refused.
+fn activation(name: Option<String>, key: &str) -> Result<Activation> {
+    let name = name.unwrap_or_else(|| "gelu".into());
+    match name.as_str() {
+        "gelu" | "gelu_python" | "relu" | "silu" | "swish" => Activation::parse(&name),
+        other => bail!("unsupported {key} {other:?} (supported: gelu, gelu_python, relu, silu, swish)"),
     }
 }
 

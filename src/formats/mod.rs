@@ -8,6 +8,7 @@
 //! layers build on it.
 
 pub mod adapterhub;
+pub mod family;
 pub mod hf_config;
 pub mod python_json;
 pub mod torch_bin;
@@ -19,6 +20,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use family::Family;
 pub use hf_config::BertConfig;
 pub use python_json::{python_float_repr, to_python_json};
 pub use weights::{Tensor, TensorMap, WeightFile};

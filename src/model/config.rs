@@ -2,4 +2,4 @@
 //! [`crate::formats::hf_config`] and is re-exported here for the model code that names it
 //! `model::config::BertConfig`.
 
-pub use crate::formats::hf_config::{BertConfig, SUPPORTED_MODEL_TYPES};
+pub use crate::formats::hf_config::{BertConfig, Family, ModelLayout, SUPPORTED_MODEL_TYPES};

@@ -65,7 +65,8 @@ impl FusionModel {
         let c = &f.config;
         check_config(c, &f.fusion_name())?;
         let shape = FusionShape { d, n: f.adapter_names.len(), value: c.value, residual_before: c.residual_before };
-        let map: TensorMap = f.tensors();
+        // Under BERT's names, whatever the model's family (the engine's names).
+        let map: TensorMap = f.tensors_named_for(crate::formats::family::Family::Bert);
         let get = |n: &str, shape: &[usize]| -> Result<GpuTensor> {
             let t = map
                 .get(n)

@@ -2,8 +2,8 @@
 //! folders (read by [`crate::formats::adapterhub`]).
 
 use super::adapters::{AdapterSet, ClassificationHead, Location, Placement};
-use super::config::BertConfig;
-use super::encoder::{Dims, Encoder};
+use super::config::{BertConfig, Family};
+use super::encoder::{Dims, EmbeddingLayout, Encoder};
 use super::source::FileSource;
 use crate::formats::adapterhub::{Adapter, Head, ResidualBeforeLn};
 use crate::formats::weights::{TensorMap, WeightFile};
@@ -21,14 +21,15 @@ pub fn dims(cfg: &BertConfig) -> Dims {
         ffn: cfg.intermediate_size,
         act: cfg.hidden_act,
         eps: cfg.layer_norm_eps as f32,
-        max_positions: cfg.max_position_embeddings,
+        // The longest sequence (RoBERTa's first pad_token_id + 1 positions are not for tokens).
+        max_positions: cfg.max_sequence_length(),
         type_vocab: cfg.type_vocab_size,
         vocab: cfg.vocab_size,
     }
 }
 
-/// Opens `model_dir` (`config.json` + `model.safetensors`) on the GPU. `resident_layers`: how many
-/// layers stay on the GPU (`None`: all).
+/// Opens `model_dir` (`config.json` + `model.safetensors`, any supported family) on the GPU.
+/// `resident_layers`: how many layers stay on the GPU (`None`: all).
 pub fn load_encoder(gpu: &Arc<Gpu>, model_dir: &Path, resident_layers: Option<usize>) -> Result<(BertConfig, Encoder)> {
     let cfg = BertConfig::from_model_dir(model_dir)?;
     let path = model_dir.join("model.safetensors");
@@ -38,18 +39,24 @@ pub fn load_encoder(gpu: &Arc<Gpu>, model_dir: &Path, resident_layers: Option<us
     let file = WeightFile::open(&path)?;
     super::weights::validate_bert_weights(&file, &cfg)?;
     let dims = dims(&cfg);
-    let source = Arc::new(FileSource::new(file));
-    let enc = Encoder::new(gpu.clone(), dims, source, resident_layers.unwrap_or(dims.layers))
+    let source = Arc::new(FileSource::for_family(file, cfg.family()));
+    let layout = EmbeddingLayout::from_config(&cfg);
+    let enc = Encoder::with_layout(gpu.clone(), dims, layout, source, resident_layers.unwrap_or(dims.layers))
         .with_context(|| format!("loading {}", model_dir.display()))?;
     Ok((cfg, enc))
 }
 
-fn getter<'a>(map: &'a TensorMap, what: &'a str) -> impl Fn(&str, &[usize]) -> Result<Vec<f32>> + 'a {
+/// Reads the tensors the engine names as BERT does (`bert.encoder.layer...`, `heads...`) from `map`,
+/// where `family`'s names (with or without the prefix) are found too.
+fn getter<'a>(map: &'a TensorMap, what: &'a str, family: Family) -> impl Fn(&str, &[usize]) -> Result<Vec<f32>> + 'a {
     move |name: &str, shape: &[usize]| {
+        let named = family.file_name(name);
         let t = map
             .get(name)
+            .or_else(|| map.get(&named))
+            .or_else(|| named.strip_prefix(family.prefix()).and_then(|n| map.get(n)))
             .or_else(|| name.strip_prefix("bert.").and_then(|n| map.get(n)))
-            .ok_or_else(|| anyhow!("{what}: tensor {name:?} is missing"))?;
+            .ok_or_else(|| anyhow!("{what}: tensor {named:?} is missing"))?;
         if t.shape != shape {
             bail!("{what}: tensor {name:?} has shape {:?}, expected {shape:?}", t.shape);
         }
@@ -84,7 +91,7 @@ pub fn adapter_set(gpu: &Arc<Gpu>, a: &Adapter, cfg: &BertConfig) -> Result<Adap
     let map = a.tensors();
     let what = format!("adapter {:?}", a.name());
     let layers = &a.layers;
-    let get = getter(&map, &what);
+    let get = getter(&map, &what, cfg.family());
     let set = AdapterSet::from_tensors(
         gpu,
         a.name(),
@@ -127,7 +134,7 @@ pub fn classification_head(gpu: &Arc<Gpu>, h: &Head, d: usize) -> Result<Classif
     }
     let map = h.tensors();
     let what = format!("head {:?}", h.name());
-    let get = getter(&map, &what);
+    let get = getter(&map, &what, Family::Bert);
     let head = ClassificationHead::from_tensors(gpu, h.name(), d, c.num_labels, &get)?;
     Ok(head)
 }

@@ -1,4 +1,5 @@
-//! BERT tensor names and their validation against the config.
+//! BERT tensor names and their validation against the config, for every [`Family`] (whose files
+//! name the same tensors their own way: [`Family::file_name`]).
 //!
 //! Checkpoints name the same tensors in a few ways: `BertModel.save_pretrained` writes
 //! `embeddings.word_embeddings.weight` (tiny-bert, all-MiniLM-L6-v2), task models such as
@@ -8,10 +9,11 @@
 //! name the file uses, and checks every required tensor's presence and shape up front.
 
 use crate::formats::WeightFile;
-use crate::model::config::BertConfig;
+use crate::model::config::{BertConfig, Family};
 use anyhow::{bail, Result};
 
-/// Prefixes tried, in order, in front of every canonical name.
+/// Prefixes tried, in order, in front of every canonical name of a BERT checkpoint (other
+/// families: "" and their own prefix, [`Family::prefix`]).
 pub const PREFIXES: &[&str] = &["", "bert."];
 
 /// A tensor as the file names it, with the shape the config implies.
@@ -28,10 +30,25 @@ pub struct EmbeddingNames {
     pub word: Param,
     /// `[max_position_embeddings, hidden]`
     pub position: Param,
-    /// `[type_vocab_size, hidden]`
-    pub token_type: Param,
+    /// `[type_vocab_size, hidden]`; DistilBERT has none.
+    pub token_type: Option<Param>,
     pub ln_weight: Param,
     pub ln_bias: Param,
+    /// ELECTRA's `embeddings_project` (`[hidden, embedding_size]` and `[hidden]`) when its tables
+    /// are narrower than the layers (the tables above are then `embedding_size` wide).
+    pub project: Option<(Param, Param)>,
+}
+
+impl EmbeddingNames {
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut v = vec![&mut self.word, &mut self.position];
+        v.extend(self.token_type.as_mut());
+        v.extend([&mut self.ln_weight, &mut self.ln_bias]);
+        if let Some((w, b)) = &mut self.project {
+            v.extend([w, b]);
+        }
+        v
+    }
 }
 
 /// One encoder layer. Linear weights are `[out, in]` (nn.Linear).
@@ -84,6 +101,29 @@ impl LayerNames {
     }
 }
 
+impl LayerNames {
+    fn params_mut(&mut self) -> [&mut Param; 16] {
+        [
+            &mut self.query_weight,
+            &mut self.query_bias,
+            &mut self.key_weight,
+            &mut self.key_bias,
+            &mut self.value_weight,
+            &mut self.value_bias,
+            &mut self.attn_out_weight,
+            &mut self.attn_out_bias,
+            &mut self.attn_ln_weight,
+            &mut self.attn_ln_bias,
+            &mut self.inter_weight,
+            &mut self.inter_bias,
+            &mut self.out_weight,
+            &mut self.out_bias,
+            &mut self.out_ln_weight,
+            &mut self.out_ln_bias,
+        ]
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolerNames {
     /// `pooler.dense`: `[hidden, hidden]`
@@ -111,13 +151,20 @@ impl BertWeightNames {
     pub fn canonical(cfg: &BertConfig) -> Self {
         let h = cfg.hidden_size;
         let i = cfg.intermediate_size;
+        let w = cfg.embedding_width();
         let e = |s: &str| format!("embeddings.{s}");
         let embeddings = EmbeddingNames {
-            word: p(e("word_embeddings.weight"), vec![cfg.vocab_size, h]),
-            position: p(e("position_embeddings.weight"), vec![cfg.max_position_embeddings, h]),
-            token_type: p(e("token_type_embeddings.weight"), vec![cfg.type_vocab_size, h]),
-            ln_weight: p(e("LayerNorm.weight"), vec![h]),
-            ln_bias: p(e("LayerNorm.bias"), vec![h]),
+            word: p(e("word_embeddings.weight"), vec![cfg.vocab_size, w]),
+            position: p(e("position_embeddings.weight"), vec![cfg.max_position_embeddings, w]),
+            token_type: cfg
+                .layout
+                .token_types
+                .then(|| p(e("token_type_embeddings.weight"), vec![cfg.type_vocab_size, w])),
+            ln_weight: p(e("LayerNorm.weight"), vec![w]),
+            ln_bias: p(e("LayerNorm.bias"), vec![w]),
+            project: cfg.layout.embedding_size.map(|_| {
+                (p("embeddings_project.weight".into(), vec![h, w]), p("embeddings_project.bias".into(), vec![h]))
+            }),
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| {
@@ -152,7 +199,12 @@ impl BertWeightNames {
     /// Every required param (embeddings, then layer by layer), pooler excluded.
     pub fn required(&self) -> Vec<&Param> {
         let e = &self.embeddings;
-        let mut v = vec![&e.word, &e.position, &e.token_type, &e.ln_weight, &e.ln_bias];
+        let mut v = vec![&e.word, &e.position];
+        v.extend(e.token_type.as_ref());
+        v.extend([&e.ln_weight, &e.ln_bias]);
+        if let Some((w, b)) = &e.project {
+            v.extend([w, b]);
+        }
         for l in &self.layers {
             v.extend(l.params());
         }
@@ -166,47 +218,28 @@ impl BertWeightNames {
     pub fn resolve(file: &WeightFile, cfg: &BertConfig) -> Result<Self> {
         let mut names = Self::canonical(cfg);
         let mut problems: Vec<String> = Vec::new();
+        let family = cfg.family();
         {
-            let e = &mut names.embeddings;
-            let mut req: Vec<&mut Param> =
-                vec![&mut e.word, &mut e.position, &mut e.token_type, &mut e.ln_weight, &mut e.ln_bias];
+            let mut req = names.embeddings.params_mut();
             for l in &mut names.layers {
-                req.extend([
-                    &mut l.query_weight,
-                    &mut l.query_bias,
-                    &mut l.key_weight,
-                    &mut l.key_bias,
-                    &mut l.value_weight,
-                    &mut l.value_bias,
-                    &mut l.attn_out_weight,
-                    &mut l.attn_out_bias,
-                    &mut l.attn_ln_weight,
-                    &mut l.attn_ln_bias,
-                    &mut l.inter_weight,
-                    &mut l.inter_bias,
-                    &mut l.out_weight,
-                    &mut l.out_bias,
-                    &mut l.out_ln_weight,
-                    &mut l.out_ln_bias,
-                ]);
+                req.extend(l.params_mut());
             }
             for param in req {
-                match find(file, &param.name) {
+                match find(file, &param.name, family) {
                     Some(found) => {
                         check(file, &found, &param.shape, &mut problems);
                         param.name = found;
                     }
-                    None => problems.push(format!(
-                        "missing tensor {:?} (also looked for {})",
-                        param.name,
-                        candidates(&param.name)[1..].join(", ")
-                    )),
+                    None => {
+                        let c = candidates(&param.name, family);
+                        problems.push(format!("missing tensor {:?} (also looked for {})", c[0], c[1..].join(", ")))
+                    }
                 }
             }
         }
         let pooler = names.pooler.take().and_then(|mut pl| {
-            let w = find(file, &pl.weight.name)?;
-            let b = find(file, &pl.bias.name)?;
+            let w = find(file, &pl.weight.name, family)?;
+            let b = find(file, &pl.bias.name, family)?;
             check(file, &w, &pl.weight.shape, &mut problems);
             check(file, &b, &pl.bias.shape, &mut problems);
             pl.weight.name = w;
@@ -218,8 +251,9 @@ impl BertWeightNames {
             let n = problems.len();
             let shown: Vec<String> = problems.into_iter().take(12).collect();
             bail!(
-                "{}: not a BERT checkpoint matching its config ({} layers, hidden {}, intermediate {}, vocab {}): {n} problem(s):\n  {}{}",
+                "{}: not a {} checkpoint matching its config ({} layers, hidden {}, intermediate {}, vocab {}): {n} problem(s):\n  {}{}",
                 file.path().display(),
+                cfg.model_type,
                 cfg.num_hidden_layers,
                 cfg.hidden_size,
                 cfg.intermediate_size,
@@ -237,27 +271,25 @@ pub fn validate_bert_weights(file: &WeightFile, cfg: &BertConfig) -> Result<Bert
     BertWeightNames::resolve(file, cfg)
 }
 
-/// The names a canonical name may appear under, in the order tried.
-pub fn candidates(canonical: &str) -> Vec<String> {
+/// The names a canonical (BERT, unprefixed) name may appear under in a `family` checkpoint, in the
+/// order tried: bare and prefixed, then (LayerNorms of old TensorFlow conversions) `gamma`/`beta`.
+pub fn candidates(canonical: &str, family: Family) -> Vec<String> {
     let mut v = Vec::new();
     let alias = canonical
         .strip_suffix("LayerNorm.weight")
         .map(|s| format!("{s}LayerNorm.gamma"))
         .or_else(|| canonical.strip_suffix("LayerNorm.bias").map(|s| format!("{s}LayerNorm.beta")));
-    for pre in PREFIXES {
-        v.push(format!("{pre}{canonical}"));
-    }
-    if let Some(a) = alias {
-        for pre in PREFIXES {
-            v.push(format!("{pre}{a}"));
-        }
+    let bare = family.file_name(canonical);
+    for name in std::iter::once(bare).chain(alias.map(|a| family.file_name(&a))) {
+        let prefixed = format!("{}{name}", family.prefix());
+        v.extend([name, prefixed]);
     }
     v
 }
 
 /// The name under which `file` holds the canonical tensor, if any.
-pub fn find(file: &WeightFile, canonical: &str) -> Option<String> {
-    candidates(canonical).into_iter().find(|c| file.contains(c))
+pub fn find(file: &WeightFile, canonical: &str, family: Family) -> Option<String> {
+    candidates(canonical, family).into_iter().find(|c| file.contains(c))
 }
 
 fn check(file: &WeightFile, name: &str, want: &[usize], problems: &mut Vec<String>) {

@@ -4,7 +4,7 @@
 use crate::formats::adapterhub::{BottleneckConfig, ResidualBeforeLn, WeightsFormat};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::model::adapters::{adapter_tensor_names, AdapterSet, ClassificationHead, Location, Placement};
-use crate::model::config::BertConfig;
+use crate::model::config::{BertConfig, Family};
 use crate::model::encoder::Setup;
 use crate::model::load;
 use crate::model::plan::AdapterSpec;
@@ -186,6 +186,8 @@ struct AdapterTrainee {
     bn: BottleneckConfig,
     hidden: usize,
     model_name: String,
+    /// Saved with this family's names and `model_type`.
+    family: Family,
 }
 
 impl Trainee for AdapterTrainee {
@@ -202,7 +204,9 @@ impl Trainee for AdapterTrainee {
     }
 
     fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, format: WeightsFormat, labels: &[String]) -> Result<()> {
-        let a = checkpoint::to_adapterhub(gpu, &self.set, &self.bn, &self.head, labels, self.hidden, &self.model_name)?;
+        let mut a =
+            checkpoint::to_adapterhub(gpu, &self.set, &self.bn, &self.head, labels, self.hidden, &self.model_name)?;
+        a.set_family(self.family);
         a.save_as(out, format)
     }
 }
@@ -236,7 +240,14 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
     let mem_plan = plan_memory(gpu, &cfg, &task, r.batch_size, &spec, &args.memory, Trained::Adapter, rep)?;
     let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
     enc.follow(&mem_plan);
-    let mut trainee = AdapterTrainee { set, head, bn, hidden: cfg.hidden_size, model_name: model_name(&args.model) };
+    let mut trainee = AdapterTrainee {
+        set,
+        head,
+        bn,
+        hidden: cfg.hidden_size,
+        model_name: model_name(&args.model),
+        family: cfg.family(),
+    };
     let setup = LoopSetup {
         optimizer: &args.optimizer,
         run: r,

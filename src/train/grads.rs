@@ -32,9 +32,11 @@ fn report(out: &crate::model::encoder::PassOutput) {
     );
 }
 
-/// Writes logits, loss, last_hidden_state and `grad.<name>` of every trainable tensor.
+/// Writes logits, loss, last_hidden_state and `grad.<name>` of every trainable tensor, named as
+/// the `adapters` library names it for the model's family.
 fn write_outputs(
     gpu: &Arc<Gpu>,
+    family: crate::model::config::Family,
     path: &Path,
     inputs: &Inputs,
     head: &crate::model::adapters::ClassificationHead,
@@ -49,7 +51,7 @@ fn write_outputs(
     let hidden = out.last_hidden_state.expect("asked for");
     map.insert("last_hidden_state".into(), Tensor::new(vec![inputs.batch, inputs.seq, d], hidden)?);
     for (name, _, grad) in named {
-        map.insert(format!("grad.{name}"), Tensor::new(grad.shape.clone(), grad.to_vec(gpu)?)?);
+        map.insert(format!("grad.{}", family.file_name(&name)), Tensor::new(grad.shape.clone(), grad.to_vec(gpu)?)?);
     }
     write_tensors(path, &map, None)?;
     Ok(map)
@@ -83,7 +85,7 @@ pub fn run(gpu: &Arc<Gpu>, args: &GradsArgs) -> Result<TensorMap> {
     };
     let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
     let named = adapter.iter().flat_map(|a| a.named()).chain(head.named()).collect();
-    write_outputs(gpu, &args.out, &inputs, &head, out, named)
+    write_outputs(gpu, cfg.family(), &args.out, &inputs, &head, out, named)
 }
 
 fn run_fusion(
@@ -117,5 +119,5 @@ fn run_fusion(
     let setup = Setup::Fusion { adapters: ordered, fusion: &fusion };
     let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
     let named = fusion.named().into_iter().chain(head.named()).collect();
-    write_outputs(gpu, &args.out, &inputs, &head, out, named)
+    write_outputs(gpu, cfg.family(), &args.out, &inputs, &head, out, named)
 }

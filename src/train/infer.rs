@@ -71,7 +71,7 @@ pub fn load_trained(gpu: &Arc<Gpu>, model: &Path, adapter: &Path, max_length: us
     let labels = LabelMap::new(h.config.id2label.clone())?;
     let head = load::classification_head(gpu, h, cfg.hidden_size)?;
     let set = load::adapter_set(gpu, &a, &cfg)?;
-    let tok = Tokenizer::from_model_dir(model, max_length.min(cfg.max_position_embeddings))?;
+    let tok = Tokenizer::for_model(model, &cfg, max_length)?;
     Ok(Loaded { cfg, enc, set, head, labels, tok })
 }
 

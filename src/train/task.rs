@@ -140,13 +140,14 @@ pub(crate) fn start_run(
     }
     rep.message(&format!("device: {}", gpu.description.summary()));
     let cfg = BertConfig::from_model_dir(model)?;
-    if d.max_length > cfg.max_position_embeddings {
+    let positions = cfg.max_sequence_length();
+    if d.max_length > positions {
         rep.note(&format!(
-            "note: --max-length {} is more than the model's {} positions (max_position_embeddings); using {}",
-            d.max_length, cfg.max_position_embeddings, cfg.max_position_embeddings
+            "note: --max-length {} is more than the model's {positions} positions (max_position_embeddings); using {positions}",
+            d.max_length
         ));
     }
-    let tok = Tokenizer::from_model_dir(model, d.max_length.min(cfg.max_position_embeddings))?;
+    let tok = Tokenizer::for_model(model, &cfg, d.max_length)?;
     let pad = data::pad_id(&tok);
     let task = load_task_data(&tok, train, d, r, rep)?;
     Ok(RunStart { cfg, pad, task })

@@ -1,11 +1,15 @@
 //! Tokenization for BERT-family models through Hugging Face's `tokenizers` crate: `tokenizer.json`
-//! as the model ships it, or a `vocab.txt` WordPiece pipeline (BERT normalizer, pre-tokenizer and
-//! `[CLS] A [SEP] (B [SEP])` post-processor) when there is no `tokenizer.json`.
+//! as the model ships it (WordPiece, RoBERTa's byte-level BPE, XLM-R's SentencePiece Unigram, with
+//! the file's own post-processor: `[CLS] A [SEP]`, `<s> A </s>`, ...), or a `vocab.txt` WordPiece
+//! pipeline (BERT normalizer, pre-tokenizer and `[CLS] A [SEP] (B [SEP])` post-processor) when
+//! there is no `tokenizer.json`. For models with one token type (RoBERTa, XLM-R, DistilBERT) every
+//! token type is 0, as their HF tokenizers (which return no `token_type_ids`) leave the model.
 //!
 //! Padding and truncation pinned in the file (all-MiniLM-L6-v2 pins both to 128) are replaced:
 //! batches are padded (right) to their longest sequence and truncated (longest first) at
 //! `max_length`, exactly like `tokenizer(texts, padding=True, truncation=True, max_length=N)`.
 
+use crate::model::config::{BertConfig, Family};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tokenizers::models::wordpiece::WordPiece;
@@ -52,6 +56,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     max_length: usize,
     source: PathBuf,
+    /// Every token type 0 (the model has one).
+    single_token_type: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -61,6 +67,24 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
+    /// The tokenizer of the model in `dir` with config `cfg`: truncating at `max_length` or the
+    /// model's longest sequence, whichever is shorter; one token type when the model has one.
+    pub fn for_model(dir: impl AsRef<Path>, cfg: &BertConfig, max_length: usize) -> Result<Self> {
+        let dir = dir.as_ref();
+        let word_piece = matches!(cfg.family(), Family::Bert | Family::DistilBert | Family::Electra);
+        if !word_piece && !dir.join("tokenizer.json").exists() {
+            bail!(
+                "{}: no tokenizer.json ({} models need it; vocab.json / merges.txt / sentencepiece.bpe.model are not read: \
+                 save one with `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`)",
+                dir.display(),
+                cfg.model_type
+            );
+        }
+        let mut t = Self::from_model_dir(dir, max_length.min(cfg.max_sequence_length()))?;
+        t.single_token_type = cfg.type_vocab_size == 1 || !cfg.layout.token_types;
+        Ok(t)
+    }
+
     /// `tokenizer.json` in `dir`, or else `vocab.txt` (lower-casing as `tokenizer_config.json`'s
     /// `do_lower_case` says; true when absent, as for BERT's uncased models).
     pub fn from_model_dir(dir: impl AsRef<Path>, max_length: usize) -> Result<Self> {
@@ -77,7 +101,8 @@ impl Tokenizer {
         bail!("{}: no tokenizer.json or vocab.txt to build a tokenizer from", dir.display())
     }
 
-    /// Loads a Hugging Face `tokenizer.json`. The file's padding token is kept (else `[PAD]`).
+    /// Loads a Hugging Face `tokenizer.json`. The file's padding token is kept (else `[PAD]`, or
+    /// RoBERTa's and XLM-R's `<pad>`).
     pub fn from_tokenizer_json(path: impl AsRef<Path>, max_length: usize) -> Result<Self> {
         let path = path.as_ref();
         let inner = tokenizers::Tokenizer::from_file(path)
@@ -85,10 +110,13 @@ impl Tokenizer {
         let (pad_id, pad_token, pad_type_id) = match inner.get_padding() {
             Some(p) => (p.pad_id, p.pad_token.clone(), p.pad_type_id),
             None => {
-                let id = inner.token_to_id("[PAD]").with_context(|| {
-                    format!("{}: no padding configured and no [PAD] token in the vocabulary", path.display())
+                let (id, token) = ["[PAD]", "<pad>"]
+                    .into_iter()
+                    .find_map(|t| inner.token_to_id(t).map(|id| (id, t)))
+                    .with_context(|| {
+                    format!("{}: no padding configured and no [PAD] or <pad> token in the vocabulary", path.display())
                 })?;
-                (id, "[PAD]".to_string(), 0)
+                (id, token.to_string(), 0)
             }
         };
         Self::finish(inner, path, max_length, pad_id, pad_token, pad_type_id)
@@ -148,7 +176,7 @@ impl Tokenizer {
             pad_type_id,
             pad_token,
         }));
-        let mut t = Self { inner, max_length: 0, source: path.to_path_buf() };
+        let mut t = Self { inner, max_length: 0, source: path.to_path_buf(), single_token_type: false };
         t.set_max_length(max_length)?;
         Ok(t)
     }
@@ -224,7 +252,8 @@ impl Tokenizer {
             debug_assert_eq!(e.len(), seq_len);
             out.input_ids.push(e.get_ids().to_vec());
             out.attention_mask.push(e.get_attention_mask().to_vec());
-            out.token_type_ids.push(e.get_type_ids().to_vec());
+            let types = if self.single_token_type { vec![0; e.len()] } else { e.get_type_ids().to_vec() };
+            out.token_type_ids.push(types);
             out.truncated.push(!e.get_overflowing().is_empty());
         }
         Ok(out)

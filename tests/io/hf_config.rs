@@ -34,8 +34,8 @@ fn config_errors_name_the_field() {
     );
     assert_err_contains(parse_modified(|m| drop(m.remove("model_type"))), &["model_type"]);
     assert_err_contains(
-        parse_modified(|m| drop(m.insert("model_type".into(), json!("roberta")))),
-        &["model_type", "roberta", "bert"],
+        parse_modified(|m| drop(m.insert("model_type".into(), json!("deberta-v2")))),
+        &["model_type", "deberta-v2", "bert, roberta, xlm-roberta, distilbert, electra"],
     );
     assert_err_contains(
         parse_modified(|m| drop(m.insert("hidden_act".into(), json!("gelu_new")))),

@@ -42,6 +42,7 @@ fn minilm_config() -> BertConfig {
         type_vocab_size: 2,
         vocab_size: 30522,
         pad_token_id: Some(0),
+        layout: Default::default(),
     }
 }
 

@@ -2,9 +2,9 @@
 //! with it): its weights, loading with every tensor checked, and saving.
 
 use super::names::{adapter_param_name, AdapterSite, BottleneckParam};
-use super::{lookup, unexpected_error, BottleneckConfig, Head, SavedConfig};
+use super::{lookup, saved_family, unexpected_error, BottleneckConfig, Head, SavedConfig};
 use super::{WeightsFormat, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS};
-use crate::formats::hf_config::BertConfig;
+use crate::formats::hf_config::{BertConfig, Family};
 use crate::formats::weights::{Tensor, TensorMap, WeightFile};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
@@ -78,7 +78,8 @@ impl Adapter {
         let saved = SavedConfig::read(&cpath)?;
         let config = BottleneckConfig::from_config(saved.config())
             .with_context(|| format!("{}: unsupported adapter", cpath.display()))?;
-        saved.check_model(&format!("adapter {}", cpath.display()), model.hidden_size)?;
+        let family = model.family();
+        saved.check_model(&format!("adapter {}", cpath.display()), model.hidden_size, Some(family))?;
         for &l in &config.leave_out {
             if l >= model.num_hidden_layers {
                 bail!(
@@ -101,7 +102,8 @@ impl Adapter {
                     let mut t = Vec::with_capacity(4);
                     for p in BottleneckParam::ALL {
                         let want = adapter_param_name(&name, l, site, p);
-                        let found = lookup(&file, &want).with_context(|| {
+                        let found = lookup(&file, &want, family).with_context(|| {
+                            let want = family.file_name(&want);
                             format!(
                                 "{}: missing tensor {want:?} (the config has {}: {})",
                                 file.path().display(),
@@ -148,14 +150,26 @@ impl Adapter {
         self.saved.name()
     }
 
+    /// Saves for a `family` model: its `model_type` / `model_class` in the configs (the head's
+    /// too), and with them its tensor names ([`tensors`](Self::tensors)).
+    pub fn set_family(&mut self, family: Family) {
+        self.saved.set_family(family);
+        if let Some(h) = &mut self.head {
+            h.saved.set_family(family);
+        }
+    }
+
     /// Every tensor under AdapterHub's names.
+    /// (Named for the family the config's `model_type` says.)
     pub fn tensors(&self) -> TensorMap {
+        let family = saved_family(&self.saved);
         let mut m = TensorMap::new();
         for (l, la) in self.layers.iter().enumerate() {
             for site in [AdapterSite::Attention, AdapterSite::Output] {
                 if let Some(w) = la.site(site) {
                     for p in BottleneckParam::ALL {
-                        m.insert(adapter_param_name(self.name(), l, site, p), w.get(p).clone());
+                        let name = adapter_param_name(self.name(), l, site, p);
+                        m.insert(family.file_name(&name), w.get(p).clone());
                     }
                 }
             }

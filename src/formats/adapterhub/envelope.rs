@@ -2,7 +2,8 @@
 //! `model_name`, `model_type`, `name`, `version` (and fusion's `adapter_names`), kept whole.
 
 use super::options::to_object;
-use super::{ADAPTERS_VERSION, MODEL_CLASS};
+use super::ADAPTERS_VERSION;
+use crate::formats::family::Family;
 use crate::formats::{to_python_json, write_atomic};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -29,9 +30,9 @@ impl<'a> NewEnvelope<'a> {
             adapter_names: None,
             config,
             hidden_size,
-            model_class: MODEL_CLASS,
+            model_class: Family::Bert.adapter_model_class(),
             model_name,
-            model_type: "bert",
+            model_type: Family::Bert.model_type(),
             name,
             version: ADAPTERS_VERSION,
         }
@@ -171,11 +172,26 @@ impl SavedConfig {
         write_atomic(path, self.to_json().as_bytes())
     }
 
-    /// Fails unless the config was saved for a BERT model of width `hidden`.
-    pub fn check_model(&self, what: &str, hidden: usize) -> Result<()> {
+    /// Sets `model_type` and `model_class` to `family`'s (new envelopes say BERT's).
+    pub fn set_family(&mut self, family: Family) {
+        self.raw.insert("model_type".into(), Value::from(family.model_type()));
+        self.raw.insert("model_class".into(), Value::from(family.adapter_model_class()));
+    }
+
+    /// Fails unless the config was saved for a model of width `hidden` of a supported family, and
+    /// of `family` when given (heads, whose tensor names do not depend on the family, pass `None`).
+    pub fn check_model(&self, what: &str, hidden: usize, family: Option<Family>) -> Result<()> {
         if let Some(t) = self.model_type() {
-            if t != "bert" {
-                bail!("{what} was saved for model_type {t:?}; only \"bert\" models are supported");
+            let supported: Vec<&str> = Family::ALL.iter().map(|f| f.model_type()).collect();
+            match (Family::from_model_type(t), family) {
+                (None, _) => {
+                    bail!("{what} was saved for model_type {t:?}; supported: {}", supported.join(", "))
+                }
+                (Some(saved), Some(model)) if saved != model => bail!(
+                    "{what} was saved for model_type {t:?}, the model is {:?}: its tensors are named for another architecture",
+                    model.model_type()
+                ),
+                _ => {}
             }
         }
         if self.hidden_size() != hidden {

@@ -4,7 +4,8 @@
 use super::names::{fusion_param_name, FusionParam};
 use super::options::{opt_number, refuse_unknown, req_bool, to_object, FUSION_OPTIONS};
 use super::{
-    lookup, unexpected_error, Head, SavedConfig, WeightsFormat, BASE_PREFIX, FUSION_CONFIG_FILE, FUSION_WEIGHTS,
+    lookup, saved_family, unexpected_error, Head, SavedConfig, WeightsFormat, BASE_PREFIX, FUSION_CONFIG_FILE,
+    FUSION_WEIGHTS,
 };
 use crate::formats::hf_config::BertConfig;
 use crate::formats::weights::{Tensor, TensorMap};
@@ -129,7 +130,8 @@ impl Fusion {
         let saved = SavedConfig::read(&cpath)?;
         let config = FusionConfig::from_config(saved.config())
             .with_context(|| format!("{}: unsupported fusion", cpath.display()))?;
-        saved.check_model(&format!("fusion {}", cpath.display()), model.hidden_size)?;
+        let family = model.family();
+        saved.check_model(&format!("fusion {}", cpath.display()), model.hidden_size, Some(family))?;
         let adapter_names: Vec<String> = match saved.get("adapter_names") {
             Some(Value::Array(a)) if !a.is_empty() => a
                 .iter()
@@ -153,7 +155,7 @@ impl Fusion {
         let mut layers = Vec::with_capacity(model.num_hidden_layers);
         for l in 0..model.num_hidden_layers {
             let names: Vec<Option<String>> =
-                params.iter().map(|&p| lookup(&file, &fusion_param_name(&fname, l, p))).collect();
+                params.iter().map(|&p| lookup(&file, &fusion_param_name(&fname, l, p), family)).collect();
             if names.iter().all(Option::is_none) {
                 layers.push(None);
                 continue;
@@ -164,7 +166,7 @@ impl Fusion {
                     format!(
                         "{}: missing tensor {:?} (layer {l} has other fusion tensors)",
                         file.path().display(),
-                        fusion_param_name(&fname, l, p)
+                        family.file_name(&fusion_param_name(&fname, l, p))
                     )
                 })?;
                 let data = file.get_checked(&found, &p.shape(h))?;
@@ -175,8 +177,9 @@ impl Fusion {
         }
         if layers.iter().all(Option::is_none) {
             bail!(
-                "{}: no fusion tensors named \"{BASE_PREFIX}encoder.layer.<L>.output.adapter_fusion_layer.{fname}.*\"",
-                file.path().display()
+                "{}: no fusion tensors named \"{}\"",
+                file.path().display(),
+                family.file_name(&format!("{BASE_PREFIX}encoder.layer.<L>.output.adapter_fusion_layer.{fname}.*"))
             );
         }
         unexpected_error(
@@ -191,19 +194,34 @@ impl Fusion {
         Ok(Self { saved, config, adapter_names, layers, head })
     }
 
+    /// Saves for a `family` model: its `model_type` / `model_class` in the configs (the head's
+    /// too), and with them its tensor names ([`tensors`](Self::tensors)).
+    pub fn set_family(&mut self, family: crate::formats::family::Family) {
+        self.saved.set_family(family);
+        if let Some(h) = &mut self.head {
+            h.saved.set_family(family);
+        }
+    }
+
     /// The fusion's name in tensor names: the adapter names joined by commas.
     pub fn fusion_name(&self) -> String {
         self.adapter_names.join(",")
     }
 
+    /// (Named for the family the config's `model_type` says.)
     pub fn tensors(&self) -> TensorMap {
+        self.tensors_named_for(saved_family(&self.saved))
+    }
+
+    /// Every tensor under `family`'s names (BERT's: the names the engine uses).
+    pub fn tensors_named_for(&self, family: crate::formats::family::Family) -> TensorMap {
         let fname = self.fusion_name();
         let mut m = TensorMap::new();
         for (l, fl) in self.layers.iter().enumerate() {
             let Some(fl) = fl else { continue };
             for p in FusionParam::for_config(&self.config) {
                 if let Some(t) = fl.get(p) {
-                    m.insert(fusion_param_name(&fname, l, p), t.clone());
+                    m.insert(family.file_name(&fusion_param_name(&fname, l, p)), t.clone());
                 }
             }
         }

@@ -194,7 +194,7 @@ impl Head {
         let saved = SavedConfig::read(&cpath)?;
         let config = HeadConfig::from_config(saved.config())
             .with_context(|| format!("{}: unsupported head", cpath.display()))?;
-        saved.check_model(&format!("head {}", cpath.display()), hidden)?;
+        saved.check_model(&format!("head {}", cpath.display()), hidden, None)?;
         if !HEAD_WEIGHTS.present(dir) {
             bail!("{}: has {HEAD_CONFIG_FILE} but no {HEAD_WEIGHTS_FILE} (or {})", dir.display(), HEAD_WEIGHTS.bin);
         }

@@ -39,6 +39,7 @@ pub use head::{Head, HeadConfig, HeadLinear};
 pub use names::{adapter_param_name, fusion_param_name, head_param_name, AdapterSite, BottleneckParam, FusionParam};
 pub use options::{BOTTLENECK_OPTIONS, FUSION_OPTIONS, HEAD_OPTIONS};
 
+use super::family::Family;
 use super::torch_bin;
 use super::weights::{write_tensors, TensorMap, WeightFile};
 use anyhow::{bail, Context, Result};
@@ -155,18 +156,28 @@ impl WeightsFiles {
 
 /// What we write in `version` (the format we follow).
 pub const ADAPTERS_VERSION: &str = "adapters.1.3.0";
-/// What we write in `model_class`: the flexible-head model Python loads these into.
+/// What we write in `model_class` for BERT: the flexible-head model Python loads these into
+/// (other families: [`Family::adapter_model_class`]).
 pub const MODEL_CLASS: &str = "BertAdapterModel";
-/// The prefix of encoder tensors in `BertAdapterModel` (written; read with or without).
+/// The prefix of encoder tensors in `BertAdapterModel` (written; read with or without). Other
+/// families use theirs ([`Family::prefix`]).
 pub const BASE_PREFIX: &str = "bert.";
 
-/// Looks a tensor up with AdapterHub's `bert.` prefix or without it.
-pub(super) fn lookup(file: &WeightFile, name_with_prefix: &str) -> Option<String> {
-    if file.contains(name_with_prefix) {
-        return Some(name_with_prefix.to_string());
+/// Looks a tensor up under `family`'s name for `bert_name` (a `bert.`-prefixed name as
+/// [`adapter_param_name`] makes it), with the family's prefix or without it.
+pub(super) fn lookup(file: &WeightFile, bert_name: &str, family: Family) -> Option<String> {
+    let named = family.file_name(bert_name);
+    if file.contains(&named) {
+        return Some(named);
     }
-    let bare = name_with_prefix.strip_prefix(BASE_PREFIX)?;
+    let bare = named.strip_prefix(family.prefix())?;
     file.contains(bare).then(|| bare.to_string())
+}
+
+/// The family a saved config names in `model_type` (BERT when it names none or one we do not know:
+/// loading checks it against the model first, [`SavedConfig::check_model`]).
+pub(super) fn saved_family(saved: &SavedConfig) -> Family {
+    saved.model_type().and_then(Family::from_model_type).unwrap_or_default()
 }
 
 /// Fails naming the tensors of `file` that the config does not account for (`left`); `why` says

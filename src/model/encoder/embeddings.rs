@@ -1,14 +1,84 @@
 //! The embedding tables (resident, or streamed for each pass) and the lookup + LayerNorm that
-//! feeds the first layer.
+//! feeds the first layer, for every family ([`EmbeddingLayout`]): BERT's word + position +
+//! token type; RoBERTa's positions counted after the padding id; DistilBERT's missing token
+//! types; ELECTRA's narrower tables projected to the layers' width.
 
+use super::super::config::BertConfig;
 use super::super::store::TensorSource;
-use super::{t, Dims, Encoder};
+use super::{t, Dims, Encoder, Inputs};
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
+use crate::kernels::matmul::linear;
 use crate::kernels::{elementwise, layernorm};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::sync::Arc;
 
-/// The three embedding tables.
+/// How a family's embeddings are laid out (BERT's: [`EmbeddingLayout::bert`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbeddingLayout {
+    /// Width of the tables (ELECTRA's `embedding_size`; else the hidden size).
+    pub width: usize,
+    /// Rows of the position table (`max_position_embeddings`).
+    pub positions: usize,
+    /// Rows of the token-type table; 0 when the family has none (DistilBERT).
+    pub token_types: usize,
+    /// RoBERTa / XLM-R: `Some(padding_idx)`: position ids as transformers'
+    /// `create_position_ids_from_input_ids` makes them, `padding_idx` + the count of non-padding
+    /// tokens up to and including this one, and `padding_idx` for padding tokens.
+    pub padding_positions: Option<u32>,
+    /// ELECTRA's `embeddings_project` (`[hidden, width]`) after the LayerNorm.
+    pub project: bool,
+}
+
+impl EmbeddingLayout {
+    /// BERT's: word + position (the token's index) + token type, as wide as the layers.
+    pub fn bert(dims: &Dims) -> Self {
+        Self {
+            width: dims.hidden,
+            positions: dims.max_positions,
+            token_types: dims.type_vocab,
+            padding_positions: None,
+            project: false,
+        }
+    }
+
+    /// The layout `cfg`'s family implies.
+    pub fn from_config(cfg: &BertConfig) -> Self {
+        let l = &cfg.layout;
+        Self {
+            width: cfg.embedding_width(),
+            positions: cfg.max_position_embeddings,
+            token_types: if l.token_types { cfg.type_vocab_size } else { 0 },
+            padding_positions: (l.position_offset > 0).then(|| (l.position_offset - 1) as u32),
+            project: l.embedding_size.is_some(),
+        }
+    }
+
+    /// Row of the combined position + token-type table of each token (RoBERTa's scheme): position
+    /// id · types + token type.
+    fn combined_rows(&self, pad: u32, inp: &Inputs) -> Vec<u32> {
+        let types = self.token_types.max(1) as u32;
+        let mut rows = Vec::with_capacity(inp.ids.len());
+        for (ids, tts) in inp.ids.chunks(inp.seq).zip(inp.token_types.chunks(inp.seq)) {
+            let mut count = 0u32;
+            for (&id, &tt) in ids.iter().zip(tts) {
+                let position = if id == pad {
+                    pad
+                } else {
+                    count += 1;
+                    pad + count
+                };
+                rows.push(position * types + tt);
+            }
+        }
+        rows
+    }
+}
+
+/// The three tables as the lookup kernel reads them.
+///
+/// BERT: word, position, token type. DistilBERT: `token_type` is one row of zeros. RoBERTa:
+/// `position` is zeros and `token_type` holds `position[p] + token_type[t]` at row `p · types + t`
+/// (so that padding-aware position ids go through the kernel's per-token index).
 #[derive(Clone)]
 pub struct EmbeddingTables {
     pub word: GpuTensor,
@@ -17,49 +87,95 @@ pub struct EmbeddingTables {
 }
 
 /// Embedding tables (resident, or uploaded for each pass and dropped once looked up, when the
-/// layers stream too) and their LayerNorm (resident).
+/// layers stream too), their LayerNorm and ELECTRA's projection (resident).
 pub struct Embeddings {
     tables: Option<EmbeddingTables>,
     source: Arc<dyn TensorSource>,
     dims: Dims,
+    pub layout: EmbeddingLayout,
     pub ln_g: GpuTensor,
     pub ln_b: GpuTensor,
+    /// ELECTRA's `embeddings_project` weight `[hidden, width]` and bias.
+    pub project: Option<(GpuTensor, GpuTensor)>,
     /// Bytes uploaded for streamed tables since the last [`take_uploaded`](Self::take_uploaded).
     uploaded: u64,
 }
 
+fn read(source: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let bytes = source.bytes(name, shape)?;
+    Ok(bytemuck::pod_collect_to_vec(&bytes))
+}
+
+fn upload(gpu: &Gpu, source: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<GpuTensor> {
+    GpuTensor::from_slice(gpu, shape, &read(source, name, shape)?)
+}
+
 impl Embeddings {
-    /// Names and shapes of the three tables.
-    fn table_shapes(dims: &Dims) -> [(&'static str, [usize; 2]); 3] {
-        [
-            ("embeddings.word_embeddings.weight", [dims.vocab, dims.hidden]),
-            ("embeddings.position_embeddings.weight", [dims.max_positions, dims.hidden]),
-            ("embeddings.token_type_embeddings.weight", [dims.type_vocab, dims.hidden]),
-        ]
-    }
-
-    fn upload(gpu: &Gpu, source: &dyn TensorSource, name: &str, shape: &[usize]) -> Result<GpuTensor> {
-        let bytes = source.bytes(name, shape)?;
-        let v: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes);
-        GpuTensor::from_slice(gpu, shape, &v)
-    }
-
-    pub(super) fn load(gpu: &Gpu, dims: Dims, source: Arc<dyn TensorSource>, resident: bool) -> Result<Self> {
-        let d = dims.hidden;
-        let tables = if resident { Some(Self::upload_tables(gpu, &*source, &dims)?) } else { None };
+    pub(super) fn load(
+        gpu: &Gpu,
+        dims: Dims,
+        layout: EmbeddingLayout,
+        source: Arc<dyn TensorSource>,
+        resident: bool,
+    ) -> Result<Self> {
+        let w = layout.width;
+        if !layout.project && w != dims.hidden {
+            bail!("embedding tables {w} wide for a {}-wide encoder, and no projection", dims.hidden);
+        }
+        let tables = if resident { Some(Self::upload_tables(gpu, &*source, &dims, &layout)?) } else { None };
+        let project = if layout.project {
+            Some((
+                upload(gpu, &*source, "embeddings_project.weight", &[dims.hidden, w])?,
+                upload(gpu, &*source, "embeddings_project.bias", &[dims.hidden])?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
             tables,
-            ln_g: Self::upload(gpu, &*source, "embeddings.LayerNorm.weight", &[d])?,
-            ln_b: Self::upload(gpu, &*source, "embeddings.LayerNorm.bias", &[d])?,
+            ln_g: upload(gpu, &*source, "embeddings.LayerNorm.weight", &[w])?,
+            ln_b: upload(gpu, &*source, "embeddings.LayerNorm.bias", &[w])?,
+            project,
             source,
             dims,
+            layout,
             uploaded: 0,
         })
     }
 
-    fn upload_tables(gpu: &Gpu, source: &dyn TensorSource, dims: &Dims) -> Result<EmbeddingTables> {
-        let [w, p, t] = Self::table_shapes(dims).map(|(name, shape)| Self::upload(gpu, source, name, &shape));
-        Ok(EmbeddingTables { word: w?, position: p?, token_type: t? })
+    fn upload_tables(
+        gpu: &Gpu,
+        source: &dyn TensorSource,
+        dims: &Dims,
+        layout: &EmbeddingLayout,
+    ) -> Result<EmbeddingTables> {
+        let w = layout.width;
+        let word = upload(gpu, source, "embeddings.word_embeddings.weight", &[dims.vocab, w])?;
+        let position_name = "embeddings.position_embeddings.weight";
+        let type_name = "embeddings.token_type_embeddings.weight";
+        let (position, token_type) = match (layout.padding_positions, layout.token_types) {
+            (None, 0) => (upload(gpu, source, position_name, &[layout.positions, w])?, GpuTensor::zeros(gpu, &[1, w])?),
+            (None, types) => (
+                upload(gpu, source, position_name, &[layout.positions, w])?,
+                upload(gpu, source, type_name, &[types, w])?,
+            ),
+            (Some(_), types) => {
+                let pos = read(source, position_name, &[layout.positions, w])?;
+                let typ = if types == 0 { vec![0.0; w] } else { read(source, type_name, &[types, w])? };
+                let types = types.max(1);
+                let mut combined = Vec::with_capacity(layout.positions * types * w);
+                for p in pos.chunks(w) {
+                    for t in typ.chunks(w) {
+                        combined.extend(p.iter().zip(t).map(|(a, b)| a + b));
+                    }
+                }
+                (
+                    GpuTensor::zeros(gpu, &[layout.positions, w])?,
+                    GpuTensor::from_slice(gpu, &[layout.positions * types, w], &combined)?,
+                )
+            }
+        };
+        Ok(EmbeddingTables { word, position, token_type })
     }
 
     /// True when the tables stay on the GPU.
@@ -72,7 +188,7 @@ impl Embeddings {
         match &self.tables {
             Some(t) => Ok(t.clone()),
             None => {
-                let t = Self::upload_tables(gpu, &*self.source, &self.dims)?;
+                let t = Self::upload_tables(gpu, &*self.source, &self.dims, &self.layout)?;
                 self.uploaded += t.word.bytes() + t.position.bytes() + t.token_type.bytes();
                 Ok(t)
             }
@@ -85,30 +201,91 @@ impl Embeddings {
 }
 
 impl Encoder {
-    /// The first layer's input: embeddings looked up for `ids`/`types` (`seq` tokens per
-    /// sequence), then LayerNorm. Streamed tables are freed (a wait) before any layer allocates.
+    /// Loads the embeddings (laid out as `layout` says) and the layer store from `source`; as
+    /// [`Encoder::new`] otherwise.
+    pub fn with_layout(
+        gpu: Arc<Gpu>,
+        dims: Dims,
+        layout: EmbeddingLayout,
+        source: Arc<dyn TensorSource>,
+        resident_layers: usize,
+    ) -> Result<Self> {
+        let resident = resident_layers >= dims.layers;
+        let embeddings = Embeddings::load(&gpu, dims, layout, source.clone(), resident)?;
+        let store = super::super::store::LayerStore::new(
+            gpu.clone(),
+            source,
+            dims.hidden,
+            dims.ffn,
+            dims.layers,
+            resident_layers,
+        )?;
+        Ok(Self { gpu, dims, embeddings, store, recompute: false, layer_chunk: 0, keep_ffn_output: false })
+    }
+
+    /// The first layer's input: embeddings looked up for `ids`/`types` (the batch `inp` on the
+    /// GPU), then LayerNorm (then ELECTRA's projection). Streamed tables are freed (a wait) before
+    /// any layer allocates.
     pub(super) fn embed(
         &mut self,
         b: &mut CommandRecorder,
         ids: &GpuTensor,
         types: &GpuTensor,
-        seq: usize,
+        inp: &Inputs,
     ) -> Result<GpuTensor> {
         let gpu = self.gpu.clone();
         let (tok, d) = (ids.shape[0], self.dims.hidden);
+        let layout = self.embeddings.layout;
+        let w = layout.width;
         let x = t(&gpu, &[tok, d])?;
         b.phase("embeddings");
         {
             let tables = self.embeddings.tables(&gpu)?;
-            let emb = t(&gpu, &[tok, d])?;
-            elementwise::embeddings(b, ids, types, seq, &tables.word, &tables.position, &tables.token_type, &emb)?;
+            let rows = match layout.padding_positions {
+                Some(pad) => Some(GpuTensor::from_u32(&gpu, &[tok], &layout.combined_rows(pad, inp))?),
+                None => None,
+            };
+            let emb = t(&gpu, &[tok, w])?;
+            let (word, pos, typ) = (&tables.word, &tables.position, &tables.token_type);
+            elementwise::embeddings(b, ids, rows.as_ref().unwrap_or(types), inp.seq, word, pos, typ, &emb)?;
             let e = &self.embeddings;
-            layernorm::layer_norm(b, &emb, None, &e.ln_g, &e.ln_b, self.dims.eps, None, &x)?;
+            match &e.project {
+                None => layernorm::layer_norm(b, &emb, None, &e.ln_g, &e.ln_b, self.dims.eps, None, &x)?,
+                Some((pw, pb)) => {
+                    let normed = t(&gpu, &[tok, w])?;
+                    layernorm::layer_norm(b, &emb, None, &e.ln_g, &e.ln_b, self.dims.eps, None, &normed)?;
+                    linear(b, &normed, pw, Some(pb), &x)?;
+                }
+            }
         }
         if !self.embeddings.is_resident() {
             // Free the streamed tables before the first layer allocates.
             b.finish()?;
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roberta_positions_count_real_tokens_after_the_padding_id() {
+        let layout =
+            EmbeddingLayout { width: 4, positions: 12, token_types: 1, padding_positions: Some(1), project: false };
+        // Two sequences of 5, padding id 1 at the end of the second; token types all 0.
+        let inp = Inputs {
+            batch: 2,
+            seq: 5,
+            ids: vec![0, 7, 8, 9, 2, 0, 7, 2, 1, 1],
+            token_types: vec![0; 10],
+            mask: vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
+        };
+        assert_eq!(layout.combined_rows(1, &inp), vec![2, 3, 4, 5, 6, 2, 3, 4, 1, 1]);
+        // Two token types: row = position · 2 + type.
+        let two = EmbeddingLayout { token_types: 2, ..layout };
+        let inp2 = Inputs { token_types: vec![0, 0, 1, 1, 1, 0, 0, 0, 0, 0], ..inp };
+        assert_eq!(two.combined_rows(1, &inp2), vec![4, 6, 9, 11, 13, 4, 6, 8, 2, 2]);
     }
 }

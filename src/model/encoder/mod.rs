@@ -16,7 +16,7 @@ mod head;
 mod schedule;
 mod setup;
 
-pub use embeddings::{EmbeddingTables, Embeddings};
+pub use embeddings::{EmbeddingLayout, EmbeddingTables, Embeddings};
 pub use setup::Setup;
 
 use super::adapters::ClassificationHead;
@@ -104,10 +104,7 @@ impl Encoder {
     /// the layers stream, and so do the embedding tables (uploaded for each pass, dropped after
     /// the lookup: the frozen base then needs no more than one layer slot between passes).
     pub fn new(gpu: Arc<Gpu>, dims: Dims, source: Arc<dyn TensorSource>, resident_layers: usize) -> Result<Self> {
-        let resident = resident_layers >= dims.layers;
-        let embeddings = Embeddings::load(&gpu, dims, source.clone(), resident)?;
-        let store = LayerStore::new(gpu.clone(), source, dims.hidden, dims.ffn, dims.layers, resident_layers)?;
-        Ok(Self { gpu, dims, embeddings, store, recompute: false, layer_chunk: 0, keep_ffn_output: false })
+        Self::with_layout(gpu, dims, EmbeddingLayout::bert(&dims), source, resident_layers)
     }
 
     /// Keeps activations as `plan` says: recompute, layer chunks, FFN outputs kept. (Its resident
@@ -181,7 +178,7 @@ impl Encoder {
         let types = GpuTensor::from_u32(&gpu, &[tok], &inp.token_types)?;
         let mask = GpuTensor::from_slice(&gpu, &[inp.batch, inp.seq], &inp.mask)?;
         let ashape = AttentionShape { batch: inp.batch, seq: inp.seq, heads: dims.heads, head_dim: d / dims.heads };
-        let x = self.embed(b, &ids, &types, inp.seq)?;
+        let x = self.embed(b, &ids, &types, inp)?;
         let (hidden, acts) = self.layers_forward(b, setup, x, &mask, ashape)?;
         let h = self.head_forward(b, head, &hidden, inp.seq)?;
         let mut loss = None;

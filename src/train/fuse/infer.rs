@@ -77,7 +77,7 @@ pub fn load_fused(gpu: &Arc<Gpu>, p: &FusedPaths, max_length: usize) -> Result<L
     };
     let labels = LabelMap::new(h.config.id2label.clone())?;
     let head = load::classification_head(gpu, &h, d)?;
-    let tok = Tokenizer::from_model_dir(&p.model, max_length.min(cfg.max_position_embeddings))?;
+    let tok = Tokenizer::for_model(&p.model, &cfg, max_length)?;
     Ok(LoadedFusion { cfg, enc, sets, fusion, head, labels, tok })
 }
 

@@ -8,7 +8,7 @@ use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::elementwise;
 use crate::kernels::fusion::{self as fusion_kernels, Temperature, REGULARIZATION_COEF};
 use crate::model::adapters::{AdapterSet, ClassificationHead, Location};
-use crate::model::config::BertConfig;
+use crate::model::config::{BertConfig, Family};
 use crate::model::encoder::Setup;
 use crate::model::fusion::FusionModel;
 use crate::model::load;
@@ -89,6 +89,8 @@ pub struct FusionTrainee {
     reg_loss: GpuTensor,
     hidden: usize,
     model_name: String,
+    /// Saved with this family's names and `model_type`.
+    family: Family,
     /// Real tokens of the dev set (for the fusion attention of the saved epoch).
     pub(crate) dev_tokens: usize,
     /// The dev fusion attention of the last saved epoch.
@@ -122,6 +124,7 @@ impl FusionTrainee {
             reg_loss: GpuTensor::zeros(gpu, &[1])?,
             hidden: d,
             model_name: model_name.into(),
+            family: cfg.family(),
             dev_tokens: 0,
             best_attention: None,
         })
@@ -136,6 +139,7 @@ impl FusionTrainee {
         let mut f = self.fusion.to_fusion(gpu, self.hidden, &self.model_name)?;
         f.head =
             Some(crate::train::checkpoint::head_to_adapterhub(gpu, &self.head, labels, self.hidden, &self.model_name)?);
+        f.set_family(self.family);
         Ok(f)
     }
 }
