@@ -33,6 +33,9 @@ pub fn preset(name: &str) -> Option<BertConfig> {
         type_vocab_size: 2,
         vocab_size: 30522,
         pad_token_id: Some(0),
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        classifier_dropout: None,
     })
 }
 

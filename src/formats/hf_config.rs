@@ -31,6 +31,14 @@ pub struct BertConfig {
     pub type_vocab_size: usize,
     pub vocab_size: usize,
     pub pad_token_id: Option<u32>,
+    /// Dropout on the embeddings' output and the dense outputs in training (transformers'
+    /// `BertConfig` default 0.1 when absent).
+    pub hidden_dropout_prob: f64,
+    /// Dropout on the attention probabilities in training (default 0.1).
+    pub attention_probs_dropout_prob: f64,
+    /// A classification head's dropout when its own config gives none (default: none, then the
+    /// head uses `hidden_dropout_prob`).
+    pub classifier_dropout: Option<f64>,
 }
 
 impl BertConfig {
@@ -86,6 +94,9 @@ impl BertConfig {
             type_vocab_size: optional(m, "type_vocab_size")?.unwrap_or(2),
             vocab_size: required(m, "vocab_size")?,
             pad_token_id: optional(m, "pad_token_id")?,
+            hidden_dropout_prob: optional(m, "hidden_dropout_prob")?.unwrap_or(0.1),
+            attention_probs_dropout_prob: optional(m, "attention_probs_dropout_prob")?.unwrap_or(0.1),
+            classifier_dropout: optional(m, "classifier_dropout")?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -115,6 +126,15 @@ impl BertConfig {
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             bail!("layer_norm_eps must be positive, got {}", self.layer_norm_eps);
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", Some(self.hidden_dropout_prob)),
+            ("attention_probs_dropout_prob", Some(self.attention_probs_dropout_prob)),
+            ("classifier_dropout", self.classifier_dropout),
+        ] {
+            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
+                bail!("{name} must be in [0, 1), got {p}");
+            }
         }
         if let Some(p) = self.pad_token_id {
             if p as usize >= self.vocab_size {

@@ -42,6 +42,9 @@ fn minilm_config() -> BertConfig {
         type_vocab_size: 2,
         vocab_size: 30522,
         pad_token_id: Some(0),
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        classifier_dropout: None,
     }
 }
 
