@@ -79,6 +79,8 @@ pub static LAYERNORM: Shader =
     Shader { name: "layernorm", parts: &[COMMON, include_str!("../shaders/layernorm.wgsl")], trusted: false };
 pub static ATTENTION: Shader =
     Shader { name: "attention", parts: &[COMMON, include_str!("../shaders/attention.wgsl")], trusted: false };
+pub static DROPOUT: Shader =
+    Shader { name: "dropout", parts: &[COMMON, include_str!("../shaders/dropout.wgsl")], trusted: false };
 pub static ELEMENTWISE: Shader =
     Shader { name: "elementwise", parts: &[COMMON, include_str!("../shaders/elementwise.wgsl")], trusted: false };
 pub static LOSS: Shader =
@@ -99,6 +101,7 @@ pub static ALL: &[&Shader] = &[
     &FUSION,
     &LAYERNORM,
     &ATTENTION,
+    &DROPOUT,
     &ELEMENTWISE,
     &LOSS,
     &OPTIM,

@@ -64,7 +64,7 @@ fn fusion_training_lowers_the_loss_on_the_tiny_fixture() {
         let mut opt = Optimizer::new(&g, &t.params(), AdamW { lr, ..AdamW::default() }, sched, 1.0).unwrap();
         let (mut losses, mut regs) = (vec![], vec![]);
         for _ in 0..steps {
-            let s = train::train_step(&g, &mut enc, &mut t, &mut opt, &inputs, &labels).unwrap();
+            let s = train::train_step(&g, &mut enc, &mut t, &mut opt, &inputs, &labels, None).unwrap();
             assert!(s.grad_norm.is_finite() && s.grad_norm > 0.0);
             losses.push(s.loss);
             regs.push(s.extra_loss);
@@ -149,7 +149,7 @@ fn fusion_files_match_the_fixture_and_load_back_bit_exactly() {
     let sched = LinearSchedule { base_lr: 1e-2, warmup_steps: 0, total_steps: 100 };
     let mut opt = Optimizer::new(&g, &t.params(), AdamW { lr: 1e-2, ..AdamW::default() }, sched, 1.0).unwrap();
     for _ in 0..3 {
-        train::train_step(&g, &mut enc, &mut t, &mut opt, &inputs, &labels).unwrap();
+        train::train_step(&g, &mut enc, &mut t, &mut opt, &inputs, &labels, None).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let saved = t.to_adapterhub(&g, &labels3()).unwrap();

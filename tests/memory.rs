@@ -1,26 +1,41 @@
 //! Memory: `--recompute` is bit-identical to keeping activations (tiny fixture model with Houlsby,
 //! Pfeiffer and fusion, streamed or resident; the real MiniLM), layer chunks give the same values
 //! and (up to f32 summation order) the same gradients, the planner's peak is within 10% of the
-//! measured one, and a too-small `--max-gpu-memory` fails with a clear error.
+//! measured one, and a too-small `--max-gpu-memory` fails with a clear error. With dropout on (a
+//! training pass's masks, drawn again in recompute and keyed by the global token row) every one of
+//! those identities holds too.
 
 mod common;
 use common::*;
 use peft_wgpu::model::adapters::ClassificationHead;
-use peft_wgpu::model::encoder::{Inputs, Setup};
+use peft_wgpu::model::encoder::{DropoutRates, Inputs, PassDropout, Setup};
 use peft_wgpu::model::load;
 use std::path::{Path, PathBuf};
 
-/// How activations are kept: all, or recomputed (in layer chunks, keeping FFN outputs).
+/// How activations are kept: all, or recomputed (in layer chunks, keeping FFN outputs); and
+/// whether the pass is a training pass with dropout.
 #[derive(Clone, Copy, Debug)]
 struct Mode {
     recompute: bool,
     chunk: usize,
     keep_ffn_output: bool,
+    dropout: bool,
 }
 
-const KEEP: Mode = Mode { recompute: false, chunk: 0, keep_ffn_output: false };
-const RECOMPUTE: Mode = Mode { recompute: true, chunk: 0, keep_ffn_output: false };
-const RECOMPUTE_KEEP_FFN: Mode = Mode { recompute: true, chunk: 0, keep_ffn_output: true };
+const KEEP: Mode = Mode { recompute: false, chunk: 0, keep_ffn_output: false, dropout: false };
+const RECOMPUTE: Mode = Mode { recompute: true, chunk: 0, keep_ffn_output: false, dropout: false };
+const RECOMPUTE_KEEP_FFN: Mode = Mode { recompute: true, chunk: 0, keep_ffn_output: true, dropout: false };
+
+impl Mode {
+    fn with_dropout(self, dropout: bool) -> Self {
+        Self { dropout, ..self }
+    }
+}
+
+/// A training pass's dropout: BERT's 0.1 everywhere (the fixture's config.json has 0).
+fn pass_dropout() -> PassDropout {
+    PassDropout { rates: DropoutRates::uniform(0.1).unwrap(), seed: 1234, step: 7 }
+}
 
 /// Logits, loss and every trainable gradient of one forward + backward, as raw bits.
 fn pass_bits(
@@ -42,7 +57,8 @@ fn pass_bits(
     for (_, _, grad) in named {
         grad.write(&g, &vec![f32::NAN; grad.numel()]).unwrap();
     }
-    let out = enc.pass(setup, head, inputs, Some(labels), true, true).unwrap();
+    let dropout = mode.dropout.then(pass_dropout);
+    let out = enc.pass_with_dropout(setup, head, inputs, Some(labels), true, true, dropout).unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     let mut r = vec![
         ("logits".to_string(), bits(&out.logits)),
@@ -65,7 +81,7 @@ fn assert_same_bits(what: &str, a: &[(String, Vec<u32>)], b: &[(String, Vec<u32>
     }
 }
 
-fn adapter_case(case: &str) {
+fn adapter_case(case: &str, dropout: bool) {
     let dir = fixtures().join("tiny-bert").join(case);
     let model = fixtures().join("tiny-bert/base");
     let g = gpu();
@@ -75,9 +91,10 @@ fn adapter_case(case: &str) {
     let (inputs, labels) = peft_wgpu::train::data::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Adapter(&adapter);
-    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
+    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP.with_dropout(dropout));
     for resident in [None, Some(1)] {
         for mode in [RECOMPUTE, RECOMPUTE_KEEP_FFN] {
+            let mode = mode.with_dropout(dropout);
             let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, resident, mode);
             assert_same_bits(&format!("tiny-bert {case} resident {resident:?} {mode:?}"), &keep, &rc);
         }
@@ -86,7 +103,7 @@ fn adapter_case(case: &str) {
     // forward bits; gradients summed chunk by chunk agree to f32 rounding.
     assert_eq!(inputs.batch, 3, "the fixture's batch");
     for (chunk, resident, keep_ffn_output) in [(2, None, false), (1, Some(1), false), (2, Some(2), true)] {
-        let mode = Mode { recompute: true, chunk, keep_ffn_output };
+        let mode = Mode { recompute: true, chunk, keep_ffn_output, dropout };
         let (ch, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, resident, mode);
         let what = format!("tiny-bert {case} {mode:?} resident {resident:?}");
         for ((na, va), (nb, vb)) in keep.iter().zip(&ch) {
@@ -103,12 +120,22 @@ fn adapter_case(case: &str) {
 
 #[test]
 fn recompute_bit_identical_houlsby() {
-    adapter_case("houlsby");
+    adapter_case("houlsby", false);
 }
 
 #[test]
 fn recompute_bit_identical_pfeiffer() {
-    adapter_case("pfeiffer");
+    adapter_case("pfeiffer", false);
+}
+
+#[test]
+fn recompute_bit_identical_houlsby_with_dropout() {
+    adapter_case("houlsby", true);
+}
+
+#[test]
+fn recompute_bit_identical_pfeiffer_with_dropout() {
+    adapter_case("pfeiffer", true);
 }
 
 #[test]
@@ -128,10 +155,13 @@ fn recompute_bit_identical_fusion() {
     let (inputs, labels) = peft_wgpu::train::data::read_inputs_json(&dir.join("inputs.json")).unwrap();
     let named: Vec<_> = fusion.named().into_iter().chain(head.named()).collect();
     let setup = Setup::Fusion { adapters: sets.iter().collect(), fusion: &fusion };
-    let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP);
-    for mode in [RECOMPUTE, RECOMPUTE_KEEP_FFN] {
-        let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, Some(1), mode);
-        assert_same_bits(&format!("tiny-bert fusion {mode:?}"), &keep, &rc);
+    for dropout in [false, true] {
+        let (keep, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, None, KEEP.with_dropout(dropout));
+        for mode in [RECOMPUTE, RECOMPUTE_KEEP_FFN] {
+            let mode = mode.with_dropout(dropout);
+            let (rc, _) = pass_bits(&model, &setup, &named, &head, &inputs, &labels, Some(1), mode);
+            assert_same_bits(&format!("tiny-bert fusion {mode:?}"), &keep, &rc);
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 //! Reliability of training runs: `peft train --resume` continues bit-exactly after a stop, a NaN,
 //! a lost device or Ctrl-C, keeping the last checkpoint; layer chunks train like the plain run.
+//! The stop / resume and layer-chunk runs are made with dropout off and on (a model whose
+//! config.json has BERT's 0.1 rates: the masks are keyed by the optimizer step and the global
+//! token row, so a resumed or chunked run draws the same ones).
 //! Runs the built `peft` binary on the tiny fixture model (see `common::cli`).
 
 mod common;
@@ -29,11 +32,32 @@ fn state_json(out: &Path) -> Value {
 #[test]
 fn cli_stopped_and_resumed_equals_uninterrupted_bit_for_bit() {
     let d = tempfile::tempdir().unwrap();
-    let model = tiny_model(d.path());
+    stopped_and_resumed_case(d.path(), &tiny_model(d.path()));
+}
+
+#[test]
+fn cli_stopped_and_resumed_with_dropout_equals_uninterrupted_bit_for_bit() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model_with_dropout(d.path());
+    stopped_and_resumed_case(d.path(), &model);
+    // Dropout was on: the same run with --no-dropout trains to other weights.
     let (train, dev) = toy_data(d.path());
     let (m, t, dv) = (s(&model), s(&train), s(&dev));
+    let off = d.path().join("off");
+    let oo = s(&off);
+    let mut args = train_args(&m, &t, &dv, &oo);
+    args.extend(["--epochs", "3", "--no-dropout"]);
+    let o = peft(&args);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("dropout: off"), "{}", text(&o.stdout));
+    assert!(final_state(&off).1 != final_state(&d.path().join("full")).1, "dropout changed nothing");
+}
+
+fn stopped_and_resumed_case(d: &Path, model: &Path) {
+    let (train, dev) = toy_data(d);
+    let (m, t, dv) = (s(model), s(&train), s(&dev));
     // 16 examples, batch 5: 4 steps per epoch, 3 epochs = 12 steps.
-    let full = d.path().join("full");
+    let full = d.join("full");
     let fo = s(&full);
     let mut args = train_args(&m, &t, &dv, &fo);
     args.extend(["--epochs", "3"]);
@@ -44,7 +68,7 @@ fn cli_stopped_and_resumed_equals_uninterrupted_bit_for_bit() {
 
     // Stopped mid-epoch (step 6 of 12, in epoch 2) and at an epoch boundary (step 8), then resumed.
     for stop in ["6", "8"] {
-        let part = d.path().join(format!("part{stop}"));
+        let part = d.join(format!("part{stop}"));
         let po = s(&part);
         let mut args = train_args(&m, &t, &dv, &po);
         args.extend(["--epochs", "3", "--stop-after-steps", stop]);
@@ -92,11 +116,13 @@ fn cli_stopped_and_resumed_equals_uninterrupted_bit_for_bit() {
     }
     // A finished run has nothing left to do; a folder without a state is refused.
     assert_clean_failure(&peft(&["train", "--resume", &s(&full)]), &["already finished"]);
-    assert_clean_failure(&peft(&["train", "--resume", &s(&model)]), &["trainer_state.safetensors"]);
+    assert_clean_failure(&peft(&["train", "--resume", &s(model)]), &["trainer_state.safetensors"]);
     // --resume takes the run's settings from the folder.
     let o = peft(&["train", "--resume", &s(&full), "--lr", "1"]);
     assert!(!o.status.success());
-    assert_no_temp_files(d.path());
+    let o = peft(&["train", "--resume", &s(&full), "--no-dropout"]);
+    assert!(!o.status.success());
+    assert_no_temp_files(d);
 }
 
 #[test]
@@ -216,9 +242,18 @@ fn cli_ctrl_c_saves_a_checkpoint_and_exits_cleanly() {
 #[test]
 fn cli_layer_chunks_train_like_the_plain_run() {
     let d = tempfile::tempdir().unwrap();
-    let (train, dev) = toy_data(d.path());
-    let model = tiny_model(d.path());
-    let (m, t, dv) = (s(&model), s(&train), s(&dev));
+    layer_chunks_case(d.path(), &tiny_model(d.path()));
+}
+
+#[test]
+fn cli_layer_chunks_with_dropout_train_like_the_plain_run() {
+    let d = tempfile::tempdir().unwrap();
+    layer_chunks_case(d.path(), &tiny_model_with_dropout(d.path()));
+}
+
+fn layer_chunks_case(d: &Path, model: &Path) {
+    let (train, dev) = toy_data(d);
+    let (m, t, dv) = (s(model), s(&train), s(&dev));
     let losses = |out: &Path| -> Vec<f64> {
         let log = fs::read_to_string(out.join("metrics.jsonl")).unwrap();
         log.lines()
@@ -227,11 +262,11 @@ fn cli_layer_chunks_train_like_the_plain_run() {
             .map(|v| v["loss"].as_f64().unwrap())
             .collect()
     };
-    let plain = d.path().join("plain");
+    let plain = d.join("plain");
     let o = s(&plain);
     let out = peft(&train_args(&m, &t, &dv, &o));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lean = d.path().join("lean");
+    let lean = d.join("lean");
     let o = s(&lean);
     let mut args = train_args(&m, &t, &dv, &o);
     args.extend(["--recompute", "--layer-chunk", "2", "--keep-ffn-output", "--resident-layers", "1"]);
@@ -249,7 +284,7 @@ fn cli_layer_chunks_train_like_the_plain_run() {
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / x.abs()).fold(0.0, f64::max);
     println!("{} steps, largest relative loss difference {worst:.2e}", a.len());
     // Nothing fits 1 KiB: the error names the leanest setup and what to change.
-    let o = s(&d.path().join("none"));
+    let o = s(&d.join("none"));
     let mut args = train_args(&m, &t, &dv, &o);
     args.extend(["--max-gpu-memory", "1KiB"]);
     assert_clean_failure(&peft(&args), &["--max-gpu-memory", "layer chunks of 1 sequence", "--batch-size (5)"]);

@@ -34,6 +34,9 @@ pub fn preset(name: &str) -> Option<BertConfig> {
         vocab_size: 30522,
         pad_token_id: Some(0),
         layout: Default::default(),
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        classifier_dropout: None,
     })
 }
 

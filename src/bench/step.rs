@@ -80,7 +80,7 @@ impl Trainer {
     pub fn step(&mut self, gpu: &Arc<Gpu>, inp: &Inputs, labels: &[u32]) -> Result<Option<(f32, f32)>> {
         let t0 = Instant::now();
         let mut b = gpu.batch();
-        let rec = self.enc.record(&mut b, &Setup::Adapter(&self.set), &self.head, inp, Some(labels), true)?;
+        let rec = self.enc.record(&mut b, &Setup::Adapter(&self.set), &self.head, inp, Some(labels), true, None)?;
         let params: Vec<(String, &GpuTensor, &GpuTensor)> =
             self.set.named().into_iter().chain(self.head.named()).collect();
         self.opt.record_step(&mut b, &params)?;

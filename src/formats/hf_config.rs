@@ -58,6 +58,22 @@ pub struct BertConfig {
     /// Family and embedding differences (BERT's when absent from a serialized config).
     #[serde(default)]
     pub layout: ModelLayout,
+    /// Dropout on the embeddings' output and the dense outputs in training (transformers'
+    /// `BertConfig` default 0.1 when absent; DistilBERT's `dropout`).
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    /// Dropout on the attention probabilities in training (default 0.1; DistilBERT's
+    /// `attention_dropout`).
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    /// A classification head's dropout when its own config gives none (default: none, then the
+    /// head uses `hidden_dropout_prob`).
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+}
+
+fn default_dropout() -> f64 {
+    0.1
 }
 
 impl BertConfig {
@@ -131,6 +147,9 @@ impl BertConfig {
             vocab_size: required(m, "vocab_size")?,
             pad_token_id,
             layout: ModelLayout { family, position_offset, token_types: true, embedding_size },
+            hidden_dropout_prob: optional(m, "hidden_dropout_prob")?.unwrap_or(0.1),
+            attention_probs_dropout_prob: optional(m, "attention_probs_dropout_prob")?.unwrap_or(0.1),
+            classifier_dropout: optional(m, "classifier_dropout")?,
         })
     }
 
@@ -150,6 +169,12 @@ impl BertConfig {
             vocab_size: required(m, "vocab_size")?,
             pad_token_id: optional(m, "pad_token_id")?,
             layout: ModelLayout { family: Family::DistilBert, token_types: false, ..ModelLayout::default() },
+            // DistilBertConfig's names and defaults. It has neither `classifier_dropout` nor
+            // `hidden_dropout_prob`, so AdapterHub's head (`_get_dropout_prob`) falls back to 0;
+            // `seq_classif_dropout` is transformers' own classifier's.
+            hidden_dropout_prob: optional(m, "dropout")?.unwrap_or(0.1),
+            attention_probs_dropout_prob: optional(m, "attention_dropout")?.unwrap_or(0.1),
+            classifier_dropout: Some(0.0),
         })
     }
 
@@ -177,6 +202,15 @@ impl BertConfig {
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
             bail!("layer_norm_eps must be positive, got {}", self.layer_norm_eps);
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", Some(self.hidden_dropout_prob)),
+            ("attention_probs_dropout_prob", Some(self.attention_probs_dropout_prob)),
+            ("classifier_dropout", self.classifier_dropout),
+        ] {
+            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
+                bail!("{name} must be in [0, 1), got {p}");
+            }
         }
         if let Some(p) = self.pad_token_id {
             if p as usize >= self.vocab_size {

@@ -12,6 +12,7 @@ pub(super) fn all_specs() -> Vec<(KernelSpec, usize)> {
     let mut v = vec![];
     v.extend(super::adapter::specs());
     v.extend(super::attention::specs());
+    v.extend(super::dropout::specs());
     v.extend(super::elementwise::specs());
     v.extend(super::fusion::specs());
     v.extend(super::layernorm::specs());

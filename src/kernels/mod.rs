@@ -6,6 +6,7 @@ pub mod adapter;
 pub mod attention;
 #[cfg(test)]
 mod bindings;
+pub mod dropout;
 pub mod elementwise;
 pub mod fusion;
 pub mod layernorm;

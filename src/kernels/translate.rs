@@ -362,6 +362,7 @@ fn all_jobs() -> Result<Vec<Job>, Vec<String>> {
     for (spec, sets) in [
         super::adapter::launches(),
         super::attention::launches(),
+        super::dropout::launches(),
         super::elementwise::launches(),
         super::fusion::launches(),
         super::layernorm::launches(),

@@ -257,6 +257,7 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
         saved_what: "adapter + head",
         trainable_parameters: trainable,
         model_parameters: model_params,
+        dropout: crate::train::trainer::dropout_rates(&cfg, r, rep)?,
     };
     let ctl = LoopControl { run: run.clone(), settings: Some(args.settings()?), fingerprint: task.fingerprint() };
     run_loop_with(gpu, &mut enc, &mut trainee, &task, pad, &setup, &ctl, rep)

@@ -118,11 +118,38 @@ pub struct LoopArgs {
     #[arg(long, value_enum, default_value_t)]
     #[serde(default)]
     pub batch_order: BatchOrder,
+    /// Train with dropout as AdapterHub does (the default): the model's hidden_dropout_prob and
+    /// attention_probs_dropout_prob from its config.json, and the head's dropout before each of
+    /// its Linear layers; evaluation and prediction never drop.
+    #[arg(long = "dropout-from-config", default_value_t = true, action = clap::ArgAction::SetTrue,
+          overrides_with = "no_dropout")]
+    #[serde(default)]
+    pub dropout_from_config: bool,
+    /// Train without dropout.
+    #[arg(long = "no-dropout", overrides_with = "dropout_from_config")]
+    #[serde(default)]
+    pub no_dropout: bool,
 }
 
 impl Default for LoopArgs {
     fn default() -> Self {
-        Self { epochs: 3, batch_size: 32, seed: 42, patience: None, batch_order: BatchOrder::default() }
+        Self {
+            epochs: 3,
+            batch_size: 32,
+            seed: 42,
+            patience: None,
+            batch_order: BatchOrder::default(),
+            dropout_from_config: true,
+            no_dropout: false,
+        }
+    }
+}
+
+impl LoopArgs {
+    /// Whether training steps drop. A resume state saved before these options existed has
+    /// neither (serde's default `false`): those runs trained without dropout and go on without.
+    pub fn dropout(&self) -> bool {
+        self.dropout_from_config && !self.no_dropout
     }
 }
 

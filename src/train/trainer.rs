@@ -7,9 +7,11 @@
 use crate::formats::adapterhub::WeightsFormat;
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::model::adapters::ClassificationHead;
-use crate::model::encoder::{Encoder, Inputs, Setup};
+use crate::model::config::BertConfig;
+use crate::model::encoder::{DropoutRates, Encoder, Inputs, PassDropout, Setup};
 use crate::train::optimizer::Optimizer;
 use crate::train::options::{LoopArgs, OptimizerArgs};
+use crate::train::report::Reporter;
 use crate::train::resume;
 use anyhow::{anyhow, Result};
 use std::path::Path;
@@ -55,9 +57,9 @@ pub struct StepOutput {
     pub grad_norm: f32,
 }
 
-/// One step: forward + backward on the batch, extra loss terms and AdamW, recorded into one
-/// command buffer (submitted per layer where weights stream or activations are recomputed), then
-/// one read-back of the loss and the gradient norm.
+/// One step: forward + backward on the batch (with `dropout`, a training pass's), extra loss
+/// terms and AdamW, recorded into one command buffer (submitted per layer where weights stream or
+/// activations are recomputed), then one read-back of the loss and the gradient norm.
 pub fn train_step<T: Trainee>(
     gpu: &Arc<Gpu>,
     enc: &mut Encoder,
@@ -65,10 +67,11 @@ pub fn train_step<T: Trainee>(
     optimizer: &mut Optimizer,
     inputs: &Inputs,
     labels: &[u32],
+    dropout: Option<PassDropout>,
 ) -> Result<StepOutput> {
     trainee.before_train_pass();
     let mut b = gpu.batch();
-    let rec = enc.record(&mut b, &trainee.setup(), trainee.head(), inputs, Some(labels), true)?;
+    let rec = enc.record(&mut b, &trainee.setup(), trainee.head(), inputs, Some(labels), true, dropout)?;
     let loss = rec.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?;
     let extra = trainee.record_extra_loss(&mut b)?;
     let params = trainee.params();
@@ -94,6 +97,24 @@ pub(crate) struct LoopSetup<'a> {
     pub(crate) saved_what: &'a str,
     pub(crate) trainable_parameters: usize,
     pub(crate) model_parameters: usize,
+    /// The training steps' dropout rates; `None`: no dropout (`--no-dropout`).
+    pub(crate) dropout: Option<DropoutRates>,
+}
+
+/// The dropout rates of a run (`None` with `--no-dropout`): the model's config.json and a new
+/// head's (AdapterHub's `dropout_prob` None: `classifier_dropout`, else `hidden_dropout_prob`),
+/// told to `rep`.
+pub(crate) fn dropout_rates(cfg: &BertConfig, run: &LoopArgs, rep: &mut dyn Reporter) -> Result<Option<DropoutRates>> {
+    if !run.dropout() {
+        rep.message("dropout: off (--no-dropout)");
+        return Ok(None);
+    }
+    let r = DropoutRates::from_config(cfg, None)?;
+    rep.message(&format!(
+        "dropout in training (config.json): hidden {}, attention probabilities {}, head {}",
+        r.hidden.p, r.attention.p, r.head.p
+    ));
+    Ok(Some(r))
 }
 
 /// Checkpointing, resuming and stops of [`run_loop_with`] (see [`resume`]).

@@ -70,6 +70,21 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
     m
 }
 
+/// [`tiny_model`] with BERT's dropout rates in its config.json (the fixture's are 0): training
+/// runs drop (hidden 0.1, attention probabilities 0.1, head 0.1) unless `--no-dropout`.
+pub fn tiny_model_with_dropout(dir: &Path) -> PathBuf {
+    let m = dir.join("model-dropout");
+    fs::create_dir_all(&m).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tiny().join("base/config.json")).unwrap()).unwrap();
+    cfg["hidden_dropout_prob"] = serde_json::json!(0.1);
+    cfg["attention_probs_dropout_prob"] = serde_json::json!(0.1);
+    fs::write(m.join("config.json"), serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+    fs::copy(tiny().join("base/model.safetensors"), m.join("model.safetensors")).unwrap();
+    write_vocab(&m);
+    m
+}
+
 pub fn write_vocab(m: &Path) {
     let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|s| s.to_string()).collect();
     vocab.extend(WORDS.iter().map(|s| s.to_string()));

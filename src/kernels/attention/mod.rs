@@ -9,10 +9,15 @@
 //! backward: `dP = dctx·Vᵀ` → `dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √hd` → `dQ = dS·K`, `dK = dSᵀ·Q`,
 //! `dV = Pᵀ·dctx`
 //!
+//! With dropout on the probabilities (training, [`ProbsDropout`]): `P' = dropout(P)` feeds `ctx = P'·V`;
+//! backward regenerates `P'` for `dV = P'ᵀ·dctx` and applies the same mask to `dP' = dctx·Vᵀ` before
+//! the softmax backward (the mask is drawn again, never stored).
+//!
 //! The products are the matmul kernel over the (batch, head) pairs as an [`InnerBatch`]; the row
 //! softmax and its backward are one workgroup-cooperative pass each. Every output is summed in a
 //! fixed order: results are bit-identical run to run.
 
+use super::dropout::{self, MaskKey, MaskLayout, Rate};
 use super::elementwise::check_no_alias;
 use super::matmul::{InnerBatch, Matmul, View};
 use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
@@ -21,6 +26,8 @@ use anyhow::{bail, Result};
 
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
+#[cfg(any(test, feature = "reference"))]
+pub mod reference_dropout;
 #[cfg(test)]
 mod tests;
 
@@ -192,6 +199,24 @@ fn row_kernel(batch: &mut CommandRecorder, spec: &KernelSpec, s: AttentionShape,
     batch.dispatch(spec, &constants(s.seq), &params, &[Some(a), Some(b)], [groups, 1, 1]);
 }
 
+/// Dropout on the attention probabilities (training): the mask of `key` over the probabilities'
+/// rows (the batch's first sequence starts at token row `row0`, see [`MaskLayout::Attention`]), and
+/// `work`, one more `[batch, heads, seq, seq]` tensor distinct from every operand.
+#[derive(Clone, Copy)]
+pub struct ProbsDropout<'a> {
+    pub key: MaskKey,
+    pub rate: Rate,
+    pub row0: usize,
+    pub work: &'a GpuTensor,
+}
+
+impl ProbsDropout<'_> {
+    fn apply(&self, batch: &mut CommandRecorder, s: AttentionShape, x: &GpuTensor, out: &GpuTensor) -> Result<()> {
+        let layout = MaskLayout::Attention { heads: s.heads, seq: s.seq, row0: self.row0 };
+        dropout::apply(batch, self.key, self.rate, layout, x, out)
+    }
+}
+
 /// `ctx = softmax(q·kᵀ/√head_dim, masked)·v` per batch and head; saves the probabilities in `probs`
 /// (`[batch, heads, seq, seq]`, needed by [`attention_backward`]). `probs` and `ctx` must not share
 /// a buffer with an input or each other. A query whose keys are all masked gets zero probabilities
@@ -206,8 +231,30 @@ pub fn attention_forward(
     probs: &GpuTensor,
     ctx: &GpuTensor,
 ) -> Result<()> {
-    check("attention_forward", s, &[("q", q), ("k", k), ("v", v), ("ctx", ctx)], mask, &[("probs", probs)])?;
-    check_no_alias("attention_forward", &[probs, ctx], &[Some(q), Some(k), Some(v), Some(mask)])?;
+    attention_forward_with(batch, s, q, k, v, mask, probs, ctx, None)
+}
+
+/// [`attention_forward`], with dropout on the probabilities when `dropout` is given: `probs` keeps
+/// the softmax (what backward needs), `dropout.work` receives the dropped probabilities `P'` and
+/// `ctx = P'·v`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_with(
+    batch: &mut CommandRecorder,
+    s: AttentionShape,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    mask: &GpuTensor,
+    probs: &GpuTensor,
+    ctx: &GpuTensor,
+    dropout: Option<ProbsDropout>,
+) -> Result<()> {
+    let work = dropout.map(|d| d.work);
+    let rows: Vec<(&str, &GpuTensor)> =
+        [("probs", Some(probs)), ("dropout work", work)].into_iter().filter_map(|(n, t)| t.map(|t| (n, t))).collect();
+    check("attention_forward", s, &[("q", q), ("k", k), ("v", v), ("ctx", ctx)], mask, &rows)?;
+    let outputs: Vec<&GpuTensor> = [Some(probs), Some(ctx), work].into_iter().flatten().collect();
+    check_no_alias("attention_forward", &outputs, &[Some(q), Some(k), Some(v), Some(mask)])?;
     let l = Layout { s };
     let (n, hd) = (s.seq, s.head_dim);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -221,11 +268,19 @@ pub fn attention_forward(
         l.rows(probs),
     )?;
     row_kernel(batch, &SOFTMAX_ROWS, s, mask, probs);
-    // ctx = P V
+    // P' = dropout(P) when training with dropout
+    let used = match dropout {
+        Some(d) => {
+            d.apply(batch, s, probs, d.work)?;
+            d.work
+        }
+        None => probs,
+    };
+    // ctx = P' V
     Matmul::new(n, hd, n).batch(s.batch).run_inner(
         batch,
         l.inner(Which::Rows, Which::Act, Which::Act),
-        l.rows(probs),
+        l.rows(used),
         l.act(v),
         None,
         l.act(ctx),
@@ -250,21 +305,56 @@ pub fn attention_backward(
     dv: &GpuTensor,
     scratch: &GpuTensor,
 ) -> Result<()> {
+    attention_backward_with(batch, s, q, k, v, mask, probs, dctx, dq, dk, dv, scratch, None)
+}
+
+/// [`attention_backward`] of [`attention_forward_with`]: with `dropout` (the forward's key, rate
+/// and row), its mask is drawn again for `dV = P'ᵀ·dctx` and for `dP = mask ⊙ dP' / (1 − p)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_with(
+    batch: &mut CommandRecorder,
+    s: AttentionShape,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    mask: &GpuTensor,
+    probs: &GpuTensor,
+    dctx: &GpuTensor,
+    dq: &GpuTensor,
+    dk: &GpuTensor,
+    dv: &GpuTensor,
+    scratch: &GpuTensor,
+    dropout: Option<ProbsDropout>,
+) -> Result<()> {
+    let work = dropout.map(|d| d.work);
+    let rows: Vec<(&str, &GpuTensor)> = [("probs", Some(probs)), ("scratch", Some(scratch)), ("dropout work", work)]
+        .into_iter()
+        .filter_map(|(n, t)| t.map(|t| (n, t)))
+        .collect();
     check(
         "attention_backward",
         s,
         &[("q", q), ("k", k), ("v", v), ("dctx", dctx), ("dq", dq), ("dk", dk), ("dv", dv)],
         mask,
-        &[("probs", probs), ("scratch", scratch)],
+        &rows,
     )?;
-    check_no_alias(
-        "attention_backward",
-        &[dq, dk, dv, scratch],
-        &[Some(q), Some(k), Some(v), Some(mask), Some(probs), Some(dctx)],
-    )?;
+    let outputs: Vec<&GpuTensor> = [Some(dq), Some(dk), Some(dv), Some(scratch), work].into_iter().flatten().collect();
+    check_no_alias("attention_backward", &outputs, &[Some(q), Some(k), Some(v), Some(mask), Some(probs), Some(dctx)])?;
     let l = Layout { s };
     let (n, hd) = (s.seq, s.head_dim);
-    // dP = dctx Vᵀ
+    // With dropout, dV = P'ᵀ dctx first (P' regenerated into work, which then takes dP).
+    if let Some(d) = dropout {
+        d.apply(batch, s, probs, d.work)?;
+        Matmul::new(n, hd, n).batch(s.batch).run_inner(
+            batch,
+            l.inner(Which::Rows, Which::Act, Which::Act),
+            l.rows_t(d.work),
+            l.act(dctx),
+            None,
+            l.act(dv),
+        )?;
+    }
+    // dP = dctx Vᵀ (with dropout: dP' into scratch, then dP = dropout(dP') into work)
     Matmul::new(n, n, hd).batch(s.batch).run_inner(
         batch,
         l.inner(Which::Act, Which::Act, Which::Rows),
@@ -273,13 +363,20 @@ pub fn attention_backward(
         None,
         l.rows(scratch),
     )?;
+    let ds = match dropout {
+        Some(d) => {
+            d.apply(batch, s, scratch, d.work)?;
+            d.work
+        }
+        None => scratch,
+    };
     // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)), in place
-    row_kernel(batch, &SOFTMAX_BACKWARD, s, probs, scratch);
+    row_kernel(batch, &SOFTMAX_BACKWARD, s, probs, ds);
     // dQ = dS K
     Matmul::new(n, hd, n).batch(s.batch).run_inner(
         batch,
         l.inner(Which::Rows, Which::Act, Which::Act),
-        l.rows(scratch),
+        l.rows(ds),
         l.act(k),
         None,
         l.act(dq),
@@ -288,19 +385,21 @@ pub fn attention_backward(
     Matmul::new(n, hd, n).batch(s.batch).run_inner(
         batch,
         l.inner(Which::Rows, Which::Act, Which::Act),
-        l.rows_t(scratch),
+        l.rows_t(ds),
         l.act(q),
         None,
         l.act(dk),
     )?;
-    // dV = Pᵀ dctx
-    Matmul::new(n, hd, n).batch(s.batch).run_inner(
-        batch,
-        l.inner(Which::Rows, Which::Act, Which::Act),
-        l.rows_t(probs),
-        l.act(dctx),
-        None,
-        l.act(dv),
-    )?;
+    if dropout.is_none() {
+        // dV = Pᵀ dctx
+        Matmul::new(n, hd, n).batch(s.batch).run_inner(
+            batch,
+            l.inner(Which::Rows, Which::Act, Which::Act),
+            l.rows_t(probs),
+            l.act(dctx),
+            None,
+            l.act(dv),
+        )?;
+    }
     Ok(())
 }

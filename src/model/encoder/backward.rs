@@ -4,10 +4,12 @@
 use super::super::adapters::Location;
 use super::super::store::LayerWeights;
 use super::acts::{AdapterActs, LayerActs, SubActs};
+use super::dropout::RowsDropout;
 use super::{t, Encoder, Setup};
 use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::adapter::{AdapterScratch, AdapterWeights};
 use crate::kernels::attention::{self, AttentionShape};
+use crate::kernels::dropout::Site;
 use crate::kernels::matmul::{Matmul, View};
 use crate::kernels::{elementwise, layernorm};
 use anyhow::{bail, Result};
@@ -16,6 +18,7 @@ impl Encoder {
     /// Backward of layer `l` from `dy` (the gradient of its output) with its activations `la`:
     /// the trainable gradients (added to what is there with `accumulate`) and the gradient of the
     /// layer's input, or `None` when nothing trainable is below this layer (backward stops here).
+    /// `dropout`: the forward's, whose masks are drawn again for the gradients.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn layer_backward(
         &self,
@@ -28,6 +31,7 @@ impl Encoder {
         s: AttentionShape,
         dy: &GpuTensor,
         accumulate: bool,
+        dropout: Option<RowsDropout>,
     ) -> Result<Option<GpuTensor>> {
         let gpu = &self.gpu;
         let (d, tok, ffn) = (self.dims.hidden, s.batch * s.seq, self.dims.ffn);
@@ -45,6 +49,7 @@ impl Encoder {
             return Ok(None);
         }
         b.phase(format_args!("layer {l} / FFN bwd"));
+        let dh2 = self.dropout_rows(b, dropout, l, Site::FfnOutput, dh2)?;
         let dinter = t(gpu, &[tok, ffn])?;
         Matmul::new(tok, ffn, d).run(
             b,
@@ -71,11 +76,15 @@ impl Encoder {
             return Ok(None);
         }
         b.phase(format_args!("layer {l} / attention bwd"));
+        let dh1 = self.dropout_rows(b, dropout, l, Site::AttentionOutput, dh1)?;
         let dctx = t(gpu, &[tok, d])?;
         Matmul::new(tok, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
         let (dq, dk, dv) = (t(gpu, &[tok, d])?, t(gpu, &[tok, d])?, t(gpu, &[tok, d])?);
         let scratch = t(gpu, &[s.batch, s.heads, s.seq, s.seq])?;
-        attention::attention_backward(b, s, &la.q, &la.k, &la.v, mask, &la.probs, &dctx, &dq, &dk, &dv, &scratch)?;
+        let mut work = None;
+        let probs_dropout = self.probs_dropout(dropout, l, s, &mut work)?;
+        let (q, k, v, probs) = (&la.q, &la.k, &la.v, &la.probs);
+        attention::attention_backward_with(b, s, q, k, v, mask, probs, &dctx, &dq, &dk, &dv, &scratch, probs_dropout)?;
         for (g, wt) in [(&dq, &w.q_w), (&dk, &w.k_w), (&dv, &w.v_w)] {
             Matmul::new(tok, d, d).beta(1.0).run(b, View::rows(g, d), View::rows(wt, d), None, View::rows(&dx, d))?;
         }

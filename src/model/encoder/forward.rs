@@ -3,10 +3,12 @@
 use super::super::adapters::{AdapterModule, Location, Placement};
 use super::super::store::LayerWeights;
 use super::acts::{AdapterActs, Around, LayerActs, SubActs};
+use super::dropout::RowsDropout;
 use super::{t, Encoder, Setup};
 use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::adapter::Residual;
 use crate::kernels::attention::{self, AttentionShape};
+use crate::kernels::dropout::Site;
 use crate::kernels::matmul::linear;
 use crate::kernels::{elementwise, layernorm};
 use anyhow::Result;
@@ -15,7 +17,8 @@ impl Encoder {
     /// One layer's forward: its activations and the FFN output dense result `h2`. `recomputing`
     /// when it runs again for backward (`--recompute`), where nothing but the activations may
     /// change (no fusion weights are recorded twice); `ffn_out`: a saved `h2` to use instead of
-    /// computing it (`--keep-ffn-output`).
+    /// computing it (`--keep-ffn-output`; saved after its dropout). `dropout`: the training pass's
+    /// dropout over these rows of the batch.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn layer_forward<'s>(
         &self,
@@ -28,6 +31,7 @@ impl Encoder {
         s: AttentionShape,
         recomputing: bool,
         ffn_out: Option<&GpuTensor>,
+        dropout: Option<RowsDropout>,
     ) -> Result<(LayerActs<'s>, GpuTensor)> {
         let gpu = &self.gpu;
         let (d, tok) = (self.dims.hidden, s.batch * s.seq);
@@ -42,9 +46,12 @@ impl Encoder {
         linear(b, x, &w.v_w, Some(&w.v_b), &v)?;
         let probs = t(gpu, &[s.batch, s.heads, s.seq, s.seq])?;
         let ctx = t(gpu, &[tok, d])?;
-        attention::attention_forward(b, s, &q, &k, &v, mask, &probs, &ctx)?;
+        let mut work = None;
+        let probs_dropout = self.probs_dropout(dropout, l, s, &mut work)?;
+        attention::attention_forward_with(b, s, &q, &k, &v, mask, &probs, &ctx, probs_dropout)?;
         let h1 = t(gpu, &[tok, d])?;
         linear(b, &ctx, &w.ao_w, Some(&w.ao_b), &h1)?;
+        let h1 = self.dropout_rows(b, dropout, l, Site::AttentionOutput, h1)?;
         b.phase(format_args!("layer {l} / adapters {pass}"));
         let attn = self.sublayer_forward(b, h1, x, &w.ln1_g, &w.ln1_b, setup.adapter(l, Location::Attention))?;
         let y1 = attn.out().clone();
@@ -60,7 +67,7 @@ impl Encoder {
                 elementwise::activate(b, self.dims.act, &pre, &inter)?;
                 let h2 = t(gpu, &[tok, d])?;
                 linear(b, &inter, &w.o_w, Some(&w.o_b), &h2)?;
-                h2
+                self.dropout_rows(b, dropout, l, Site::FfnOutput, h2)?
             }
         };
         let h2_out = h2.clone();

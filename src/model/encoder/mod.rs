@@ -4,11 +4,12 @@
 //!
 //! By concern: `embeddings` (tables and lookup), `forward` and `backward` (one layer), `fusion`
 //! (AdapterFusion at the FFN output), `head` (classification head), `schedule` (the pass over the
-//! layers: recompute, layer chunks, submits), `acts` (what forward keeps for backward) and
-//! `setup` (what trains).
+//! layers: recompute, layer chunks, submits), `acts` (what forward keeps for backward),
+//! `dropout` (training passes' dropout) and `setup` (what trains).
 
 mod acts;
 mod backward;
+mod dropout;
 mod embeddings;
 mod forward;
 mod fusion;
@@ -16,6 +17,7 @@ mod head;
 mod schedule;
 mod setup;
 
+pub use dropout::{DropoutRates, PassDropout};
 pub use embeddings::{EmbeddingLayout, EmbeddingTables, Embeddings};
 pub use setup::Setup;
 
@@ -23,6 +25,7 @@ use super::adapters::ClassificationHead;
 use super::store::{LayerStore, TensorSource};
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::attention::AttentionShape;
+use crate::kernels::dropout::Site;
 use crate::kernels::loss;
 use crate::types::Activation;
 use anyhow::{bail, Result};
@@ -160,6 +163,8 @@ impl Encoder {
     /// `b` without waiting; gradients are written into the adapters' and the head's gradient tensors
     /// (overwritten, not accumulated). With streamed weights or `--recompute` it submits per layer.
     /// The caller submits the rest (e.g. with an optimizer step in the same command buffer).
+    /// `dropout`: a training pass's (AdapterHub's train mode), `None` for evaluation.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &mut self,
         b: &mut CommandRecorder,
@@ -168,6 +173,7 @@ impl Encoder {
         inp: &Inputs,
         labels: Option<&[u32]>,
         backward: bool,
+        dropout: Option<PassDropout>,
     ) -> Result<Recorded> {
         self.check_inputs(inp)?;
         Self::check_labels(inp, head, labels, backward)?;
@@ -179,8 +185,9 @@ impl Encoder {
         let mask = GpuTensor::from_slice(&gpu, &[inp.batch, inp.seq], &inp.mask)?;
         let ashape = AttentionShape { batch: inp.batch, seq: inp.seq, heads: dims.heads, head_dim: d / dims.heads };
         let x = self.embed(b, &ids, &types, inp)?;
-        let (hidden, acts) = self.layers_forward(b, setup, x, &mask, ashape)?;
-        let h = self.head_forward(b, head, &hidden, inp.seq)?;
+        let x = self.dropout_rows(b, dropout::RowsDropout::whole(dropout), 0, Site::Embeddings, x)?;
+        let (hidden, acts) = self.layers_forward(b, setup, x, &mask, ashape, dropout)?;
+        let h = self.head_forward(b, head, &hidden, inp.seq, dropout)?;
         let mut loss = None;
         if let Some(labels) = labels {
             let bsz = inp.batch;
@@ -191,13 +198,15 @@ impl Encoder {
             loss::softmax_cross_entropy(b, &h.logits, &lab, &loss_t, &dlogits)?;
             if backward {
                 let dhidden = self.head_backward(b, head, &h, &dlogits, inp.seq)?;
-                self.layers_backward(b, setup, acts, &mask, ashape, dhidden)?;
+                self.layers_backward(b, setup, acts, &mask, ashape, dhidden, dropout)?;
             }
             loss = Some(loss_t);
         }
         Ok(Recorded { logits: h.logits, loss, last_hidden_state: hidden })
     }
-    /// read back: [`record`](Self::record) into a batch of its own, then a full sync.
+    /// One pass with its results read back: [`record`](Self::record) into a batch of its own, then
+    /// a full sync. No dropout
+    /// (evaluation; see [`pass_with_dropout`](Self::pass_with_dropout)).
     pub fn pass(
         &mut self,
         setup: &Setup,
@@ -207,10 +216,25 @@ impl Encoder {
         backward: bool,
         want_hidden: bool,
     ) -> Result<PassOutput> {
+        self.pass_with_dropout(setup, head, inp, labels, backward, want_hidden, None)
+    }
+
+    /// [`pass`](Self::pass) as a training pass with `dropout`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pass_with_dropout(
+        &mut self,
+        setup: &Setup,
+        head: &ClassificationHead,
+        inp: &Inputs,
+        labels: Option<&[u32]>,
+        backward: bool,
+        want_hidden: bool,
+        dropout: Option<PassDropout>,
+    ) -> Result<PassOutput> {
         let gpu = self.gpu.clone();
         gpu.memory.reset_peak();
         let mut b = gpu.batch();
-        let r = self.record(&mut b, setup, head, inp, labels, backward)?;
+        let r = self.record(&mut b, setup, head, inp, labels, backward, dropout)?;
         b.finish()?;
         Ok(PassOutput {
             logits: r.logits.to_vec(&gpu)?,

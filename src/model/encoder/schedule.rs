@@ -4,6 +4,7 @@
 
 use super::super::store::LayerWeights;
 use super::acts::{LayerActs, Saved};
+use super::dropout::{PassDropout, RowsDropout};
 use super::{t, Encoder, Setup};
 use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::attention::AttentionShape;
@@ -62,7 +63,7 @@ impl Encoder {
     }
 
     /// Forward of every layer from the embeddings' output `x`: the last hidden state and what
-    /// backward needs (see [`Saved`]).
+    /// backward needs (see [`Saved`]), with the training pass's `dropout`.
     pub(super) fn layers_forward<'s>(
         &mut self,
         b: &mut CommandRecorder,
@@ -70,6 +71,7 @@ impl Encoder {
         mut x: GpuTensor,
         mask: &GpuTensor,
         s: AttentionShape,
+        dropout: Option<PassDropout>,
     ) -> Result<(GpuTensor, Saved<'s>)> {
         let n = self.dims.layers;
         let chunks = self.chunks(s.batch);
@@ -84,7 +86,7 @@ impl Encoder {
         for l in 0..n {
             let w = self.store.layer(l)?;
             if chunks.len() > 1 {
-                let (y, h2) = self.layer_forward_chunked(b, &w, setup, l, &x, mask, s, &chunks)?;
+                let (y, h2) = self.layer_forward_chunked(b, &w, setup, l, &x, mask, s, &chunks, dropout)?;
                 if let Saved::Inputs { inputs, ffn_out, .. } = &mut saved {
                     inputs.push(x);
                     ffn_out.extend(h2);
@@ -92,7 +94,8 @@ impl Encoder {
                 x = y;
                 continue;
             }
-            let (la, h2) = self.layer_forward(b, &w, setup, l, &x, mask, s, false, None)?;
+            let whole = RowsDropout::whole(dropout);
+            let (la, h2) = self.layer_forward(b, &w, setup, l, &x, mask, s, false, None, whole)?;
             let y = la.ffn.out().clone();
             match &mut saved {
                 Saved::All(acts) => acts.push(la),
@@ -124,13 +127,15 @@ impl Encoder {
         mask: &GpuTensor,
         s: AttentionShape,
         chunks: &[Chunk],
+        dropout: Option<PassDropout>,
     ) -> Result<(GpuTensor, Option<GpuTensor>)> {
         let (tok, d) = (s.batch * s.seq, self.dims.hidden);
         let y = t(&self.gpu, &[tok, d])?;
         let h2 = if self.keep_ffn_output { Some(t(&self.gpu, &[tok, d])?) } else { None };
         for &(first, count) in chunks {
             let (xc, mc, sc) = self.chunk_of(b, x, mask, s, (first, count))?;
-            let (la, h2c) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, false, None)?;
+            let rows = dropout.map(|pass| RowsDropout { pass, row0: first * s.seq });
+            let (la, h2c) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, false, None, rows)?;
             let (at, n) = (first * s.seq * d, count * s.seq * d);
             elementwise::copy_range(b, la.ffn.out(), 0, &y, at, n)?;
             if let Some(h2) = &h2 {
@@ -143,7 +148,9 @@ impl Encoder {
     }
 
     /// Backward of every layer, top first, from `dy` (the gradient of the last hidden state),
-    /// with what the forward kept; it stops below the lowest layer where something trains.
+    /// with what the forward kept and its `dropout`; it stops below the lowest layer where
+    /// something trains.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn layers_backward(
         &mut self,
         b: &mut CommandRecorder,
@@ -152,7 +159,9 @@ impl Encoder {
         mask: &GpuTensor,
         s: AttentionShape,
         mut dy: GpuTensor,
+        dropout: Option<PassDropout>,
     ) -> Result<()> {
+        let whole = RowsDropout::whole(dropout);
         let chunks = self.chunks(s.batch);
         let (mut all, mut inputs, mut ffn_out, mut top) = match saved {
             Saved::All(acts) => (acts, vec![], vec![], None),
@@ -163,7 +172,7 @@ impl Encoder {
             if chunks.len() > 1 {
                 let x = inputs.pop().ok_or_else(|| anyhow::anyhow!("internal: no input saved for layer {l}"))?;
                 let h2 = ffn_out.pop();
-                match self.layer_backward_chunked(b, &w, setup, l, x, h2, mask, s, dy, &chunks)? {
+                match self.layer_backward_chunked(b, &w, setup, l, (x, h2), mask, s, dy, &chunks, dropout)? {
                     Some(dx) => dy = dx,
                     None => break,
                 }
@@ -175,14 +184,14 @@ impl Encoder {
                 (Some(_), Some(la)) => *la,
                 (Some(x), None) => {
                     let h2 = ffn_out.pop();
-                    let (la, _) = self.layer_forward(b, &w, setup, l, &x, mask, s, true, h2.as_ref())?;
+                    let (la, _) = self.layer_forward(b, &w, setup, l, &x, mask, s, true, h2.as_ref(), whole)?;
                     // Free the forward's temporaries before backward allocates.
                     self.layer_done(b)?;
                     la
                 }
                 (None, _) => all.pop().ok_or_else(|| anyhow::anyhow!("internal: no activations for layer {l}"))?,
             };
-            match self.layer_backward(b, &w, setup, l, &la, mask, s, &dy, false)? {
+            match self.layer_backward(b, &w, setup, l, &la, mask, s, &dy, false, whole)? {
                 Some(dx) => dy = dx,
                 None => break,
             }
@@ -203,12 +212,12 @@ impl Encoder {
         w: &LayerWeights,
         setup: &Setup,
         l: usize,
-        x: GpuTensor,
-        h2: Option<GpuTensor>,
+        (x, h2): (GpuTensor, Option<GpuTensor>),
         mask: &GpuTensor,
         s: AttentionShape,
         dy: GpuTensor,
         chunks: &[Chunk],
+        dropout: Option<PassDropout>,
     ) -> Result<Option<GpuTensor>> {
         let d = self.dims.hidden;
         let (mut x, mut h2, mut dy) = (Some(x), h2, Some(dy));
@@ -224,10 +233,11 @@ impl Encoder {
                 Some(h2) => Some(self.rows_of(b, h2, s.seq, (first, count))?),
                 None => None,
             };
-            let (la, _) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, true, h2c.as_ref())?;
+            let rows = dropout.map(|pass| RowsDropout { pass, row0: first * s.seq });
+            let (la, _) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, true, h2c.as_ref(), rows)?;
             drop((xc, h2c));
             b.finish()?;
-            let dxc = self.layer_backward(b, w, setup, l, &la, &mc, sc, &dyc, i > 0)?;
+            let dxc = self.layer_backward(b, w, setup, l, &la, &mc, sc, &dyc, i > 0, rows)?;
             if let Some(dxc) = &dxc {
                 elementwise::copy_range(b, dxc, 0, &dx, first * s.seq * d, count * s.seq * d)?;
             }

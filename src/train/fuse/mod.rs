@@ -196,6 +196,7 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
         saved_what: "fusion + head",
         trainable_parameters: trainable,
         model_parameters: model_params,
+        dropout: crate::train::trainer::dropout_rates(&cfg, r, rep)?,
     };
     let ctl = LoopControl { run: run.clone(), settings: Some(args.settings()?), fingerprint: task.fingerprint() };
     let summary = run_loop_with(gpu, &mut enc, &mut trainee, &task, pad, &setup, &ctl, rep)?;

@@ -3,7 +3,7 @@
 use super::{train_step, LoopControl, LoopSetup, Trainee};
 use crate::gpu::Gpu;
 use crate::kernels::optim::{AdamW, LinearSchedule};
-use crate::model::encoder::Encoder;
+use crate::model::encoder::{Encoder, PassDropout};
 use crate::train::metrics::{self, MetricsLog, TrainingCurves};
 use crate::train::optimizer::Optimizer;
 use crate::train::options::BatchOrder;
@@ -213,7 +213,12 @@ impl<'a, T: Trainee> Run<'a, T> {
         let failed = || resume::failed_at(a.command, step, a.out, saved_step);
         resume::inject(gpu, self.ctl.run.fault, step, &self.trainee.params())?;
         let b = data::Batch::new(&task.train.tokens, Some(&task.train.labels), idx, self.pad);
-        let s = train_step(gpu, self.enc, self.trainee, &mut self.optimizer, &b.inputs(), &b.labels)
+        let dropout = match a.dropout {
+            // Keyed by the optimizer step: a resumed run draws the masks the uninterrupted one would.
+            Some(rates) => Some(PassDropout { rates, seed: a.run.seed, step: u32::try_from(step)? }),
+            None => None,
+        };
+        let s = train_step(gpu, self.enc, self.trainee, &mut self.optimizer, &b.inputs(), &b.labels, dropout)
             .with_context(failed)?;
         gpu.check().with_context(failed)?;
         let (loss, lr, norm) = (s.loss, s.lr, s.grad_norm);

@@ -1,0 +1,205 @@
+//! `shaders/dropout.wgsl`: inverted dropout (keep with probability 1 − p, scaled by 1/(1 − p))
+//! with masks that are never stored. Each element's decision is one Philox4x32-10 draw keyed by
+//! (seed, step, layer, site, global row, column) — see [`MaskKey`] and [`MaskLayout`] — so the
+//! forward, the backward (the same op on the gradient) and a recompute regenerate the same mask,
+//! and a chunk of the batch draws exactly the masks the whole batch would.
+
+use super::elementwise::check_no_alias;
+use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
+use crate::shaders;
+use anyhow::{bail, Result};
+
+#[cfg(any(test, feature = "reference"))]
+pub mod reference;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_attention;
+
+const APPLY: KernelSpec =
+    KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_apply", bindings: &[Access::Read, Access::ReadWrite] };
+const DRAWS: KernelSpec =
+    KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_draws", bindings: &[Access::ReadWrite] };
+
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    cols: u32,
+    row0: u32,
+    heads: u32,
+    seq: u32,
+    threshold: u32,
+    scale: f32,
+    step: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    stream: u32,
+    _p0: u32,
+}
+
+/// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
+/// them against the WGSL).
+#[cfg(test)]
+pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
+    let p = std::mem::size_of::<Params>();
+    vec![(APPLY, p), (DRAWS, p)]
+}
+
+/// Every set of override constants the host passes, per kernel (`kernels/translate.rs`).
+#[cfg(test)]
+pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
+    specs().into_iter().map(|(s, _)| (s, vec![vec![("WG", WG as f64)]])).collect()
+}
+
+/// Where in the model a mask is drawn: one stream of draws per (layer, site).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Site {
+    /// The embeddings' output, after their LayerNorm.
+    Embeddings = 0,
+    /// The attention probabilities, after the softmax, before `P·V`.
+    AttentionProbs = 1,
+    /// The attention output dense, before the adapter / residual + LayerNorm.
+    AttentionOutput = 2,
+    /// The FFN output dense, before the adapter (or fusion) / residual + LayerNorm.
+    FfnOutput = 3,
+    /// The head's input (the `[CLS]` hidden state), before its first Linear.
+    HeadInput = 4,
+    /// The head's hidden activation, before its last Linear.
+    HeadHidden = 5,
+}
+
+/// The key of one mask: the run's seed, the optimizer step, the layer and the site. Masks of
+/// different keys are independent streams of the same generator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaskKey {
+    pub seed: u64,
+    pub step: u32,
+    pub layer: u32,
+    pub site: Site,
+}
+
+impl MaskKey {
+    /// The generator's fourth counter word: `(layer << 8) | site`.
+    pub fn stream(&self) -> Result<u32> {
+        if self.layer >= 1 << 24 {
+            bail!("dropout: layer index {} is too large for the mask key", self.layer);
+        }
+        Ok((self.layer << 8) | self.site as u32)
+    }
+}
+
+/// How an element index maps to the (global row, column) of its draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskLayout {
+    /// `[rows, cols]` row-major; the tensor's first row is row `row0` of the whole batch.
+    Rows { cols: usize, row0: usize },
+    /// Attention probabilities `[batch, heads, seq, seq]`: row = `row0 + b·seq + i` (the query's
+    /// token row in the whole batch), column = `h·seq + j`.
+    Attention { heads: usize, seq: usize, row0: usize },
+}
+
+impl MaskLayout {
+    fn check(&self, what: &str, n: usize) -> Result<()> {
+        let (unit, row0, rows) = match *self {
+            MaskLayout::Rows { cols, row0 } => (cols, row0, n / cols.max(1)),
+            MaskLayout::Attention { heads, seq, row0 } => {
+                (heads * seq * seq, row0, n / (heads * seq * seq).max(1) * seq)
+            }
+        };
+        if unit == 0 || n % unit != 0 {
+            bail!("dropout {what}: {n} elements are not whole rows of the mask layout {self:?}");
+        }
+        if u32::try_from(n).is_err() || u32::try_from(row0 + rows).is_err() {
+            bail!("dropout {what}: {n} elements from row {row0} exceed u32 indexing");
+        }
+        Ok(())
+    }
+}
+
+/// A dropout rate with its integer threshold and scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub p: f32,
+}
+
+impl Rate {
+    /// `p` in `[0, 1)`: a rate of 1 would drop everything (and divide by zero).
+    pub fn new(p: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            bail!("dropout probability {p} is outside [0, 1)");
+        }
+        Ok(Self { p: p as f32 })
+    }
+
+    /// Dropped when the 32-bit draw is below this: `round(p·2³²)`.
+    pub fn threshold(&self) -> u32 {
+        ((self.p as f64) * 4294967296.0).round().min(u32::MAX as f64) as u32
+    }
+
+    /// The kept elements' factor, `1/(1 − p)` rounded to f32.
+    pub fn scale(&self) -> f32 {
+        (1.0 / (1.0 - self.p as f64)) as f32
+    }
+}
+
+fn params(key: MaskKey, layout: MaskLayout, n: usize, rate: Rate) -> Result<Params> {
+    let (cols, row0, heads, seq) = match layout {
+        MaskLayout::Rows { cols, row0 } => (cols, row0, 0, 0),
+        MaskLayout::Attention { heads, seq, row0 } => (0, row0, heads, seq),
+    };
+    Ok(Params {
+        n: n as u32,
+        cols: cols as u32,
+        row0: row0 as u32,
+        heads: heads as u32,
+        seq: seq as u32,
+        threshold: rate.threshold(),
+        scale: rate.scale(),
+        step: key.step,
+        seed_lo: key.seed as u32,
+        seed_hi: (key.seed >> 32) as u32,
+        stream: key.stream()?,
+        _p0: 0,
+    })
+}
+
+/// `out = x · mask · 1/(1 − p)` with the mask of `key` over `layout`: the forward of dropout on
+/// activations and, applied to the gradient with the same key, its backward. `out` has `x`'s
+/// shape and does not share its buffer.
+pub fn apply(
+    batch: &mut CommandRecorder,
+    key: MaskKey,
+    rate: Rate,
+    layout: MaskLayout,
+    x: &GpuTensor,
+    out: &GpuTensor,
+) -> Result<()> {
+    if x.shape != out.shape {
+        bail!("dropout: output shape {:?} differs from the input's {:?}", out.shape, x.shape);
+    }
+    check_no_alias("dropout", &[out], &[Some(x)])?;
+    let n = x.numel();
+    layout.check("apply", n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let p = params(key, layout, n, rate)?;
+    batch.dispatch(&APPLY, &[("WG", WG as f64)], &p, &[Some(x), Some(out)], [p.n.div_ceil(WG), 1, 1]);
+    Ok(())
+}
+
+/// The generator's raw 32-bit draws for every element of `out` (read back as f32 bit patterns;
+/// the generator's tests compare them with [`reference::philox4x32_10`]).
+pub fn draws(batch: &mut CommandRecorder, key: MaskKey, layout: MaskLayout, out: &GpuTensor) -> Result<()> {
+    let n = out.numel();
+    layout.check("draws", n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let p = params(key, layout, n, Rate { p: 0.0 })?;
+    batch.dispatch(&DRAWS, &[("WG", WG as f64)], &p, &[Some(out)], [p.n.div_ceil(WG), 1, 1]);
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Dropout in training passes, where the `adapters` library (AdapterHub) has it with the model in
+//! train mode: the embeddings' output (after their LayerNorm), the attention probabilities (after
+//! the softmax), the attention output dense and the FFN output dense (before the adapter, or the
+//! residual + LayerNorm), and the classification head's input to each Linear. The masks come from
+//! [`crate::kernels::dropout`], keyed by (seed, optimizer step, layer, site, global token row,
+//! column): never stored, drawn again in backward and in a recompute, and the same for a layer chunk
+//! as for the whole batch.
+
+use super::super::config::BertConfig;
+use super::{t, Encoder};
+use crate::gpu::{CommandRecorder, GpuTensor};
+use crate::kernels::attention::{AttentionShape, ProbsDropout};
+use crate::kernels::dropout::{self, MaskKey, MaskLayout, Rate, Site};
+use anyhow::Result;
+
+/// The dropout rates of a training pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutRates {
+    /// `hidden_dropout_prob`: embeddings' output, attention output and FFN output.
+    pub hidden: Rate,
+    /// `attention_probs_dropout_prob`: the attention probabilities.
+    pub attention: Rate,
+    /// The classification head's, before each of its Linear layers.
+    pub head: Rate,
+}
+
+impl DropoutRates {
+    /// The rates of `cfg`, with the head's as AdapterHub's `PredictionHead` picks it: the head
+    /// config's `dropout_prob`, else the model's `classifier_dropout`, else `hidden_dropout_prob`.
+    pub fn from_config(cfg: &BertConfig, head_dropout_prob: Option<f64>) -> Result<Self> {
+        let head = head_dropout_prob.or(cfg.classifier_dropout).unwrap_or(cfg.hidden_dropout_prob);
+        Ok(Self {
+            hidden: Rate::new(cfg.hidden_dropout_prob)?,
+            attention: Rate::new(cfg.attention_probs_dropout_prob)?,
+            head: Rate::new(head)?,
+        })
+    }
+
+    /// The same rate everywhere (tests).
+    pub fn uniform(p: f64) -> Result<Self> {
+        let r = Rate::new(p)?;
+        Ok(Self { hidden: r, attention: r, head: r })
+    }
+}
+
+/// Dropout of one training pass: the rates and the masks' seed and step (the optimizer step, so
+/// that a resumed run draws the masks the uninterrupted run would).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PassDropout {
+    pub rates: DropoutRates,
+    pub seed: u64,
+    pub step: u32,
+}
+
+impl PassDropout {
+    fn key(&self, layer: usize, site: Site) -> MaskKey {
+        MaskKey { seed: self.seed, step: self.step, layer: layer as u32, site }
+    }
+}
+
+/// A pass's dropout over some rows of the batch: `row0` is the global token row of the first
+/// (non-zero in a layer chunk).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RowsDropout {
+    pub pass: PassDropout,
+    pub row0: usize,
+}
+
+impl RowsDropout {
+    pub fn whole(pass: Option<PassDropout>) -> Option<Self> {
+        pass.map(|pass| Self { pass, row0: 0 })
+    }
+}
+
+impl Encoder {
+    /// `x` (`[rows, cols]`) with the mask of `site` of layer `l` applied (a new tensor), or `x`
+    /// itself when there is no dropout or its rate is 0. The forward on activations and, with the
+    /// same arguments, the backward on their gradient.
+    pub(super) fn dropout_rows(
+        &self,
+        b: &mut CommandRecorder,
+        drop: Option<RowsDropout>,
+        l: usize,
+        site: Site,
+        x: GpuTensor,
+    ) -> Result<GpuTensor> {
+        let Some(d) = drop else { return Ok(x) };
+        let rate = match site {
+            Site::Embeddings | Site::AttentionOutput | Site::FfnOutput => d.pass.rates.hidden,
+            Site::AttentionProbs => d.pass.rates.attention,
+            Site::HeadInput | Site::HeadHidden => d.pass.rates.head,
+        };
+        if rate.p == 0.0 {
+            return Ok(x);
+        }
+        let cols = *x.shape.last().unwrap_or(&1);
+        let out = t(&self.gpu, &x.shape)?;
+        dropout::apply(b, d.pass.key(l, site), rate, MaskLayout::Rows { cols, row0: d.row0 }, &x, &out)?;
+        Ok(out)
+    }
+
+    /// The attention probabilities' dropout of layer `l` (with a new work tensor), when on.
+    pub(super) fn probs_dropout<'w>(
+        &self,
+        drop: Option<RowsDropout>,
+        l: usize,
+        s: AttentionShape,
+        work: &'w mut Option<GpuTensor>,
+    ) -> Result<Option<ProbsDropout<'w>>> {
+        let Some(d) = drop.filter(|d| d.pass.rates.attention.p > 0.0) else { return Ok(None) };
+        let w = work.insert(t(&self.gpu, &[s.batch, s.heads, s.seq, s.seq])?);
+        Ok(Some(ProbsDropout {
+            key: d.pass.key(l, Site::AttentionProbs),
+            rate: d.pass.rates.attention,
+            row0: d.row0,
+            work: w,
+        }))
+    }
+}
