@@ -79,8 +79,24 @@ fn workgroup_size(d: usize, cpu: bool) -> f64 {
     }
 }
 
-/// Threads per row on CPU drivers (lavapipe's SIMD width on AVX2).
+/// Threads per row on CPU drivers (lavapipe's SIMD width on AVX2); they sum with four partial
+/// sums each (`PARTIALS` in the shader), which keeps the sums as accurate as 64 threads' were.
 const CPU_WG: f64 = 8.0;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: run the CPU drivers' (`Some(true)`) or the GPUs' (`Some(false)`) row layout on
+    /// whatever device the tests have, so both are checked on lavapipe.
+    pub(crate) static FORCE_CPU_ROWS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// The override constants of the row layout: `WG` threads a row, and `PARTIALS` on CPU drivers.
+fn row_constants(batch: &CommandRecorder, d: usize) -> [(&'static str, f64); 2] {
+    let cpu = batch.gpu().policy().is_cpu;
+    #[cfg(test)]
+    let cpu = FORCE_CPU_ROWS.with(|f| f.get()).unwrap_or(cpu);
+    [("WG", workgroup_size(d, cpu)), ("PARTIALS", if cpu { 1.0 } else { 0.0 })]
+}
 
 /// Rows and row length of `x` for a LayerNorm with `gamma` of shape `[d]`.
 fn rows_of(what: &str, x: &GpuTensor, gamma: &GpuTensor) -> Result<(usize, usize)> {
@@ -128,9 +144,10 @@ pub fn layer_norm(
         bail!("layer_norm: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: 0, _p0: 0, eps, _p1: [0; 3] };
-    let cpu = batch.gpu().policy().is_cpu;
+    let [wg, partials] = row_constants(batch, d);
     let constants = [
-        ("WG", workgroup_size(d, cpu)),
+        wg,
+        partials,
         ("HAS_RESIDUAL", if residual.is_some() { 1.0 } else { 0.0 }),
         ("HAS_SUM", if sum_out.is_some() { 1.0 } else { 0.0 }),
     ];
@@ -166,13 +183,7 @@ pub fn layer_norm_backward(
         bail!("layer_norm_backward: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: accumulate as u32, _p0: 0, eps, _p1: [0; 3] };
-    let cpu = batch.gpu().policy().is_cpu;
-    batch.dispatch(
-        &BACKWARD,
-        &[("WG", workgroup_size(d, cpu))],
-        &params,
-        &[Some(x), Some(gamma), Some(dy), Some(dx)],
-        [rows as u32, 1, 1],
-    );
+    let constants = row_constants(batch, d);
+    batch.dispatch(&BACKWARD, &constants, &params, &[Some(x), Some(gamma), Some(dy), Some(dx)], [rows as u32, 1, 1]);
     Ok(())
 }
