@@ -51,11 +51,14 @@ pub enum SubmitPolicy {
     PerPass,
 }
 
-/// How the adapter's token-parallel parts run: the fused kernels of `shaders/adapter.wgsl`
-/// (a workgroup owns 8 tokens and reads both weight matrices: best on CPU drivers), or the shared
-/// matmul with bias/β epilogues plus element-wise activation kernels (GPUs, where the fused
-/// kernel re-reads the weights per 8 tokens: 1.2 ms vs PyTorch's 97 µs at T=4096, d=768, m=64 on
-/// an H200). Both compute the same sums; [`ADAPTER_KERNEL_ENV`] (`fused` / `matmul`) overrides.
+/// How the adapter's token-parallel parts run: the fused kernels of `shaders/adapter.wgsl` (a
+/// workgroup owns 8 tokens and reads both weight matrices), or the shared matmul with bias/β
+/// epilogues plus element-wise activation kernels. The matmul path is every device's default: on
+/// GPUs the fused kernel re-reads the weights per 8 tokens (1.2 ms vs PyTorch's 97 µs at T=4096,
+/// d=768, m=64 on an H200), and on lavapipe the fused kernels ran at 0.5 GFLOP/s against the
+/// subgroup matmul's 8–17, so the adapter phases of a MiniLM step took 2–3× longer fused
+/// (bench/NOTES.md, issue 15 item 6). Both compute the same sums; [`ADAPTER_KERNEL_ENV`]
+/// (`fused` / `matmul`) overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdapterKernel {
     Fused,
@@ -79,7 +82,7 @@ impl AdapterKernel {
         }
     }
 
-    /// The path this GPU's policy chose (CPU drivers: fused; other devices: matmul; overridable).
+    /// The path this GPU's policy chose (matmul unless overridden).
     pub fn for_gpu(gpu: &Gpu) -> Self {
         gpu.policy().adapter_kernel
     }
@@ -273,7 +276,7 @@ pub struct KernelPolicy {
     /// The first candidate tile of the `smem` variant (the larger products'): [`TileConfig::LARGE`].
     /// A tile this GPU's limits cannot hold is passed over for the smaller ones.
     pub smem_large_tile: TileConfig,
-    /// Fused adapter kernels on CPU drivers, the adapter through the matmul elsewhere.
+    /// The adapter through the matmul on every device unless overridden (see [`AdapterKernel`]).
     pub adapter_kernel: AdapterKernel,
     /// Per layer on GPUs, per pass on CPU drivers.
     pub submit: SubmitPolicy,
@@ -351,7 +354,7 @@ impl KernelPolicy {
                 &mut from,
                 (options.adapter_kernel, "GpuOptions::adapter_kernel"),
                 (env_adapter, env::ADAPTER_KERNEL),
-                if cpu { AdapterKernel::Fused } else { AdapterKernel::Matmul },
+                AdapterKernel::Matmul,
             ),
             submit: pick(
                 &mut from,

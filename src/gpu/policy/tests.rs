@@ -47,7 +47,7 @@ fn device_defaults() {
             is_cpu: true,
             matmul_variant: MatmulVariant::Subgroup,
             smem_large_tile: TileConfig::LARGE,
-            adapter_kernel: AdapterKernel::Fused,
+            adapter_kernel: AdapterKernel::Matmul,
             submit: SubmitPolicy::PerPass,
             shader_checks: cfg!(debug_assertions),
             cooperative_matrix: false,
@@ -231,7 +231,7 @@ fn display_is_one_line() {
     assert!(!s.contains('\n'));
     assert!(
         s.starts_with(
-            "matmul subgroup (smem large tile 128x128x8/8x8), adapter fused, submit per pass, shader checks "
+            "matmul subgroup (smem large tile 128x128x8/8x8), adapter matmul, submit per pass, shader checks "
         ),
         "{s}"
     );

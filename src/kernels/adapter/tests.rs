@@ -1,7 +1,7 @@
 //! Fused bottleneck-adapter kernels vs the f64 reference.
 
 use super::reference::Adapter;
-use crate::kernels::adapter::{AdapterScratch, AdapterShape, AdapterWeights};
+use crate::kernels::adapter::{AdapterKernel, AdapterScratch, AdapterShape, AdapterWeights, Residual};
 use crate::kernels::test_support::*;
 use crate::types::Activation;
 
@@ -53,8 +53,9 @@ fn run_case(c: &Case, seed: u64) -> Errors {
 
     let g = gpu();
     let mut batch = g.batch();
-    shape.forward(&mut batch, &w, &xg, &y, &a).unwrap();
-    shape.backward(&mut batch, &w, &xg, &a, &dyg, &dx, &grads, &scratch).unwrap();
+    // The fused kernels explicitly: the policy's default is the matmul path (tests_matmul.rs).
+    shape.forward_with(AdapterKernel::Fused, &mut batch, &w, &xg, Residual::Input, &y, &a).unwrap();
+    shape.backward_with(AdapterKernel::Fused, &mut batch, &w, &xg, false, &a, &dyg, &dx, &grads, &scratch).unwrap();
     batch.finish().unwrap();
 
     let r = Adapter {
@@ -229,7 +230,6 @@ fn adapter_rejects_wrong_shapes() {
 /// backward's dx is then only the path through the bottleneck.
 #[test]
 fn adapter_separate_and_no_residual() {
-    use crate::kernels::adapter::Residual;
     let mut rng = rng(21);
     let (t, d, m) = (11, 40, 6);
     let wd = rand_f32(&mut rng, m * d, 0.3);

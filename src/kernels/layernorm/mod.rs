@@ -47,29 +47,55 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
 /// nothing tests it either).
 pub const MAX_D: usize = 1 << 16;
 
-/// Threads per row: enough for coalesced loads, few enough that short rows keep them busy.
 /// Every set of override constants the host passes, per kernel, apart from the flags
-/// (`kernels/translate.rs`): the workgroup size of every hidden size.
+/// (`kernels/translate.rs`): the workgroup size of every hidden size, on GPUs and CPU drivers.
 #[cfg(test)]
 pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
     let mut sets: Vec<crate::kernels::Constants> = vec![];
     for d in 1..=8192 {
-        let c = vec![("WG", workgroup_size(d))];
-        if !sets.contains(&c) {
-            sets.push(c);
+        for cpu in [false, true] {
+            let c = vec![("WG", workgroup_size(d, cpu))];
+            if !sets.contains(&c) {
+                sets.push(c);
+            }
         }
     }
     vec![(FORWARD, sets.clone()), (BACKWARD, sets)]
 }
 
-fn workgroup_size(d: usize) -> f64 {
-    if d >= 2048 {
+/// Threads per row. GPUs: enough for coalesced loads, few enough that short rows keep them busy.
+/// CPU drivers: [`CPU_WG`], one SIMD program a row (lavapipe runs 8 threads as one 8-wide program;
+/// with 64 it ran 8 programs a row that meet at each barrier, and the reductions over 64 partials
+/// were 8 times longer).
+fn workgroup_size(d: usize, cpu: bool) -> f64 {
+    if cpu {
+        CPU_WG
+    } else if d >= 2048 {
         256.0
     } else if d >= 512 {
         128.0
     } else {
         64.0
     }
+}
+
+/// Threads per row on CPU drivers (lavapipe's SIMD width on AVX2); they sum with four partial
+/// sums each (`PARTIALS` in the shader), which keeps the sums as accurate as 64 threads' were.
+const CPU_WG: f64 = 8.0;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: run the CPU drivers' (`Some(true)`) or the GPUs' (`Some(false)`) row layout on
+    /// whatever device the tests have, so both are checked on lavapipe.
+    pub(crate) static FORCE_CPU_ROWS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// The override constants of the row layout: `WG` threads a row, and `PARTIALS` on CPU drivers.
+fn row_constants(batch: &CommandRecorder, d: usize) -> [(&'static str, f64); 2] {
+    let cpu = batch.gpu().policy().is_cpu;
+    #[cfg(test)]
+    let cpu = FORCE_CPU_ROWS.with(|f| f.get()).unwrap_or(cpu);
+    [("WG", workgroup_size(d, cpu)), ("PARTIALS", if cpu { 1.0 } else { 0.0 })]
 }
 
 /// Rows and row length of `x` for a LayerNorm with `gamma` of shape `[d]`.
@@ -118,8 +144,10 @@ pub fn layer_norm(
         bail!("layer_norm: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: 0, _p0: 0, eps, _p1: [0; 3] };
+    let [wg, partials] = row_constants(batch, d);
     let constants = [
-        ("WG", workgroup_size(d)),
+        wg,
+        partials,
         ("HAS_RESIDUAL", if residual.is_some() { 1.0 } else { 0.0 }),
         ("HAS_SUM", if sum_out.is_some() { 1.0 } else { 0.0 }),
     ];
@@ -155,12 +183,7 @@ pub fn layer_norm_backward(
         bail!("layer_norm_backward: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: accumulate as u32, _p0: 0, eps, _p1: [0; 3] };
-    batch.dispatch(
-        &BACKWARD,
-        &[("WG", workgroup_size(d))],
-        &params,
-        &[Some(x), Some(gamma), Some(dy), Some(dx)],
-        [rows as u32, 1, 1],
-    );
+    let constants = row_constants(batch, d);
+    batch.dispatch(&BACKWARD, &constants, &params, &[Some(x), Some(gamma), Some(dy), Some(dx)], [rows as u32, 1, 1]);
     Ok(())
 }

@@ -69,22 +69,29 @@ fn layer_norm_case(rows: usize, d: usize, seed: u64) -> (f64, f64) {
 
 #[test]
 fn layer_norm_matches_reference_over_shapes() {
-    let (mut ef, mut eb, mut n) = (0f64, 0f64, 0);
-    for (ri, &rows) in [1usize, 7, 33].iter().enumerate() {
-        for (di, &d) in [32usize, 48, 100, 384, 768].iter().enumerate() {
-            let (f, b) = layer_norm_case(rows, d, (ri * 10 + di) as u64);
+    // Both row layouts on this device: the GPUs' (64–256 threads a row) and the CPU drivers' (8
+    // threads with four partial sums each).
+    for cpu_rows in [false, true] {
+        layernorm::FORCE_CPU_ROWS.with(|f| f.set(Some(cpu_rows)));
+        let (mut ef, mut eb, mut n) = (0f64, 0f64, 0);
+        for (ri, &rows) in [1usize, 7, 33].iter().enumerate() {
+            for (di, &d) in [32usize, 48, 100, 384, 768].iter().enumerate() {
+                let (f, b) = layer_norm_case(rows, d, (ri * 10 + di) as u64);
+                ef = ef.max(f);
+                eb = eb.max(b);
+                n += 1;
+            }
+        }
+        for (i, &(rows, d)) in [(3usize, 4096usize), (2, 1), (5, 2049), (4, 3)].iter().enumerate() {
+            let (f, b) = layer_norm_case(rows, d, 100 + i as u64);
             ef = ef.max(f);
             eb = eb.max(b);
             n += 1;
         }
+        let layout = if cpu_rows { "CPU-driver" } else { "GPU" };
+        println!("LayerNorm ({layout} rows): {n} shapes; max relative error forward {ef:.2e}, backward {eb:.2e}");
     }
-    for (i, &(rows, d)) in [(3usize, 4096usize), (2, 1), (5, 2049)].iter().enumerate() {
-        let (f, b) = layer_norm_case(rows, d, 100 + i as u64);
-        ef = ef.max(f);
-        eb = eb.max(b);
-        n += 1;
-    }
-    println!("LayerNorm: {n} shapes; max relative error forward {ef:.2e}, backward {eb:.2e}");
+    layernorm::FORCE_CPU_ROWS.with(|f| f.set(None));
 }
 
 #[test]
