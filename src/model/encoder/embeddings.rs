@@ -53,6 +53,28 @@ impl EmbeddingLayout {
         }
     }
 
+    /// Elements of the three tables the lookup reads (word, position, token type; see
+    /// [`EmbeddingTables`]), for the memory planner.
+    pub fn table_elements(&self, vocab: usize) -> [u64; 3] {
+        let w = self.width as u64;
+        let (pos, types) = (self.positions as u64, self.token_types.max(1) as u64);
+        match self.padding_positions {
+            Some(_) => [vocab as u64 * w, pos * w, pos * types * w],
+            None => [vocab as u64 * w, pos * w, types * w],
+        }
+    }
+
+    /// Elements of what stays resident beside the tables: the LayerNorm's two vectors and ELECTRA's
+    /// projection (weight and bias), for the memory planner.
+    pub fn resident_elements(&self, hidden: usize) -> Vec<u64> {
+        let (w, h) = (self.width as u64, hidden as u64);
+        let mut v = vec![w, w];
+        if self.project {
+            v.extend([h * w, h]);
+        }
+        v
+    }
+
     /// Row of the combined position + token-type table of each token (RoBERTa's scheme): position
     /// id · types + token type.
     fn combined_rows(&self, pad: u32, inp: &Inputs) -> Vec<u32> {
