@@ -73,7 +73,7 @@ impl<'p> Replay<'p> {
         let m = p.adapter.bottleneck as u64;
         let resident = p.resident_layers >= n_layers;
         let ud = d as u64;
-        let layout = crate::model::encoder::EmbeddingLayout::from_config(cfg);
+        let layout = crate::model::embedding_layout::EmbeddingLayout::from_config(cfg);
         let tables = layout.table_elements(cfg.vocab_size);
         let embedding_resident = layout.resident_elements(d);
         let mut r = Self {
