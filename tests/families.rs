@@ -312,3 +312,16 @@ fn default_bin_adapters_load_for_every_family() {
         assert_close(&format!("{fixture} .bin predict logits"), &logits, &f64s(&all[3..6]), 1e-4);
     }
 }
+
+/// The "share of the model" line counts each family's base parameters: every tensor of its
+/// checkpoint but the pooler (which the heads do not use).
+#[test]
+fn model_parameters_count_each_family() {
+    for (fixture, _) in FAMILIES {
+        let cfg = BertConfig::from_model_dir(base(fixture)).unwrap();
+        let file = WeightFile::open(base(fixture).join("model.safetensors")).unwrap();
+        let in_file: usize =
+            file.names().into_iter().filter(|n| !n.contains("pooler.")).map(|n| file.get(n).unwrap().1.len()).sum();
+        assert_eq!(peft_wgpu::train::model_parameters(&cfg), in_file, "{fixture}");
+    }
+}
