@@ -221,6 +221,22 @@ fn clear_errors_across_families() {
     assert_err_contains(Adapter::load(&distil_adapter, &roberta), &["distilbert", "roberta"]);
     let e = BertConfig::from_json_str(r#"{"model_type": "deberta-v2", "hidden_size": 16}"#, "config.json");
     assert_err_contains(e, &["deberta-v2", "bert, roberta, xlm-roberta, distilbert, electra"]);
+    // A DistilBERT checkpoint missing a tensor: named as DistilBERT names it.
+    let d = tempfile::tempdir().unwrap();
+    let src = base("tiny-distilbert");
+    let mut m = WeightFile::open(src.join("model.safetensors")).unwrap().to_map().unwrap();
+    m.remove("transformer.layer.1.sa_layer_norm.weight").unwrap();
+    peft_wgpu::formats::weights::write_tensors(&d.path().join("model.safetensors"), &m, None).unwrap();
+    std::fs::copy(src.join("config.json"), d.path().join("config.json")).unwrap();
+    let e = load::load_encoder(&gpu(), d.path(), None);
+    assert_err_contains(e, &["distilbert checkpoint", "transformer.layer.1.sa_layer_norm.weight"]);
+    // ELECTRA's projection is required when embedding_size differs from hidden_size.
+    let src = base("tiny-electra");
+    let mut m = WeightFile::open(src.join("model.safetensors")).unwrap().to_map().unwrap();
+    m.remove("embeddings_project.bias").unwrap();
+    peft_wgpu::formats::weights::write_tensors(&d.path().join("model.safetensors"), &m, None).unwrap();
+    std::fs::copy(src.join("config.json"), d.path().join("config.json")).unwrap();
+    assert_err_contains(load::load_encoder(&gpu(), d.path(), None), &["electra checkpoint", "embeddings_project.bias"]);
     // DistilBERT's own keys are required.
     let e = BertConfig::from_json_str(r#"{"model_type": "distilbert", "dim": 16, "vocab_size": 10}"#, "config.json");
     assert_err_contains(e, &["n_layers"]);
