@@ -172,10 +172,16 @@ fn tokenizers_match_the_hf_tokenizer() {
         if fx.get("token_type_ids").is_some() {
             assert_eq!(enc.token_type_ids, rows("token_type_ids"), "{fixture} token_type_ids");
         }
-        // Pairs: one token type for the families that have one (their HF tokenizers return none).
-        let pairs = tok.encode_pairs(&[("a delight", "superb")]).unwrap();
-        let types: Vec<u32> = pairs.token_type_ids[0].iter().copied().filter(|&t| t != 0).collect();
-        assert_eq!(types.is_empty(), cfg.type_vocab_size == 1, "{fixture}: pair token types {pairs:?}");
+        // The pair format of the family's post-processor; one token type for the families that
+        // have one (their HF tokenizers return none).
+        let pair: Vec<String> = serde_json::from_value(fx["pair"]["texts"].clone()).unwrap();
+        let pairs = tok.encode_pairs(&[(&pair[0], &pair[1])]).unwrap();
+        let ids: Vec<u32> = serde_json::from_value(fx["pair"]["input_ids"].clone()).unwrap();
+        assert_eq!(pairs.input_ids[0], ids, "{fixture} pair input_ids");
+        match fx["pair"].get("token_type_ids") {
+            Some(t) => assert_eq!(pairs.token_type_ids[0], serde_json::from_value::<Vec<u32>>(t.clone()).unwrap()),
+            None => assert!(pairs.token_type_ids[0].iter().all(|&t| t == 0), "{fixture}: {pairs:?}"),
+        }
     }
 }
 
