@@ -97,6 +97,8 @@ fn case_matches_library(fixture: &str, case_name: &str, trained: usize) {
     assert_eq!(a, b, "{fixture} {case_name}: tensor names differ from the library's");
     assert_eq!(b.iter().filter(|n| n.starts_with("grad.")).count(), trained, "{fixture} {case_name}: {b:?}");
     let mut worst = (0.0f64, String::new());
+    // Against float64: the tensor where ours is furthest from its bound (ours / bound).
+    let mut tightest = (0.0f64, String::new(), 0.0f64, 0.0f64);
     for n in b {
         let tol = if n.starts_with("grad.") { 1e-3 } else { 1e-4 };
         let (shape, v) = ours.get(n).unwrap();
@@ -123,9 +125,16 @@ fn case_matches_library(fixture: &str, case_name: &str, trained: usize) {
         let err = |v: &[f64]| -> f64 { v.iter().zip(&x).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale };
         let (ours64, torch64) = (err(&f64s(&v)), err(&f64s(&e)));
         let bound = (4.0 * torch64).max(2e-6);
+        if ours64 / bound > tightest.0 {
+            tightest = (ours64 / bound, n.to_string(), ours64, torch64);
+        }
         assert!(ours64 <= bound, "{fixture} {n}: {ours64:.2e} from float64, PyTorch fp32 {torch64:.2e}");
     }
     println!("{fixture} {case_name}: worst tensor against the library's fp32: {:.2e} ({})", worst.0, worst.1);
+    println!(
+        "{fixture} {case_name}: against float64, closest to its bound: {} (ours {:.2e}, PyTorch fp32 {:.2e})",
+        tightest.1, tightest.2, tightest.3
+    );
     // Streaming the layers (and the embedding tables) one at a time gives the same bits.
     let streamed = grads(fixture, case_name, Some(1));
     for n in ours.names() {
@@ -172,10 +181,16 @@ fn tokenizers_match_the_hf_tokenizer() {
         if fx.get("token_type_ids").is_some() {
             assert_eq!(enc.token_type_ids, rows("token_type_ids"), "{fixture} token_type_ids");
         }
-        // Pairs: one token type for the families that have one (their HF tokenizers return none).
-        let pairs = tok.encode_pairs(&[("a delight", "superb")]).unwrap();
-        let types: Vec<u32> = pairs.token_type_ids[0].iter().copied().filter(|&t| t != 0).collect();
-        assert_eq!(types.is_empty(), cfg.type_vocab_size == 1, "{fixture}: pair token types {pairs:?}");
+        // The pair format of the family's post-processor; one token type for the families that
+        // have one (their HF tokenizers return none).
+        let pair: Vec<String> = serde_json::from_value(fx["pair"]["texts"].clone()).unwrap();
+        let pairs = tok.encode_pairs(&[(&pair[0], &pair[1])]).unwrap();
+        let ids: Vec<u32> = serde_json::from_value(fx["pair"]["input_ids"].clone()).unwrap();
+        assert_eq!(pairs.input_ids[0], ids, "{fixture} pair input_ids");
+        match fx["pair"].get("token_type_ids") {
+            Some(t) => assert_eq!(pairs.token_type_ids[0], serde_json::from_value::<Vec<u32>>(t.clone()).unwrap()),
+            None => assert!(pairs.token_type_ids[0].iter().all(|&t| t == 0), "{fixture}: {pairs:?}"),
+        }
     }
 }
 
@@ -221,6 +236,22 @@ fn clear_errors_across_families() {
     assert_err_contains(Adapter::load(&distil_adapter, &roberta), &["distilbert", "roberta"]);
     let e = BertConfig::from_json_str(r#"{"model_type": "deberta-v2", "hidden_size": 16}"#, "config.json");
     assert_err_contains(e, &["deberta-v2", "bert, roberta, xlm-roberta, distilbert, electra"]);
+    // A DistilBERT checkpoint missing a tensor: named as DistilBERT names it.
+    let d = tempfile::tempdir().unwrap();
+    let src = base("tiny-distilbert");
+    let mut m = WeightFile::open(src.join("model.safetensors")).unwrap().to_map().unwrap();
+    m.remove("transformer.layer.1.sa_layer_norm.weight").unwrap();
+    peft_wgpu::formats::weights::write_tensors(&d.path().join("model.safetensors"), &m, None).unwrap();
+    std::fs::copy(src.join("config.json"), d.path().join("config.json")).unwrap();
+    let e = load::load_encoder(&gpu(), d.path(), None);
+    assert_err_contains(e, &["distilbert checkpoint", "transformer.layer.1.sa_layer_norm.weight"]);
+    // ELECTRA's projection is required when embedding_size differs from hidden_size.
+    let src = base("tiny-electra");
+    let mut m = WeightFile::open(src.join("model.safetensors")).unwrap().to_map().unwrap();
+    m.remove("embeddings_project.bias").unwrap();
+    peft_wgpu::formats::weights::write_tensors(&d.path().join("model.safetensors"), &m, None).unwrap();
+    std::fs::copy(src.join("config.json"), d.path().join("config.json")).unwrap();
+    assert_err_contains(load::load_encoder(&gpu(), d.path(), None), &["electra checkpoint", "embeddings_project.bias"]);
     // DistilBERT's own keys are required.
     let e = BertConfig::from_json_str(r#"{"model_type": "distilbert", "dim": 16, "vocab_size": 10}"#, "config.json");
     assert_err_contains(e, &["n_layers"]);
@@ -310,5 +341,18 @@ fn default_bin_adapters_load_for_every_family() {
         let logits: Vec<f32> = v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         let all = WeightFile::open(case(fixture).join("expected.safetensors")).unwrap().get("logits").unwrap().1;
         assert_close(&format!("{fixture} .bin predict logits"), &logits, &f64s(&all[3..6]), 1e-4);
+    }
+}
+
+/// The "share of the model" line counts each family's base parameters: every tensor of its
+/// checkpoint but the pooler (which the heads do not use).
+#[test]
+fn model_parameters_count_each_family() {
+    for (fixture, _) in FAMILIES {
+        let cfg = BertConfig::from_model_dir(base(fixture)).unwrap();
+        let file = WeightFile::open(base(fixture).join("model.safetensors")).unwrap();
+        let in_file: usize =
+            file.names().into_iter().filter(|n| !n.contains("pooler.")).map(|n| file.get(n).unwrap().1.len()).sum();
+        assert_eq!(peft_wgpu::train::model_parameters(&cfg), in_file, "{fixture}");
     }
 }

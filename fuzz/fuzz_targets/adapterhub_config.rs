@@ -5,18 +5,21 @@
 
 use libfuzzer_sys::fuzz_target;
 use peft_wgpu::formats::adapterhub::{BottleneckConfig, FusionConfig, HeadConfig, SavedConfig};
-use peft_wgpu::formats::hf_config::BertConfig;
+use peft_wgpu::formats::hf_config::{BertConfig, Family};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = BertConfig::from_json_str(text, "fuzz/config.json");
+    if let Ok(c) = BertConfig::from_json_str(text, "fuzz/config.json") {
+        let _ = (c.max_sequence_length(), c.embedding_width(), c.family().prefix());
+    }
     let Ok(saved) = SavedConfig::from_json_str(text) else {
         return;
     };
     let _ = (saved.name(), saved.hidden_size(), saved.model_type(), saved.version());
-    let _ = saved.check_model("fuzz", 32);
+    let _ = saved.check_model("fuzz", 32, None);
+    let _ = saved.check_model("fuzz", 32, Some(Family::DistilBert));
     let again = SavedConfig::from_json_str(&saved.to_json()).expect("what we write parses");
     assert_eq!(again, saved);
     if let Ok(c) = BottleneckConfig::from_config(saved.config()) {

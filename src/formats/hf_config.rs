@@ -275,3 +275,54 @@ fn optional<T: DeserializeOwned>(m: &Map<String, Value>, key: &str) -> Result<Op
             .with_context(|| format!("field {key:?} has an invalid value {v}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<BertConfig> {
+        BertConfig::from_json_str(json, "config.json")
+    }
+
+    #[test]
+    fn supported_types_are_the_families() {
+        let families: Vec<&str> = Family::ALL.iter().map(|f| f.model_type()).collect();
+        assert_eq!(SUPPORTED_MODEL_TYPES, families.as_slice());
+    }
+
+    #[test]
+    fn each_family_reads_into_bert_fields() {
+        let sizes = r#""hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 36, "vocab_size": 50"#;
+        let r = parse(&format!(r#"{{"model_type": "roberta", {sizes}, "max_position_embeddings": 40}}"#)).unwrap();
+        // RobertaConfig's default pad_token_id is 1: positions start at 2, 38 usable.
+        assert_eq!(
+            (r.family(), r.pad_token_id, r.layout.position_offset, r.max_sequence_length()),
+            (Family::Roberta, Some(1), 2, 38)
+        );
+        let x = parse(&format!(r#"{{"model_type": "xlm-roberta", {sizes}, "pad_token_id": 3}}"#)).unwrap();
+        assert_eq!((x.family(), x.layout.position_offset, x.max_sequence_length()), (Family::XlmRoberta, 4, 508));
+        let e = parse(&format!(r#"{{"model_type": "electra", {sizes}, "embedding_size": 12}}"#)).unwrap();
+        assert_eq!((e.layout.embedding_size, e.embedding_width(), e.layout.position_offset), (Some(12), 12, 0));
+        // ElectraConfig's default embedding_size is 128; equal to hidden_size means no projection.
+        let e = parse(&format!(r#"{{"model_type": "electra", {sizes}}}"#)).unwrap();
+        assert_eq!(e.layout.embedding_size, Some(128));
+        let e = parse(&format!(r#"{{"model_type": "electra", {sizes}, "embedding_size": 16}}"#)).unwrap();
+        assert_eq!((e.layout.embedding_size, e.embedding_width()), (None, 16));
+        let d = parse(
+            r#"{"model_type": "distilbert", "dim": 16, "hidden_dim": 36, "n_layers": 2, "n_heads": 2, "vocab_size": 50, "activation": "relu"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (d.hidden_size, d.intermediate_size, d.num_hidden_layers, d.num_attention_heads, d.hidden_act),
+            (16, 36, 2, 2, Activation::Relu)
+        );
+        assert_eq!((d.type_vocab_size, d.layout.token_types, d.layer_norm_eps), (1, false, 1e-12));
+        let err = parse(
+            r#"{"model_type": "distilbert", "dim": 16, "hidden_dim": 36, "n_layers": 2, "n_heads": 2, "vocab_size": 50, "activation": "gelu_new"}"#,
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("activation \"gelu_new\""));
+        // RoBERTa's position table must leave room after the padding id.
+        let err = parse(&format!(r#"{{"model_type": "roberta", {sizes}, "max_position_embeddings": 2}}"#));
+        assert!(format!("{:#}", err.unwrap_err()).contains("max_position_embeddings 2"));
+    }
+}

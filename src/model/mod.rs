@@ -2,6 +2,7 @@
 
 pub mod adapters;
 pub mod config;
+pub mod embedding_layout;
 pub mod encoder;
 pub mod fusion;
 pub mod load;

@@ -74,8 +74,11 @@ pub(crate) fn model_name(model: &Path) -> String {
 
 /// Parameters of the base model (embeddings + layers), for the "share of the model" line.
 pub fn model_parameters(cfg: &BertConfig) -> usize {
-    let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
-    let emb = (cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size) * d + 2 * d;
+    let (d, f, w) = (cfg.hidden_size, cfg.intermediate_size, cfg.embedding_width());
+    let types = if cfg.layout.token_types { cfg.type_vocab_size } else { 0 };
+    // ELECTRA's narrower tables are projected to the layers' width (weight + bias).
+    let project = if cfg.layout.embedding_size.is_some() { w * d + d } else { 0 };
+    let emb = (cfg.vocab_size + cfg.max_position_embeddings + types) * w + 2 * w + project;
     let layer = 4 * (d * d + d) + 2 * d + (d * f + f) + (f * d + d) + 2 * d;
     emb + cfg.num_hidden_layers * layer
 }

@@ -3,7 +3,7 @@
 //! token type; RoBERTa's positions counted after the padding id; DistilBERT's missing token
 //! types; ELECTRA's narrower tables projected to the layers' width.
 
-use super::super::config::BertConfig;
+pub use super::super::embedding_layout::EmbeddingLayout;
 use super::super::store::TensorSource;
 use super::{t, Dims, Encoder, Inputs};
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
@@ -11,23 +11,6 @@ use crate::kernels::matmul::linear;
 use crate::kernels::{elementwise, layernorm};
 use anyhow::{bail, Result};
 use std::sync::Arc;
-
-/// How a family's embeddings are laid out (BERT's: [`EmbeddingLayout::bert`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EmbeddingLayout {
-    /// Width of the tables (ELECTRA's `embedding_size`; else the hidden size).
-    pub width: usize,
-    /// Rows of the position table (`max_position_embeddings`).
-    pub positions: usize,
-    /// Rows of the token-type table; 0 when the family has none (DistilBERT).
-    pub token_types: usize,
-    /// RoBERTa / XLM-R: `Some(padding_idx)`: position ids as transformers'
-    /// `create_position_ids_from_input_ids` makes them, `padding_idx` + the count of non-padding
-    /// tokens up to and including this one, and `padding_idx` for padding tokens.
-    pub padding_positions: Option<u32>,
-    /// ELECTRA's `embeddings_project` (`[hidden, width]`) after the LayerNorm.
-    pub project: bool,
-}
 
 impl EmbeddingLayout {
     /// BERT's: word + position (the token's index) + token type, as wide as the layers.
@@ -39,38 +22,6 @@ impl EmbeddingLayout {
             padding_positions: None,
             project: false,
         }
-    }
-
-    /// The layout `cfg`'s family implies.
-    pub fn from_config(cfg: &BertConfig) -> Self {
-        let l = &cfg.layout;
-        Self {
-            width: cfg.embedding_width(),
-            positions: cfg.max_position_embeddings,
-            token_types: if l.token_types { cfg.type_vocab_size } else { 0 },
-            padding_positions: (l.position_offset > 0).then(|| (l.position_offset - 1) as u32),
-            project: l.embedding_size.is_some(),
-        }
-    }
-
-    /// Row of the combined position + token-type table of each token (RoBERTa's scheme): position
-    /// id · types + token type.
-    fn combined_rows(&self, pad: u32, inp: &Inputs) -> Vec<u32> {
-        let types = self.token_types.max(1) as u32;
-        let mut rows = Vec::with_capacity(inp.ids.len());
-        for (ids, tts) in inp.ids.chunks(inp.seq).zip(inp.token_types.chunks(inp.seq)) {
-            let mut count = 0u32;
-            for (&id, &tt) in ids.iter().zip(tts) {
-                let position = if id == pad {
-                    pad
-                } else {
-                    count += 1;
-                    pad + count
-                };
-                rows.push(position * types + tt);
-            }
-        }
-        rows
     }
 }
 
@@ -242,7 +193,10 @@ impl Encoder {
         {
             let tables = self.embeddings.tables(&gpu)?;
             let rows = match layout.padding_positions {
-                Some(pad) => Some(GpuTensor::from_u32(&gpu, &[tok], &layout.combined_rows(pad, inp))?),
+                Some(pad) => {
+                    let rows = layout.combined_rows(pad, &inp.ids, &inp.token_types, inp.seq);
+                    Some(GpuTensor::from_u32(&gpu, &[tok], &rows)?)
+                }
                 None => None,
             };
             let emb = t(&gpu, &[tok, w])?;
@@ -263,29 +217,5 @@ impl Encoder {
             b.finish()?;
         }
         Ok(x)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roberta_positions_count_real_tokens_after_the_padding_id() {
-        let layout =
-            EmbeddingLayout { width: 4, positions: 12, token_types: 1, padding_positions: Some(1), project: false };
-        // Two sequences of 5, padding id 1 at the end of the second; token types all 0.
-        let inp = Inputs {
-            batch: 2,
-            seq: 5,
-            ids: vec![0, 7, 8, 9, 2, 0, 7, 2, 1, 1],
-            token_types: vec![0; 10],
-            mask: vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0],
-        };
-        assert_eq!(layout.combined_rows(1, &inp), vec![2, 3, 4, 5, 6, 2, 3, 4, 1, 1]);
-        // Two token types: row = position · 2 + type.
-        let two = EmbeddingLayout { token_types: 2, ..layout };
-        let inp2 = Inputs { token_types: vec![0, 0, 1, 1, 1, 0, 0, 0, 0, 0], ..inp };
-        assert_eq!(two.combined_rows(1, &inp2), vec![4, 6, 9, 11, 13, 4, 6, 8, 2, 2]);
     }
 }

@@ -53,6 +53,8 @@ struct Replay<'p> {
     keep_h2: bool,
     /// Elements of the word, position and token type tables.
     tables: [u64; 3],
+    /// Elements of the embeddings' resident tensors beside them (LayerNorm, ELECTRA's projection).
+    embedding_resident: Vec<u64>,
 }
 
 impl<'p> Replay<'p> {
@@ -71,8 +73,9 @@ impl<'p> Replay<'p> {
         let m = p.adapter.bottleneck as u64;
         let resident = p.resident_layers >= n_layers;
         let ud = d as u64;
-        let tables =
-            [cfg.vocab_size as u64 * ud, cfg.max_position_embeddings as u64 * ud, cfg.type_vocab_size as u64 * ud];
+        let layout = crate::model::embedding_layout::EmbeddingLayout::from_config(cfg);
+        let tables = layout.table_elements(cfg.vocab_size);
+        let embedding_resident = layout.resident_elements(d);
         let mut r = Self {
             p,
             s: Sim::new(),
@@ -92,6 +95,7 @@ impl<'p> Replay<'p> {
             adapter_bytes: b4(2 * m * ud + m + ud),
             keep_h2: p.recompute && p.keep_ffn_output,
             tables,
+            embedding_resident,
         };
         r.all = r.sizes(p.batch);
         Ok(r)
@@ -126,7 +130,7 @@ impl<'p> Replay<'p> {
                 s.alloc(Cat::Embeddings, b4(n));
             }
         }
-        for n in [ud, ud] {
+        for &n in &self.embedding_resident {
             s.alloc(Cat::Embeddings, b4(n));
         }
         for _ in 0..self.slots {
