@@ -11,7 +11,8 @@
 // A workgroup of WG threads owns WG / TPR rows, TPR threads per row; thread t of a row walks keys
 // t, t + TPR, ... Reductions: per-thread partials, one barrier, then each thread combines its
 // row's TPR partials in index order (deterministic). Two barriers in softmax_rows, one in
-// softmax_backward, none inside loops.
+// softmax_backward, none inside loops. CPU drivers run WG = 8 (one SIMD program on lavapipe) with
+// TPR up to 8.
 
 struct Params {
     rows: u32,   // batch * heads * seq

@@ -85,27 +85,54 @@ pub fn probs_shape(s: AttentionShape) -> [usize; 4] {
 }
 
 /// Every set of override constants the host passes, per kernel (`kernels/translate.rs`): the
-/// threads per row of every sequence length.
+/// threads per row of every sequence length, on GPUs and CPU drivers.
 #[cfg(test)]
 pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
     let mut sets: Vec<crate::kernels::Constants> = vec![];
     for seq in 1..=4096 {
-        let c = constants(seq).to_vec();
-        if !sets.contains(&c) {
-            sets.push(c);
+        for cpu in [false, true] {
+            let c = constants(seq, cpu).to_vec();
+            if !sets.contains(&c) {
+                sets.push(c);
+            }
         }
     }
     vec![(SOFTMAX_ROWS, sets.clone()), (SOFTMAX_BACKWARD, sets)]
 }
 
-/// The row kernels' override constants for rows of `seq` keys.
-fn constants(seq: usize) -> [(&'static str, f64); 2] {
-    [("WG", WG as f64), ("TPR", threads_per_row(seq) as f64)]
+#[cfg(test)]
+thread_local! {
+    /// Tests: run the CPU drivers' (`Some(true)`) or the GPUs' (`Some(false)`) row layout on
+    /// whatever device the tests have, so both are checked on lavapipe.
+    pub(crate) static FORCE_CPU_ROWS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-/// Threads per row of the row kernels: about four keys each, a power of two up to the workgroup.
-fn threads_per_row(seq: usize) -> u32 {
-    (seq.div_ceil(4).next_power_of_two() as u32).min(WG)
+/// Whether the row kernels use the CPU drivers' layout on this recorder's GPU.
+fn cpu_rows(batch: &CommandRecorder) -> bool {
+    let cpu = batch.gpu().policy().is_cpu;
+    #[cfg(test)]
+    let cpu = FORCE_CPU_ROWS.with(|f| f.get()).unwrap_or(cpu);
+    cpu
+}
+
+/// Workgroup size and threads per row of the row kernels. GPUs: [`WG`] threads, about four keys
+/// each per row. CPU drivers: 8 threads (one SIMD program on lavapipe, so the barriers meet
+/// within one program; with 64 threads softmax was 3–5 % of a MiniLM step there), with the GPUs'
+/// threads per row up to 8, so a row's sums keep several partials (one chain per row put the
+/// AdapterFusion float64 parity test over its bound).
+fn layout(seq: usize, cpu: bool) -> (u32, u32) {
+    let tpr = (seq.div_ceil(4).next_power_of_two() as u32).min(WG);
+    if cpu {
+        (8, tpr.min(8))
+    } else {
+        (WG, tpr)
+    }
+}
+
+/// The row kernels' override constants for rows of `seq` keys.
+fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 2] {
+    let (wg, tpr) = layout(seq, cpu);
+    [("WG", wg as f64), ("TPR", tpr as f64)]
 }
 
 /// Validates the shapes of every operand of an attention call.
@@ -186,7 +213,8 @@ enum Which {
 
 fn row_kernel(batch: &mut CommandRecorder, spec: &KernelSpec, s: AttentionShape, a: &GpuTensor, b: &GpuTensor) {
     let rows = s.batch * s.heads * s.seq;
-    let tpr = threads_per_row(s.seq);
+    let cpu = cpu_rows(batch);
+    let (wg, tpr) = layout(s.seq, cpu);
     let params = Params {
         rows: rows as u32,
         seq: s.seq as u32,
@@ -195,8 +223,8 @@ fn row_kernel(batch: &mut CommandRecorder, spec: &KernelSpec, s: AttentionShape,
         scale: 1.0 / (s.head_dim as f32).sqrt(),
         _p1: [0; 3],
     };
-    let groups = (rows as u32).div_ceil(WG / tpr);
-    batch.dispatch(spec, &constants(s.seq), &params, &[Some(a), Some(b)], [groups, 1, 1]);
+    let groups = (rows as u32).div_ceil(wg / tpr);
+    batch.dispatch(spec, &constants(s.seq, cpu), &params, &[Some(a), Some(b)], [groups, 1, 1]);
 }
 
 /// Dropout on the attention probabilities (training): the mask of `key` over the probabilities'

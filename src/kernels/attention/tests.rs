@@ -128,23 +128,31 @@ fn attention_matches_reference_over_shapes() {
         (2, 40, 4, 12),
         (1, 33, 3, 8),
     ];
-    for (i, &(batch, seq, heads, head_dim)) in shapes.iter().enumerate() {
-        for holes in [false, true] {
-            let s = AttentionShape { batch, seq, heads, head_dim };
-            let (f, b) = attention_case(s, 200 + 2 * i as u64 + holes as u64, holes);
-            ef = ef.max(f);
-            eb = eb.max(b);
-            n += 1;
+    // Both row layouts on this device: the GPUs' (several threads a row) and the CPU drivers'.
+    for cpu_rows in [false, true] {
+        crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(Some(cpu_rows)));
+        for (i, &(batch, seq, heads, head_dim)) in shapes.iter().enumerate() {
+            for holes in [false, true] {
+                let s = AttentionShape { batch, seq, heads, head_dim };
+                let (f, b) = attention_case(s, 200 + 2 * i as u64 + holes as u64, holes);
+                ef = ef.max(f);
+                eb = eb.max(b);
+                n += 1;
+            }
         }
     }
-    println!("attention: {n} cases; max relative error forward {ef:.2e}, backward {eb:.2e}");
+    crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(None));
+    println!("attention: {n} cases (both row layouts); max relative error forward {ef:.2e}, backward {eb:.2e}");
 }
 
 /// BERT-base-like head size and a longer sequence (the row kernels' widest threads-per-row).
 #[test]
 fn attention_long_sequence() {
     let s = AttentionShape { batch: 2, seq: 130, heads: 2, head_dim: 64 };
+    // The GPUs' layout (the CPU drivers' has at most 8 threads a row).
+    crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(Some(false)));
     let (f, b) = attention_case(s, 300, false);
+    crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(None));
     println!("attention seq=130 hd=64: forward {f:.2e}, backward {b:.2e}");
 }
 
