@@ -119,11 +119,11 @@ pub struct LoopArgs {
     /// its Linear layers; evaluation and prediction never drop.
     #[arg(long = "dropout-from-config", default_value_t = true, action = clap::ArgAction::SetTrue,
           overrides_with = "no_dropout")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub dropout_from_config: bool,
     /// Train without dropout.
     #[arg(long = "no-dropout", overrides_with = "dropout_from_config")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub no_dropout: bool,
 }
 
@@ -131,6 +131,10 @@ impl Default for LoopArgs {
     fn default() -> Self {
         Self { epochs: 3, batch_size: 32, seed: 42, patience: None, dropout_from_config: true, no_dropout: false }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl LoopArgs {

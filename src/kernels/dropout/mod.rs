@@ -13,8 +13,6 @@ use anyhow::{bail, Result};
 pub mod reference;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_attention;
 
 const APPLY: KernelSpec =
     KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_apply", bindings: &[Access::Read, Access::ReadWrite] };
