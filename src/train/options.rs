@@ -233,3 +233,38 @@ pub(crate) mod activation_name {
         Option::<String>::deserialize(d)?.map(|x| Activation::parse(&x).map_err(serde::de::Error::custom)).transpose()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LoopArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: LoopArgs,
+    }
+
+    fn parse(args: &[&str]) -> LoopArgs {
+        Cli::try_parse_from(std::iter::once("peft").chain(args.iter().copied())).unwrap().run
+    }
+
+    #[test]
+    fn dropout_flags() {
+        assert!(parse(&[]).dropout(), "on by default");
+        assert!(LoopArgs::default().dropout(), "the library's default is the command line's");
+        assert!(parse(&["--dropout-from-config"]).dropout());
+        assert!(!parse(&["--no-dropout"]).dropout());
+        // The last one given wins.
+        assert!(parse(&["--no-dropout", "--dropout-from-config"]).dropout());
+        assert!(!parse(&["--dropout-from-config", "--no-dropout"]).dropout());
+        // A resume state written before the options existed trained without dropout.
+        let old: LoopArgs = serde_json::from_str(r#"{"epochs":3,"batch_size":5,"seed":3,"patience":null}"#).unwrap();
+        assert!(!old.dropout());
+        // Saved and read back, each choice stays.
+        for args in [parse(&[]), parse(&["--no-dropout"])] {
+            let back: LoopArgs = serde_json::from_value(serde_json::to_value(&args).unwrap()).unwrap();
+            assert_eq!(back.dropout(), args.dropout());
+        }
+    }
+}
