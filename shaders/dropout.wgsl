@@ -1,17 +1,20 @@
 // ---- dropout.wgsl: inverted dropout with masks from a counter-based generator ----
 //
-// Each element's keep/drop decision is one Philox4x32-10 draw (Salmon et al., "Parallel random
-// numbers: as easy as 1, 2, 3", SC 2011) of the counter (column, global row, step, stream) under
-// the key (seed low, seed high) — nothing is stored: forward, backward and recompute regenerate the
-// same mask from the same key. The element is dropped when the draw is below `threshold`
-// (= p·2³², so P(drop) = p) and kept scaled by `scale` = 1/(1 − p) otherwise.
+// Each element's keep/drop decision is one 32-bit word of Philox4x32-10 (Salmon et al., "Parallel
+// random numbers: as easy as 1, 2, 3", SC 2011): word `column % 4` of the counter
+// (column / 4, global row, step, stream) under the key (seed low, seed high). One thread draws one
+// counter and decides the four columns it covers. Nothing is stored: forward, backward and
+// recompute regenerate the same mask from the same key. The element is dropped when its word is
+// below `threshold` (= p·2³², so P(drop) = p) and kept scaled by `scale` = 1/(1 − p) otherwise.
 //
 // Keys of an element `e` of the tensor:
 // - rows layout (`heads == 0`): row = row0 + e / cols, column = e % cols;
 // - attention layout (`heads > 0`, probabilities `[batch, heads, seq, seq]`): row = row0 + b·seq + i
 //   (the query's token row), column = h·seq + j.
 // `row0` is the global row of the tensor's first row, so a chunk of the batch draws the same masks
-// as the whole batch. The grid is 1-D, folded into x * y by the host for large tensors.
+// as the whole batch. A thread per (row, group of four columns): `groups` = rows · ⌈width / 4⌉,
+// width = `cols` (rows) or heads·seq (attention). The grid is 1-D, folded into x * y by the host
+// for large tensors.
 
 struct Params {
     n: u32,         // elements
@@ -25,7 +28,7 @@ struct Params {
     seed_lo: u32,
     seed_hi: u32,
     stream: u32,    // (layer << 8) | site
-    _p0: u32,
+    groups: u32,    // threads: rows · ceil(width / 4)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -51,8 +54,8 @@ fn mul_hi_lo(a: u32, b: u32) -> vec2<u32> {
     return vec2<u32>(hi, a * b);
 }
 
-// Philox4x32-10: the first of the four outputs of counter `c` under key `k`.
-fn philox4x32_10(c_in: vec4<u32>, k_in: vec2<u32>) -> u32 {
+// Philox4x32-10: the four output words of counter `c` under key `k`.
+fn philox4x32_10(c_in: vec4<u32>, k_in: vec2<u32>) -> vec4<u32> {
     var c = c_in;
     var k = k_in;
     for (var r = 0u; r < 10u; r = r + 1u) {
@@ -61,26 +64,28 @@ fn philox4x32_10(c_in: vec4<u32>, k_in: vec2<u32>) -> u32 {
         c = vec4<u32>(m1.x ^ c.y ^ k.x, m1.y, m0.x ^ c.w ^ k.y, m0.y);
         k = k + vec2<u32>(0x9E3779B9u, 0xBB67AE85u);
     }
-    return c.x;
+    return c;
 }
 
-// The draw of element `e` (see the keys above).
-fn draw(e: u32) -> u32 {
-    var row: u32;
-    var col: u32;
-    if (p.heads == 0u) {
-        row = p.row0 + e / p.cols;
-        col = e % p.cols;
-    } else {
-        let ss = p.seq * p.seq;
-        let b = e / (p.heads * ss);
-        let h = (e / ss) % p.heads;
-        let i = (e / p.seq) % p.seq;
-        let j = e % p.seq;
-        row = p.row0 + b * p.seq + i;
-        col = h * p.seq + j;
-    }
-    return philox4x32_10(vec4<u32>(col, row, p.step, p.stream), vec2<u32>(p.seed_lo, p.seed_hi));
+// Columns of a row: `cols`, or heads·seq for attention probabilities.
+fn row_width() -> u32 {
+    if (p.heads == 0u) { return p.cols; }
+    return p.heads * p.seq;
+}
+
+// The element at (row r of the tensor, column c) (see the keys above); < n for r < rows, c < width.
+fn element_at(r: u32, c: u32) -> u32 {
+    if (p.heads == 0u) { return r * p.cols + c; }
+    let b = r / p.seq;
+    let i = r % p.seq;
+    let h = c / p.seq;
+    let j = c % p.seq;
+    return ((b * p.heads + h) * p.seq + i) * p.seq + j;
+}
+
+// The four words of the group of columns 4g..4g+3 of row r.
+fn draws_of(r: u32, g: u32) -> vec4<u32> {
+    return philox4x32_10(vec4<u32>(g, p.row0 + r, p.step, p.stream), vec2<u32>(p.seed_lo, p.seed_hi));
 }
 
 // ---- dropout_apply: out = x · mask · scale (forward on activations, backward on gradients) ----
@@ -90,19 +95,40 @@ fn draw(e: u32) -> u32 {
 @compute @workgroup_size(WG)
 fn dropout_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let e = element(wid, nwg, lid);
-    if (e >= p.n) { return; }
-    // A dropped element is x·0 (NaN stays NaN, as in PyTorch's x·mask·scale).
-    y_out[e] = x_in[e] * select(p.scale, 0.0, draw(e) < p.threshold);
+    let t = element(wid, nwg, lid);
+    if (t >= p.groups) { return; }
+    let width = row_width();
+    let per_row = (width + 3u) / 4u;
+    let r = t / per_row;
+    let g = t % per_row;
+    let d = draws_of(r, g);
+    for (var w = 0u; w < 4u; w = w + 1u) {
+        let c = 4u * g + w;
+        if (c < width) {
+            let e = element_at(r, c);
+            // A dropped element is x·0 (NaN stays NaN, as in PyTorch's x·mask·scale).
+            y_out[e] = x_in[e] * select(p.scale, 0.0, d[w] < p.threshold);
+        }
+    }
 }
 
-// ---- dropout_draws: the raw draws (tests of the generator) ----
+// ---- dropout_draws: each element's word (tests of the generator) ----
 @group(0) @binding(1) var<storage, read_write> draws_out: array<u32>;
 
 @compute @workgroup_size(WG)
 fn dropout_draws(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
-    let e = element(wid, nwg, lid);
-    if (e >= p.n) { return; }
-    draws_out[e] = draw(e);
+    let t = element(wid, nwg, lid);
+    if (t >= p.groups) { return; }
+    let width = row_width();
+    let per_row = (width + 3u) / 4u;
+    let r = t / per_row;
+    let g = t % per_row;
+    let d = draws_of(r, g);
+    for (var w = 0u; w < 4u; w = w + 1u) {
+        let c = 4u * g + w;
+        if (c < width) {
+            draws_out[element_at(r, c)] = d[w];
+        }
+    }
 }

@@ -123,11 +123,11 @@ pub struct LoopArgs {
     /// its Linear layers; evaluation and prediction never drop.
     #[arg(long = "dropout-from-config", default_value_t = true, action = clap::ArgAction::SetTrue,
           overrides_with = "no_dropout")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub dropout_from_config: bool,
     /// Train without dropout.
     #[arg(long = "no-dropout", overrides_with = "dropout_from_config")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub no_dropout: bool,
 }
 
@@ -143,6 +143,10 @@ impl Default for LoopArgs {
             no_dropout: false,
         }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl LoopArgs {
@@ -251,5 +255,40 @@ pub(crate) mod activation_name {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Activation>, D::Error> {
         Option::<String>::deserialize(d)?.map(|x| Activation::parse(&x).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoopArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: LoopArgs,
+    }
+
+    fn parse(args: &[&str]) -> LoopArgs {
+        Cli::try_parse_from(std::iter::once("peft").chain(args.iter().copied())).unwrap().run
+    }
+
+    #[test]
+    fn dropout_flags() {
+        assert!(parse(&[]).dropout(), "on by default");
+        assert!(LoopArgs::default().dropout(), "the library's default is the command line's");
+        assert!(parse(&["--dropout-from-config"]).dropout());
+        assert!(!parse(&["--no-dropout"]).dropout());
+        // The last one given wins.
+        assert!(parse(&["--no-dropout", "--dropout-from-config"]).dropout());
+        assert!(!parse(&["--dropout-from-config", "--no-dropout"]).dropout());
+        // A resume state written before the options existed trained without dropout.
+        let old: LoopArgs = serde_json::from_str(r#"{"epochs":3,"batch_size":5,"seed":3,"patience":null}"#).unwrap();
+        assert!(!old.dropout());
+        // Saved and read back, each choice stays.
+        for args in [parse(&[]), parse(&["--no-dropout"])] {
+            let back: LoopArgs = serde_json::from_value(serde_json::to_value(&args).unwrap()).unwrap();
+            assert_eq!(back.dropout(), args.dropout());
+        }
     }
 }

@@ -30,6 +30,8 @@ pub mod reference;
 pub mod reference_dropout;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dropout;
 
 /// Shape of a multi-head self-attention call. Activations are `[batch·seq, heads·head_dim]`
 /// (BERT's layout), the mask is `[batch, seq]` with 1 for real tokens and 0 for padding.

@@ -1,5 +1,5 @@
-//! The f64 reference of attention with dropout on the probabilities (the masks of
-//! [`crate::kernels::dropout`]), beside the plain one in [`super::reference`].
+//! f64 reference of attention with dropout on the probabilities (`attention_forward_with` /
+//! `attention_backward_with`), given the probabilities' keep mask.
 
 use super::reference::attention;
 use super::AttentionShape;

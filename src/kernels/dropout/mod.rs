@@ -1,6 +1,7 @@
 //! `shaders/dropout.wgsl`: inverted dropout (keep with probability 1 − p, scaled by 1/(1 − p))
-//! with masks that are never stored. Each element's decision is one Philox4x32-10 draw keyed by
-//! (seed, step, layer, site, global row, column) — see [`MaskKey`] and [`MaskLayout`] — so the
+//! with masks that are never stored. Each element's decision is one word of a Philox4x32-10 draw
+//! keyed by (seed, step, layer, site, global row, column / 4), the word `column % 4` — see
+//! [`MaskKey`] and [`MaskLayout`]; one thread draws one counter for four columns — so the
 //! forward, the backward (the same op on the gradient) and a recompute regenerate the same mask,
 //! and a chunk of the batch draws exactly the masks the whole batch would.
 
@@ -13,8 +14,6 @@ use anyhow::{bail, Result};
 pub mod reference;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_attention;
 
 const APPLY: KernelSpec =
     KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_apply", bindings: &[Access::Read, Access::ReadWrite] };
@@ -37,7 +36,7 @@ struct Params {
     seed_lo: u32,
     seed_hi: u32,
     stream: u32,
-    _p0: u32,
+    groups: u32,
 }
 
 /// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
@@ -102,16 +101,24 @@ pub enum MaskLayout {
 }
 
 impl MaskLayout {
+    /// `(rows, width)` of `n` elements: the tensor's rows (tokens for attention probabilities)
+    /// and the columns of each.
+    fn rows_width(&self, n: usize) -> (usize, usize) {
+        match *self {
+            MaskLayout::Rows { cols, .. } => (n / cols.max(1), cols),
+            MaskLayout::Attention { heads, seq, .. } => (n / (heads * seq * seq).max(1) * seq, heads * seq),
+        }
+    }
+
     fn check(&self, what: &str, n: usize) -> Result<()> {
-        let (unit, row0, rows) = match *self {
-            MaskLayout::Rows { cols, row0 } => (cols, row0, n / cols.max(1)),
-            MaskLayout::Attention { heads, seq, row0 } => {
-                (heads * seq * seq, row0, n / (heads * seq * seq).max(1) * seq)
-            }
+        let (unit, row0) = match *self {
+            MaskLayout::Rows { cols, row0 } => (cols, row0),
+            MaskLayout::Attention { heads, seq, row0 } => (heads * seq * seq, row0),
         };
         if unit == 0 || n % unit != 0 {
             bail!("dropout {what}: {n} elements are not whole rows of the mask layout {self:?}");
         }
+        let (rows, _) = self.rows_width(n);
         if u32::try_from(n).is_err() || u32::try_from(row0 + rows).is_err() {
             bail!("dropout {what}: {n} elements from row {row0} exceed u32 indexing");
         }
@@ -162,7 +169,10 @@ fn params(key: MaskKey, layout: MaskLayout, n: usize, rate: Rate) -> Result<Para
         seed_lo: key.seed as u32,
         seed_hi: (key.seed >> 32) as u32,
         stream: key.stream()?,
-        _p0: 0,
+        groups: {
+            let (rows, width) = layout.rows_width(n);
+            (rows * width.div_ceil(4)) as u32
+        },
     })
 }
 
@@ -187,11 +197,11 @@ pub fn apply(
         return Ok(());
     }
     let p = params(key, layout, n, rate)?;
-    batch.dispatch(&APPLY, &[("WG", WG as f64)], &p, &[Some(x), Some(out)], [p.n.div_ceil(WG), 1, 1]);
+    batch.dispatch(&APPLY, &[("WG", WG as f64)], &p, &[Some(x), Some(out)], [p.groups.div_ceil(WG), 1, 1]);
     Ok(())
 }
 
-/// The generator's raw 32-bit draws for every element of `out` (read back as f32 bit patterns;
+/// Each element's 32-bit word of the generator for every element of `out` (read back as f32 bit patterns;
 /// the generator's tests compare them with [`reference::philox4x32_10`]).
 pub fn draws(batch: &mut CommandRecorder, key: MaskKey, layout: MaskLayout, out: &GpuTensor) -> Result<()> {
     let n = out.numel();
@@ -200,6 +210,6 @@ pub fn draws(batch: &mut CommandRecorder, key: MaskKey, layout: MaskLayout, out:
         return Ok(());
     }
     let p = params(key, layout, n, Rate { p: 0.0 })?;
-    batch.dispatch(&DRAWS, &[("WG", WG as f64)], &p, &[Some(out)], [p.n.div_ceil(WG), 1, 1]);
+    batch.dispatch(&DRAWS, &[("WG", WG as f64)], &p, &[Some(out)], [p.groups.div_ceil(WG), 1, 1]);
     Ok(())
 }

@@ -34,12 +34,12 @@ pub fn row_col(layout: MaskLayout, e: usize) -> (u32, u32) {
     }
 }
 
-/// The draw of element `e`: the first word of Philox at counter (column, row, step, stream) under
-/// key (seed low, seed high).
+/// The draw of element `e`: word `column % 4` of Philox at counter (column / 4, row, step,
+/// stream) under key (seed low, seed high).
 pub fn draw(key: MaskKey, layout: MaskLayout, e: usize) -> u32 {
     let (row, col) = row_col(layout, e);
     let stream = key.stream().expect("a valid mask key");
-    philox4x32_10([col, row, key.step, stream], [key.seed as u32, (key.seed >> 32) as u32])[0]
+    philox4x32_10([col >> 2, row, key.step, stream], [key.seed as u32, (key.seed >> 32) as u32])[(col & 3) as usize]
 }
 
 /// The keep mask of `n` elements (true: kept).

@@ -49,6 +49,7 @@ impl Encoder {
         let mut work = None;
         let probs_dropout = self.probs_dropout(dropout, l, s, &mut work)?;
         attention::attention_forward_with(b, s, &q, &k, &v, mask, &probs, &ctx, probs_dropout)?;
+        drop(work); // the dropped probabilities: P·V has them, nothing else needs them
         let h1 = t(gpu, &[tok, d])?;
         linear(b, &ctx, &w.ao_w, Some(&w.ao_b), &h1)?;
         let h1 = self.dropout_rows(b, dropout, l, Site::AttentionOutput, h1)?;

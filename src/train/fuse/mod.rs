@@ -198,6 +198,10 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
         model_parameters: model_params,
         dropout: crate::train::trainer::dropout_rates(&cfg, r, rep)?,
     };
+    if setup.dropout.is_some() {
+        // AdapterHub's BertFusion also drops its attention scores (before the softmax) in training.
+        rep.message("dropout: AdapterFusion's own dropout on its attention scores is not applied");
+    }
     let ctl = LoopControl { run: run.clone(), settings: Some(args.settings()?), fingerprint: task.fingerprint() };
     let summary = run_loop_with(gpu, &mut enc, &mut trainee, &task, pad, &setup, &ctl, rep)?;
     // The saved epoch's attention: recorded by this run, or by the part of a resumed run before

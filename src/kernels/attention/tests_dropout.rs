@@ -2,10 +2,10 @@
 //! `attention_backward_with`) against the f64 reference with the same masks, on shapes that are
 //! not tile multiples, with padding holes and NaN-poisoned outputs.
 
-use super::reference as r;
-use super::{MaskKey, MaskLayout, Rate, Site};
-use crate::kernels::attention::reference_dropout as ra;
+use super::reference_dropout as r;
 use crate::kernels::attention::{self, AttentionShape, ProbsDropout};
+use crate::kernels::dropout::reference::keep_mask;
+use crate::kernels::dropout::{MaskKey, MaskLayout, Rate, Site};
 use crate::kernels::test_support::*;
 
 const TOL: f64 = 2e-5;
@@ -52,12 +52,12 @@ fn case(s: AttentionShape, row0: usize, p: f64, seed: u64) {
     .unwrap();
     b.finish().unwrap();
     let keep =
-        r::keep_mask(key, rate, MaskLayout::Attention { heads: s.heads, seq: s.seq, row0 }, attention::probs_len(s));
+        keep_mask(key, rate, MaskLayout::Attention { heads: s.heads, seq: s.seq, row0 }, attention::probs_len(s));
     let (q, k, v, m, dctx) = (f64s(&q), f64s(&k), f64s(&v), f64s(&mask), f64s(&dctx));
     let p64 = rate.p as f64;
     let what = format!("{s:?} row0={row0} p={p}");
-    assert_close(&format!("{what} ctx"), &download(&ctx), &ra::attention_dropout(&q, &k, &v, &m, &keep, p64, s), TOL);
-    let (rdq, rdk, rdv) = ra::attention_dropout_backward(&q, &k, &v, &m, &keep, p64, &dctx, s);
+    assert_close(&format!("{what} ctx"), &download(&ctx), &r::attention_dropout(&q, &k, &v, &m, &keep, p64, s), TOL);
+    let (rdq, rdk, rdv) = r::attention_dropout_backward(&q, &k, &v, &m, &keep, p64, &dctx, s);
     assert_close(&format!("{what} dq"), &download(&dq), &rdq, TOL);
     assert_close(&format!("{what} dk"), &download(&dk), &rdk, TOL);
     assert_close(&format!("{what} dv"), &download(&dv), &rdv, TOL);
