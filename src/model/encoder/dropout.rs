@@ -6,7 +6,7 @@
 //! column): never stored, drawn again in backward and in a recompute, and the same for a layer chunk
 //! as for the whole batch.
 
-use super::super::config::BertConfig;
+use super::super::config::{BertConfig, Family};
 use super::{t, Encoder};
 use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::attention::{AttentionShape, ProbsDropout};
@@ -16,8 +16,11 @@ use anyhow::Result;
 /// The dropout rates of a training pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropoutRates {
-    /// `hidden_dropout_prob`: embeddings' output, attention output and FFN output.
+    /// `hidden_dropout_prob`: embeddings' output and FFN output.
     pub hidden: Rate,
+    /// The attention output dense's: `hidden_dropout_prob`, except for DistilBERT, whose
+    /// attention output (`out_lin`) has no dropout in transformers.
+    pub attention_output: Rate,
     /// `attention_probs_dropout_prob`: the attention probabilities.
     pub attention: Rate,
     /// The classification head's, before each of its Linear layers.
@@ -29,8 +32,13 @@ impl DropoutRates {
     /// config's `dropout_prob`, else the model's `classifier_dropout`, else `hidden_dropout_prob`.
     pub fn from_config(cfg: &BertConfig, head_dropout_prob: Option<f64>) -> Result<Self> {
         let head = head_dropout_prob.or(cfg.classifier_dropout).unwrap_or(cfg.hidden_dropout_prob);
+        let attention_output = match cfg.layout.family {
+            Family::DistilBert => 0.0,
+            _ => cfg.hidden_dropout_prob,
+        };
         Ok(Self {
             hidden: Rate::new(cfg.hidden_dropout_prob)?,
+            attention_output: Rate::new(attention_output)?,
             attention: Rate::new(cfg.attention_probs_dropout_prob)?,
             head: Rate::new(head)?,
         })
@@ -39,7 +47,7 @@ impl DropoutRates {
     /// The same rate everywhere (tests).
     pub fn uniform(p: f64) -> Result<Self> {
         let r = Rate::new(p)?;
-        Ok(Self { hidden: r, attention: r, head: r })
+        Ok(Self { hidden: r, attention_output: r, attention: r, head: r })
     }
 }
 
@@ -86,7 +94,8 @@ impl Encoder {
     ) -> Result<GpuTensor> {
         let Some(d) = drop else { return Ok(x) };
         let rate = match site {
-            Site::Embeddings | Site::AttentionOutput | Site::FfnOutput => d.pass.rates.hidden,
+            Site::Embeddings | Site::FfnOutput => d.pass.rates.hidden,
+            Site::AttentionOutput => d.pass.rates.attention_output,
             Site::AttentionProbs => d.pass.rates.attention,
             Site::HeadInput | Site::HeadHidden => d.pass.rates.head,
         };
@@ -115,5 +124,28 @@ impl Encoder {
             row0: d.row0,
             work: w,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rates each site gets, as transformers + the `adapters` library give them: BERT's
+    /// `hidden_dropout_prob` on the attention output and (no `classifier_dropout`) the head;
+    /// DistilBERT's `dropout` / `attention_dropout`, no attention-output dropout and a head at 0
+    /// (its config has neither `classifier_dropout` nor `hidden_dropout_prob`).
+    #[test]
+    fn rates_per_family() {
+        let bert = r#"{"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 16, "vocab_size": 30, "hidden_dropout_prob": 0.15, "attention_probs_dropout_prob": 0.05}"#;
+        let r = DropoutRates::from_config(&BertConfig::from_json_str(bert, "bert").unwrap(), None).unwrap();
+        assert_eq!((r.hidden.p, r.attention_output.p, r.attention.p, r.head.p), (0.15, 0.15, 0.05, 0.15));
+        let r = DropoutRates::from_config(&BertConfig::from_json_str(bert, "bert").unwrap(), Some(0.3)).unwrap();
+        assert_eq!(r.head.p, 0.3, "the head config's dropout_prob comes first");
+        let distil = r#"{"model_type": "distilbert", "dim": 8, "n_layers": 1, "n_heads": 2, "hidden_dim": 16,
+            "vocab_size": 30, "dropout": 0.2, "attention_dropout": 0.25}"#;
+        let r = DropoutRates::from_config(&BertConfig::from_json_str(distil, "distilbert").unwrap(), None).unwrap();
+        assert_eq!((r.hidden.p, r.attention_output.p, r.attention.p, r.head.p), (0.2, 0.0, 0.25, 0.0));
     }
 }
