@@ -1,6 +1,6 @@
 // ---- elementwise.wgsl: one thread per output element ----
 //
-// add, act_backward, copy, fill, BERT embeddings (word + position + token type), and the row
+// add, act_backward, copy, scale, fill, BERT embeddings (word + position + token type), and the row
 // gather / scatter that pick the [CLS] token of each sequence. The grid is 1-D, folded into x * y
 // by the host for large tensors (linear_workgroup); every kernel guards its bound.
 
@@ -13,7 +13,7 @@ struct Params {
     types: u32,      // embeddings: rows of the token-type table
     accumulate: u32, // scatter: out += instead of out =
     src_off: u32,    // copy_range: first source element
-    value: f32,      // fill
+    value: f32,      // fill, scale
     dst_off: u32,    // copy_range: first destination element
     _p2: u32,
     _p3: u32,
@@ -69,6 +69,15 @@ fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let i = element(wid, nwg, lid);
     if (i >= p.n) { return; }
     out2[i] = in_a[i];
+}
+
+// scale: out2 = in_a * value
+@compute @workgroup_size(WG)
+fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    out2[i] = in_a[i] * p.value;
 }
 
 // out2[dst_off + i] = in_a[src_off + i], i < n

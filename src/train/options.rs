@@ -94,11 +94,20 @@ pub struct OptimizerArgs {
     pub weight_decay: f32,
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f32,
+    /// One optimizer step every N batches, on their mean gradient (HF's
+    /// `gradient_accumulation_steps`): an effective batch of N × --batch-size in the memory of one.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[serde(default = "one")]
+    pub gradient_accumulation: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for OptimizerArgs {
     fn default() -> Self {
-        Self { lr: 1e-4, warmup_ratio: 0.0, weight_decay: 0.0, max_grad_norm: 1.0 }
+        Self { lr: 1e-4, warmup_ratio: 0.0, weight_decay: 0.0, max_grad_norm: 1.0, gradient_accumulation: 1 }
     }
 }
 

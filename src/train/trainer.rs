@@ -6,6 +6,7 @@
 
 use crate::formats::adapterhub::WeightsFormat;
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
+use crate::kernels::elementwise;
 use crate::model::adapters::ClassificationHead;
 use crate::model::config::BertConfig;
 use crate::model::encoder::{DropoutRates, Encoder, Inputs, PassDropout, Setup};
@@ -13,7 +14,7 @@ use crate::train::optimizer::Optimizer;
 use crate::train::options::{LoopArgs, OptimizerArgs};
 use crate::train::report::Reporter;
 use crate::train::resume;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -82,6 +83,71 @@ pub fn train_step<T: Trainee>(
     gpu.check()?;
     let extra_loss = values.get(2).map_or(0.0, |v| v[0]);
     Ok(StepOutput { loss: values[0][0] + extra_loss, extra_loss, lr, grad_norm: values[1][0].sqrt() })
+}
+
+/// One micro-batch of an accumulated step: its inputs, labels and training pass's dropout.
+pub struct MicroBatch<'a> {
+    pub inputs: &'a Inputs,
+    pub labels: &'a [u32],
+    pub dropout: Option<PassDropout>,
+}
+
+/// One optimizer step over several micro-batches (`--gradient-accumulation`): forward + backward
+/// on each (submitted one after the other, so only one micro-batch's activations live at a time),
+/// their gradients summed, then scaled by 1/N into the gradient tensors, the extra loss terms
+/// (once, as their gradient is the mean of N equal ones) and AdamW; the loss is the micro-batches'
+/// mean (HF's accumulated `loss / N`). One micro-batch is [`train_step`] exactly.
+pub fn train_step_accumulated<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    enc: &mut Encoder,
+    trainee: &mut T,
+    optimizer: &mut Optimizer,
+    micro: &[MicroBatch],
+) -> Result<StepOutput> {
+    match micro {
+        [] => bail!("internal: an optimizer step over no batches"),
+        [one] => return train_step(gpu, enc, trainee, optimizer, one.inputs, one.labels, one.dropout),
+        _ => {}
+    }
+    trainee.before_train_pass();
+    let grads: Vec<GpuTensor> = trainee.params().iter().map(|p| p.2.clone()).collect();
+    let mut b = gpu.batch();
+    let mut sums: Vec<GpuTensor> = Vec::with_capacity(grads.len());
+    let mut losses = Vec::with_capacity(micro.len());
+    for (i, m) in micro.iter().enumerate() {
+        let rec = enc.record(&mut b, &trainee.setup(), trainee.head(), m.inputs, Some(m.labels), true, m.dropout)?;
+        // Only the loss is kept: the rest of the pass's tensors go with `rec`.
+        losses.push(rec.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?);
+        b.phase("gradient accumulation");
+        for (j, g) in grads.iter().enumerate() {
+            let sum = GpuTensor::zeros(gpu, &g.shape)?;
+            if i == 0 {
+                elementwise::copy(&mut b, g, &sum)?;
+                sums.push(sum);
+            } else {
+                elementwise::add(&mut b, &sums[j], g, &sum)?;
+                sums[j] = sum;
+            }
+        }
+        // This micro-batch's activations are freed once the GPU is done with them.
+        b.finish()?;
+    }
+    let n = micro.len() as f32;
+    for (sum, g) in sums.iter().zip(&grads) {
+        elementwise::scale(&mut b, sum, 1.0 / n, g)?;
+    }
+    let extra = trainee.record_extra_loss(&mut b)?;
+    let params = trainee.params();
+    let lr = optimizer.record_step(&mut b, &params)?;
+    let mut read: Vec<&GpuTensor> = losses.iter().collect();
+    read.push(optimizer.sum_of_squares());
+    read.extend(extra.as_ref());
+    let values = b.submit_with_readback(&read)?.wait()?;
+    gpu.check()?;
+    let k = micro.len();
+    let mean_loss = values[..k].iter().map(|v| v[0] as f64).sum::<f64>() / k as f64;
+    let extra_loss = values.get(k + 1).map_or(0.0, |v| v[0]);
+    Ok(StepOutput { loss: mean_loss as f32 + extra_loss, extra_loss, lr, grad_norm: values[k][0].sqrt() })
 }
 
 /// What the loop trains for and how (the options and the run's fixed facts).

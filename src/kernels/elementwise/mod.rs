@@ -24,6 +24,7 @@ const COPY_RANGE: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry
 const COPY: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "copy", bindings: &[R, W] };
 const GATHER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "gather_rows", bindings: &[R, W] };
 const SCATTER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "scatter_rows", bindings: &[R, W] };
+const SCALE: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "scale", bindings: &[R, W] };
 const FILL: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "fill", bindings: &[W] };
 const EMBEDDINGS: KernelSpec =
     KernelSpec { shader: &shaders::ELEMENTWISE, entry: "embeddings", bindings: &[R, R, R, R, R, W] };
@@ -59,6 +60,7 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
         (COPY, p),
         (GATHER_ROWS, p),
         (SCATTER_ROWS, p),
+        (SCALE, p),
         (FILL, p),
         (EMBEDDINGS, p),
     ]
@@ -175,6 +177,17 @@ pub fn copy(batch: &mut CommandRecorder, src: &GpuTensor, dst: &GpuTensor) -> Re
     check_no_alias("copy", &[dst], &[Some(src)])?;
     let params = Params { n: count("copy", src.numel())?, ..Default::default() };
     run(batch, &COPY, None, params, &[Some(src), Some(dst)]);
+    Ok(())
+}
+
+/// `out = x · value` (same number of elements; `out` distinct from `x`).
+pub fn scale(batch: &mut CommandRecorder, x: &GpuTensor, value: f32, out: &GpuTensor) -> Result<()> {
+    if x.numel() != out.numel() {
+        bail!("scale: input {:?} and output {:?} differ in size", x.shape, out.shape);
+    }
+    check_no_alias("scale", &[out], &[Some(x)])?;
+    let params = Params { n: count("scale", x.numel())?, value, ..Default::default() };
+    run(batch, &SCALE, None, params, &[Some(x), Some(out)]);
     Ok(())
 }
 

@@ -21,6 +21,7 @@ fn add_copy_fill_and_act_backward() {
         let sum = poisoned(&[n]);
         let copied = poisoned(&[n]);
         let filled = poisoned(&[n]);
+        let scaled = poisoned(&[n]);
         let acts = [Activation::Gelu, Activation::Relu, Activation::Silu, Activation::Tanh, Activation::Identity];
         let dxs: Vec<GpuTensor> = acts.iter().map(|_| poisoned(&[n])).collect();
         let ys: Vec<GpuTensor> = acts.iter().map(|_| poisoned(&[n])).collect();
@@ -31,6 +32,7 @@ fn add_copy_fill_and_act_backward() {
         elementwise::add(&mut b, &ag, &bg, &sum).unwrap();
         elementwise::copy(&mut b, &ag, &copied).unwrap();
         elementwise::fill(&mut b, &filled, -2.5).unwrap();
+        elementwise::scale(&mut b, &ag, 1.0 / 3.0, &scaled).unwrap();
         for (act, dx) in acts.iter().zip(&dxs) {
             elementwise::act_backward(&mut b, *act, &ag, &bg, dx).unwrap();
         }
@@ -39,6 +41,9 @@ fn add_copy_fill_and_act_backward() {
         assert_eq!(bits(&download(&sum)), bits(&want), "add n={n}");
         assert_eq!(bits(&download(&copied)), bits(&a), "copy n={n}");
         assert!(download(&filled).iter().all(|&v| v == -2.5), "fill n={n}");
+        // One f32 product per element: the f32 rounding of x · (1/3 rounded to f32).
+        let third = 1.0f32 / 3.0;
+        assert_eq!(bits(&download(&scaled)), bits(&a.iter().map(|x| x * third).collect::<Vec<_>>()), "scale n={n}");
         for (act, y) in acts.iter().zip(&ys) {
             let r: Vec<f64> = a.iter().map(|x| reference::act(*act, *x as f64)).collect();
             assert_close(&format!("activate {act:?} n={n}"), &download(y), &r, TOL);
@@ -54,6 +59,8 @@ fn add_copy_fill_and_act_backward() {
     assert!(elementwise::add(&mut b, &x, &x, &x).is_err());
     assert!(elementwise::add(&mut b, &x, &poisoned(&[5]), &poisoned(&[4])).is_err());
     assert!(elementwise::copy(&mut b, &x, &poisoned(&[3])).is_err());
+    assert!(elementwise::scale(&mut b, &x, 2.0, &x).is_err());
+    assert!(elementwise::scale(&mut b, &x, 2.0, &poisoned(&[3])).is_err());
     assert!(b.is_empty());
 }
 

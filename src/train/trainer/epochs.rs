@@ -1,6 +1,6 @@
 //! The epoch loop itself: one [`Run`] holds everything a step and an epoch's end change.
 
-use super::{train_step, LoopControl, LoopSetup, Trainee};
+use super::{train_step_accumulated, LoopControl, LoopSetup, MicroBatch, Trainee};
 use crate::gpu::Gpu;
 use crate::kernels::optim::{AdamW, LinearSchedule};
 use crate::model::encoder::{Encoder, PassDropout};
@@ -61,7 +61,12 @@ pub(crate) fn run_loop_with<T: Trainee>(
     ctl: &LoopControl,
     rep: &mut dyn Reporter,
 ) -> Result<TrainSummary> {
-    let total = task.train.tokens.len().div_ceil(a.run.batch_size) * a.run.epochs;
+    let accumulate = a.optimizer.gradient_accumulation;
+    if accumulate == 0 {
+        bail!("--gradient-accumulation must be at least 1");
+    }
+    // Optimizer steps: per epoch one per `accumulate` batches, the last group possibly shorter.
+    let total = task.train.tokens.len().div_ceil(a.run.batch_size).div_ceil(accumulate) * a.run.epochs;
     let o = a.optimizer;
     let schedule = LinearSchedule {
         base_lr: o.lr,
@@ -90,11 +95,13 @@ pub(crate) fn run_loop_with<T: Trainee>(
             BatchOrder::Bucketed => data::make_batches(&lengths, a.run.batch_size, seed, true),
             BatchOrder::File => data::batches_in_order(lengths.len(), a.run.batch_size),
         };
-        for (bi, idx) in batches.iter().enumerate() {
+        // One optimizer step per group of `accumulate` batches; `bi`: the group's first batch.
+        for (gi, group) in batches.chunks(accumulate).enumerate() {
+            let bi = gi * accumulate;
             if epoch == p.epoch && bi < p.batch {
                 continue; // done before the run was stopped
             }
-            if run.step(epoch, bi, idx)? == Flow::Stop {
+            if run.step(epoch, bi, group)? == Flow::Stop {
                 stopped = true;
                 break 'epochs;
             }
@@ -203,23 +210,33 @@ impl<'a, T: Trainee> Run<'a, T> {
         self.real_tokens as f64 / self.train_secs.max(1e-9)
     }
 
-    /// One training step on the batch `idx` (batch `bi` of `epoch`), logged; saves the state
-    /// when a stop is due or every `save_steps`.
-    fn step(&mut self, epoch: usize, bi: usize, idx: &[usize]) -> Result<Flow> {
+    /// One optimizer step on the batches `group` (the first is batch `bi` of `epoch`; more than
+    /// one with `--gradient-accumulation`), logged; saves the state when a stop is due or every
+    /// `save_steps`.
+    fn step(&mut self, epoch: usize, bi: usize, group: &[Vec<usize>]) -> Result<Flow> {
         let (gpu, task, a) = (self.gpu, self.task, self.a);
         let t0 = Instant::now();
         let step = self.summary.steps + 1;
         let saved_step = self.saved_step;
         let failed = || resume::failed_at(a.command, step, a.out, saved_step);
         resume::inject(gpu, self.ctl.run.fault, step, &self.trainee.params())?;
-        let b = data::Batch::new(&task.train.tokens, Some(&task.train.labels), idx, self.pad);
-        let dropout = match a.dropout {
-            // Keyed by the optimizer step: a resumed run draws the masks the uninterrupted one would.
-            Some(rates) => Some(PassDropout { rates, seed: a.run.seed, step: u32::try_from(step)? }),
-            None => None,
-        };
-        let s = train_step(gpu, self.enc, self.trainee, &mut self.optimizer, &b.inputs(), &b.labels, dropout)
-            .with_context(failed)?;
+        let batches: Vec<data::Batch> = group
+            .iter()
+            .map(|idx| data::Batch::new(&task.train.tokens, Some(&task.train.labels), idx, self.pad))
+            .collect();
+        let inputs: Vec<_> = batches.iter().map(|b| b.inputs()).collect();
+        let n = a.optimizer.gradient_accumulation;
+        let mut micro = Vec::with_capacity(batches.len());
+        for (i, (b, inputs)) in batches.iter().zip(&inputs).enumerate() {
+            // Keyed by the pass: (optimizer step − 1) · N + i + 1, the optimizer step itself without
+            // accumulation; a resumed run draws the masks the uninterrupted one would.
+            let pass = u32::try_from((step - 1) * n + i + 1)?;
+            let dropout = a.dropout.map(|rates| PassDropout { rates, seed: a.run.seed, step: pass });
+            micro.push(MicroBatch { inputs, labels: &b.labels, dropout });
+        }
+        let s =
+            train_step_accumulated(gpu, self.enc, self.trainee, &mut self.optimizer, &micro).with_context(failed)?;
+        let real_tokens: usize = batches.iter().map(|b| b.real_tokens()).sum();
         gpu.check().with_context(failed)?;
         let (loss, lr, norm) = (s.loss, s.lr, s.grad_norm);
         if !loss.is_finite() || !norm.is_finite() {
@@ -230,7 +247,7 @@ impl<'a, T: Trainee> Run<'a, T> {
             );
         }
         self.train_secs += t0.elapsed().as_secs_f64();
-        self.real_tokens += b.real_tokens();
+        self.real_tokens += real_tokens;
         self.summary.steps += 1;
         if self.summary.steps == 1 {
             let peak = gpu.memory.peak() as f64 / 1048576.0;
@@ -240,7 +257,7 @@ impl<'a, T: Trainee> Run<'a, T> {
         self.curves.loss.push((self.summary.steps, loss as f64));
         let tps = self.tokens_per_second();
         let mut record = json!({"step": self.summary.steps, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": norm,
-            "tokens": b.real_tokens(), "tokens_per_second": tps});
+            "tokens": real_tokens, "tokens_per_second": tps});
         if s.extra_loss != 0.0 {
             record["regularization_loss"] = json!(s.extra_loss);
         }
@@ -256,7 +273,7 @@ impl<'a, T: Trainee> Run<'a, T> {
         let stop = resume::stop_requested() || self.ctl.run.stop_after_steps == Some(self.summary.steps);
         let every = self.ctl.run.save_steps.is_some_and(|n| n > 0 && self.summary.steps % n == 0);
         if stop || every {
-            self.save_state(epoch, bi + 1, false)?;
+            self.save_state(epoch, bi + group.len(), false)?;
         }
         Ok(if stop { Flow::Stop } else { Flow::Continue })
     }
