@@ -208,3 +208,31 @@ fn memory_accounting_and_streaming_peak() {
     assert!(peaks[1].1 < peaks[0].1, "one slot holds fewer weight bytes than all layers");
     assert!(peaks[1].0 < peaks[0].0, "streaming must lower the peak");
 }
+
+/// A base model folder with only torch's `pytorch_model.bin` (older Hub folders) gives the same
+/// bits as its `model.safetensors` twin; a folder with neither is refused naming both.
+#[test]
+fn base_model_from_pytorch_model_bin_gives_the_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fixtures().join("tiny-bert/base");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(base.join("config.json"), bin.join("config.json")).unwrap();
+    let map = peft_wgpu::formats::WeightFile::open(base.join("model.safetensors")).unwrap().to_map().unwrap();
+    peft_wgpu::formats::torch_bin::write_tensors(&bin.join("pytorch_model.bin"), &map).unwrap();
+    let dir = fixtures().join("tiny-bert/houlsby");
+    let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&base).unwrap();
+    let (adapter, head) = load::load_adapter(&gpu(), &dir.join("adapter"), &cfg).unwrap();
+    let head = head.expect("head saved with the adapter");
+    let (inputs, labels) = read_inputs_json(&dir.join("inputs.json")).unwrap();
+    let (a, b) =
+        (run(&base, &adapter, &head, &inputs, &labels, None), run(&bin, &adapter, &head, &inputs, &labels, None));
+    assert_eq!(a.out.logits, b.out.logits, "logits differ");
+    assert_eq!(a.out.last_hidden_state, b.out.last_hidden_state);
+    for ((n, x), (_, y)) in a.grads.iter().zip(&b.grads) {
+        assert_eq!(x, y, "gradient {n} differs");
+    }
+    std::fs::remove_file(bin.join("pytorch_model.bin")).unwrap();
+    let err = format!("{:#}", load::load_encoder(&gpu(), &bin, None).err().expect("no checkpoint: an error"));
+    assert!(err.contains("model.safetensors") && err.contains("pytorch_model.bin"), "{err}");
+}

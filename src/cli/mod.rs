@@ -62,7 +62,7 @@ enum DataCommand {
 
 #[derive(clap::Args)]
 struct GradsCli {
-    /// Hugging Face model directory (config.json + model.safetensors).
+    /// Hugging Face model directory (config.json + model.safetensors or pytorch_model.bin).
     #[arg(long)]
     model: PathBuf,
     /// AdapterHub adapter folder (repeat with --fusion).

@@ -64,7 +64,7 @@ const FUSE_SETTINGS: [&str; 12] = settings!("FusionArgs");
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainCli {
-    /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json or vocab.txt).
+    /// Hugging Face model directory (config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt).
     #[arg(long, required_unless_present = "resume")]
     model: Option<PathBuf>,
     /// Training data: CSV / TSV with a header, or JSONL.
@@ -99,7 +99,7 @@ pub struct TrainCli {
     mut_arg("lr", |a| a.default_value("0.00005"))
 )]
 pub struct FuseCli {
-    /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json or vocab.txt).
+    /// Hugging Face model directory (config.json, model.safetensors or pytorch_model.bin, tokenizer.json or vocab.txt).
     #[arg(long, required_unless_present = "resume")]
     model: Option<PathBuf>,
     #[command(flatten)]

@@ -28,15 +28,26 @@ pub fn dims(cfg: &BertConfig) -> Dims {
     }
 }
 
-/// Opens `model_dir` (`config.json` + `model.safetensors`, any supported family) on the GPU.
-/// `resident_layers`: how many layers stay on the GPU (`None`: all).
+/// The base checkpoint of `model_dir`: `model.safetensors` (memory-mapped), else torch's
+/// `pytorch_model.bin` (older Hub folders; read into memory by the restricted pickle reader of
+/// [`crate::formats::torch_bin`]).
+pub fn open_checkpoint(model_dir: &Path) -> Result<WeightFile> {
+    let path = model_dir.join("model.safetensors");
+    if path.exists() {
+        return WeightFile::open(&path);
+    }
+    let bin = model_dir.join("pytorch_model.bin");
+    if bin.exists() {
+        return crate::formats::torch_bin::open(&bin);
+    }
+    bail!("{}: no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)", model_dir.display())
+}
+
+/// Opens `model_dir` (`config.json` + `model.safetensors` or `pytorch_model.bin`, any supported
+/// family) on the GPU. `resident_layers`: how many layers stay on the GPU (`None`: all).
 pub fn load_encoder(gpu: &Arc<Gpu>, model_dir: &Path, resident_layers: Option<usize>) -> Result<(BertConfig, Encoder)> {
     let cfg = BertConfig::from_model_dir(model_dir)?;
-    let path = model_dir.join("model.safetensors");
-    if !path.exists() {
-        bail!("{}: no model.safetensors (only safetensors checkpoints are supported)", model_dir.display());
-    }
-    let file = WeightFile::open(&path)?;
+    let file = open_checkpoint(model_dir)?;
     super::weights::validate_bert_weights(&file, &cfg)?;
     let dims = dims(&cfg);
     let source = Arc::new(FileSource::for_family(file, cfg.family()));
