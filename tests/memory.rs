@@ -3,7 +3,7 @@
 //! and (up to f32 summation order) the same gradients, the planner's peak is within 10% of the
 //! measured one, and a too-small `--max-gpu-memory` fails with a clear error. With dropout on (a
 //! training pass's masks, drawn again in recompute and keyed by the global token row) every one of
-//! those identities holds too.
+//! those identities holds too, and the planner counts dropout's buffers.
 
 mod common;
 use common::*;
@@ -194,11 +194,37 @@ fn small_model(tmp: &Path) -> PathBuf {
     dir
 }
 
+/// A memory case: name, model directory, batch, sequence length, the setup, and the training
+/// pass's dropout.
+type MemoryCase<'a> = (&'a str, &'a Path, usize, usize, peft_wgpu::model::plan::Choice, Option<DropoutRates>);
+
+/// Plans and measures each case on a device of its own; asserts the plan is within 10% of the
+/// measured peak. The measured peaks.
+fn planned_vs_measured(cases: &[MemoryCase]) -> Vec<u64> {
+    let mut measured = vec![];
+    for &(what, dir, batch, seq, choice, dropout) in cases {
+        // A device of its own: nothing else allocates on it.
+        let g = peft_wgpu::Gpu::for_tests();
+        let (plan, run) =
+            peft_wgpu::bench::memory::measure(&g, what, dir, batch, seq, choice, None, 1, dropout).unwrap();
+        println!(
+            "{what}: planned {} B, measured {} B ({:+.2}%)",
+            run.planned_bytes,
+            run.measured_bytes,
+            100.0 * run.plan_error()
+        );
+        assert_eq!(plan.recompute, choice.recompute.unwrap());
+        assert_eq!(plan.keep_ffn_output, choice.keep_ffn_output.unwrap());
+        assert!(run.plan_error().abs() <= 0.10, "{what}: plan off by {:.1}%", 100.0 * run.plan_error());
+        measured.push(run.measured_bytes);
+    }
+    measured
+}
+
 /// The planner's peak is within 10% of the measured peak (our accounting of every GPU buffer over
 /// a Houlsby + AdamW training step) for three configs; recompute lowers the measured peak.
 #[test]
 fn planned_peak_within_10_percent_of_measured() {
-    use peft_wgpu::bench::memory::measure;
     use peft_wgpu::model::plan::Choice;
     let tmp = tempfile::tempdir().unwrap();
     let small = small_model(tmp.path());
@@ -214,35 +240,132 @@ fn planned_peak_within_10_percent_of_measured() {
     let rc = |slots| choice(slots, true, None, false);
     let chunks = |slots, c| choice(slots, true, Some(c), false);
     let cases = [
-        ("tiny-bert resident", tiny.as_path(), 3, 11, keep(None)),
-        ("small resident", small.as_path(), 5, 13, keep(None)),
-        ("small 1 slot + recompute", small.as_path(), 5, 13, rc(Some(1))),
-        ("minilm resident + recompute", minilm.as_path(), 4, 21, rc(None)),
-        ("small 1 slot + recompute + chunks of 2", small.as_path(), 5, 13, chunks(Some(1), 2)),
-        ("minilm 2 slots + recompute + chunks of 3", minilm.as_path(), 8, 21, chunks(Some(2), 3)),
-        ("small resident + recompute keeping FFN outputs", small.as_path(), 5, 13, choice(None, true, None, true)),
-        ("small 1 slot + recompute keeping FFN outputs + chunks of 2", small.as_path(), 5, 13, {
-            choice(Some(1), true, Some(2), true)
-        }),
+        ("tiny-bert resident", tiny.as_path(), 3, 11, keep(None), None),
+        ("small resident", small.as_path(), 5, 13, keep(None), None),
+        ("small 1 slot + recompute", small.as_path(), 5, 13, rc(Some(1)), None),
+        ("minilm resident + recompute", minilm.as_path(), 4, 21, rc(None), None),
+        ("small 1 slot + recompute + chunks of 2", small.as_path(), 5, 13, chunks(Some(1), 2), None),
+        ("minilm 2 slots + recompute + chunks of 3", minilm.as_path(), 8, 21, chunks(Some(2), 3), None),
+        (
+            "small resident + recompute keeping FFN outputs",
+            small.as_path(),
+            5,
+            13,
+            choice(None, true, None, true),
+            None,
+        ),
+        (
+            "small 1 slot + recompute keeping FFN outputs + chunks of 2",
+            small.as_path(),
+            5,
+            13,
+            { choice(Some(1), true, Some(2), true) },
+            None,
+        ),
     ];
-    let mut measured = vec![];
-    for (what, dir, batch, seq, choice) in cases {
-        // A device of its own: nothing else allocates on it.
-        let g = peft_wgpu::Gpu::for_tests();
-        let (plan, run) = measure(&g, what, dir, batch, seq, choice, None, 1).unwrap();
-        println!(
-            "{what}: planned {} B, measured {} B ({:+.2}%)",
-            run.planned_bytes,
-            run.measured_bytes,
-            100.0 * run.plan_error()
-        );
-        assert_eq!(plan.recompute, choice.recompute.unwrap());
-        assert_eq!(plan.keep_ffn_output, choice.keep_ffn_output.unwrap());
-        assert!(run.plan_error().abs() <= 0.10, "{what}: plan off by {:.1}%", 100.0 * run.plan_error());
-        measured.push(run.measured_bytes);
-    }
+    let measured = planned_vs_measured(&cases);
     assert!(measured[2] < measured[1], "streaming + recompute must lower the measured peak");
     assert!(measured[4] < measured[2], "layer chunks must lower the measured peak");
+}
+
+/// With dropout on (a training pass's masks): the planner counts each site's dropped output and
+/// the attention probabilities' work tensor, within 10% of the measured peak, whether activations
+/// are kept, recomputed, streamed or chunked; and a site whose rate is 0 allocates nothing.
+#[test]
+fn planned_peak_with_dropout_within_10_percent_of_measured() {
+    use peft_wgpu::kernels::dropout::Rate;
+    use peft_wgpu::model::plan::Choice;
+    let tmp = tempfile::tempdir().unwrap();
+    let small = small_model(tmp.path());
+    let minilm = peft_wgpu::train::cache::ensure_default_model().expect("fetching the default model");
+    let tiny = fixtures().join("tiny-bert/base");
+    let choice = |slots, recompute, layer_chunk, keep_ffn| Choice {
+        resident_layers: slots,
+        recompute: Some(recompute),
+        layer_chunk,
+        keep_ffn_output: Some(keep_ffn),
+    };
+    let on = Some(DropoutRates::uniform(0.1).unwrap());
+    // DistilBERT's sites: no attention-output dropout, none in the head.
+    let (p0, p1) = (Rate::new(0.0).unwrap(), Rate::new(0.1).unwrap());
+    let distil = Some(DropoutRates { hidden: p1, attention_output: p0, attention: p1, head: p0 });
+    let cases = [
+        ("tiny-bert resident, dropout", tiny.as_path(), 3, 11, choice(None, false, None, false), on),
+        ("small resident, dropout", small.as_path(), 5, 13, choice(None, false, None, false), on),
+        (
+            "small resident, DistilBERT's dropout sites",
+            small.as_path(),
+            5,
+            13,
+            choice(None, false, None, false),
+            distil,
+        ),
+        ("minilm resident, dropout", minilm.as_path(), 4, 21, choice(None, false, None, false), on),
+        ("small 1 slot + recompute, dropout", small.as_path(), 5, 13, choice(Some(1), true, None, false), on),
+        ("minilm resident + recompute, dropout", minilm.as_path(), 4, 21, choice(None, true, None, false), on),
+        (
+            "small 1 slot + recompute + chunks of 2, dropout",
+            small.as_path(),
+            5,
+            13,
+            choice(Some(1), true, Some(2), false),
+            on,
+        ),
+        (
+            "small resident + recompute keeping FFN outputs, dropout",
+            small.as_path(),
+            5,
+            13,
+            { choice(None, true, None, true) },
+            on,
+        ),
+        (
+            "small 1 slot + recompute keeping FFN outputs + chunks of 2, dropout",
+            small.as_path(),
+            5,
+            13,
+            { choice(Some(1), true, Some(2), true) },
+            on,
+        ),
+    ];
+    planned_vs_measured(&cases);
+}
+
+/// The plan with dropout: more than without for every setup, the same when every rate is 0, and
+/// in between with only some sites on.
+#[test]
+fn planner_counts_dropout_sites() {
+    use peft_wgpu::kernels::dropout::Rate;
+    use peft_wgpu::model::plan::{plan, AdapterSpec, PlanInput};
+    let cfg = peft_wgpu::bench::model::preset("minilm").unwrap();
+    let spec = AdapterSpec::from_bottleneck(&cfg, &peft_wgpu::bench::memory::bench_adapter()).unwrap();
+    let (p0, p1) = (Rate::new(0.0).unwrap(), Rate::new(0.1).unwrap());
+    let only_probs = DropoutRates { hidden: p0, attention_output: p0, attention: p1, head: p0 };
+    for (slots, recompute, layer_chunk, keep_ffn_output) in
+        [(6, false, 0, false), (6, true, 0, false), (1, true, 0, false), (1, true, 8, false), (6, true, 8, true)]
+    {
+        let peak = |dropout: Option<DropoutRates>| {
+            let p = PlanInput {
+                cfg: &cfg,
+                batch: 32,
+                seq: 64,
+                labels: 2,
+                adapter: &spec,
+                resident_layers: slots,
+                recompute,
+                layer_chunk,
+                keep_ffn_output,
+                dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
+            };
+            plan(&p).unwrap().peak_bytes()
+        };
+        let what = format!("{slots} slots, recompute {recompute}, chunk {layer_chunk}, keep FFN {keep_ffn_output}");
+        let off = peak(None);
+        assert_eq!(peak(Some(DropoutRates::uniform(0.0).unwrap())), off, "{what}: rates of 0 allocate nothing");
+        let probs = peak(Some(only_probs));
+        let all = peak(Some(DropoutRates::uniform(0.1).unwrap()));
+        assert!(off < probs && probs < all, "{what}: {off} < {probs} < {all}");
+    }
 }
 
 /// A budget chooses the fastest setup that fits; one too small fails naming what to change.
@@ -261,6 +384,7 @@ fn max_gpu_memory_chooses_or_fails_clearly() {
         recompute: false,
         layer_chunk: 0,
         keep_ffn_output: false,
+        dropout: Default::default(),
     };
     let free = Choice::default();
     let fast = choose(&base, free, None, None).unwrap();

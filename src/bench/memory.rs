@@ -7,7 +7,7 @@ use crate::formats::adapterhub::BottleneckConfig;
 use crate::gpu::{Gpu, GpuTensor};
 use crate::kernels::optim::{AdamW, LinearSchedule};
 use crate::model::config::BertConfig;
-use crate::model::encoder::Setup;
+use crate::model::encoder::{DropoutRates, PassDropout, Setup};
 use crate::model::load;
 use crate::model::plan::{self, AdapterSpec, Choice, MemoryPlan, PlanInput};
 use crate::train::{new_adapter, Optimizer};
@@ -101,7 +101,8 @@ pub fn table_header() -> String {
     )
 }
 
-/// The plan of a Houlsby training step at `batch × seq` on `cfg`.
+/// The plan of a Houlsby training step at `batch × seq` on `cfg`, with `dropout` (a training
+/// pass's rates) or without.
 pub fn plan_step(
     gpu: &Gpu,
     cfg: &BertConfig,
@@ -109,6 +110,7 @@ pub fn plan_step(
     seq: usize,
     choice: Choice,
     budget: Option<u64>,
+    dropout: Option<DropoutRates>,
 ) -> Result<MemoryPlan> {
     let spec = AdapterSpec::from_bottleneck(cfg, &bench_adapter())?;
     let input = PlanInput {
@@ -121,13 +123,16 @@ pub fn plan_step(
         recompute: false,
         layer_chunk: 0,
         keep_ffn_output: false,
+        dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
     };
     plan::choose_for(gpu, &input, choice, budget)
 }
 
 /// Plans, then runs `steps` training steps of a new Houlsby adapter + head with AdamW on the model
 /// in `model_dir` (all tokens real) and measures the peak of the project's GPU buffers
-/// ([`MemoryTracker`](crate::gpu::MemoryTracker)) over the steps.
+/// ([`MemoryTracker`](crate::gpu::MemoryTracker)) over the steps. With `dropout`, every step is a
+/// training pass with those rates (and planned with them).
+#[allow(clippy::too_many_arguments)]
 pub fn measure(
     gpu: &Arc<Gpu>,
     name: &str,
@@ -137,12 +142,13 @@ pub fn measure(
     choice: Choice,
     budget: Option<u64>,
     steps: usize,
+    dropout: Option<DropoutRates>,
 ) -> Result<(MemoryPlan, MemoryRun)> {
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
     let cfg = BertConfig::from_model_dir(model_dir)?;
-    let planned = plan_step(gpu, &cfg, batch, seq, choice, budget)?;
+    let planned = plan_step(gpu, &cfg, batch, seq, choice, budget, dropout)?;
     let (cfg, mut enc) = load::load_encoder(gpu, model_dir, Some(planned.resident_layers()))?;
     enc.follow(&planned);
     let (set, head) = new_adapter(gpu, &cfg, &bench_adapter(), "bench", 2, 0)?;
@@ -155,10 +161,11 @@ pub fn measure(
     let mut times = vec![];
     let mut peak = 0;
     let mut loss = f32::NAN;
-    for _ in 0..steps {
+    for step in 0..steps {
         let t0 = Instant::now();
-        // `pass` starts a new peak measurement; the optimizer step adds to it.
-        let out = enc.pass(&Setup::Adapter(&set), &head, &inp, Some(&labels), true, false)?;
+        // The pass starts a new peak measurement; the optimizer step adds to it.
+        let drop = dropout.map(|rates| PassDropout { rates, seed: 5, step: step as u32 });
+        let out = enc.pass_with_dropout(&Setup::Adapter(&set), &head, &inp, Some(&labels), true, false, drop)?;
         opt.step(gpu, &params)?;
         times.push(t0.elapsed().as_secs_f64());
         peak = peak.max(gpu.memory.peak());
@@ -278,7 +285,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &MemoryOptions) -> Result<()> {
     for spec in &o.configs {
         if o.plan_only {
             let cfg = model_config(spec, o.layers)?;
-            println!("{spec}: {}", plan_step(gpu, &cfg, o.batch, o.seq, choice, budget)?);
+            println!("{spec}: {}", plan_step(gpu, &cfg, o.batch, o.seq, choice, budget, None)?);
             continue;
         }
         let (_, dir) = model_dir(spec, o.layers, &scratch)?;
@@ -295,7 +302,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &MemoryOptions) -> Result<()> {
         };
         let first = runs.len();
         for c in choices {
-            let (planned, run) = measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps)?;
+            let (planned, run) = measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps, None)?;
             println!("{spec}: {planned}");
             println!("{}\n{}", table_header(), run.row());
             runs.push(run);

@@ -237,7 +237,8 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
         model_params
     ));
     let spec = AdapterSpec::from_bottleneck(&cfg, &bn)?;
-    let mem_plan = plan_memory(gpu, &cfg, &task, r.batch_size, &spec, &args.memory, Trained::Adapter, rep)?;
+    let dropout = crate::train::trainer::dropout_rates(&cfg, r, rep)?;
+    let mem_plan = plan_memory(gpu, &cfg, &task, r.batch_size, &spec, &args.memory, Trained::Adapter, dropout, rep)?;
     let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
     enc.follow(&mem_plan);
     let mut trainee = AdapterTrainee {
@@ -257,7 +258,7 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
         saved_what: "adapter + head",
         trainable_parameters: trainable,
         model_parameters: model_params,
-        dropout: crate::train::trainer::dropout_rates(&cfg, r, rep)?,
+        dropout,
     };
     let ctl = LoopControl { run: run.clone(), settings: Some(args.settings()?), fingerprint: task.fingerprint() };
     run_loop_with(gpu, &mut enc, &mut trainee, &task, pad, &setup, &ctl, rep)

@@ -4,6 +4,7 @@
 
 use crate::gpu::Gpu;
 use crate::model::config::BertConfig;
+use crate::model::encoder::DropoutRates;
 use crate::model::load;
 use crate::model::plan::{self, AdapterSpec, MemoryPlan};
 use crate::train::guard;
@@ -19,8 +20,9 @@ pub(crate) enum Trained {
     Fusion,
 }
 
-/// Checks the largest batch of `task` against the GPU's limits and plans its step; reports the
-/// plan's line.
+/// Checks the largest batch of `task` against the GPU's limits and plans its step (with the
+/// training steps' `dropout`); reports the plan's line.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn plan_memory(
     gpu: &Gpu,
     cfg: &BertConfig,
@@ -29,6 +31,7 @@ pub(crate) fn plan_memory(
     adapter: &AdapterSpec,
     mem: &MemoryArgs,
     trained: Trained,
+    dropout: Option<DropoutRates>,
     rep: &mut dyn Reporter,
 ) -> Result<MemoryPlan> {
     // The largest batch must fit the GPU's buffers: found now, not in the middle of a step.
@@ -54,6 +57,7 @@ pub(crate) fn plan_memory(
             recompute: false,
             layer_chunk: 0,
             keep_ffn_output: false,
+            dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
         },
         plan::Choice {
             resident_layers: mem.resident_layers,

@@ -7,6 +7,7 @@
 //! as for the whole batch.
 
 use super::super::config::{BertConfig, Family};
+use super::super::plan::DropoutSites;
 use super::{t, Encoder};
 use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::attention::{AttentionShape, ProbsDropout};
@@ -42,6 +43,16 @@ impl DropoutRates {
             attention: Rate::new(cfg.attention_probs_dropout_prob)?,
             head: Rate::new(head)?,
         })
+    }
+
+    /// The sites whose rate is not 0 (what the memory planner counts).
+    pub fn sites(&self) -> DropoutSites {
+        DropoutSites {
+            hidden: self.hidden.p > 0.0,
+            attention_output: self.attention_output.p > 0.0,
+            probs: self.attention.p > 0.0,
+            head: self.head.p > 0.0,
+        }
     }
 
     /// The same rate everywhere (tests).

@@ -88,6 +88,24 @@ pub struct PlanInput<'a> {
     pub layer_chunk: usize,
     /// With `recompute`: keep each layer's FFN output too (less recompute work, more memory).
     pub keep_ffn_output: bool,
+    /// The training pass's dropout sites with a non-zero rate (none with `--no-dropout`): each
+    /// allocates its dropped output, attention-probability dropout a work tensor.
+    pub dropout: DropoutSites,
+}
+
+/// Which dropout sites of a training pass allocate (`Encoder::dropout_rows` returns its input when
+/// a site's rate is 0, and `Encoder::probs_dropout` allocates no work tensor then); from
+/// [`DropoutRates::sites`](super::encoder::DropoutRates::sites). The default: no dropout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropoutSites {
+    /// Embeddings' output and FFN output dense (`hidden_dropout_prob`).
+    pub hidden: bool,
+    /// Attention output dense.
+    pub attention_output: bool,
+    /// Attention probabilities: a `[seqs, heads, seq, seq]` work tensor in forward and backward.
+    pub probs: bool,
+    /// The head's two Linear inputs.
+    pub head: bool,
 }
 
 /// Where the bytes at the peak are.

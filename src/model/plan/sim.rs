@@ -123,3 +123,12 @@ pub(super) struct Sizes {
 pub(super) fn b4(n: u64) -> u64 {
     n * 4
 }
+
+/// `bytes` when `on`, else 0.
+pub(super) fn when(on: bool, bytes: u64) -> u64 {
+    if on {
+        bytes
+    } else {
+        0
+    }
+}

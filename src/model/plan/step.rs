@@ -4,8 +4,8 @@
 
 use super::super::adapters::{Location, Placement};
 use super::super::store::LayerWeights;
-use super::sim::{b4, sublayer_bwd, sublayer_fwd, Cat, Sim, Sizes};
-use super::{MemoryPlan, PlanInput};
+use super::sim::{b4, sublayer_bwd, sublayer_fwd, when, Cat, Sim, Sizes};
+use super::{DropoutSites, MemoryPlan, PlanInput};
 use anyhow::{bail, Result};
 
 /// The planned peak of one training step.
@@ -51,6 +51,8 @@ struct Replay<'p> {
     adapter_bytes: u64,
     /// Recompute keeps each layer's FFN output dense result `h2`.
     keep_h2: bool,
+    /// The dropout sites that allocate.
+    drops: DropoutSites,
     /// Elements of the word, position and token type tables.
     tables: [u64; 3],
     /// Elements of the embeddings' resident tensors beside them (LayerNorm, ELECTRA's projection).
@@ -94,6 +96,7 @@ impl<'p> Replay<'p> {
             syncs: p.recompute || !resident,
             adapter_bytes: b4(2 * m * ud + m + ud),
             keep_h2: p.recompute && p.keep_ffn_output,
+            drops: p.dropout,
             tables,
             embedding_resident,
         };
@@ -181,6 +184,11 @@ impl<'p> Replay<'p> {
         if !self.resident {
             s.sync();
         }
+        if self.drops.hidden {
+            // The dropped output replaces x0 (freed by the next wait).
+            s.alloc(Cat::Working, td);
+            s.free(Cat::Working, td);
+        }
         if self.p.recompute {
             s.recat(Cat::Working, Cat::Saved, td);
         }
@@ -190,8 +198,12 @@ impl<'p> Replay<'p> {
     /// dense `h2` (`[tokens, hidden]`): (kept bytes, temporary bytes, `h2` kept by the FFN
     /// sub-layer as the adapter's input). Recomputing from a saved `h2` skips `inter` too.
     fn layer_fwd_h2(&self, l: usize, z: &Sizes, from_saved_h2: bool) -> (u64, u64, bool) {
-        let mut kept = 3 * z.td + z.probs; // q, k, v, probs
-        let mut temp = z.td; // ctx
+        let drops = self.drops;
+        // Kept: q, k, v, probs (before their dropout). Temporary: ctx; with dropout the dropped
+        // probabilities' work tensor, and the attention output dense before its dropout (the
+        // dropped one is `h` below).
+        let mut kept = 3 * z.td + z.probs;
+        let mut temp = z.td + when(drops.probs, z.probs) + when(drops.attention_output, z.td);
         let (k1, t1, h1_kept) = sublayer_fwd(self.adapter_at(l, Location::Attention), z.td, z.tm);
         kept += k1 + z.tf; // attention sub-layer, pre
         temp += t1 + z.tf; // inter
@@ -204,7 +216,9 @@ impl<'p> Replay<'p> {
         kept += k2;
         temp += t2;
         if from_saved_h2 {
-            temp -= z.tf; // no inter
+            temp -= z.tf; // no inter (and the saved h2 is the dropped one)
+        } else {
+            temp += when(drops.hidden, z.td); // h2 before its dropout
         }
         (kept, temp, h2_kept)
     }
@@ -273,12 +287,17 @@ impl<'p> Replay<'p> {
     fn head_and_loss(&mut self) {
         let (bsz, c) = (self.p.batch as u64, self.p.labels.max(1) as u64);
         let bd = b4(bsz * self.d as u64);
+        // With dropout: cls and hact dropped (new tensors), and dhact and dcls in backward.
+        let head_drop = when(self.drops.head, 2 * bd);
         let s = &mut self.s;
         for n in [bd, bd, bd, b4(bsz * c), b4(bsz), 4, b4(bsz * c)] {
             s.alloc(Cat::Working, n); // cls, hpre, hact, logits, labels, loss, dlogits
         }
-        s.alloc(Cat::Working, 3 * bd); // dhact, dhpre, dcls
-        s.free(Cat::Working, 3 * bd);
+        if head_drop > 0 {
+            s.alloc(Cat::Working, head_drop);
+        }
+        s.alloc(Cat::Working, 3 * bd + head_drop); // dhact, dhpre, dcls
+        s.free(Cat::Working, 3 * bd + head_drop);
         s.alloc(Cat::Working, self.all.td); // dhidden = dy
     }
 
@@ -297,13 +316,17 @@ impl<'p> Replay<'p> {
         if !below && !a.at(l, Location::Attention) {
             return (work, true);
         }
-        // dinter, dpre, dh1, dx
+        // dinter, dpre, dh1, dx, and dh2 dropped
         work += 2 * z.tf + 2 * z.td + sublayer_bwd(self.adapter_at(l, Location::Attention), z.td, z.tm);
+        work += when(self.drops.hidden, z.td);
         work += sums(Location::Attention);
         if !below {
             return (work, true);
         }
-        (work + 4 * z.td + z.probs, false) // dctx, dq, dk, dv, scratch
+        // dctx, dq, dk, dv, scratch; with dropout dh1 dropped and the probabilities' work tensor
+        let drops = self.drops;
+        work += when(drops.attention_output, z.td) + when(drops.probs, z.probs);
+        (work + 4 * z.td + z.probs, false)
     }
 
     /// The backward of layer `l` (`Encoder::layers_backward`): true when backward stops here.

@@ -184,7 +184,8 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
         100.0 * trainable as f64 / model_params as f64,
         model_params
     ));
-    let mem_plan = plan_memory(gpu, &cfg, &task, r.batch_size, &spec, &args.memory, Trained::Fusion, rep)?;
+    let dropout = crate::train::trainer::dropout_rates(&cfg, r, rep)?;
+    let mem_plan = plan_memory(gpu, &cfg, &task, r.batch_size, &spec, &args.memory, Trained::Fusion, dropout, rep)?;
     let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
     enc.follow(&mem_plan);
     let setup = LoopSetup {
@@ -196,7 +197,7 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
         saved_what: "fusion + head",
         trainable_parameters: trainable,
         model_parameters: model_params,
-        dropout: crate::train::trainer::dropout_rates(&cfg, r, rep)?,
+        dropout,
     };
     if setup.dropout.is_some() {
         // AdapterHub's BertFusion also drops its attention scores (before the softmax) in training.
