@@ -97,12 +97,17 @@ pub struct OptimizerArgs {
     /// One optimizer step every N batches, on their mean gradient (HF's
     /// `gradient_accumulation_steps`): an effective batch of N × --batch-size in the memory of one.
     #[arg(long, default_value_t = 1, value_name = "N")]
-    #[serde(default = "one")]
+    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub gradient_accumulation: usize,
 }
 
 fn one() -> usize {
     1
+}
+
+/// The default is not written to the resume state, so earlier releases' settings round-trip.
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl Default for OptimizerArgs {
@@ -125,7 +130,7 @@ pub struct LoopArgs {
     pub patience: Option<usize>,
     /// How the training examples are batched each epoch.
     #[arg(long, value_enum, default_value_t)]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BatchOrder::is_default")]
     pub batch_order: BatchOrder,
     /// Train with dropout as AdapterHub does (the default): the model's hidden_dropout_prob and
     /// attention_probs_dropout_prob from its config.json, and the head's dropout before each of
@@ -176,6 +181,13 @@ pub enum BatchOrder {
     /// The training file's order every epoch, cut into batches in turn, no shuffle at all (needs
     /// `--dev`): for side-by-side runs with another trainer on the same batches.
     File,
+}
+
+impl BatchOrder {
+    /// The default is not written to the resume state, so earlier releases' settings round-trip.
+    fn is_default(&self) -> bool {
+        *self == BatchOrder::Bucketed
+    }
 }
 
 /// Where the GPU memory goes: they do not change the results, so a resumed run takes them from
