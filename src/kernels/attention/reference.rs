@@ -4,7 +4,7 @@ use super::AttentionShape;
 
 impl AttentionShape {
     /// Index of element `k` of head `h` of token `s` of sequence `b` in an activation.
-    fn at(&self, b: usize, s: usize, h: usize, k: usize) -> usize {
+    pub(super) fn at(&self, b: usize, s: usize, h: usize, k: usize) -> usize {
         (b * self.seq + s) * self.hidden() + h * self.head_dim + k
     }
 }
@@ -50,6 +50,21 @@ pub fn attention_backward(
     dctx: &[f64],
     s: AttentionShape,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    backward_scaled(q, k, v, mask, dctx, s, |_| 1.0)
+}
+
+/// [`attention_backward`] with the probabilities multiplied by `factor(e)` (element `e` of the
+/// `[batch, heads, seq, seq]` probabilities) before `·v`: 1 for plain attention, the keep mask's
+/// `0` or `1/(1 − p)` for dropout on them (`super::reference_dropout`).
+pub(super) fn backward_scaled(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    mask: &[f64],
+    dctx: &[f64],
+    s: AttentionShape,
+    factor: impl Fn(usize) -> f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (_, probs) = attention(q, k, v, mask, s);
     let (n, hd) = (s.seq, s.head_dim);
     let scale = 1.0 / (hd as f64).sqrt();
@@ -58,15 +73,19 @@ pub fn attention_backward(
     for b in 0..s.batch {
         for h in 0..s.heads {
             for i in 0..n {
-                let p = &probs[((b * s.heads + h) * n + i) * n..][..n];
-                // dP_ij = dctx_i · v_j ; dS_ij = P_ij (dP_ij − Σ_l P_il dP_il)
-                let dp: Vec<f64> =
-                    (0..n).map(|j| (0..hd).map(|c| dctx[s.at(b, i, h, c)] * v[s.at(b, j, h, c)]).sum()).collect();
+                let row = ((b * s.heads + h) * n + i) * n;
+                let p = &probs[row..][..n];
+                // dP'_ij = dctx_i · v_j ; dP = factor ⊙ dP' ; dS_ij = P_ij (dP_ij − Σ_l P_il dP_il) / √hd
+                let dp: Vec<f64> = (0..n)
+                    .map(|j| {
+                        factor(row + j) * (0..hd).map(|c| dctx[s.at(b, i, h, c)] * v[s.at(b, j, h, c)]).sum::<f64>()
+                    })
+                    .collect();
                 let dot: f64 = (0..n).map(|j| p[j] * dp[j]).sum();
                 for j in 0..n {
                     let ds = p[j] * (dp[j] - dot) * scale;
                     for c in 0..hd {
-                        dv[s.at(b, j, h, c)] += p[j] * dctx[s.at(b, i, h, c)];
+                        dv[s.at(b, j, h, c)] += p[j] * factor(row + j) * dctx[s.at(b, i, h, c)];
                         dq[s.at(b, i, h, c)] += ds * k[s.at(b, j, h, c)];
                         dk[s.at(b, j, h, c)] += ds * q[s.at(b, i, h, c)];
                     }
