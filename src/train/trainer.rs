@@ -74,15 +74,33 @@ pub fn train_step<T: Trainee>(
     let mut b = gpu.batch();
     let rec = enc.record(&mut b, &trainee.setup(), trainee.head(), inputs, Some(labels), true, dropout)?;
     let loss = rec.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?;
-    let extra = trainee.record_extra_loss(&mut b)?;
+    finish_step(gpu, &mut b, trainee, optimizer, &[loss])
+}
+
+/// The end of a step, once the gradients are in place: the extra loss terms, AdamW, and one
+/// read-back of the `losses` (their mean is the step's loss), the gradient norm and the extra loss.
+fn finish_step<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    b: &mut CommandRecorder,
+    trainee: &mut T,
+    optimizer: &mut Optimizer,
+    losses: &[GpuTensor],
+) -> Result<StepOutput> {
+    let extra = trainee.record_extra_loss(b)?;
     let params = trainee.params();
-    let lr = optimizer.record_step(&mut b, &params)?;
-    let mut read = vec![&loss, optimizer.sum_of_squares()];
+    let lr = optimizer.record_step(b, &params)?;
+    let mut read: Vec<&GpuTensor> = losses.iter().collect();
+    read.push(optimizer.sum_of_squares());
     read.extend(extra.as_ref());
     let values = b.submit_with_readback(&read)?.wait()?;
     gpu.check()?;
-    let extra_loss = values.get(2).map_or(0.0, |v| v[0]);
-    Ok(StepOutput { loss: values[0][0] + extra_loss, extra_loss, lr, grad_norm: values[1][0].sqrt() })
+    let k = losses.len();
+    let loss = match &values[..k] {
+        [one] => one[0],
+        many => (many.iter().map(|v| v[0] as f64).sum::<f64>() / k as f64) as f32,
+    };
+    let extra_loss = values.get(k + 1).map_or(0.0, |v| v[0]);
+    Ok(StepOutput { loss: loss + extra_loss, extra_loss, lr, grad_norm: values[k][0].sqrt() })
 }
 
 /// One micro-batch of an accumulated step: its inputs, labels and training pass's dropout.
@@ -136,18 +154,7 @@ pub fn train_step_accumulated<T: Trainee>(
     for (sum, g) in sums.iter().zip(&grads) {
         elementwise::scale(&mut b, sum, 1.0 / n, g)?;
     }
-    let extra = trainee.record_extra_loss(&mut b)?;
-    let params = trainee.params();
-    let lr = optimizer.record_step(&mut b, &params)?;
-    let mut read: Vec<&GpuTensor> = losses.iter().collect();
-    read.push(optimizer.sum_of_squares());
-    read.extend(extra.as_ref());
-    let values = b.submit_with_readback(&read)?.wait()?;
-    gpu.check()?;
-    let k = micro.len();
-    let mean_loss = values[..k].iter().map(|v| v[0] as f64).sum::<f64>() / k as f64;
-    let extra_loss = values.get(k + 1).map_or(0.0, |v| v[0]);
-    Ok(StepOutput { loss: mean_loss as f32 + extra_loss, extra_loss, lr, grad_norm: values[k][0].sqrt() })
+    finish_step(gpu, &mut b, trainee, optimizer, &losses)
 }
 
 /// What the loop trains for and how (the options and the run's fixed facts).
