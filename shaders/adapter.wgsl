@@ -171,3 +171,51 @@ fn backward_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         workgroupBarrier();
     }
 }
+
+// ---- per-channel scaling (AdapterHub's `scaling: "learned" | "channel"`, and the affine part of
+// the adapter's own LayerNorms, whose normalisation is the LayerNorm kernel with unit gamma) ----
+// Over rows of d values (p.t rows, p.d columns); the scale vector has p.m values: 1 (one trainable
+// scalar) or d (one per channel).
+
+// channel_scale: y = x * s[k] (+ add). ADD: 0 nothing, 1 a vector add[k], 2 a tensor add[t, k].
+override ADD: u32 = 0u;
+@group(0) @binding(1) var<storage, read> cx: array<f32>;
+@group(0) @binding(2) var<storage, read> cs: array<f32>;
+@group(0) @binding(3) var<storage, read> cadd: array<f32>;
+@group(0) @binding(4) var<storage, read_write> cy: array<f32>;
+
+@compute @workgroup_size(WG)
+fn channel_scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = linear_workgroup(wid, nwg) * WG + lid;
+    if (i >= p.t * p.d) { return; }
+    let k = i % p.d;
+    var v = cx[i] * cs[select(0u, k, p.m > 1u)];
+    if (ADD == 1u) {
+        v += cadd[k];
+    } else if (ADD == 2u) {
+        v += cadd[i];
+    }
+    cy[i] = v;
+}
+
+// channel_dot: out[k] = sum_t a[t, k] * b[t, k] + p.scale * out[k] (p.scale: 0 writes, 1 adds).
+// One thread per column, summing the rows in order: the same bits every run.
+@group(0) @binding(1) var<storage, read> da_in: array<f32>;
+@group(0) @binding(2) var<storage, read> db_in: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dout: array<f32>;
+
+@compute @workgroup_size(WG)
+fn channel_dot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let k = linear_workgroup(wid, nwg) * WG + lid;
+    if (k >= p.d) { return; }
+    var acc = 0.0;
+    for (var t = 0u; t < p.t; t++) {
+        acc += da_in[t * p.d + k] * db_in[t * p.d + k];
+    }
+    if (p.scale != 0.0) {
+        acc += p.scale * dout[k];
+    }
+    dout[k] = acc;
+}

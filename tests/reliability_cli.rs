@@ -78,8 +78,8 @@ fn cli_bad_adapters_fail_cleanly_and_leave_no_output() {
     assert_clean_failure(&predict(&a), &["adapter_config.json", "hidden_size 64", "32"]);
     let a = copy(&|v| v["config"]["phm_layer"] = json!(true));
     assert_clean_failure(&predict(&a), &["adapter_config.json", "phm_layer", "not supported"]);
-    let a = copy(&|v| v["config"]["is_parallel"] = json!(true));
-    assert_clean_failure(&predict(&a), &["is_parallel"]);
+    let a = copy(&|v| v["config"]["use_gating"] = json!(true));
+    assert_clean_failure(&predict(&a), &["use_gating"]);
     let a = copy(&|v| v["config"]["shiny_new_option"] = json!(1));
     assert_clean_failure(&predict(&a), &["unknown", "shiny_new_option"]);
     assert!(!preds.exists(), "a prediction file was written by a failed run");

@@ -175,7 +175,7 @@ fn model_config_absent_or_unsupported() {
 #[test]
 fn unknown_adapterhub_options_are_named_not_ignored() {
     let base = BottleneckConfig::houlsby(4.0, peft_wgpu::Activation::Gelu).to_config();
-    for (k, v) in [("phm_layer", json!(true)), ("is_parallel", json!(true)), ("use_gating", json!(true))] {
+    for (k, v) in [("phm_layer", json!(true)), ("cross_adapter", json!(true)), ("use_gating", json!(true))] {
         let mut m = base.clone();
         m.insert(k.into(), v);
         assert_err_contains(BottleneckConfig::from_config(&m), &[k, "not supported"]);

@@ -25,7 +25,7 @@ fn adamw_steps_lower_the_loss_on_the_tiny_model() {
             Preset::Pfeiffer => {
                 peft_wgpu::formats::adapterhub::BottleneckConfig::pfeiffer(4.0, peft_wgpu::Activation::Relu)
             }
-            Preset::None => unreachable!("not in the list"),
+            Preset::None | Preset::Parallel => unreachable!("not in the list"),
         };
         let (set, head) = train::new_adapter(&g, &cfg, &bn, "task", 3, 7).unwrap();
         let v: serde_json::Value =

@@ -1,10 +1,13 @@
 //! Trainable (or frozen, under fusion) bottleneck adapters of a whole model, and the task head,
 //! on the GPU with their gradients, named as AdapterHub names them.
 
+use crate::formats::adapterhub::{
+    adapter_tensor_name, AdapterSite, BottleneckConfig, BottleneckParam, OptionParam, ResidualBeforeLn, TrainedScaling,
+};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::kernels::adapter::{AdapterShape, AdapterWeights};
 use crate::types::Activation;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::sync::Arc;
 
 /// Looks a host tensor up by name, checking its shape.
@@ -20,6 +23,13 @@ pub enum Location {
 }
 
 impl Location {
+    fn site(self) -> AdapterSite {
+        match self {
+            Location::Attention => AdapterSite::Attention,
+            Location::Output => AdapterSite::Output,
+        }
+    }
+
     pub fn module_path(self, layer: usize) -> String {
         match self {
             Location::Attention => format!("bert.encoder.layer.{layer}.attention.output"),
@@ -32,18 +42,45 @@ impl Location {
 /// between a sub-layer's dense output `h`, its input `x_in` and its LayerNorm:
 /// `hs = original_ln_before ? LN(h + x_in) : h`; residual = `residual_before_ln ? h : hs`;
 /// `out = residual + s·adapter(hs)`; `final = original_ln_after ? LN(out + x_in) : out`.
+/// A parallel adapter (`par_bn`) reads `x_in` instead and `out = h + s·adapter(x_in)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placement {
     pub original_ln_before: bool,
     pub original_ln_after: bool,
     pub residual_before_ln: bool,
+    /// `is_parallel` (`par_bn`, AdapterHub's `ParallelAdapter`).
+    pub parallel: bool,
+    /// With an adapter LayerNorm after: the residual is added before it (`adapter_residual_before_ln`).
+    pub adapter_residual_before_ln: bool,
 }
 
 impl Placement {
     /// Houlsby (`double_seq_bn`).
-    pub const HOULSBY: Self = Self { original_ln_before: false, original_ln_after: true, residual_before_ln: true };
+    pub const HOULSBY: Self = Self {
+        original_ln_before: false,
+        original_ln_after: true,
+        residual_before_ln: true,
+        parallel: false,
+        adapter_residual_before_ln: false,
+    };
     /// Pfeiffer (`seq_bn`).
-    pub const PFEIFFER: Self = Self { original_ln_before: true, original_ln_after: true, residual_before_ln: true };
+    pub const PFEIFFER: Self = Self { original_ln_before: true, ..Self::HOULSBY };
+
+    /// The placement an AdapterHub config describes.
+    pub fn of(c: &BottleneckConfig) -> Result<Self> {
+        Ok(Self {
+            // A parallel adapter reads the sub-layer's input: the LayerNorm before does not apply.
+            original_ln_before: c.original_ln_before && !c.is_parallel,
+            original_ln_after: c.original_ln_after,
+            residual_before_ln: match c.residual_before_ln {
+                ResidualBeforeLn::True => true,
+                ResidualBeforeLn::False => false,
+                ResidualBeforeLn::PostAdd => bail!("option \"residual_before_ln\": \"post_add\" is not supported"),
+            },
+            parallel: c.is_parallel,
+            adapter_residual_before_ln: c.adapter_residual_before_ln,
+        })
+    }
 
     /// The adapter's residual is the dense output `h`, not the adapter's own input.
     pub fn separate_residual(&self) -> bool {
@@ -51,35 +88,128 @@ impl Placement {
     }
 }
 
+/// A trainable tensor and its gradient.
+pub struct Param {
+    pub w: GpuTensor,
+    pub grad: GpuTensor,
+}
+
+impl Param {
+    fn new(gpu: &Gpu, shape: &[usize], values: &[f32]) -> Result<Self> {
+        Ok(Self { w: GpuTensor::from_slice(gpu, shape, values)?, grad: GpuTensor::zeros(gpu, shape)? })
+    }
+}
+
+/// An adapter's own LayerNorm (`ln_before` / `ln_after`): trainable gamma and beta, and the unit
+/// gamma / zero beta the LayerNorm kernel normalises with (the affine part runs apart).
+pub struct AdapterNorm {
+    pub gamma: Param,
+    pub beta: Param,
+    pub unit: GpuTensor,
+    pub zero: GpuTensor,
+}
+
+/// The options of an adapter module beyond its bottleneck (AdapterHub's `BnConfig`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModuleOptions {
+    pub trained_scaling: Option<TrainedScaling>,
+    pub ln_before: bool,
+    pub ln_after: bool,
+}
+
+impl ModuleOptions {
+    pub fn of(c: &BottleneckConfig) -> Self {
+        Self { trained_scaling: c.trained_scaling, ln_before: c.ln_before, ln_after: c.ln_after }
+    }
+
+    /// The option tensors (in [`OptionParam`]'s order) with their shapes.
+    fn params(&self, d: usize) -> Vec<(OptionParam, Vec<usize>)> {
+        let mut v = vec![];
+        if self.ln_before {
+            v.push((OptionParam::NormBeforeWeight, vec![d]));
+            v.push((OptionParam::NormBeforeBias, vec![d]));
+        }
+        if self.ln_after {
+            v.push((OptionParam::NormAfterWeight, vec![d]));
+            v.push((OptionParam::NormAfterBias, vec![d]));
+        }
+        match self.trained_scaling {
+            Some(TrainedScaling::Learned) => v.push((OptionParam::Scaling, vec![1])),
+            Some(TrainedScaling::Channel) => v.push((OptionParam::Scaling, vec![d])),
+            None => {}
+        }
+        v
+    }
+}
+
 /// One bottleneck adapter with its gradients.
 pub struct AdapterModule {
+    /// The bottleneck; its `scale` is the fixed scaling (1 with a trained one).
     pub shape: AdapterShape,
     pub w: AdapterWeights,
     pub grad: AdapterWeights,
+    /// `scaling: "learned"` (`[1]`) or `"channel"` (`[d]`).
+    pub scaling: Option<Param>,
+    pub norm_before: Option<AdapterNorm>,
+    pub norm_after: Option<AdapterNorm>,
 }
 
 /// A named adapter across all layers (Houlsby: two per layer; Pfeiffer: one).
 pub struct AdapterSet {
     pub name: String,
     pub placement: Placement,
+    pub options: ModuleOptions,
     pub attention: Vec<Option<AdapterModule>>,
     pub output: Vec<Option<AdapterModule>>,
 }
 
-/// The four AdapterHub tensor names of the adapter at `loc` in `layer`.
-pub fn adapter_tensor_names(name: &str, layer: usize, loc: Location) -> [String; 4] {
-    let p = format!("{}.adapters.{name}", loc.module_path(layer));
-    [
-        format!("{p}.adapter_down.0.weight"),
-        format!("{p}.adapter_down.0.bias"),
-        format!("{p}.adapter_up.weight"),
-        format!("{p}.adapter_up.bias"),
-    ]
+/// The four AdapterHub tensor names of the bottleneck at `loc` in `layer` (`ln_before` moves the
+/// down-projection to `adapter_down.1`).
+pub fn adapter_tensor_names(name: &str, layer: usize, loc: Location, ln_before: bool) -> [String; 4] {
+    BottleneckParam::ALL.map(|p| adapter_tensor_name(name, layer, loc.site(), p.suffix_in(ln_before)))
+}
+
+/// The AdapterHub names and shapes of the option tensors of the module at `loc` in `layer`.
+pub fn option_tensor_names(
+    name: &str,
+    layer: usize,
+    loc: Location,
+    options: ModuleOptions,
+    d: usize,
+) -> Vec<(OptionParam, String, Vec<usize>)> {
+    options
+        .params(d)
+        .into_iter()
+        .map(|(p, s)| (p, adapter_tensor_name(name, layer, loc.site(), p.suffix()), s))
+        .collect()
 }
 
 impl AdapterModule {
     fn tensors(w: &AdapterWeights) -> [&GpuTensor; 4] {
         [&w.w_down, &w.b_down, &w.w_up, &w.b_up]
+    }
+
+    /// A plain bottleneck: no trained scaling, no adapter LayerNorm.
+    pub fn is_plain(&self) -> bool {
+        self.scaling.is_none() && self.norm_before.is_none() && self.norm_after.is_none()
+    }
+
+    /// The option tensors (weight, gradient) in [`OptionParam`]'s order.
+    fn option_tensors(&self) -> Vec<(&GpuTensor, &GpuTensor)> {
+        let mut v = vec![];
+        for n in [&self.norm_before, &self.norm_after].into_iter().flatten() {
+            v.push((&n.gamma.w, &n.gamma.grad));
+            v.push((&n.beta.w, &n.beta.grad));
+        }
+        if let Some(s) = &self.scaling {
+            v.push((&s.w, &s.grad));
+        }
+        v
+    }
+
+    /// Trainable parameters: the bottleneck's and the options'.
+    pub fn parameters(&self) -> usize {
+        self.shape.parameters() + self.option_tensors().iter().map(|(w, _)| w.numel()).sum::<usize>()
     }
 }
 
@@ -90,6 +220,7 @@ impl AdapterSet {
         gpu: &Arc<Gpu>,
         name: &str,
         placement: Placement,
+        options: ModuleOptions,
         act: Activation,
         scale: f32,
         d: usize,
@@ -103,20 +234,50 @@ impl AdapterSet {
             if !locations(l, loc) {
                 return Ok(None);
             }
-            let [wd, bd, wu, bu] = adapter_tensor_names(name, l, loc);
+            let [wd, bd, wu, bu] = adapter_tensor_names(name, l, loc, options.ln_before);
             let w = AdapterWeights {
                 w_down: GpuTensor::from_slice(gpu, &[m, d], &get(&wd, &[m, d])?)?,
                 b_down: GpuTensor::from_slice(gpu, &[m], &get(&bd, &[m])?)?,
                 w_up: GpuTensor::from_slice(gpu, &[d, m], &get(&wu, &[d, m])?)?,
                 b_up: GpuTensor::from_slice(gpu, &[d], &get(&bu, &[d])?)?,
             };
-            Ok(Some(AdapterModule { shape, w, grad: AdapterWeights::zeros(gpu, d, m)? }))
+            let mut module = AdapterModule {
+                shape,
+                w,
+                grad: AdapterWeights::zeros(gpu, d, m)?,
+                scaling: None,
+                norm_before: None,
+                norm_after: None,
+            };
+            let mut gamma = None;
+            for (p, n, s) in option_tensor_names(name, l, loc, options, d) {
+                let param = Param::new(gpu, &s, &get(&n, &s)?)?;
+                match p {
+                    OptionParam::Scaling => module.scaling = Some(param),
+                    OptionParam::NormBeforeWeight | OptionParam::NormAfterWeight => gamma = Some(param),
+                    OptionParam::NormBeforeBias | OptionParam::NormAfterBias => {
+                        let gamma = gamma.take().expect("the weight comes before the bias");
+                        let norm = AdapterNorm {
+                            gamma,
+                            beta: param,
+                            unit: GpuTensor::from_slice(gpu, &[d], &vec![1.0; d])?,
+                            zero: GpuTensor::zeros(gpu, &[d])?,
+                        };
+                        if p == OptionParam::NormBeforeBias {
+                            module.norm_before = Some(norm);
+                        } else {
+                            module.norm_after = Some(norm);
+                        }
+                    }
+                }
+            }
+            Ok(Some(module))
         };
         let attention = (0..layers).map(|l| make(l, Location::Attention)).collect::<Result<Vec<_>>>()?;
         let output = (0..layers).map(|l| make(l, Location::Output)).collect::<Result<Vec<_>>>()?;
         // A set with no module at all (every layer left out) leaves the base unchanged: that is
         // `peft train --config none`, where only the head trains.
-        Ok(Self { name: name.to_string(), placement, attention, output })
+        Ok(Self { name: name.to_string(), placement, options, attention, output })
     }
 
     pub fn at(&self, layer: usize, loc: Location) -> Option<&AdapterModule> {
@@ -132,9 +293,15 @@ impl AdapterSet {
         for l in 0..self.attention.len() {
             for loc in [Location::Attention, Location::Output] {
                 if let Some(a) = self.at(l, loc) {
-                    let names = adapter_tensor_names(&self.name, l, loc);
+                    let names = adapter_tensor_names(&self.name, l, loc, self.options.ln_before);
                     for ((n, w), g) in
                         names.into_iter().zip(AdapterModule::tensors(&a.w)).zip(AdapterModule::tensors(&a.grad))
+                    {
+                        out.push((n, w, g));
+                    }
+                    let d = a.shape.d;
+                    for ((_, n, _), (w, g)) in
+                        option_tensor_names(&self.name, l, loc, self.options, d).into_iter().zip(a.option_tensors())
                     {
                         out.push((n, w, g));
                     }
@@ -144,9 +311,23 @@ impl AdapterSet {
         out
     }
 
+    /// The option tensors (adapter LayerNorms, trained scaling) under their AdapterHub names.
+    pub fn named_options(&self) -> Vec<(String, &GpuTensor)> {
+        let mut out = vec![];
+        for l in 0..self.attention.len() {
+            for loc in [Location::Attention, Location::Output] {
+                if let Some(a) = self.at(l, loc) {
+                    let names = option_tensor_names(&self.name, l, loc, self.options, a.shape.d);
+                    out.extend(names.into_iter().zip(a.option_tensors()).map(|((_, n, _), (w, _))| (n, w)));
+                }
+            }
+        }
+        out
+    }
+
     /// Trainable parameter count.
     pub fn parameters(&self) -> usize {
-        self.attention.iter().chain(&self.output).flatten().map(|a| a.shape.parameters()).sum()
+        self.attention.iter().chain(&self.output).flatten().map(|a| a.parameters()).sum()
     }
 }
 

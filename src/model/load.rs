@@ -1,11 +1,11 @@
 //! Builds the GPU model from what is on disk: a HF model directory, AdapterHub adapter and head
 //! folders (read by [`crate::formats::adapterhub`]).
 
-use super::adapters::{AdapterSet, ClassificationHead, Location, Placement};
+use super::adapters::{AdapterSet, ClassificationHead, Location, ModuleOptions, Placement};
 use super::config::{BertConfig, Family};
 use super::encoder::{Dims, EmbeddingLayout, Encoder};
 use super::source::FileSource;
-use crate::formats::adapterhub::{Adapter, Head, ResidualBeforeLn};
+use crate::formats::adapterhub::{Adapter, Head};
 use crate::formats::weights::{TensorMap, WeightFile};
 use crate::gpu::Gpu;
 use crate::types::Activation;
@@ -78,17 +78,7 @@ fn getter<'a>(map: &'a TensorMap, what: &'a str, family: Family) -> impl Fn(&str
 /// An adapter read from an AdapterHub folder, on the GPU.
 pub fn adapter_set(gpu: &Arc<Gpu>, a: &Adapter, cfg: &BertConfig) -> Result<AdapterSet> {
     let c = &a.config;
-    let placement = Placement {
-        original_ln_before: c.original_ln_before,
-        original_ln_after: c.original_ln_after,
-        residual_before_ln: match c.residual_before_ln {
-            ResidualBeforeLn::True => true,
-            ResidualBeforeLn::False => false,
-            ResidualBeforeLn::PostAdd => {
-                bail!("adapter {:?}: residual_before_ln \"post_add\" is not supported", a.name())
-            }
-        },
-    };
+    let placement = Placement::of(c).with_context(|| format!("adapter {:?}", a.name()))?;
     let m = a
         .layers
         .iter()
@@ -107,6 +97,7 @@ pub fn adapter_set(gpu: &Arc<Gpu>, a: &Adapter, cfg: &BertConfig) -> Result<Adap
         gpu,
         a.name(),
         placement,
+        ModuleOptions::of(c),
         c.non_linearity,
         c.scaling as f32,
         cfg.hidden_size,

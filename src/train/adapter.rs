@@ -1,9 +1,11 @@
 //! `peft train`: a new bottleneck adapter + classification head on the frozen encoder, with
 //! AdapterHub's initialisation, trained by the shared loop ([`super::trainer`]).
 
-use crate::formats::adapterhub::{BottleneckConfig, ResidualBeforeLn, WeightsFormat};
+use crate::formats::adapterhub::{BottleneckConfig, TrainedScaling, WeightsFormat, INIT_WEIGHTS};
 use crate::gpu::{Gpu, GpuTensor};
-use crate::model::adapters::{adapter_tensor_names, AdapterSet, ClassificationHead, Location, Placement};
+use crate::model::adapters::{
+    adapter_tensor_names, option_tensor_names, AdapterSet, ClassificationHead, Location, ModuleOptions, Placement,
+};
 use crate::model::config::{BertConfig, Family};
 use crate::model::encoder::Setup;
 use crate::model::load;
@@ -18,7 +20,7 @@ use crate::train::task::{start_run, RunStart};
 use crate::train::trainer::{run_loop_with, LoopControl, LoopSetup, Trainee};
 use crate::train::{checkpoint, model_name, model_parameters, Preset, TrainSummary};
 use crate::types::Activation;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde::{Deserialize, Serialize};
@@ -42,26 +44,96 @@ pub struct AdapterArgs {
     #[arg(long = "name", default_value = "task")]
     #[serde(rename = "adapter_name")]
     pub name: String,
+    /// AdapterHub's `scaling`: a number, `learned` (one trained value per module) or `channel`
+    /// (one trained value per hidden unit). Default: the preset's (parallel: 4, else 1).
+    #[arg(long, value_parser = parse_scaling)]
+    #[serde(default)]
+    pub scaling: Option<String>,
+    /// AdapterHub's `ln_before`: a trainable LayerNorm on the adapter's input.
+    #[arg(long)]
+    #[serde(default)]
+    pub ln_before: bool,
+    /// AdapterHub's `ln_after`: a trainable LayerNorm on the adapter's output.
+    #[arg(long)]
+    #[serde(default)]
+    pub ln_after: bool,
+    /// AdapterHub's `adapter_residual_before_ln` (with `--ln-after`: the residual is added before
+    /// the adapter's LayerNorm).
+    #[arg(long)]
+    #[serde(default)]
+    pub adapter_residual_before_ln: bool,
+    /// AdapterHub's `init_weights` for the new adapter: bert (N(0, 0.02)), mam_adapter (down:
+    /// Kaiming-uniform, up: zeros) or houlsby (truncated N(0, 0.01)). Default: the preset's
+    /// (parallel: mam_adapter, else bert).
+    #[arg(long, value_parser = parse_init_weights)]
+    #[serde(default)]
+    pub init_weights: Option<String>,
 }
 
 impl Default for AdapterArgs {
     fn default() -> Self {
-        Self { config: Preset::Houlsby, reduction_factor: 16.0, non_linearity: None, name: "task".into() }
+        Self {
+            config: Preset::Houlsby,
+            reduction_factor: 16.0,
+            non_linearity: None,
+            name: "task".into(),
+            scaling: None,
+            ln_before: false,
+            ln_after: false,
+            adapter_residual_before_ln: false,
+            init_weights: None,
+        }
+    }
+}
+
+/// `--scaling`: a finite number, `learned` or `channel`.
+fn parse_scaling(s: &str) -> Result<String, String> {
+    match s {
+        "learned" | "channel" => Ok(s.to_string()),
+        _ => match s.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(s.to_string()),
+            _ => Err(format!("{s:?} is neither a number nor \"learned\" / \"channel\"")),
+        },
+    }
+}
+
+/// `--init-weights`: one of AdapterHub's initialisations.
+fn parse_init_weights(s: &str) -> Result<String, String> {
+    if INIT_WEIGHTS.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not one of {INIT_WEIGHTS:?} (AdapterHub's bottleneck initialisations)"))
     }
 }
 
 impl AdapterArgs {
-    /// The AdapterHub bottleneck config of the preset on a model of `layers` layers.
-    pub fn bottleneck_config(&self, layers: usize) -> BottleneckConfig {
+    /// The AdapterHub bottleneck config of the preset and options on a model of `layers` layers.
+    pub fn bottleneck_config(&self, layers: usize) -> Result<BottleneckConfig> {
         let act = |default| self.non_linearity.unwrap_or(default);
-        match self.config {
+        let mut c = match self.config {
             Preset::Houlsby => BottleneckConfig::houlsby(self.reduction_factor, act(Activation::Silu)),
             Preset::Pfeiffer => BottleneckConfig::pfeiffer(self.reduction_factor, act(Activation::Relu)),
+            Preset::Parallel => BottleneckConfig::parallel(self.reduction_factor, act(Activation::Relu)),
             Preset::None => BottleneckConfig {
                 leave_out: (0..layers).collect(),
                 ..BottleneckConfig::pfeiffer(self.reduction_factor, act(Activation::Relu))
             },
+        };
+        if let Some(s) = &self.scaling {
+            let s = parse_scaling(s).map_err(|e| anyhow!("--scaling: {e}"))?;
+            (c.scaling, c.trained_scaling) = match s.as_str() {
+                "learned" => (1.0, Some(TrainedScaling::Learned)),
+                "channel" => (1.0, Some(TrainedScaling::Channel)),
+                x => (x.parse()?, None),
+            };
         }
+        if let Some(i) = &self.init_weights {
+            c.init_weights = parse_init_weights(i).map_err(|e| anyhow!("--init-weights: {e}"))?;
+        }
+        c.ln_before = self.ln_before;
+        c.ln_after = self.ln_after;
+        c.adapter_residual_before_ln = self.adapter_residual_before_ln;
+        Ok(c)
     }
 }
 
@@ -130,15 +202,8 @@ pub fn new_adapter(
 ) -> Result<(AdapterSet, ClassificationHead)> {
     let d = cfg.hidden_size;
     let m = bn.bottleneck_dim(d, 0)?;
-    let placement = Placement {
-        original_ln_before: bn.original_ln_before,
-        original_ln_after: bn.original_ln_after,
-        residual_before_ln: match bn.residual_before_ln {
-            ResidualBeforeLn::True => true,
-            ResidualBeforeLn::False => false,
-            ResidualBeforeLn::PostAdd => bail!("residual_before_ln \"post_add\" is not supported"),
-        },
-    };
+    let placement = Placement::of(bn)?;
+    let options = ModuleOptions::of(bn);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut values: HashMap<String, Vec<f32>> = HashMap::new();
     let sites = |loc: Location| match loc {
@@ -148,10 +213,12 @@ pub fn new_adapter(
     for l in 0..cfg.num_hidden_layers {
         for loc in [Location::Attention, Location::Output] {
             if sites(loc) && bn.has_layer(l) {
-                let names = adapter_tensor_names(name, l, loc);
-                let shapes = [vec![m, d], vec![m], vec![d, m], vec![d]];
-                for (n, s) in names.iter().zip(&shapes) {
-                    values.insert(n.clone(), init_values(&mut rng, n, s));
+                let names = adapter_tensor_names(name, l, loc, bn.ln_before);
+                for (n, v) in names.into_iter().zip(init::bottleneck(&mut rng, &bn.init_weights, d, m)?) {
+                    values.insert(n, v);
+                }
+                for (p, n, s) in option_tensor_names(name, l, loc, options, d) {
+                    values.insert(n, init::option(p, &s));
                 }
             }
         }
@@ -168,6 +235,7 @@ pub fn new_adapter(
         gpu,
         name,
         placement,
+        options,
         bn.non_linearity,
         bn.scaling as f32,
         d,
@@ -222,7 +290,7 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
     let r = &args.run;
     let RunStart { cfg, pad, task } = start_run(gpu, &args.model, &args.train, &args.data, r, rep)?;
 
-    let bn = args.adapter.bottleneck_config(cfg.num_hidden_layers);
+    let bn = args.adapter.bottleneck_config(cfg.num_hidden_layers)?;
     let (set, head) = new_adapter(gpu, &cfg, &bn, &args.adapter.name, task.labels.len(), r.seed)?;
     let trainable = set.parameters() + head.parameters();
     let model_params = model_parameters(&cfg);
@@ -262,4 +330,97 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
     };
     let ctl = LoopControl { run: run.clone(), settings: Some(args.settings()?), fingerprint: task.fingerprint() };
     run_loop_with(gpu, &mut enc, &mut trainee, &task, pad, &setup, &ctl, rep)
+}
+
+/// AdapterHub's initialisations of a new adapter module (`init_weights`, `methods/modeling.py`).
+pub(crate) mod init {
+    use crate::formats::adapterhub::OptionParam;
+    use anyhow::{bail, Result};
+    use rand::rngs::StdRng;
+    use rand::Rng;
+    use rand_distr::{Distribution, Normal};
+
+    fn normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+        let dist = Normal::new(0.0f32, std).expect("valid normal");
+        (0..n).map(|_| dist.sample(rng)).collect()
+    }
+
+    /// N(0, std) cut to [-2·std, 2·std] by redrawing (`nn.init.trunc_normal_` with a = -2·std,
+    /// b = 2·std).
+    fn truncated_normal(rng: &mut StdRng, n: usize, std: f32) -> Vec<f32> {
+        let dist = Normal::new(0.0f32, std).expect("valid normal");
+        (0..n)
+            .map(|_| loop {
+                let x = dist.sample(rng);
+                if x.abs() <= 2.0 * std {
+                    break x;
+                }
+            })
+            .collect()
+    }
+
+    /// The four bottleneck tensors (`w_down [m, d]`, `b_down`, `w_up [d, m]`, `b_up`) of one module:
+    /// "bert": weights N(0, 0.02); "mam_adapter": `w_down` Kaiming-uniform with a = √5 (U(±1/√d)),
+    /// `w_up` zeros; "houlsby": weights truncated N(0, 0.01) within ±0.02; biases zero in all.
+    pub fn bottleneck(rng: &mut StdRng, how: &str, d: usize, m: usize) -> Result<[Vec<f32>; 4]> {
+        let (w_down, w_up) = match how {
+            "bert" => (normal(rng, m * d, 0.02), normal(rng, d * m, 0.02)),
+            "mam_adapter" => {
+                let bound = 1.0 / (d as f32).sqrt();
+                ((0..m * d).map(|_| rng.random_range(-bound..bound)).collect(), vec![0.0; d * m])
+            }
+            "houlsby" => (truncated_normal(rng, m * d, 0.01), truncated_normal(rng, d * m, 0.01)),
+            other => bail!("init_weights {other:?} is not one of AdapterHub's (bert, mam_adapter, houlsby)"),
+        };
+        Ok([w_down, vec![0.0; m], w_up, vec![0.0; d]])
+    }
+
+    /// An option tensor's start: LayerNorm weights and trained scalings 1, LayerNorm biases 0.
+    pub fn option(p: OptionParam, shape: &[usize]) -> Vec<f32> {
+        let n = shape.iter().product();
+        match p {
+            OptionParam::NormBeforeBias | OptionParam::NormAfterBias => vec![0.0; n],
+            _ => vec![1.0; n],
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use rand::SeedableRng;
+
+        fn mean_std(v: &[f32]) -> (f64, f64) {
+            let n = v.len() as f64;
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+            (mean, (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt())
+        }
+
+        /// The statistics of each initialisation (64 × 48 draws per matrix).
+        #[test]
+        fn initialisations_have_adapterhubs_statistics() {
+            let (d, m) = (64, 48);
+            let mut rng = StdRng::seed_from_u64(7);
+            let [wd, bd, wu, bu] = bottleneck(&mut rng, "bert", d, m).unwrap();
+            for w in [&wd, &wu] {
+                let (mean, std) = mean_std(w);
+                assert!(mean.abs() < 0.002 && (std - 0.02).abs() < 0.001, "bert: mean {mean}, std {std}");
+            }
+            assert!(bd.iter().chain(&bu).all(|&x| x == 0.0));
+            let [wd, bd, wu, bu] = bottleneck(&mut rng, "mam_adapter", d, m).unwrap();
+            let bound = 1.0 / (d as f32).sqrt();
+            let (mean, std) = mean_std(&wd);
+            // U(-b, b): std b/√3.
+            assert!(wd.iter().all(|x| x.abs() <= bound), "mam: beyond ±{bound}");
+            assert!(mean.abs() < 0.01 && (std - bound as f64 / 3f64.sqrt()).abs() < 0.003, "mam: {mean} {std}");
+            assert!(wu.iter().chain(&bd).chain(&bu).all(|&x| x == 0.0), "mam: up-projection and biases zero");
+            let [wd, _, wu, _] = bottleneck(&mut rng, "houlsby", d, m).unwrap();
+            for w in [&wd, &wu] {
+                let (mean, std) = mean_std(w);
+                assert!(w.iter().all(|x| x.abs() <= 0.02), "houlsby: beyond ±0.02");
+                // N(0, 0.01) cut at ±2σ has std 0.01·0.8796.
+                assert!(mean.abs() < 0.001 && (std - 0.008796).abs() < 0.0005, "houlsby: {mean} {std}");
+            }
+            assert!(bottleneck(&mut rng, "lora", d, m).is_err());
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use crate::formats::adapterhub::{
     Adapter, BottleneckConfig, BottleneckWeights, Head, HeadConfig, HeadLinear, LayerAdapters, SavedConfig,
 };
-use crate::formats::weights::Tensor;
+use crate::formats::weights::{Tensor, TensorMap};
 use crate::gpu::Gpu;
 use crate::model::adapters::{AdapterSet, ClassificationHead, Location};
 use anyhow::Result;
@@ -40,7 +40,11 @@ pub fn to_adapterhub(
     }
     let saved = SavedConfig::new(&set.name, hidden, model_name, config.to_config());
     let head = head_to_adapterhub(gpu, head, labels, hidden, model_name)?;
-    Ok(Adapter { saved, config: config.clone(), layers, head: Some(head) })
+    let mut options = TensorMap::new();
+    for (n, w) in set.named_options() {
+        options.insert(n, host(gpu, w)?);
+    }
+    Ok(Adapter { saved, config: config.clone(), layers, options, head: Some(head) })
 }
 
 /// AdapterHub's in-memory classification head (for saving) from the GPU tensors.

@@ -45,6 +45,11 @@ pub enum Preset {
     Houlsby,
     /// `seq_bn`: after the FFN only (AdapterHub default: relu).
     Pfeiffer,
+    /// `par_bn`: beside the FFN, reading its input (He et al. 2022; AdapterHub defaults: relu,
+    /// scaling 4, mam_adapter initialisation).
+    #[value(name = "par_bn", alias = "parallel")]
+    #[serde(rename = "par_bn")]
+    Parallel,
     /// No adapter: the head alone on the frozen base (a baseline). Saved as a `seq_bn` adapter
     /// left out of every layer (`leave_out`: all), so eval / predict / AdapterHub load it as usual.
     None,

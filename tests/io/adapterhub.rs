@@ -182,6 +182,7 @@ fn adapter_built_in_memory_saves_and_loads() {
         layers: (0..2)
             .map(|l| LayerAdapters { attention: Some(bw(l as f32 * 10.0)), output: Some(bw(l as f32 * 10.0 + 4.0)) })
             .collect(),
+        options: Default::default(),
         head: Some(head),
     };
     let out = tempfile::tempdir().unwrap();
@@ -231,15 +232,12 @@ fn unsupported_adapter_options_are_named() {
         assert_err_contains(BottleneckConfig::from_config(&m), parts);
     };
     check("phm_layer", json!(true), &["phm_layer", "not supported"]);
-    check("is_parallel", json!(true), &["is_parallel", "not supported"]);
     check("use_gating", json!(true), &["use_gating"]);
-    check("ln_before", json!(true), &["ln_before"]);
-    check("ln_after", json!(true), &["ln_after"]);
     check("cross_adapter", json!(true), &["cross_adapter"]);
     check("inv_adapter", json!("nice"), &["inv_adapter", "nice"]);
-    check("scaling", json!("learned"), &["scaling", "learned", "not supported"]);
-    check("scaling", json!("channel"), &["scaling", "channel"]);
+    check("scaling", json!("learnt"), &["scaling", "\"learned\"", "learnt"]);
     check("scaling", json!([1]), &["scaling", "number"]);
+    check("init_weights", json!("lora"), &["init_weights", "mam_adapter", "lora"]);
     check("architecture", json!("lora"), &["architecture", "lora"]);
     check("residual_before_ln", json!("pre_add"), &["residual_before_ln", "post_add"]);
     check("non_linearity", json!("gelu_new"), &["non_linearity", "gelu_new"]);
@@ -262,4 +260,15 @@ fn unsupported_adapter_options_are_named() {
     assert_eq!(c.residual_before_ln, ResidualBeforeLn::PostAdd);
     assert_eq!((c.scaling, c.dropout), (2.5, 0.1));
     assert!(c.has_layer(0) && !c.has_layer(1));
+    // The options of issue 17 parse (par_bn, adapter LayerNorms, a trained scaling).
+    let mut m = base.clone();
+    for k in ["is_parallel", "ln_before", "ln_after"] {
+        m.insert(k.into(), json!(true));
+    }
+    m.insert("scaling".into(), json!("channel"));
+    m.insert("init_weights".into(), json!("mam_adapter"));
+    let c = BottleneckConfig::from_config(&m).unwrap();
+    assert!(c.is_parallel && c.ln_before && c.ln_after);
+    assert_eq!(c.trained_scaling, Some(peft_wgpu::formats::adapterhub::TrainedScaling::Channel));
+    assert_eq!(BottleneckConfig::from_config(&c.to_config()).unwrap(), c);
 }

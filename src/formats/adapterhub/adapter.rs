@@ -1,7 +1,7 @@
 //! A bottleneck adapter folder (`adapter_config.json` + `adapter.safetensors`, and the head saved
 //! with it): its weights, loading with every tensor checked, and saving.
 
-use super::names::{adapter_param_name, AdapterSite, BottleneckParam};
+use super::names::{adapter_tensor_name, AdapterSite, BottleneckParam, OptionParam};
 use super::{lookup, saved_family, unexpected_error, BottleneckConfig, Head, SavedConfig};
 use super::{WeightsFormat, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS};
 use crate::formats::hf_config::{BertConfig, Family};
@@ -61,6 +61,9 @@ pub struct Adapter {
     pub config: BottleneckConfig,
     /// One entry per encoder layer.
     pub layers: Vec<LayerAdapters>,
+    /// The tensors the config's options add to each module (adapter LayerNorms, trained
+    /// scaling: [`OptionParam`]), under their `bert.`-prefixed AdapterHub names.
+    pub options: TensorMap,
     pub head: Option<Head>,
 }
 
@@ -94,6 +97,8 @@ impl Adapter {
         let h = model.hidden_size;
         let mut left: BTreeSet<String> = file.names().into_iter().map(String::from).collect();
         let mut layers = Vec::with_capacity(model.num_hidden_layers);
+        let mut options = TensorMap::new();
+        let ln_before = config.ln_before;
         for l in 0..model.num_hidden_layers {
             let mut la = LayerAdapters::default();
             if config.has_layer(l) {
@@ -101,7 +106,7 @@ impl Adapter {
                 for site in config.sites() {
                     let mut t = Vec::with_capacity(4);
                     for p in BottleneckParam::ALL {
-                        let want = adapter_param_name(&name, l, site, p);
+                        let want = adapter_tensor_name(&name, l, site, p.suffix_in(ln_before));
                         let found = lookup(&file, &want, family).with_context(|| {
                             let want = family.file_name(&want);
                             format!(
@@ -114,6 +119,33 @@ impl Adapter {
                         let data = file.get_checked(&found, &p.shape(h, bn))?;
                         left.remove(&found);
                         t.push(Tensor { shape: p.shape(h, bn), data });
+                    }
+                    for p in OptionParam::for_config(&config) {
+                        let want = adapter_tensor_name(&name, l, site, p.suffix());
+                        let found = lookup(&file, &want, family).with_context(|| {
+                            format!(
+                                "{}: missing tensor {:?} (the config's options imply it)",
+                                file.path().display(),
+                                family.file_name(&want)
+                            )
+                        })?;
+                        let shape = p.shape(h, &config);
+                        let data = file.get_checked(&found, &shape)?;
+                        left.remove(&found);
+                        // The same tensor under its second name, when the file has it.
+                        if let Some(alias) = p.alias() {
+                            let a = adapter_tensor_name(&name, l, site, alias);
+                            if let Some(found) = lookup(&file, &a, family) {
+                                if file.get_checked(&found, &shape)? != data {
+                                    bail!(
+                                        "{}: {found:?} differs from {want:?}, the same tensor",
+                                        file.path().display()
+                                    );
+                                }
+                                left.remove(&found);
+                            }
+                        }
+                        options.insert(want, Tensor { shape, data });
                     }
                     let mut it = t.into_iter();
                     let w = BottleneckWeights {
@@ -134,8 +166,14 @@ impl Adapter {
             &file,
             &left,
             &format!(
-                "not implied by mh_adapter={}, output_adapter={}, leave_out={:?}, {} layers",
-                config.mh_adapter, config.output_adapter, config.leave_out, model.num_hidden_layers
+                "not implied by mh_adapter={}, output_adapter={}, leave_out={:?}, ln_before={}, ln_after={}, scaling {}, {} layers",
+                config.mh_adapter,
+                config.output_adapter,
+                config.leave_out,
+                config.ln_before,
+                config.ln_after,
+                config.trained_scaling.map_or("fixed", |t| t.name()),
+                model.num_hidden_layers
             ),
         )?;
         let head = Head::find(dir, h)?;
@@ -143,7 +181,7 @@ impl Adapter {
         if name != saved.name() {
             saved.set_name(&name);
         }
-        Ok(Self { saved, config, layers, head })
+        Ok(Self { saved, config, layers, options, head })
     }
 
     pub fn name(&self) -> &str {
@@ -168,8 +206,19 @@ impl Adapter {
             for site in [AdapterSite::Attention, AdapterSite::Output] {
                 if let Some(w) = la.site(site) {
                     for p in BottleneckParam::ALL {
-                        let name = adapter_param_name(self.name(), l, site, p);
+                        let name = adapter_tensor_name(self.name(), l, site, p.suffix_in(self.config.ln_before));
                         m.insert(family.file_name(&name), w.get(p).clone());
+                    }
+                    for p in OptionParam::for_config(&self.config) {
+                        let name = adapter_tensor_name(self.name(), l, site, p.suffix());
+                        // (Always there when loaded or built from a set; a missing one fails
+                        // the next load, naming it.)
+                        let Some(t) = self.options.get(&name) else { continue };
+                        // The library's state dict has the LayerNorm before the adapter twice.
+                        if let Some(alias) = p.alias() {
+                            m.insert(family.file_name(&adapter_tensor_name(self.name(), l, site, alias)), t.clone());
+                        }
+                        m.insert(family.file_name(&name), t.clone());
                     }
                 }
             }

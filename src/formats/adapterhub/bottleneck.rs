@@ -63,6 +63,27 @@ pub enum ResidualBeforeLn {
     PostAdd,
 }
 
+/// AdapterHub's trained `scaling` (He et al. 2022): `"learned"` is one trainable value per adapter
+/// module (`...adapters.<name>.scaling`, shape `[1]`), `"channel"` one per hidden unit (`[d]`); both
+/// start at 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainedScaling {
+    Learned,
+    Channel,
+}
+
+impl TrainedScaling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Learned => "learned",
+            Self::Channel => "channel",
+        }
+    }
+}
+
+/// How `adapters` initialises a new adapter's weights (`init_weights`).
+pub const INIT_WEIGHTS: &[&str] = &["bert", "mam_adapter", "houlsby"];
+
 /// The typed view of a bottleneck adapter's `config`, restricted to what the engine implements.
 /// Options that only matter while training (`dropout`, `stochastic_depth`) are read, not refused.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,15 +94,25 @@ pub struct BottleneckConfig {
     pub output_adapter: bool,
     pub reduction_factor: ReductionFactor,
     pub non_linearity: Activation,
+    /// The fixed scaling (1 when [`Self::trained_scaling`] is set: the trained value replaces it).
     pub scaling: f64,
+    /// `scaling: "learned"` or `"channel"`.
+    pub trained_scaling: Option<TrainedScaling>,
+    /// `is_parallel` (`par_bn`): the adapter reads the sub-layer's input and its output is added
+    /// beside the sub-layer's dense output.
+    pub is_parallel: bool,
+    /// A trainable LayerNorm on the adapter's input (`adapter_norm_before`).
+    pub ln_before: bool,
+    /// A trainable LayerNorm on the adapter's output (`adapter_norm_after`).
+    pub ln_after: bool,
     pub original_ln_before: bool,
     pub original_ln_after: bool,
     pub residual_before_ln: ResidualBeforeLn,
-    /// Only changes anything together with `ln_after` (unsupported), kept for completeness.
+    /// With `ln_after`: the adapter's residual is added before its LayerNorm, not after.
     pub adapter_residual_before_ln: bool,
     /// Layers without adapters.
     pub leave_out: Vec<usize>,
-    /// How `adapters` initialises new weights ("bert", "mam_adapter", "houlsby").
+    /// How `adapters` initialises new weights (one of [`INIT_WEIGHTS`]).
     pub init_weights: String,
     pub dropout: f64,
     pub stochastic_depth: f64,
@@ -103,22 +134,18 @@ impl BottleneckConfig {
             Ok(())
         };
         refuse_true("phm_layer", "Compacter / PHM layers")?;
-        refuse_true("is_parallel", "parallel adapters, par_bn")?;
         refuse_true("use_gating", "gated adapters")?;
-        refuse_true("ln_before", "an adapter LayerNorm before the down-projection")?;
-        refuse_true("ln_after", "an adapter LayerNorm after the up-projection")?;
         refuse_true("cross_adapter", "cross-attention adapters")?;
         match m.get("inv_adapter") {
             None | Some(Value::Null) => {}
             Some(v) => bail!("option \"inv_adapter\" is {v}: invertible adapters are not supported"),
         }
-        let scaling = match m.get("scaling") {
-            None | Some(Value::Null) => 1.0,
-            Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
-            Some(Value::String(s)) if s == "learned" || s == "channel" => {
-                bail!("option \"scaling\": {s:?} (a trained scaling) is not supported; use a number")
-            }
-            Some(other) => bail!("option \"scaling\" must be a number, got {other}"),
+        let (scaling, trained_scaling) = match m.get("scaling") {
+            None | Some(Value::Null) => (1.0, None),
+            Some(Value::Number(n)) => (n.as_f64().unwrap_or(f64::NAN), None),
+            Some(Value::String(s)) if s == "learned" => (1.0, Some(TrainedScaling::Learned)),
+            Some(Value::String(s)) if s == "channel" => (1.0, Some(TrainedScaling::Channel)),
+            Some(other) => bail!("option \"scaling\" must be a number, \"learned\" or \"channel\", got {other}"),
         };
         if !scaling.is_finite() {
             bail!("option \"scaling\" must be finite");
@@ -159,8 +186,8 @@ impl BottleneckConfig {
         };
         let init_weights = match m.get("init_weights") {
             None | Some(Value::Null) => "bert".to_string(),
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => bail!("option \"init_weights\" must be a string, got {other}"),
+            Some(Value::String(s)) if INIT_WEIGHTS.contains(&s.as_str()) => s.clone(),
+            Some(other) => bail!("option \"init_weights\" must be one of {INIT_WEIGHTS:?} (adapters 1.x), got {other}"),
         };
         Ok(Self {
             mh_adapter,
@@ -168,6 +195,10 @@ impl BottleneckConfig {
             reduction_factor,
             non_linearity,
             scaling,
+            trained_scaling,
+            is_parallel: opt_bool(m, "is_parallel", false)?,
+            ln_before: opt_bool(m, "ln_before", false)?,
+            ln_after: opt_bool(m, "ln_after", false)?,
             original_ln_before: opt_bool(m, "original_ln_before", false)?,
             original_ln_after: opt_bool(m, "original_ln_after", true)?,
             residual_before_ln,
@@ -187,6 +218,10 @@ impl BottleneckConfig {
             reduction_factor: ReductionFactor::Uniform(reduction_factor),
             non_linearity,
             scaling: 1.0,
+            trained_scaling: None,
+            is_parallel: false,
+            ln_before: false,
+            ln_after: false,
             original_ln_before: false,
             original_ln_after: true,
             residual_before_ln: ResidualBeforeLn::True,
@@ -201,6 +236,19 @@ impl BottleneckConfig {
     /// Pfeiffer et al. (2020), AdapterHub's `seq_bn` (`SeqBnConfig`).
     pub fn pfeiffer(reduction_factor: f64, non_linearity: Activation) -> Self {
         Self { mh_adapter: false, original_ln_before: true, ..Self::houlsby(reduction_factor, non_linearity) }
+    }
+
+    /// He et al. (2022)'s parallel adapter, AdapterHub's `par_bn` (`ParBnConfig`): on the FFN
+    /// only, scaling 4, "mam_adapter" initialisation (the library's defaults: reduction factor 2,
+    /// ReLU).
+    pub fn parallel(reduction_factor: f64, non_linearity: Activation) -> Self {
+        Self {
+            mh_adapter: false,
+            is_parallel: true,
+            scaling: 4.0,
+            init_weights: "mam_adapter".into(),
+            ..Self::houlsby(reduction_factor, non_linearity)
+        }
     }
 
     /// The full `config` object `adapters` 1.3.0 writes for this adapter (every field, PHM and
@@ -271,7 +319,7 @@ struct BnConfigJson<'a> {
     phm_rank: u32,
     reduction_factor: ReductionFactorJson,
     residual_before_ln: ResidualBeforeLnJson,
-    scaling: f64,
+    scaling: ScalingJson,
     #[serde(rename = "shared_W_phm")]
     shared_w_phm: bool,
     shared_phm_rule: bool,
@@ -292,11 +340,11 @@ impl<'a> From<&'a BottleneckConfig> for BnConfigJson<'a> {
             init_weights_seed: None,
             inv_adapter: None,
             inv_adapter_reduction_factor: None,
-            is_parallel: false,
+            is_parallel: c.is_parallel,
             learn_phm: true,
             leave_out: &c.leave_out,
-            ln_after: false,
-            ln_before: false,
+            ln_after: c.ln_after,
+            ln_before: c.ln_before,
             mh_adapter: c.mh_adapter,
             non_linearity: c.non_linearity.adapterhub_name(),
             original_ln_after: c.original_ln_after,
@@ -310,7 +358,11 @@ impl<'a> From<&'a BottleneckConfig> for BnConfigJson<'a> {
             phm_rank: 1,
             reduction_factor: ReductionFactorJson::from(&c.reduction_factor),
             residual_before_ln: ResidualBeforeLnJson::from(c.residual_before_ln),
-            scaling: c.scaling,
+            scaling: match c.trained_scaling {
+                Some(t) => ScalingJson::Trained(t.name()),
+                // Always a float, as `adapters` requires (`isinstance(scaling, float)`).
+                None => ScalingJson::Fixed(c.scaling),
+            },
             shared_w_phm: false,
             shared_phm_rule: true,
             stochastic_depth: c.stochastic_depth,
@@ -356,4 +408,12 @@ impl From<ResidualBeforeLn> for ResidualBeforeLnJson {
             ResidualBeforeLn::PostAdd => Self::Named("post_add"),
         }
     }
+}
+
+/// `scaling` as written: a float, or `"learned"` / `"channel"`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ScalingJson {
+    Fixed(f64),
+    Trained(&'static str),
 }

@@ -32,11 +32,14 @@ mod names;
 mod options;
 
 pub use adapter::{Adapter, BottleneckWeights, LayerAdapters};
-pub use bottleneck::{BottleneckConfig, ReductionFactor, ResidualBeforeLn};
+pub use bottleneck::{BottleneckConfig, ReductionFactor, ResidualBeforeLn, TrainedScaling, INIT_WEIGHTS};
 pub use envelope::SavedConfig;
 pub use fusion::{Fusion, FusionConfig, FusionLayer};
 pub use head::{Head, HeadConfig, HeadLinear};
-pub use names::{adapter_param_name, fusion_param_name, head_param_name, AdapterSite, BottleneckParam, FusionParam};
+pub use names::{
+    adapter_param_name, adapter_tensor_name, fusion_param_name, head_param_name, AdapterSite, BottleneckParam,
+    FusionParam, OptionParam,
+};
 pub use options::{BOTTLENECK_OPTIONS, FUSION_OPTIONS, HEAD_OPTIONS};
 
 use super::family::Family;

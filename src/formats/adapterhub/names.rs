@@ -1,6 +1,7 @@
 //! AdapterHub's tensor names: where an adapter sits in a layer, the tensors of a bottleneck, a
 //! head and a fusion, and the full names they are saved under.
 
+use super::bottleneck::{BottleneckConfig, TrainedScaling};
 use super::fusion::FusionConfig;
 use super::BASE_PREFIX;
 
@@ -49,6 +50,16 @@ impl BottleneckParam {
         }
     }
 
+    /// The suffix in an adapter with `ln_before`, whose LayerNorm is `adapter_down.0` (the
+    /// library's `nn.Sequential`), moving the down-projection to `adapter_down.1`.
+    pub fn suffix_in(self, ln_before: bool) -> &'static str {
+        match (self, ln_before) {
+            (BottleneckParam::DownWeight, true) => "adapter_down.1.weight",
+            (BottleneckParam::DownBias, true) => "adapter_down.1.bias",
+            _ => self.suffix(),
+        }
+    }
+
     pub fn shape(self, hidden: usize, bottleneck: usize) -> Vec<usize> {
         match self {
             BottleneckParam::DownWeight => vec![bottleneck, hidden],
@@ -57,6 +68,69 @@ impl BottleneckParam {
             BottleneckParam::UpBias => vec![hidden],
         }
     }
+}
+
+/// The tensors an adapter module has beyond its bottleneck, by its options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OptionParam {
+    /// `ln_before`: `adapter_norm_before.weight`, `[hidden]` (the library saves the same tensor
+    /// again as `adapter_down.0.weight`: [`Self::alias`]).
+    NormBeforeWeight,
+    NormBeforeBias,
+    /// `ln_after`: `adapter_norm_after.weight`, `[hidden]`.
+    NormAfterWeight,
+    NormAfterBias,
+    /// `scaling: "learned"` (`[1]`) or `"channel"` (`[hidden]`): `scaling`.
+    Scaling,
+}
+
+impl OptionParam {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            OptionParam::NormBeforeWeight => "adapter_norm_before.weight",
+            OptionParam::NormBeforeBias => "adapter_norm_before.bias",
+            OptionParam::NormAfterWeight => "adapter_norm_after.weight",
+            OptionParam::NormAfterBias => "adapter_norm_after.bias",
+            OptionParam::Scaling => "scaling",
+        }
+    }
+
+    /// The second name the library saves the tensor under (the LayerNorm before the adapter is
+    /// also `adapter_down.0`).
+    pub fn alias(self) -> Option<&'static str> {
+        match self {
+            OptionParam::NormBeforeWeight => Some("adapter_down.0.weight"),
+            OptionParam::NormBeforeBias => Some("adapter_down.0.bias"),
+            _ => None,
+        }
+    }
+
+    /// The tensors a config's options imply, in a fixed order.
+    pub fn for_config(c: &BottleneckConfig) -> Vec<OptionParam> {
+        let mut v = vec![];
+        if c.ln_before {
+            v.extend([OptionParam::NormBeforeWeight, OptionParam::NormBeforeBias]);
+        }
+        if c.ln_after {
+            v.extend([OptionParam::NormAfterWeight, OptionParam::NormAfterBias]);
+        }
+        if c.trained_scaling.is_some() {
+            v.push(OptionParam::Scaling);
+        }
+        v
+    }
+
+    pub fn shape(self, hidden: usize, c: &BottleneckConfig) -> Vec<usize> {
+        match (self, c.trained_scaling) {
+            (OptionParam::Scaling, Some(TrainedScaling::Learned)) => vec![1],
+            _ => vec![hidden],
+        }
+    }
+}
+
+/// AdapterHub's name of a tensor of an adapter module with this `suffix`.
+pub fn adapter_tensor_name(adapter: &str, layer: usize, site: AdapterSite, suffix: &str) -> String {
+    format!("{BASE_PREFIX}encoder.layer.{layer}.{}.adapters.{adapter}.{suffix}", site.module())
 }
 
 /// AdapterHub's name of one adapter tensor, e.g.

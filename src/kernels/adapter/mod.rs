@@ -13,10 +13,13 @@ use crate::shaders;
 use crate::types::Activation;
 use anyhow::{bail, Result};
 
+pub mod channel;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_channel;
 #[cfg(test)]
 mod tests_matmul;
 
@@ -95,7 +98,9 @@ struct Params {
 #[cfg(test)]
 pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     let p = std::mem::size_of::<Params>();
-    vec![(FORWARD, p), (BACKWARD_DX, p)]
+    let mut v = vec![(FORWARD, p), (BACKWARD_DX, p)];
+    v.extend(channel::specs());
+    v
 }
 
 /// The fused kernels' override constants: activation, workgroup size, residual mode
@@ -115,7 +120,9 @@ pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
             .collect()
     };
     // Residual::id: Input 0, Tensor 1, None 2; the backward: 1 for a residual other than the input.
-    vec![(FORWARD, sets(&[0.0, 1.0, 2.0])), (BACKWARD_DX, sets(&[0.0, 1.0]))]
+    let mut v = vec![(FORWARD, sets(&[0.0, 1.0, 2.0])), (BACKWARD_DX, sets(&[0.0, 1.0]))];
+    v.extend(channel::launches());
+    v
 }
 
 /// The weights of one bottleneck adapter on the GPU, in nn.Linear layout.

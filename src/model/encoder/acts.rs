@@ -23,6 +23,18 @@ pub(super) struct AdapterActs<'a> {
     pub around: Around,
     /// The adapter's saved pre-activation.
     pub a: GpuTensor,
+    /// What an adapter with options keeps besides (`None`: a plain bottleneck).
+    pub options: Option<Box<OptionActs>>,
+}
+
+/// The inputs of an adapter's option steps, for their gradients (`encoder/adapter.rs`).
+pub(super) struct OptionActs {
+    /// `ln_before`: the bottleneck's input, `LN_a(hs)`.
+    pub xb: Option<GpuTensor>,
+    /// A trained scaling: the bottleneck's output before it.
+    pub u: Option<GpuTensor>,
+    /// `ln_after`: the input of the adapter's LayerNorm after.
+    pub v: Option<GpuTensor>,
 }
 
 /// The FFN output with AdapterFusion over frozen adapters.

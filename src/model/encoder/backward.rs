@@ -131,6 +131,9 @@ impl Encoder {
         let (ad, around) = (acts.module, &acts.around);
         let du = self.final_ln_backward(b, around.u.as_ref(), ln_g, dfinal)?;
         let dout = du.as_ref().unwrap_or(dfinal);
+        if acts.options.is_some() {
+            return self.adapter_with_options_backward(b, acts, ln_g, dout, du.as_ref(), dh, dx_in, accumulate);
+        }
         let dhs = t(gpu, &shape)?;
         let scratch = AdapterScratch::new(gpu, shape[0], ad.shape.m)?;
         let separate = acts.placement.separate_residual();

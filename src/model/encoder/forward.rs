@@ -154,13 +154,19 @@ impl Encoder {
             let (u, out) = self.add_layer_norm(b, &h, x_in, ln_g, ln_b)?;
             return Ok(SubActs::Plain { u, out });
         };
+        if !ad.is_plain() || pl.parallel {
+            let (acts, o) = self.adapter_with_options_forward(b, ad, pl, &h, x_in, ln_g, ln_b)?;
+            let (u, out) = self.adapter_output(b, pl, o, x_in, ln_g, ln_b)?;
+            let acts = AdapterActs { around: Around { u, ..acts.around }, ..acts };
+            return Ok(SubActs::Adapter { acts, out });
+        }
         let (s1, hs) = self.adapter_input(b, pl, &h, x_in, ln_g, ln_b)?;
         let a = t(gpu, &[shape[0], ad.shape.m])?;
         let adapted = t(gpu, &shape)?;
         let residual = if pl.separate_residual() { Residual::Tensor(&h) } else { Residual::Input };
         ad.shape.forward_residual(b, &ad.w, &hs, residual, &adapted, &a)?;
         let (u, out) = self.adapter_output(b, pl, adapted, x_in, ln_g, ln_b)?;
-        let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u }, a };
+        let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u }, a, options: None };
         Ok(SubActs::Adapter { acts, out })
     }
 }

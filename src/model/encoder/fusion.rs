@@ -34,6 +34,13 @@ impl Encoder {
         let d = self.dims.hidden;
         let last = adapters.last().ok_or_else(|| anyhow::anyhow!("fusion without adapters"))?;
         let pl = last.placement;
+        if let Some(o) = adapters.iter().find(|a| a.placement.parallel || a.options != Default::default()) {
+            anyhow::bail!(
+                "fusion: adapter {:?} is parallel (par_bn) or has a trained scaling / adapter LayerNorms: \
+                 AdapterFusion over such adapters is not supported",
+                o.name
+            );
+        }
         let (s1, hs) = self.adapter_input(b, pl, &h, x_in, ln_g, ln_b)?;
         let residual = if pl.residual_before_ln { h.clone() } else { hs.clone() };
         let query = if fusion.query_before_ln { h.clone() } else { hs.clone() };

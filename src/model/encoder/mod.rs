@@ -8,6 +8,7 @@
 //! `dropout` (training passes' dropout) and `setup` (what trains).
 
 mod acts;
+mod adapter;
 mod backward;
 mod dropout;
 mod embeddings;

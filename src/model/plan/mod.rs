@@ -16,8 +16,8 @@ pub use step::plan;
 
 use super::adapters::{AdapterSet, Location, Placement};
 use super::config::BertConfig;
-use crate::formats::adapterhub::{BottleneckConfig, ResidualBeforeLn};
-use anyhow::{bail, Result};
+use crate::formats::adapterhub::BottleneckConfig;
+use anyhow::Result;
 use std::fmt;
 
 /// The trainable bottleneck adapters: placement, bottleneck width and which sites have one.
@@ -46,15 +46,7 @@ impl AdapterSpec {
 
     /// The adapters a new AdapterHub bottleneck config puts on `cfg` (before any is allocated).
     pub fn from_bottleneck(cfg: &BertConfig, bn: &BottleneckConfig) -> Result<Self> {
-        let placement = Placement {
-            original_ln_before: bn.original_ln_before,
-            original_ln_after: bn.original_ln_after,
-            residual_before_ln: match bn.residual_before_ln {
-                ResidualBeforeLn::True => true,
-                ResidualBeforeLn::False => false,
-                ResidualBeforeLn::PostAdd => bail!("residual_before_ln \"post_add\" is not supported"),
-            },
-        };
+        let placement = Placement::of(bn)?;
         let bottleneck = bn.bottleneck_dim(cfg.hidden_size, 0)?;
         let sites = (0..cfg.num_hidden_layers)
             .map(|l| (bn.mh_adapter && bn.has_layer(l), bn.output_adapter && bn.has_layer(l)))
