@@ -37,7 +37,7 @@ else:
     m.set_active_adapters(name)
     bins += [os.path.join(a.adapter[0], f) for f in ("pytorch_adapter.bin", "pytorch_model_head.bin")]
 m.eval()
-params = dict(m.named_parameters())
+params = dict(m.named_parameters(remove_duplicate=False))  # ln_before: one LayerNorm, two names
 ok = True
 for b in bins:
     sd = torch.load(b, weights_only=True)

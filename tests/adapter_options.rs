@@ -5,6 +5,7 @@
 //! ≤ 1e-4 relative; every trainable gradient ≤ 1e-3, the options' own included).
 
 mod common;
+use common::cli::*;
 use common::*;
 use peft_wgpu::formats::weights::WeightFile;
 use peft_wgpu::model::adapters::{AdapterSet, ClassificationHead};
@@ -92,4 +93,188 @@ fn parallel_adapter_matches_adapters_library() {
 #[test]
 fn parallel_houlsby_channel_scaling_matches_adapters_library() {
     parity_case("par-bn-houlsby");
+}
+
+#[test]
+fn parallel_with_layer_norms_and_channel_scaling_matches_adapters_library() {
+    parity_case("par-bn-ln");
+}
+
+/// AdamW on one fixed batch lowers the loss with each option set (new adapters, the library's
+/// initialisations), the options' own tensors training too.
+#[test]
+fn adamw_steps_lower_the_loss_with_every_option() {
+    use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
+    use peft_wgpu::train::{self, AdapterArgs, Optimizer, Preset};
+    let g = gpu();
+    let cfg = BertConfig::from_model_dir(&base()).unwrap();
+    let (_, mut enc) = load::load_encoder(&g, &base(), None).unwrap();
+    let (inputs, labels) = read_inputs_json(&case_dir("par-bn").join("inputs.json")).unwrap();
+    let with = |config, scaling: &str, (ln_before, ln_after): (bool, bool), init: &str| AdapterArgs {
+        config,
+        reduction_factor: 4.0,
+        scaling: Some(scaling.into()),
+        ln_before,
+        ln_after,
+        init_weights: Some(init.into()),
+        ..Default::default()
+    };
+    for args in [
+        with(Preset::Parallel, "4.0", (false, false), "mam_adapter"),
+        with(Preset::Parallel, "learned", (true, false), "houlsby"),
+        with(Preset::Houlsby, "channel", (true, true), "bert"),
+        with(Preset::Pfeiffer, "learned", (false, true), "mam_adapter"),
+    ] {
+        let bn = args.bottleneck_config(cfg.num_hidden_layers).unwrap();
+        let (set, head) = train::new_adapter(&g, &cfg, &bn, "task", 3, 11).unwrap();
+        let params: Vec<_> = set.named().into_iter().chain(head.named()).collect();
+        let sched = LinearSchedule { base_lr: 1e-2, warmup_steps: 0, total_steps: 1000 };
+        let mut opt = Optimizer::new(&g, &params, AdamW { lr: 1e-2, ..AdamW::default() }, sched, 1.0).unwrap();
+        let start: Vec<Vec<f32>> = set.named_options().iter().map(|(_, w)| download(w)).collect();
+        let mut losses = vec![];
+        for _ in 0..60 {
+            let out = enc.pass(&Setup::Adapter(&set), &head, &inputs, Some(&labels), true, false).unwrap();
+            losses.push(out.loss.unwrap());
+            opt.step(&g, &params).unwrap();
+        }
+        let what = format!(
+            "{:?} scaling {:?} ln_before {} ln_after {} init {:?}",
+            args.config, args.scaling, args.ln_before, args.ln_after, args.init_weights
+        );
+        assert!(losses.iter().all(|l| l.is_finite()), "{what}: {losses:?}");
+        let late = losses[45..].iter().cloned().fold(f32::INFINITY, f32::min);
+        assert!(late < 0.8 * losses[0], "{what}: loss did not fall: {losses:?}");
+        for ((name, w), s) in set.named_options().iter().zip(&start) {
+            let moved = download(w).iter().zip(s).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(moved > 1e-4, "{what}: {name} did not train");
+        }
+        println!("{what}: loss {} -> {late}", losses[0]);
+    }
+}
+
+/// `peft train` with the options: par_bn with a learned scaling, both adapter LayerNorms and
+/// Houlsby's initialisation; Houlsby adapters with a per-channel scaling and mam initialisation.
+/// AdamW moves every option tensor off its start, the saved config says what was trained (as
+/// `adapters` writes it) and eval of the saved folder reproduces the best epoch.
+#[test]
+fn train_with_options_trains_saves_and_loads_back() {
+    use peft_wgpu::train::{self, AdapterArgs, DataArgs, LoopArgs, OptimizerArgs, Preset, TrainArgs};
+    let g = gpu();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let (train_csv, dev_csv) = toy_data(dir.path());
+    let cfg = BertConfig::from_model_dir(&model).unwrap();
+    let cases = [
+        (
+            "par_bn",
+            AdapterArgs {
+                config: Preset::Parallel,
+                reduction_factor: 4.0,
+                scaling: Some("learned".into()),
+                ln_before: true,
+                ln_after: true,
+                init_weights: Some("houlsby".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "houlsby",
+            AdapterArgs {
+                config: Preset::Houlsby,
+                reduction_factor: 4.0,
+                scaling: Some("channel".into()),
+                init_weights: Some("mam_adapter".into()),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, adapter) in cases {
+        let out = dir.path().join(what);
+        let args = TrainArgs {
+            model: model.clone(),
+            train: train_csv.clone(),
+            data: DataArgs { dev: Some(dev_csv.clone()), max_length: 16, ..Default::default() },
+            adapter: adapter.clone(),
+            run: LoopArgs { epochs: 3, batch_size: 4, ..Default::default() },
+            optimizer: OptimizerArgs { lr: 1e-2, ..Default::default() },
+            out: out.clone(),
+            ..TrainArgs::default()
+        };
+        let s = train::train(&g, &args).unwrap();
+        assert!(s.train_losses.iter().all(|l| l.is_finite()), "{what}: {:?}", s.train_losses);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+        let c = &v["config"];
+        assert_eq!(c["is_parallel"], serde_json::json!(adapter.config == Preset::Parallel), "{what}");
+        assert_eq!(c["scaling"], serde_json::json!(adapter.scaling.as_deref().unwrap()), "{what}");
+        assert_eq!(c["ln_before"], serde_json::json!(adapter.ln_before), "{what}");
+        assert_eq!(c["ln_after"], serde_json::json!(adapter.ln_after), "{what}");
+        assert_eq!(c["init_weights"], serde_json::json!(adapter.init_weights.as_deref().unwrap()), "{what}");
+        // Every option tensor trained away from its start (scalings and gammas 1, betas 0).
+        let (set, _) = load::load_adapter(&g, &out, &cfg).unwrap();
+        let options = set.named_options();
+        let per_module = if adapter.config == Preset::Parallel { 5 } else { 1 };
+        let modules = if adapter.config == Preset::Parallel { 2 } else { 4 };
+        assert_eq!(options.len(), per_module * modules, "{what}: option tensors");
+        for (name, w) in options {
+            let start = if name.ends_with("bias") { 0.0 } else { 1.0 };
+            let moved = download(w).iter().map(|x| (x - start).abs()).fold(0.0f32, f32::max);
+            assert!(moved > 1e-4, "{what}: {name} did not train (max change {moved})");
+        }
+        let scores = train::evaluate(&g, &model, &out, &dev_csv, &Default::default(), 4, 16).unwrap();
+        assert!(
+            (scores.accuracy - s.best_accuracy).abs() < 1e-12,
+            "{what}: eval {} vs best {}",
+            scores.accuracy,
+            s.best_accuracy
+        );
+    }
+}
+
+/// Bad option values are refused before anything runs, naming the option.
+#[test]
+fn bad_option_values_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let (t, d) = toy_data(dir.path());
+    let out = dir.path().join("out");
+    let (m, t, d, o) = (s(&model), s(&t), s(&d), s(&out));
+    for (flag, value, parts) in [
+        ("--scaling", "huge", &["--scaling", "learned", "huge"][..]),
+        ("--init-weights", "lora", &["--init-weights", "mam_adapter", "lora"][..]),
+        ("--config", "prefix", &["--config", "par_bn"][..]),
+    ] {
+        let mut args = train_args(&m, &t, &d, &o);
+        args.extend([flag, value]);
+        // A bad value of an option is a usage error (exit code 2, clap's message).
+        let r = peft(&args);
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        for p in parts {
+            assert!(err.contains(p), "{flag} {value}: stderr does not mention {p:?}:\n{err}");
+        }
+    }
+    assert!(!out.exists(), "a failed run wrote its output folder");
+}
+
+/// AdapterFusion over Houlsby (`double_seq_bn`) adapters fuses at the attention output too
+/// (`attention.output.adapter_fusion_layer`), which the engine does not: refused by name.
+#[test]
+fn fusion_over_houlsby_adapters_is_refused_clearly() {
+    let dir = case_dir("fusion-houlsby");
+    let out = std::env::temp_dir().join(format!("peft-fusion-houlsby-{}.safetensors", std::process::id()));
+    let args = peft_wgpu::train::grads::GradsArgs {
+        model: base(),
+        adapters: ["src1", "src2"].iter().map(|a| dir.join("adapters").join(a)).collect(),
+        fusion: Some(dir.join("fusion")),
+        head: Some(dir.join("head")),
+        inputs: dir.join("inputs.json"),
+        out: out.clone(),
+        ..Default::default()
+    };
+    let e = peft_wgpu::train::grads::run(&gpu(), &args).map(|_| ());
+    let msg = assert_err_contains(e, &["attention"]);
+    println!("{msg}");
+    assert!(!out.exists());
 }

@@ -60,8 +60,9 @@ impl Optimizer {
         optim::sum_of_squares(b, &grads, &self.ss)?;
         optim::clip_factor(b, &self.ss, self.clip, &self.scale)?;
         for ((name, w, g), (m, v)) in params.iter().zip(&self.moments) {
-            // As HF's Trainer: no weight decay for biases (and LayerNorm weights, which adapters lack).
-            let decay = !name.ends_with("bias");
+            // As HF's Trainer: no weight decay for biases and LayerNorm weights (the adapters' own
+            // `adapter_norm_before` / `adapter_norm_after`).
+            let decay = !name.ends_with("bias") && !name.contains(".adapter_norm_");
             optim::adamw_step(b, &self.opt, self.step, lr, 1.0, Some(&self.scale), decay, w, g, m, v)?;
         }
         Ok(lr)
