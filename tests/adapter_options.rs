@@ -278,3 +278,54 @@ fn fusion_over_houlsby_adapters_is_refused_clearly() {
     println!("{msg}");
     assert!(!out.exists());
 }
+
+/// With the options: `--recompute` gives the same bits, layer chunks (ragged 2 + 1 and one at a
+/// time, whose gradients the options' own included are summed chunk by chunk) agree to f32
+/// rounding, with dropout on and off, resident and streamed.
+#[test]
+fn recompute_and_layer_chunks_with_options() {
+    use peft_wgpu::model::encoder::{DropoutRates, PassDropout};
+    let g = gpu();
+    let cfg = BertConfig::from_model_dir(&base()).unwrap();
+    for case in ["ln", "par-bn-ln", "scaling-learned", "ln-residual-before"] {
+        let dir = case_dir(case);
+        let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();
+        let head = head.unwrap();
+        let (inputs, labels) = read_inputs_json(&dir.join("inputs.json")).unwrap();
+        let named: Vec<_> = adapter.named().into_iter().chain(head.named()).collect();
+        for dropout in [false, true] {
+            let run = |recompute: bool, chunk: usize, resident: Option<usize>| -> Vec<(String, Vec<f32>)> {
+                let (_, mut enc) = load::load_encoder(&g, &base(), resident).unwrap();
+                enc.recompute = recompute;
+                enc.layer_chunk = chunk;
+                for (_, _, grad) in &named {
+                    grad.write(&g, &vec![f32::NAN; grad.numel()]).unwrap();
+                }
+                let drop =
+                    dropout.then(|| PassDropout { rates: DropoutRates::uniform(0.1).unwrap(), seed: 99, step: 3 });
+                let out = enc
+                    .pass_with_dropout(&Setup::Adapter(&adapter), &head, &inputs, Some(&labels), true, true, drop)
+                    .unwrap();
+                let mut r = vec![("logits".to_string(), out.logits.clone()), ("loss".into(), vec![out.loss.unwrap()])];
+                r.extend(named.iter().map(|(n, _, grad)| (n.clone(), download(grad))));
+                r
+            };
+            let keep = run(false, 0, None);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            for resident in [None, Some(1)] {
+                for ((n, a), (_, b)) in keep.iter().zip(&run(true, 0, resident)) {
+                    assert!(
+                        bits(a) == bits(b),
+                        "{case} dropout {dropout} resident {resident:?}: {n} differs with --recompute"
+                    );
+                }
+            }
+            for (chunk, resident) in [(2, None), (1, Some(1))] {
+                for ((n, a), (_, b)) in keep.iter().zip(&run(true, chunk, resident)) {
+                    assert!(b.iter().all(|x| x.is_finite()), "{case}: {n} not written in chunks");
+                    assert_close(&format!("{case} dropout {dropout} chunk {chunk}: {n}"), b, &f64s(a), 1e-5);
+                }
+            }
+        }
+    }
+}
