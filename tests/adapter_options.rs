@@ -329,3 +329,79 @@ fn recompute_and_layer_chunks_with_options() {
         }
     }
 }
+
+/// The memory planner counts what the options allocate: planned peak within 10% of the measured
+/// one for a training step (forward, backward, AdamW) with each option set, activations kept or
+/// recomputed in layer chunks.
+#[test]
+fn planned_peak_with_options_within_10_percent_of_measured() {
+    use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
+    use peft_wgpu::model::plan::{self, AdapterSpec, Choice, PlanInput};
+    use peft_wgpu::train::{self, AdapterArgs, Optimizer, Preset};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = peft_wgpu::bench::model::preset("minilm").unwrap();
+    (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) = (72, 3, 4, 136);
+    (cfg.vocab_size, cfg.max_position_embeddings) = (600, 40);
+    let dir = tmp.path().join("small");
+    peft_wgpu::bench::model::write_random_model(&cfg, &dir, 3).unwrap();
+    let cfg = BertConfig::from_model_dir(&dir).unwrap();
+    let (batch, seq) = (6, 13);
+    let args = |config, scaling: &str, ln: bool| AdapterArgs {
+        config,
+        reduction_factor: 4.0,
+        scaling: Some(scaling.into()),
+        ln_before: ln,
+        ln_after: ln,
+        ..Default::default()
+    };
+    for adapter in [
+        args(Preset::Parallel, "channel", true),
+        args(Preset::Houlsby, "learned", true),
+        args(Preset::Pfeiffer, "learned", false),
+    ] {
+        for (recompute, layer_chunk) in [(false, None), (true, Some(2))] {
+            let g = peft_wgpu::Gpu::for_tests();
+            let bn = adapter.bottleneck_config(cfg.num_hidden_layers).unwrap();
+            let spec = AdapterSpec::from_bottleneck(&cfg, &bn).unwrap();
+            let input = PlanInput {
+                cfg: &cfg,
+                batch,
+                seq,
+                labels: 2,
+                adapter: &spec,
+                resident_layers: cfg.num_hidden_layers,
+                recompute: false,
+                layer_chunk: 0,
+                keep_ffn_output: false,
+                dropout: Default::default(),
+            };
+            let choice =
+                Choice { resident_layers: None, recompute: Some(recompute), layer_chunk, keep_ffn_output: Some(false) };
+            let planned = plan::choose_for(&g, &input, choice, None).unwrap();
+            let (_, mut enc) = load::load_encoder(&g, &dir, Some(planned.resident_layers())).unwrap();
+            enc.follow(&planned);
+            let (set, head) = train::new_adapter(&g, &cfg, &bn, "task", 2, 0).unwrap();
+            let params: Vec<_> = set.named().into_iter().chain(head.named()).collect();
+            let sched = LinearSchedule { base_lr: 1e-4, warmup_steps: 0, total_steps: 1 };
+            let mut opt = Optimizer::new(&g, &params, AdamW::default(), sched, 1.0).unwrap();
+            let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 37 % 500 + 5) as u32).collect();
+            let inputs = peft_wgpu::model::encoder::Inputs {
+                batch,
+                seq,
+                ids,
+                token_types: vec![0; batch * seq],
+                mask: vec![1.0; batch * seq],
+            };
+            let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
+            enc.pass(&Setup::Adapter(&set), &head, &inputs, Some(&labels), true, false).unwrap();
+            opt.step(&g, &params).unwrap();
+            let measured = g.memory.peak();
+            let plan = planned.peak.total();
+            let err = (plan as f64 - measured as f64) / measured as f64;
+            let what =
+                format!("{:?} {:?} ln {} recompute {recompute}", adapter.config, adapter.scaling, adapter.ln_before);
+            println!("{what}: planned {plan} B, measured {measured} B ({:+.2}%)", 100.0 * err);
+            assert!(err.abs() <= 0.10, "{what}: plan off by {:.1}%", 100.0 * err);
+        }
+    }
+}

@@ -122,6 +122,11 @@ impl ModuleOptions {
         Self { trained_scaling: c.trained_scaling, ln_before: c.ln_before, ln_after: c.ln_after }
     }
 
+    /// The number of values of each option tensor of one module.
+    pub fn tensor_sizes(&self, d: usize) -> Vec<usize> {
+        self.params(d).into_iter().map(|(_, s)| s.iter().product()).collect()
+    }
+
     /// The option tensors (in [`OptionParam`]'s order) with their shapes.
     fn params(&self, d: usize) -> Vec<(OptionParam, Vec<usize>)> {
         let mut v = vec![];

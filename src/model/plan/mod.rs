@@ -14,7 +14,7 @@ mod step;
 pub use choose::{choose, choose_for, keep_choice, parse_size, Choice};
 pub use step::plan;
 
-use super::adapters::{AdapterSet, Location, Placement};
+use super::adapters::{AdapterSet, Location, ModuleOptions, Placement};
 use super::config::BertConfig;
 use crate::formats::adapterhub::BottleneckConfig;
 use anyhow::Result;
@@ -24,6 +24,8 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdapterSpec {
     pub placement: Placement,
+    /// Trained scaling, adapter LayerNorms.
+    pub options: ModuleOptions,
     pub bottleneck: usize,
     /// Per layer: (adapter after attention, adapter after the FFN).
     pub sites: Vec<(bool, bool)>,
@@ -41,7 +43,7 @@ impl AdapterSpec {
         let sites = (0..layers)
             .map(|l| (set.at(l, Location::Attention).is_some(), set.at(l, Location::Output).is_some()))
             .collect();
-        Self { placement: set.placement, bottleneck: m, sites }
+        Self { placement: set.placement, options: set.options, bottleneck: m, sites }
     }
 
     /// The adapters a new AdapterHub bottleneck config puts on `cfg` (before any is allocated).
@@ -51,7 +53,7 @@ impl AdapterSpec {
         let sites = (0..cfg.num_hidden_layers)
             .map(|l| (bn.mh_adapter && bn.has_layer(l), bn.output_adapter && bn.has_layer(l)))
             .collect();
-        Ok(Self { placement, bottleneck, sites })
+        Ok(Self { placement, options: ModuleOptions::of(bn), bottleneck, sites })
     }
 
     fn at(&self, l: usize, loc: Location) -> bool {
@@ -60,7 +62,8 @@ impl AdapterSpec {
 
     /// Trainable parameters of the adapters.
     pub fn parameters(&self, d: usize) -> u64 {
-        let per = (2 * d * self.bottleneck + self.bottleneck + d) as u64;
+        let options: usize = self.options.tensor_sizes(d).iter().sum();
+        let per = (2 * d * self.bottleneck + self.bottleneck + d + options) as u64;
         self.sites.iter().map(|s| s.0 as u64 + s.1 as u64).sum::<u64>() * per
     }
 }

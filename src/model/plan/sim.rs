@@ -1,7 +1,7 @@
 //! The allocation replay the planner runs: categories of bytes, what is live, what a wait frees,
 //! and the sizes of one sub-layer's allocations.
 
-use super::super::adapters::Placement;
+use super::super::adapters::{ModuleOptions, Placement};
 use super::Breakdown;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -63,13 +63,22 @@ impl Sim {
     }
 }
 
+/// An adapter at a site: its placement and options.
+pub(super) type SiteAdapter = (Placement, ModuleOptions);
+
+/// Whether the adapter takes the options path (`encoder/adapter.rs`) rather than the plain one.
+fn with_options((pl, o): SiteAdapter) -> bool {
+    pl.parallel || o != ModuleOptions::default()
+}
+
 /// Allocations of one sub-layer's forward with an optional adapter: (kept for backward, temporary).
 /// Mirrors `Encoder::sublayer_forward`; `h` (the dense output, `t` bytes) is counted by the caller
 /// as temporary and is kept instead when it is the adapter's input.
-pub(super) fn sublayer_fwd(adapter: Option<Placement>, t: u64, m: u64) -> (u64, u64, bool) {
+pub(super) fn sublayer_fwd(adapter: Option<SiteAdapter>, t: u64, m: u64) -> (u64, u64, bool) {
     match adapter {
         None => (2 * t, 0, false),
-        Some(pl) => {
+        Some(a) if with_options(a) => options_fwd(a, t, m),
+        Some((pl, _)) => {
             let mut kept = m; // adapter pre-activation
             let mut temp = 0;
             let h_kept = !pl.original_ln_before;
@@ -87,11 +96,49 @@ pub(super) fn sublayer_fwd(adapter: Option<Placement>, t: u64, m: u64) -> (u64, 
     }
 }
 
+/// [`sublayer_fwd`] of an adapter with options (`Encoder::adapter_with_options_forward`).
+fn options_fwd((pl, o): SiteAdapter, t: u64, m: u64) -> (u64, u64, bool) {
+    let mut kept = m; // pre-activation
+    let mut temp = 0;
+    if pl.original_ln_before {
+        kept += 2 * t; // s1, hs
+    }
+    if o.ln_before {
+        kept += t; // the bottleneck's input
+        temp += t; // its normalised input
+    }
+    let scaling = o.trained_scaling.is_some();
+    let before = !pl.parallel && pl.adapter_residual_before_ln && o.ln_after;
+    if scaling {
+        kept += t; // the bottleneck's output, for the scaling's gradient
+    } else if before {
+        temp += t; // the bottleneck's output, the residual added to a copy
+    }
+    if o.ln_after {
+        kept += t; // its LayerNorm's input
+        temp += t; // normalised
+        if pl.parallel || !before {
+            temp += t; // its output, before the residual / h is added
+        }
+    } else {
+        temp += t; // the scaled output, before the residual / h is added
+    }
+    if pl.original_ln_after {
+        temp += t; // adapted
+        kept += 2 * t; // u, out
+    } else {
+        kept += t; // adapted = out
+    }
+    // The sequential adapter's input is h itself unless the LayerNorm before made another.
+    (kept, temp, !pl.parallel && !pl.original_ln_before)
+}
+
 /// Allocations of one sub-layer's backward (all temporary). Mirrors `Encoder::adapter_backward`.
-pub(super) fn sublayer_bwd(adapter: Option<Placement>, t: u64, m: u64) -> u64 {
+pub(super) fn sublayer_bwd(adapter: Option<SiteAdapter>, t: u64, m: u64) -> u64 {
     match adapter {
         None => 0,
-        Some(pl) => {
+        Some(a) if with_options(a) => options_bwd(a, t, m),
+        Some((pl, _)) => {
             let mut b = t + 2 * m; // dhs, adapter scratch
             if pl.original_ln_after {
                 b += t; // du
@@ -102,6 +149,38 @@ pub(super) fn sublayer_bwd(adapter: Option<Placement>, t: u64, m: u64) -> u64 {
             b
         }
     }
+}
+
+/// [`sublayer_bwd`] of an adapter with options (`Encoder::adapter_with_options_backward`).
+fn options_bwd((pl, o): SiteAdapter, t: u64, m: u64) -> u64 {
+    let mut b = t + 2 * m; // the bottleneck's input gradient, its scratch
+    let norm = 3 * t; // an adapter LayerNorm's input gradient, x̂ and dx̂
+    if pl.original_ln_after {
+        b += t; // du
+    }
+    if o.ln_after {
+        b += norm;
+    }
+    if o.trained_scaling.is_some() {
+        b += t; // the bottleneck output's gradient
+    }
+    if o.ln_before {
+        b += norm;
+    }
+    if pl.parallel {
+        if pl.original_ln_after {
+            b += t; // dx_in = adapter input's gradient + du
+        }
+    } else {
+        b += t; // dh = ds1 + the residual's gradient (separate residual), else dhs's sum
+        if pl.original_ln_before {
+            b += t; // ds1
+            if pl.original_ln_after {
+                b += t; // dx_in = ds1 + du
+            }
+        }
+    }
+    b
 }
 
 /// Bytes of the activations of `seqs` sequences.

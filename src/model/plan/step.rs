@@ -2,9 +2,9 @@
 //! what is resident before the step, the embeddings, each layer's forward, the head and loss,
 //! each layer's backward.
 
-use super::super::adapters::{Location, Placement};
+use super::super::adapters::Location;
 use super::super::store::LayerWeights;
-use super::sim::{b4, sublayer_bwd, sublayer_fwd, when, Cat, Sim, Sizes};
+use super::sim::{b4, sublayer_bwd, sublayer_fwd, when, Cat, Sim, SiteAdapter, Sizes};
 use super::{DropoutSites, MemoryPlan, PlanInput};
 use anyhow::{bail, Result};
 
@@ -117,8 +117,8 @@ impl<'p> Replay<'p> {
         }
     }
 
-    fn adapter_at(&self, l: usize, loc: Location) -> Option<Placement> {
-        self.p.adapter.at(l, loc).then_some(self.p.adapter.placement)
+    fn adapter_at(&self, l: usize, loc: Location) -> Option<SiteAdapter> {
+        self.p.adapter.at(l, loc).then_some((self.p.adapter.placement, self.p.adapter.options))
     }
 
     /// Resident before the step: embeddings (tables only when the layers are resident too),
@@ -150,6 +150,12 @@ impl<'p> Replay<'p> {
             for loc in [Location::Attention, Location::Output] {
                 if self.p.adapter.at(l, loc) {
                     adapter_tensors.extend([m * ud, m, ud * m, ud]);
+                    adapter_tensors.extend(self.p.adapter.options.tensor_sizes(self.d).into_iter().map(|n| n as u64));
+                    // Each adapter LayerNorm's unit gamma and zero beta.
+                    let norms = self.p.adapter.options.ln_before as u64 + self.p.adapter.options.ln_after as u64;
+                    for _ in 0..2 * norms {
+                        s.alloc(Cat::Trainable, b4(ud));
+                    }
                 }
             }
         }
