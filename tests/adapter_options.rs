@@ -58,7 +58,7 @@ fn check(case: &str, out: &PassOutput, grads: &[(String, Vec<f32>)], dir: &Path)
 
 fn parity_case(case: &str) {
     let dir = case_dir(case);
-    let cfg = BertConfig::from_model_dir(&base()).unwrap();
+    let cfg = BertConfig::from_model_dir(base()).unwrap();
     let (adapter, head) = load::load_adapter(&gpu(), &dir.join("adapter"), &cfg).unwrap();
     let head = head.expect("head saved with the adapter");
     let (out, grads) = pass(&adapter, &head, &dir);
@@ -107,7 +107,7 @@ fn adamw_steps_lower_the_loss_with_every_option() {
     use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
     use peft_wgpu::train::{self, AdapterArgs, Optimizer, Preset};
     let g = gpu();
-    let cfg = BertConfig::from_model_dir(&base()).unwrap();
+    let cfg = BertConfig::from_model_dir(base()).unwrap();
     let (_, mut enc) = load::load_encoder(&g, &base(), None).unwrap();
     let (inputs, labels) = read_inputs_json(&case_dir("par-bn").join("inputs.json")).unwrap();
     let with = |config, scaling: &str, (ln_before, ln_after): (bool, bool), init: &str| AdapterArgs {
@@ -286,7 +286,7 @@ fn fusion_over_houlsby_adapters_is_refused_clearly() {
 fn recompute_and_layer_chunks_with_options() {
     use peft_wgpu::model::encoder::{DropoutRates, PassDropout};
     let g = gpu();
-    let cfg = BertConfig::from_model_dir(&base()).unwrap();
+    let cfg = BertConfig::from_model_dir(base()).unwrap();
     for case in ["ln", "par-bn-ln", "scaling-learned", "ln-residual-before"] {
         let dir = case_dir(case);
         let (adapter, head) = load::load_adapter(&g, &dir.join("adapter"), &cfg).unwrap();

@@ -84,6 +84,48 @@ impl Adapter {
     }
 }
 
+/// `y = x ⊙ s + add` over rows of `d` (`s`: one value or `d`; `add`: none, `[d]` or `[t·d]`).
+pub fn channel_scale(x: &[f64], s: &[f64], add: Option<&[f64]>, d: usize) -> Vec<f64> {
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let k = i % d;
+            let scaled = v * s[if s.len() == 1 { 0 } else { k }];
+            match add {
+                Some(a) if a.len() == d => scaled + a[k],
+                Some(a) => scaled + a[i],
+                None => scaled,
+            }
+        })
+        .collect()
+}
+
+/// Gradient of `s` in `y = u ⊙ s`: per channel, or one sum when `s` is one value.
+pub fn scale_grad(dy: &[f64], u: &[f64], d: usize, scalar: bool) -> Vec<f64> {
+    let mut g = vec![0.0; d];
+    for (i, (a, b)) in dy.iter().zip(u).enumerate() {
+        g[i % d] += a * b;
+    }
+    if scalar {
+        vec![g.iter().sum()]
+    } else {
+        g
+    }
+}
+
+/// A LayerNorm with trainable gamma and beta: `(dx, d_gamma, d_beta)` for upstream `dy`.
+pub fn layer_norm_grads(x: &[f64], gamma: &[f64], eps: f64, dy: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let d = gamma.len();
+    let rows = x.len() / d;
+    let ones = vec![1.0; d];
+    let zeros = vec![0.0; d];
+    let x_hat = crate::kernels::layernorm::reference::layer_norm(x, rows, d, &ones, &zeros, eps);
+    let d_gamma = scale_grad(dy, &x_hat, d, false);
+    let d_beta = scale_grad(dy, &vec![1.0; x.len()], d, false);
+    let dx = crate::kernels::layernorm::reference::layer_norm_backward(x, dy, rows, d, gamma, eps);
+    (dx, d_gamma, d_beta)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,46 +188,4 @@ mod tests {
             fd_param!(b_up);
         }
     }
-}
-
-/// `y = x ⊙ s + add` over rows of `d` (`s`: one value or `d`; `add`: none, `[d]` or `[t·d]`).
-pub fn channel_scale(x: &[f64], s: &[f64], add: Option<&[f64]>, d: usize) -> Vec<f64> {
-    x.iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let k = i % d;
-            let scaled = v * s[if s.len() == 1 { 0 } else { k }];
-            match add {
-                Some(a) if a.len() == d => scaled + a[k],
-                Some(a) => scaled + a[i],
-                None => scaled,
-            }
-        })
-        .collect()
-}
-
-/// Gradient of `s` in `y = u ⊙ s`: per channel, or one sum when `s` is one value.
-pub fn scale_grad(dy: &[f64], u: &[f64], d: usize, scalar: bool) -> Vec<f64> {
-    let mut g = vec![0.0; d];
-    for (i, (a, b)) in dy.iter().zip(u).enumerate() {
-        g[i % d] += a * b;
-    }
-    if scalar {
-        vec![g.iter().sum()]
-    } else {
-        g
-    }
-}
-
-/// A LayerNorm with trainable gamma and beta: `(dx, d_gamma, d_beta)` for upstream `dy`.
-pub fn layer_norm_grads(x: &[f64], gamma: &[f64], eps: f64, dy: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    let d = gamma.len();
-    let rows = x.len() / d;
-    let ones = vec![1.0; d];
-    let zeros = vec![0.0; d];
-    let x_hat = crate::kernels::layernorm::reference::layer_norm(x, rows, d, &ones, &zeros, eps);
-    let d_gamma = scale_grad(dy, &x_hat, d, false);
-    let d_beta = scale_grad(dy, &vec![1.0; x.len()], d, false);
-    let dx = crate::kernels::layernorm::reference::layer_norm_backward(x, dy, rows, d, gamma, eps);
-    (dx, d_gamma, d_beta)
 }
