@@ -294,12 +294,20 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
     let (set, head) = new_adapter(gpu, &cfg, &bn, &args.adapter.name, task.labels.len(), r.seed)?;
     let trainable = set.parameters() + head.parameters();
     let model_params = model_parameters(&cfg);
+    let mut options = vec![match bn.trained_scaling {
+        Some(t) => format!("scaling {}", t.name()),
+        None => format!("scaling {}", bn.scaling),
+    }];
+    options.extend(bn.ln_before.then(|| "ln_before".to_string()));
+    options.extend(bn.ln_after.then(|| "ln_after".to_string()));
+    options.push(format!("init {}", bn.init_weights));
     rep.message(&format!(
-        "adapter: {} ({:?}, reduction factor {}, {}), {} trainable parameters = {:.2}% of the model's {}",
+        "adapter: {} ({:?}, reduction factor {}, {}, {}), {} trainable parameters = {:.2}% of the model's {}",
         args.adapter.name,
         args.adapter.config,
         args.adapter.reduction_factor,
         bn.non_linearity.adapterhub_name(),
+        options.join(", "),
         trainable,
         100.0 * trainable as f64 / model_params as f64,
         model_params
