@@ -405,3 +405,25 @@ fn planned_peak_with_options_within_10_percent_of_measured() {
         }
     }
 }
+
+/// The options are part of a run's resume settings: written and read back unchanged.
+#[test]
+fn options_round_trip_through_the_resume_settings() {
+    use peft_wgpu::train::{AdapterArgs, Preset, TrainArgs};
+    let a = TrainArgs {
+        adapter: AdapterArgs {
+            config: Preset::Parallel,
+            scaling: Some("channel".into()),
+            ln_before: true,
+            ln_after: true,
+            adapter_residual_before_ln: true,
+            init_weights: Some("houlsby".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let v = serde_json::to_value(&a).unwrap();
+    assert_eq!((v["config"].as_str(), v["scaling"].as_str()), (Some("par_bn"), Some("channel")));
+    let back: TrainArgs = serde_json::from_value(v).unwrap();
+    assert_eq!(back.adapter, a.adapter);
+}

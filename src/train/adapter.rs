@@ -44,29 +44,31 @@ pub struct AdapterArgs {
     #[arg(long = "name", default_value = "task")]
     #[serde(rename = "adapter_name")]
     pub name: String,
+    // The options below are left out of the resume settings at their defaults (settings written
+    // before they existed read and write back unchanged).
     /// AdapterHub's `scaling`: a number, `learned` (one trained value per module) or `channel`
     /// (one trained value per hidden unit). Default: the preset's (parallel: 4, else 1).
     #[arg(long, value_parser = parse_scaling)]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<String>,
     /// AdapterHub's `ln_before`: a trainable LayerNorm on the adapter's input.
     #[arg(long)]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ln_before: bool,
     /// AdapterHub's `ln_after`: a trainable LayerNorm on the adapter's output.
     #[arg(long)]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ln_after: bool,
     /// AdapterHub's `adapter_residual_before_ln` (with `--ln-after`: the residual is added before
     /// the adapter's LayerNorm).
     #[arg(long)]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adapter_residual_before_ln: bool,
     /// AdapterHub's `init_weights` for the new adapter: bert (N(0, 0.02)), mam_adapter (down:
     /// Kaiming-uniform, up: zeros) or houlsby (truncated N(0, 0.01)). Default: the preset's
     /// (parallel: mam_adapter, else bert).
     #[arg(long, value_parser = parse_init_weights)]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_weights: Option<String>,
 }
 
