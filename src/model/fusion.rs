@@ -1,6 +1,8 @@
-//! AdapterFusion layers of a whole model on the GPU (one per layer at the FFN output), with
-//! their gradients, named as AdapterHub names them.
+//! AdapterFusion layers of a whole model on the GPU, with their gradients, named as AdapterHub
+//! names them: one per layer at the FFN output, and one at the attention output where every
+//! fused adapter has a module there (Houlsby / `double_seq_bn` adapters), as the library does.
 
+use super::adapters::Location;
 use crate::formats::adapterhub::{Fusion, FusionConfig, FusionLayer, SavedConfig};
 use crate::formats::weights::{Tensor, TensorMap};
 use crate::gpu::GpuTensor;
@@ -23,16 +25,20 @@ pub struct FusionModel {
     pub shape: FusionShape,
     pub query_before_ln: bool,
     pub temperature: f32,
+    /// At the FFN output, per layer (`None`: no fusion layer there).
     pub layers: Vec<Option<FusionLayerGpu>>,
+    /// At the attention output, per layer (all `None` over Pfeiffer / `seq_bn` adapters).
+    pub attention_layers: Vec<Option<FusionLayerGpu>>,
     /// AdapterHub's options (saved with the weights).
     pub config: FusionConfig,
-    /// When set, `[layers, N]`: every forward pass adds each layer's softmax weights summed over
-    /// the batch's real tokens (see [`FusionModel::record_weights`]).
+    /// When set, `[2·layers, N]` (rows `l`: FFN output, `layers + l`: attention output): every
+    /// forward pass adds each fusion layer's softmax weights summed over the batch's real tokens
+    /// (see [`FusionModel::record_weights`]).
     pub weight_sums: Option<GpuTensor>,
 }
 
-fn names(name: &str, layer: usize) -> [String; 5] {
-    let p = format!("bert.encoder.layer.{layer}.output.adapter_fusion_layer.{name}");
+fn names(name: &str, layer: usize, loc: Location) -> [String; 5] {
+    let p = format!("{}.adapter_fusion_layer.{name}", loc.module_path(layer));
     [
         format!("{p}.query.weight"),
         format!("{p}.query.bias"),
@@ -78,22 +84,27 @@ impl FusionModel {
             GpuTensor::from_slice(gpu, shape, &t.data)
         };
         let name = f.fusion_name();
-        let mut layers = vec![];
-        for (l, present) in f.layers.iter().enumerate() {
-            if present.is_none() {
-                layers.push(None);
-                continue;
+        let upload_site = |site: &[Option<FusionLayer>], loc: Location| -> Result<Vec<Option<FusionLayerGpu>>> {
+            let mut layers = vec![];
+            for (l, present) in site.iter().enumerate() {
+                if present.is_none() {
+                    layers.push(None);
+                    continue;
+                }
+                let [qw, qb, kw, kb, vw] = names(&name, l, loc);
+                let w = FusionWeights {
+                    w_q: get(&qw, &[d, d])?,
+                    b_q: get(&qb, &[d])?,
+                    w_k: get(&kw, &[d, d])?,
+                    b_k: get(&kb, &[d])?,
+                    w_v: if c.value { Some(get(&vw, &[d, d])?) } else { None },
+                };
+                layers.push(Some(FusionLayerGpu { w, grad: FusionWeights::zeros(gpu, &shape)? }));
             }
-            let [qw, qb, kw, kb, vw] = names(&name, l);
-            let w = FusionWeights {
-                w_q: get(&qw, &[d, d])?,
-                b_q: get(&qb, &[d])?,
-                w_k: get(&kw, &[d, d])?,
-                b_k: get(&kb, &[d])?,
-                w_v: if c.value { Some(get(&vw, &[d, d])?) } else { None },
-            };
-            layers.push(Some(FusionLayerGpu { w, grad: FusionWeights::zeros(gpu, &shape)? }));
-        }
+            Ok(layers)
+        };
+        let layers = upload_site(&f.layers, Location::Output)?;
+        let attention_layers = upload_site(&f.attention_layers, Location::Attention)?;
         Ok(Self {
             name,
             adapter_names: f.adapter_names.clone(),
@@ -101,6 +112,7 @@ impl FusionModel {
             query_before_ln: c.query_before_ln,
             temperature: 1.0,
             layers,
+            attention_layers,
             config: c.clone(),
             weight_sums: None,
         })
@@ -108,14 +120,14 @@ impl FusionModel {
 
     /// A new fusion over `adapter_names` with AdapterHub's initialisation
     /// ([`FusionHostWeights::adapterhub_init`]: W_Q, W_K ~ N(0, 0.02), biases 0, W_V the identity
-    /// with 1e-6 elsewhere when `value_initialized`, else N(0, 0.02)), in the layers where
-    /// `present(l)`.
+    /// with 1e-6 elsewhere when `value_initialized`, else N(0, 0.02)), at the sites where
+    /// `present(l, loc)` (drawn FFN-output layers first, then attention-output ones).
     pub fn new_initialized<R: rand::Rng>(
         gpu: &Arc<Gpu>,
         adapter_names: &[String],
         config: &FusionConfig,
         layers: usize,
-        present: &dyn Fn(usize) -> bool,
+        present: &dyn Fn(usize, Location) -> bool,
         d: usize,
         rng: &mut R,
     ) -> Result<Self> {
@@ -126,20 +138,25 @@ impl FusionModel {
         }
         let shape =
             FusionShape { d, n: adapter_names.len(), value: config.value, residual_before: config.residual_before };
-        let mut out = vec![];
-        for l in 0..layers {
-            if !present(l) {
-                out.push(None);
-                continue;
+        let mut init_site = |loc: Location| -> Result<Vec<Option<FusionLayerGpu>>> {
+            let mut out = vec![];
+            for l in 0..layers {
+                if !present(l, loc) {
+                    out.push(None);
+                    continue;
+                }
+                let mut host = FusionHostWeights::adapterhub_init(d, config.value && config.value_initialized, rng);
+                if config.value && !config.value_initialized {
+                    let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
+                    host.w_v = Some((0..d * d).map(|_| normal.sample(rng)).collect());
+                }
+                out.push(Some(FusionLayerGpu { w: host.upload(gpu)?, grad: FusionWeights::zeros(gpu, &shape)? }));
             }
-            let mut host = FusionHostWeights::adapterhub_init(d, config.value && config.value_initialized, rng);
-            if config.value && !config.value_initialized {
-                let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
-                host.w_v = Some((0..d * d).map(|_| normal.sample(rng)).collect());
-            }
-            out.push(Some(FusionLayerGpu { w: host.upload(gpu)?, grad: FusionWeights::zeros(gpu, &shape)? }));
-        }
-        if out.iter().all(Option::is_none) {
+            Ok(out)
+        };
+        let out = init_site(Location::Output)?;
+        let attention_layers = init_site(Location::Attention)?;
+        if out.iter().chain(&attention_layers).all(Option::is_none) {
             bail!("fusion {name:?}: no layer has all of its adapters");
         }
         Ok(Self {
@@ -149,6 +166,7 @@ impl FusionModel {
             query_before_ln: config.query_before_ln,
             temperature: 1.0,
             layers: out,
+            attention_layers,
             config: config.clone(),
             weight_sums: None,
         })
@@ -157,32 +175,48 @@ impl FusionModel {
     /// AdapterHub's in-memory fusion (for saving), with the weights read back from the GPU.
     pub fn to_fusion(&self, gpu: &Gpu, hidden: usize, model_name: &str) -> Result<Fusion> {
         let host = |t: &GpuTensor| -> Result<Tensor> { Tensor::new(t.shape.clone(), t.to_vec(gpu)?) };
-        let mut layers = vec![];
-        for layer in &self.layers {
-            let Some(x) = layer else {
-                layers.push(None);
-                continue;
-            };
-            layers.push(Some(FusionLayer {
-                query_weight: Some(host(&x.w.w_q)?),
-                query_bias: Some(host(&x.w.b_q)?),
-                key_weight: Some(host(&x.w.w_k)?),
-                key_bias: Some(host(&x.w.b_k)?),
-                value_weight: x.w.w_v.as_ref().map(host).transpose()?,
-            }));
-        }
+        let download = |site: &[Option<FusionLayerGpu>]| -> Result<Vec<Option<FusionLayer>>> {
+            let mut layers = vec![];
+            for layer in site {
+                let Some(x) = layer else {
+                    layers.push(None);
+                    continue;
+                };
+                layers.push(Some(FusionLayer {
+                    query_weight: Some(host(&x.w.w_q)?),
+                    query_bias: Some(host(&x.w.b_q)?),
+                    key_weight: Some(host(&x.w.w_k)?),
+                    key_bias: Some(host(&x.w.b_k)?),
+                    value_weight: x.w.w_v.as_ref().map(host).transpose()?,
+                }));
+            }
+            Ok(layers)
+        };
+        let (layers, attention_layers) = (download(&self.layers)?, download(&self.attention_layers)?);
         let saved: SavedConfig = Fusion::new_saved_config(&self.adapter_names, hidden, model_name, &self.config);
-        Ok(Fusion { saved, config: self.config.clone(), adapter_names: self.adapter_names.clone(), layers, head: None })
+        Ok(Fusion {
+            saved,
+            config: self.config.clone(),
+            adapter_names: self.adapter_names.clone(),
+            layers,
+            attention_layers,
+            head: None,
+        })
+    }
+
+    /// Every fusion layer, both sites.
+    pub fn all_layers(&self) -> impl Iterator<Item = &FusionLayerGpu> {
+        self.layers.iter().chain(&self.attention_layers).flatten()
     }
 
     /// Trainable parameters (all fusion layers).
     pub fn parameters(&self) -> usize {
-        self.layers.iter().flatten().count() * self.shape.parameters()
+        self.all_layers().count() * self.shape.parameters()
     }
 
     /// Starts (or restarts) recording the softmax weights: zeroes [`FusionModel::weight_sums`].
     pub fn start_recording(&mut self, gpu: &Gpu) -> Result<()> {
-        self.weight_sums = Some(GpuTensor::zeros(gpu, &[self.layers.len(), self.shape.n])?);
+        self.weight_sums = Some(GpuTensor::zeros(gpu, &[2 * self.layers.len(), self.shape.n])?);
         Ok(())
     }
 
@@ -191,10 +225,17 @@ impl FusionModel {
         self.weight_sums = None;
     }
 
-    /// Called by the encoder after layer `layer`'s fusion forward: when recording, adds
-    /// `maskᵀ · p` (the softmax weights `p` `[T, N]` summed over real tokens; `mask` `[T]` is 1 for
-    /// real tokens, 0 for padding) to row `layer` of the sums, on the GPU.
-    pub fn record_weights(&self, b: &mut CommandRecorder, p: &GpuTensor, mask: &GpuTensor, layer: usize) -> Result<()> {
+    /// Called by the encoder after the fusion forward at `loc` of layer `layer`: when recording,
+    /// adds `maskᵀ · p` (the softmax weights `p` `[T, N]` summed over real tokens; `mask` `[T]` is
+    /// 1 for real tokens, 0 for padding) to that site's row of the sums, on the GPU.
+    pub fn record_weights(
+        &self,
+        b: &mut CommandRecorder,
+        p: &GpuTensor,
+        mask: &GpuTensor,
+        layer: usize,
+        loc: Location,
+    ) -> Result<()> {
         let Some(sums) = &self.weight_sums else { return Ok(()) };
         let (n, t) = (self.shape.n, mask.numel());
         if p.numel() != t * n {
@@ -205,13 +246,20 @@ impl FusionModel {
             View::rows(mask, t),
             View::rows(p, n),
             None,
-            View::rows(sums, n).offset(layer * n),
+            View::rows(sums, n).offset(self.sum_row(layer, loc) * n),
         )
     }
 
-    /// The recorded sums divided by `tokens` (the real tokens the recorded passes saw), per layer
-    /// with a fusion layer: `(layer, mean weight per adapter)`.
-    pub fn recorded_means(&self, gpu: &Gpu, tokens: usize) -> Result<Vec<(usize, Vec<f64>)>> {
+    fn sum_row(&self, layer: usize, loc: Location) -> usize {
+        match loc {
+            Location::Output => layer,
+            Location::Attention => self.layers.len() + layer,
+        }
+    }
+
+    /// The recorded sums divided by `tokens` (the real tokens the recorded passes saw), per
+    /// fusion layer at `loc`: `(layer, mean weight per adapter)`.
+    pub fn recorded_means(&self, gpu: &Gpu, tokens: usize, loc: Location) -> Result<Vec<(usize, Vec<f64>)>> {
         let sums = self.weight_sums.as_ref().ok_or_else(|| anyhow!("fusion weights were not recorded"))?;
         if tokens == 0 {
             bail!("fusion weights: no tokens were recorded");
@@ -219,21 +267,31 @@ impl FusionModel {
         let v = sums.to_vec(gpu)?;
         let n = self.shape.n;
         Ok((0..self.layers.len())
-            .filter(|&l| self.layers[l].is_some())
-            .map(|l| (l, v[l * n..(l + 1) * n].iter().map(|&x| x as f64 / tokens as f64).collect()))
+            .filter(|&l| self.at(l, loc).is_some())
+            .map(|l| {
+                let r = self.sum_row(l, loc);
+                (l, v[r * n..(r + 1) * n].iter().map(|&x| x as f64 / tokens as f64).collect())
+            })
             .collect())
     }
 
-    pub fn at(&self, layer: usize) -> Option<&FusionLayerGpu> {
-        self.layers.get(layer).and_then(|l| l.as_ref())
+    /// The fusion layer at `loc` of `layer`, if any.
+    pub fn at(&self, layer: usize, loc: Location) -> Option<&FusionLayerGpu> {
+        let site = match loc {
+            Location::Output => &self.layers,
+            Location::Attention => &self.attention_layers,
+        };
+        site.get(layer).and_then(|l| l.as_ref())
     }
 
-    /// Every (AdapterHub name, weight, gradient), in a stable order.
+    /// Every (AdapterHub name, weight, gradient), in a stable order (layer by layer, the
+    /// attention output's before the FFN output's).
     pub fn named(&self) -> Vec<(String, &GpuTensor, &GpuTensor)> {
         let mut out = vec![];
-        for (l, layer) in self.layers.iter().enumerate() {
-            let Some(x) = layer else { continue };
-            let [qw, qb, kw, kb, vw] = names(&self.name, l);
+        let sites = (0..self.layers.len()).flat_map(|l| [(l, Location::Attention), (l, Location::Output)]);
+        for (l, loc) in sites {
+            let Some(x) = self.at(l, loc) else { continue };
+            let [qw, qb, kw, kb, vw] = names(&self.name, l, loc);
             out.push((qw, &x.w.w_q, &x.grad.w_q));
             out.push((qb, &x.w.b_q, &x.grad.b_q));
             out.push((kw, &x.w.w_k, &x.grad.w_k));

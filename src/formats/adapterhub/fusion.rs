@@ -1,7 +1,7 @@
 //! An AdapterFusion (`adapter_fusion_config.json` + `model_adapter_fusion.safetensors`): its
 //! typed config, per-layer weights, loading and saving.
 
-use super::names::{fusion_param_name, FusionParam};
+use super::names::{fusion_site_param_name, AdapterSite, FusionParam};
 use super::options::{opt_number, refuse_unknown, req_bool, to_object, FUSION_OPTIONS};
 use super::{
     lookup, saved_family, unexpected_error, Head, SavedConfig, WeightsFormat, BASE_PREFIX, FUSION_CONFIG_FILE,
@@ -114,8 +114,13 @@ pub struct Fusion {
     pub config: FusionConfig,
     /// The fused adapters, in order.
     pub adapter_names: Vec<String>,
-    /// One entry per encoder layer; `None` for a layer without a fusion layer (adapters left out).
+    /// The fusion layers at the FFN output (`output.adapter_fusion_layer`), one entry per encoder
+    /// layer; `None` for a layer without one (adapters left out, or none at that site).
     pub layers: Vec<Option<FusionLayer>>,
+    /// The fusion layers at the attention output (`attention.output.adapter_fusion_layer`), which
+    /// the library adds where every fused adapter has a module after the attention (Houlsby /
+    /// `double_seq_bn`); all `None` over Pfeiffer / `seq_bn` adapters.
+    pub attention_layers: Vec<Option<FusionLayer>>,
     /// A head saved in the same folder, if any.
     pub head: Option<Head>,
 }
@@ -149,35 +154,13 @@ impl Fusion {
         };
         let fname = adapter_names.join(",");
         let file = FUSION_WEIGHTS.open(dir)?;
-        let h = model.hidden_size;
-        let params = FusionParam::for_config(&config);
         let mut left: BTreeSet<String> = file.names().into_iter().map(String::from).collect();
-        let mut layers = Vec::with_capacity(model.num_hidden_layers);
-        for l in 0..model.num_hidden_layers {
-            let names: Vec<Option<String>> =
-                params.iter().map(|&p| lookup(&file, &fusion_param_name(&fname, l, p), family)).collect();
-            if names.iter().all(Option::is_none) {
-                layers.push(None);
-                continue;
-            }
-            let mut fl = FusionLayer::default();
-            for (&p, found) in params.iter().zip(names) {
-                let found = found.with_context(|| {
-                    format!(
-                        "{}: missing tensor {:?} (layer {l} has other fusion tensors)",
-                        file.path().display(),
-                        family.file_name(&fusion_param_name(&fname, l, p))
-                    )
-                })?;
-                let data = file.get_checked(&found, &p.shape(h))?;
-                left.remove(&found);
-                fl.set(p, Tensor { shape: p.shape(h), data });
-            }
-            layers.push(Some(fl));
-        }
-        if layers.iter().all(Option::is_none) {
+        let mut read_site = |site| read_fusion_site(&file, &fname, site, &config, model, &mut left);
+        let attention_layers = read_site(AdapterSite::Attention)?;
+        let layers = read_site(AdapterSite::Output)?;
+        if layers.iter().chain(&attention_layers).all(Option::is_none) {
             bail!(
-                "{}: no fusion tensors named \"{}\"",
+                "{}: no fusion tensors named \"{}\" (or at attention.output)",
                 file.path().display(),
                 family.file_name(&format!("{BASE_PREFIX}encoder.layer.<L>.output.adapter_fusion_layer.{fname}.*"))
             );
@@ -190,8 +173,8 @@ impl Fusion {
                 config.query, config.key, config.value
             ),
         )?;
-        let head = Head::find(dir, h)?;
-        Ok(Self { saved, config, adapter_names, layers, head })
+        let head = Head::find(dir, model.hidden_size)?;
+        Ok(Self { saved, config, adapter_names, layers, attention_layers, head })
     }
 
     /// Saves for a `family` model: its `model_type` / `model_class` in the configs (the head's
@@ -217,11 +200,13 @@ impl Fusion {
     pub fn tensors_named_for(&self, family: crate::formats::family::Family) -> TensorMap {
         let fname = self.fusion_name();
         let mut m = TensorMap::new();
-        for (l, fl) in self.layers.iter().enumerate() {
-            let Some(fl) = fl else { continue };
-            for p in FusionParam::for_config(&self.config) {
-                if let Some(t) = fl.get(p) {
-                    m.insert(family.file_name(&fusion_param_name(&fname, l, p)), t.clone());
+        for (site, layers) in [(AdapterSite::Attention, &self.attention_layers), (AdapterSite::Output, &self.layers)] {
+            for (l, fl) in layers.iter().enumerate() {
+                let Some(fl) = fl else { continue };
+                for p in FusionParam::for_config(&self.config) {
+                    if let Some(t) = fl.get(p) {
+                        m.insert(family.file_name(&fusion_site_param_name(&fname, l, site, p)), t.clone());
+                    }
                 }
             }
         }
@@ -256,4 +241,43 @@ impl Fusion {
     ) -> SavedConfig {
         SavedConfig::new_fusion(adapter_names, hidden, model_name, config.to_config())
     }
+}
+
+/// Reads the fusion layers at one `site` of every layer (`None` where a layer has no fusion
+/// tensor there); what it reads is taken out of `left`.
+fn read_fusion_site(
+    file: &crate::formats::weights::WeightFile,
+    fname: &str,
+    site: AdapterSite,
+    config: &FusionConfig,
+    model: &BertConfig,
+    left: &mut BTreeSet<String>,
+) -> Result<Vec<Option<FusionLayer>>> {
+    let (h, family) = (model.hidden_size, model.family());
+    let params = FusionParam::for_config(config);
+    let name = |l, p| fusion_site_param_name(fname, l, site, p);
+    let mut layers = Vec::with_capacity(model.num_hidden_layers);
+    for l in 0..model.num_hidden_layers {
+        let names: Vec<Option<String>> = params.iter().map(|&p| lookup(file, &name(l, p), family)).collect();
+        if names.iter().all(Option::is_none) {
+            layers.push(None);
+            continue;
+        }
+        let mut fl = FusionLayer::default();
+        for (&p, found) in params.iter().zip(names) {
+            let found = found.with_context(|| {
+                format!(
+                    "{}: missing tensor {:?} (layer {l} has other fusion tensors at {})",
+                    file.path().display(),
+                    family.file_name(&name(l, p)),
+                    site.module()
+                )
+            })?;
+            let data = file.get_checked(&found, &p.shape(h))?;
+            left.remove(&found);
+            fl.set(p, Tensor { shape: p.shape(h), data });
+        }
+        layers.push(Some(fl));
+    }
+    Ok(layers)
 }

@@ -37,8 +37,8 @@ pub use envelope::SavedConfig;
 pub use fusion::{Fusion, FusionConfig, FusionLayer};
 pub use head::{Head, HeadConfig, HeadLinear};
 pub use names::{
-    adapter_param_name, adapter_tensor_name, fusion_param_name, head_param_name, AdapterSite, BottleneckParam,
-    FusionParam, OptionParam,
+    adapter_param_name, adapter_tensor_name, fusion_param_name, fusion_site_param_name, head_param_name, AdapterSite,
+    BottleneckParam, FusionParam, OptionParam,
 };
 pub use options::{BOTTLENECK_OPTIONS, FUSION_OPTIONS, HEAD_OPTIONS};
 

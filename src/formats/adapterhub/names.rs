@@ -189,8 +189,14 @@ impl FusionParam {
     }
 }
 
-/// `bert.encoder.layer.L.output.adapter_fusion_layer.<fusion name>.<param>`; the fusion name is
-/// the adapter names joined by commas (`src1,src2,src3`).
+/// `bert.encoder.layer.L.output.adapter_fusion_layer.<fusion name>.<param>` (the fusion layer at
+/// the FFN output); the fusion name is the adapter names joined by commas (`src1,src2,src3`).
 pub fn fusion_param_name(fusion: &str, layer: usize, param: FusionParam) -> String {
-    format!("{BASE_PREFIX}encoder.layer.{layer}.output.adapter_fusion_layer.{fusion}.{}", param.suffix())
+    fusion_site_param_name(fusion, layer, AdapterSite::Output, param)
+}
+
+/// A fusion tensor at `site`: the library puts a fusion layer wherever all fused adapters have a
+/// module (`attention.output.adapter_fusion_layer.…` too, over Houlsby / `double_seq_bn` ones).
+pub fn fusion_site_param_name(fusion: &str, layer: usize, site: AdapterSite, param: FusionParam) -> String {
+    format!("{BASE_PREFIX}encoder.layer.{layer}.{}.adapter_fusion_layer.{fusion}.{}", site.module(), param.suffix())
 }

@@ -37,7 +37,7 @@ pub(super) struct OptionActs {
     pub v: Option<GpuTensor>,
 }
 
-/// The FFN output with AdapterFusion over frozen adapters.
+/// A sub-layer output (FFN, or attention) with AdapterFusion over frozen adapters.
 pub(super) struct FusionActs<'a> {
     pub fusion: &'a FusionModel,
     pub layer: &'a FusionLayerGpu,

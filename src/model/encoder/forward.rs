@@ -54,7 +54,12 @@ impl Encoder {
         linear(b, &ctx, &w.ao_w, Some(&w.ao_b), &h1)?;
         let h1 = self.dropout_rows(b, dropout, l, Site::AttentionOutput, h1)?;
         b.phase(format_args!("layer {l} / adapters {pass}"));
-        let attn = self.sublayer_forward(b, h1, x, &w.ln1_g, &w.ln1_b, setup.adapter(l, Location::Attention))?;
+        // Softmax weights of a fusion summed over real tokens, when the caller records them.
+        let record = if recomputing { None } else { Some(mask) };
+        let attn = match setup.fusion_at(l, Location::Attention) {
+            Some(f) => self.fusion_forward(b, h1, x, &w.ln1_g, &w.ln1_b, f, (l, Location::Attention), record)?,
+            None => self.sublayer_forward(b, h1, x, &w.ln1_g, &w.ln1_b, setup.adapter(l, Location::Attention))?,
+        };
         let y1 = attn.out().clone();
         let ffn_dim = self.dims.ffn;
         b.phase(format_args!("layer {l} / FFN {pass}"));
@@ -73,12 +78,8 @@ impl Encoder {
         };
         let h2_out = h2.clone();
         b.phase(format_args!("layer {l} / adapters {pass}"));
-        let ffn = match setup.fusion_at(l) {
-            Some(f) => {
-                // Softmax weights summed over real tokens, when the caller records them.
-                let record = if recomputing { None } else { Some(mask) };
-                self.fusion_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, f, l, record)?
-            }
+        let ffn = match setup.fusion_at(l, Location::Output) {
+            Some(f) => self.fusion_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, f, (l, Location::Output), record)?,
             None => self.sublayer_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, setup.adapter(l, Location::Output))?,
         };
         Ok((LayerActs { q, k, v, probs, attn, pre, ffn }, h2_out))

@@ -1,4 +1,5 @@
-//! The FFN output with AdapterFusion over frozen adapters: forward and backward.
+//! A sub-layer's output (FFN or attention) with AdapterFusion over frozen adapters: forward and
+//! backward.
 
 use super::super::adapters::{AdapterSet, Location};
 use super::super::fusion::{FusionLayerGpu, FusionModel};
@@ -12,10 +13,12 @@ use anyhow::Result;
 use std::sync::Arc;
 
 impl Encoder {
-    /// FFN output with AdapterFusion: the last adapter's placement decides the LayerNorms and the
-    /// residual (AdapterHub's `compose_fuse`); each frozen adapter's scaled up-projection `z_n`
-    /// is mixed by the fusion attention. With `record`, the mask of real tokens, the softmax
-    /// weights are summed for the caller (see [`FusionModel::record_weights`]).
+    /// A sub-layer's output (at `loc`: the FFN's, or the attention's over Houlsby adapters) with
+    /// AdapterFusion: the last adapter's placement decides the LayerNorms and the residual
+    /// (AdapterHub's `compose_fuse`, the same at each site); each frozen adapter's scaled
+    /// up-projection `z_n` at `loc` is mixed by the fusion attention. With `record`, the mask of
+    /// real tokens, the softmax weights are summed for the caller (see
+    /// [`FusionModel::record_weights`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fusion_forward<'s>(
         &self,
@@ -25,7 +28,7 @@ impl Encoder {
         ln_g: &GpuTensor,
         ln_b: &GpuTensor,
         (adapters, fusion, fl): (&'s [&'s AdapterSet], &'s FusionModel, &'s FusionLayerGpu),
-        l: usize,
+        (l, loc): (usize, Location),
         record: Option<&GpuTensor>,
     ) -> Result<SubActs<'s>> {
         let gpu = &self.gpu;
@@ -48,8 +51,8 @@ impl Encoder {
         let mut a_saved = vec![];
         let mut modules = vec![];
         for (n, set) in adapters.iter().enumerate() {
-            let ad = set.at(l, Location::Output).ok_or_else(|| {
-                anyhow::anyhow!("fusion: adapter {:?} has no FFN-output adapter in layer {l}", set.name)
+            let ad = set.at(l, loc).ok_or_else(|| {
+                anyhow::anyhow!("fusion: adapter {:?} has no adapter at {} in layer {l}", set.name, loc.module_path(l))
             })?;
             let a = t(gpu, &[tok, ad.shape.m])?;
             let zn = t(gpu, &shape)?;
@@ -63,14 +66,14 @@ impl Encoder {
         fusion.shape.forward(b, &fl.w, &query, &z, &residual, fusion.temperature, &o, &saved)?;
         let (u, out) = self.adapter_output(b, pl, o, x_in, ln_g, ln_b)?;
         if let Some(mask) = record {
-            fusion.record_weights(b, &saved.p, mask, l)?;
+            fusion.record_weights(b, &saved.p, mask, l, loc)?;
         }
         let around = Around { s1, hs, u };
         let acts = FusionActs { fusion, layer: fl, modules, around, query, residual, z, a: a_saved, saved };
         Ok(SubActs::Fusion { acts: Box::new(acts), out })
     }
 
-    /// Gradient of the fused FFN output: from `dfinal` to `dh` (the dense output) and `dx_in`
+    /// Gradient of a fused sub-layer output: from `dfinal` to `dh` (the dense output) and `dx_in`
     /// (written), and the fusion layer's gradients (written).
     pub(super) fn fusion_backward(
         &self,

@@ -9,7 +9,8 @@ pub enum Setup<'a> {
     None,
     /// One adapter set (trainable).
     Adapter(&'a AdapterSet),
-    /// AdapterFusion over frozen adapters at the FFN output (fusion trains).
+    /// AdapterFusion over frozen adapters at the FFN output, and at the attention output where the
+    /// adapters have modules there (fusion trains).
     Fusion { adapters: Vec<&'a AdapterSet>, fusion: &'a FusionModel },
 }
 
@@ -22,11 +23,14 @@ impl<'a> Setup<'a> {
         }
     }
 
-    /// AdapterFusion at the FFN output of layer `l`: the frozen adapter sets, the fusion and its
-    /// layer.
-    pub(super) fn fusion_at(&self, l: usize) -> Option<(&[&'a AdapterSet], &'a FusionModel, &'a FusionLayerGpu)> {
+    /// AdapterFusion at `loc` of layer `l`: the frozen adapter sets, the fusion and its layer.
+    pub(super) fn fusion_at(
+        &self,
+        l: usize,
+        loc: Location,
+    ) -> Option<(&[&'a AdapterSet], &'a FusionModel, &'a FusionLayerGpu)> {
         match self {
-            Setup::Fusion { adapters, fusion } => fusion.at(l).map(|fl| (adapters.as_slice(), *fusion, fl)),
+            Setup::Fusion { adapters, fusion } => fusion.at(l, loc).map(|fl| (adapters.as_slice(), *fusion, fl)),
             _ => None,
         }
     }
@@ -40,7 +44,7 @@ impl<'a> Setup<'a> {
         match self {
             Setup::None => false,
             Setup::Adapter(a) => a.at(l, loc).is_some(),
-            Setup::Fusion { fusion, .. } => loc == Location::Output && fusion.at(l).is_some(),
+            Setup::Fusion { fusion, .. } => fusion.at(l, loc).is_some(),
         }
     }
 

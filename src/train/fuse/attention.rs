@@ -1,8 +1,9 @@
-//! The fusion-attention insight: the mean softmax weight per adapter per layer over the real
+//! The fusion-attention insight: the mean softmax weight per adapter per fusion layer over the real
 //! tokens of a data set, summed on the GPU by the encoder's fusion forward
 //! ([`FusionModel::record_weights`]).
 
 use crate::gpu::Gpu;
+use crate::model::adapters::Location;
 use crate::model::fusion::FusionModel;
 use crate::train::metrics;
 use anyhow::{Context, Result};
@@ -13,10 +14,16 @@ use std::path::Path;
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FusionAttention {
     pub adapter_names: Vec<String>,
-    /// Encoder layers with a fusion layer.
+    /// Encoder layers with a fusion layer at the FFN output.
     pub layers: Vec<usize>,
     /// `[layer][adapter]`; each row sums to 1 (softmax weights averaged over tokens).
     pub mean: Vec<Vec<f64>>,
+    /// Encoder layers with a fusion layer at the attention output (over Houlsby adapters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_layers: Vec<usize>,
+    /// `[layer][adapter]` of those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_mean: Vec<Vec<f64>>,
     /// Real (unpadded) tokens averaged over.
     pub tokens: usize,
 }
@@ -25,22 +32,41 @@ impl FusionAttention {
     /// Reads the sums the fusion recorded (see [`FusionModel::start_recording`]) over `tokens`
     /// real tokens.
     pub fn from_recorded(gpu: &Gpu, fusion: &FusionModel, tokens: usize) -> Result<Self> {
-        let rows = fusion.recorded_means(gpu, tokens)?;
+        let rows = fusion.recorded_means(gpu, tokens, Location::Output)?;
+        let attention = fusion.recorded_means(gpu, tokens, Location::Attention)?;
         Ok(Self {
             adapter_names: fusion.adapter_names.clone(),
             layers: rows.iter().map(|r| r.0).collect(),
             mean: rows.into_iter().map(|r| r.1).collect(),
+            attention_layers: attention.iter().map(|r| r.0).collect(),
+            attention_mean: attention.into_iter().map(|r| r.1).collect(),
             tokens,
         })
     }
 
-    /// The mean over layers, per adapter.
+    /// Every row with its label, layer by layer (the attention output's first): `"3"` over
+    /// adapters at the FFN output only, else `"3 attn"` / `"3 ffn"`.
+    pub fn rows(&self) -> Vec<(String, &[f64])> {
+        let both = !self.attention_layers.is_empty();
+        let attn = self.attention_layers.iter().zip(&self.attention_mean).map(|(l, v)| (*l, 0, format!("{l} attn"), v));
+        let out = self
+            .layers
+            .iter()
+            .zip(&self.mean)
+            .map(|(l, v)| (*l, 1, if both { format!("{l} ffn") } else { l.to_string() }, v));
+        let mut rows: Vec<_> = attn.chain(out).collect();
+        rows.sort_by_key(|r| (r.0, r.1));
+        rows.into_iter().map(|(_, _, label, v)| (label, v.as_slice())).collect()
+    }
+
+    /// The mean over fusion layers, per adapter.
     pub fn overall(&self) -> Vec<f64> {
         let n = self.adapter_names.len();
+        let rows = self.rows();
         let mut m = vec![0.0; n];
-        for row in &self.mean {
-            for (a, v) in m.iter_mut().zip(row) {
-                *a += v / self.mean.len().max(1) as f64;
+        for (_, row) in &rows {
+            for (a, v) in m.iter_mut().zip(*row) {
+                *a += v / rows.len().max(1) as f64;
             }
         }
         m
@@ -50,34 +76,36 @@ impl FusionAttention {
     pub fn table(&self) -> String {
         let w = self.adapter_names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(6);
         let mut s =
-            format!("fusion attention: mean softmax weight per adapter ({} real tokens)\n{:<7}", self.tokens, "layer");
+            format!("fusion attention: mean softmax weight per adapter ({} real tokens)\n{:<8}", self.tokens, "layer");
         for n in &self.adapter_names {
             s.push_str(&format!(" {n:>w$}"));
         }
         s.push('\n');
         let mut row = |label: String, vals: &[f64]| {
-            s.push_str(&format!("{label:<7}"));
+            s.push_str(&format!("{label:<8}"));
             for v in vals {
                 s.push_str(&format!(" {v:>w$.4}"));
             }
             s.push('\n');
         };
-        for (l, vals) in self.layers.iter().zip(&self.mean) {
-            row(l.to_string(), vals);
+        for (label, vals) in self.rows() {
+            row(label, vals);
         }
         row("mean".into(), &self.overall());
         s
     }
 
-    /// A PNG heat map (layers × adapters), written atomically.
+    /// A PNG heat map (fusion layers × adapters), written atomically.
     pub fn plot(&self, path: &Path) -> Result<()> {
-        let rows: Vec<String> = self.layers.iter().map(|l| format!("LAYER {l}")).collect();
+        let rows = self.rows();
+        let labels: Vec<String> = rows.iter().map(|r| format!("LAYER {}", r.0.to_uppercase())).collect();
+        let values: Vec<Vec<f64>> = rows.iter().map(|r| r.1.to_vec()).collect();
         metrics::plot_heatmap(
             path,
             &format!("FUSION ATTENTION: MEAN SOFTMAX WEIGHT ({} TOKENS)", self.tokens),
             &self.adapter_names,
-            &rows,
-            &self.mean,
+            &labels,
+            &values,
         )
     }
 

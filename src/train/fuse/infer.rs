@@ -1,9 +1,9 @@
 //! Evaluation and prediction with a saved fusion (`peft eval / predict --fusion`).
 
-use super::{fusion_layers, load_source_adapters, FusionAttention};
+use super::{fusion_layers, has_site, load_source_adapters, FusionAttention};
 use crate::formats::adapterhub::Fusion;
 use crate::gpu::Gpu;
-use crate::model::adapters::{AdapterSet, ClassificationHead};
+use crate::model::adapters::{AdapterSet, ClassificationHead, Location};
 use crate::model::config::BertConfig;
 use crate::model::encoder::{Encoder, Setup};
 use crate::model::fusion::FusionModel;
@@ -65,9 +65,15 @@ pub fn load_fused(gpu: &Arc<Gpu>, p: &FusedPaths, max_length: usize) -> Result<L
         bail!("adapter {:?} is not part of fusion {:?}", extra.name, fusion.name);
     }
     let present = fusion_layers(&sets, cfg.num_hidden_layers)?;
-    for (l, layer) in fusion.layers.iter().enumerate() {
-        if layer.is_some() && !present[l] {
-            bail!("fusion {:?} has a fusion layer in layer {l}, where its adapters have none", fusion.name);
+    for l in 0..cfg.num_hidden_layers {
+        for loc in [Location::Attention, Location::Output] {
+            if fusion.at(l, loc).is_some() && !has_site(&present, l, loc) {
+                bail!(
+                    "fusion {:?} has a fusion layer at {}, where its adapters have none",
+                    fusion.name,
+                    loc.module_path(l)
+                );
+            }
         }
     }
     let h = match (&p.head, &f.head) {

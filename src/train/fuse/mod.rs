@@ -14,7 +14,7 @@ mod trainee;
 
 pub use attention::FusionAttention;
 pub use infer::{evaluate_fused, load_fused, predict_fused, FusedPaths, LoadedFusion};
-pub(crate) use trainee::fusion_layers;
+pub(crate) use trainee::{fusion_layers, has_site};
 pub use trainee::{load_source_adapters, FusionTrainee};
 
 use crate::formats::adapterhub::FusionConfig;
@@ -179,7 +179,7 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
         if config.regularization { ", W_V regularization" } else { "" },
         if config.temperature { ", temperature annealing" } else { "" },
         trainee.sets.len(),
-        trainee.fusion.layers.iter().flatten().count(),
+        trainee.fusion.all_layers().count(),
         trainable,
         100.0 * trainable as f64 / model_params as f64,
         model_params

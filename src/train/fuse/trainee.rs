@@ -39,8 +39,8 @@ fn new_head(
     ClassificationHead::from_tensors(gpu, name, d, labels, &get)
 }
 
-/// Loads the source adapters (frozen) and checks that they can be fused: distinct names, and
-/// adapters at the FFN output only (AdapterHub's `seq_bn` / Pfeiffer), where the fusion layers sit.
+/// Loads the source adapters (frozen) and checks that they can be fused: distinct names (where
+/// they sit is checked by [`fusion_layers`]).
 pub fn load_source_adapters(gpu: &Arc<Gpu>, dirs: &[PathBuf], cfg: &BertConfig) -> Result<Vec<AdapterSet>> {
     if dirs.is_empty() {
         bail!("fusion needs at least one --adapter folder");
@@ -52,32 +52,32 @@ pub fn load_source_adapters(gpu: &Arc<Gpu>, dirs: &[PathBuf], cfg: &BertConfig) 
         if sets.iter().any(|s| s.name == set.name) {
             bail!("{}: two adapters are named {:?}; fused adapters need distinct names", dir.display(), set.name);
         }
-        if set.attention.iter().any(Option::is_some) {
-            bail!(
-                "{}: adapter {:?} has adapters after the attention output (Houlsby / double_seq_bn); fusion here \
-                 supports adapters at the FFN output only (Pfeiffer / seq_bn: `peft train --config pfeiffer`)",
-                dir.display(),
-                set.name
-            );
-        }
         sets.push(set);
     }
     Ok(sets)
 }
 
-/// The layers where every adapter has an FFN-output adapter (a fusion layer goes there); an
-/// error when some but not all do.
-pub(crate) fn fusion_layers(sets: &[AdapterSet], layers: usize) -> Result<Vec<bool>> {
-    (0..layers)
-        .map(|l| {
-            let have: Vec<&str> =
-                sets.iter().filter(|s| s.at(l, Location::Output).is_some()).map(|s| s.name.as_str()).collect();
-            if !have.is_empty() && have.len() != sets.len() {
-                bail!("layer {l}: only {have:?} of the fused adapters have an adapter there; fusion needs all of them");
-            }
-            Ok(!have.is_empty())
-        })
-        .collect()
+/// Per layer, the sites (attention output, FFN output) where every adapter has a module: a fusion
+/// layer goes there, as the library puts one wherever the fused adapters all have one (at the
+/// attention output too over Houlsby / `double_seq_bn` adapters). An error when some but not all
+/// do (the library refuses adapters whose `mh_adapter` / `output_adapter` differ).
+pub(crate) fn fusion_layers(sets: &[AdapterSet], layers: usize) -> Result<Vec<(bool, bool)>> {
+    let site = |l: usize, loc: Location| -> Result<bool> {
+        let have: Vec<&str> = sets.iter().filter(|s| s.at(l, loc).is_some()).map(|s| s.name.as_str()).collect();
+        if !have.is_empty() && have.len() != sets.len() {
+            bail!(
+                "layer {l}: only {have:?} of the fused adapters have an adapter at {}; fusion needs all of them",
+                loc.module_path(l)
+            );
+        }
+        Ok(!have.is_empty())
+    };
+    (0..layers).map(|l| Ok((site(l, Location::Attention)?, site(l, Location::Output)?))).collect()
+}
+
+/// Whether `present` (from [`fusion_layers`]) has `loc` of layer `l`.
+pub(crate) fn has_site(present: &[(bool, bool)], l: usize, loc: Location) -> bool {
+    present.get(l).is_some_and(|s| if loc == Location::Attention { s.0 } else { s.1 })
 }
 
 /// A fusion + new head being trained over frozen adapters.
@@ -113,8 +113,8 @@ impl FusionTrainee {
         let present = fusion_layers(&sets, cfg.num_hidden_layers)?;
         let names: Vec<String> = sets.iter().map(|s| s.name.clone()).collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let fusion =
-            FusionModel::new_initialized(gpu, &names, config, cfg.num_hidden_layers, &|l| present[l], d, &mut rng)?;
+        let at = |l: usize, loc: Location| has_site(&present, l, loc);
+        let fusion = FusionModel::new_initialized(gpu, &names, config, cfg.num_hidden_layers, &at, d, &mut rng)?;
         let head = new_head(gpu, head_name, d, labels, &mut rng)?;
         Ok(Self {
             sets,
@@ -176,7 +176,7 @@ impl Trainee for FusionTrainee {
             return Ok(None);
         }
         elementwise::fill(b, &self.reg_loss, 0.0)?;
-        for layer in self.fusion.layers.iter().flatten() {
+        for layer in self.fusion.all_layers() {
             if let (Some(w_v), Some(g_v)) = (&layer.w.w_v, &layer.grad.w_v) {
                 fusion_kernels::regularization(b, w_v, REGULARIZATION_COEF, g_v, Some(&self.reg_loss), true)?;
             }
