@@ -258,27 +258,6 @@ fn bad_option_values_are_refused_by_name() {
     assert!(!out.exists(), "a failed run wrote its output folder");
 }
 
-/// AdapterFusion over Houlsby (`double_seq_bn`) adapters fuses at the attention output too
-/// (`attention.output.adapter_fusion_layer`), which the engine does not: refused by name.
-#[test]
-fn fusion_over_houlsby_adapters_is_refused_clearly() {
-    let dir = case_dir("fusion-houlsby");
-    let out = std::env::temp_dir().join(format!("peft-fusion-houlsby-{}.safetensors", std::process::id()));
-    let args = peft_wgpu::train::grads::GradsArgs {
-        model: base(),
-        adapters: ["src1", "src2"].iter().map(|a| dir.join("adapters").join(a)).collect(),
-        fusion: Some(dir.join("fusion")),
-        head: Some(dir.join("head")),
-        inputs: dir.join("inputs.json"),
-        out: out.clone(),
-        ..Default::default()
-    };
-    let e = peft_wgpu::train::grads::run(&gpu(), &args).map(|_| ());
-    let msg = assert_err_contains(e, &["attention"]);
-    println!("{msg}");
-    assert!(!out.exists());
-}
-
 /// With the options: `--recompute` gives the same bits, layer chunks (ragged 2 + 1 and one at a
 /// time, whose gradients the options' own included are summed chunk by chunk) agree to f32
 /// rounding, with dropout on and off, resident and streamed.

@@ -46,13 +46,19 @@ struct Setup {
 
 impl Setup {
     fn new(epochs: usize) -> Self {
+        let sources = ["src1", "src2", "src3"].iter().map(|a| tiny().join("fusion/adapters").join(a)).collect();
+        Self::over(epochs, sources)
+    }
+
+    /// Over these source adapters.
+    fn over(epochs: usize, sources: Vec<PathBuf>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let model = tiny_model(&root);
         let (train, dev) = toy_data(&root);
         let mut args: Vec<String> = vec!["fuse".into(), "--model".into(), s(&model)];
-        for a in ["src1", "src2", "src3"] {
-            args.extend(["--adapter".into(), s(&tiny().join("fusion/adapters").join(a))]);
+        for a in &sources {
+            args.extend(["--adapter".into(), s(a)]);
         }
         for (k, v) in [
             ("--train", s(&train)),
@@ -141,6 +147,26 @@ fn fuse_stopped_and_resumed_equals_uninterrupted() {
     assert_eq!(settings["head_name"], json!("target"));
     assert_fails(&peft(&["fuse".into(), "--resume".into(), s(&full)]), &["already finished"]);
     assert_fails(&peft(&["fuse".into(), "--resume".into(), s(&full), "--lr".into(), "1".into()]), &["--lr"]);
+}
+
+/// Over Houlsby adapters (fusion layers at the attention output too): stopped mid-epoch and
+/// resumed equals uninterrupted, bit for bit.
+#[test]
+fn fuse_over_houlsby_adapters_stopped_and_resumed_equals_uninterrupted() {
+    let case = tiny().join("../options-fusion-houlsby/adapters");
+    let t = Setup::over(2, vec![case.join("src1"), case.join("src2")]);
+    let (full, o) = t.run("full", &[]);
+    assert!(assert_ok(&o).contains("4 fusion layer(s)"));
+    let want = final_state(&full);
+    let (part, o) = t.run("part", &["--stop-after-steps", "6"]);
+    assert_ok(&o);
+    assert_ok(&peft(&["fuse".into(), "--resume".into(), s(&part)]));
+    assert_eq!(losses(&part), losses(&full));
+    let got = final_state(&part);
+    assert!(got.0 == want.0, "the trained tensors or moments differ after resuming");
+    assert!(got.1 == want.1 && got.2 == want.2, "the saved fusion or head differs");
+    assert_eq!(got.3, want.3, "the fusion attention differs");
+    assert!(got.3.contains("attention_layers"), "{}", got.3);
 }
 
 #[test]

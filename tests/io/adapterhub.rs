@@ -120,6 +120,30 @@ fn fusion_head_and_sources_round_trip() {
     }
 }
 
+/// A fusion over Houlsby adapters (the library's `options-fusion-houlsby` fixture) has fusion
+/// layers at the attention output too: read under the library's names, written back byte for byte.
+#[test]
+fn houlsby_fusion_round_trips_with_both_sites() {
+    let cfg = tiny_config();
+    let fdir = fixtures().join("options-fusion-houlsby/fusion");
+    let f = Fusion::load(&fdir, &cfg).unwrap();
+    assert_eq!(f.fusion_name(), "src1,src2");
+    let raw = raw_tensors(&fdir.join(FUSION_WEIGHTS_FILE));
+    assert_eq!(raw.len(), 20);
+    for l in 0..2 {
+        for (site, fl) in [(AdapterSite::Attention, &f.attention_layers[l]), (AdapterSite::Output, &f.layers[l])] {
+            let fl = fl.as_ref().unwrap();
+            for p in FusionParam::for_config(&f.config) {
+                let name = fusion_site_param_name("src1,src2", l, site, p);
+                assert_eq!(fl.get(p).unwrap().data, f32s(&raw[&name].2), "{name}");
+            }
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    f.save(out.path()).unwrap();
+    assert_same_files(&fdir, out.path());
+}
+
 #[test]
 fn new_configs_match_what_python_writes() {
     let read = |p: &str| fs::read_to_string(tiny().join(p)).unwrap();

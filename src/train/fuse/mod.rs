@@ -208,18 +208,23 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
     // The saved epoch's attention: recorded by this run, or by the part of a resumed run before
     // its stop (the best epoch's files are written with its weights).
     let json = args.out.join(ATTENTION_JSON);
-    let attention = match trainee.best_attention.take() {
-        Some(a) => Some(a),
-        None if json.exists() => Some(FusionAttention::load_json(&json)?),
-        None => None,
+    // (Read back from the file: already written with its epoch's weights, and left as it is —
+    // serde_json's float parsing is not an exact round trip, so writing it again could change
+    // the last digit of a value.)
+    let (attention, on_disk) = match trainee.best_attention.take() {
+        Some(a) => (Some(a), false),
+        None if json.exists() => (Some(FusionAttention::load_json(&json)?), true),
+        None => (None, false),
     };
     if summary.stopped {
         return Ok(FuseSummary { train: summary, attention: attention.unwrap_or_default() });
     }
     let attention = attention.ok_or_else(|| anyhow!("internal: no fusion attention recorded for the saved epoch"))?;
     rep.message(&format!("dev set, epoch {} (saved):\n{}", summary.best_epoch, attention.table()));
-    attention.save_json(&args.out.join(ATTENTION_JSON))?;
-    attention.plot(&args.out.join(ATTENTION_PNG))?;
+    if !on_disk {
+        attention.save_json(&args.out.join(ATTENTION_JSON))?;
+        attention.plot(&args.out.join(ATTENTION_PNG))?;
+    }
     rep.message(&format!("fusion attention written to {} and {}", ATTENTION_JSON, ATTENTION_PNG));
     Ok(FuseSummary { train: summary, attention })
 }
