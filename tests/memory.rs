@@ -140,7 +140,18 @@ fn recompute_bit_identical_pfeiffer_with_dropout() {
 
 #[test]
 fn recompute_bit_identical_fusion() {
-    let dir = fixtures().join("tiny-bert/fusion");
+    recompute_bit_identical_fusion_in(&fixtures().join("tiny-bert/fusion"));
+}
+
+/// Over Houlsby adapters: fusion layers at the attention output too.
+#[test]
+fn recompute_bit_identical_fusion_over_houlsby_adapters() {
+    recompute_bit_identical_fusion_in(&fixtures().join("options-fusion-houlsby"));
+}
+
+/// A fusion fixture folder (`fusion/`, `adapters/<name>/`, `head/`, `inputs.json`): recompute,
+/// streaming one layer, with and without dropout, gives the bits of keeping every activation.
+fn recompute_bit_identical_fusion_in(dir: &Path) {
     let model = fixtures().join("tiny-bert/base");
     let g = gpu();
     let cfg = peft_wgpu::model::config::BertConfig::from_model_dir(&model).unwrap();
