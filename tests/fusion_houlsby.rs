@@ -85,6 +85,9 @@ fn houlsby_fusion_matches_adapters_library() {
         } else {
             assert_close(n, &v, &f64s(&e), if n.starts_with("grad.") { 1e-3 } else { 1e-4 })
         };
+        if !n.starts_with("grad.") {
+            println!("houlsby fusion: {n} {err:.2e}");
+        }
         let k = n.contains("attention.output") as usize;
         if err > worst[k].0 {
             worst[k] = (err, n.to_string());

@@ -111,6 +111,18 @@ fn tiny_bert_within_pytorch_error_of_f64() {
     assert_all(failures);
 }
 
+/// AdapterFusion over two Houlsby adapters (fusion layers at the attention output too). Ignored:
+/// measured on lavapipe, two gradients of layer 1's attention-output fusion layer are over the
+/// bound (`key.weight` 4.8e-6, `query.bias` 4.4e-6 against PyTorch fp32's 5.6e-7 / 4.5e-7; every
+/// other tensor within it, and all within 1.2e-5 of float64). Kept as the measurement to fix:
+/// `cargo test --test parity_f64 -- --ignored --nocapture`.
+#[test]
+#[ignore = "two attention-output fusion gradients exceed max(4 × PyTorch, 2e-6) against float64 (see doc)"]
+fn houlsby_fusion_within_pytorch_error_of_f64() {
+    let case = fixtures().join("options-fusion-houlsby");
+    assert_all(judge_case("options-fusion-houlsby", &case, &fixtures().join("tiny-bert/base")));
+}
+
 /// The real all-MiniLM-L6-v2 with a Pfeiffer adapter (the model is fetched into the cache).
 #[test]
 fn minilm_within_pytorch_error_of_f64() {

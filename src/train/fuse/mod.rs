@@ -1,5 +1,6 @@
 //! `peft fuse`: AdapterFusion (Pfeiffer et al. 2021) as AdapterHub's `train_adapter_fusion`
-//! trains it: the source adapters frozen, one fusion layer per transformer layer (query/key
+//! trains it: the source adapters frozen, one fusion layer per transformer layer at each site
+//! where every adapter has a module (FFN output; attention output too over Houlsby adapters; query/key
 //! N(0, 0.02), value the identity) and a new classification head trained with AdamW, plus
 //! `0.01·Σ‖I − W_V‖²` added to the loss when the config asks for it. Shares the epoch loop with
 //! `peft train` ([`super::trainer`]), with the same resume state, stops and memory plan; saves AdapterHub's fusion folder with the head.
@@ -61,8 +62,8 @@ impl FusionPreset {
 /// The fusion `peft fuse` creates over its frozen adapters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct FusionArgs {
-    /// Trained adapter folder to fuse (frozen); repeat for each. Adapters at the FFN output only
-    /// (`peft train --config pfeiffer`).
+    /// Trained adapter folder to fuse (frozen); repeat for each. All at the same sites: Pfeiffer
+    /// (FFN output) or Houlsby (attention and FFN outputs: fused at both).
     #[arg(long = "adapter", required_unless_present = "resume")]
     pub adapters: Vec<PathBuf>,
     /// dynamic: value matrix initialised to the identity and regularised towards it; static: none.
