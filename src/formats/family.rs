@@ -38,6 +38,7 @@ const DISTILBERT_LAYER: &[(&str, &str)] = &[
     ("attention.output.dense.", "attention.out_lin."),
     ("attention.output.LayerNorm.", "sa_layer_norm."),
     ("attention.output.adapters.", "attention_adapters.adapters."),
+    ("attention.output.adapter_fusion_layer.", "attention_adapters.adapter_fusion_layer."),
     ("intermediate.dense.", "ffn.lin1."),
     ("output.dense.", "ffn.lin2."),
     ("output.LayerNorm.", "output_layer_norm."),
@@ -154,6 +155,12 @@ mod tests {
         assert_eq!(
             Family::DistilBert.file_name(f),
             "distilbert.transformer.layer.1.output_adapters.adapter_fusion_layer.a,b.query.weight"
+        );
+        // (as `DistilBertAdapterModel` names a fusion over Houlsby adapters at the attention output)
+        let f = "bert.encoder.layer.0.attention.output.adapter_fusion_layer.a,b.query.weight";
+        assert_eq!(
+            Family::DistilBert.file_name(f),
+            "distilbert.transformer.layer.0.attention_adapters.adapter_fusion_layer.a,b.query.weight"
         );
         for (bert, distil) in [
             ("output.LayerNorm.bias", "output_layer_norm.bias"),
