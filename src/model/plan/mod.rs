@@ -29,6 +29,19 @@ pub struct AdapterSpec {
     pub bottleneck: usize,
     /// Per layer: (adapter after attention, adapter after the FFN).
     pub sites: Vec<(bool, bool)>,
+    /// AdapterFusion trained over frozen adapters at these sites (`peft fuse`), instead of the
+    /// adapters training.
+    pub fusion: Option<FusionSpec>,
+}
+
+/// An AdapterFusion over frozen adapters, as the planner counts it: a fusion layer at every site
+/// of [`AdapterSpec::sites`] (the attention output too over Houlsby adapters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FusionSpec {
+    /// The fused adapters.
+    pub adapters: usize,
+    /// With a value matrix (`dynamic`; `static` has none).
+    pub value: bool,
 }
 
 impl AdapterSpec {
@@ -43,7 +56,20 @@ impl AdapterSpec {
         let sites = (0..layers)
             .map(|l| (set.at(l, Location::Attention).is_some(), set.at(l, Location::Output).is_some()))
             .collect();
-        Self { placement: set.placement, options: set.options, bottleneck: m, sites }
+        Self { placement: set.placement, options: set.options, bottleneck: m, sites, fusion: None }
+    }
+
+    /// A fusion over the frozen `sets` (their sites agree: checked when the fusion is made).
+    pub fn fusion_over(sets: &[AdapterSet], layers: usize, value: bool) -> Self {
+        let mut spec = sets.first().map(|s| Self::of(s, layers)).unwrap_or_else(|| Self {
+            placement: Placement::HOULSBY,
+            options: ModuleOptions::default(),
+            bottleneck: 0,
+            sites: vec![(false, false); layers],
+            fusion: None,
+        });
+        spec.fusion = Some(FusionSpec { adapters: sets.len(), value });
+        spec
     }
 
     /// The adapters a new AdapterHub bottleneck config puts on `cfg` (before any is allocated).
@@ -53,7 +79,7 @@ impl AdapterSpec {
         let sites = (0..cfg.num_hidden_layers)
             .map(|l| (bn.mh_adapter && bn.has_layer(l), bn.output_adapter && bn.has_layer(l)))
             .collect();
-        Ok(Self { placement, options: ModuleOptions::of(bn), bottleneck, sites })
+        Ok(Self { placement, options: ModuleOptions::of(bn), bottleneck, sites, fusion: None })
     }
 
     fn at(&self, l: usize, loc: Location) -> bool {

@@ -183,6 +183,43 @@ fn options_bwd((pl, o): SiteAdapter, t: u64, m: u64) -> u64 {
     b
 }
 
+/// Allocations of one sub-layer's forward with AdapterFusion over `n` frozen adapters placed as
+/// `pl`: (kept for backward, temporary, `h` kept). Mirrors `Encoder::fusion_forward`: `t` is a
+/// `[tokens, hidden]` tensor, `tm` a `[tokens, bottleneck]` one, `tok4` a `[tokens]` one.
+pub(super) fn fusion_fwd(pl: Placement, n: u64, t: u64, tm: u64, tok4: u64) -> (u64, u64, bool) {
+    let mut kept = n * t + n * tm; // z [N, T, d]; each adapter's pre-activation
+    let mut temp = n * t; // each adapter's output, copied into z
+    kept += 3 * t + n * tok4; // saved: q, q̃, the mix, p [T, N]
+    if pl.original_ln_before {
+        kept += 2 * t; // s1, hs
+    }
+    if pl.original_ln_after {
+        temp += t; // the fusion's output
+        kept += 2 * t; // u, out
+    } else {
+        kept += t; // the fusion's output = out
+    }
+    // h is the adapters' input, or the residual (`residual_before_ln`).
+    (kept, temp, !pl.original_ln_before || pl.residual_before_ln)
+}
+
+/// Allocations of one fused sub-layer's backward (all temporary), `adapter` the bytes of one
+/// frozen adapter's parameters (the zero gradients its backward writes and drops). Mirrors
+/// `Encoder::fusion_backward`.
+pub(super) fn fusion_bwd(pl: Placement, n: u64, t: u64, tm: u64, adapter: u64) -> u64 {
+    let mut b = 3 * t + n * t; // dquery, dr, scratch du; dz [N, T, d]
+    b += 2 * t; // scratch dq̃, dq
+    b += n * (2 * t + adapter + 2 * tm); // per adapter: dz_n, dx_n, zero gradients, scratch
+    b += (n + 1) * t; // the sums into hs and h (one new tensor per term added)
+    if pl.original_ln_after {
+        b += t; // du
+    }
+    if pl.original_ln_before {
+        b += 2 * t; // ds1, and x_in's sum
+    }
+    b
+}
+
 /// Bytes of the activations of `seqs` sequences.
 #[derive(Clone, Copy)]
 pub(super) struct Sizes {

@@ -4,7 +4,7 @@
 
 use super::super::adapters::Location;
 use super::super::store::LayerWeights;
-use super::sim::{b4, sublayer_bwd, sublayer_fwd, when, Cat, Sim, SiteAdapter, Sizes};
+use super::sim::{b4, fusion_bwd, fusion_fwd, sublayer_bwd, sublayer_fwd, when, Cat, Sim, SiteAdapter, Sizes};
 use super::{DropoutSites, MemoryPlan, PlanInput};
 use anyhow::{bail, Result};
 
@@ -121,11 +121,55 @@ impl<'p> Replay<'p> {
         self.p.adapter.at(l, loc).then_some((self.p.adapter.placement, self.p.adapter.options))
     }
 
+    /// [`sublayer_fwd`], or [`fusion_fwd`] at a fused site.
+    fn site_fwd(&self, l: usize, loc: Location, z: &Sizes) -> (u64, u64, bool) {
+        match (&self.p.adapter.fusion, self.p.adapter.at(l, loc)) {
+            (Some(f), true) => fusion_fwd(self.p.adapter.placement, f.adapters as u64, z.td, z.tm, z.tok4),
+            _ => sublayer_fwd(self.adapter_at(l, loc), z.td, z.tm),
+        }
+    }
+
+    /// [`sublayer_bwd`], or [`fusion_bwd`] at a fused site.
+    fn site_bwd(&self, l: usize, loc: Location, z: &Sizes) -> u64 {
+        match (&self.p.adapter.fusion, self.p.adapter.at(l, loc)) {
+            (Some(f), true) => fusion_bwd(self.p.adapter.placement, f.adapters as u64, z.td, z.tm, self.adapter_bytes),
+            _ => sublayer_bwd(self.adapter_at(l, loc), z.td, z.tm),
+        }
+    }
+
+    /// The trainable tensors' elements and copies on the GPU: the adapters' (weights, gradients,
+    /// AdamW moments), or with a fusion the frozen adapters' (weights and their unused gradients)
+    /// and the fusion layers' (four copies).
+    fn trainable_tensors(&self) -> Vec<(u64, u64)> {
+        let (ud, m, a) = (self.d as u64, self.m, self.p.adapter);
+        let mut v = vec![];
+        for l in 0..self.n_layers {
+            for loc in [Location::Attention, Location::Output] {
+                if !a.at(l, loc) {
+                    continue;
+                }
+                let Some(f) = a.fusion else {
+                    let options = a.options.tensor_sizes(self.d).into_iter().map(|n| n as u64);
+                    v.extend([m * ud, m, ud * m, ud].into_iter().chain(options).map(|n| (n, 4)));
+                    continue;
+                };
+                for _ in 0..f.adapters {
+                    v.extend([m * ud, m, ud * m, ud].map(|n| (n, 2)));
+                }
+                v.extend([ud * ud, ud, ud * ud, ud].map(|n| (n, 4)));
+                if f.value {
+                    v.push((ud * ud, 4));
+                }
+            }
+        }
+        v
+    }
+
     /// Resident before the step: embeddings (tables only when the layers are resident too),
     /// layer slots, adapters + head (weights, gradients, AdamW moments), the 16 dummy bindings,
     /// the optimizer's two scalars.
     fn resident_before_step(&mut self) {
-        let (ud, uf, m) = (self.d as u64, self.f as u64, self.m);
+        let (ud, uf) = (self.d as u64, self.f as u64);
         let c = self.p.labels.max(1) as u64;
         let s = &mut self.s;
         if self.resident {
@@ -145,12 +189,9 @@ impl<'p> Replay<'p> {
             }
         }
         debug_assert_eq!(s.live[1], self.slots as u64 * self.layer_bytes);
-        let mut adapter_tensors = vec![];
         for l in 0..self.n_layers {
             for loc in [Location::Attention, Location::Output] {
-                if self.p.adapter.at(l, loc) {
-                    adapter_tensors.extend([m * ud, m, ud * m, ud]);
-                    adapter_tensors.extend(self.p.adapter.options.tensor_sizes(self.d).into_iter().map(|n| n as u64));
+                if self.p.adapter.at(l, loc) && self.p.adapter.fusion.is_none() {
                     // Each adapter LayerNorm's unit gamma and zero beta.
                     let norms = self.p.adapter.options.ln_before as u64 + self.p.adapter.options.ln_after as u64;
                     for _ in 0..2 * norms {
@@ -159,13 +200,17 @@ impl<'p> Replay<'p> {
                 }
             }
         }
-        let head_tensors = [ud * ud, ud, c * ud, c];
-        for _copy in 0..4 {
-            // weights, gradients, AdamW m and v
-            for &n in adapter_tensors.iter().chain(&head_tensors) {
-                s.alloc(Cat::Trainable, b4(n));
+        let head_tensors = [ud * ud, ud, c * ud, c].map(|n| (n, 4));
+        let tensors = self.trainable_tensors();
+        for copy in 0..4 {
+            // weights, gradients, AdamW m and v (frozen adapters: weights and gradients)
+            for &(n, copies) in tensors.iter().chain(&head_tensors) {
+                if copy < copies {
+                    self.s.alloc(Cat::Trainable, b4(n));
+                }
             }
         }
+        let s = &mut self.s;
         s.alloc(Cat::Trainable, 4); // optimizer: sum of squares
         s.alloc(Cat::Trainable, 4); // optimizer: clip scale
         for _ in 0..16 {
@@ -210,7 +255,7 @@ impl<'p> Replay<'p> {
         // dropped one is `h` below).
         let mut kept = 3 * z.td + z.probs;
         let mut temp = z.td + when(drops.probs, z.probs) + when(drops.attention_output, z.td);
-        let (k1, t1, h1_kept) = sublayer_fwd(self.adapter_at(l, Location::Attention), z.td, z.tm);
+        let (k1, t1, h1_kept) = self.site_fwd(l, Location::Attention, z);
         kept += k1 + z.tf; // attention sub-layer, pre
         temp += t1 + z.tf; // inter
         if h1_kept {
@@ -218,7 +263,7 @@ impl<'p> Replay<'p> {
         } else {
             temp += z.td;
         }
-        let (k2, t2, h2_kept) = sublayer_fwd(self.adapter_at(l, Location::Output), z.td, z.tm);
+        let (k2, t2, h2_kept) = self.site_fwd(l, Location::Output, z);
         kept += k2;
         temp += t2;
         if from_saved_h2 {
@@ -316,14 +361,14 @@ impl<'p> Replay<'p> {
     fn bwd_work(&self, l: usize, z: &Sizes, accumulate: bool) -> (u64, bool) {
         let a = self.p.adapter;
         let sums = |loc| if accumulate && a.at(l, loc) { 2 * self.adapter_bytes } else { 0 };
-        let mut work = 2 * z.td + sublayer_bwd(self.adapter_at(l, Location::Output), z.td, z.tm); // dh2, dy1
+        let mut work = 2 * z.td + self.site_bwd(l, Location::Output, z); // dh2, dy1
         work += sums(Location::Output);
         let below = (0..l).any(|k| self.trainable(k));
         if !below && !a.at(l, Location::Attention) {
             return (work, true);
         }
         // dinter, dpre, dh1, dx, and dh2 dropped
-        work += 2 * z.tf + 2 * z.td + sublayer_bwd(self.adapter_at(l, Location::Attention), z.td, z.tm);
+        work += 2 * z.tf + 2 * z.td + self.site_bwd(l, Location::Attention, z);
         work += when(self.drops.hidden, z.td);
         work += sums(Location::Attention);
         if !below {

@@ -165,8 +165,8 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
     let RunStart { cfg, pad, task } = start_run(gpu, &args.model, &args.train, &args.data, r, rep)?;
     let sets = load_source_adapters(gpu, &args.fusion.adapters, &cfg)?;
     let config = args.fusion.fusion_config.config(args.fusion.temperature);
-    // The planner sizes the step with the source adapters (the fusion layers add little).
-    let spec = AdapterSpec::of(&sets[0], cfg.num_hidden_layers);
+    // The planner counts the frozen adapters and a fusion layer at each of their sites.
+    let spec = AdapterSpec::fusion_over(&sets, cfg.num_hidden_layers, config.value);
     let names = (&args.fusion.name, model_name(&args.model));
     let mut trainee = FusionTrainee::new(gpu, &cfg, sets, &config, names.0, task.labels.len(), r.seed, &names.1)?;
     trainee.dev_tokens = task.dev.real_tokens();
