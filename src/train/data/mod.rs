@@ -28,7 +28,7 @@ mod split;
 mod tokens;
 
 pub use batch::{batches_in_order, make_batches, padding_efficiency, Batch, BUCKET_WINDOW};
-pub use inputs_json::read_inputs_json;
+pub use inputs_json::{read_inputs_json, read_targets_json, OwnedTargets};
 pub use labels::{label_counts, LabelMap};
 pub use load::{load_examples, parse_examples, rotten_tomatoes, DataOptions, Format};
 pub use split::{seeded_split, shuffle};
