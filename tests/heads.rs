@@ -8,6 +8,7 @@
 //! equal the library's; unsupported head types refused by name.
 
 mod common;
+use common::cli::*;
 use common::*;
 use peft_wgpu::formats::adapterhub::{Head, HeadConfig, HeadKind, SavedConfig};
 use peft_wgpu::formats::weights::WeightFile;
@@ -220,4 +221,131 @@ fn tempdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Writes the toy data of `kind` (the 8 + 8 sentences of `common::cli`) as train / dev files.
+fn toy_head_data(dir: &std::path::Path, kind: HeadKind) -> (PathBuf, PathBuf) {
+    let pos = ["wonderful", "great", "loved", "brilliant", "delight", "beautiful", "best", "superb"];
+    let neg = ["dull", "terrible", "hated", "awful", "waste", "ugly", "worst", "painful"];
+    let line = |text: &str, positive: bool, i: usize| -> String {
+        match kind {
+            HeadKind::Regression => {
+                json!({"text": text, "label": if positive { 1.0 + i as f64 / 8.0 } else { -1.0 - i as f64 / 8.0 }})
+                    .to_string()
+            }
+            HeadKind::MultilabelClassification => {
+                let mut l = vec![if positive { "positive" } else { "negative" }];
+                if i % 2 == 0 {
+                    l.push("even");
+                }
+                json!({"text": text, "label": l}).to_string()
+            }
+            _ => {
+                let words: Vec<&str> = text.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+                let tags: Vec<&str> = words
+                    .iter()
+                    .map(|w| {
+                        if pos.contains(w) {
+                            "B-POS"
+                        } else if neg.contains(w) {
+                            "B-NEG"
+                        } else {
+                            "O"
+                        }
+                    })
+                    .collect();
+                json!({"tokens": words, "tags": tags}).to_string()
+            }
+        }
+    };
+    let (mut train, mut dev) = (String::new(), String::new());
+    for i in 0..8 {
+        train += &format!("{}\n{}\n", line(POS[i], true, i), line(NEG[i], false, i));
+        if i % 2 == 0 {
+            dev += &format!("{}\n{}\n", line(POS[i], true, i), line(NEG[i], false, i));
+        }
+    }
+    let (t, d) = (dir.join("train.jsonl"), dir.join("dev.jsonl"));
+    std::fs::write(&t, train).unwrap();
+    std::fs::write(&d, dev).unwrap();
+    (t, d)
+}
+
+/// `peft train --head-type` for each new kind on the tiny model: the epoch lines report the
+/// kind's metrics, the saved head is the library's kind, `peft eval` and `peft predict` read it.
+#[test]
+fn train_eval_predict_each_head_type() {
+    let dir = tempdir("peft-heads-train");
+    let model = tiny_model(&dir);
+    for (kind, metric, predicted) in [
+        (HeadKind::Regression, "Pearson", "pearson="),
+        (HeadKind::MultilabelClassification, "micro-F1", "micro_f1="),
+        (HeadKind::Tagging, "entity F1", "entity_f1="),
+    ] {
+        let sub = dir.join(kind.name());
+        std::fs::create_dir_all(&sub).unwrap();
+        let (train, dev) = toy_head_data(&sub, kind);
+        let out = sub.join("out");
+        let (m, t, d, o) = (s(&model), s(&train), s(&dev), s(&out));
+        let mut args = train_args(&m, &t, &d, &o);
+        args.extend(["--head-type", kind.name(), "--epochs", "2"]);
+        let run = peft(&args);
+        let log = format!("{}{}", text(&run.stdout), text(&run.stderr));
+        assert!(run.status.success(), "{kind}: {log}");
+        assert!(log.contains(&format!("epoch 2: dev {metric}")), "{kind}: {log}");
+        let head = SavedConfig::read(&out.join("head_config.json")).unwrap();
+        let config = HeadConfig::from_config(head.config()).unwrap();
+        assert_eq!(config.kind, kind);
+        assert_eq!(config.layers, kind.default_layers());
+        // The .bin files next to the safetensors ones, as the library's plain load_adapter reads.
+        assert!(out.join("pytorch_model_head.bin").exists());
+        let eval = peft(&["eval", "--model", &m, "--adapter", &o, "--data", &d, "--max-length", "16"]);
+        assert!(eval.status.success(), "{kind}: {}", text(&eval.stderr));
+        assert!(text(&eval.stdout).contains(predicted), "{kind}: {}", text(&eval.stdout));
+        let pred =
+            peft(&["predict", "--model", &m, "--adapter", &o, "--text", "a wonderful film", "--max-length", "16"]);
+        assert!(pred.status.success(), "{kind}: {}", text(&pred.stderr));
+        let p: serde_json::Value = serde_json::from_str(text(&pred.stdout).trim()).unwrap();
+        match kind {
+            HeadKind::Regression => assert!(p["label"].as_str().unwrap().parse::<f32>().is_ok(), "{p}"),
+            HeadKind::MultilabelClassification => assert_eq!(p["probabilities"].as_object().unwrap().len(), 3, "{p}"),
+            _ => {
+                let tags = p["tags"].as_array().unwrap();
+                assert_eq!(tags.len(), 3, "{p}");
+                assert_eq!(tags[1][0], json!("wonderful"));
+            }
+        }
+    }
+    // Fusion trains classification heads only: refused by name.
+    let run = peft(&[
+        "fuse",
+        "--model",
+        &s(&model),
+        "--train",
+        "x.jsonl",
+        "--adapter",
+        "a",
+        "--adapter",
+        "b",
+        "--out",
+        "o",
+        "--head-type",
+        "tagging",
+    ]);
+    assert_clean_failure(&run, &["--head-type tagging", "not supported"]);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// A resume state written before `--head-type` existed has no `head_type`: classification.
+#[test]
+fn data_settings_without_a_head_type_are_classification() {
+    let mut v = serde_json::to_value(peft_wgpu::train::options::DataArgs::default()).unwrap();
+    v.as_object_mut().unwrap().remove("head_type");
+    let back: peft_wgpu::train::options::DataArgs = serde_json::from_value(v).unwrap();
+    assert_eq!(back.head_type, HeadKind::Classification);
+    let mut tagging = peft_wgpu::train::options::DataArgs::default();
+    tagging.head_type = HeadKind::Tagging;
+    let round: peft_wgpu::train::options::DataArgs =
+        serde_json::from_value(serde_json::to_value(&tagging).unwrap()).unwrap();
+    assert_eq!(round.head_type, HeadKind::Tagging);
 }

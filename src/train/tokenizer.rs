@@ -238,6 +238,19 @@ impl Tokenizer {
         self.run(inputs)
     }
 
+    /// Pre-split words (token classification): `[CLS] w1 w2 … [SEP]`, truncated, unpadded, with
+    /// each token's word index (`None` for the special tokens) and whether it was truncated.
+    pub fn encode_words<S: AsRef<str>>(&self, words: &[S]) -> Result<(Vec<u32>, Vec<u32>, Vec<Option<u32>>, bool)> {
+        let words: Vec<&str> = words.iter().map(|w| w.as_ref()).collect();
+        let e = self
+            .inner
+            .encode(EncodeInput::Single(words.as_slice().into()), true)
+            .map_err(|e| anyhow!("tokenizing with {}: {e}", self.source.display()))?;
+        let len = e.get_attention_mask().iter().filter(|&&m| m != 0).count();
+        let types = if self.single_token_type { vec![0; len] } else { e.get_type_ids()[..len].to_vec() };
+        Ok((e.get_ids()[..len].to_vec(), types, e.get_word_ids()[..len].to_vec(), !e.get_overflowing().is_empty()))
+    }
+
     fn run(&self, inputs: Vec<EncodeInput>) -> Result<Encoded> {
         if inputs.is_empty() {
             return Ok(Encoded::default());

@@ -3,7 +3,7 @@
 //! resident or streamed ([`LayerStore`]).
 //!
 //! By concern: `embeddings` (tables and lookup), `forward` and `backward` (one layer), `fusion`
-//! (AdapterFusion at the FFN output), `head` (classification head), `schedule` (the pass over the
+//! (AdapterFusion at the FFN output), `head` (the prediction head), `schedule` (the pass over the
 //! layers: recompute, layer chunks, submits), `acts` (what forward keeps for backward),
 //! `dropout` (training passes' dropout) and `setup` (what trains).
 
