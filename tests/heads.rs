@@ -349,3 +349,32 @@ fn data_settings_without_a_head_type_are_classification() {
         serde_json::from_value(serde_json::to_value(&tagging).unwrap()).unwrap();
     assert_eq!(round.head_type, HeadKind::Tagging);
 }
+
+/// A tagging run stopped mid-epoch resumes as a tagging run (the head type is in the resume
+/// state) and ends with the bits of the uninterrupted run.
+#[test]
+fn tagging_runs_resume_bit_identically() {
+    let dir = tempdir("peft-heads-resume");
+    let model = tiny_model(&dir);
+    let (train, dev) = toy_head_data(&dir, HeadKind::Tagging);
+    let (m, t, d) = (s(&model), s(&train), s(&dev));
+    let run = |out: &std::path::Path, extra: &[&str]| {
+        let o = s(out);
+        let mut args = train_args(&m, &t, &d, &o);
+        args.extend(["--head-type", "tagging", "--epochs", "2"]);
+        args.extend(extra);
+        let r = peft(&args);
+        assert!(r.status.success(), "{}", text(&r.stderr));
+    };
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    run(&full, &[]);
+    run(&part, &["--stop-after-steps", "3"]);
+    let r = peft(&["train", "--resume", &s(&part)]);
+    let all = text(&r.stdout) + &text(&r.stderr);
+    assert!(r.status.success() && all.contains("resuming at step 3"), "{all}");
+    assert!(all.contains("dev entity F1"), "{all}");
+    for f in ["adapter.safetensors", "model_head.safetensors", "head_config.json"] {
+        assert_eq!(std::fs::read(full.join(f)).unwrap(), std::fs::read(part.join(f)).unwrap(), "{f} differs");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
