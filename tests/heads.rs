@@ -293,6 +293,13 @@ fn train_eval_predict_each_head_type() {
         let log = format!("{}{}", text(&run.stdout), text(&run.stderr));
         assert!(run.status.success(), "{kind}: {log}");
         assert!(log.contains(&format!("epoch 2: dev {metric}")), "{kind}: {log}");
+        // The planner counts the head's rows (every token for tagging): its peak bounds the step's.
+        let mib = |after: &str| -> f64 {
+            let at = log.find(after).unwrap_or_else(|| panic!("{kind}: no {after:?} in {log}")) + after.len();
+            log[at..].split_whitespace().next().unwrap().parse().unwrap()
+        };
+        let (planned, measured) = (mib("planned peak "), mib("measured peak GPU memory "));
+        assert!(planned >= measured, "{kind}: planned {planned} MiB < measured {measured} MiB");
         let head = SavedConfig::read(&out.join("head_config.json")).unwrap();
         let config = HeadConfig::from_config(head.config()).unwrap();
         assert_eq!(config.kind, kind);
@@ -343,8 +350,7 @@ fn data_settings_without_a_head_type_are_classification() {
     v.as_object_mut().unwrap().remove("head_type");
     let back: peft_wgpu::train::options::DataArgs = serde_json::from_value(v).unwrap();
     assert_eq!(back.head_type, HeadKind::Classification);
-    let mut tagging = peft_wgpu::train::options::DataArgs::default();
-    tagging.head_type = HeadKind::Tagging;
+    let tagging = peft_wgpu::train::options::DataArgs { head_type: HeadKind::Tagging, ..Default::default() };
     let round: peft_wgpu::train::options::DataArgs =
         serde_json::from_value(serde_json::to_value(&tagging).unwrap()).unwrap();
     assert_eq!(round.head_type, HeadKind::Tagging);

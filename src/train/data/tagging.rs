@@ -143,7 +143,8 @@ pub fn tokenize_tagged(
     let mut out = Vec::with_capacity(sentences.len());
     let mut truncated = 0;
     for s in sentences {
-        let (ids, types, word_ids, cut) = tok.encode_words(&s.words)?;
+        let crate::train::tokenizer::EncodedWords { ids, types, word_ids, truncated: cut } =
+            tok.encode_words(&s.words)?;
         truncated += cut as usize;
         let mut labels = vec![IGNORE_LABEL; ids.len()];
         let mut word_starts = vec![None; s.words.len()];
