@@ -323,6 +323,16 @@ fn train_eval_predict_each_head_type() {
             }
         }
     }
+    // A fused model with a tagging head: eval / predict --fusion refuse it by kind.
+    let fx = tiny().join("fusion");
+    let a = |n: &str| s(&fx.join("adapters").join(n));
+    let (s1, s2, s3) = (a("src1"), a("src2"), a("src3"));
+    let (fusion, head) = (s(&fx.join("fusion")), s(&case_dir("bert", "tagging").join("adapter")));
+    let (_, dev) = toy_head_data(&dir, HeadKind::Tagging);
+    let args =
+        ["eval", "--model", &s(&model), "--fusion", &fusion, "--adapter", &s1, "--adapter", &s2, "--adapter", &s3];
+    let run = peft(&[&args[..], &["--head", &head, "--data", &s(&dev)]].concat());
+    assert_clean_failure(&run, &["tagging head", "classification heads only"]);
     // Fusion trains classification heads only: refused by name.
     let run = peft(&[
         "fuse",
