@@ -193,4 +193,34 @@ mod tests {
         let e = parse_jsonl(Path::new("x.jsonl"), "{\"text\": \"a\"}", "tokens", "tags").unwrap_err();
         assert!(format!("{e}").contains("no list \"tokens\""), "{e}");
     }
+
+    /// Seeded random edits of valid files (bytes dropped, swapped in from a set of separators and
+    /// quotes, lines cut): both readers return sentences or an error, never panic, and every
+    /// sentence they return has as many tags as words.
+    #[test]
+    fn mangled_files_give_errors_not_panics() {
+        use rand::{Rng, SeedableRng};
+        let conll = "EU B-ORG\nrejects O\n\n-DOCSTART- O\nPeter B-PER\nBlackburn I-PER\n\n";
+        let jsonl =
+            "{\"tokens\": [\"EU\", \"rejects\"], \"tags\": [\"B-ORG\", 3]}\n{\"tokens\": [\"a\"], \"tags\": [\"O\"]}\n";
+        let pieces = [" ", "\n", "\t", "\"", "[", "]", ",", "-", "{", "}", "\u{e9}", ""];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        for round in 0..2000 {
+            let base = if round % 2 == 0 { conll } else { jsonl };
+            let mut chars: Vec<String> = base.chars().map(String::from).collect();
+            for _ in 0..rng.random_range(1..6) {
+                let i = rng.random_range(0..chars.len());
+                chars[i] = pieces[rng.random_range(0..pieces.len())].to_string();
+            }
+            let text: String = chars.concat();
+            let got = if round % 2 == 0 {
+                parse_conll(Path::new("m.conll"), &text)
+            } else {
+                parse_jsonl(Path::new("m.jsonl"), &text, "tokens", "tags")
+            };
+            if let Ok(sentences) = got {
+                assert!(sentences.iter().all(|s| !s.words.is_empty() && s.words.len() == s.tags.len()), "{text:?}");
+            }
+        }
+    }
 }
