@@ -356,13 +356,14 @@ fn train_eval_predict_each_head_type() {
 /// A resume state written before `--head-type` existed has no `head_type`: classification.
 #[test]
 fn data_settings_without_a_head_type_are_classification() {
-    let mut v = serde_json::to_value(peft_wgpu::train::options::DataArgs::default()).unwrap();
-    v.as_object_mut().unwrap().remove("head_type");
+    let v = serde_json::to_value(peft_wgpu::train::options::DataArgs::default()).unwrap();
+    assert!(v.get("head_type").is_none(), "a classification run's settings are the earlier ones: {v}");
     let back: peft_wgpu::train::options::DataArgs = serde_json::from_value(v).unwrap();
     assert_eq!(back.head_type, HeadKind::Classification);
     let tagging = peft_wgpu::train::options::DataArgs { head_type: HeadKind::Tagging, ..Default::default() };
-    let round: peft_wgpu::train::options::DataArgs =
-        serde_json::from_value(serde_json::to_value(&tagging).unwrap()).unwrap();
+    let saved = serde_json::to_value(&tagging).unwrap();
+    assert_eq!(saved["head_type"], json!("tagging"));
+    let round: peft_wgpu::train::options::DataArgs = serde_json::from_value(saved).unwrap();
     assert_eq!(round.head_type, HeadKind::Tagging);
 }
 

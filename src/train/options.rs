@@ -69,8 +69,10 @@ pub struct DataArgs {
     /// `regression` (a number per text; MSE), `multilabel_classification` (any labels per text:
     /// a JSON list or `|`-separated names; BCE with logits), `tagging` (a label per word: JSONL
     /// `{"tokens": [...], "tags": [...]}` or CoNLL columns, word first and tag last).
+    /// (Saved in the resume state only when not classification, so that a classification run's
+    /// state is the one earlier releases wrote; a state without it is classification.)
     #[arg(long, value_enum, default_value_t, value_name = "TYPE")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "HeadKind::is_classification")]
     pub head_type: HeadKind,
     #[command(flatten)]
     #[serde(flatten)]

@@ -95,6 +95,11 @@ impl HeadKind {
         })
     }
 
+    /// The default kind, classification (what serde skips writing).
+    pub fn is_classification(&self) -> bool {
+        *self == HeadKind::Classification
+    }
+
     /// Whether the head reads every token (tagging) rather than one row per sequence.
     pub fn per_token(self) -> bool {
         self == HeadKind::Tagging
