@@ -51,6 +51,17 @@ impl Encoded {
     }
 }
 
+/// One pre-split sentence tokenized ([`Tokenizer::encode_words`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedWords {
+    pub ids: Vec<u32>,
+    pub types: Vec<u32>,
+    /// Per token, the index of its word (`None`: a special token).
+    pub word_ids: Vec<Option<u32>>,
+    /// Whether words were cut off at the max length.
+    pub truncated: bool,
+}
+
 /// A BERT tokenizer with our padding / truncation policy.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -236,6 +247,24 @@ impl Tokenizer {
         let inputs: Vec<EncodeInput> =
             pairs.iter().map(|(a, b)| EncodeInput::Dual(a.as_ref().into(), b.as_ref().into())).collect();
         self.run(inputs)
+    }
+
+    /// Pre-split words (token classification): `[CLS] w1 w2 … [SEP]`, truncated, unpadded, with
+    /// each token's word index (`None` for the special tokens) and whether it was truncated.
+    pub fn encode_words<S: AsRef<str>>(&self, words: &[S]) -> Result<EncodedWords> {
+        let words: Vec<&str> = words.iter().map(|w| w.as_ref()).collect();
+        let e = self
+            .inner
+            .encode(EncodeInput::Single(words.as_slice().into()), true)
+            .map_err(|e| anyhow!("tokenizing with {}: {e}", self.source.display()))?;
+        let len = e.get_attention_mask().iter().filter(|&&m| m != 0).count();
+        let types = if self.single_token_type { vec![0; len] } else { e.get_type_ids()[..len].to_vec() };
+        Ok(EncodedWords {
+            ids: e.get_ids()[..len].to_vec(),
+            types,
+            word_ids: e.get_word_ids()[..len].to_vec(),
+            truncated: !e.get_overflowing().is_empty(),
+        })
     }
 
     fn run(&self, inputs: Vec<EncodeInput>) -> Result<Encoded> {
