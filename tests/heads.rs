@@ -526,3 +526,35 @@ fn predict_cli_matches_library_logits_for_each_head_kind() {
         }
     }
 }
+
+/// `peft train --head-type tagging` on each family's own model and tokenizer (byte-level BPE with
+/// the prefix space, SentencePiece, WordPiece; DistilBERT without token types): the epoch reports
+/// entity F1, the head is saved for the family's `adapters` model class, `peft predict` tags words.
+#[test]
+fn tagging_trains_on_every_family() {
+    let dir = tempdir("peft-heads-families-train");
+    let (train, dev) = toy_head_data(&dir, HeadKind::Tagging);
+    let (t, d) = (s(&train), s(&dev));
+    for family in ["roberta", "xlmr", "distilbert", "electra"] {
+        let out = dir.join(family);
+        let (m, o) = (s(&base(family)), s(&out));
+        let mut args = train_args(&m, &t, &d, &o);
+        args.extend(["--head-type", "tagging", "--epochs", "1"]);
+        let run = peft(&args);
+        let log = format!("{}{}", text(&run.stdout), text(&run.stderr));
+        assert!(run.status.success() && log.contains("epoch 1: dev entity F1"), "{family}: {log}");
+        let head = read_json(&out.join("head_config.json"));
+        let cfg = BertConfig::from_model_dir(base(family)).unwrap();
+        assert_eq!(head["model_type"], json!(cfg.model_type), "{family}");
+        assert_eq!(head["model_class"], json!(cfg.family().adapter_model_class()), "{family}");
+        assert_eq!(head["config"]["head_type"], json!("tagging"), "{family}");
+        let pred = peft(&["predict", "--model", &m, "--adapter", &o, "--text", "a wonderful film, truly"]);
+        assert!(pred.status.success(), "{family}: {}", text(&pred.stderr));
+        let p: serde_json::Value = serde_json::from_str(text(&pred.stdout).trim()).unwrap();
+        let tags = p["tags"].as_array().unwrap();
+        assert_eq!(tags.len(), 4, "{family}: {p}");
+        assert_eq!((&tags[1][0], &tags[3][0]), (&json!("wonderful"), &json!("truly")), "{family}: {p}");
+        assert_eq!(p["logits"].as_array().unwrap().len(), 4 * 3, "{family}: a row of 3 tags per word: {p}");
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
