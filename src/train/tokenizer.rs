@@ -313,7 +313,7 @@ impl Tokenizer {
 fn prefix_space_pre_tokenizer(p: Option<&PreTokenizerWrapper>) -> Option<PreTokenizerWrapper> {
     match p {
         Some(PreTokenizerWrapper::ByteLevel(b)) if !b.add_prefix_space => {
-            Some(PreTokenizerWrapper::ByteLevel(b.clone().add_prefix_space(true)))
+            Some(PreTokenizerWrapper::ByteLevel(b.add_prefix_space(true)))
         }
         _ => None,
     }
