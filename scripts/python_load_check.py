@@ -56,6 +56,8 @@ if a.predictions:
         # A tagging head: peft predict splits each text at whitespace and gives the logits of each
         # word's first sub-token, in word order.
         words = [t.split() for t in texts]
+        if os.path.exists(tj):  # RoBERTa-style byte-level BPE needs it for pre-split words, as peft does
+            tok = AutoTokenizer.from_pretrained(a.model, add_prefix_space=True)
         enc = tok(words, is_split_into_words=True, padding=True, truncation=True, max_length=a.max_length,
                   return_tensors="pt")
         with torch.no_grad():
