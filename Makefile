@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Tests share one CPU Vulkan device on CI machines: keep the threads few.
 TEST_THREADS ?= 2
 
-.PHONY: demo fusion-demo test deps vulkan build fmt lint fuzz
+.PHONY: demo fusion-demo ner-demo test deps vulkan build fmt lint fuzz
 
 MODEL := .cache/models/all-MiniLM-L6-v2
 DATA := .cache/data/rotten_tomatoes/all.csv
@@ -36,6 +36,12 @@ demo: deps
 fusion-demo: deps
 	$(CARGO) build --release
 	PEFT=./target/release/peft bash scripts/fusion-demo.sh
+
+# NER: a Houlsby adapter with a tagging head on CoNLL data (tests/fixtures/ner-demo, synthetic and
+# fixture-sized: see scripts/ner-demo.sh); prints the dev entity F1 and a sentence's tags.
+ner-demo: deps
+	$(CARGO) build --release
+	PEFT=./target/release/peft bash scripts/ner-demo.sh
 
 test: deps
 	$(CARGO) test -- --test-threads=$(TEST_THREADS)

@@ -5,6 +5,8 @@ usage:
   python scripts/python_load_check.py --model MODEL_DIR --adapter OUT [--predictions PRED.jsonl]
   python scripts/python_load_check.py --model MODEL_DIR --adapter SRC1 --adapter SRC2 --fusion FUSE_OUT [--predictions PRED.jsonl]
 PRED.jsonl is `peft predict --out` over the same model, adapter(s) / fusion; --max-length must match.
+Any head kind: classification, regression and multi-label logits per text; tagging logits per word
+(the text split at whitespace, the word's first sub-token).
 Every parameter the `.bin` files hold is checked against what Python loaded, bit for bit, and each
 `.bin` file is also read with `torch.load(path, weights_only=True)`. Exits 1 when a check fails.
 """
@@ -50,10 +52,30 @@ if a.predictions:
     tj = os.path.join(a.model, "tokenizer.json")
     tok = AutoTokenizer.from_pretrained(a.model) if os.path.exists(tj) else BertTokenizer(os.path.join(a.model, "vocab.txt"))
     texts = [r["text"] for r in rows]
-    enc = tok(texts, padding=True, truncation=True, max_length=a.max_length, return_tensors="pt")
-    with torch.no_grad():
-        logits = m(**enc).logits.numpy()
-    ours = np.array([r["logits"] for r in rows])
+    if "tags" in rows[0]:
+        # A tagging head: peft predict splits each text at whitespace and gives the logits of each
+        # word's first sub-token, in word order.
+        words = [t.split() for t in texts]
+        if os.path.exists(tj):  # RoBERTa-style byte-level BPE needs it for pre-split words, as peft does
+            tok = AutoTokenizer.from_pretrained(a.model, add_prefix_space=True)
+        enc = tok(words, is_split_into_words=True, padding=True, truncation=True, max_length=a.max_length,
+                  return_tensors="pt")
+        with torch.no_grad():
+            full = m(**enc).logits.numpy()
+        picked = []
+        for i in range(len(rows)):
+            seen = set()
+            for t, w in enumerate(enc.word_ids(i)):
+                if w is not None and w not in seen:
+                    seen.add(w)
+                    picked.append(full[i, t])
+        logits = np.array(picked)
+        ours = np.concatenate([np.array(r["logits"]).reshape(-1, full.shape[-1]) for r in rows])
+    else:
+        enc = tok(texts, padding=True, truncation=True, max_length=a.max_length, return_tensors="pt")
+        with torch.no_grad():
+            logits = m(**enc).logits.numpy()
+        ours = np.array([r["logits"] for r in rows])
     diff = np.abs(logits - ours).max()
     rel = diff / max(np.abs(logits).max(), 1e-30)
     print(f"logits of {len(rows)} texts: python {logits[0].tolist()}, peft {ours[0].tolist()} (first text)")

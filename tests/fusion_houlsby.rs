@@ -285,6 +285,7 @@ fn planner_counts_fusion_at_both_sites() {
                 layer_chunk: 0,
                 keep_ffn_output: false,
                 dropout: Default::default(),
+                per_token_head: false,
             };
             let planned = plan::choose_for(&g, &input, choice, None).unwrap();
             let (_, mut enc) = load::load_encoder(&g, &base(), Some(planned.resident_layers())).unwrap();

@@ -118,6 +118,7 @@ pub fn plan_step(
         batch,
         seq,
         labels: 2,
+        per_token_head: false,
         adapter: &spec,
         resident_layers: cfg.num_hidden_layers,
         recompute: false,

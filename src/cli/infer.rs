@@ -98,7 +98,7 @@ pub fn eval(g: &Arc<Gpu>, e: EvalCli) -> Result<()> {
         }
         Err(adapter) => crate::train::evaluate(g, &e.model, &adapter, &e.data, &opts, batch_size, max_length)?,
     };
-    println!("accuracy={:.4} macro_f1={:.4} n={}", s.accuracy, s.macro_f1, s.n);
+    println!("{s}");
     Ok(())
 }
 

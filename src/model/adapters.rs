@@ -2,7 +2,8 @@
 //! on the GPU with their gradients, named as AdapterHub names them.
 
 use crate::formats::adapterhub::{
-    adapter_tensor_name, AdapterSite, BottleneckConfig, BottleneckParam, OptionParam, ResidualBeforeLn, TrainedScaling,
+    adapter_tensor_name, head_param_name, AdapterSite, BottleneckConfig, BottleneckParam, HeadConfig, HeadKind,
+    OptionParam, ResidualBeforeLn, TrainedScaling,
 };
 use crate::gpu::{Gpu, GpuTensor};
 use crate::kernels::adapter::{AdapterShape, AdapterWeights};
@@ -336,22 +337,34 @@ impl AdapterSet {
     }
 }
 
-/// AdapterHub's default classification head: CLS → Linear(d, d) → tanh → Linear(d, labels)
-/// (`heads.<name>.1.*`, `heads.<name>.4.*`).
+/// One Linear of a head on the GPU with its gradients; `index` is its position in the head's
+/// `nn.Sequential` (`heads.<name>.<index>.weight`).
+pub struct HeadLinearGpu {
+    pub index: usize,
+    /// `[out, in]`
+    pub w: GpuTensor,
+    pub b: Option<GpuTensor>,
+    pub g_w: GpuTensor,
+    pub g_b: Option<GpuTensor>,
+}
+
+/// An AdapterHub prediction head on the GPU (the name is historical: every kind the project
+/// trains). Classification, regression and multi-label heads read the `[CLS]` row, tagging heads
+/// every token; one or two Linear layers (dropout before each), `config.activation_function`
+/// between them. AdapterHub's default classification head: CLS → Linear(d, d) → tanh →
+/// Linear(d, labels) (`heads.<name>.1.*`, `heads.<name>.4.*`).
 pub struct ClassificationHead {
     pub name: String,
+    /// Kind, layers, activation, bias and label names as saved in `head_config.json`.
+    pub config: HeadConfig,
+    /// Logits per row: `num_labels`.
     pub labels: usize,
-    pub w1: GpuTensor,
-    pub b1: GpuTensor,
-    pub w4: GpuTensor,
-    pub b4: GpuTensor,
-    pub g_w1: GpuTensor,
-    pub g_b1: GpuTensor,
-    pub g_w4: GpuTensor,
-    pub g_b4: GpuTensor,
+    /// In order; the last one gives the logits.
+    pub linears: Vec<HeadLinearGpu>,
 }
 
 impl ClassificationHead {
+    /// AdapterHub names of the default classification head's four tensors.
     pub fn tensor_names(name: &str) -> [String; 4] {
         [
             format!("heads.{name}.1.weight"),
@@ -361,30 +374,84 @@ impl ClassificationHead {
         ]
     }
 
+    /// `(AdapterHub name, shape)` of every tensor of a head with `config` over `d` hidden units.
+    pub fn tensor_specs(name: &str, d: usize, config: &HeadConfig) -> Vec<(String, Vec<usize>)> {
+        let mut out = vec![];
+        for (idx, (wshape, has_bias)) in config.linear_indices().into_iter().zip(config.linear_shapes(d)) {
+            out.push((head_param_name(name, idx, "weight"), wshape.clone()));
+            if has_bias {
+                out.push((head_param_name(name, idx, "bias"), vec![wshape[0]]));
+            }
+        }
+        out
+    }
+
+    /// The layouts the GPU head runs: one or two Linear layers, the `[CLS]` row (not the pooler).
+    pub fn check_supported(name: &str, config: &HeadConfig) -> Result<()> {
+        if !(1..=2).contains(&config.layers) || config.use_pooler {
+            bail!(
+                "head {name:?}: {} heads with layers {} and use_pooler {} are not supported \
+                 (supported: layers 1 or 2, the [CLS] token's hidden state, use_pooler false)",
+                config.kind,
+                config.layers,
+                config.use_pooler
+            );
+        }
+        Ok(())
+    }
+
+    /// AdapterHub's default classification head with `labels` labels (named `LABEL_i`).
     pub fn from_tensors(gpu: &Arc<Gpu>, name: &str, d: usize, labels: usize, get: TensorGetter) -> Result<Self> {
-        let [n1w, n1b, n4w, n4b] = Self::tensor_names(name);
-        Ok(Self {
-            name: name.to_string(),
-            labels,
-            w1: GpuTensor::from_slice(gpu, &[d, d], &get(&n1w, &[d, d])?)?,
-            b1: GpuTensor::from_slice(gpu, &[d], &get(&n1b, &[d])?)?,
-            w4: GpuTensor::from_slice(gpu, &[labels, d], &get(&n4w, &[labels, d])?)?,
-            b4: GpuTensor::from_slice(gpu, &[labels], &get(&n4b, &[labels])?)?,
-            g_w1: GpuTensor::zeros(gpu, &[d, d])?,
-            g_b1: GpuTensor::zeros(gpu, &[d])?,
-            g_w4: GpuTensor::zeros(gpu, &[labels, d])?,
-            g_b4: GpuTensor::zeros(gpu, &[labels])?,
-        })
+        let names: Vec<String> = (0..labels).map(|i| format!("LABEL_{i}")).collect();
+        Self::from_config(gpu, name, d, &HeadConfig::classification(&names), get)
+    }
+
+    /// The head `config` describes, its tensors looked up by AdapterHub name.
+    pub fn from_config(gpu: &Arc<Gpu>, name: &str, d: usize, config: &HeadConfig, get: TensorGetter) -> Result<Self> {
+        Self::check_supported(name, config)?;
+        let mut linears = vec![];
+        for (index, (wshape, has_bias)) in config.linear_indices().into_iter().zip(config.linear_shapes(d)) {
+            let out = wshape[0];
+            let (b, g_b) = if has_bias {
+                let bn = head_param_name(name, index, "bias");
+                (Some(GpuTensor::from_slice(gpu, &[out], &get(&bn, &[out])?)?), Some(GpuTensor::zeros(gpu, &[out])?))
+            } else {
+                (None, None)
+            };
+            let wn = head_param_name(name, index, "weight");
+            linears.push(HeadLinearGpu {
+                index,
+                w: GpuTensor::from_slice(gpu, &wshape, &get(&wn, &wshape)?)?,
+                b,
+                g_w: GpuTensor::zeros(gpu, &wshape)?,
+                g_b,
+            });
+        }
+        Ok(Self { name: name.to_string(), config: config.clone(), labels: config.num_labels, linears })
+    }
+
+    /// What the head predicts.
+    pub fn kind(&self) -> HeadKind {
+        self.config.kind
+    }
+
+    /// The activation between the Linear layers (identity when the config has none).
+    pub fn activation(&self) -> Activation {
+        self.config.activation_function.unwrap_or(Activation::Identity)
     }
 
     pub fn named(&self) -> Vec<(String, &GpuTensor, &GpuTensor)> {
-        let names = Self::tensor_names(&self.name);
-        let w = [&self.w1, &self.b1, &self.w4, &self.b4];
-        let g = [&self.g_w1, &self.g_b1, &self.g_w4, &self.g_b4];
-        names.into_iter().zip(w).zip(g).map(|((n, w), g)| (n, w, g)).collect()
+        let mut out = vec![];
+        for l in &self.linears {
+            out.push((head_param_name(&self.name, l.index, "weight"), &l.w, &l.g_w));
+            if let (Some(b), Some(g)) = (&l.b, &l.g_b) {
+                out.push((head_param_name(&self.name, l.index, "bias"), b, g));
+            }
+        }
+        out
     }
 
     pub fn parameters(&self) -> usize {
-        [&self.w1, &self.b1, &self.w4, &self.b4].iter().map(|t| t.numel()).sum()
+        self.named().iter().map(|(_, w, _)| w.numel()).sum()
     }
 }

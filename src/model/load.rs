@@ -8,7 +8,6 @@ use super::source::FileSource;
 use crate::formats::adapterhub::{Adapter, Head};
 use crate::formats::weights::{TensorMap, WeightFile};
 use crate::gpu::Gpu;
-use crate::types::Activation;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -120,25 +119,13 @@ pub fn load_adapter(gpu: &Arc<Gpu>, dir: &Path, cfg: &BertConfig) -> Result<(Ada
     Ok((set, head))
 }
 
-/// AdapterHub's default classification head on the GPU; other head layouts are refused.
+/// A saved head on the GPU (classification, regression, multi-label or tagging; layouts the GPU
+/// head does not run are refused by [`ClassificationHead::check_supported`]).
 pub fn classification_head(gpu: &Arc<Gpu>, h: &Head, d: usize) -> Result<ClassificationHead> {
-    let c = &h.config;
-    if c.layers != 2 || c.activation_function != Some(Activation::Tanh) || c.use_pooler || !c.bias {
-        bail!(
-            "head {:?}: only AdapterHub's default classification head is supported (layers 2, tanh, bias, no pooler); \
-             this one has layers {}, activation {:?}, use_pooler {}, bias {}",
-            h.name(),
-            c.layers,
-            c.activation_function,
-            c.use_pooler,
-            c.bias
-        );
-    }
     let map = h.tensors();
     let what = format!("head {:?}", h.name());
     let get = getter(&map, &what, Family::Bert);
-    let head = ClassificationHead::from_tensors(gpu, h.name(), d, c.num_labels, &get)?;
-    Ok(head)
+    ClassificationHead::from_config(gpu, h.name(), d, &h.config, &get)
 }
 
 /// Loads a head folder.

@@ -1,7 +1,7 @@
 //! `peft train`: a new bottleneck adapter + classification head on the frozen encoder, with
 //! AdapterHub's initialisation, trained by the shared loop ([`super::trainer`]).
 
-use crate::formats::adapterhub::{BottleneckConfig, TrainedScaling, WeightsFormat, INIT_WEIGHTS};
+use crate::formats::adapterhub::{BottleneckConfig, HeadConfig, TrainedScaling, WeightsFormat, INIT_WEIGHTS};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::model::adapters::{
     adapter_tensor_names, option_tensor_names, AdapterSet, ClassificationHead, Location, ModuleOptions, Placement,
@@ -202,6 +202,19 @@ pub fn new_adapter(
     labels: usize,
     seed: u64,
 ) -> Result<(AdapterSet, ClassificationHead)> {
+    let names: Vec<String> = (0..labels).map(|i| format!("LABEL_{i}")).collect();
+    new_adapter_with_head(gpu, cfg, bn, name, &HeadConfig::classification(&names), seed)
+}
+
+/// [`new_adapter`] with a head of any kind the GPU head runs (`head`: kind, layers, labels).
+pub fn new_adapter_with_head(
+    gpu: &Arc<Gpu>,
+    cfg: &BertConfig,
+    bn: &BottleneckConfig,
+    name: &str,
+    head: &HeadConfig,
+    seed: u64,
+) -> Result<(AdapterSet, ClassificationHead)> {
     let d = cfg.hidden_size;
     let m = bn.bottleneck_dim(d, 0)?;
     let placement = Placement::of(bn)?;
@@ -225,10 +238,9 @@ pub fn new_adapter(
             }
         }
     }
-    for (n, s) in
-        ClassificationHead::tensor_names(name).iter().zip([vec![d, d], vec![d], vec![labels, d], vec![labels]])
-    {
-        values.insert(n.clone(), init_values(&mut rng, n, &s));
+    for (n, s) in ClassificationHead::tensor_specs(name, d, head) {
+        let v = init_values(&mut rng, &n, &s);
+        values.insert(n, v);
     }
     let get = |n: &str, _shape: &[usize]| -> Result<Vec<f32>> {
         values.get(n).cloned().ok_or_else(|| anyhow!("internal: no initial value for {n}"))
@@ -246,7 +258,7 @@ pub fn new_adapter(
         &|l, loc| sites(loc) && bn.has_layer(l),
         &get,
     )?;
-    let head = ClassificationHead::from_tensors(gpu, name, d, labels, &get)?;
+    let head = ClassificationHead::from_config(gpu, name, d, head, &get)?;
     Ok((set, head))
 }
 /// A new adapter + head being trained (`peft train`).
@@ -293,7 +305,8 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
     let RunStart { cfg, pad, task } = start_run(gpu, &args.model, &args.train, &args.data, r, rep)?;
 
     let bn = args.adapter.bottleneck_config(cfg.num_hidden_layers)?;
-    let (set, head) = new_adapter(gpu, &cfg, &bn, &args.adapter.name, task.labels.len(), r.seed)?;
+    let head_config = HeadConfig::new(args.data.head_type, &task.labels.labels);
+    let (set, head) = new_adapter_with_head(gpu, &cfg, &bn, &args.adapter.name, &head_config, r.seed)?;
     let trainable = set.parameters() + head.parameters();
     let model_params = model_parameters(&cfg);
     let mut options = vec![match bn.trained_scaling {

@@ -2,7 +2,7 @@
 //! which writes each file atomically (temp file + fsync + rename).
 
 use crate::formats::adapterhub::{
-    Adapter, BottleneckConfig, BottleneckWeights, Head, HeadConfig, HeadLinear, LayerAdapters, SavedConfig,
+    Adapter, BottleneckConfig, BottleneckWeights, Head, HeadLinear, LayerAdapters, SavedConfig,
 };
 use crate::formats::weights::{Tensor, TensorMap};
 use crate::gpu::Gpu;
@@ -55,14 +55,15 @@ pub fn head_to_adapterhub(
     hidden: usize,
     model_name: &str,
 ) -> Result<Head> {
-    let head_config = HeadConfig::classification(labels);
+    let mut head_config = head.config.clone();
+    if labels.len() == head_config.num_labels {
+        head_config.id2label = labels.to_vec();
+    }
     let head_saved = SavedConfig::new(&head.name, hidden, model_name, head_config.to_config());
-    Ok(Head {
-        saved: head_saved,
-        config: head_config,
-        linears: vec![
-            HeadLinear { weight: host(gpu, &head.w1)?, bias: Some(host(gpu, &head.b1)?) },
-            HeadLinear { weight: host(gpu, &head.w4)?, bias: Some(host(gpu, &head.b4)?) },
-        ],
-    })
+    let linears = head
+        .linears
+        .iter()
+        .map(|l| Ok(HeadLinear { weight: host(gpu, &l.w)?, bias: l.b.as_ref().map(|b| host(gpu, b)).transpose()? }))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Head { saved: head_saved, config: head_config, linears })
 }

@@ -1,4 +1,4 @@
-//! `peft grads`: one forward + backward with mean cross-entropy on a given batch, writing logits,
+//! `peft grads`: one forward + backward with the head's loss on a given batch, writing logits,
 //! loss, last hidden state and the gradient of every trainable tensor under the `adapters`
 //! library's names (the parity interface other tools and tests rely on).
 
@@ -22,7 +22,7 @@ pub struct GradsArgs {
     pub resident_layers: Option<usize>,
 }
 
-pub use crate::train::data::read_inputs_json;
+pub use crate::train::data::{read_inputs_json, read_targets_json};
 
 fn report(out: &crate::model::encoder::PassOutput) {
     eprintln!(
@@ -44,9 +44,14 @@ fn write_outputs(
     named: Vec<(String, &crate::gpu::GpuTensor, &crate::gpu::GpuTensor)>,
 ) -> Result<TensorMap> {
     report(&out);
-    let d = head.w1.shape[0];
+    let d = head.linears[0].w.shape[1];
     let mut map = TensorMap::new();
-    map.insert("logits".into(), Tensor::new(vec![inputs.batch, head.labels], out.logits)?);
+    let logits_shape = if head.kind().per_token() {
+        vec![inputs.batch, inputs.seq, head.labels]
+    } else {
+        vec![inputs.batch, head.labels]
+    };
+    map.insert("logits".into(), Tensor::new(logits_shape, out.logits)?);
     map.insert("loss".into(), Tensor::new(vec![1], vec![out.loss.expect("labels given")])?);
     let hidden = out.last_hidden_state.expect("asked for");
     map.insert("last_hidden_state".into(), Tensor::new(vec![inputs.batch, inputs.seq, d], hidden)?);
@@ -78,12 +83,12 @@ pub fn run(gpu: &Arc<Gpu>, args: &GradsArgs) -> Result<TensorMap> {
         Some(dir) => load::load_head(gpu, dir, d)?,
         None => saved_head.ok_or_else(|| anyhow!("no head: pass --head DIR or an adapter saved with its head"))?,
     };
-    let (inputs, labels) = read_inputs_json(&args.inputs)?;
+    let (inputs, targets) = read_targets_json(&args.inputs, head.kind())?;
     let setup = match &adapter {
         Some(a) => Setup::Adapter(a),
         None => Setup::None,
     };
-    let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
+    let out = enc.pass_targets(&setup, &head, &inputs, Some(targets.as_targets()), true, true, None)?;
     let named = adapter.iter().flat_map(|a| a.named()).chain(head.named()).collect();
     write_outputs(gpu, cfg.family(), &args.out, &inputs, &head, out, named)
 }
@@ -115,9 +120,9 @@ fn run_fusion(
         (None, Some(h)) => load::classification_head(gpu, h, d)?,
         (None, None) => bail!("no head: pass --head DIR"),
     };
-    let (inputs, labels) = read_inputs_json(&args.inputs)?;
+    let (inputs, targets) = read_targets_json(&args.inputs, head.kind())?;
     let setup = Setup::Fusion { adapters: ordered, fusion: &fusion };
-    let out = enc.pass(&setup, &head, &inputs, Some(&labels), true, true)?;
+    let out = enc.pass_targets(&setup, &head, &inputs, Some(targets.as_targets()), true, true, None)?;
     let named = fusion.named().into_iter().chain(head.named()).collect();
     write_outputs(gpu, cfg.family(), &args.out, &inputs, &head, out, named)
 }

@@ -52,6 +52,7 @@ pub(crate) fn plan_memory(
             batch: widest,
             seq: longest,
             labels: task.labels.len(),
+            per_token_head: matches!(task.train.targets, crate::train::data::TaskTargets::Tokens(_)),
             adapter,
             resident_layers: cfg.num_hidden_layers,
             recompute: false,

@@ -5,7 +5,7 @@
 //! `clap::Args` is derived unconditionally: clap is already a dependency of the library (the bench
 //! and data-set commands, the presets' `ValueEnum`), so a feature gate would not drop it.
 
-use crate::formats::adapterhub::WeightsFormat;
+use crate::formats::adapterhub::{HeadKind, WeightsFormat};
 use crate::train::data::{DataOptions, Format};
 use crate::types::Activation;
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,7 @@ impl Columns {
             label_column: self.label_column.clone(),
             format: self.format,
             require_labels,
+            head_kind: HeadKind::Classification,
         }
     }
 }
@@ -64,6 +65,15 @@ pub struct DataArgs {
     /// Evaluate on the first N dev examples.
     #[arg(long)]
     pub max_dev_examples: Option<usize>,
+    /// The head to train (AdapterHub's head types): `classification` (a label per text),
+    /// `regression` (a number per text; MSE), `multilabel_classification` (any labels per text:
+    /// a JSON list or `|`-separated names; BCE with logits), `tagging` (a label per word: JSONL
+    /// `{"tokens": [...], "tags": [...]}` or CoNLL columns, word first and tag last).
+    /// (Saved in the resume state only when not classification, so that a classification run's
+    /// state is the one earlier releases wrote; a state without it is classification.)
+    #[arg(long, value_enum, default_value_t, value_name = "TYPE")]
+    #[serde(default, skip_serializing_if = "HeadKind::is_classification")]
+    pub head_type: HeadKind,
     #[command(flatten)]
     #[serde(flatten)]
     pub columns: Columns,
@@ -77,6 +87,7 @@ impl Default for DataArgs {
             max_length: 128,
             max_train_examples: None,
             max_dev_examples: None,
+            head_type: HeadKind::Classification,
             columns: Columns::default(),
         }
     }

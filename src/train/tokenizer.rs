@@ -8,6 +8,11 @@
 //! Padding and truncation pinned in the file (all-MiniLM-L6-v2 pins both to 128) are replaced:
 //! batches are padded (right) to their longest sequence and truncated (longest first) at
 //! `max_length`, exactly like `tokenizer(texts, padding=True, truncation=True, max_length=N)`.
+//!
+//! Pre-split words (tagging) are tokenized as HF's fast tokenizer does with
+//! `is_split_into_words=True` when loaded with `add_prefix_space=True`, which RoBERTa-style
+//! byte-level BPE tokenizers require for pre-split words: each word gets the space a word inside a
+//! sentence has (`Ġword`), the first one included.
 
 use crate::model::config::{BertConfig, Family};
 use anyhow::{anyhow, bail, Context, Result};
@@ -15,6 +20,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{
     AddedToken, EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, TruncationDirection, TruncationParams,
@@ -51,9 +57,23 @@ impl Encoded {
     }
 }
 
+/// One pre-split sentence tokenized ([`Tokenizer::encode_words`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedWords {
+    pub ids: Vec<u32>,
+    pub types: Vec<u32>,
+    /// Per token, the index of its word (`None`: a special token).
+    pub word_ids: Vec<Option<u32>>,
+    /// Whether words were cut off at the max length.
+    pub truncated: bool,
+}
+
 /// A BERT tokenizer with our padding / truncation policy.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// For pre-split words where they tokenize differently from `inner` (a byte-level
+    /// pre-tokenizer without `add_prefix_space`): `inner` with the prefix space.
+    words: Option<tokenizers::Tokenizer>,
     max_length: usize,
     source: PathBuf,
     /// Every token type 0 (the model has one).
@@ -176,7 +196,12 @@ impl Tokenizer {
             pad_type_id,
             pad_token,
         }));
-        let mut t = Self { inner, max_length: 0, source: path.to_path_buf(), single_token_type: false };
+        let words = prefix_space_pre_tokenizer(inner.get_pre_tokenizer()).map(|p| {
+            let mut w = inner.clone();
+            w.with_pre_tokenizer(Some(p));
+            w
+        });
+        let mut t = Self { inner, words, max_length: 0, source: path.to_path_buf(), single_token_type: false };
         t.set_max_length(max_length)?;
         Ok(t)
     }
@@ -186,14 +211,15 @@ impl Tokenizer {
         if max_length < 4 {
             bail!("max_length {max_length} is too short: [CLS] and [SEP] tokens alone take 2 (3 for pairs)");
         }
-        self.inner
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| anyhow!("setting truncation to {max_length}: {e}"))?;
+        let params = TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        };
+        for t in std::iter::once(&mut self.inner).chain(self.words.as_mut()) {
+            t.with_truncation(Some(params.clone())).map_err(|e| anyhow!("setting truncation to {max_length}: {e}"))?;
+        }
         self.max_length = max_length;
         Ok(())
     }
@@ -238,6 +264,27 @@ impl Tokenizer {
         self.run(inputs)
     }
 
+    /// Pre-split words (token classification): `[CLS] w1 w2 … [SEP]`, truncated, unpadded, with
+    /// each token's word index (`None` for the special tokens) and whether it was truncated.
+    /// Byte-level BPE words get a prefix space each, as HF's `add_prefix_space=True` gives them.
+    pub fn encode_words<S: AsRef<str>>(&self, words: &[S]) -> Result<EncodedWords> {
+        let words: Vec<&str> = words.iter().map(|w| w.as_ref()).collect();
+        let e = self
+            .words
+            .as_ref()
+            .unwrap_or(&self.inner)
+            .encode(EncodeInput::Single(words.as_slice().into()), true)
+            .map_err(|e| anyhow!("tokenizing with {}: {e}", self.source.display()))?;
+        let len = e.get_attention_mask().iter().filter(|&&m| m != 0).count();
+        let types = if self.single_token_type { vec![0; len] } else { e.get_type_ids()[..len].to_vec() };
+        Ok(EncodedWords {
+            ids: e.get_ids()[..len].to_vec(),
+            types,
+            word_ids: e.get_word_ids()[..len].to_vec(),
+            truncated: !e.get_overflowing().is_empty(),
+        })
+    }
+
     fn run(&self, inputs: Vec<EncodeInput>) -> Result<Encoded> {
         if inputs.is_empty() {
             return Ok(Encoded::default());
@@ -257,6 +304,18 @@ impl Tokenizer {
             out.truncated.push(!e.get_overflowing().is_empty());
         }
         Ok(out)
+    }
+}
+
+/// The pre-tokenizer that HF's RoBERTa / GPT-2 fast tokenizers use when loaded with
+/// `add_prefix_space=True` (they rewrite a top-level `ByteLevel` pre-tokenizer's flag, nothing
+/// else), or `None` when that is the file's own (already set, or not byte-level).
+fn prefix_space_pre_tokenizer(p: Option<&PreTokenizerWrapper>) -> Option<PreTokenizerWrapper> {
+    match p {
+        Some(PreTokenizerWrapper::ByteLevel(b)) if !b.add_prefix_space => {
+            Some(PreTokenizerWrapper::ByteLevel(b.add_prefix_space(true)))
+        }
+        _ => None,
     }
 }
 

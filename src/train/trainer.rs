@@ -9,7 +9,7 @@ use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::elementwise;
 use crate::model::adapters::ClassificationHead;
 use crate::model::config::BertConfig;
-use crate::model::encoder::{DropoutRates, Encoder, Inputs, PassDropout, Setup};
+use crate::model::encoder::{DropoutRates, Encoder, Inputs, PassDropout, Setup, Targets};
 use crate::train::optimizer::Optimizer;
 use crate::train::options::{LoopArgs, OptimizerArgs};
 use crate::train::report::Reporter;
@@ -70,9 +70,22 @@ pub fn train_step<T: Trainee>(
     labels: &[u32],
     dropout: Option<PassDropout>,
 ) -> Result<StepOutput> {
+    train_step_targets(gpu, enc, trainee, optimizer, inputs, Targets::Classes(labels), dropout)
+}
+
+/// [`train_step`] against any head kind's [`Targets`].
+pub fn train_step_targets<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    enc: &mut Encoder,
+    trainee: &mut T,
+    optimizer: &mut Optimizer,
+    inputs: &Inputs,
+    targets: Targets,
+    dropout: Option<PassDropout>,
+) -> Result<StepOutput> {
     trainee.before_train_pass();
     let mut b = gpu.batch();
-    let rec = enc.record(&mut b, &trainee.setup(), trainee.head(), inputs, Some(labels), true, dropout)?;
+    let rec = enc.record_targets(&mut b, &trainee.setup(), trainee.head(), inputs, Some(targets), true, dropout)?;
     let loss = rec.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?;
     finish_step(gpu, &mut b, trainee, optimizer, &[loss])
 }
@@ -103,10 +116,10 @@ fn finish_step<T: Trainee>(
     Ok(StepOutput { loss: loss + extra_loss, extra_loss, lr, grad_norm: values[k][0].sqrt() })
 }
 
-/// One micro-batch of an accumulated step: its inputs, labels and training pass's dropout.
+/// One micro-batch of an accumulated step: its inputs, targets and training pass's dropout.
 pub struct MicroBatch<'a> {
     pub inputs: &'a Inputs,
-    pub labels: &'a [u32],
+    pub targets: Targets<'a>,
     pub dropout: Option<PassDropout>,
 }
 
@@ -124,7 +137,7 @@ pub fn train_step_accumulated<T: Trainee>(
 ) -> Result<StepOutput> {
     match micro {
         [] => bail!("internal: an optimizer step over no batches"),
-        [one] => return train_step(gpu, enc, trainee, optimizer, one.inputs, one.labels, one.dropout),
+        [one] => return train_step_targets(gpu, enc, trainee, optimizer, one.inputs, one.targets, one.dropout),
         _ => {}
     }
     trainee.before_train_pass();
@@ -133,7 +146,8 @@ pub fn train_step_accumulated<T: Trainee>(
     let mut sums: Vec<GpuTensor> = Vec::with_capacity(grads.len());
     let mut losses = Vec::with_capacity(micro.len());
     for (i, m) in micro.iter().enumerate() {
-        let rec = enc.record(&mut b, &trainee.setup(), trainee.head(), m.inputs, Some(m.labels), true, m.dropout)?;
+        let rec =
+            enc.record_targets(&mut b, &trainee.setup(), trainee.head(), m.inputs, Some(m.targets), true, m.dropout)?;
         // Only the loss is kept: the rest of the pass's tensors go with `rec`.
         losses.push(rec.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?);
         b.phase("gradient accumulation");

@@ -89,13 +89,17 @@ fn broken_adapter_folders_give_clear_errors() {
 
     assert_err_contains(Adapter::load(tiny().join("base"), &cfg), &["adapter_config.json", "not an adapter folder"]);
 
-    // A head config without its weights, a head of another type, a head with too many layers.
+    // A head config without its weights, a head of a type not supported (multiple choice), a head
+    // with too many layers.
     let d = broken_copy("houlsby/adapter", |p| fs::remove_file(p.join(HEAD_WEIGHTS_FILE)).unwrap());
     assert_err_contains(Adapter::load(d.path(), &cfg), &["head_config.json", "model_head.safetensors"]);
     let d = broken_copy("houlsby/adapter", |p| {
-        edit_json(&p.join(HEAD_CONFIG_FILE), |v| v["config"]["head_type"] = json!("tagging"))
+        edit_json(&p.join(HEAD_CONFIG_FILE), |v| v["config"]["head_type"] = json!("multiple_choice"))
     });
-    assert_err_contains(Adapter::load(d.path(), &cfg), &["head_config.json", "head_type", "tagging"]);
+    assert_err_contains(
+        Adapter::load(d.path(), &cfg),
+        &["head_config.json", "head_type", "multiple_choice", "not supported"],
+    );
     let d =
         broken_copy("houlsby/adapter", |p| edit_json(&p.join(HEAD_CONFIG_FILE), |v| v["config"]["layers"] = json!(3)));
     assert_err_contains(

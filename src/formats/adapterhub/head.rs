@@ -1,5 +1,7 @@
 //! A prediction head (`head_config.json` + `model_head.safetensors`): AdapterHub's
-//! classification head, its typed config and weights.
+//! classification, regression (a classification head with one label), multi-label classification
+//! and tagging heads, their typed config and weights. The other head types the `adapters` library
+//! writes (multiple choice, question answering, language modelling, ...) are refused by name.
 
 use super::names::head_param_name;
 use super::options::{opt_bool, opt_number, refuse_unknown, req_usize, to_object, HEAD_OPTIONS};
@@ -12,23 +14,118 @@ use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// A head's `config` as `ClassificationHead` writes it.
+/// A head's `config` as the library's head classes write it (`TaggingHead` has no `bias` and no
+/// `use_pooler`).
 #[derive(Serialize)]
 struct HeadConfigJson<'a> {
     activation_function: Option<&'static str>,
-    bias: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bias: Option<bool>,
     dropout_prob: Option<f64>,
     head_type: &'a str,
     label2id: BTreeMap<&'a str, usize>,
     layers: usize,
     num_labels: usize,
-    use_pooler: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    use_pooler: Option<bool>,
+}
+
+/// What a head predicts and how it is trained (the `adapters` library's head classes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// `ClassificationHead`, one label per sequence, softmax cross-entropy.
+    #[default]
+    Classification,
+    /// `ClassificationHead` with `num_labels` 1: one value per sequence, mean squared error.
+    Regression,
+    /// `MultiLabelClassificationHead`: any set of labels per sequence, BCE with logits.
+    MultilabelClassification,
+    /// `TaggingHead`: one label per token, cross-entropy over the labelled tokens.
+    Tagging,
+}
+
+/// Head types the `adapters` library has that are read by name and refused here.
+const UNSUPPORTED_HEAD_TYPES: &[&str] = &[
+    "multiple_choice",
+    "question_answering",
+    "image_classification",
+    "dependency_parsing",
+    "causal_lm",
+    "masked_lm",
+    "seq2seq_lm",
+];
+
+impl HeadKind {
+    /// The `head_type` the library writes for this kind (regression is a classification head).
+    pub fn head_type(self) -> &'static str {
+        match self {
+            HeadKind::Classification | HeadKind::Regression => "classification",
+            HeadKind::MultilabelClassification => "multilabel_classification",
+            HeadKind::Tagging => "tagging",
+        }
+    }
+
+    /// The name `peft train --head-type` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadKind::Regression => "regression",
+            other => other.head_type(),
+        }
+    }
+
+    /// The kind of a `head_type` with `num_labels` (a classification head with one label is a
+    /// regression head, as in the library).
+    pub fn from_head_type(head_type: &str, num_labels: usize) -> Result<Self> {
+        Ok(match head_type {
+            "classification" if num_labels == 1 => HeadKind::Regression,
+            "classification" => HeadKind::Classification,
+            "multilabel_classification" => HeadKind::MultilabelClassification,
+            "tagging" => HeadKind::Tagging,
+            t if UNSUPPORTED_HEAD_TYPES.contains(&t) => bail!(
+                "option \"head_type\" is {t:?}: the adapters library's {t} heads are not supported here yet \
+                 (supported: classification, regression = classification with num_labels 1, \
+                 multilabel_classification, tagging)"
+            ),
+            t => bail!(
+                "option \"head_type\" is {t:?}, which no adapters head has (supported: classification, \
+                 multilabel_classification, tagging)"
+            ),
+        })
+    }
+
+    /// The default kind, classification (what serde skips writing).
+    pub fn is_classification(&self) -> bool {
+        *self == HeadKind::Classification
+    }
+
+    /// Whether the head reads every token (tagging) rather than one row per sequence.
+    pub fn per_token(self) -> bool {
+        self == HeadKind::Tagging
+    }
+
+    /// The library's default number of layers (`TaggingHead`: 1, the others 2).
+    pub fn default_layers(self) -> usize {
+        if self == HeadKind::Tagging {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+impl std::fmt::Display for HeadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The typed view of a head's `config`: AdapterHub's classification head (CLS hidden state or
 /// pooler output → `layers` Linear layers, `activation_function` between them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HeadConfig {
+    pub kind: HeadKind,
     pub num_labels: usize,
     pub layers: usize,
     /// `None` when the config has `null` / `""` (no activation module, which shifts the indices).
@@ -44,15 +141,21 @@ pub struct HeadConfig {
 
 impl HeadConfig {
     pub fn from_config(m: &Map<String, Value>) -> Result<Self> {
-        refuse_unknown(m, HEAD_OPTIONS, "head")?;
-        match m.get("head_type") {
-            Some(Value::String(t)) if t == "classification" => {}
-            Some(other) => bail!("option \"head_type\" is {other}: only \"classification\" heads are supported"),
+        let head_type = match m.get("head_type") {
+            Some(Value::String(t)) => t.clone(),
+            Some(other) => bail!("option \"head_type\" must be a string, got {other}"),
             None => bail!("missing option \"head_type\""),
-        }
+        };
+        // The head type first: a multiple-choice head's `num_choices` is refused by its type.
+        let kind =
+            HeadKind::from_head_type(&head_type, m.get("num_labels").and_then(Value::as_u64).unwrap_or(0) as usize)?;
+        refuse_unknown(m, HEAD_OPTIONS, "head")?;
         let num_labels = req_usize(m, "num_labels")?;
-        if num_labels < 2 {
-            bail!("option \"num_labels\" is {num_labels}: classification needs at least 2 labels (regression is not supported)");
+        if num_labels == 0 || (num_labels < 2 && kind == HeadKind::Tagging) {
+            bail!(
+                "option \"num_labels\" is {num_labels}: a {head_type} head needs at least {} labels",
+                if kind == HeadKind::Tagging { 2 } else { 1 }
+            );
         }
         let layers = req_usize(m, "layers")?;
         if layers == 0 {
@@ -90,6 +193,7 @@ impl HeadConfig {
         let id2label =
             id2label.into_iter().enumerate().map(|(i, l)| l.unwrap_or_else(|| format!("LABEL_{i}"))).collect();
         Ok(Self {
+            kind,
             num_labels,
             layers,
             activation_function,
@@ -100,11 +204,19 @@ impl HeadConfig {
         })
     }
 
-    /// AdapterHub's default: 2 layers, tanh, CLS token, bias, labels as given.
+    /// AdapterHub's default classification head: 2 layers, tanh, CLS token, bias, labels as given.
     pub fn classification(labels: &[String]) -> Self {
+        Self::new(HeadKind::Classification, labels)
+    }
+
+    /// The library's default head of `kind` (`add_classification_head` / `add_tagging_head` /
+    /// `add_multiple_label...`): tanh, the `[CLS]` token, bias, dropout from the model, the
+    /// kind's default layers (tagging 1, else 2). Regression has one label (`labels` names it).
+    pub fn new(kind: HeadKind, labels: &[String]) -> Self {
         Self {
+            kind,
             num_labels: labels.len(),
-            layers: 2,
+            layers: kind.default_layers(),
             activation_function: Some(Activation::Tanh),
             use_pooler: false,
             bias: true,
@@ -113,17 +225,18 @@ impl HeadConfig {
         }
     }
 
-    /// The `config` object `ClassificationHead` writes.
+    /// The `config` object the library's head class of this kind writes.
     pub fn to_config(&self) -> Map<String, Value> {
+        let sequence_head = !self.kind.per_token();
         to_object(&HeadConfigJson {
             activation_function: self.activation_function.map(Activation::adapterhub_name),
-            bias: self.bias,
+            bias: sequence_head.then_some(self.bias),
             dropout_prob: self.dropout_prob,
-            head_type: "classification",
+            head_type: self.kind.head_type(),
             label2id: self.id2label.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect(),
             layers: self.layers,
             num_labels: self.num_labels,
-            use_pooler: self.use_pooler,
+            use_pooler: sequence_head.then_some(self.use_pooler),
         })
     }
 

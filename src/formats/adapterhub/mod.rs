@@ -35,7 +35,7 @@ pub use adapter::{Adapter, BottleneckWeights, LayerAdapters};
 pub use bottleneck::{BottleneckConfig, ReductionFactor, ResidualBeforeLn, TrainedScaling, INIT_WEIGHTS};
 pub use envelope::SavedConfig;
 pub use fusion::{Fusion, FusionConfig, FusionLayer};
-pub use head::{Head, HeadConfig, HeadLinear};
+pub use head::{Head, HeadConfig, HeadKind, HeadLinear};
 pub use names::{
     adapter_param_name, adapter_tensor_name, fusion_param_name, fusion_site_param_name, head_param_name, AdapterSite,
     BottleneckParam, FusionParam, OptionParam,

@@ -1,25 +1,34 @@
-//! The classification head on the `[CLS]` rows: forward, and backward to the last hidden state.
-//! In training with dropout, as AdapterHub's `ClassificationHead` (dropout, Linear, tanh, dropout,
-//! Linear): the `[CLS]` row and the hidden activation are dropped before their Linear.
+//! The prediction head: forward from the last hidden state, and backward to it. Sequence heads
+//! (classification, regression, multi-label) read the `[CLS]` rows, tagging heads every row.
+//! As AdapterHub's `PredictionHead` (an `nn.Sequential` of dropout, Linear, activation, dropout,
+//! Linear for two layers; dropout, Linear for one): in training with dropout, each Linear's
+//! input is dropped.
 
-use super::super::adapters::ClassificationHead;
+use super::super::adapters::{ClassificationHead, HeadLinearGpu};
 use super::dropout::{PassDropout, RowsDropout};
 use super::{t, Encoder};
 use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::dropout::Site;
 use crate::kernels::matmul::{linear, Matmul, View};
 use crate::kernels::{elementwise, reduce};
-use crate::types::Activation;
 use anyhow::Result;
 
-/// The head's activations: `[batch, hidden]` each, and the logits `[batch, labels]`. With dropout,
-/// `cls` and `hact` are the dropped inputs of the two Linear layers.
+/// The hidden Linear's activations of a two-layer head: before the activation, and after it
+/// (dropped, with dropout: the last Linear's input).
+pub(super) struct HiddenActs {
+    pub pre: GpuTensor,
+    pub act: GpuTensor,
+}
+
+/// The head's activations: `[rows, hidden]` each (rows: the batch's sequences, or its tokens for
+/// tagging), and the logits `[rows, labels]`.
 pub(super) struct HeadActs {
-    pub cls: GpuTensor,
-    pub hpre: GpuTensor,
-    pub hact: GpuTensor,
+    /// The first Linear's input (dropped, with dropout).
+    pub input: GpuTensor,
+    /// Two layers: the hidden Linear's activations.
+    pub hidden: Option<HiddenActs>,
     pub logits: GpuTensor,
-    /// The training pass's dropout (over the batch's sequences), drawn again in backward.
+    /// The training pass's dropout (over the head's rows), drawn again in backward.
     pub dropout: Option<RowsDropout>,
 }
 
@@ -37,29 +46,68 @@ impl Encoder {
         let dropout = RowsDropout::whole(dropout);
         let gpu = &self.gpu;
         let d = self.dims.hidden;
-        let bsz = hidden.shape[0] / seq;
         b.phase("head fwd");
-        let cls = t(gpu, &[bsz, d])?;
-        elementwise::gather_rows(b, hidden, seq, &cls)?;
-        let cls = self.dropout_rows(b, dropout, 0, Site::HeadInput, cls)?;
-        let hpre = t(gpu, &[bsz, d])?;
-        linear(b, &cls, &head.w1, Some(&head.b1), &hpre)?;
-        let hact = t(gpu, &[bsz, d])?;
-        Matmul::new(bsz, d, d).act(Activation::Tanh).run(
+        let input = if head.kind().per_token() {
+            hidden.clone()
+        } else {
+            let cls = t(gpu, &[hidden.shape[0] / seq, d])?;
+            elementwise::gather_rows(b, hidden, seq, &cls)?;
+            cls
+        };
+        let rows = input.shape[0];
+        let input = self.dropout_rows(b, dropout, 0, Site::HeadInput, input)?;
+        let (last, hidden_acts) = match &head.linears[..] {
+            [last] => (last, None),
+            [first, last] => {
+                let pre = t(gpu, &[rows, d])?;
+                linear(b, &input, &first.w, first.b.as_ref(), &pre)?;
+                let act = t(gpu, &[rows, d])?;
+                Matmul::new(rows, d, d).act(head.activation()).run(
+                    b,
+                    View::rows(&input, d),
+                    View::transposed(&first.w, d),
+                    first.b.as_ref().map(|bias| (bias, 0)),
+                    View::rows(&act, d),
+                )?;
+                let act = self.dropout_rows(b, dropout, 0, Site::HeadHidden, act)?;
+                (last, Some(HiddenActs { pre, act }))
+            }
+            other => anyhow::bail!("head {:?}: {} Linear layers (1 or 2 supported)", head.name, other.len()),
+        };
+        let logits = t(gpu, &[rows, head.labels])?;
+        let last_input = hidden_acts.as_ref().map_or(&input, |h| &h.act);
+        linear(b, last_input, &last.w, last.b.as_ref(), &logits)?;
+        Ok(HeadActs { input, hidden: hidden_acts, logits, dropout })
+    }
+
+    /// One Linear's backward: its weight (and bias) gradients written from `dy` `[rows, out]` and
+    /// its input `x` `[rows, in]`; returns the input's gradient `[rows, in]`.
+    fn head_linear_backward(
+        &self,
+        b: &mut CommandRecorder,
+        lin: &HeadLinearGpu,
+        x: &GpuTensor,
+        dy: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        let (out, inp) = (lin.w.shape[0], lin.w.shape[1]);
+        let rows = x.shape[0];
+        Matmul::new(out, inp, rows).run(
             b,
-            View::rows(&cls, d),
-            View::transposed(&head.w1, d),
-            Some((&head.b1, 0)),
-            View::rows(&hact, d),
+            View::transposed(dy, out),
+            View::rows(x, inp),
+            None,
+            View::rows(&lin.g_w, inp),
         )?;
-        let hact = self.dropout_rows(b, dropout, 0, Site::HeadHidden, hact)?;
-        let logits = t(gpu, &[bsz, head.labels])?;
-        linear(b, &hact, &head.w4, Some(&head.b4), &logits)?;
-        Ok(HeadActs { cls, hpre, hact, logits, dropout })
+        if let Some(g_b) = &lin.g_b {
+            reduce::col_sum(b, dy, rows, out, 1.0, 0.0, g_b)?;
+        }
+        let dx = t(&self.gpu, &[rows, inp])?;
+        Matmul::new(rows, inp, out).run(b, View::rows(dy, out), View::rows(&lin.w, inp), None, View::rows(&dx, inp))?;
+        Ok(dx)
     }
 
     /// The head's backward from `dlogits`: its gradients (written), and the gradient of the last
-    /// hidden state (`[batch·seq, hidden]`, zero but at the `[CLS]` rows).
+    /// hidden state (`[batch·seq, hidden]`; for sequence heads zero but at the `[CLS]` rows).
     pub(super) fn head_backward(
         &self,
         b: &mut CommandRecorder,
@@ -68,39 +116,28 @@ impl Encoder {
         dlogits: &GpuTensor,
         seq: usize,
     ) -> Result<GpuTensor> {
-        let HeadActs { cls, hpre, hact, dropout, .. } = acts;
+        let HeadActs { input, hidden, dropout, .. } = acts;
         let gpu = &self.gpu;
         let d = self.dims.hidden;
-        let (bsz, c) = (cls.shape[0], head.labels);
+        let rows = input.shape[0];
         b.phase("head bwd");
-        // logits = hact·W4ᵀ + b4
-        Matmul::new(c, d, bsz).run(
-            b,
-            View::transposed(dlogits, c),
-            View::rows(hact, d),
-            None,
-            View::rows(&head.g_w4, d),
-        )?;
-        reduce::col_sum(b, dlogits, bsz, c, 1.0, 0.0, &head.g_b4)?;
-        let dhact = t(gpu, &[bsz, d])?;
-        Matmul::new(bsz, d, c).run(b, View::rows(dlogits, c), View::rows(&head.w4, d), None, View::rows(&dhact, d))?;
-        let dhact = self.dropout_rows(b, *dropout, 0, Site::HeadHidden, dhact)?;
-        let dhpre = t(gpu, &[bsz, d])?;
-        elementwise::act_backward(b, Activation::Tanh, hpre, &dhact, &dhpre)?;
-        // hpre = cls·W1ᵀ + b1
-        Matmul::new(d, d, bsz).run(
-            b,
-            View::transposed(&dhpre, d),
-            View::rows(cls, d),
-            None,
-            View::rows(&head.g_w1, d),
-        )?;
-        reduce::col_sum(b, &dhpre, bsz, d, 1.0, 0.0, &head.g_b1)?;
-        let dcls = t(gpu, &[bsz, d])?;
-        Matmul::new(bsz, d, d).run(b, View::rows(&dhpre, d), View::rows(&head.w1, d), None, View::rows(&dcls, d))?;
-        let dcls = self.dropout_rows(b, *dropout, 0, Site::HeadInput, dcls)?;
-        let dhidden = t(gpu, &[bsz * seq, d])?;
-        elementwise::scatter_rows(b, &dcls, seq, &dhidden, false)?;
+        let last = head.linears.last().expect("a head has a Linear");
+        let dinput = match hidden {
+            None => self.head_linear_backward(b, last, input, dlogits)?,
+            Some(h) => {
+                let dact = self.head_linear_backward(b, last, &h.act, dlogits)?;
+                let dact = self.dropout_rows(b, *dropout, 0, Site::HeadHidden, dact)?;
+                let dpre = t(gpu, &[rows, d])?;
+                elementwise::act_backward(b, head.activation(), &h.pre, &dact, &dpre)?;
+                self.head_linear_backward(b, &head.linears[0], input, &dpre)?
+            }
+        };
+        let dinput = self.dropout_rows(b, *dropout, 0, Site::HeadInput, dinput)?;
+        if head.kind().per_token() {
+            return Ok(dinput);
+        }
+        let dhidden = t(gpu, &[rows * seq, d])?;
+        elementwise::scatter_rows(b, &dinput, seq, &dhidden, false)?;
         Ok(dhidden)
     }
 }

@@ -3,7 +3,7 @@
 //! resident or streamed ([`LayerStore`]).
 //!
 //! By concern: `embeddings` (tables and lookup), `forward` and `backward` (one layer), `fusion`
-//! (AdapterFusion at a sub-layer output), `head` (classification head), `schedule` (the pass over the
+//! (AdapterFusion at a sub-layer output), `head` (the prediction head), `schedule` (the pass over the
 //! layers: recompute, layer chunks, submits), `acts` (what forward keeps for backward),
 //! `dropout` (training passes' dropout) and `setup` (what trains).
 
@@ -24,6 +24,7 @@ pub use setup::Setup;
 
 use super::adapters::ClassificationHead;
 use super::store::{LayerStore, TensorSource};
+use crate::formats::adapterhub::HeadKind;
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::dropout::Site;
@@ -56,11 +57,21 @@ pub struct Inputs {
     pub mask: Vec<f32>,
 }
 
+/// What a pass is trained against, by head kind: class ids for classification (`[batch]`) and
+/// tagging (`[batch·seq]`, [`IGNORE_LABEL`](crate::kernels::loss::IGNORE_LABEL) for tokens left
+/// out; padding is left out whatever its label), float values for regression (`[batch]`) and
+/// multi-label classification (`[batch, labels]`, 0 / 1 per label).
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    Classes(&'a [u32]),
+    Values(&'a [f32]),
+}
+
 /// Tensors of a recorded pass, valid once the batch that holds it has run.
 pub struct Recorded {
-    /// `[batch, labels]`
+    /// `[batch, labels]` (tagging: `[batch·seq, labels]`)
     pub logits: GpuTensor,
-    /// Mean cross-entropy `[1]`, when labels were given.
+    /// The head's mean loss `[1]`, when targets were given.
     pub loss: Option<GpuTensor>,
     /// `[batch·seq, hidden]`
     pub last_hidden_state: GpuTensor,
@@ -144,20 +155,78 @@ impl Encoder {
         Ok(())
     }
 
-    /// The labels fit the batch and the head; backward has labels.
-    fn check_labels(inp: &Inputs, head: &ClassificationHead, labels: Option<&[u32]>, backward: bool) -> Result<()> {
-        if let Some(l) = labels {
-            if l.len() != inp.batch {
-                bail!("{} labels for a batch of {}", l.len(), inp.batch);
+    /// The targets fit the batch and the head's kind; backward has targets.
+    fn check_labels(inp: &Inputs, head: &ClassificationHead, targets: Option<Targets>, backward: bool) -> Result<()> {
+        let kind = head.kind();
+        match (kind, targets) {
+            (_, None) if backward => bail!("backward needs labels"),
+            (_, None) => {}
+            (HeadKind::Classification | HeadKind::Tagging, Some(Targets::Classes(l))) => {
+                let (want, what) =
+                    if kind.per_token() { (inp.batch * inp.seq, "tokens") } else { (inp.batch, "sequences") };
+                if l.len() != want {
+                    bail!("{} labels for {want} {what} (a batch of {})", l.len(), inp.batch);
+                }
+                let ignorable = |x: u32| kind.per_token() && x == loss::IGNORE_LABEL;
+                if let Some(&bad) = l.iter().find(|&&x| x as usize >= head.labels && !ignorable(x)) {
+                    bail!("label {bad} is outside the head's {} labels", head.labels);
+                }
             }
-            if let Some(&bad) = l.iter().find(|&&x| x as usize >= head.labels) {
-                bail!("label {bad} is outside the head's {} labels", head.labels);
+            (HeadKind::Regression | HeadKind::MultilabelClassification, Some(Targets::Values(v))) => {
+                let want = inp.batch * head.labels;
+                if v.len() != want {
+                    bail!("{} target values for a batch of {} with {} labels", v.len(), inp.batch, head.labels);
+                }
+                if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+                    bail!("target value {bad} is not finite");
+                }
+                if kind == HeadKind::MultilabelClassification {
+                    if let Some(bad) = v.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+                        bail!("multi-label target {bad} is outside [0, 1]");
+                    }
+                }
             }
-        }
-        if backward && labels.is_none() {
-            bail!("backward needs labels");
+            (_, Some(Targets::Classes(_))) => bail!("a {kind} head trains on float targets, not class ids"),
+            (_, Some(Targets::Values(_))) => bail!("a {kind} head trains on class ids, not float targets"),
         }
         Ok(())
+    }
+
+    /// Records the head's loss over `logits` against `targets` (checked) into `b`: returns the loss
+    /// `[1]` and its gradient with respect to the logits. A tagging head leaves padded tokens out.
+    fn record_loss(
+        &self,
+        b: &mut CommandRecorder,
+        head: &ClassificationHead,
+        inp: &Inputs,
+        logits: &GpuTensor,
+        targets: Targets,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        let gpu = &self.gpu;
+        let loss_t = t(gpu, &[1])?;
+        let dlogits = t(gpu, &logits.shape)?;
+        b.phase("loss");
+        match targets {
+            Targets::Classes(l) if head.kind().per_token() => {
+                let l: Vec<u32> =
+                    l.iter().zip(&inp.mask).map(|(&x, &m)| if m < 0.5 { loss::IGNORE_LABEL } else { x }).collect();
+                let lab = GpuTensor::from_u32(gpu, &[l.len()], &l)?;
+                loss::softmax_cross_entropy(b, logits, &lab, &loss_t, &dlogits)?;
+            }
+            Targets::Classes(l) => {
+                let lab = GpuTensor::from_u32(gpu, &[l.len()], l)?;
+                loss::softmax_cross_entropy(b, logits, &lab, &loss_t, &dlogits)?;
+            }
+            Targets::Values(v) => {
+                let y = GpuTensor::from_slice(gpu, &logits.shape, v)?;
+                if head.kind() == HeadKind::Regression {
+                    loss::mse(b, logits, &y, &loss_t, &dlogits)?;
+                } else {
+                    loss::bce_with_logits(b, logits, &y, &loss_t, &dlogits)?;
+                }
+            }
+        }
+        Ok((loss_t, dlogits))
     }
 
     /// Records the forward (and, with `labels` and `backward`, backward) of the encoder + head into
@@ -176,8 +245,23 @@ impl Encoder {
         backward: bool,
         dropout: Option<PassDropout>,
     ) -> Result<Recorded> {
+        self.record_targets(b, setup, head, inp, labels.map(Targets::Classes), backward, dropout)
+    }
+
+    /// [`record`](Self::record) against any head kind's [`Targets`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_targets(
+        &mut self,
+        b: &mut CommandRecorder,
+        setup: &Setup,
+        head: &ClassificationHead,
+        inp: &Inputs,
+        targets: Option<Targets>,
+        backward: bool,
+        dropout: Option<PassDropout>,
+    ) -> Result<Recorded> {
         self.check_inputs(inp)?;
-        Self::check_labels(inp, head, labels, backward)?;
+        Self::check_labels(inp, head, targets, backward)?;
         let gpu = self.gpu.clone();
         let dims = self.dims;
         let (d, tok) = (dims.hidden, inp.batch * inp.seq);
@@ -190,13 +274,8 @@ impl Encoder {
         let (hidden, acts) = self.layers_forward(b, setup, x, &mask, ashape, dropout)?;
         let h = self.head_forward(b, head, &hidden, inp.seq, dropout)?;
         let mut loss = None;
-        if let Some(labels) = labels {
-            let bsz = inp.batch;
-            let lab = GpuTensor::from_u32(&gpu, &[bsz], labels)?;
-            let loss_t = t(&gpu, &[1])?;
-            let dlogits = t(&gpu, &[bsz, head.labels])?;
-            b.phase("loss");
-            loss::softmax_cross_entropy(b, &h.logits, &lab, &loss_t, &dlogits)?;
+        if let Some(targets) = targets {
+            let (loss_t, dlogits) = self.record_loss(b, head, inp, &h.logits, targets)?;
             if backward {
                 let dhidden = self.head_backward(b, head, &h, &dlogits, inp.seq)?;
                 self.layers_backward(b, setup, acts, &mask, ashape, dhidden, dropout)?;
@@ -232,10 +311,25 @@ impl Encoder {
         want_hidden: bool,
         dropout: Option<PassDropout>,
     ) -> Result<PassOutput> {
+        self.pass_targets(setup, head, inp, labels.map(Targets::Classes), backward, want_hidden, dropout)
+    }
+
+    /// [`pass_with_dropout`](Self::pass_with_dropout) against any head kind's [`Targets`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn pass_targets(
+        &mut self,
+        setup: &Setup,
+        head: &ClassificationHead,
+        inp: &Inputs,
+        targets: Option<Targets>,
+        backward: bool,
+        want_hidden: bool,
+        dropout: Option<PassDropout>,
+    ) -> Result<PassOutput> {
         let gpu = self.gpu.clone();
         gpu.memory.reset_peak();
         let mut b = gpu.batch();
-        let r = self.record(&mut b, setup, head, inp, labels, backward, dropout)?;
+        let r = self.record_targets(&mut b, setup, head, inp, targets, backward, dropout)?;
         b.finish()?;
         Ok(PassOutput {
             logits: r.logits.to_vec(&gpu)?,

@@ -101,6 +101,8 @@ pub struct PlanInput<'a> {
     pub batch: usize,
     pub seq: usize,
     pub labels: usize,
+    /// The head reads every token (tagging): its activations and logits have `batch · seq` rows.
+    pub per_token_head: bool,
     pub adapter: &'a AdapterSpec,
     /// Layer slots on the GPU; `>= layers` keeps every layer resident, fewer stream.
     pub resident_layers: usize,

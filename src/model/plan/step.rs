@@ -334,9 +334,11 @@ impl<'p> Replay<'p> {
         }
     }
 
-    /// Head forward, loss and head backward.
+    /// Head forward, loss and head backward (over `batch · seq` rows for a tagging head; counted
+    /// as a two-layer head, an upper bound for one layer).
     fn head_and_loss(&mut self) {
-        let (bsz, c) = (self.p.batch as u64, self.p.labels.max(1) as u64);
+        let rows = if self.p.per_token_head { self.p.batch * self.p.seq } else { self.p.batch };
+        let (bsz, c) = (rows as u64, self.p.labels.max(1) as u64);
         let bd = b4(bsz * self.d as u64);
         // With dropout: cls and hact dropped (new tensors), and dhact and dcls in backward.
         let head_drop = when(self.drops.head, 2 * bd);

@@ -14,8 +14,10 @@ pub struct Batch {
     pub types: Vec<u32>,
     pub batch: usize,
     pub seq: usize,
-    /// One per row; empty when the examples have no labels.
+    /// One per row; empty when the examples have no labels (or are not classification examples).
     pub labels: Vec<u32>,
+    /// The rows' targets for any head kind ([`Batch::with_targets`]); `None` without.
+    pub targets: Option<super::OwnedTargets>,
     /// Which examples (indices into the tokenized set) the rows are.
     pub indices: Vec<usize>,
 }
@@ -35,8 +37,19 @@ impl Batch {
             types[row..row + t.len()].copy_from_slice(&t.types);
             mask[row..row + t.len()].fill(1.0);
         }
-        let labels = labels.map(|l| indices.iter().map(|&i| l[i]).collect()).unwrap_or_default();
-        Self { ids, mask, types, batch, seq, labels, indices: indices.to_vec() }
+        let labels: Vec<u32> = labels.map(|l| indices.iter().map(|&i| l[i]).collect()).unwrap_or_default();
+        let targets = (!labels.is_empty()).then(|| super::OwnedTargets::Classes(labels.clone()));
+        Self { ids, mask, types, batch, seq, labels, targets, indices: indices.to_vec() }
+    }
+
+    /// Rows `indices` of `tokens` with their `targets` (any head kind), padded with `pad_id`.
+    pub fn with_targets(tokens: &[Tokenized], targets: &super::TaskTargets, indices: &[usize], pad_id: u32) -> Self {
+        let mut b = Self::new(tokens, None, indices, pad_id);
+        if let super::TaskTargets::Classes(c) = targets {
+            b.labels = indices.iter().map(|&i| c[i]).collect();
+        }
+        b.targets = Some(targets.batch(indices, b.seq));
+        b
     }
 
     /// Tokens that are not padding.

@@ -1,6 +1,7 @@
 //! JSON Lines (one object per line) and JSON arrays of objects.
 
 use super::{DataOptions, Example};
+use crate::formats::adapterhub::HeadKind;
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -61,11 +62,35 @@ fn json_example(v: &Value, opts: &DataOptions, line: usize) -> Result<Example> {
                 None
             }
             Some(Value::String(s)) => Some(s.trim().to_string()),
+            // A regression target: any number, as written.
+            Some(Value::Number(n)) if opts.head_kind == HeadKind::Regression => Some(n.to_string()),
             Some(Value::Number(n)) => Some(integer_label(n).ok_or_else(|| {
                 anyhow!("label {n} in field {name:?} is not an integer (use integer or string labels)")
             })?),
             Some(Value::Bool(b)) => Some(b.to_string()),
-            Some(other) => bail!("label field {name:?} must be a string or an integer, got {}", json_kind(other)),
+            // Multi-label: a list of label names (or integers), kept `|`-separated as in CSV cells.
+            Some(Value::Array(items)) if opts.head_kind == HeadKind::MultilabelClassification => {
+                let mut names = Vec::with_capacity(items.len());
+                for item in items {
+                    let n = match item {
+                        Value::String(s) if !s.trim().is_empty() && !s.contains(super::MULTI_LABEL_SEPARATOR) => {
+                            s.trim().to_string()
+                        }
+                        Value::Number(n) => integer_label(n)
+                            .ok_or_else(|| anyhow!("label {n} in the list {name:?} is not an integer"))?,
+                        other => bail!(
+                            "the labels in the list {name:?} must be non-empty strings without \"{}\" or integers, got {other}",
+                            super::MULTI_LABEL_SEPARATOR
+                        ),
+                    };
+                    names.push(n);
+                }
+                Some(names.join(&super::MULTI_LABEL_SEPARATOR.to_string()))
+            }
+            Some(other) => bail!(
+                "label field {name:?} must be a string or an integer, got {} (a list of labels needs --head-type multilabel_classification)",
+                json_kind(other)
+            ),
         };
     Ok(Example { text, pair, label, line })
 }

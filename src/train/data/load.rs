@@ -3,6 +3,7 @@
 
 use super::json::read_json;
 use super::Example;
+use crate::formats::adapterhub::HeadKind;
 use anyhow::{anyhow, bail, Context, Result};
 use std::fmt;
 use std::path::Path;
@@ -74,6 +75,10 @@ pub struct DataOptions {
     /// `true` (the default): every example must have a non-empty label (training, evaluation).
     /// `false` (prediction): a missing label column, an empty cell or a JSON `null` give `None`.
     pub require_labels: bool,
+    /// The head the labels are for (default classification): JSON labels may be any number for
+    /// regression and lists of names for multi-label classification (kept `|`-separated, as a
+    /// CSV / TSV cell writes them).
+    pub head_kind: HeadKind,
 }
 
 impl Default for DataOptions {
@@ -84,6 +89,7 @@ impl Default for DataOptions {
             label_column: "label".into(),
             format: None,
             require_labels: true,
+            head_kind: HeadKind::Classification,
         }
     }
 }

@@ -17,7 +17,8 @@
 //! Files: `load` (CSV / TSV, the Rotten Tomatoes file), `json` (JSON Lines and arrays), `labels`
 //! (the label map), `split` (shuffles and train/dev splits), `tokens` (tokenization), `batch`
 //! (padded, length-bucketed batches), `inputs_json` (a fixed batch of token ids from a JSON file,
-//! as `peft grads` and the parity tests read it).
+//! as `peft grads` and the parity tests read it), `targets` (what each head kind trains on),
+//! `tagging` (words and tags: JSONL and CoNLL, labels on each word's first sub-token).
 
 mod batch;
 mod inputs_json;
@@ -25,13 +26,17 @@ mod json;
 mod labels;
 mod load;
 mod split;
+mod tagging;
+mod targets;
 mod tokens;
 
 pub use batch::{batches_in_order, make_batches, padding_efficiency, Batch, BUCKET_WINDOW};
-pub use inputs_json::read_inputs_json;
+pub use inputs_json::{read_inputs_json, read_targets_json, OwnedTargets};
 pub use labels::{label_counts, LabelMap};
 pub use load::{load_examples, parse_examples, rotten_tomatoes, DataOptions, Format};
 pub use split::{seeded_split, shuffle};
+pub use tagging::{load_tagged, tag_map, tagging_keys, tokenize_tagged, TaggedSentence, TaggedTokens};
+pub use targets::{TaskTargets, MULTI_LABEL_SEPARATOR};
 pub use tokens::{pad_id, tokenize, tokenize_counting, truncation_note, Tokenized};
 
 /// One labelled (or, for prediction, unlabelled) input.

@@ -81,6 +81,13 @@ pub fn load_fused(gpu: &Arc<Gpu>, p: &FusedPaths, max_length: usize) -> Result<L
         (None, Some(h)) => h.clone(),
         (None, None) => bail!("{}: no head saved with the fusion; pass --head DIR", p.fusion.display()),
     };
+    if h.config.kind != crate::formats::adapterhub::HeadKind::Classification {
+        bail!(
+            "head {:?} is a {} head: eval / predict --fusion run classification heads only (peft grads reads any)",
+            h.name(),
+            h.config.kind
+        );
+    }
     let labels = LabelMap::new(h.config.id2label.clone())?;
     let head = load::classification_head(gpu, &h, d)?;
     let tok = Tokenizer::for_model(&p.model, &cfg, max_length)?;

@@ -162,6 +162,12 @@ pub fn fuse(gpu: &Arc<Gpu>, args: &FuseArgs) -> Result<FuseSummary> {
 /// [`crate::train::train_with`]); its lines and progress go to `rep`.
 pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dyn Reporter) -> Result<FuseSummary> {
     let r = &args.run;
+    if args.data.head_type != crate::formats::adapterhub::HeadKind::Classification {
+        anyhow::bail!(
+            "peft fuse trains a classification head; --head-type {} is not supported with AdapterFusion yet",
+            args.data.head_type
+        );
+    }
     let RunStart { cfg, pad, task } = start_run(gpu, &args.model, &args.train, &args.data, r, rep)?;
     let sets = load_source_adapters(gpu, &args.fusion.adapters, &cfg)?;
     let config = args.fusion.fusion_config.config(args.fusion.temperature);

@@ -9,6 +9,7 @@
 //! (the 5×7 pixel font both draw their labels with).
 
 mod font;
+pub mod heads;
 mod heatmap;
 mod log;
 mod plot;
@@ -17,4 +18,4 @@ mod scores;
 pub use heatmap::{plot_heatmap, render_heatmap_png};
 pub use log::{MetricsLog, TrainingCurves};
 pub use plot::{check_png, plot_training, render_training_png, PLOT_SIZE};
-pub use scores::{accuracy, argmax_rows, macro_f1, ClassScores, Confusion, Scores};
+pub use scores::{accuracy, argmax_rows, macro_f1, primary_metric, ClassScores, Confusion, HeadScores, Scores};

@@ -119,25 +119,106 @@ pub fn macro_f1(labels: &[u32], preds: &[u32]) -> f64 {
     Confusion::from_predictions(labels, preds, 0).macro_f1()
 }
 
-/// What `peft eval` reports.
+/// The dev metrics of a head other than classification.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HeadScores {
+    Regression {
+        pearson: f64,
+        spearman: f64,
+        mse: f64,
+    },
+    Multilabel {
+        micro_f1: f64,
+        macro_f1: f64,
+    },
+    /// Entity level (seqeval's default mode), over the words.
+    Tagging {
+        precision: f64,
+        recall: f64,
+        f1: f64,
+    },
+}
+
+/// The metric the trainer keeps the best epoch by, for a head of `kind`.
+pub fn primary_metric(kind: crate::formats::adapterhub::HeadKind) -> &'static str {
+    use crate::formats::adapterhub::HeadKind;
+    match kind {
+        HeadKind::Classification => "accuracy",
+        HeadKind::Regression => "Pearson",
+        HeadKind::MultilabelClassification => "micro-F1",
+        HeadKind::Tagging => "entity F1",
+    }
+}
+
+/// What `peft eval` reports. For heads other than classification `accuracy` holds the metric the
+/// trainer keeps the best epoch by (Pearson, micro-F1, entity F1) and `macro_f1` a second one
+/// (Spearman, macro-F1, entity recall); `detail` has them all.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Scores {
     pub accuracy: f64,
     pub macro_f1: f64,
     pub n: usize,
+    pub detail: Option<HeadScores>,
 }
 
 impl Scores {
     pub fn new(labels: &[u32], preds: &[u32]) -> Self {
         let c = Confusion::from_predictions(labels, preds, 0);
-        Self { accuracy: c.accuracy(), macro_f1: c.macro_f1(), n: labels.len() }
+        Self { accuracy: c.accuracy(), macro_f1: c.macro_f1(), n: labels.len(), detail: None }
+    }
+
+    /// The scores of a head other than classification over `n` examples.
+    pub fn of_head(detail: HeadScores, n: usize) -> Self {
+        let (accuracy, macro_f1) = match detail {
+            HeadScores::Regression { pearson, spearman, .. } => (pearson, spearman),
+            HeadScores::Multilabel { micro_f1, macro_f1 } => (micro_f1, macro_f1),
+            HeadScores::Tagging { f1, recall, .. } => (f1, recall),
+        };
+        Self { accuracy, macro_f1, n, detail: Some(detail) }
+    }
+
+    /// The name of the metric in `accuracy` (what the best epoch is chosen by).
+    pub fn primary_name(&self) -> &'static str {
+        match self.detail {
+            None => "accuracy",
+            Some(HeadScores::Regression { .. }) => "Pearson",
+            Some(HeadScores::Multilabel { .. }) => "micro-F1",
+            Some(HeadScores::Tagging { .. }) => "entity F1",
+        }
+    }
+
+    /// One line for the epoch's report: `accuracy 0.xxxx, macro-F1 0.xxxx`, or the head's metrics.
+    pub fn summary(&self) -> String {
+        match self.detail {
+            None => format!("accuracy {:.4}, macro-F1 {:.4}", self.accuracy, self.macro_f1),
+            Some(HeadScores::Regression { pearson, spearman, mse }) => {
+                format!("Pearson {pearson:.4}, Spearman {spearman:.4}, MSE {mse:.4}")
+            }
+            Some(HeadScores::Multilabel { micro_f1, macro_f1 }) => {
+                format!("micro-F1 {micro_f1:.4}, macro-F1 {macro_f1:.4}")
+            }
+            Some(HeadScores::Tagging { precision, recall, f1 }) => {
+                format!("entity F1 {f1:.4} (precision {precision:.4}, recall {recall:.4})")
+            }
+        }
     }
 }
 
-/// `accuracy=0.xxxx macro_f1=0.xxxx n=N`.
+/// `accuracy=0.xxxx macro_f1=0.xxxx n=N`, or the head's metrics as `name=value`.
 impl fmt::Display for Scores {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "accuracy={:.4} macro_f1={:.4} n={}", self.accuracy, self.macro_f1, self.n)
+        match self.detail {
+            None => write!(f, "accuracy={:.4} macro_f1={:.4} n={}", self.accuracy, self.macro_f1, self.n),
+            Some(HeadScores::Regression { pearson, spearman, mse }) => {
+                write!(f, "pearson={pearson:.4} spearman={spearman:.4} mse={mse:.4} n={}", self.n)
+            }
+            Some(HeadScores::Multilabel { micro_f1, macro_f1 }) => {
+                write!(f, "micro_f1={micro_f1:.4} macro_f1={macro_f1:.4} n={}", self.n)
+            }
+            Some(HeadScores::Tagging { precision, recall, f1 }) => {
+                write!(f, "entity_f1={f1:.4} precision={precision:.4} recall={recall:.4} n={}", self.n)
+            }
+        }
     }
 }
 

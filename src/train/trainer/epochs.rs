@@ -222,7 +222,7 @@ impl<'a, T: Trainee> Run<'a, T> {
         resume::inject(gpu, self.ctl.run.fault, step, &self.trainee.params())?;
         let batches: Vec<data::Batch> = group
             .iter()
-            .map(|idx| data::Batch::new(&task.train.tokens, Some(&task.train.labels), idx, self.pad))
+            .map(|idx| data::Batch::with_targets(&task.train.tokens, &task.train.targets, idx, self.pad))
             .collect();
         let inputs: Vec<_> = batches.iter().map(|b| b.inputs()).collect();
         let n = a.optimizer.gradient_accumulation;
@@ -232,7 +232,9 @@ impl<'a, T: Trainee> Run<'a, T> {
             // accumulation; a resumed run draws the masks the uninterrupted one would.
             let pass = u32::try_from((step - 1) * n + i + 1)?;
             let dropout = a.dropout.map(|rates| PassDropout { rates, seed: a.run.seed, step: pass });
-            micro.push(MicroBatch { inputs, labels: &b.labels, dropout });
+            let targets =
+                b.targets.as_ref().map(|t| t.as_targets()).context("internal: a training batch without targets")?;
+            micro.push(MicroBatch { inputs, targets, dropout });
         }
         let s =
             train_step_accumulated(gpu, self.enc, self.trainee, &mut self.optimizer, &micro).with_context(failed)?;
@@ -311,12 +313,11 @@ impl<'a, T: Trainee> Run<'a, T> {
         self.summary.dev_macro_f1.push(scores.macro_f1);
         self.curves.dev_accuracy.push((epoch, scores.accuracy));
         self.curves.dev_macro_f1.push((epoch, scores.macro_f1));
-        self.log.log(&json!({"epoch": epoch, "dev_accuracy": scores.accuracy, "dev_macro_f1": scores.macro_f1, "dev_n": task.dev.labels.len()}))?;
+        self.log.log(&json!({"epoch": epoch, "dev_accuracy": scores.accuracy, "dev_macro_f1": scores.macro_f1, "dev_n": task.dev.targets.len()}))?;
         let better = scores.accuracy > self.summary.best_accuracy;
         self.rep.message(&format!(
-            "epoch {epoch}: dev accuracy {:.4}, macro-F1 {:.4}, {:.0} train tokens/s{}",
-            scores.accuracy,
-            scores.macro_f1,
+            "epoch {epoch}: dev {}, {:.0} train tokens/s{}",
+            scores.summary(),
             self.tokens_per_second(),
             if better { " (best; saved)" } else { "" }
         ));
@@ -332,7 +333,8 @@ impl<'a, T: Trainee> Run<'a, T> {
         self.save_state(epoch + 1, 0, early || epoch == a.run.epochs)?;
         if early {
             let n = self.since_best;
-            self.rep.message(&format!("early stopping: no better dev accuracy for {n} epoch(s)"));
+            let what = scores.primary_name();
+            self.rep.message(&format!("early stopping: no better dev {what} for {n} epoch(s)"));
             return Ok(Flow::Done);
         }
         if resume::stop_requested() && epoch < a.run.epochs {
@@ -362,8 +364,9 @@ impl<'a, T: Trainee> Run<'a, T> {
             return Ok(self.summary);
         }
         let summary = &self.summary;
+        let what = metrics::primary_metric(self.trainee.head().kind());
         self.rep.message(&format!(
-            "best dev accuracy {:.4} (epoch {}); {:.0} real tokens/s over {} steps; {} saved to {}",
+            "best dev {what} {:.4} (epoch {}); {:.0} real tokens/s over {} steps; {} saved to {}",
             summary.best_accuracy,
             summary.best_epoch,
             summary.tokens_per_second,
