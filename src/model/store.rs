@@ -17,15 +17,15 @@ pub trait TensorSource: Send + Sync {
     fn bytes(&self, name: &str, shape: &[usize]) -> Result<Cow<'_, [u8]>>;
 }
 
-/// Tensors of one encoder layer, nn.Linear layouts.
+/// Tensors of one encoder layer, nn.Linear layouts. The query, key and value projections are
+/// stored concatenated (rows 0..d query, d..2d key, 2d..3d value), so that Q, K and V come from one
+/// product `x · qkv_wᵀ + qkv_b` into `[tokens, 3d]`; they are assembled at upload.
 #[derive(Clone)]
 pub struct LayerWeights {
-    pub q_w: GpuTensor,
-    pub q_b: GpuTensor,
-    pub k_w: GpuTensor,
-    pub k_b: GpuTensor,
-    pub v_w: GpuTensor,
-    pub v_b: GpuTensor,
+    /// `[3d, d]`: the query, key and value weights, one after the other.
+    pub qkv_w: GpuTensor,
+    /// `[3d]`: their biases, in the same order.
+    pub qkv_b: GpuTensor,
     pub ao_w: GpuTensor,
     pub ao_b: GpuTensor,
     pub ln1_g: GpuTensor,
@@ -62,24 +62,27 @@ pub(crate) fn layer_tensors(d: usize, ffn: usize) -> [(&'static str, Vec<usize>)
 }
 
 impl LayerWeights {
-    fn tensors(&self) -> [&GpuTensor; 16] {
+    /// Where each tensor of [`layer_tensors`] goes: its GPU tensor and the byte offset in it (the
+    /// query, key and value weights and biases share `qkv_w` / `qkv_b`).
+    fn targets(&self, d: usize) -> [(&GpuTensor, u64); 16] {
+        let (w, b) = ((d * d * 4) as u64, (d * 4) as u64);
         [
-            &self.q_w,
-            &self.q_b,
-            &self.k_w,
-            &self.k_b,
-            &self.v_w,
-            &self.v_b,
-            &self.ao_w,
-            &self.ao_b,
-            &self.ln1_g,
-            &self.ln1_b,
-            &self.i_w,
-            &self.i_b,
-            &self.o_w,
-            &self.o_b,
-            &self.ln2_g,
-            &self.ln2_b,
+            (&self.qkv_w, 0),
+            (&self.qkv_b, 0),
+            (&self.qkv_w, w),
+            (&self.qkv_b, b),
+            (&self.qkv_w, 2 * w),
+            (&self.qkv_b, 2 * b),
+            (&self.ao_w, 0),
+            (&self.ao_b, 0),
+            (&self.ln1_g, 0),
+            (&self.ln1_b, 0),
+            (&self.i_w, 0),
+            (&self.i_b, 0),
+            (&self.o_w, 0),
+            (&self.o_b, 0),
+            (&self.ln2_g, 0),
+            (&self.ln2_b, 0),
         ]
     }
 
@@ -87,12 +90,8 @@ impl LayerWeights {
         let t = layer_tensors(d, ffn);
         let z = |i: usize| GpuTensor::zeros(gpu, &t[i].1);
         Ok(Self {
-            q_w: z(0)?,
-            q_b: z(1)?,
-            k_w: z(2)?,
-            k_b: z(3)?,
-            v_w: z(4)?,
-            v_b: z(5)?,
+            qkv_w: GpuTensor::zeros(gpu, &[3 * d, d])?,
+            qkv_b: GpuTensor::zeros(gpu, &[3 * d])?,
             ao_w: z(6)?,
             ao_b: z(7)?,
             ln1_g: z(8)?,
@@ -164,11 +163,11 @@ impl LayerStore {
             bail!("layer {layer} out of range ({} layers)", self.layers);
         }
         let names = layer_tensors(self.d, self.ffn);
-        let targets = self.slots[slot].tensors();
-        for ((suffix, shape), t) in names.iter().zip(targets) {
+        let targets = self.slots[slot].targets(self.d);
+        for ((suffix, shape), (t, offset)) in names.iter().zip(targets) {
             let name = format!("encoder.layer.{layer}.{suffix}");
             let bytes = self.source.bytes(&name, shape).with_context(|| format!("loading layer {layer}"))?;
-            self.gpu.queue.write_buffer(&t.buffer, 0, &bytes);
+            self.gpu.queue.write_buffer(&t.buffer, offset, &bytes);
             self.uploaded += bytes.len() as u64;
         }
         self.slot_layer[slot] = Some(layer);

@@ -79,15 +79,19 @@ impl Encoder {
         let dh1 = self.dropout_rows(b, dropout, l, Site::AttentionOutput, dh1)?;
         let dctx = t(gpu, &[tok, d])?;
         Matmul::new(tok, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
-        let (dq, dk, dv) = (t(gpu, &[tok, d])?, t(gpu, &[tok, d])?, t(gpu, &[tok, d])?);
+        let dqkv = t(gpu, &[tok, 3 * d])?;
         let scratch = t(gpu, &[s.batch, s.heads, s.seq, s.seq])?;
         let mut work = None;
         let probs_dropout = self.probs_dropout(dropout, l, s, &mut work)?;
-        let (q, k, v, probs) = (&la.q, &la.k, &la.v, &la.probs);
-        attention::attention_backward_with(b, s, q, k, v, mask, probs, &dctx, &dq, &dk, &dv, &scratch, probs_dropout)?;
-        for (g, wt) in [(&dq, &w.q_w), (&dk, &w.k_w), (&dv, &w.v_w)] {
-            Matmul::new(tok, d, d).beta(1.0).run(b, View::rows(g, d), View::rows(wt, d), None, View::rows(&dx, d))?;
-        }
+        attention::attention_backward_packed(b, s, &la.qkv, mask, &la.probs, &dctx, &dqkv, &scratch, probs_dropout)?;
+        // dx += [dQ dK dV] · [Wq; Wk; Wv]: one product over the concatenated weights (K = 3d).
+        Matmul::new(tok, d, 3 * d).beta(1.0).run(
+            b,
+            View::rows(&dqkv, 3 * d),
+            View::rows(&w.qkv_w, d),
+            None,
+            View::rows(&dx, d),
+        )?;
         Ok(Some(dx))
     }
 

@@ -38,17 +38,14 @@ impl Encoder {
         // The profiler's phases: `layer l / <part> fwd`, or `recompute` when it runs again for backward.
         let pass = if recomputing { "recompute" } else { "fwd" };
         b.phase(format_args!("layer {l} / attention {pass}"));
-        let q = t(gpu, &[tok, d])?;
-        let k = t(gpu, &[tok, d])?;
-        let v = t(gpu, &[tok, d])?;
-        linear(b, x, &w.q_w, Some(&w.q_b), &q)?;
-        linear(b, x, &w.k_w, Some(&w.k_b), &k)?;
-        linear(b, x, &w.v_w, Some(&w.v_b), &v)?;
+        // Q, K and V in one product over the concatenated weights; attention reads them as views.
+        let qkv = t(gpu, &[tok, 3 * d])?;
+        linear(b, x, &w.qkv_w, Some(&w.qkv_b), &qkv)?;
         let probs = t(gpu, &[s.batch, s.heads, s.seq, s.seq])?;
         let ctx = t(gpu, &[tok, d])?;
         let mut work = None;
         let probs_dropout = self.probs_dropout(dropout, l, s, &mut work)?;
-        attention::attention_forward_with(b, s, &q, &k, &v, mask, &probs, &ctx, probs_dropout)?;
+        attention::attention_forward_packed(b, s, &qkv, mask, &probs, &ctx, probs_dropout)?;
         drop(work); // the dropped probabilities: P·V has them, nothing else needs them
         let h1 = t(gpu, &[tok, d])?;
         linear(b, &ctx, &w.ao_w, Some(&w.ao_b), &h1)?;
@@ -81,7 +78,7 @@ impl Encoder {
             }
             None => self.sublayer_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, setup.adapter(l, Location::Output))?,
         };
-        Ok((LayerActs { q, k, v, probs, attn, pre, ffn }, h2_out))
+        Ok((LayerActs { qkv, probs, attn, pre, ffn }, h2_out))
     }
 
     /// `LN(x + x_in)` with the pretrained LayerNorm, keeping the sum for backward: `(sum, out)`.

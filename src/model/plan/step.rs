@@ -137,7 +137,8 @@ impl<'p> Replay<'p> {
             s.alloc(Cat::Embeddings, b4(n));
         }
         for _ in 0..self.slots {
-            for n in [ud * ud, ud, ud * ud, ud, ud * ud, ud, ud * ud, ud, ud, ud] {
+            // Q|K|V weights and biases (concatenated), attention output, LayerNorm.
+            for n in [3 * ud * ud, 3 * ud, ud * ud, ud, ud, ud] {
                 s.alloc(Cat::Weights, b4(n));
             }
             for n in [uf * ud, uf, ud * uf, ud, ud, ud] {
@@ -199,7 +200,7 @@ impl<'p> Replay<'p> {
     /// sub-layer as the adapter's input). Recomputing from a saved `h2` skips `inter` too.
     fn layer_fwd_h2(&self, l: usize, z: &Sizes, from_saved_h2: bool) -> (u64, u64, bool) {
         let drops = self.drops;
-        // Kept: q, k, v, probs (before their dropout). Temporary: ctx; with dropout the dropped
+        // Kept: q|k|v (one tensor), probs (before their dropout). Temporary: ctx; with dropout the dropped
         // probabilities' work tensor, and the attention output dense before its dropout (the
         // dropped one is `h` below).
         let mut kept = 3 * z.td + z.probs;
@@ -323,7 +324,7 @@ impl<'p> Replay<'p> {
         if !below {
             return (work, true);
         }
-        // dctx, dq, dk, dv, scratch; with dropout dh1 dropped and the probabilities' work tensor
+        // dctx, dq|dk|dv (one tensor), scratch; with dropout dh1 dropped and the probabilities' work tensor
         let drops = self.drops;
         work += when(drops.attention_output, z.td) + when(drops.probs, z.probs);
         (work + 4 * z.td + z.probs, false)
