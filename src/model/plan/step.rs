@@ -122,7 +122,7 @@ impl<'p> Replay<'p> {
     }
 
     /// Resident before the step: embeddings (tables only when the layers are resident too),
-    /// layer slots, adapters + head (weights, gradients, AdamW moments), the 16 dummy bindings,
+    /// layer slots, adapters + head (weights, gradients, AdamW moments), the dummy bindings,
     /// the optimizer's two scalars.
     fn resident_before_step(&mut self) {
         let (ud, uf, m) = (self.d as u64, self.f as u64, self.m);
@@ -163,7 +163,7 @@ impl<'p> Replay<'p> {
         }
         s.alloc(Cat::Trainable, 4); // optimizer: sum of squares
         s.alloc(Cat::Trainable, 4); // optimizer: clip scale
-        for _ in 0..16 {
+        for _ in 0..crate::gpu::DUMMY_BINDINGS {
             s.alloc(Cat::Working, 16); // dummy bindings
         }
     }
