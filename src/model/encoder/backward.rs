@@ -2,7 +2,7 @@
 //! gradients of what trains on it (adapters, or AdapterFusion).
 
 use super::super::adapters::Location;
-use super::super::store::LayerWeights;
+use super::super::store::{ffn_row_stride, LayerWeights};
 use super::acts::{AdapterActs, LayerActs, SubActs};
 use super::dropout::RowsDropout;
 use super::{t, Encoder, Setup};
@@ -50,19 +50,15 @@ impl Encoder {
         }
         b.phase(format_args!("layer {l} / FFN bwd"));
         let dh2 = self.dropout_rows(b, dropout, l, Site::FfnOutput, dh2)?;
-        let dinter = t(gpu, &[tok, ffn])?;
-        Matmul::new(tok, ffn, d).run(
-            b,
-            View::rows(&dh2, d),
-            View::rows(&w.o_w, ffn),
-            None,
-            View::rows(&dinter, ffn),
-        )?;
-        let dpre = t(gpu, &[tok, ffn])?;
+        // Rows of `fs` values, as in forward (padding zero, unread).
+        let fs = ffn_row_stride(ffn);
+        let dinter = t(gpu, &[tok, fs])?;
+        Matmul::new(tok, ffn, d).run(b, View::rows(&dh2, d), View::rows(&w.o_w, fs), None, View::rows(&dinter, fs))?;
+        let dpre = t(gpu, &[tok, fs])?;
         elementwise::act_backward(b, self.dims.act, &la.pre, &dinter, &dpre)?;
         Matmul::new(tok, d, ffn).beta(1.0).run(
             b,
-            View::rows(&dpre, ffn),
+            View::rows(&dpre, fs),
             View::rows(&w.i_w, d),
             None,
             View::rows(&dy1, d),

@@ -1,7 +1,7 @@
 //! One layer's forward: attention, FFN, and the adapter (or AdapterFusion) on each sub-layer.
 
 use super::super::adapters::{AdapterModule, Location, Placement};
-use super::super::store::LayerWeights;
+use super::super::store::{ffn_row_stride, LayerWeights};
 use super::acts::{AdapterActs, Around, LayerActs, SubActs};
 use super::dropout::RowsDropout;
 use super::{t, Encoder, Setup};
@@ -9,7 +9,7 @@ use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::adapter::Residual;
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::dropout::Site;
-use crate::kernels::matmul::linear;
+use crate::kernels::matmul::{linear, Matmul, View};
 use crate::kernels::{elementwise, layernorm};
 use anyhow::Result;
 
@@ -53,18 +53,21 @@ impl Encoder {
         b.phase(format_args!("layer {l} / adapters {pass}"));
         let attn = self.sublayer_forward(b, h1, x, &w.ln1_g, &w.ln1_b, setup.adapter(l, Location::Attention))?;
         let y1 = attn.out().clone();
-        let ffn_dim = self.dims.ffn;
+        let (ffn_dim, fs) = (self.dims.ffn, ffn_row_stride(self.dims.ffn));
         b.phase(format_args!("layer {l} / FFN {pass}"));
-        let pre = t(gpu, &[tok, ffn_dim])?;
-        linear(b, &y1, &w.i_w, Some(&w.i_b), &pre)?;
+        // The intermediate activations have rows of `fs` values (padding unread, see ffn_row_stride).
+        let pre = t(gpu, &[tok, fs])?;
+        let ffn_in = Matmul::new(tok, ffn_dim, d);
+        ffn_in.run(b, View::rows(&y1, d), View::transposed(&w.i_w, d), Some((&w.i_b, 0)), View::rows(&pre, fs))?;
         // The FFN's output dense: computed, or (recomputing with --keep-ffn-output) the saved one.
         let h2 = match ffn_out {
             Some(h2) => h2.clone(),
             None => {
-                let inter = t(gpu, &[tok, ffn_dim])?;
+                let inter = t(gpu, &[tok, fs])?;
                 elementwise::activate(b, self.dims.act, &pre, &inter)?;
                 let h2 = t(gpu, &[tok, d])?;
-                linear(b, &inter, &w.o_w, Some(&w.o_b), &h2)?;
+                let (x, wo) = (View::rows(&inter, fs), View::transposed(&w.o_w, fs));
+                Matmul::new(tok, d, ffn_dim).run(b, x, wo, Some((&w.o_b, 0)), View::rows(&h2, d))?;
                 self.dropout_rows(b, dropout, l, Site::FfnOutput, h2)?
             }
         };

@@ -3,7 +3,7 @@
 //! each layer's backward.
 
 use super::super::adapters::{Location, Placement};
-use super::super::store::LayerWeights;
+use super::super::store::{ffn_row_stride, LayerWeights};
 use super::sim::{b4, sublayer_bwd, sublayer_fwd, when, Cat, Sim, Sizes};
 use super::{DropoutSites, MemoryPlan, PlanInput};
 use anyhow::{bail, Result};
@@ -111,7 +111,8 @@ impl<'p> Replay<'p> {
         Sizes {
             tok4: b4(tok),
             td: b4(tok * self.d as u64),
-            tf: b4(tok * self.f as u64),
+            // The intermediate's padded rows (`store::ffn_row_stride`).
+            tf: b4(tok * ffn_row_stride(self.f) as u64),
             probs: b4((seqs * self.heads * p.seq * p.seq) as u64),
             tm: b4(tok * self.m),
         }
@@ -141,7 +142,7 @@ impl<'p> Replay<'p> {
             for n in [3 * ud * ud, 3 * ud, ud * ud, ud, ud, ud] {
                 s.alloc(Cat::Weights, b4(n));
             }
-            for n in [uf * ud, uf, ud * uf, ud, ud, ud] {
+            for n in [uf * ud, uf, ud * ffn_row_stride(self.f) as u64, ud, ud, ud] {
                 s.alloc(Cat::Weights, b4(n));
             }
         }
@@ -430,7 +431,7 @@ impl<'p> Replay<'p> {
             streamed_per_step: streamed,
             // The largest single tensors: word embeddings, an FFN activation, attention
             // probabilities, an FFN weight.
-            largest_tensor: [b4(self.tables[0]), self.all.tf, self.all.probs, b4(ud * self.f as u64)]
+            largest_tensor: [b4(self.tables[0]), self.all.tf, self.all.probs, b4(ud * ffn_row_stride(self.f) as u64)]
                 .into_iter()
                 .max()
                 .unwrap_or(0),
