@@ -16,6 +16,10 @@ pub use profile::{CounterSnapshot, DispatchRecord, ProfileMode};
 pub use recorder::{CommandRecorder, Readback, SubmitTiming};
 pub use tensor::GpuTensor;
 
+/// Storage bindings a dispatch may leave empty (`None`): one 16-byte dummy buffer each, bound in
+/// their place. The widest kernel (`optim::adamw_multi`) has 33.
+pub const DUMMY_BINDINGS: usize = 33;
+
 use crate::env::EnvOverrides;
 use anyhow::{anyhow, bail, Context, Result};
 use std::sync::{Arc, Mutex};
@@ -295,7 +299,7 @@ impl Gpu {
         .with_context(|| format!("opening GPU {}", description.summary()))?;
         let fault = watch_faults(&device);
         let memory = Arc::new(MemoryTracker::default());
-        let dummies = (0..16)
+        let dummies = (0..DUMMY_BINDINGS)
             .map(|_| {
                 let b = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("dummy"),

@@ -12,7 +12,7 @@ pub fn largest_buffers(dims: &Dims, batch: usize, seq: usize) -> [(&'static str,
     let (b, s) = (batch as u64, seq as u64);
     [
         ("attention probabilities [batch, heads, seq, seq]", b * dims.heads as u64 * s * s * 4),
-        ("FFN activations [batch·seq, intermediate]", b * s * dims.ffn as u64 * 4),
+        ("FFN activations [batch·seq, intermediate]", b * s * crate::model::store::ffn_row_stride(dims.ffn) as u64 * 4),
         ("hidden states [batch·seq, hidden]", b * s * dims.hidden as u64 * 4),
     ]
 }

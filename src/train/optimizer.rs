@@ -57,14 +57,24 @@ impl Optimizer {
         let lr = self.schedule.lr_at(self.step - 1);
         let grads: Vec<&GpuTensor> = params.iter().map(|p| p.2).collect();
         b.phase("optimizer");
-        optim::sum_of_squares(b, &grads, &self.ss)?;
-        optim::clip_factor(b, &self.ss, self.clip, &self.scale)?;
-        for ((name, w, g), (m, v)) in params.iter().zip(&self.moments) {
-            // As HF's Trainer: no weight decay for biases and LayerNorm weights (the adapters' own
-            // `adapter_norm_before` / `adapter_norm_after`).
-            let decay = !name.ends_with("bias") && !name.contains(".adapter_norm_");
-            optim::adamw_step(b, &self.opt, self.step, lr, 1.0, Some(&self.scale), decay, w, g, m, v)?;
-        }
+        // The squared norm and the clip factor, then every tensor's update: a few multi-tensor
+        // dispatches (bit-identical to one AdamW and one sum-of-squares dispatch per tensor).
+        let scratch = GpuTensor::zeros(b.gpu(), &[optim::sum_of_squares_scratch_len(&grads).max(1)])?;
+        optim::sum_of_squares_and_clip(b, &grads, &scratch, self.clip, &self.ss, &self.scale)?;
+        let tensors: Vec<optim::AdamWTensor> = params
+            .iter()
+            .zip(&self.moments)
+            .map(|((name, w, g), (m, v))| optim::AdamWTensor {
+                param: w,
+                grad: g,
+                m,
+                v,
+                // As HF's Trainer: no weight decay for biases and LayerNorm weights (the adapters' own
+                // `adapter_norm_before` / `adapter_norm_after`).
+                decay: !name.ends_with("bias") && !name.contains(".adapter_norm_"),
+            })
+            .collect();
+        optim::adamw_step_multi(b, &self.opt, self.step, lr, 1.0, Some(&self.scale), &tensors)?;
         Ok(lr)
     }
 

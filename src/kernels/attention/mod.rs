@@ -13,17 +13,22 @@
 //! backward regenerates `P'` for `dV = P'ᵀ·dctx` and applies the same mask to `dP' = dctx·Vᵀ` before
 //! the softmax backward (the mask is drawn again, never stored).
 //!
-//! The products are the matmul kernel over the (batch, head) pairs as an [`InnerBatch`]; the row
+//! Q, K and V (and dQ, dK, dV) are three `[batch·seq, hidden]` tensors, or one packed
+//! `[batch·seq, 3·hidden]` tensor with them side by side (`*_packed`: the fused QKV projection's
+//! output, read and written through strided views, bit-identical to the separate tensors).
+//!
+//! The products are the matmul kernel over the (batch, head) pairs as an `InnerBatch`; the row
 //! softmax and its backward are one workgroup-cooperative pass each. Every output is summed in a
 //! fixed order: results are bit-identical run to run.
 
 use super::dropout::{self, MaskKey, MaskLayout, Rate};
 use super::elementwise::check_no_alias;
-use super::matmul::{InnerBatch, Matmul, View};
 use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
+use passes::Act;
 
+mod passes;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
 #[cfg(any(test, feature = "reference"))]
@@ -32,6 +37,8 @@ pub mod reference_dropout;
 mod tests;
 #[cfg(test)]
 mod tests_dropout;
+#[cfg(test)]
+mod tests_packed;
 
 /// Shape of a multi-head self-attention call. Activations are `[batch·seq, heads·head_dim]`
 /// (BERT's layout), the mask is `[batch, seq]` with 1 for real tokens and 0 for padding.
@@ -172,47 +179,6 @@ fn check(
     Ok(())
 }
 
-/// Views of one (batch, head) pair, with the head as the inner batch.
-struct Layout {
-    s: AttentionShape,
-}
-
-impl Layout {
-    fn hidden(&self) -> usize {
-        self.s.heads * self.s.head_dim
-    }
-    /// `[seq, head_dim]` slice of an activation (rows = tokens).
-    fn act<'a>(&self, t: &'a GpuTensor) -> View<'a> {
-        View::rows(t, self.hidden()).batch_stride(self.s.seq * self.hidden())
-    }
-    /// Its transpose `[head_dim, seq]`.
-    fn act_t<'a>(&self, t: &'a GpuTensor) -> View<'a> {
-        View::transposed(t, self.hidden()).batch_stride(self.s.seq * self.hidden())
-    }
-    /// `[seq, seq]` slice of probabilities / scores.
-    fn rows<'a>(&self, t: &'a GpuTensor) -> View<'a> {
-        View::rows(t, self.s.seq).batch_stride(self.s.heads * self.s.seq * self.s.seq)
-    }
-    /// Its transpose.
-    fn rows_t<'a>(&self, t: &'a GpuTensor) -> View<'a> {
-        View::transposed(t, self.s.seq).batch_stride(self.s.heads * self.s.seq * self.s.seq)
-    }
-    /// Head stride of an activation and of a probability tensor.
-    fn inner(&self, a: Which, b: Which, c: Which) -> InnerBatch {
-        let st = |w: Which| match w {
-            Which::Act => self.s.head_dim,
-            Which::Rows => self.s.seq * self.s.seq,
-        };
-        InnerBatch { count: self.s.heads, a: st(a), b: st(b), c: st(c) }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Which {
-    Act,
-    Rows,
-}
-
 fn row_kernel(batch: &mut CommandRecorder, spec: &KernelSpec, s: AttentionShape, a: &GpuTensor, b: &GpuTensor) {
     let rows = s.batch * s.heads * s.seq;
     let cpu = cpu_rows(batch);
@@ -264,6 +230,11 @@ pub fn attention_forward(
     attention_forward_with(batch, s, q, k, v, mask, probs, ctx, None)
 }
 
+/// The `[batch, heads, seq, seq]` operands of a call (probabilities, scratch, dropout work).
+fn row_operands<'a>(named: [(&'a str, Option<&'a GpuTensor>); 3]) -> Vec<(&'a str, &'a GpuTensor)> {
+    named.into_iter().filter_map(|(n, t)| t.map(|t| (n, t))).collect()
+}
+
 /// [`attention_forward`], with dropout on the probabilities when `dropout` is given: `probs` keeps
 /// the softmax (what backward needs), `dropout.work` receives the dropped probabilities `P'` and
 /// `ctx = P'·v`.
@@ -280,42 +251,50 @@ pub fn attention_forward_with(
     dropout: Option<ProbsDropout>,
 ) -> Result<()> {
     let work = dropout.map(|d| d.work);
-    let rows: Vec<(&str, &GpuTensor)> =
-        [("probs", Some(probs)), ("dropout work", work)].into_iter().filter_map(|(n, t)| t.map(|t| (n, t))).collect();
+    let rows = row_operands([("probs", Some(probs)), ("dropout work", work), ("", None)]);
     check("attention_forward", s, &[("q", q), ("k", k), ("v", v), ("ctx", ctx)], mask, &rows)?;
     let outputs: Vec<&GpuTensor> = [Some(probs), Some(ctx), work].into_iter().flatten().collect();
     check_no_alias("attention_forward", &outputs, &[Some(q), Some(k), Some(v), Some(mask)])?;
-    let l = Layout { s };
-    let (n, hd) = (s.seq, s.head_dim);
-    let scale = 1.0 / (hd as f32).sqrt();
-    // S = scale · Q Kᵀ
-    Matmul::new(n, n, hd).batch(s.batch).alpha(scale).run_inner(
-        batch,
-        l.inner(Which::Act, Which::Act, Which::Rows),
-        l.act(q),
-        l.act_t(k),
-        None,
-        l.rows(probs),
-    )?;
-    row_kernel(batch, &SOFTMAX_ROWS, s, mask, probs);
-    // P' = dropout(P) when training with dropout
-    let used = match dropout {
-        Some(d) => {
-            d.apply(batch, s, probs, d.work)?;
-            d.work
-        }
-        None => probs,
-    };
-    // ctx = P' V
-    Matmul::new(n, hd, n).batch(s.batch).run_inner(
-        batch,
-        l.inner(Which::Rows, Which::Act, Which::Act),
-        l.rows(used),
-        l.act(v),
-        None,
-        l.act(ctx),
-    )?;
+    let qkv = [q, k, v].map(|t| Act::whole(t, s));
+    passes::forward(batch, s, qkv, mask, probs, Act::whole(ctx, s), dropout)
+}
+
+/// Checks that `t` is a packed `[batch·seq, 3·heads·head_dim]` Q|K|V tensor (or its gradient).
+fn check_packed(what: &str, s: AttentionShape, name: &str, t: &GpuTensor) -> Result<()> {
+    let (tokens, hidden) = (s.batch * s.seq, s.hidden());
+    if t.shape != [tokens, 3 * hidden] {
+        bail!(
+            "{what}: {name} must be [batch·seq, 3·heads·head_dim] = [{tokens}, {}] for {s:?}, got {:?}",
+            3 * hidden,
+            t.shape
+        );
+    }
+    if tokens * 3 * hidden > u32::MAX as usize {
+        bail!("{what}: {s:?} is too large for u32 indexing");
+    }
     Ok(())
+}
+
+/// [`attention_forward_with`] reading Q, K and V from one packed `[batch·seq, 3·hidden]` tensor
+/// (columns `0..hidden` Q, then K, then V: the fused QKV projection's output), as strided views.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_packed(
+    batch: &mut CommandRecorder,
+    s: AttentionShape,
+    qkv: &GpuTensor,
+    mask: &GpuTensor,
+    probs: &GpuTensor,
+    ctx: &GpuTensor,
+    dropout: Option<ProbsDropout>,
+) -> Result<()> {
+    let work = dropout.map(|d| d.work);
+    let rows = row_operands([("probs", Some(probs)), ("dropout work", work), ("", None)]);
+    check("attention_forward", s, &[("ctx", ctx)], mask, &rows)?;
+    check_packed("attention_forward", s, "qkv", qkv)?;
+    let outputs: Vec<&GpuTensor> = [Some(probs), Some(ctx), work].into_iter().flatten().collect();
+    check_no_alias("attention_forward", &outputs, &[Some(qkv), Some(mask)])?;
+    let acts = [0, 1, 2].map(|i| Act::packed(qkv, s, i));
+    passes::forward(batch, s, acts, mask, probs, Act::whole(ctx, s), dropout)
 }
 
 /// Gradients of [`attention_forward`] with respect to q, k and v (all overwritten), given the saved
@@ -357,10 +336,7 @@ pub fn attention_backward_with(
     dropout: Option<ProbsDropout>,
 ) -> Result<()> {
     let work = dropout.map(|d| d.work);
-    let rows: Vec<(&str, &GpuTensor)> = [("probs", Some(probs)), ("scratch", Some(scratch)), ("dropout work", work)]
-        .into_iter()
-        .filter_map(|(n, t)| t.map(|t| (n, t)))
-        .collect();
+    let rows = row_operands([("probs", Some(probs)), ("scratch", Some(scratch)), ("dropout work", work)]);
     check(
         "attention_backward",
         s,
@@ -370,66 +346,31 @@ pub fn attention_backward_with(
     )?;
     let outputs: Vec<&GpuTensor> = [Some(dq), Some(dk), Some(dv), Some(scratch), work].into_iter().flatten().collect();
     check_no_alias("attention_backward", &outputs, &[Some(q), Some(k), Some(v), Some(mask), Some(probs), Some(dctx)])?;
-    let l = Layout { s };
-    let (n, hd) = (s.seq, s.head_dim);
-    // With dropout, dV = P'ᵀ dctx first (P' regenerated into work, which then takes dP).
-    if let Some(d) = dropout {
-        d.apply(batch, s, probs, d.work)?;
-        Matmul::new(n, hd, n).batch(s.batch).run_inner(
-            batch,
-            l.inner(Which::Rows, Which::Act, Which::Act),
-            l.rows_t(d.work),
-            l.act(dctx),
-            None,
-            l.act(dv),
-        )?;
-    }
-    // dP = dctx Vᵀ (with dropout: dP' into scratch, then dP = dropout(dP') into work)
-    Matmul::new(n, n, hd).batch(s.batch).run_inner(
-        batch,
-        l.inner(Which::Act, Which::Act, Which::Rows),
-        l.act(dctx),
-        l.act_t(v),
-        None,
-        l.rows(scratch),
-    )?;
-    let ds = match dropout {
-        Some(d) => {
-            d.apply(batch, s, scratch, d.work)?;
-            d.work
-        }
-        None => scratch,
-    };
-    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)), in place
-    row_kernel(batch, &SOFTMAX_BACKWARD, s, probs, ds);
-    // dQ = dS K
-    Matmul::new(n, hd, n).batch(s.batch).run_inner(
-        batch,
-        l.inner(Which::Rows, Which::Act, Which::Act),
-        l.rows(ds),
-        l.act(k),
-        None,
-        l.act(dq),
-    )?;
-    // dK = dSᵀ Q
-    Matmul::new(n, hd, n).batch(s.batch).run_inner(
-        batch,
-        l.inner(Which::Rows, Which::Act, Which::Act),
-        l.rows_t(ds),
-        l.act(q),
-        None,
-        l.act(dk),
-    )?;
-    if dropout.is_none() {
-        // dV = Pᵀ dctx
-        Matmul::new(n, hd, n).batch(s.batch).run_inner(
-            batch,
-            l.inner(Which::Rows, Which::Act, Which::Act),
-            l.rows_t(probs),
-            l.act(dctx),
-            None,
-            l.act(dv),
-        )?;
-    }
-    Ok(())
+    let (qkv, grads) = ([q, k, v].map(|t| Act::whole(t, s)), [dq, dk, dv].map(|t| Act::whole(t, s)));
+    passes::backward(batch, s, qkv, probs, Act::whole(dctx, s), grads, scratch, dropout)
+}
+
+/// [`attention_backward_with`] of [`attention_forward_packed`]: reads Q, K, V from the packed `qkv`
+/// and writes dQ, dK, dV into the packed `dqkv` (same layout; every element overwritten).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_packed(
+    batch: &mut CommandRecorder,
+    s: AttentionShape,
+    qkv: &GpuTensor,
+    mask: &GpuTensor,
+    probs: &GpuTensor,
+    dctx: &GpuTensor,
+    dqkv: &GpuTensor,
+    scratch: &GpuTensor,
+    dropout: Option<ProbsDropout>,
+) -> Result<()> {
+    let work = dropout.map(|d| d.work);
+    let rows = row_operands([("probs", Some(probs)), ("scratch", Some(scratch)), ("dropout work", work)]);
+    check("attention_backward", s, &[("dctx", dctx)], mask, &rows)?;
+    check_packed("attention_backward", s, "qkv", qkv)?;
+    check_packed("attention_backward", s, "dqkv", dqkv)?;
+    let outputs: Vec<&GpuTensor> = [Some(dqkv), Some(scratch), work].into_iter().flatten().collect();
+    check_no_alias("attention_backward", &outputs, &[Some(qkv), Some(mask), Some(probs), Some(dctx)])?;
+    let (acts, grads) = ([0, 1, 2].map(|i| Act::packed(qkv, s, i)), [0, 1, 2].map(|i| Act::packed(dqkv, s, i)));
+    passes::backward(batch, s, acts, probs, Act::whole(dctx, s), grads, scratch, dropout)
 }

@@ -392,3 +392,32 @@ pub fn linear(
         View::rows(y, out),
     )
 }
+
+/// [`linear`] as `parts` products, each over an equal block of `w`'s rows (and of `bias`, and of
+/// `y`'s columns): the same outputs bit for bit (each output sums the same terms in the same
+/// order), in more, narrower dispatches. For weights stacked from several Linears (Q, K, V) on CPU
+/// drivers, where one product over the whole weight runs slower than its parts (bench/NOTES.md).
+pub fn linear_parts(
+    batch: &mut CommandRecorder,
+    x: &GpuTensor,
+    w: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    y: &GpuTensor,
+    parts: usize,
+) -> Result<()> {
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    if parts == 0 || out % parts != 0 {
+        bail!("linear_parts: {out} output rows do not split into {parts} equal parts");
+    }
+    let (n, t) = (out / parts, x.numel() / inp.max(1));
+    for i in 0..parts {
+        Matmul::new(t, n, inp).run(
+            batch,
+            View::rows(x, inp),
+            View::transposed(w, inp).offset(i * n * inp),
+            bias.map(|b| (b, i * n)),
+            View::rows(y, out).offset(i * n),
+        )?;
+    }
+    Ok(())
+}

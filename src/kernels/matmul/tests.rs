@@ -233,3 +233,34 @@ fn matmul_inner_batch_matches_reference() {
         assert_close(&format!("inner-batch matmul {outer}x{inner} {m}x{n}x{k}"), &download(&cg), &want, TOL);
     }
 }
+
+/// `linear` over stacked weights (the fused Q|K|V projection) and `linear_parts` (one product per
+/// block of rows, the CPU drivers' path) give the same bits, and both match the f64 reference;
+/// the device's default variant, ragged sizes, NaN-poisoned outputs; parts must divide the rows.
+#[test]
+fn linear_parts_is_linear_bit_for_bit() {
+    use crate::kernels::matmul::{linear, linear_parts};
+    let mut rng = rng(77);
+    for (t, inp, part) in [(1usize, 3usize, 1usize), (37, 20, 13), (70, 48, 33)] {
+        let out = 3 * part;
+        let x = rand_f32(&mut rng, t * inp, 1.0);
+        let w = rand_f32(&mut rng, out * inp, 1.0);
+        let bias = rand_f32(&mut rng, out, 1.0);
+        let (xg, wg, bg) = (upload(&[t, inp], &x), upload(&[out, inp], &w), upload(&[out], &bias));
+        let (one, three) = (poisoned(&[t, out]), poisoned(&[t, out]));
+        let mut b = gpu().batch();
+        linear(&mut b, &xg, &wg, Some(&bg), &one).unwrap();
+        linear_parts(&mut b, &xg, &wg, Some(&bg), &three, 3).unwrap();
+        // 3·part rows, part odd: no two equal halves.
+        assert!(linear_parts(&mut b, &xg, &wg, Some(&bg), &three, 2).is_err());
+        b.finish().unwrap();
+        let (one, three) = (download(&one), download(&three));
+        assert_eq!(bits(&one), bits(&three), "t={t} in={inp} out={out}");
+        // y = x·wᵀ + bias in f64.
+        let mut want = matmul(&f64s(&x), &transpose(&f64s(&w), out, inp), t, inp, out);
+        for (i, v) in want.iter_mut().enumerate() {
+            *v += bias[i % out] as f64;
+        }
+        assert_close(&format!("linear t={t} in={inp} out={out}"), &one, &want, TOL);
+    }
+}

@@ -20,12 +20,17 @@ use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{anyhow, bail, Result};
 
+mod multi;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_f64;
+#[cfg(test)]
+mod tests_multi;
+
+pub use multi::{adamw_step_multi, multi_tensor_supported, sum_of_squares_and_clip, AdamWTensor};
 
 const R: Access = Access::Read;
 const W: Access = Access::ReadWrite;
@@ -64,7 +69,9 @@ struct Params {
 #[cfg(test)]
 pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     let p = std::mem::size_of::<Params>();
-    vec![(ADAMW, p), (SUMSQ_PARTIAL, p), (SUMSQ_FINAL, p), (CLIP_FACTOR, p)]
+    let mut v = vec![(ADAMW, p), (SUMSQ_PARTIAL, p), (SUMSQ_FINAL, p), (CLIP_FACTOR, p)];
+    v.extend(multi::specs());
+    v
 }
 
 /// AdamW hyper-parameters (torch.optim.AdamW's; `Default` is PyTorch / HF Trainer's betas, eps and
@@ -122,6 +129,55 @@ impl AdamW {
     }
 }
 
+/// The f32 scalars of one AdamW step that the kernels take (folded on the host in f64).
+#[derive(Clone, Copy)]
+struct StepScalars {
+    decay_mul: f32,
+    one_minus_b1: f32,
+    beta2: f32,
+    one_minus_b2: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+}
+
+impl StepScalars {
+    fn new(opt: &AdamW, step: u32, lr: f32, decay: bool) -> Self {
+        let (b1, b2, lr64) = (decimal(opt.beta1), decimal(opt.beta2), decimal(lr));
+        let t = step as i32;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        let decay_mul = if decay && opt.weight_decay != 0.0 { 1.0 - lr64 * decimal(opt.weight_decay) } else { 1.0 };
+        Self {
+            decay_mul: decay_mul as f32,
+            one_minus_b1: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            one_minus_b2: (1.0 - b2) as f32,
+            step_size: (lr64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+        }
+    }
+}
+
+/// Checks the step's arguments common to [`adamw_step`] and [`adamw_step_multi`].
+fn check_step(what: &str, opt: &AdamW, step: u32, lr: f32, grad_scale: f32, scale_t: Option<&GpuTensor>) -> Result<()> {
+    opt.validate()?;
+    if step == 0 {
+        bail!("{what}: step counts from 1 (bias correction divides by 1 - beta^step)");
+    }
+    if !lr.is_finite() || lr < 0.0 {
+        bail!("{what}: invalid learning rate {lr}");
+    }
+    if !grad_scale.is_finite() {
+        bail!("{what}: non-finite grad_scale {grad_scale}");
+    }
+    if let Some(s) = scale_t {
+        if s.numel() == 0 {
+            bail!("{what}: the gradient-scale tensor is empty");
+        }
+    }
+    Ok(())
+}
+
 /// One torch.optim.AdamW step of one tensor, in one dispatch:
 ///
 /// ```text
@@ -151,44 +207,26 @@ pub fn adamw_step(
     m: &GpuTensor,
     v: &GpuTensor,
 ) -> Result<()> {
-    opt.validate()?;
-    if step == 0 {
-        bail!("adamw_step: step counts from 1 (bias correction divides by 1 - beta^step)");
-    }
-    if !lr.is_finite() || lr < 0.0 {
-        bail!("adamw_step: invalid learning rate {lr}");
-    }
-    if !grad_scale.is_finite() {
-        bail!("adamw_step: non-finite grad_scale {grad_scale}");
-    }
+    check_step("adamw_step", opt, step, lr, grad_scale, grad_scale_tensor)?;
     for (what, t) in [("grad", grad), ("m", m), ("v", v)] {
         if t.shape != param.shape {
             bail!("adamw_step: {what} has shape {:?}, the parameter {:?}", t.shape, param.shape);
         }
     }
-    if let Some(s) = grad_scale_tensor {
-        if s.numel() == 0 {
-            bail!("adamw_step: the gradient-scale tensor is empty");
-        }
-    }
     check_no_alias("adamw_step", &[param, m, v], &[Some(grad), grad_scale_tensor])?;
     let n = count("adamw_step", param.numel())?;
 
-    let (b1, b2, lr64) = (decimal(opt.beta1), decimal(opt.beta2), decimal(lr));
-    let t = step as i32;
-    let bc1 = 1.0 - b1.powi(t);
-    let bc2 = 1.0 - b2.powi(t);
-    let decay_mul = if decay && opt.weight_decay != 0.0 { 1.0 - lr64 * decimal(opt.weight_decay) } else { 1.0 };
+    let scalars = StepScalars::new(opt, step, lr, decay);
     let params = Params {
         n,
         use_scale: grad_scale_tensor.is_some() as u32,
         grad_scale,
-        decay_mul: decay_mul as f32,
-        one_minus_b1: (1.0 - b1) as f32,
-        beta2: b2 as f32,
-        one_minus_b2: (1.0 - b2) as f32,
-        step_size: (lr64 / bc1) as f32,
-        bc2_sqrt: bc2.sqrt() as f32,
+        decay_mul: scalars.decay_mul,
+        one_minus_b1: scalars.one_minus_b1,
+        beta2: scalars.beta2,
+        one_minus_b2: scalars.one_minus_b2,
+        step_size: scalars.step_size,
+        bc2_sqrt: scalars.bc2_sqrt,
         eps: opt.eps,
         ..Default::default()
     };

@@ -81,9 +81,8 @@ impl SubActs<'_> {
 
 /// One layer's activations.
 pub(super) struct LayerActs<'a> {
-    pub q: GpuTensor,
-    pub k: GpuTensor,
-    pub v: GpuTensor,
+    /// Q, K and V side by side, `[tokens, 3·hidden]` (the fused projection's output).
+    pub qkv: GpuTensor,
     pub probs: GpuTensor,
     pub attn: SubActs<'a>,
     /// The FFN's intermediate pre-activation.

@@ -2,7 +2,7 @@
 //! gradients of what trains on it (adapters, or AdapterFusion).
 
 use super::super::adapters::Location;
-use super::super::store::LayerWeights;
+use super::super::store::{ffn_row_stride, LayerWeights};
 use super::acts::{AdapterActs, LayerActs, SubActs};
 use super::dropout::RowsDropout;
 use super::{t, Encoder, Setup};
@@ -50,19 +50,15 @@ impl Encoder {
         }
         b.phase(format_args!("layer {l} / FFN bwd"));
         let dh2 = self.dropout_rows(b, dropout, l, Site::FfnOutput, dh2)?;
-        let dinter = t(gpu, &[tok, ffn])?;
-        Matmul::new(tok, ffn, d).run(
-            b,
-            View::rows(&dh2, d),
-            View::rows(&w.o_w, ffn),
-            None,
-            View::rows(&dinter, ffn),
-        )?;
-        let dpre = t(gpu, &[tok, ffn])?;
+        // Rows of `fs` values, as in forward (padding zero, unread).
+        let fs = ffn_row_stride(ffn);
+        let dinter = t(gpu, &[tok, fs])?;
+        Matmul::new(tok, ffn, d).run(b, View::rows(&dh2, d), View::rows(&w.o_w, fs), None, View::rows(&dinter, fs))?;
+        let dpre = t(gpu, &[tok, fs])?;
         elementwise::act_backward(b, self.dims.act, &la.pre, &dinter, &dpre)?;
         Matmul::new(tok, d, ffn).beta(1.0).run(
             b,
-            View::rows(&dpre, ffn),
+            View::rows(&dpre, fs),
             View::rows(&w.i_w, d),
             None,
             View::rows(&dy1, d),
@@ -79,15 +75,19 @@ impl Encoder {
         let dh1 = self.dropout_rows(b, dropout, l, Site::AttentionOutput, dh1)?;
         let dctx = t(gpu, &[tok, d])?;
         Matmul::new(tok, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
-        let (dq, dk, dv) = (t(gpu, &[tok, d])?, t(gpu, &[tok, d])?, t(gpu, &[tok, d])?);
+        let dqkv = t(gpu, &[tok, 3 * d])?;
         let scratch = t(gpu, &[s.batch, s.heads, s.seq, s.seq])?;
         let mut work = None;
         let probs_dropout = self.probs_dropout(dropout, l, s, &mut work)?;
-        let (q, k, v, probs) = (&la.q, &la.k, &la.v, &la.probs);
-        attention::attention_backward_with(b, s, q, k, v, mask, probs, &dctx, &dq, &dk, &dv, &scratch, probs_dropout)?;
-        for (g, wt) in [(&dq, &w.q_w), (&dk, &w.k_w), (&dv, &w.v_w)] {
-            Matmul::new(tok, d, d).beta(1.0).run(b, View::rows(g, d), View::rows(wt, d), None, View::rows(&dx, d))?;
-        }
+        attention::attention_backward_packed(b, s, &la.qkv, mask, &la.probs, &dctx, &dqkv, &scratch, probs_dropout)?;
+        // dx += [dQ dK dV] · [Wq; Wk; Wv]: one product over the concatenated weights (K = 3d).
+        Matmul::new(tok, d, 3 * d).beta(1.0).run(
+            b,
+            View::rows(&dqkv, 3 * d),
+            View::rows(&w.qkv_w, d),
+            None,
+            View::rows(&dx, d),
+        )?;
         Ok(Some(dx))
     }
 

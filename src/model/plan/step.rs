@@ -3,7 +3,7 @@
 //! each layer's backward.
 
 use super::super::adapters::Location;
-use super::super::store::LayerWeights;
+use super::super::store::{ffn_row_stride, LayerWeights};
 use super::sim::{b4, fusion_bwd, fusion_fwd, sublayer_bwd, sublayer_fwd, when, Cat, Sim, SiteAdapter, Sizes};
 use super::{DropoutSites, MemoryPlan, PlanInput};
 use anyhow::{bail, Result};
@@ -111,7 +111,8 @@ impl<'p> Replay<'p> {
         Sizes {
             tok4: b4(tok),
             td: b4(tok * self.d as u64),
-            tf: b4(tok * self.f as u64),
+            // The intermediate's padded rows (`store::ffn_row_stride`).
+            tf: b4(tok * ffn_row_stride(self.f) as u64),
             probs: b4((seqs * self.heads * p.seq * p.seq) as u64),
             tm: b4(tok * self.m),
         }
@@ -166,7 +167,7 @@ impl<'p> Replay<'p> {
     }
 
     /// Resident before the step: embeddings (tables only when the layers are resident too),
-    /// layer slots, adapters + head (weights, gradients, AdamW moments), the 16 dummy bindings,
+    /// layer slots, adapters + head (weights, gradients, AdamW moments), the dummy bindings,
     /// the optimizer's two scalars.
     fn resident_before_step(&mut self) {
         let (ud, uf) = (self.d as u64, self.f as u64);
@@ -181,10 +182,11 @@ impl<'p> Replay<'p> {
             s.alloc(Cat::Embeddings, b4(n));
         }
         for _ in 0..self.slots {
-            for n in [ud * ud, ud, ud * ud, ud, ud * ud, ud, ud * ud, ud, ud, ud] {
+            // Q|K|V weights and biases (concatenated), attention output, LayerNorm.
+            for n in [3 * ud * ud, 3 * ud, ud * ud, ud, ud, ud] {
                 s.alloc(Cat::Weights, b4(n));
             }
-            for n in [uf * ud, uf, ud * uf, ud, ud, ud] {
+            for n in [uf * ud, uf, ud * ffn_row_stride(self.f) as u64, ud, ud, ud] {
                 s.alloc(Cat::Weights, b4(n));
             }
         }
@@ -213,7 +215,7 @@ impl<'p> Replay<'p> {
         let s = &mut self.s;
         s.alloc(Cat::Trainable, 4); // optimizer: sum of squares
         s.alloc(Cat::Trainable, 4); // optimizer: clip scale
-        for _ in 0..16 {
+        for _ in 0..crate::gpu::DUMMY_BINDINGS {
             s.alloc(Cat::Working, 16); // dummy bindings
         }
     }
@@ -250,7 +252,7 @@ impl<'p> Replay<'p> {
     /// sub-layer as the adapter's input). Recomputing from a saved `h2` skips `inter` too.
     fn layer_fwd_h2(&self, l: usize, z: &Sizes, from_saved_h2: bool) -> (u64, u64, bool) {
         let drops = self.drops;
-        // Kept: q, k, v, probs (before their dropout). Temporary: ctx; with dropout the dropped
+        // Kept: q|k|v (one tensor), probs (before their dropout). Temporary: ctx; with dropout the dropped
         // probabilities' work tensor, and the attention output dense before its dropout (the
         // dropped one is `h` below).
         let mut kept = 3 * z.td + z.probs;
@@ -376,7 +378,7 @@ impl<'p> Replay<'p> {
         if !below {
             return (work, true);
         }
-        // dctx, dq, dk, dv, scratch; with dropout dh1 dropped and the probabilities' work tensor
+        // dctx, dq|dk|dv (one tensor), scratch; with dropout dh1 dropped and the probabilities' work tensor
         let drops = self.drops;
         work += when(drops.attention_output, z.td) + when(drops.probs, z.probs);
         (work + 4 * z.td + z.probs, false)
@@ -482,7 +484,7 @@ impl<'p> Replay<'p> {
             streamed_per_step: streamed,
             // The largest single tensors: word embeddings, an FFN activation, attention
             // probabilities, an FFN weight.
-            largest_tensor: [b4(self.tables[0]), self.all.tf, self.all.probs, b4(ud * self.f as u64)]
+            largest_tensor: [b4(self.tables[0]), self.all.tf, self.all.probs, b4(ud * ffn_row_stride(self.f) as u64)]
                 .into_iter()
                 .max()
                 .unwrap_or(0),
