@@ -114,10 +114,23 @@ fn tiny_bert_within_pytorch_error_of_f64() {
 /// AdapterFusion over two Houlsby adapters (fusion layers at the attention output too). Ignored:
 /// measured on lavapipe, two gradients of layer 1's attention-output fusion layer are over the
 /// bound (`key.weight` 4.8e-6, `query.bias` 4.4e-6 against PyTorch fp32's 5.6e-7 / 4.5e-7; every
-/// other tensor within it, and all within 1.2e-5 of float64). Kept as the measurement to fix:
+/// other tensor within it, and all within 1.2e-5 of float64). Kept as the measurement:
 /// `cargo test --test parity_f64 -- --ignored --nocapture`.
+///
+/// Cause (measured by feeding this fusion layer's inputs, as our GPU run and as float64 `adapters`
+/// computed them, through the float64 formula): not the fusion kernel. In layer 1 only the 3 CLS
+/// tokens carry a gradient, and there the softmax backward's `dū·(z₁ − z₀)` is ill-conditioned
+/// (|dū||z₁ − z₀| / |dū·(z₁ − z₀)| = 10, 24, 30), so these two gradients amplify any error in the
+/// incoming gradient `do` ~25×. The exact formula on float64's inputs with only `do` replaced:
+/// float64's `do` rounded to f32 7.7e-7, PyTorch fp32's `do` 1.3e-7, ours 2.5e-6 (already over the
+/// bound with an exact fusion backward), though both f32 `do`s are 3e-7 from float64 elementwise.
+/// The excess is already in the gradient reaching that LayerNorm's output (exact LayerNorm backward
+/// of ours: 2.5e-6; of PyTorch's: 1.0e-6), i.e. ordinary f32 rounding from the layer-1 FFN-site
+/// backward. Rounding float64's `query`, `z` and `do` to f32 alone gives 1.1e-6 (PyTorch's 5.6e-7 is
+/// under that floor), so the bound is 2× the rounding floor; the fusion kernel's own arithmetic on
+/// those rounded inputs adds nothing measurable here (1.26e-6 computed in f32 vs 1.25e-6 in f64).
 #[test]
-#[ignore = "two attention-output fusion gradients exceed max(4 × PyTorch, 2e-6) against float64 (see doc)"]
+#[ignore = "two ill-conditioned attention-output fusion gradients amplify the incoming gradient's f32 rounding past max(4 × PyTorch, 2e-6) (see doc)"]
 fn houlsby_fusion_within_pytorch_error_of_f64() {
     let case = fixtures().join("options-fusion-houlsby");
     assert_all(judge_case("options-fusion-houlsby", &case, &fixtures().join("tiny-bert/base")));
