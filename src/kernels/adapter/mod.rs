@@ -1,9 +1,9 @@
 //! `shaders/adapter.wgsl`: the fused bottleneck adapter (Houlsby et al. 2019).
 //!
 //! Forward (one dispatch): `a = W_down x + b_down`, `g = act(a)`, `y = x + s (W_up g + b_up)`,
-//! saving `a` for backward. Backward: one fused pass over tokens for `dx`, `da` and `g`, then the
-//! weight gradients as token reductions with the matmul kernel (`dW_up = s dyᵀ g`,
-//! `dW_down = daᵀ x`) and column sums for the biases. Every output element is summed by one
+//! saving `a` for backward (the matmul path, `AdapterKernel::Matmul`, saves `g`). Backward: one
+//! fused pass over tokens for `dx`, `da` and `g`, then the weight gradients as token reductions
+//! with the matmul kernel (`dW_up = s dyᵀ g`, `dW_down = daᵀ x`) and column sums for the biases. Every output element is summed by one
 //! thread in a fixed order, so gradients are bit-identical run to run (no float atomics).
 
 use super::matmul::{linear, Matmul, View};
@@ -181,7 +181,9 @@ impl AdapterShape {
         Ok(x.numel() / d)
     }
 
-    /// Queues the forward pass: `y` (same shape as `x`) and `a_saved` (`[T, m]`).
+    /// Queues the forward pass: `y` (same shape as `x`) and `a_saved` (`[T, m]`: the fused kernel
+    /// saves the pre-activation `a`, the matmul path `act(a)`; [`backward`](Self::backward) reads
+    /// it through the same path).
     pub fn forward(
         &self,
         batch: &mut CommandRecorder,
@@ -230,7 +232,7 @@ impl AdapterShape {
         expect_shape("adapter output", &y.shape, &x.shape)?;
         expect_shape("adapter saved activations", &a_saved.shape, &[t, self.m])?;
         // The matmul epilogue adds the bias unscaled: s ≠ 1 stays on the fused kernel.
-        if self.scale == 1.0 && kernel == AdapterKernel::Matmul {
+        if self.saves_activation(kernel) {
             return self.forward_matmul(batch, w, x, r, matches!(residual, Residual::Input), y, a_saved, t);
         }
         let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
@@ -304,8 +306,15 @@ impl AdapterShape {
         expect_shape("adapter saved activations", &a_saved.shape, &[t, self.m])?;
         expect_shape("adapter scratch da", &scratch.da.shape, &[t, self.m])?;
         expect_shape("adapter scratch g", &scratch.g.shape, &[t, self.m])?;
-        if kernel == AdapterKernel::Matmul {
-            self.backward_dx_matmul(batch, w, separate_residual, a_saved, dy, dx, scratch, t)?;
+        // g = act(a) for dW_up: saved by the matmul forward, else written into the scratch.
+        let g = if kernel == AdapterKernel::Matmul {
+            let saved_g = self.saves_activation(kernel);
+            self.backward_dx_matmul(batch, w, x, (a_saved, saved_g), separate_residual, dy, dx, scratch, t)?;
+            if saved_g {
+                a_saved
+            } else {
+                &scratch.g
+            }
         } else {
             let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
             // For the profiler: the two products (4·T·d·m FLOPs); dy, dx, the weights, a, da, g once.
@@ -326,13 +335,14 @@ impl AdapterShape {
                 ],
                 [groups, 1, 1],
             );
-        }
+            &scratch.g
+        };
         let (d, m) = (self.d, self.m);
         // dW_up [d, m] = s · dyᵀ g
         Matmul::new(d, m, t).alpha(self.scale).run(
             batch,
             View::transposed(dy, d),
-            View::rows(&scratch.g, m),
+            View::rows(g, m),
             None,
             View::rows(&grads.w_up, m),
         )?;
@@ -351,8 +361,15 @@ impl AdapterShape {
 }
 
 impl AdapterShape {
-    /// [`AdapterKernel::Matmul`] forward (scale 1): `a = x W_downᵀ + b_down` (saved),
-    /// `h = act(a)`, `y = h W_upᵀ + b_up (+ residual)`.
+    /// Whether the forward through `kernel` saves `act(a)` (the matmul path, scale 1) rather than
+    /// `a` (the fused kernel, which also runs the matmul path's forward when s ≠ 1).
+    fn saves_activation(&self, kernel: AdapterKernel) -> bool {
+        self.scale == 1.0 && kernel == AdapterKernel::Matmul
+    }
+
+    /// [`AdapterKernel::Matmul`] forward (scale 1): `h = act(x W_downᵀ + b_down)` in one product
+    /// (bias and activation in its epilogue), saved in `a_saved` in place of the pre-activation
+    /// (backward computes that again), `y = h W_upᵀ + b_up (+ residual)`.
     fn forward_matmul(
         &self,
         batch: &mut CommandRecorder,
@@ -365,30 +382,39 @@ impl AdapterShape {
         t: usize,
     ) -> Result<()> {
         let (d, m) = (self.d, self.m);
-        let h = GpuTensor::zeros(batch.gpu(), &[t, m])?;
-        linear(batch, x, &w.w_down, Some(&w.b_down), a_saved)?;
-        elementwise::activate(batch, self.act, a_saved, &h)?;
+        let h = a_saved;
+        Matmul::new(t, m, d).act(self.act).run(
+            batch,
+            View::rows(x, d),
+            View::transposed(&w.w_down, d),
+            Some((&w.b_down, 0)),
+            View::rows(h, m),
+        )?;
         let residual = if input_residual { Some(x) } else { r };
         if let Some(res) = residual {
             elementwise::copy(batch, res, y)?;
         }
         Matmul::new(t, d, m).beta(if residual.is_some() { 1.0 } else { 0.0 }).run(
             batch,
-            View::rows(&h, m),
+            View::rows(h, m),
             View::transposed(&w.w_up, m),
             Some((&w.b_up, 0)),
             View::rows(y, d),
         )
     }
 
-    /// [`AdapterKernel::Matmul`] input gradient: `g = act(a)` (for dW_up), `da = act'(a) ⊙
-    /// s·(dy W_up)`, `dx = da W_down (+ dy when the adapter's input was its residual)`.
+    /// [`AdapterKernel::Matmul`] input gradient from the forward's saved tensor, `(saved, true)`
+    /// for `act(a)` (the matmul forward's: `a = x W_downᵀ + b_down` is computed again, the
+    /// forward's product, the same bits) or `(saved, false)` for `a` (the fused forward's:
+    /// `g = act(a)` into the scratch for dW_up), then `da = act'(a) ⊙ s·(dy W_up)`,
+    /// `dx = da W_down (+ dy when the adapter's input was its residual)`.
     fn backward_dx_matmul(
         &self,
         batch: &mut CommandRecorder,
         w: &AdapterWeights,
+        x: &GpuTensor,
+        (saved, saved_g): (&GpuTensor, bool),
         separate_residual: bool,
-        a_saved: &GpuTensor,
         dy: &GpuTensor,
         dx: &GpuTensor,
         scratch: &AdapterScratch,
@@ -396,7 +422,15 @@ impl AdapterShape {
     ) -> Result<()> {
         let (d, m) = (self.d, self.m);
         let dh = GpuTensor::zeros(batch.gpu(), &[t, m])?;
-        elementwise::activate(batch, self.act, a_saved, &scratch.g)?;
+        let computed;
+        let pre = if saved_g {
+            computed = GpuTensor::zeros(batch.gpu(), &[t, m])?;
+            linear(batch, x, &w.w_down, Some(&w.b_down), &computed)?;
+            &computed
+        } else {
+            elementwise::activate(batch, self.act, saved, &scratch.g)?;
+            saved
+        };
         Matmul::new(t, m, d).alpha(self.scale).run(
             batch,
             View::rows(dy, d),
@@ -404,7 +438,7 @@ impl AdapterShape {
             None,
             View::rows(&dh, m),
         )?;
-        elementwise::act_backward(batch, self.act, a_saved, &dh, &scratch.da)?;
+        elementwise::act_backward(batch, self.act, pre, &dh, &scratch.da)?;
         if !separate_residual {
             elementwise::copy(batch, dy, dx)?;
         }

@@ -32,7 +32,9 @@ fn matmul_adapter_matches_reference_in_every_residual_mode() {
         };
         let reference =
             Adapter { d, m, act, scale: 1.0, w_down: f64s(&wd), b_down: f64s(&bd), w_up: f64s(&wu), b_up: f64s(&bu) };
-        let (ry, _) = reference.forward(&f64s(&x), t);
+        let (ry, ra) = reference.forward(&f64s(&x), t);
+        // The matmul path saves act(a) (its product's epilogue) for backward, not a.
+        let want_h: Vec<f64> = ra.iter().map(|&v| crate::kernels::reference::act(act, v)).collect();
         let (rdx, rg) = reference.backward(&f64s(&x), &f64s(&dy), t);
         let (xg, rgpu, dyg) = (upload(&[t, d], &x), upload(&[t, d], &r), upload(&[t, d], &dy));
         for mode in 0..3 {
@@ -57,6 +59,7 @@ fn matmul_adapter_matches_reference_in_every_residual_mode() {
             let want_dx: Vec<f64> =
                 (0..t * d).map(|k| if mode == 0 { rdx[k] } else { rdx[k] - dy[k] as f64 }).collect();
             for (got, want) in [
+                (download(&a), &want_h),
                 (download(&y), &want_y),
                 (download(&dx), &want_dx),
                 (download(&grads.w_down), &rg.w_down),

@@ -166,7 +166,7 @@ impl Encoder {
         };
         let x = opts.xb.as_ref().unwrap_or(&around.hs);
         let dxb = t(gpu, &shape)?;
-        self.bottleneck_backward(b, ad, x, &acts.a, &dcore, &dxb, accumulate)?;
+        self.bottleneck_backward(b, ad, x, &acts.a, &dcore, &dxb, true, accumulate)?;
         let dhs_adapter = match &ad.norm_before {
             Some(n) => {
                 let d = t(gpu, &shape)?;
@@ -211,7 +211,8 @@ impl Encoder {
     }
 
     /// The bottleneck's backward from `dy` (its output's gradient, scale included) to `dx` (only
-    /// through the bottleneck), its weight gradients written or, with `accumulate`, added to.
+    /// through the bottleneck with `separate`, else plus `dy` for the adapter's input as its
+    /// residual), its weight gradients written or, with `accumulate`, added to.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn bottleneck_backward(
         &self,
@@ -221,12 +222,13 @@ impl Encoder {
         a: &GpuTensor,
         dy: &GpuTensor,
         dx: &GpuTensor,
+        separate: bool,
         accumulate: bool,
     ) -> Result<()> {
         let gpu = &self.gpu;
         let scratch = AdapterScratch::new(gpu, dy.shape[0], ad.shape.m)?;
         let grads = if accumulate { AdapterWeights::zeros(gpu, ad.shape.d, ad.shape.m)? } else { ad.grad.clone() };
-        ad.shape.backward_residual(b, &ad.w, x, true, a, dy, dx, &grads, &scratch)?;
+        ad.shape.backward_residual(b, &ad.w, x, separate, a, dy, dx, &grads, &scratch)?;
         if accumulate {
             // ad.grad += this chunk's gradients.
             for (sum, part) in [

@@ -7,7 +7,6 @@ use super::acts::{AdapterActs, LayerActs, SubActs};
 use super::dropout::RowsDropout;
 use super::{t, Encoder, Setup};
 use crate::gpu::{CommandRecorder, GpuTensor};
-use crate::kernels::adapter::{AdapterScratch, AdapterWeights};
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::dropout::Site;
 use crate::kernels::matmul::{Matmul, View};
@@ -115,6 +114,11 @@ impl Encoder {
 
     /// Gradient of a sub-layer with an adapter; the adapter's gradients are written (or, with
     /// `accumulate`, added to what is there).
+    ///
+    /// Plain adapters route the gradients without temporaries where they can: the final
+    /// LayerNorm's gradient `du` is written straight into `dh` or `dx_in`, the adapter's input
+    /// gradient straight into `dh`, and the pretrained LayerNorm before the adapter adds its
+    /// gradient onto `du` in place. Every output is the same sum, in the same order, as before.
     #[allow(clippy::too_many_arguments)]
     fn adapter_backward(
         &self,
@@ -126,54 +130,61 @@ impl Encoder {
         dx_in: &GpuTensor,
         accumulate: bool,
     ) -> Result<()> {
-        let gpu = &self.gpu;
-        let shape = dfinal.shape.clone();
-        let (ad, around) = (acts.module, &acts.around);
-        let du = self.final_ln_backward(b, around.u.as_ref(), ln_g, dfinal)?;
-        let dout = du.as_ref().unwrap_or(dfinal);
+        let around = &acts.around;
         if acts.options.is_some() {
+            let du = self.final_ln_backward(b, around.u.as_ref(), ln_g, dfinal)?;
+            let dout = du.as_ref().unwrap_or(dfinal);
             return self.adapter_with_options_backward(b, acts, ln_g, dout, du.as_ref(), dh, dx_in, accumulate);
         }
-        let dhs = t(gpu, &shape)?;
-        let scratch = AdapterScratch::new(gpu, shape[0], ad.shape.m)?;
+        let (ad, eps) = (acts.module, self.dims.eps);
         let separate = acts.placement.separate_residual();
-        let grads = if accumulate { AdapterWeights::zeros(gpu, ad.shape.d, ad.shape.m)? } else { ad.grad.clone() };
-        ad.shape.backward_residual(b, &ad.w, &around.hs, separate, &acts.a, dout, &dhs, &grads, &scratch)?;
-        if accumulate {
-            // ad.grad += this chunk's gradients.
-            for (sum, part) in [
-                (&ad.grad.w_down, &grads.w_down),
-                (&ad.grad.b_down, &grads.b_down),
-                (&ad.grad.w_up, &grads.w_up),
-                (&ad.grad.b_up, &grads.b_up),
-            ] {
-                let next = t(gpu, &sum.shape)?;
-                elementwise::add(b, sum, part, &next)?;
-                elementwise::copy(b, &next, sum)?;
-            }
-        }
-        // The gradient reaching the adapter's input flows to h (directly, or through the
-        // pretrained LayerNorm before the adapter, which also feeds x_in).
-        let (to_h, to_x) = match &around.s1 {
-            Some(s1) => {
-                let ds1 = t(gpu, &shape)?;
-                layernorm::layer_norm_backward(b, s1, ln_g, self.dims.eps, &dhs, &ds1, false)?;
-                (ds1.clone(), Some(ds1))
-            }
-            None => (dhs, None),
+        // The final LayerNorm's gradient, written into `target` (a new tensor when None).
+        let final_ln = |b: &mut CommandRecorder, target: Option<&GpuTensor>| -> Result<Option<GpuTensor>> {
+            let Some(u) = &around.u else { return Ok(None) };
+            let du = match target {
+                Some(x) => x.clone(),
+                None => t(&self.gpu, &dfinal.shape)?,
+            };
+            layernorm::layer_norm_backward(b, u, ln_g, eps, dfinal, &du, false)?;
+            Ok(Some(du))
         };
-        if separate {
-            elementwise::add(b, dout, &to_h, dh)?;
-        } else {
-            elementwise::copy(b, &to_h, dh)?;
+        let (x, a) = (&around.hs, &acts.a);
+        match (&around.s1, separate) {
+            // No LayerNorm before the adapter (its input is its residual): dh = the adapter's
+            // input gradient, dx_in = du (or 0).
+            (None, _) => {
+                let du = final_ln(b, Some(dx_in))?;
+                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), dh, false, accumulate)?;
+                if du.is_none() {
+                    elementwise::fill(b, dx_in, 0.0)?;
+                }
+                Ok(())
+            }
+            // Residual h: dh = du + LN₁'(dhs), dx_in the same sum.
+            (Some(s1), true) => {
+                let du = final_ln(b, Some(dh))?;
+                let dhs = t(&self.gpu, &dfinal.shape)?;
+                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), &dhs, true, accumulate)?;
+                if du.is_some() {
+                    layernorm::layer_norm_backward(b, s1, ln_g, eps, &dhs, dh, true)?;
+                    elementwise::copy(b, dh, dx_in)
+                } else {
+                    layernorm::layer_norm_backward(b, s1, ln_g, eps, &dhs, dx_in, false)?;
+                    elementwise::add(b, dfinal, dx_in, dh)
+                }
+            }
+            // Residual hs = LN₁(h + x_in): dh = LN₁'(dhs), dx_in = du + dh (or dh).
+            (Some(s1), false) => {
+                let du = final_ln(b, None)?;
+                let dhs = t(&self.gpu, &dfinal.shape)?;
+                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), &dhs, false, accumulate)?;
+                layernorm::layer_norm_backward(b, s1, ln_g, eps, &dhs, dh, false)?;
+                match &du {
+                    Some(du) => elementwise::add(b, du, dh, dx_in),
+                    None => elementwise::copy(b, dh, dx_in),
+                }
+            }
         }
-        match (&du, &to_x) {
-            (Some(du), Some(dx)) => elementwise::add(b, du, dx, dx_in)?,
-            (Some(du), None) => elementwise::copy(b, du, dx_in)?,
-            (None, Some(dx)) => elementwise::copy(b, dx, dx_in)?,
-            (None, None) => elementwise::fill(b, dx_in, 0.0)?,
-        }
-        Ok(())
     }
 
     /// Gradient through the final `LN(out + x_in)` when there is one (`u` is its saved input).

@@ -167,9 +167,15 @@ impl Encoder {
         let (s1, hs) = self.adapter_input(b, pl, &h, x_in, ln_g, ln_b)?;
         let a = t(gpu, &[shape[0], ad.shape.m])?;
         let adapted = t(gpu, &shape)?;
-        let residual = if pl.separate_residual() { Residual::Tensor(&h) } else { Residual::Input };
+        // With the residual h and the pretrained LayerNorm after the adapter, h joins through the
+        // saved `s1 = h + x_in`: `LN(adapter(hs) + s1)`, no copy of h under the up-projection.
+        let (residual, after_input) = match &s1 {
+            Some(s1) if pl.separate_residual() && pl.original_ln_after => (Residual::None, s1),
+            _ if pl.separate_residual() => (Residual::Tensor(&h), x_in),
+            _ => (Residual::Input, x_in),
+        };
         ad.shape.forward_residual(b, &ad.w, &hs, residual, &adapted, &a)?;
-        let (u, out) = self.adapter_output(b, pl, adapted, x_in, ln_g, ln_b)?;
+        let (u, out) = self.adapter_output(b, pl, adapted, after_input, ln_g, ln_b)?;
         let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u }, a, options: None };
         Ok(SubActs::Adapter { acts, out })
     }

@@ -139,12 +139,14 @@ pub(super) fn sublayer_bwd(adapter: Option<SiteAdapter>, t: u64, m: u64) -> u64 
         None => 0,
         Some(a) if with_options(a) => options_bwd(a, t, m),
         Some((pl, _)) => {
-            let mut b = t + 2 * m; // dhs, adapter scratch
-            if pl.original_ln_after {
-                b += t; // du
-            }
+            // The adapter's scratch; du and the adapter's input gradient go straight into dh or
+            // dx_in where they can (no LayerNorm before: both; a separate residual: du).
+            let mut b = 2 * m;
             if pl.original_ln_before {
-                b += t; // ds1
+                b += t; // dhs
+                if pl.original_ln_after && !pl.separate_residual() {
+                    b += t; // du
+                }
             }
             b
         }
