@@ -354,6 +354,7 @@ fn planned_peak_with_options_within_10_percent_of_measured() {
                 keep_ffn_output: false,
                 dropout: Default::default(),
                 per_token_head: false,
+                gradient_accumulation: 1,
             };
             let choice =
                 Choice { resident_layers: None, recompute: Some(recompute), layer_chunk, keep_ffn_output: Some(false) };

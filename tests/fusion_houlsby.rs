@@ -286,6 +286,7 @@ fn planner_counts_fusion_at_both_sites() {
                 keep_ffn_output: false,
                 dropout: Default::default(),
                 per_token_head: false,
+                gradient_accumulation: 1,
             };
             let planned = plan::choose_for(&g, &input, choice, None).unwrap();
             let (_, mut enc) = load::load_encoder(&g, &base(), Some(planned.resident_layers())).unwrap();

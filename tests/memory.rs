@@ -209,17 +209,28 @@ fn small_model(tmp: &Path) -> PathBuf {
 /// pass's dropout.
 type MemoryCase<'a> = (&'a str, &'a Path, usize, usize, peft_wgpu::model::plan::Choice, Option<DropoutRates>);
 
-/// Plans and measures each case on a device of its own; asserts the plan is within 10% of the
-/// measured peak. The measured peaks.
-fn planned_vs_measured(cases: &[MemoryCase]) -> Vec<u64> {
+/// Plans and measures each case on a device of its own, each step over `gradient_accumulation`
+/// micro-batches; asserts the plan is within 10% of the measured peak. The measured peaks.
+fn planned_vs_measured(cases: &[MemoryCase], gradient_accumulation: usize) -> Vec<u64> {
     let mut measured = vec![];
     for &(what, dir, batch, seq, choice, dropout) in cases {
         // A device of its own: nothing else allocates on it.
         let g = peft_wgpu::Gpu::for_tests();
-        let (plan, run) =
-            peft_wgpu::bench::memory::measure(&g, what, dir, batch, seq, choice, None, 1, dropout).unwrap();
+        let (plan, run) = peft_wgpu::bench::memory::measure(
+            &g,
+            what,
+            dir,
+            batch,
+            seq,
+            choice,
+            None,
+            1,
+            dropout,
+            gradient_accumulation,
+        )
+        .unwrap();
         println!(
-            "{what}: planned {} B, measured {} B ({:+.2}%)",
+            "{what}, gradient accumulation {gradient_accumulation}: planned {} B, measured {} B ({:+.2}%)",
             run.planned_bytes,
             run.measured_bytes,
             100.0 * run.plan_error()
@@ -274,7 +285,7 @@ fn planned_peak_within_10_percent_of_measured() {
             None,
         ),
     ];
-    let measured = planned_vs_measured(&cases);
+    let measured = planned_vs_measured(&cases, 1);
     assert!(measured[2] < measured[1], "streaming + recompute must lower the measured peak");
     assert!(measured[4] < measured[2], "layer chunks must lower the measured peak");
 }
@@ -339,7 +350,96 @@ fn planned_peak_with_dropout_within_10_percent_of_measured() {
             on,
         ),
     ];
-    planned_vs_measured(&cases);
+    planned_vs_measured(&cases, 1);
+}
+
+/// With `--gradient-accumulation 2` (the training loop's accumulated step: the first micro-batch's
+/// gradient sums live through the second's pass, and its gradients go into a second set): the plan
+/// is within 10% of the measured peak, kept, streamed, recomputed or chunked, and both the plan
+/// and the measurement are above the same step's without accumulation.
+#[test]
+fn planned_peak_with_gradient_accumulation_within_10_percent_of_measured() {
+    use peft_wgpu::model::plan::Choice;
+    let tmp = tempfile::tempdir().unwrap();
+    let small = small_model(tmp.path());
+    let minilm = peft_wgpu::train::cache::ensure_default_model().expect("fetching the default model");
+    let tiny = fixtures().join("tiny-bert/base");
+    let choice = |slots, recompute, layer_chunk| Choice {
+        resident_layers: slots,
+        recompute: Some(recompute),
+        layer_chunk,
+        keep_ffn_output: Some(false),
+    };
+    let on = Some(DropoutRates::uniform(0.1).unwrap());
+    let cases = [
+        ("tiny-bert resident", tiny.as_path(), 3, 11, choice(None, false, None), None),
+        ("small resident", small.as_path(), 5, 13, choice(None, false, None), None),
+        ("small 1 slot + recompute", small.as_path(), 5, 13, choice(Some(1), true, None), None),
+        ("small 1 slot + recompute + chunks of 2, dropout", small.as_path(), 5, 13, choice(Some(1), true, Some(2)), on),
+        ("minilm resident", minilm.as_path(), 4, 21, choice(None, false, None), None),
+    ];
+    let accumulated = planned_vs_measured(&cases, 2);
+    let single = planned_vs_measured(&cases, 1);
+    for ((case, a), s) in cases.iter().zip(&accumulated).zip(&single) {
+        assert!(a > s, "{}: measured {a} B with accumulation, {s} B without", case.0);
+    }
+}
+
+/// The plan with accumulation counts one set of gradient sums through a later micro-batch's pass
+/// and a second made at its end: between one and two sets (adapters + head, 4 bytes a parameter)
+/// above the plan without; and `--max-gpu-memory` chooses a leaner setup for it.
+#[test]
+fn planner_counts_gradient_accumulation_sums() {
+    use peft_wgpu::model::plan::{choose, plan, AdapterSpec, Choice, PlanInput};
+    let cfg = peft_wgpu::bench::model::preset("bert-base").unwrap();
+    let spec = AdapterSpec::from_bottleneck(&cfg, &peft_wgpu::bench::memory::bench_adapter()).unwrap();
+    let d = cfg.hidden_size as u64;
+    let labels = 2;
+    let head = d * d + d + labels * d + labels;
+    let sums = 4 * (spec.parameters(cfg.hidden_size) + head);
+    let base = PlanInput {
+        cfg: &cfg,
+        batch: 32,
+        seq: 128,
+        labels: labels as usize,
+        per_token_head: false,
+        adapter: &spec,
+        resident_layers: cfg.num_hidden_layers,
+        recompute: false,
+        layer_chunk: 0,
+        keep_ffn_output: false,
+        dropout: Default::default(),
+        gradient_accumulation: 1,
+    };
+    let with = |n: usize, slots: usize, recompute: bool, layer_chunk: usize| {
+        plan(&PlanInput { gradient_accumulation: n, resident_layers: slots, recompute, layer_chunk, ..base.clone() })
+            .unwrap()
+            .peak_bytes()
+    };
+    for (slots, recompute, chunk) in [(12, false, 0), (12, true, 0), (1, true, 0), (1, true, 8)] {
+        let (one, two, four) =
+            (with(1, slots, recompute, chunk), with(2, slots, recompute, chunk), with(4, slots, recompute, chunk));
+        assert_eq!(with(0, slots, recompute, chunk), one, "0 is no accumulation");
+        assert!(
+            one + sums <= two && two <= one + 2 * sums,
+            "{slots} slots, recompute {recompute}: {one} + {sums} ≤ {two} ≤ {one} + 2·{sums}"
+        );
+        assert_eq!(four, two, "more micro-batches keep the same two sets at most");
+    }
+    // A budget the fastest setup fits without accumulation only: a leaner one is chosen with it.
+    let free = Choice::default();
+    let fast = choose(&base, free, None, None).unwrap();
+    let accumulated = PlanInput { gradient_accumulation: 2, ..base.clone() };
+    let p = choose(&accumulated, free, Some(fast.peak_bytes()), None).unwrap();
+    assert!(p.recompute || !p.resident(), "{p}");
+    assert!(p.peak_bytes() <= fast.peak_bytes());
+    let err = choose(
+        &accumulated,
+        Choice { recompute: Some(false), resident_layers: Some(12), ..free },
+        Some(fast.peak_bytes()),
+        None,
+    );
+    assert!(err.is_err(), "the fastest setup does not fit its own budget with accumulation");
 }
 
 /// The plan with dropout: more than without for every setup, the same when every rate is 0, and
@@ -368,6 +468,7 @@ fn planner_counts_dropout_sites() {
                 layer_chunk,
                 keep_ffn_output,
                 dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
+                gradient_accumulation: 1,
             };
             plan(&p).unwrap().peak_bytes()
         };
@@ -398,6 +499,7 @@ fn max_gpu_memory_chooses_or_fails_clearly() {
         layer_chunk: 0,
         keep_ffn_output: false,
         dropout: Default::default(),
+        gradient_accumulation: 1,
     };
     let free = Choice::default();
     let fast = choose(&base, free, None, None).unwrap();

@@ -3,13 +3,15 @@
 //! step time; optionally the same step with and without `--recompute`.
 
 use super::step::random_inputs;
-use crate::formats::adapterhub::BottleneckConfig;
+use crate::formats::adapterhub::{BottleneckConfig, WeightsFormat};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::kernels::optim::{AdamW, LinearSchedule};
+use crate::model::adapters::{AdapterSet, ClassificationHead};
 use crate::model::config::BertConfig;
-use crate::model::encoder::{DropoutRates, PassDropout, Setup};
+use crate::model::encoder::{DropoutRates, Inputs, PassDropout, Setup, Targets};
 use crate::model::load;
 use crate::model::plan::{self, AdapterSpec, Choice, MemoryPlan, PlanInput};
+use crate::train::trainer::{train_step_accumulated, MicroBatch, Trainee};
 use crate::train::{new_adapter, Optimizer};
 use crate::types::Activation;
 use anyhow::{bail, Result};
@@ -102,7 +104,8 @@ pub fn table_header() -> String {
 }
 
 /// The plan of a Houlsby training step at `batch × seq` on `cfg`, with `dropout` (a training
-/// pass's rates) or without.
+/// pass's rates) or without, over `gradient_accumulation` micro-batches (1: none).
+#[allow(clippy::too_many_arguments)]
 pub fn plan_step(
     gpu: &Gpu,
     cfg: &BertConfig,
@@ -111,6 +114,7 @@ pub fn plan_step(
     choice: Choice,
     budget: Option<u64>,
     dropout: Option<DropoutRates>,
+    gradient_accumulation: usize,
 ) -> Result<MemoryPlan> {
     let spec = AdapterSpec::from_bottleneck(cfg, &bench_adapter())?;
     let input = PlanInput {
@@ -125,6 +129,7 @@ pub fn plan_step(
         layer_chunk: 0,
         keep_ffn_output: false,
         dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
+        gradient_accumulation,
     };
     plan::choose_for(gpu, &input, choice, budget)
 }
@@ -132,7 +137,8 @@ pub fn plan_step(
 /// Plans, then runs `steps` training steps of a new Houlsby adapter + head with AdamW on the model
 /// in `model_dir` (all tokens real) and measures the peak of the project's GPU buffers
 /// ([`MemoryTracker`](crate::gpu::MemoryTracker)) over the steps. With `dropout`, every step is a
-/// training pass with those rates (and planned with them).
+/// training pass with those rates (and planned with them). With `gradient_accumulation` N above 1,
+/// each step is the training loop's accumulated step over N micro-batches of `batch`.
 #[allow(clippy::too_many_arguments)]
 pub fn measure(
     gpu: &Arc<Gpu>,
@@ -144,33 +150,50 @@ pub fn measure(
     budget: Option<u64>,
     steps: usize,
     dropout: Option<DropoutRates>,
+    gradient_accumulation: usize,
 ) -> Result<(MemoryPlan, MemoryRun)> {
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
+    if gradient_accumulation == 0 {
+        bail!("--gradient-accumulation must be at least 1");
+    }
     let cfg = BertConfig::from_model_dir(model_dir)?;
-    let planned = plan_step(gpu, &cfg, batch, seq, choice, budget, dropout)?;
+    let planned = plan_step(gpu, &cfg, batch, seq, choice, budget, dropout, gradient_accumulation)?;
     let (cfg, mut enc) = load::load_encoder(gpu, model_dir, Some(planned.resident_layers()))?;
     enc.follow(&planned);
     let (set, head) = new_adapter(gpu, &cfg, &bench_adapter(), "bench", 2, 0)?;
-    let params: Vec<(String, &GpuTensor, &GpuTensor)> = set.named().into_iter().chain(head.named()).collect();
+    let mut trainee = BenchTrainee { set, head };
     let schedule = LinearSchedule { base_lr: 1e-4, warmup_steps: 0, total_steps: steps as u32 };
-    let mut opt = Optimizer::new(gpu, &params, AdamW::default(), schedule, 1.0)?;
+    let mut opt = Optimizer::new(gpu, &trainee.params(), AdamW::default(), schedule, 1.0)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let inp = random_inputs(&mut rng, &vec![seq; batch], cfg.vocab_size);
+    let micro_inputs: Vec<Inputs> =
+        (0..gradient_accumulation).map(|_| random_inputs(&mut rng, &vec![seq; batch], cfg.vocab_size)).collect();
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
     let mut times = vec![];
     let mut peak = 0;
     let mut loss = f32::NAN;
     for step in 0..steps {
         let t0 = Instant::now();
-        // The pass starts a new peak measurement; the optimizer step adds to it.
-        let drop = dropout.map(|rates| PassDropout { rates, seed: 5, step: step as u32 });
-        let out = enc.pass_with_dropout(&Setup::Adapter(&set), &head, &inp, Some(&labels), true, false, drop)?;
-        opt.step(gpu, &params)?;
+        let n = gradient_accumulation;
+        let drop = |i: usize| dropout.map(|rates| PassDropout { rates, seed: 5, step: (step * n + i) as u32 });
+        if n == 1 {
+            // The pass starts a new peak measurement; the optimizer step adds to it.
+            let t = &trainee;
+            let out =
+                enc.pass_with_dropout(&t.setup(), &t.head, &micro_inputs[0], Some(&labels), true, false, drop(0))?;
+            opt.step(gpu, &t.params())?;
+            loss = out.loss.unwrap_or(f32::NAN);
+        } else {
+            // The training loop's accumulated step, measured from its start.
+            gpu.memory.reset_peak();
+            let micro: Vec<MicroBatch> = (micro_inputs.iter().enumerate())
+                .map(|(i, inputs)| MicroBatch { inputs, targets: Targets::Classes(&labels), dropout: drop(i) })
+                .collect();
+            loss = train_step_accumulated(gpu, &mut enc, &mut trainee, &mut opt, &micro)?.loss;
+        }
         times.push(t0.elapsed().as_secs_f64());
         peak = peak.max(gpu.memory.peak());
-        loss = out.loss.unwrap_or(f32::NAN);
         if !loss.is_finite() {
             bail!("memory benchmark: the loss is not finite ({loss})");
         }
@@ -192,6 +215,30 @@ pub fn measure(
         device: gpu.description.info.name.clone(),
     };
     Ok((planned, run))
+}
+
+/// The Houlsby adapter + head the memory benchmark trains, as the training loop sees it.
+struct BenchTrainee {
+    set: AdapterSet,
+    head: ClassificationHead,
+}
+
+impl Trainee for BenchTrainee {
+    fn setup(&self) -> Setup<'_> {
+        Setup::Adapter(&self.set)
+    }
+
+    fn head(&self) -> &ClassificationHead {
+        &self.head
+    }
+
+    fn params(&self) -> Vec<(String, &GpuTensor, &GpuTensor)> {
+        self.set.named().into_iter().chain(self.head.named()).collect()
+    }
+
+    fn save(&mut self, _gpu: &Arc<Gpu>, _out: &Path, _format: WeightsFormat, _labels: &[String]) -> Result<()> {
+        bail!("the memory benchmark saves no weights")
+    }
 }
 
 fn is_model_dir(spec: &str) -> bool {
@@ -286,7 +333,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &MemoryOptions) -> Result<()> {
     for spec in &o.configs {
         if o.plan_only {
             let cfg = model_config(spec, o.layers)?;
-            println!("{spec}: {}", plan_step(gpu, &cfg, o.batch, o.seq, choice, budget, None)?);
+            println!("{spec}: {}", plan_step(gpu, &cfg, o.batch, o.seq, choice, budget, None, 1)?);
             continue;
         }
         let (_, dir) = model_dir(spec, o.layers, &scratch)?;
@@ -303,7 +350,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &MemoryOptions) -> Result<()> {
         };
         let first = runs.len();
         for c in choices {
-            let (planned, run) = measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps, None)?;
+            let (planned, run) = measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps, None, 1)?;
             println!("{spec}: {planned}");
             println!("{}\n{}", table_header(), run.row());
             runs.push(run);

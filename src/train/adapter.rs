@@ -329,7 +329,18 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
     ));
     let spec = AdapterSpec::from_bottleneck(&cfg, &bn)?;
     let dropout = crate::train::trainer::dropout_rates(&cfg, r, rep)?;
-    let mem_plan = plan_memory(gpu, &cfg, &task, r.batch_size, &spec, &args.memory, Trained::Adapter, dropout, rep)?;
+    let mem_plan = plan_memory(
+        gpu,
+        &cfg,
+        &task,
+        r.batch_size,
+        &spec,
+        &args.memory,
+        Trained::Adapter,
+        dropout,
+        args.optimizer.gradient_accumulation,
+        rep,
+    )?;
     let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
     enc.follow(&mem_plan);
     let mut trainee = AdapterTrainee {

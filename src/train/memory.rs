@@ -21,7 +21,8 @@ pub(crate) enum Trained {
 }
 
 /// Checks the largest batch of `task` against the GPU's limits and plans its step (with the
-/// training steps' `dropout`); reports the plan's line.
+/// training steps' `dropout` and `gradient_accumulation` micro-batches a step); reports the plan's
+/// line.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn plan_memory(
     gpu: &Gpu,
@@ -32,6 +33,7 @@ pub(crate) fn plan_memory(
     mem: &MemoryArgs,
     trained: Trained,
     dropout: Option<DropoutRates>,
+    gradient_accumulation: usize,
     rep: &mut dyn Reporter,
 ) -> Result<MemoryPlan> {
     // The largest batch must fit the GPU's buffers: found now, not in the middle of a step.
@@ -59,6 +61,7 @@ pub(crate) fn plan_memory(
             layer_chunk: 0,
             keep_ffn_output: false,
             dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
+            gradient_accumulation,
         },
         plan::Choice {
             resident_layers: mem.resident_layers,

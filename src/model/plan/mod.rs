@@ -114,6 +114,10 @@ pub struct PlanInput<'a> {
     /// The training pass's dropout sites with a non-zero rate (none with `--no-dropout`): each
     /// allocates its dropped output, attention-probability dropout a work tensor.
     pub dropout: DropoutSites,
+    /// Micro-batches per optimizer step (`--gradient-accumulation`; 0 or 1: none). Above 1, one
+    /// set of gradient sums lives through each later micro-batch's pass, and a second is made
+    /// at its end.
+    pub gradient_accumulation: usize,
 }
 
 /// Which dropout sites of a training pass allocate (`Encoder::dropout_rows` returns its input when
@@ -138,7 +142,7 @@ pub struct Breakdown {
     pub embeddings: u64,
     /// Frozen layer weights on the GPU (all layers, or the streaming slots).
     pub layer_weights: u64,
-    /// Adapters + head: weights, gradients and AdamW moments.
+    /// Adapters + head: weights, gradients and AdamW moments (and gradient accumulation's sums).
     pub trainable: u64,
     /// Activations kept across layers for backward (every layer's, or only layer inputs with
     /// `--recompute`).

@@ -12,6 +12,11 @@ use anyhow::{bail, Result};
 pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
     let mut r = Replay::new(p)?;
     r.resident_before_step();
+    // With gradient accumulation, a later micro-batch's pass runs beside the earlier ones' sums.
+    let sums = r.gradient_sum_bytes();
+    if sums > 0 {
+        r.s.alloc(Cat::Trainable, sums);
+    }
     r.embeddings();
     for l in 0..r.n_layers {
         r.layer_forward(l);
@@ -22,6 +27,10 @@ pub fn plan(p: &PlanInput) -> Result<MemoryPlan> {
         if r.layer_backward(l) {
             break;
         }
+    }
+    // Then its gradients go into new sums before the pass's buffers are freed (the next wait).
+    if sums > 0 {
+        r.s.alloc(Cat::Trainable, sums);
     }
     Ok(r.finish())
 }
@@ -164,6 +173,18 @@ impl<'p> Replay<'p> {
             }
         }
         v
+    }
+
+    /// Bytes of one set of gradient sums (`--gradient-accumulation` above 1; else 0): one buffer
+    /// per trained tensor of the adapters or fusion and the head (`train_step_accumulated`).
+    fn gradient_sum_bytes(&self) -> u64 {
+        if self.p.gradient_accumulation <= 1 {
+            return 0;
+        }
+        let (ud, c) = (self.d as u64, self.p.labels.max(1) as u64);
+        // Trained tensors have four copies (frozen adapters under a fusion two: not trained).
+        let trained = self.trainable_tensors().into_iter().filter(|&(_, copies)| copies == 4);
+        trained.map(|(n, _)| n).chain([ud * ud, ud, c * ud, c]).map(|n| b4(n).max(4)).sum()
     }
 
     /// Resident before the step: embeddings (tables only when the layers are resident too),

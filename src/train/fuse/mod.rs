@@ -192,7 +192,18 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
         model_params
     ));
     let dropout = crate::train::trainer::dropout_rates(&cfg, r, rep)?;
-    let mem_plan = plan_memory(gpu, &cfg, &task, r.batch_size, &spec, &args.memory, Trained::Fusion, dropout, rep)?;
+    let mem_plan = plan_memory(
+        gpu,
+        &cfg,
+        &task,
+        r.batch_size,
+        &spec,
+        &args.memory,
+        Trained::Fusion,
+        dropout,
+        args.optimizer.gradient_accumulation,
+        rep,
+    )?;
     let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
     enc.follow(&mem_plan);
     let setup = LoopSetup {
