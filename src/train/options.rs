@@ -106,7 +106,8 @@ pub struct OptimizerArgs {
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f32,
     /// One optimizer step every N batches, on their mean gradient (HF's
-    /// `gradient_accumulation_steps`): an effective batch of N × --batch-size in the memory of one.
+    /// `gradient_accumulation_steps`): an effective batch of N × --batch-size in the memory of one batch plus two
+    /// gradient-sized sums (counted by the memory planner).
     #[arg(long, default_value_t = 1, value_name = "N")]
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub gradient_accumulation: usize,
