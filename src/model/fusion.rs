@@ -10,6 +10,7 @@ use crate::gpu::{CommandRecorder, Gpu};
 use crate::kernels::fusion::{FusionHostWeights, FusionShape, FusionWeights};
 use crate::kernels::matmul::{Matmul, View};
 use anyhow::{anyhow, bail, Result};
+use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use std::sync::Arc;
 
@@ -31,6 +32,12 @@ pub struct FusionModel {
     pub attention_layers: Vec<Option<FusionLayerGpu>>,
     /// AdapterHub's options (saved with the weights).
     pub config: FusionConfig,
+    /// Fusion layers that never run, kept on the host for saving: `(layer, site, initial weights)`
+    /// at a site where the fused adapters have modules in other layers but are left out of this
+    /// one (`leave_out`). The `adapters` library creates a fusion layer at that site of every
+    /// layer and saves those at their initial values (its plain `load_adapter_fusion` then finds
+    /// every tensor it creates); so does `peft fuse`.
+    pub left_out: Vec<(usize, Location, FusionLayer)>,
     /// When set, `[2·layers, N]` (rows `l`: FFN output, `layers + l`: attention output): every
     /// forward pass adds each fusion layer's softmax weights summed over the batch's real tokens
     /// (see [`FusionModel::record_weights`]).
@@ -113,6 +120,7 @@ impl FusionModel {
             temperature: 1.0,
             layers,
             attention_layers,
+            left_out: vec![],
             config: c.clone(),
             weight_sums: None,
         })
@@ -159,6 +167,7 @@ impl FusionModel {
         if out.iter().chain(&attention_layers).all(Option::is_none) {
             bail!("fusion {name:?}: no layer has all of its adapters");
         }
+        let left_out = left_out_initialized(config, layers, present, d, rng);
         Ok(Self {
             name,
             adapter_names: adapter_names.to_vec(),
@@ -167,6 +176,7 @@ impl FusionModel {
             temperature: 1.0,
             layers: out,
             attention_layers,
+            left_out,
             config: config.clone(),
             weight_sums: None,
         })
@@ -192,7 +202,13 @@ impl FusionModel {
             }
             Ok(layers)
         };
-        let (layers, attention_layers) = (download(&self.layers)?, download(&self.attention_layers)?);
+        let (mut layers, mut attention_layers) = (download(&self.layers)?, download(&self.attention_layers)?);
+        for (l, loc, layer) in &self.left_out {
+            let site = if *loc == Location::Output { &mut layers } else { &mut attention_layers };
+            if let Some(slot) = site.get_mut(*l) {
+                *slot = Some(layer.clone());
+            }
+        }
         let saved: SavedConfig = Fusion::new_saved_config(&self.adapter_names, hidden, model_name, &self.config);
         Ok(Fusion {
             saved,
@@ -302,6 +318,47 @@ impl FusionModel {
         }
         out
     }
+}
+
+/// The fusion layers the `adapters` library creates where no fused adapter has a module although
+/// they have one at that site in other layers (`leave_out`), with its initialisation (as
+/// [`FusionModel::new_initialized`]'s), drawn from their own generator (seeded from `rng` only when
+/// there are some, so fusions without left-out layers draw as before).
+fn left_out_initialized<R: rand::Rng>(
+    config: &FusionConfig,
+    layers: usize,
+    present: &dyn Fn(usize, Location) -> bool,
+    d: usize,
+    rng: &mut R,
+) -> Vec<(usize, Location, FusionLayer)> {
+    let sites: Vec<(usize, Location)> = [Location::Output, Location::Attention]
+        .into_iter()
+        .filter(|&loc| (0..layers).any(|l| present(l, loc)))
+        .flat_map(|loc| (0..layers).filter(move |&l| !present(l, loc)).map(move |l| (l, loc)))
+        .collect();
+    if sites.is_empty() {
+        return vec![];
+    }
+    let mut side = rand::rngs::StdRng::seed_from_u64(rng.random());
+    let tensor = |shape: &[usize], data: Vec<f32>| Tensor { shape: shape.to_vec(), data };
+    sites
+        .into_iter()
+        .map(|(l, loc)| {
+            let mut host = FusionHostWeights::adapterhub_init(d, config.value && config.value_initialized, &mut side);
+            if config.value && !config.value_initialized {
+                let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
+                host.w_v = Some((0..d * d).map(|_| normal.sample(&mut side)).collect());
+            }
+            let layer = FusionLayer {
+                query_weight: Some(tensor(&[d, d], host.w_q)),
+                query_bias: Some(tensor(&[d], host.b_q)),
+                key_weight: Some(tensor(&[d, d], host.w_k)),
+                key_bias: Some(tensor(&[d], host.b_k)),
+                value_weight: host.w_v.map(|v| tensor(&[d, d], v)),
+            };
+            (l, loc, layer)
+        })
+        .collect()
 }
 
 /// What the kernels support of AdapterHub's `AdapterFusionConfig`.

@@ -1,9 +1,10 @@
 //! Evaluation and prediction with a saved fusion (`peft eval / predict --fusion`).
 
-use super::{fusion_layers, has_site, load_source_adapters, FusionAttention};
+use super::trainee::drop_layers_without_adapters;
+use super::{fusion_layers, load_source_adapters, FusionAttention};
 use crate::formats::adapterhub::Fusion;
 use crate::gpu::Gpu;
-use crate::model::adapters::{AdapterSet, ClassificationHead, Location};
+use crate::model::adapters::{AdapterSet, ClassificationHead};
 use crate::model::config::BertConfig;
 use crate::model::encoder::{Encoder, Setup};
 use crate::model::fusion::FusionModel;
@@ -11,7 +12,7 @@ use crate::model::load;
 use crate::train::data::{self, DataOptions, Example, LabelMap};
 use crate::train::infer::{evaluate_prepared, predict_logits, predictions, Prediction};
 use crate::train::metrics::Scores;
-use crate::train::report::PlainReporter;
+use crate::train::report::{PlainReporter, Reporter};
 use crate::train::task::prepare;
 use crate::train::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Result};
@@ -51,31 +52,30 @@ impl LoadedFusion {
 pub fn load_fused(gpu: &Arc<Gpu>, p: &FusedPaths, max_length: usize) -> Result<LoadedFusion> {
     let (cfg, enc) = load::load_encoder(gpu, &p.model, None)?;
     let d = cfg.hidden_size;
-    let f = Fusion::load(&p.fusion, &cfg)?;
-    let fusion = FusionModel::for_inference(gpu, &f, d)?;
+    let mut f = Fusion::load(&p.fusion, &cfg)?;
+    let name = f.fusion_name();
     let mut loaded = load_source_adapters(gpu, &p.adapters, &cfg)?;
     let mut sets = vec![];
-    for name in &fusion.adapter_names {
-        let k = loaded.iter().position(|s| &s.name == name).ok_or_else(|| {
-            anyhow!("fusion {:?} needs adapter {name:?}: pass its folder with --adapter", fusion.name)
-        })?;
+    for adapter in &f.adapter_names {
+        let k = loaded
+            .iter()
+            .position(|s| &s.name == adapter)
+            .ok_or_else(|| anyhow!("fusion {name:?} needs adapter {adapter:?}: pass its folder with --adapter"))?;
         sets.push(loaded.swap_remove(k));
     }
     if let Some(extra) = loaded.first() {
-        bail!("adapter {:?} is not part of fusion {:?}", extra.name, fusion.name);
+        bail!("adapter {:?} is not part of fusion {name:?}", extra.name);
     }
     let present = fusion_layers(&sets, cfg.num_hidden_layers)?;
-    for l in 0..cfg.num_hidden_layers {
-        for loc in [Location::Attention, Location::Output] {
-            if fusion.at(l, loc).is_some() && !has_site(&present, l, loc) {
-                bail!(
-                    "fusion {:?} has a fusion layer at {}, where its adapters have none",
-                    fusion.name,
-                    loc.module_path(l)
-                );
-            }
-        }
+    let dropped = drop_layers_without_adapters(&mut f, &present);
+    if !dropped.is_empty() {
+        PlainReporter.note(&format!(
+            "note: fusion {name:?}: ignoring its fusion layer(s) at {} where its adapters have none (left out); \
+             the adapters library saves them but never runs them",
+            dropped.join(", ")
+        ));
     }
+    let fusion = FusionModel::for_inference(gpu, &f, d)?;
     let h = match (&p.head, &f.head) {
         (Some(dir), _) => crate::formats::adapterhub::Head::load(dir, d)?,
         (None, Some(h)) => h.clone(),

@@ -75,6 +75,24 @@ pub(crate) fn fusion_layers(sets: &[AdapterSet], layers: usize) -> Result<Vec<(b
     (0..layers).map(|l| Ok((site(l, Location::Attention)?, site(l, Location::Output)?))).collect()
 }
 
+/// Takes out of `f` the fusion layers at sites where no fused adapter has a module (`present`, from
+/// [`fusion_layers`]) and returns their module paths. The `adapters` library creates a fusion layer
+/// at that site of EVERY layer, also where the adapters are left out (`leave_out`), saves it at its
+/// initial values, and never runs it (no adapter output to fuse there): reading such a folder, those
+/// layers are accepted and ignored, as the library's forward pass ignores them.
+pub(crate) fn drop_layers_without_adapters(f: &mut Fusion, present: &[(bool, bool)]) -> Vec<String> {
+    let mut dropped = vec![];
+    for (loc, site) in [(Location::Attention, &mut f.attention_layers), (Location::Output, &mut f.layers)] {
+        for (l, layer) in site.iter_mut().enumerate() {
+            if layer.is_some() && !has_site(present, l, loc) {
+                *layer = None;
+                dropped.push(loc.module_path(l));
+            }
+        }
+    }
+    dropped
+}
+
 /// Whether `present` (from [`fusion_layers`]) has `loc` of layer `l`.
 pub(crate) fn has_site(present: &[(bool, bool)], l: usize, loc: Location) -> bool {
     present.get(l).is_some_and(|s| if loc == Location::Attention { s.0 } else { s.1 })
