@@ -110,3 +110,37 @@ fn fuse_writes_left_out_layers_as_the_library_does() {
     let got = fuse::predict_fused(&g, &paths(dir.path()), &ex, 8, 32).unwrap();
     assert_eq!(got[0].logits.len(), 2);
 }
+
+/// `peft grads --fusion` reads the library's folder as eval / predict do (layer 0's fusion ignored):
+/// gradients for the fusion layer that runs (layer 1), none for layer 0, finite logits for each text.
+#[test]
+fn grads_on_library_fusion_with_a_left_out_layer() {
+    use peft_wgpu::train::grads::{self, GradsArgs};
+    let dir = std::env::temp_dir().join(format!("peft-fusion-leave-out-grads-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The tiny-roberta batch (three texts), its labels mapped onto this head's two classes.
+    let mut inputs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-roberta/houlsby/inputs.json")).unwrap())
+            .unwrap();
+    inputs["labels"] = serde_json::json!([0, 1, 1]);
+    let inputs_path = dir.join("inputs.json");
+    std::fs::write(&inputs_path, inputs.to_string()).unwrap();
+    let out = dir.join("grads.safetensors");
+    let args = GradsArgs {
+        model: fixtures().join("tiny-roberta/base"),
+        adapters: ["a", "b"].iter().map(|n| case().join("adapters").join(n)).collect(),
+        fusion: Some(case().join("fusion")),
+        inputs: inputs_path,
+        out: out.clone(),
+        ..Default::default()
+    };
+    grads::run(&gpu(), &args).unwrap();
+    let names = tensor_names(&out);
+    let fusion_grads = |layer: &str| names.iter().filter(|n| n.starts_with("grad.") && n.contains(layer)).count();
+    assert_eq!(fusion_grads(".layer.1.output.adapter_fusion_layer."), 5, "{names:?}");
+    assert_eq!(fusion_grads(".layer.0.output.adapter_fusion_layer."), 0, "{names:?}");
+    let logits = WeightFile::open(&out).unwrap().get_checked("logits", &[3, 2]).unwrap();
+    assert_eq!(logits.len(), 6);
+    assert!(logits.iter().all(|x| x.is_finite()), "{logits:?}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -101,12 +101,16 @@ fn run_fusion(
     enc: &mut crate::model::encoder::Encoder,
 ) -> Result<TensorMap> {
     let d = cfg.hidden_size;
-    let f = crate::formats::adapterhub::Fusion::load(fdir, cfg)?;
-    let fusion = crate::model::fusion::FusionModel::from_fusion(gpu, &f, d)?;
+    let mut f = crate::formats::adapterhub::Fusion::load(fdir, cfg)?;
     let mut sets = vec![];
     for dir in &args.adapters {
         sets.push(load::load_adapter(gpu, dir, cfg)?.0);
     }
+    // As `peft eval / predict --fusion`: fusion layers where the adapters are left out (the adapters
+    // library saves them, never runs them) are ignored.
+    let present = crate::train::fuse::fusion_layers(&sets, cfg.num_hidden_layers)?;
+    crate::train::fuse::drop_layers_without_adapters(&mut f, &present);
+    let fusion = crate::model::fusion::FusionModel::from_fusion(gpu, &f, d)?;
     // Order the adapters as the fusion lists them.
     let mut ordered = vec![];
     for name in &fusion.adapter_names {
