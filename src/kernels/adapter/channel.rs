@@ -7,6 +7,7 @@
 //! column in a fixed order: the same bits every run.
 
 use super::super::{expect_shape, layernorm, reduce};
+use super::Params;
 use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::kernels::elementwise::check_no_alias;
 use crate::shaders;
@@ -27,18 +28,8 @@ const CHANNEL_DOT: KernelSpec = KernelSpec {
 /// Threads per workgroup of both kernels.
 const WG: usize = 64;
 
-/// The adapter shader's parameter block, as these kernels read it: `t` rows, `d` columns, `m`
-/// values of the scale, `scale` = 0 (write) or 1 (add to the output) for `channel_dot`.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    t: u32,
-    d: u32,
-    m: u32,
-    _pad: u32,
-    scale: f32,
-    _pad2: [u32; 3],
-}
+// The adapter shader's parameter block ([`Params`]), as these kernels read it: `t` rows, `d`
+// columns, `m` values of the scale, `scale` = 0 (write) or 1 (add to the output) for `channel_dot`.
 
 #[cfg(test)]
 pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
