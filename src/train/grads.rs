@@ -106,10 +106,8 @@ fn run_fusion(
     for dir in &args.adapters {
         sets.push(load::load_adapter(gpu, dir, cfg)?.0);
     }
-    // As `peft eval / predict --fusion`: fusion layers where the adapters are left out (the adapters
-    // library saves them, never runs them) are ignored.
-    let present = crate::train::fuse::fusion_layers(&sets, cfg.num_hidden_layers)?;
-    crate::train::fuse::drop_layers_without_adapters(&mut f, &present);
+    // As `peft eval / predict --fusion`: fusion layers where the adapters are left out are ignored.
+    crate::train::fuse::ignore_left_out_layers(&mut f, &sets, cfg.num_hidden_layers)?;
     let fusion = crate::model::fusion::FusionModel::from_fusion(gpu, &f, d)?;
     // Order the adapters as the fusion lists them.
     let mut ordered = vec![];

@@ -49,6 +49,22 @@ impl LoadedFusion {
     }
 }
 
+/// Drops `f`'s fusion layers where none of its adapters `sets` has a module (`leave_out`), with a
+/// note: the adapters library saves them but never runs them. Shared by `eval / predict / grads --fusion`.
+pub(crate) fn ignore_left_out_layers(f: &mut Fusion, sets: &[AdapterSet], layers: usize) -> Result<()> {
+    let present = fusion_layers(sets, layers)?;
+    let dropped = drop_layers_without_adapters(f, &present);
+    if !dropped.is_empty() {
+        PlainReporter.note(&format!(
+            "note: fusion {:?}: ignoring its fusion layer(s) at {} where its adapters have none (left out); \
+             the adapters library saves them but never runs them",
+            f.fusion_name(),
+            dropped.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 pub fn load_fused(gpu: &Arc<Gpu>, p: &FusedPaths, max_length: usize) -> Result<LoadedFusion> {
     let (cfg, enc) = load::load_encoder(gpu, &p.model, None)?;
     let d = cfg.hidden_size;
@@ -66,15 +82,7 @@ pub fn load_fused(gpu: &Arc<Gpu>, p: &FusedPaths, max_length: usize) -> Result<L
     if let Some(extra) = loaded.first() {
         bail!("adapter {:?} is not part of fusion {name:?}", extra.name);
     }
-    let present = fusion_layers(&sets, cfg.num_hidden_layers)?;
-    let dropped = drop_layers_without_adapters(&mut f, &present);
-    if !dropped.is_empty() {
-        PlainReporter.note(&format!(
-            "note: fusion {name:?}: ignoring its fusion layer(s) at {} where its adapters have none (left out); \
-             the adapters library saves them but never runs them",
-            dropped.join(", ")
-        ));
-    }
+    ignore_left_out_layers(&mut f, &sets, cfg.num_hidden_layers)?;
     let fusion = FusionModel::for_inference(gpu, &f, d)?;
     let h = match (&p.head, &f.head) {
         (Some(dir), _) => crate::formats::adapterhub::Head::load(dir, d)?,

@@ -14,8 +14,9 @@ mod infer;
 mod trainee;
 
 pub use attention::FusionAttention;
+pub(crate) use infer::ignore_left_out_layers;
 pub use infer::{evaluate_fused, load_fused, predict_fused, FusedPaths, LoadedFusion};
-pub(crate) use trainee::{drop_layers_without_adapters, fusion_layers};
+pub(crate) use trainee::fusion_layers;
 pub use trainee::{load_source_adapters, FusionTrainee};
 
 use crate::formats::adapterhub::FusionConfig;
