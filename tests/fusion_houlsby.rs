@@ -7,6 +7,7 @@
 
 mod common;
 use common::cli::*;
+use common::grads::{grads_against_fixture, worst};
 use common::*;
 use peft_wgpu::formats::weights::WeightFile;
 use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
@@ -51,53 +52,27 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 #[test]
 fn houlsby_fusion_matches_adapters_library() {
     let dir = case();
-    let out = std::env::temp_dir().join(format!("peft-fusion-houlsby-{}.safetensors", std::process::id()));
     let args = peft_wgpu::train::grads::GradsArgs {
         model: base(),
         adapters: sources(),
         fusion: Some(dir.join("fusion")),
         head: Some(dir.join("head")),
         inputs: dir.join("inputs.json"),
-        out: out.clone(),
         ..Default::default()
     };
-    peft_wgpu::train::grads::run(&gpu(), &args).unwrap();
-    let ours = WeightFile::open(&out).unwrap();
-    let exp = WeightFile::open(dir.join("expected.safetensors")).unwrap();
-    let mut a: Vec<&str> = ours.names();
-    let mut b: Vec<&str> = exp.names();
-    a.sort();
-    b.sort();
-    assert_eq!(a, b, "tensor names differ from the fixture's");
+    let errors = grads_against_fixture(args, &dir.join("expected.safetensors"), "fusion-houlsby");
     // Both sites of both layers have fusion gradients (5 tensors each).
-    let at_attention = b.iter().filter(|n| n.starts_with("grad.") && n.contains("attention.output.adapter_fusion"));
-    assert_eq!(at_attention.count(), 10);
-    let mut worst = [(0.0f64, String::new()), (0.0f64, String::new())];
-    for n in b {
-        let (_, v) = ours.get(n).unwrap();
-        let (_, e) = exp.get(n).unwrap();
-        let err = if n.ends_with("key.bias") && n.starts_with("grad.") {
-            // Zero by the algebra (the softmax ignores a shift common to all adapters): ours is
-            // exactly 0; the fixture's is float noise.
-            assert!(v.iter().all(|&x| x == 0.0), "{n} should be exactly zero");
-            assert!(e.iter().all(|x| x.abs() < 1e-6), "{n}: the fixture's is not ~0");
-            0.0
-        } else {
-            assert_close(n, &v, &f64s(&e), if n.starts_with("grad.") { 1e-3 } else { 1e-4 })
-        };
-        if !n.starts_with("grad.") {
-            println!("houlsby fusion: {n} {err:.2e}");
-        }
-        let k = n.contains("attention.output") as usize;
-        if err > worst[k].0 {
-            worst[k] = (err, n.to_string());
-        }
+    let at_attention = |n: &str| n.contains("attention.output");
+    let fusion_grads_there =
+        errors.iter().filter(|(n, _)| n.starts_with("grad.") && n.contains("attention.output.adapter_fusion"));
+    assert_eq!(fusion_grads_there.count(), 10);
+    for (n, err) in errors.iter().filter(|(n, _)| !n.starts_with("grad.")) {
+        println!("houlsby fusion: {n} {err:.2e}");
     }
-    println!(
-        "houlsby fusion: worst relative error {:.2e} ({}); at the attention output {:.2e} ({})",
-        worst[0].0, worst[0].1, worst[1].0, worst[1].1
-    );
-    std::fs::remove_file(out).ok();
+    let (ffn, attention): (Vec<_>, Vec<_>) = errors.into_iter().partition(|(n, _)| !at_attention(n));
+    let (w0, n0) = worst(&ffn);
+    let (w1, n1) = worst(&attention);
+    println!("houlsby fusion: worst relative error {w0:.2e} ({n0}); at the attention output {w1:.2e} ({n1})");
 }
 
 /// A fusion over one Houlsby adapter whose value matrices are the identity gives that adapter's

@@ -8,5 +8,6 @@ pub use peft_wgpu::kernels::test_support::*;
 
 pub mod cli;
 pub mod fixtures;
+pub mod grads;
 #[allow(unused_imports)]
 pub use fixtures::*;
