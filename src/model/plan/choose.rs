@@ -39,7 +39,7 @@ pub fn choose(base: &PlanInput, choice: Choice, budget: Option<u64>, max_binding
         let big = candidates[0].largest_tensor;
         if big > max {
             bail!(
-                "the largest tensor of this step needs {:.1} MiB, more than this GPU's largest storage binding \
+                "the largest tensor of this step needs {:.1} MiB, more than this GPU allows in one storage binding or buffer \
                  ({:.1} MiB): lower --batch-size ({}) or --max-length ({})",
                 mib(big),
                 mib(max),
@@ -163,10 +163,12 @@ fn no_fit(base: &PlanInput, choice: Choice, budget: u64, best: &MemoryPlan) -> a
     )
 }
 
-/// [`choose`] for `gpu`: its largest storage binding bounds the largest tensor. wgpu does not
-/// report a GPU's total memory, so without `budget` (`--max-gpu-memory`) nothing else is checked.
+/// [`choose`] for `gpu`: its largest storage binding or buffer, whichever is smaller, bounds the
+/// largest tensor (the limits requested of the device: WebGPU's 128 MiB binding and 256 MiB
+/// buffer under `--limits webgpu`). wgpu does not report a GPU's total memory, so without
+/// `budget` (`--max-gpu-memory`) nothing else is checked.
 pub fn choose_for(gpu: &Gpu, base: &PlanInput, choice: Choice, budget: Option<u64>) -> Result<MemoryPlan> {
-    choose(base, choice, budget, Some(gpu.max_binding_bytes()))
+    choose(base, choice, budget, Some(gpu.max_binding_bytes().min(gpu.limits.max_buffer_size)))
 }
 
 /// Parses a memory size such as `2GiB`, `1.5 GB`, `512MiB` or a byte count.
