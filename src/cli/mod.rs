@@ -29,7 +29,7 @@ pub struct Cli {
 }
 
 /// The device options of every command that opens a GPU (they build its [`GpuOptions`]).
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 struct GpuArgs {
     /// GPU to use: an index from `peft info` or part of its name (also env PEFT_GPU).
     #[arg(long, global = true, env = "PEFT_GPU")]
@@ -125,14 +125,14 @@ fn info(device: &GpuArgs) -> Result<()> {
         let l = &chosen.limits;
         println!(
             "limits in force ({}): {} storage buffers per stage, {} MiB per storage binding, {} MiB per buffer, \
-             {} KiB workgroup memory, {} invocations per workgroup; features: {:?}",
+             {} KiB workgroup memory, {} invocations per workgroup; optional features: {}",
             chosen.policy().limits,
             l.max_storage_buffers_per_shader_stage,
             l.max_storage_buffer_binding_size >> 20,
             l.max_buffer_size >> 20,
             l.max_compute_workgroup_storage_size >> 10,
             l.max_compute_invocations_per_workgroup,
-            chosen.features
+            if chosen.features.is_empty() { "none".to_string() } else { format!("{:?}", chosen.features) }
         );
     }
     Ok(())
