@@ -139,7 +139,8 @@ fn matmul_of_the_webgpu_policy_matches_the_reference() {
     for (i, shape) in [(1, 1, 1), (37, 70, 41), (130, 68, 36), (257, 129, 40)].into_iter().enumerate() {
         let (m, n, k) = shape;
         let auto = check_matmul(Matmul::new(m, n, k), shape, 1900 + i as u64);
-        let smem = check_matmul(Matmul::new(m, n, k).variant(MatmulVariant::Smem).smem_tiles(tile), shape, 1950 + i as u64);
+        let smem =
+            check_matmul(Matmul::new(m, n, k).variant(MatmulVariant::Smem).smem_tiles(tile), shape, 1950 + i as u64);
         println!("{m}×{n}×{k}: {} {auto:.1e}, smem {tile} {smem:.1e}", g.policy().matmul_variant);
     }
 }
@@ -157,7 +158,7 @@ fn tensors_batches_and_plans_beyond_webgpus_buffers_are_refused() {
     let cfg = peft_wgpu::bench::model::preset("bert-base").unwrap();
     let dims = load::dims(&cfg);
     let fits = guard::max_batch(&g, &dims, 512);
-    assert!(fits >= 1 && fits < 32, "{fits}");
+    assert!((1..32).contains(&fits), "{fits}");
     guard::check_batch_fits(&g, &dims, fits, 512).unwrap();
     assert_err_contains(
         guard::check_batch_fits(&g, &dims, 32, 512),

@@ -357,6 +357,12 @@ impl KernelPolicy {
         DeviceRequest::new(mode, offered, limits, super::OPTIONAL_FEATURES, coop)
     }
 
+    /// [`resolve`](Self::resolve) with `options` alone, the environment left out (what a device
+    /// would get under these options: the kernels' tests of other limits).
+    pub fn from_options(facts: &DeviceFacts, options: &GpuOptions) -> Result<Self> {
+        Self::resolve(facts, options, &EnvOverrides::default())
+    }
+
     /// The policy of a device with `facts` (its enabled features): each field from `options` if
     /// set, else from `env`, else the device's default. Fails on an override that can never work
     /// (a tile configuration the shader cannot take), naming where it came from.

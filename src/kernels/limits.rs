@@ -13,7 +13,6 @@
 //! not request (subgroups, f16, cooperative matrices).
 
 use super::Constants;
-use crate::env::EnvOverrides;
 use crate::gpu::policy::{webgpu_limits, DeviceFacts, KernelPolicy, LimitsMode, MatmulVariant, TileConfig};
 use crate::gpu::{GpuOptions, KernelSpec};
 use naga::valid::{Capabilities as Caps, ModuleInfo, ValidationFlags, Validator};
@@ -30,7 +29,7 @@ fn webgpu_policy(device_type: wgpu::DeviceType, limits: &wgpu::Limits) -> Kernel
         limits,
     };
     let options = GpuOptions { limits: Some(LimitsMode::WebGpu), ..Default::default() };
-    KernelPolicy::resolve(&facts, &options, &EnvOverrides::default()).expect("the webgpu policy resolves")
+    KernelPolicy::from_options(&facts, &options).expect("the webgpu policy resolves")
 }
 
 fn same(a: &KernelSpec, b: &KernelSpec) -> bool {
