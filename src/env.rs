@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `PEFT_GPU` | an index from `peft info`, or part of a GPU's name | the best GPU: discrete > integrated > virtual > CPU | `GpuOptions::select` (`--gpu`) |
 //! | `PEFT_MATMUL_VARIANT` | `auto`, `basic`, `register`, `tiled`, `subgroup`, `smem`, `f16`, `coop` | `auto`: `subgroup` or `register` on CPU drivers, `smem` on discrete GPUs, `tiled` elsewhere | `KernelPolicy::matmul_variant` |
-//! | `PEFT_SMEM_LARGE_TILE` | `auto`, `BMxBNxBK/TMxTN` (TM, TN 4 or 8) | `128x128x8/8x8` | `KernelPolicy::smem_large_tile` |
+//! | `PEFT_SMEM_LARGE_TILE` | `auto`, `BMxBNxBK/TMxTN` (TM, TN 4 or 8) | `128x128x8/8x8`; `128x64x8/8x8` where workgroup memory is under 16.5 KiB (WebGPU's 16) | `KernelPolicy::smem_large_tile` |
 //! | `PEFT_ADAPTER_KERNEL` | `auto`, `fused`, `matmul` | `matmul` | `KernelPolicy::adapter_kernel` |
 //! | `PEFT_SUBMIT_PER_LAYER` | `auto`, `1`/`on`/`true`/`yes`, `0`/`off`/`false`/`no` | per layer on GPUs, one per pass on CPU drivers | `KernelPolicy::submit` |
 //! | `PEFT_SHADER_CHECKS` | `auto`, `1`/`on`/…, `0`/`off`/… | on in debug builds, off (trusted shaders) in release builds | `KernelPolicy::shader_checks` |
