@@ -39,7 +39,7 @@ pub fn choose(base: &PlanInput, choice: Choice, budget: Option<u64>, max_binding
         let big = candidates[0].largest_tensor;
         if big > max {
             bail!(
-                "the largest tensor of this step needs {:.1} MiB, more than this GPU allows in one storage binding or buffer \
+                "the largest tensor of this step needs {:.1} MiB, more than this GPU's largest storage binding or buffer \
                  ({:.1} MiB): lower --batch-size ({}) or --max-length ({})",
                 mib(big),
                 mib(max),
