@@ -8,6 +8,7 @@
 //! mode with `PEFT_LIMITS=webgpu`: `make test-webgpu-limits`.)
 
 mod common;
+use common::cli::{assert_clean_failure, peft, text};
 use common::*;
 use peft_wgpu::gpu::policy::{LimitsMode, MatmulVariant, TileConfig};
 use peft_wgpu::kernels::matmul::{Matmul, View};
@@ -186,4 +187,30 @@ fn tensors_batches_and_plans_beyond_webgpus_buffers_are_refused() {
         plan::choose_for(&g, &input(32, 512), plan::Choice::default(), None),
         &["largest tensor", "128.0 MiB", "--batch-size"],
     );
+}
+
+/// `peft info` shows the mode in force, from `--limits` or `PEFT_LIMITS`; a bad value is refused.
+#[test]
+fn info_shows_the_limits_mode() {
+    let out = peft(&["--limits", "webgpu", "info"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for want in ["limits webgpu", "optimizer per tensor", "8 storage buffers per stage", "16 KiB workgroup memory"] {
+        assert!(stdout.contains(want), "peft --limits webgpu info lacks {want:?}:\n{stdout}");
+    }
+    let run = |value: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_peft"))
+            .arg("info")
+            .env("PEFT_LIMITS", value)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("running peft")
+    };
+    let env_on = run("webgpu");
+    assert!(text(&env_on.stdout).contains("limits webgpu; overridden by PEFT_LIMITS"), "{}", text(&env_on.stdout));
+    let default = run("");
+    assert!(text(&default.stdout).contains("limits adapter"), "{}", text(&default.stdout));
+    assert_clean_failure(&run("browser"), &["PEFT_LIMITS", "browser", "adapter", "webgpu"]);
+    let bad = peft(&["--limits", "browser", "info"]);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("expected adapter or webgpu"), "{}", text(&bad.stderr));
 }
