@@ -183,6 +183,13 @@ fn tensors_batches_and_plans_beyond_webgpus_buffers_are_refused() {
     };
     let ok = plan::choose_for(&g, &input(32, 128), plan::Choice::default(), None).unwrap();
     assert!(ok.largest_tensor <= 128 << 20);
+    // RoBERTa-base's word embeddings (50265 × 768, 147.3 MiB) exceed a binding whatever the batch.
+    let roberta = peft_wgpu::model::config::BertConfig { vocab_size: 50265, ..cfg.clone() };
+    let roberta_input = plan::PlanInput { cfg: &roberta, ..input(1, 8) };
+    assert_err_contains(
+        plan::choose_for(&g, &roberta_input, plan::Choice::default(), None),
+        &["largest weight", "147.3 MiB", "128.0 MiB", "no batch size"],
+    );
     assert_err_contains(
         plan::choose_for(&g, &input(32, 512), plan::Choice::default(), None),
         &["largest tensor", "128.0 MiB", "--batch-size"],

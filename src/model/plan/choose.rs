@@ -36,6 +36,16 @@ pub fn keep_choice(keep_ffn_output: bool, recompute: bool) -> Option<bool> {
 pub fn choose(base: &PlanInput, choice: Choice, budget: Option<u64>, max_binding: Option<u64>) -> Result<MemoryPlan> {
     let candidates = candidates(base, choice)?;
     if let Some(max) = max_binding {
+        let weight = candidates[0].largest_weight;
+        if weight > max {
+            bail!(
+                "this model's largest weight (the word embeddings or an FFN matrix) needs {:.1} MiB, more than this \
+                 GPU's largest storage binding or buffer ({:.1} MiB): no batch size fits it (splitting a weight across \
+                 bindings is not implemented; under --limits webgpu the limit is WebGPU's 128 MiB)",
+                mib(weight),
+                mib(max)
+            );
+        }
         let big = candidates[0].largest_tensor;
         if big > max {
             bail!(
