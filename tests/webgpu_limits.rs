@@ -144,6 +144,19 @@ fn matmul_of_the_webgpu_policy_matches_the_reference() {
             check_matmul(Matmul::new(m, n, k).variant(MatmulVariant::Smem).smem_tiles(tile), shape, 1950 + i as u64);
         println!("{m}×{n}×{k}: {} {auto:.1e}, smem {tile} {smem:.1e}", g.policy().matmul_variant);
     }
+    // A tile beyond 16 KiB of workgroup memory is refused against the requested limits (wgpu
+    // itself does not check workgroup memory when it builds the pipeline), as is a variant that
+    // needs a feature this mode does not request.
+    let (a, b, c) = (upload(&[0.5; 64 * 64]), upload(&[0.5; 64 * 64]), poisoned(64 * 64));
+    let mut batch = g.batch();
+    for (mm, want) in [
+        (Matmul::new(64, 64, 64).variant(MatmulVariant::Smem).smem_tiles(TileConfig::LARGE), "16384"),
+        (Matmul::new(64, 64, 64).variant(MatmulVariant::Subgroup), "SUBGROUP"),
+    ] {
+        let r = mm.run(&mut batch, View::rows(&a, 64), View::rows(&b, 64), None, View::rows(&c, 64));
+        assert_err_contains(r, &[want]);
+    }
+    assert!(batch.is_empty());
 }
 
 #[test]
