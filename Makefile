@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Tests share one CPU Vulkan device on CI machines: keep the threads few.
 TEST_THREADS ?= 2
 
-.PHONY: demo fusion-demo ner-demo test deps vulkan build fmt lint fuzz
+.PHONY: demo fusion-demo ner-demo test test-webgpu-limits deps vulkan build fmt lint fuzz
 
 MODEL := .cache/models/all-MiniLM-L6-v2
 DATA := .cache/data/rotten_tomatoes/all.csv
@@ -45,6 +45,13 @@ ner-demo: deps
 
 test: deps
 	$(CARGO) test -- --test-threads=$(TEST_THREADS)
+	$(MAKE) test-webgpu-limits
+
+# The parity, training and fusion suites again with the device requested at exactly WebGPU's
+# default limits and no optional features (README: Choosing a GPU). tests/webgpu_limits.rs and
+# the no-GPU limit checks run in the plain `cargo test` above.
+test-webgpu-limits: deps
+	PEFT_LIMITS=webgpu $(CARGO) test --test parity --test train --test fusion_train -- --test-threads=$(TEST_THREADS)
 
 deps: vulkan
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs or apt-get install cargo)"; exit 1; }

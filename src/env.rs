@@ -6,11 +6,12 @@
 //! |---|---|---|---|
 //! | `PEFT_GPU` | an index from `peft info`, or part of a GPU's name | the best GPU: discrete > integrated > virtual > CPU | `GpuOptions::select` (`--gpu`) |
 //! | `PEFT_MATMUL_VARIANT` | `auto`, `basic`, `register`, `tiled`, `subgroup`, `smem`, `f16`, `coop` | `auto`: `subgroup` or `register` on CPU drivers, `smem` on discrete GPUs, `tiled` elsewhere | `KernelPolicy::matmul_variant` |
-//! | `PEFT_SMEM_LARGE_TILE` | `auto`, `BMxBNxBK/TMxTN` (TM, TN 4 or 8) | `128x128x8/8x8` | `KernelPolicy::smem_large_tile` |
+//! | `PEFT_SMEM_LARGE_TILE` | `auto`, `BMxBNxBK/TMxTN` (TM, TN 4 or 8) | `128x128x8/8x8`; `128x64x8/8x8` where workgroup memory is under 16.5 KiB (WebGPU's 16) | `KernelPolicy::smem_large_tile` |
 //! | `PEFT_ADAPTER_KERNEL` | `auto`, `fused`, `matmul` | `matmul` | `KernelPolicy::adapter_kernel` |
 //! | `PEFT_SUBMIT_PER_LAYER` | `auto`, `1`/`on`/`true`/`yes`, `0`/`off`/`false`/`no` | per layer on GPUs, one per pass on CPU drivers | `KernelPolicy::submit` |
 //! | `PEFT_SHADER_CHECKS` | `auto`, `1`/`on`/…, `0`/`off`/… | on in debug builds, off (trusted shaders) in release builds | `KernelPolicy::shader_checks` |
 //! | `PEFT_COOP` | `auto`, `1`/`on`/…, `0`/`off`/… | on where the GPU offers cooperative matrices | `KernelPolicy::cooperative_matrix` |
+//! | `PEFT_LIMITS` | `auto`, `adapter`, `webgpu` | `adapter`: the adapter's limits and the optional features we use | `GpuOptions::limits` (`--limits`) |
 //! | `PEFT_CACHE` | a directory | `<repo>/.cache` | `train::cache::cache_dir` |
 //!
 //! Precedence, for the device policy: typed `GpuOptions` fields > these variables > the device's
@@ -33,6 +34,8 @@ pub const SUBMIT_PER_LAYER: &str = "PEFT_SUBMIT_PER_LAYER";
 pub const SHADER_CHECKS: &str = "PEFT_SHADER_CHECKS";
 /// Whether EXPERIMENTAL_COOPERATIVE_MATRIX is requested where the GPU offers it.
 pub const COOP: &str = "PEFT_COOP";
+/// Which limits and features the device is requested with: the adapter's, or WebGPU's defaults.
+pub const LIMITS: &str = "PEFT_LIMITS";
 /// The cache of downloaded models and data sets.
 pub const CACHE: &str = "PEFT_CACHE";
 
@@ -40,13 +43,15 @@ pub const CACHE: &str = "PEFT_CACHE";
 pub const MATMUL_VARIANT_CHOICES: &[&str] = &["auto", "basic", "register", "tiled", "subgroup", "smem", "f16", "coop"];
 /// Names accepted by [`ADAPTER_KERNEL`].
 pub const ADAPTER_KERNEL_CHOICES: &[&str] = &["auto", "fused", "matmul"];
+/// Names accepted by [`LIMITS`] (`auto` is `adapter`).
+pub const LIMITS_CHOICES: &[&str] = &["auto", "adapter", "webgpu"];
 /// The format of [`SMEM_LARGE_TILE`].
 pub const TILE_CHOICES: &str = "auto or BMxBNxBK/TMxTN, e.g. 128x128x8/8x8 (TM and TN 4 or 8)";
 const BOOL_CHOICES: &str = "auto, 1, on, true, yes, 0, off, false or no";
 
 /// Every variable of the table above, for listings.
 pub const ALL: &[&str] =
-    &[GPU, MATMUL_VARIANT, SMEM_LARGE_TILE, ADAPTER_KERNEL, SUBMIT_PER_LAYER, SHADER_CHECKS, COOP, CACHE];
+    &[GPU, MATMUL_VARIANT, SMEM_LARGE_TILE, ADAPTER_KERNEL, SUBMIT_PER_LAYER, SHADER_CHECKS, COOP, LIMITS, CACHE];
 
 /// The overrides the environment sets for the device policy, parsed; `None` where a variable is
 /// unset, empty or `auto`.
@@ -66,6 +71,8 @@ pub struct EnvOverrides {
     pub shader_checks: Option<bool>,
     /// [`COOP`].
     pub coop: Option<bool>,
+    /// [`LIMITS`]: `adapter` or `webgpu`.
+    pub limits: Option<&'static str>,
 }
 
 impl EnvOverrides {
@@ -92,6 +99,7 @@ impl EnvOverrides {
             submit_per_layer: get(SUBMIT_PER_LAYER).map(|v| boolean(SUBMIT_PER_LAYER, &v)).transpose()?,
             shader_checks: get(SHADER_CHECKS).map(|v| boolean(SHADER_CHECKS, &v)).transpose()?,
             coop: get(COOP).map(|v| boolean(COOP, &v)).transpose()?,
+            limits: get(LIMITS).map(|v| choice(LIMITS, &v, LIMITS_CHOICES)).transpose()?,
         })
     }
 
@@ -106,6 +114,7 @@ impl EnvOverrides {
             (SUBMIT_PER_LAYER, s.submit_per_layer.is_some()),
             (SHADER_CHECKS, s.shader_checks.is_some()),
             (COOP, s.coop.is_some()),
+            (LIMITS, s.limits.is_some()),
         ]
         .into_iter()
         .filter_map(|(n, set)| set.then_some(n))
@@ -236,6 +245,14 @@ mod tests {
     }
 
     #[test]
+    fn limits_values() {
+        assert_eq!(read(&[(LIMITS, "webgpu")]).unwrap().limits, Some("webgpu"));
+        assert_eq!(read(&[(LIMITS, " WebGPU ")]).unwrap().limits, Some("webgpu"));
+        assert_eq!(read(&[(LIMITS, "adapter")]).unwrap().limits, Some("adapter"));
+        assert_bad(LIMITS, "browser", LIMITS_CHOICES);
+    }
+
+    #[test]
     fn tile_values() {
         assert_eq!(read(&[(SMEM_LARGE_TILE, "128x128x16/8x8")]).unwrap().smem_large_tile, Some([128, 128, 16, 8, 8]));
         assert_eq!(read(&[(SMEM_LARGE_TILE, "64×64×8 / 4×4")]).unwrap().smem_large_tile, Some([64, 64, 8, 4, 4]));
@@ -246,7 +263,7 @@ mod tests {
 
     #[test]
     fn set_names_lists_what_is_set() {
-        let e = read(&[(COOP, "0"), (MATMUL_VARIANT, "smem"), (SHADER_CHECKS, "auto")]).unwrap();
-        assert_eq!(e.set_names(), [MATMUL_VARIANT, COOP]);
+        let e = read(&[(COOP, "0"), (MATMUL_VARIANT, "smem"), (SHADER_CHECKS, "auto"), (LIMITS, "webgpu")]).unwrap();
+        assert_eq!(e.set_names(), [MATMUL_VARIANT, COOP, LIMITS]);
     }
 }

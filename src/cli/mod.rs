@@ -9,7 +9,7 @@ pub mod infer;
 pub mod report;
 pub mod train;
 
-use crate::gpu::{self, Gpu, GpuOptions};
+use crate::gpu::{self, Gpu, GpuOptions, LimitsMode};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -22,11 +22,28 @@ use std::sync::Arc;
     about = "Parameter-efficient fine-tuning (adapters, AdapterFusion) on any GPU via wgpu"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    device: GpuArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The device options of every command that opens a GPU (they build its [`GpuOptions`]).
+#[derive(clap::Args, Clone, Debug)]
+struct GpuArgs {
     /// GPU to use: an index from `peft info` or part of its name (also env PEFT_GPU).
     #[arg(long, global = true, env = "PEFT_GPU")]
     gpu: Option<String>,
-    #[command(subcommand)]
-    command: Command,
+    /// Limits and features to request: `adapter` (all the GPU offers) or `webgpu` (exactly
+    /// WebGPU's default limits, no optional features: what a browser gives). Also env PEFT_LIMITS.
+    #[arg(long, global = true, value_name = "adapter|webgpu", value_parser = LimitsMode::parse)]
+    limits: Option<LimitsMode>,
+}
+
+impl GpuArgs {
+    fn options(&self) -> GpuOptions {
+        GpuOptions { select: self.gpu.clone(), limits: self.limits, ..Default::default() }
+    }
 }
 
 #[derive(Subcommand)]
@@ -85,11 +102,11 @@ struct GradsCli {
     resident_layers: Option<usize>,
 }
 
-fn open_gpu(select: Option<String>) -> Result<Arc<Gpu>> {
-    Gpu::new(&GpuOptions { select, ..Default::default() })
+fn open_gpu(device: &GpuArgs) -> Result<Arc<Gpu>> {
+    Gpu::new(&device.options())
 }
 
-fn info(select: Option<String>) -> Result<()> {
+fn info(device: &GpuArgs) -> Result<()> {
     let gpus = gpu::list_gpus();
     if gpus.is_empty() {
         anyhow::bail!("no GPU found by wgpu. On a machine without one, install a CPU Vulkan driver: `sudo scripts/install-vulkan.sh` (Mesa lavapipe)");
@@ -101,9 +118,23 @@ fn info(select: Option<String>) -> Result<()> {
             println!("    {line}");
         }
     }
-    let chosen = Gpu::new(&GpuOptions { select, ..Default::default() })?;
+    let chosen = open_gpu(device)?;
     println!("selected: {}", chosen.description.summary());
     println!("policy: {}", chosen.policy());
+    if chosen.policy().limits != LimitsMode::Adapter {
+        let l = &chosen.limits;
+        println!(
+            "limits in force ({}): {} storage buffers per stage, {} MiB per storage binding, {} MiB per buffer, \
+             {} KiB workgroup memory, {} invocations per workgroup; optional features: {}",
+            chosen.policy().limits,
+            l.max_storage_buffers_per_shader_stage,
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_invocations_per_workgroup,
+            if chosen.features.is_empty() { "none".to_string() } else { format!("{:?}", chosen.features) }
+        );
+    }
     Ok(())
 }
 
@@ -120,15 +151,15 @@ pub fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info => info(cli.gpu),
+        Command::Info => info(&cli.device),
         Command::Data(DataCommand::Prepare(a)) => crate::datasets::prepare_cli(&a).map(|_| ()),
         #[cfg(feature = "reference")]
-        Command::Bench(b) => open_gpu(cli.gpu).and_then(|g| b.run(&g)),
-        Command::Train(t) => open_gpu(cli.gpu).and_then(|g| train::train(&g, t)),
-        Command::Fuse(f) => open_gpu(cli.gpu).and_then(|g| train::fuse(&g, f)),
-        Command::Eval(e) => open_gpu(cli.gpu).and_then(|g| infer::eval(&g, e)),
-        Command::Predict(p) => open_gpu(cli.gpu).and_then(|g| infer::predict(&g, p)),
-        Command::Grads(c) => open_gpu(cli.gpu).and_then(|g| grads(&g, c)),
+        Command::Bench(b) => open_gpu(&cli.device).and_then(|g| b.run(&g)),
+        Command::Train(t) => open_gpu(&cli.device).and_then(|g| train::train(&g, t)),
+        Command::Fuse(f) => open_gpu(&cli.device).and_then(|g| train::fuse(&g, f)),
+        Command::Eval(e) => open_gpu(&cli.device).and_then(|g| infer::eval(&g, e)),
+        Command::Predict(p) => open_gpu(&cli.device).and_then(|g| infer::predict(&g, p)),
+        Command::Grads(c) => open_gpu(&cli.device).and_then(|g| grads(&g, c)),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -11,7 +11,7 @@ mod tensor;
 
 pub use memory::{MemoryTracker, TrackedBuffer};
 pub use pipelines::{Access, KernelSpec};
-pub use policy::{AdapterKernel, DeviceFacts, KernelPolicy, MatmulVariant, SubmitPolicy, TileConfig};
+pub use policy::{AdapterKernel, DeviceFacts, KernelPolicy, LimitsMode, MatmulVariant, SubmitPolicy, TileConfig};
 pub use profile::{CounterSnapshot, DispatchRecord, ProfileMode};
 pub use recorder::{CommandRecorder, Readback, SubmitTiming};
 pub use tensor::GpuTensor;
@@ -62,6 +62,9 @@ pub struct GpuOptions {
     pub shader_checks: Option<bool>,
     /// `Some(false)` leaves EXPERIMENTAL_COOPERATIVE_MATRIX off where offered.
     pub cooperative_matrix: Option<bool>,
+    /// The limits and features requested of the device ([`KernelPolicy::device_request`]):
+    /// the adapter's, or WebGPU's defaults and no optional feature (`--limits webgpu`).
+    pub limits: Option<LimitsMode>,
 }
 
 /// Facts about one GPU as wgpu sees it.
@@ -186,8 +189,9 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub description: GpuDescription,
-    /// Features enabled on the device (subset of [`OPTIONAL_FEATURES`]).
+    /// Features enabled on the device (subset of [`OPTIONAL_FEATURES`]; none under WebGPU's limits).
     pub features: wgpu::Features,
+    /// The limits requested of the device, which wgpu enforces: the adapter's, or WebGPU's defaults.
     pub limits: wgpu::Limits,
     pub(crate) pipelines: pipelines::PipelineCache,
     /// One small unused buffer per binding slot, bound where a kernel's optional input is absent
@@ -275,10 +279,8 @@ impl Gpu {
         };
         let adapter = &adapters[index];
         let description = GpuDescription::new(index, adapter);
-        let mut features = adapter.features() & OPTIONAL_FEATURES;
-        if !KernelPolicy::requests_cooperative_matrix(options, &env) {
-            features.remove(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
-        }
+        let policy::DeviceRequest { features, limits, .. } =
+            KernelPolicy::device_request(adapter.features(), &adapter.limits(), options, &env)?;
         let experimental = if features.intersects(wgpu::Features::all_experimental_mask()) {
             // SAFETY: the only experimental feature we request is EXPERIMENTAL_COOPERATIVE_MATRIX, used
             // by one shader (matmul_coop) that the tests and the benchmark check against a reference.
@@ -286,7 +288,6 @@ impl Gpu {
         } else {
             wgpu::ExperimentalFeatures::disabled()
         };
-        let limits = adapter.limits();
         let policy = KernelPolicy::resolve(&DeviceFacts::new(&description, features, &limits), options, &env)?;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("peft-wgpu"),

@@ -5,11 +5,16 @@
 //! is re-read per call.
 //!
 //! The types the policy names live here (the lowest layer that needs them): [`MatmulVariant`],
-//! [`TileConfig`], [`AdapterKernel`], [`SubmitPolicy`]; `kernels` re-exports them.
+//! [`TileConfig`], [`AdapterKernel`], [`SubmitPolicy`]; `kernels` re-exports them. Which limits
+//! and features the device is requested with ([`LimitsMode`], [`KernelPolicy::device_request`])
+//! is decided here too, before the device exists (`policy/limits.rs`).
 
 use super::{Gpu, GpuOptions};
 use crate::env::{self, EnvOverrides};
 use anyhow::{anyhow, bail, Result};
+
+mod limits;
+pub use limits::{webgpu_limits, DeviceRequest, LimitsMode, MULTI_TENSOR_BINDINGS};
 
 pub use crate::env::{
     parse_dims, ADAPTER_KERNEL as ADAPTER_KERNEL_ENV, MATMUL_VARIANT as VARIANT_ENV, SMEM_LARGE_TILE as LARGE_TILE_ENV,
@@ -198,6 +203,21 @@ impl TileConfig {
     pub const MEDIUM: TileConfig = TileConfig { bm: 64, bn: 64, bk: 16, tm: 4, tn: 4 };
     /// 32×32, 4×4 per invocation (64 invocations): small or narrow products, attention.
     pub const SMALL: TileConfig = TileConfig { bm: 32, bn: 32, bk: 16, tm: 4, tn: 4 };
+    /// 128×64 in k-steps of 8, 8×8 per invocation (128 invocations, 12.5 KiB of workgroup
+    /// memory): the large tile where [`LARGE`](Self::LARGE) (16.5 KiB) and
+    /// [`MEDIUM`](Self::MEDIUM) (17 KiB) exceed the workgroup memory, as under WebGPU's default
+    /// 16 KiB ([`LimitsMode::WebGpu`]). Not measured on a discrete GPU yet.
+    pub const LARGE_16K: TileConfig = TileConfig { bm: 128, bn: 64, bk: 8, tm: 8, tn: 8 };
+
+    /// The device's default large tile: [`LARGE`](Self::LARGE) where its limits hold it, else
+    /// [`LARGE_16K`](Self::LARGE_16K) where they hold that, else `LARGE` (passed over by the
+    /// per-shape choice for the smaller tiles).
+    pub fn default_large(limits: &wgpu::Limits) -> TileConfig {
+        [TileConfig::LARGE, TileConfig::LARGE_16K]
+            .into_iter()
+            .find(|t| t.check_limits(limits).is_ok())
+            .unwrap_or(TileConfig::LARGE)
+    }
 
     /// Invocations per workgroup.
     pub fn invocations(&self) -> u32 {
@@ -273,8 +293,9 @@ pub struct KernelPolicy {
     pub is_cpu: bool,
     /// The variant products use unless they name one ([`MatmulVariant::for_device`]).
     pub matmul_variant: MatmulVariant,
-    /// The first candidate tile of the `smem` variant (the larger products'): [`TileConfig::LARGE`].
-    /// A tile this GPU's limits cannot hold is passed over for the smaller ones.
+    /// The first candidate tile of the `smem` variant (the larger products'):
+    /// [`TileConfig::default_large`] of the requested limits. A tile this GPU's limits cannot
+    /// hold is passed over for the smaller ones.
     pub smem_large_tile: TileConfig,
     /// The adapter through the matmul on every device unless overridden (see [`AdapterKernel`]).
     pub adapter_kernel: AdapterKernel,
@@ -286,6 +307,12 @@ pub struct KernelPolicy {
     /// Whether EXPERIMENTAL_COOPERATIVE_MATRIX is enabled (where offered, unless turned off);
     /// only the `coop` matmul variant uses it.
     pub cooperative_matrix: bool,
+    /// Which limits and features the device was requested with ([`KernelPolicy::device_request`]).
+    pub limits: LimitsMode,
+    /// Whether the optimizer steps many tensors a dispatch (`optim::adamw_step_multi`,
+    /// `sum_of_squares_and_clip`): where the requested limits allow [`MULTI_TENSOR_BINDINGS`]
+    /// storage buffers per shader stage; otherwise (WebGPU's 8) one tensor a dispatch.
+    pub multi_tensor_optimizer: bool,
     /// Where an override came from, per overridden field: a `GpuOptions` field or a variable.
     pub overridden_by: Vec<&'static str>,
 }
@@ -314,6 +341,28 @@ impl KernelPolicy {
         options.cooperative_matrix.or(env.coop).unwrap_or(true)
     }
 
+    /// The features and limits to request of an adapter that offers `offered` and `limits`
+    /// ([`DeviceRequest::new`]): the limits mode from `options`, else [`env::LIMITS`], else the
+    /// adapter's; the optional features of [`super::OPTIONAL_FEATURES`] it offers (cooperative
+    /// matrices as [`requests_cooperative_matrix`](Self::requests_cooperative_matrix) says) or,
+    /// under WebGPU's limits, none.
+    pub fn device_request(
+        offered: wgpu::Features,
+        limits: &wgpu::Limits,
+        options: &GpuOptions,
+        env: &EnvOverrides,
+    ) -> Result<DeviceRequest> {
+        let (mode, _) = LimitsMode::chosen(options, env)?;
+        let coop = Self::requests_cooperative_matrix(options, env);
+        DeviceRequest::new(mode, offered, limits, super::OPTIONAL_FEATURES, coop)
+    }
+
+    /// [`resolve`](Self::resolve) with `options` alone, the environment left out (what a device
+    /// would get under these options: the kernels' tests of other limits).
+    pub fn from_options(facts: &DeviceFacts, options: &GpuOptions) -> Result<Self> {
+        Self::resolve(facts, options, &EnvOverrides::default())
+    }
+
     /// The policy of a device with `facts` (its enabled features): each field from `options` if
     /// set, else from `env`, else the device's default. Fails on an override that can never work
     /// (a tile configuration the shader cannot take), naming where it came from.
@@ -335,6 +384,7 @@ impl KernelPolicy {
         }
         let env_adapter = env.adapter_kernel.map(AdapterKernel::parse).transpose()?;
         let env_submit = env.submit_per_layer.map(|on| if on { SubmitPolicy::PerLayer } else { SubmitPolicy::PerPass });
+        let (limits, limits_from) = LimitsMode::chosen(options, env)?;
         let cpu = facts.is_cpu();
         let policy = KernelPolicy {
             is_cpu: cpu,
@@ -348,7 +398,7 @@ impl KernelPolicy {
                 &mut from,
                 (options.smem_large_tile, "GpuOptions::smem_large_tile"),
                 (env_tile, env::SMEM_LARGE_TILE),
-                TileConfig::LARGE,
+                TileConfig::default_large(facts.limits),
             ),
             adapter_kernel: pick(
                 &mut from,
@@ -369,10 +419,13 @@ impl KernelPolicy {
                 cfg!(debug_assertions),
             ),
             cooperative_matrix: facts.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
+            limits,
+            multi_tensor_optimizer: facts.limits.max_storage_buffers_per_shader_stage >= MULTI_TENSOR_BINDINGS,
             overridden_by: vec![],
         };
         // The feature itself was decided before the device existed; note who turned it off.
         pick(&mut from, (options.cooperative_matrix, "GpuOptions::cooperative_matrix"), (env.coop, env::COOP), false);
+        from.extend(limits_from);
         Ok(KernelPolicy { overridden_by: from, ..policy })
     }
 
@@ -384,18 +437,22 @@ impl KernelPolicy {
 
 impl std::fmt::Display for KernelPolicy {
     /// One line, e.g. `matmul smem (large tile 128x128x8/8x8), adapter matmul, submit per layer,
-    /// shader checks off, cooperative matrices on`, then what overrode the device's defaults.
+    /// shader checks off, cooperative matrices on, optimizer multi-tensor, limits adapter`, then
+    /// what overrode the device's defaults.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let on = |b: bool| if b { "on" } else { "off" };
         write!(
             f,
-            "matmul {} (smem large tile {}), adapter {}, submit per {}, shader checks {}, cooperative matrices {}",
+            "matmul {} (smem large tile {}), adapter {}, submit per {}, shader checks {}, cooperative matrices {}, \
+             optimizer {}, limits {}",
             self.matmul_variant,
             self.smem_large_tile,
             self.adapter_kernel.name(),
             if self.submit_per_layer() { "layer" } else { "pass" },
             on(self.shader_checks),
             on(self.cooperative_matrix),
+            if self.multi_tensor_optimizer { "multi-tensor" } else { "per tensor" },
+            self.limits,
         )?;
         if !self.overridden_by.is_empty() {
             write!(f, "; overridden by {}", self.overridden_by.join(", "))?;

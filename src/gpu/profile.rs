@@ -123,7 +123,11 @@ impl Gpu {
     /// queries, or when `mode` asks for timestamps inside passes and the device has none.
     pub fn start_profile(&self, mode: Option<ProfileMode>) -> Result<ProfileMode> {
         if !self.has(wgpu::Features::TIMESTAMP_QUERY) {
-            bail!("profiling needs GPU timestamps (TIMESTAMP_QUERY), which {} lacks", self.description.summary());
+            let why = match self.policy().limits {
+                super::LimitsMode::WebGpu => "was opened without (--limits webgpu requests no optional feature)",
+                super::LimitsMode::Adapter => "lacks",
+            };
+            bail!("profiling needs GPU timestamps (TIMESTAMP_QUERY), which {} {why}", self.description.summary());
         }
         let inside = self.has(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         let mode = match mode {

@@ -10,6 +10,8 @@ pub mod dropout;
 pub mod elementwise;
 pub mod fusion;
 pub mod layernorm;
+#[cfg(test)]
+mod limits;
 pub mod loss;
 pub mod matmul;
 pub mod optim;

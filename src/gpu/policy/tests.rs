@@ -33,13 +33,26 @@ fn discrete(limits: &wgpu::Limits) -> DeviceFacts<'_> {
     }
 }
 
+/// Limits of an adapter beyond WebGPU's defaults (lavapipe's workgroup memory and storage buffers).
+fn adapter_limits() -> wgpu::Limits {
+    wgpu::Limits {
+        max_storage_buffers_per_shader_stage: 1 << 20,
+        max_compute_workgroup_storage_size: 64 << 10,
+        max_compute_invocations_per_workgroup: 1024,
+        max_compute_workgroup_size_x: 1024,
+        max_storage_buffer_binding_size: 1 << 31,
+        max_buffer_size: 1 << 32,
+        ..Default::default()
+    }
+}
+
 fn resolve(facts: &DeviceFacts, options: &GpuOptions, vars: &[(&str, &str)]) -> KernelPolicy {
     KernelPolicy::resolve(facts, options, &env(vars)).unwrap()
 }
 
 #[test]
 fn device_defaults() {
-    let limits = wgpu::Limits::default();
+    let limits = adapter_limits();
     let cpu = resolve(&lavapipe(&limits), &GpuOptions::default(), &[]);
     assert_eq!(
         cpu,
@@ -51,6 +64,8 @@ fn device_defaults() {
             submit: SubmitPolicy::PerPass,
             shader_checks: cfg!(debug_assertions),
             cooperative_matrix: false,
+            limits: LimitsMode::Adapter,
+            multi_tensor_optimizer: true,
             overridden_by: vec![],
         }
     );
@@ -225,7 +240,7 @@ fn tile_configs_parse_and_print() {
 
 #[test]
 fn display_is_one_line() {
-    let limits = wgpu::Limits::default();
+    let limits = adapter_limits();
     let p = resolve(&lavapipe(&limits), &GpuOptions::default(), &[(env::COOP, "0")]);
     let s = p.to_string();
     assert!(!s.contains('\n'));
@@ -235,5 +250,69 @@ fn display_is_one_line() {
         ),
         "{s}"
     );
-    assert!(s.ends_with("cooperative matrices off; overridden by PEFT_COOP"), "{s}");
+    assert!(
+        s.ends_with("cooperative matrices off, optimizer multi-tensor, limits adapter; overridden by PEFT_COOP"),
+        "{s}"
+    );
+}
+
+/// `--limits webgpu` (or `PEFT_LIMITS=webgpu`): exactly WebGPU's default limits and no optional
+/// feature are requested, and the policy resolved from them picks kernels that fit them.
+#[test]
+fn webgpu_limits_request_and_policy() {
+    let adapter = adapter_limits();
+    let offered = wgpu::Features::all_webgpu_mask() | super::super::OPTIONAL_FEATURES;
+    let webgpu = GpuOptions { limits: Some(LimitsMode::WebGpu), ..Default::default() };
+    for (options, vars) in [(&webgpu, &[][..]), (&GpuOptions::default(), &[(env::LIMITS, "webgpu")][..])] {
+        let r = KernelPolicy::device_request(offered, &adapter, options, &env(vars)).unwrap();
+        assert_eq!(r.mode, LimitsMode::WebGpu);
+        assert_eq!(r.features, wgpu::Features::empty());
+        assert_eq!(r.limits, wgpu::Limits::default());
+        let l = &r.limits;
+        assert_eq!(
+            (
+                l.max_storage_buffers_per_shader_stage,
+                l.max_storage_buffer_binding_size,
+                l.max_buffer_size,
+                l.max_compute_workgroup_storage_size,
+                l.max_compute_invocations_per_workgroup
+            ),
+            (8, 128 << 20, 256 << 20, 16 << 10, 256)
+        );
+        // lavapipe and a discrete GPU, as the device is opened: the requested features and limits.
+        for device_type in [wgpu::DeviceType::Cpu, wgpu::DeviceType::DiscreteGpu] {
+            let facts = DeviceFacts { features: r.features, ..DeviceFacts { device_type, ..lavapipe(&r.limits) } };
+            let p = KernelPolicy::resolve(&facts, options, &env(vars)).unwrap();
+            assert_eq!(p.limits, LimitsMode::WebGpu);
+            assert!(!p.multi_tensor_optimizer && !p.cooperative_matrix);
+            let want = if device_type == wgpu::DeviceType::Cpu { MatmulVariant::Register } else { MatmulVariant::Smem };
+            assert_eq!(p.matmul_variant, want, "{device_type:?}");
+            assert_eq!(p.smem_large_tile, TileConfig::LARGE_16K);
+            p.smem_large_tile.check_limits(&r.limits).unwrap();
+            assert!(p.to_string().contains("optimizer per tensor, limits webgpu"), "{p}");
+            assert!(p.overridden_by.contains(&if vars.is_empty() { "GpuOptions::limits" } else { env::LIMITS }));
+        }
+    }
+    // The default: the adapter's limits and the optional features it offers.
+    let r = KernelPolicy::device_request(offered, &adapter, &GpuOptions::default(), &env(&[])).unwrap();
+    assert_eq!((r.mode, r.features, &r.limits), (LimitsMode::Adapter, super::super::OPTIONAL_FEATURES, &adapter));
+    // The option wins over the environment.
+    let adapter_opt = GpuOptions { limits: Some(LimitsMode::Adapter), ..Default::default() };
+    let r = KernelPolicy::device_request(offered, &adapter, &adapter_opt, &env(&[(env::LIMITS, "webgpu")])).unwrap();
+    assert_eq!(r.mode, LimitsMode::Adapter);
+}
+
+/// An adapter below WebGPU's defaults cannot be opened in webgpu mode: an error naming the limit.
+#[test]
+fn webgpu_limits_beyond_the_adapter_are_an_error() {
+    let small = wgpu::Limits { max_storage_buffers_per_shader_stage: 4, ..Default::default() };
+    let webgpu = GpuOptions { limits: Some(LimitsMode::WebGpu), ..Default::default() };
+    let e = KernelPolicy::device_request(wgpu::Features::empty(), &small, &webgpu, &env(&[])).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("max_storage_buffers_per_shader_stage") && msg.contains("WebGPU: 8"), "{msg}");
+    for m in LimitsMode::ALL {
+        assert_eq!(LimitsMode::parse(m.name()).unwrap(), m);
+        assert!(env::LIMITS_CHOICES.contains(&m.name()));
+    }
+    assert!(LimitsMode::parse("browser").is_err());
 }

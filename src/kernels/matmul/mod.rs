@@ -64,7 +64,8 @@ pub(crate) fn specs() -> Vec<(crate::gpu::KernelSpec, usize)> {
 
 /// Every set of size override constants the host passes, per variant (`kernels/translate.rs`
 /// translates each with every value of the flags and activations): the register-tile variants'
-/// workgroup sizes over the shapes that reach each one, the smem tile candidates, and the fragment
+/// workgroup sizes over the shapes that reach each one, the smem tile candidates (and the large tile
+/// of 16 KiB devices, `TileConfig::default_large`), and the fragment
 /// candidates for the subgroup sizes the shader can take (`coop` runs with the device's).
 #[cfg(test)]
 pub(crate) fn launches() -> Vec<(crate::gpu::KernelSpec, Vec<crate::kernels::Constants>)> {
@@ -77,7 +78,9 @@ pub(crate) fn launches() -> Vec<(crate::gpu::KernelSpec, Vec<crate::kernels::Con
             }
         };
         match v {
-            MatmulVariant::Smem => TileConfig::CANDIDATES.iter().for_each(|t| add(t.constants().to_vec())),
+            MatmulVariant::Smem => {
+                TileConfig::CANDIDATES.iter().chain([&TileConfig::LARGE_16K]).for_each(|t| add(t.constants().to_vec()))
+            }
             MatmulVariant::F16 | MatmulVariant::Coop => {
                 let sizes: &[u32] = if v == MatmulVariant::F16 { &[vec4::F16_SUBGROUP] } else { &[8, 16, 32, 64] };
                 for t in FragConfig::CANDIDATES {

@@ -152,6 +152,7 @@ fn smem_tile_configs() {
         TileConfig::SMALL,
         TileConfig::MEDIUM,
         TileConfig::LARGE,
+        TileConfig::LARGE_16K,
         TileConfig { bm: 64, bn: 32, bk: 8, tm: 8, tn: 4 },
         TileConfig { bm: 32, bn: 128, bk: 8, tm: 4, tn: 8 },
     ];

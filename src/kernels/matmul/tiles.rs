@@ -16,7 +16,8 @@ impl TileConfig {
         choose(&c, |t| (t.bm, t.bn), |t| t.check(gpu).is_ok(), m, n, batch).unwrap_or(TileConfig::SMALL)
     }
 
-    /// The candidates [`auto`](Self::auto) chooses among with the default large tile.
+    /// The candidates [`auto`](Self::auto) chooses among with the default large tile (where the
+    /// limits hold it; else the first is [`LARGE_16K`](Self::LARGE_16K)).
     pub const CANDIDATES: [TileConfig; 3] = [TileConfig::LARGE, TileConfig::MEDIUM, TileConfig::SMALL];
 
     /// The override constants of `shaders/matmul_smem.wgsl` for these tiles.

@@ -30,6 +30,8 @@ mod tests_f64;
 #[cfg(test)]
 mod tests_multi;
 
+#[cfg(test)]
+pub(crate) use multi::multi_tensor_specs;
 pub use multi::{adamw_step_multi, multi_tensor_supported, sum_of_squares_and_clip, AdamWTensor};
 
 const R: Access = Access::Read;

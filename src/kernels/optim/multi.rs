@@ -5,10 +5,13 @@
 //! element goes through the per-tensor kernels' expressions and every partial sum lands in the same
 //! scratch slot, so the results are bit-identical to [`adamw_step`](super::adamw_step) per tensor
 //! and [`sum_of_squares`](super::sum_of_squares) + [`clip_factor`](super::clip_factor). Devices
-//! with fewer than 33 storage buffers per shader stage run those per-tensor kernels instead.
+//! with fewer than 33 storage buffers per shader stage (WebGPU's default limits allow 8) run those
+//! per-tensor kernels instead: the device policy decides once
+//! (`KernelPolicy::multi_tensor_optimizer`).
 
 use super::{check_step, count, Params, StepScalars, CHUNK, WG};
 use super::{clip_factor, sum_of_squares_scratch_len, sum_of_squares_with_scratch, AdamW};
+use crate::gpu::policy::MULTI_TENSOR_BINDINGS;
 use crate::gpu::{Access, CommandRecorder, Gpu, GpuTensor, KernelSpec, DUMMY_BINDINGS};
 use crate::kernels::elementwise::check_no_alias;
 use crate::shaders;
@@ -23,6 +26,7 @@ const ADAMW_SLOTS: usize = 8;
 const SQ_SLOTS: usize = 16;
 /// Storage bindings of the widest kernel here.
 const MAX_BINDINGS: usize = 4 * ADAMW_SLOTS + 1;
+const _: () = assert!(MAX_BINDINGS == MULTI_TENSOR_BINDINGS as usize && DUMMY_BINDINGS >= MAX_BINDINGS);
 
 const ADAMW_MULTI: KernelSpec = KernelSpec {
     shader: &shaders::OPTIM,
@@ -59,6 +63,13 @@ struct MultiParams {
     decay_mul: [f32; 16],
 }
 
+/// The kernels that bind more storage buffers than WebGPU's default 8, which the policy turns off
+/// under those limits (`kernels/limits.rs` checks that no other kernel does).
+#[cfg(test)]
+pub(crate) fn multi_tensor_specs() -> [KernelSpec; 2] {
+    [ADAMW_MULTI, SUMSQ_MULTI]
+}
+
 /// This module's kernels with the size of their parameter blocks.
 #[cfg(test)]
 pub(super) fn specs() -> Vec<(KernelSpec, usize)> {
@@ -72,9 +83,10 @@ thread_local! {
     pub(crate) static FORCE_MULTI: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether this device runs the multi-tensor kernels (33 storage buffers in one dispatch).
+/// Whether this device runs the multi-tensor kernels (33 storage buffers in one dispatch): its
+/// policy's choice from the requested limits.
 pub fn multi_tensor_supported(gpu: &Gpu) -> bool {
-    let ok = gpu.limits.max_storage_buffers_per_shader_stage as usize >= MAX_BINDINGS && DUMMY_BINDINGS >= MAX_BINDINGS;
+    let ok = gpu.policy().multi_tensor_optimizer;
     #[cfg(test)]
     let ok = ok && FORCE_MULTI.with(|f| f.get()).unwrap_or(true);
     ok

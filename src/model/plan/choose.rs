@@ -36,10 +36,20 @@ pub fn keep_choice(keep_ffn_output: bool, recompute: bool) -> Option<bool> {
 pub fn choose(base: &PlanInput, choice: Choice, budget: Option<u64>, max_binding: Option<u64>) -> Result<MemoryPlan> {
     let candidates = candidates(base, choice)?;
     if let Some(max) = max_binding {
+        let weight = candidates[0].largest_weight;
+        if weight > max {
+            bail!(
+                "this model's largest weight (the word embeddings or an FFN matrix) needs {:.1} MiB, more than this \
+                 GPU's largest storage binding or buffer ({:.1} MiB): no batch size fits it (splitting a weight across \
+                 bindings is not implemented; under --limits webgpu the limit is WebGPU's 128 MiB)",
+                mib(weight),
+                mib(max)
+            );
+        }
         let big = candidates[0].largest_tensor;
         if big > max {
             bail!(
-                "the largest tensor of this step needs {:.1} MiB, more than this GPU's largest storage binding \
+                "the largest tensor of this step needs {:.1} MiB, more than this GPU's largest storage binding or buffer \
                  ({:.1} MiB): lower --batch-size ({}) or --max-length ({})",
                 mib(big),
                 mib(max),
@@ -163,10 +173,12 @@ fn no_fit(base: &PlanInput, choice: Choice, budget: u64, best: &MemoryPlan) -> a
     )
 }
 
-/// [`choose`] for `gpu`: its largest storage binding bounds the largest tensor. wgpu does not
-/// report a GPU's total memory, so without `budget` (`--max-gpu-memory`) nothing else is checked.
+/// [`choose`] for `gpu`: its largest storage binding or buffer, whichever is smaller, bounds the
+/// largest tensor (the limits requested of the device: WebGPU's 128 MiB binding and 256 MiB
+/// buffer under `--limits webgpu`). wgpu does not report a GPU's total memory, so without
+/// `budget` (`--max-gpu-memory`) nothing else is checked.
 pub fn choose_for(gpu: &Gpu, base: &PlanInput, choice: Choice, budget: Option<u64>) -> Result<MemoryPlan> {
-    choose(base, choice, budget, Some(gpu.max_binding_bytes()))
+    choose(base, choice, budget, Some(gpu.max_binding_bytes().min(gpu.limits.max_buffer_size)))
 }
 
 /// Parses a memory size such as `2GiB`, `1.5 GB`, `512MiB` or a byte count.

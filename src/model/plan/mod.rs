@@ -176,6 +176,9 @@ pub struct MemoryPlan {
     pub streamed_per_step: u64,
     /// The largest single tensor (must fit one storage binding of the device).
     pub largest_tensor: u64,
+    /// The largest frozen weight (the word embeddings or an FFN weight): unlike the activations it
+    /// does not shrink with the batch, so a device whose binding cannot hold it cannot run the model.
+    pub largest_weight: u64,
 }
 
 impl MemoryPlan {

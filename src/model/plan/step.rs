@@ -509,6 +509,7 @@ impl<'p> Replay<'p> {
                 .into_iter()
                 .max()
                 .unwrap_or(0),
+            largest_weight: b4(self.tables[0]).max(b4(ud * ffn_row_stride(self.f) as u64)),
         }
     }
 }
