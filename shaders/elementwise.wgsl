@@ -15,8 +15,8 @@ struct Params {
     src_off: u32,    // copy_range: first source element
     value: f32,      // fill, scale
     dst_off: u32,    // copy_range: first destination element
-    _p2: u32,
-    _p3: u32,
+    row_start: u32,  // embeddings: first word-table row of this block (a table split across bindings)
+    block_rows: u32, // embeddings: rows of this block
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -150,7 +150,10 @@ fn embeddings(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let t = i / d;
     let c = i - t * d;
     let id = min(ids[t], p.vocab - 1u);
+    // A word table split into blocks is looked up one block a dispatch: each token is written by
+    // the dispatch of the block that holds its row.
+    if (id < p.row_start || id - p.row_start >= p.block_rows) { return; }
     let tt = min(type_ids[t], p.types - 1u);
     let pos = t % p.seq;
-    emb_out[i] = word[id * d + c] + position[pos * d + c] + token_type[tt * d + c];
+    emb_out[i] = word[(id - p.row_start) * d + c] + position[pos * d + c] + token_type[tt * d + c];
 }

@@ -196,11 +196,15 @@ fn tensors_batches_and_plans_beyond_webgpus_buffers_are_refused() {
     };
     let ok = plan::choose_for(&g, &input(32, 128), plan::Choice::default(), None).unwrap();
     assert!(ok.largest_tensor <= 128 << 20);
-    // RoBERTa-base's word embeddings (50265 × 768, 147.3 MiB) exceed a binding whatever the batch.
+    // RoBERTa-base's word embeddings (50265 × 768, 147.3 MiB) are larger than a binding: they are
+    // uploaded in blocks, so the plan fits; an FFN weight that large is refused whatever the batch.
     let roberta = peft_wgpu::model::config::BertConfig { vocab_size: 50265, ..cfg.clone() };
-    let roberta_input = plan::PlanInput { cfg: &roberta, ..input(1, 8) };
+    let planned =
+        plan::choose_for(&g, &plan::PlanInput { cfg: &roberta, ..input(8, 128) }, plan::Choice::default(), None);
+    assert!(planned.unwrap().largest_tensor <= 128 << 20);
+    let wide_ffn = peft_wgpu::model::config::BertConfig { intermediate_size: 50265, ..cfg.clone() };
     assert_err_contains(
-        plan::choose_for(&g, &roberta_input, plan::Choice::default(), None),
+        plan::choose_for(&g, &plan::PlanInput { cfg: &wide_ffn, ..input(1, 8) }, plan::Choice::default(), None),
         &["largest weight", "147.3 MiB", "128.0 MiB", "no batch size"],
     );
     assert_err_contains(
@@ -233,4 +237,48 @@ fn info_shows_the_limits_mode() {
     assert_clean_failure(&run("browser"), &["PEFT_LIMITS", "browser", "adapter", "webgpu"]);
     let bad = peft(&["--limits", "browser", "info"]);
     assert!(!bad.status.success() && text(&bad.stderr).contains("expected adapter or webgpu"), "{}", text(&bad.stderr));
+}
+
+/// A word table larger than one storage binding (RoBERTa-base's and XLM-R's are, under WebGPU's
+/// 128 MiB) is uploaded in blocks and looked up a block a dispatch: tiny-bert with its word table
+/// moved to rows past the first block of a 160 MiB table gives, for the shifted ids, the logits
+/// and loss tiny-bert gives, bit for bit.
+#[test]
+fn word_table_larger_than_a_binding_is_looked_up_in_blocks() {
+    use peft_wgpu::formats::weights::{write_tensors, Tensor, WeightFile};
+    use peft_wgpu::model::encoder::Setup;
+    use peft_wgpu::model::load;
+    let g = webgpu();
+    let case = tiny().join("houlsby");
+    let (adapter, head) = load::load_adapter(&g, &case.join("adapter"), &tiny_config()).unwrap();
+    let head = head.unwrap();
+    let (inputs, labels) = peft_wgpu::train::data::read_inputs_json(&case.join("inputs.json")).unwrap();
+    let logits = |model: &std::path::Path, inputs: &peft_wgpu::model::encoder::Inputs| {
+        let (_, mut enc) = load::load_encoder(&g, model, None).unwrap();
+        let out = enc.pass(&Setup::Adapter(&adapter), &head, inputs, Some(&labels), false, false).unwrap();
+        (out.logits, out.loss)
+    };
+    let plain = logits(&tiny().join("base"), &inputs);
+
+    let name = "embeddings.word_embeddings.weight";
+    let mut m = WeightFile::open(tiny().join("base/model.safetensors")).unwrap().to_map().unwrap();
+    let (vocab, w) = (m[name].shape[0], m[name].shape[1]);
+    let first_block = (128 << 20) / (4 * w);
+    let (shift, rows) = (first_block + 1000, first_block + 250_000);
+    let mut big = vec![0.0f32; rows * w];
+    big[shift * w..(shift + vocab) * w].copy_from_slice(&m[name].data);
+    assert!(big.len() * 4 > 128 << 20);
+    m.insert(name.to_string(), Tensor::new(vec![rows, w], big).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    write_tensors(&dir.path().join("model.safetensors"), &m, None).unwrap();
+    drop(m);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny().join("base/config.json")).unwrap()).unwrap();
+    config["vocab_size"] = rows.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let shifted = peft_wgpu::model::encoder::Inputs {
+        ids: inputs.ids.iter().map(|&i| i + shift as u32).collect(),
+        ..inputs.clone()
+    };
+    assert_eq!(logits(dir.path(), &shifted), plain);
 }

@@ -44,7 +44,8 @@ struct Params {
     src_off: u32,
     value: f32,
     dst_off: u32,
-    _p1: [u32; 2],
+    row_start: u32,
+    block_rows: u32,
 }
 
 /// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
@@ -209,25 +210,44 @@ fn rows_d(what: &str, t: &GpuTensor) -> Result<(usize, usize)> {
 /// BERT embeddings before their LayerNorm: `out[t] = word[ids[t]] + position[t % seq] +
 /// token_type[token_types[t]]` for `B·seq` tokens. `ids` and `token_types` are u32 tensors of
 /// `B·seq` values ([`GpuTensor::from_u32`]); tables are `[vocab, d]`, `[max_positions, d]` (≥ seq
-/// rows) and `[types, d]`; `out` is `[B·seq, d]`. Ids are the caller's to validate: the kernel
-/// clamps an id past its table to the last row, so it never reads out of bounds.
+/// rows) and `[types, d]`; `out` is `[B·seq, d]`. The word table may be split into blocks of
+/// consecutive rows (`word`, in order: a table larger than one storage binding), looked up one
+/// dispatch a block; each token is written once, by its block, with the same arithmetic as from
+/// one table. Ids are the caller's to validate: the kernel clamps an id past the table to its
+/// last row, so it never reads out of bounds.
+#[allow(clippy::too_many_arguments)]
 pub fn embeddings(
     batch: &mut CommandRecorder,
     ids: &GpuTensor,
     token_types: &GpuTensor,
     seq: usize,
-    word: &GpuTensor,
+    word: &[GpuTensor],
     position: &GpuTensor,
     token_type: &GpuTensor,
     out: &GpuTensor,
 ) -> Result<()> {
-    let (vocab, d) = rows_d("embeddings word table", word)?;
+    let mut blocks = Vec::with_capacity(word.len());
+    let (mut vocab, mut d) = (0, 0);
+    for (i, block) in word.iter().enumerate() {
+        let (rows, width) = rows_d("embeddings word table", block)?;
+        if i > 0 && width != d {
+            bail!(
+                "embeddings: word-table blocks of different widths: {:?}",
+                word.iter().map(|w| &w.shape).collect::<Vec<_>>()
+            );
+        }
+        blocks.push((vocab, rows));
+        (vocab, d) = (vocab + rows, width);
+    }
+    if word.is_empty() {
+        bail!("embeddings: no word table");
+    }
     let (positions, dp) = rows_d("embeddings position table", position)?;
     let (types, dt) = rows_d("embeddings token-type table", token_type)?;
     if dp != d || dt != d {
         bail!(
             "embeddings: tables have different widths: word {:?}, position {:?}, token type {:?}",
-            word.shape,
+            word[0].shape,
             position.shape,
             token_type.shape
         );
@@ -246,28 +266,28 @@ pub fn embeddings(
         bail!("embeddings: empty word or token-type table");
     }
     expect_shape("embeddings out", &out.shape, &[tokens, d])?;
-    check_no_alias(
-        "embeddings",
-        &[out],
-        &[Some(ids), Some(token_types), Some(word), Some(position), Some(token_type)],
-    )?;
-    // For the profiler: the rows looked up (three a token), ids and types, the output; not the tables.
-    batch.cost(0.0, 4.0 * (tokens * (4 * d + 2)) as f64);
-    let params = Params {
-        n: count("embeddings", tokens * d)?,
-        d: d as u32,
-        seq: seq as u32,
-        vocab: count("embeddings vocabulary", vocab)?,
-        types: count("embeddings token types", types)?,
-        ..Default::default()
-    };
-    run(
-        batch,
-        &EMBEDDINGS,
-        None,
-        params,
-        &[Some(ids), Some(token_types), Some(word), Some(position), Some(token_type), Some(out)],
-    );
+    let inputs: Vec<Option<&GpuTensor>> =
+        [ids, token_types, position, token_type].into_iter().chain(word).map(Some).collect();
+    check_no_alias("embeddings", &[out], &inputs)?;
+    for (block, (row_start, rows)) in word.iter().zip(blocks) {
+        // For the profiler: the rows looked up (three a token), ids and types, the output; not the
+        // tables; once, at the first block.
+        if row_start == 0 {
+            batch.cost(0.0, 4.0 * (tokens * (4 * d + 2)) as f64);
+        }
+        let params = Params {
+            n: count("embeddings", tokens * d)?,
+            d: d as u32,
+            seq: seq as u32,
+            vocab: count("embeddings vocabulary", vocab)?,
+            types: count("embeddings token types", types)?,
+            row_start: row_start as u32,
+            block_rows: rows as u32,
+            ..Default::default()
+        };
+        let bindings = [Some(ids), Some(token_types), Some(block), Some(position), Some(token_type), Some(out)];
+        run(batch, &EMBEDDINGS, None, params, &bindings);
+    }
     Ok(())
 }
 

@@ -79,8 +79,17 @@ fn embeddings_match_reference() {
         let out = poisoned(&[t, d]);
         let (wg, pg, tg) = (upload(&[vocab, d], &word), upload(&[positions, d], &pos), upload(&[types, d], &tt));
         let mut b = gpu().batch();
-        elementwise::embeddings(&mut b, &upload_u32(&[t], &ids), &upload_u32(&[t], &tts), seq, &wg, &pg, &tg, &out)
-            .unwrap();
+        elementwise::embeddings(
+            &mut b,
+            &upload_u32(&[t], &ids),
+            &upload_u32(&[t], &tts),
+            seq,
+            std::slice::from_ref(&wg),
+            &pg,
+            &tg,
+            &out,
+        )
+        .unwrap();
         b.finish().unwrap();
         let r = ops::embeddings(&ids, &tts, seq, d, &f64s(&word), &f64s(&pos), &f64s(&tt));
         assert_close(&format!("embeddings B={batch} S={seq} d={d}"), &download(&out), &r, TOL);
@@ -94,14 +103,86 @@ fn embeddings_match_reference() {
     let mut b = gpu().batch();
     let (ids, tts) = (upload_u32(&[2], &[7, u32::MAX]), upload_u32(&[2], &[9, 1]));
     let (wg, pg, tg) = (upload(&[vocab, d], &word), upload(&[2, d], &pos), upload(&[types, d], &tt));
-    elementwise::embeddings(&mut b, &ids, &tts, 2, &wg, &pg, &tg, &out).unwrap();
+    elementwise::embeddings(&mut b, &ids, &tts, 2, std::slice::from_ref(&wg), &pg, &tg, &out).unwrap();
     // Errors: sequence longer than the position table, ragged ids, wrong output shape.
-    assert!(elementwise::embeddings(&mut b, &ids, &tts, 1, &wg, &upload(&[0, d], &[]), &tg, &out).is_err());
-    assert!(elementwise::embeddings(&mut b, &upload_u32(&[3], &[0, 1, 2]), &tts, 2, &wg, &pg, &tg, &out).is_err());
-    assert!(elementwise::embeddings(&mut b, &ids, &tts, 2, &wg, &pg, &tg, &poisoned(&[2, d + 1])).is_err());
+    assert!(elementwise::embeddings(
+        &mut b,
+        &ids,
+        &tts,
+        1,
+        std::slice::from_ref(&wg),
+        &upload(&[0, d], &[]),
+        &tg,
+        &out
+    )
+    .is_err());
+    assert!(elementwise::embeddings(
+        &mut b,
+        &upload_u32(&[3], &[0, 1, 2]),
+        &tts,
+        2,
+        std::slice::from_ref(&wg),
+        &pg,
+        &tg,
+        &out
+    )
+    .is_err());
+    assert!(elementwise::embeddings(
+        &mut b,
+        &ids,
+        &tts,
+        2,
+        std::slice::from_ref(&wg),
+        &pg,
+        &tg,
+        &poisoned(&[2, d + 1])
+    )
+    .is_err());
     b.finish().unwrap();
     let r = ops::embeddings(&[4, 4], &[1, 1], 2, d, &f64s(&word), &f64s(&pos), &f64s(&tt));
     assert_close("embeddings clamped ids", &download(&out), &r, TOL);
+}
+
+/// A word table split into blocks of rows (as the encoder splits a table larger than one storage
+/// binding) looks up exactly what the whole table does, ids past the table clamped to its last row.
+#[test]
+fn embeddings_from_a_split_word_table_equal_the_whole_table() {
+    let mut rng = rng(810);
+    let (batch, seq, d, vocab, types) = (3usize, 11usize, 20usize, 37usize, 2usize);
+    let t = batch * seq;
+    let mut ids: Vec<u32> = (0..t).map(|_| rng.random_range(0..vocab as u32)).collect();
+    ids[5] = vocab as u32 + 3;
+    let tts: Vec<u32> = (0..t).map(|_| rng.random_range(0..types as u32)).collect();
+    let word = rand_f32(&mut rng, vocab * d, 1.0);
+    let pos = rand_f32(&mut rng, seq * d, 1.0);
+    let tt = rand_f32(&mut rng, types * d, 1.0);
+    let (ids_g, tts_g) = (upload_u32(&[t], &ids), upload_u32(&[t], &tts));
+    let (pg, tg) = (upload(&[seq, d], &pos), upload(&[types, d], &tt));
+    let lookup = |bounds: &[usize]| {
+        let blocks: Vec<GpuTensor> =
+            bounds.windows(2).map(|w| upload(&[w[1] - w[0], d], &word[w[0] * d..w[1] * d])).collect();
+        let out = poisoned(&[t, d]);
+        let mut b = gpu().batch();
+        elementwise::embeddings(&mut b, &ids_g, &tts_g, seq, &blocks, &pg, &tg, &out).unwrap();
+        b.finish().unwrap();
+        download(&out)
+    };
+    let whole = lookup(&[0, vocab]);
+    let clamped: Vec<u32> = ids.iter().map(|&i| i.min(vocab as u32 - 1)).collect();
+    let r = ops::embeddings(&clamped, &tts, seq, d, &f64s(&word), &f64s(&pos), &f64s(&tt));
+    assert_close("embeddings, whole table", &whole, &r, TOL);
+    for bounds in [vec![0, 10, 20, 30, vocab], vec![0, 1, vocab], vec![0, vocab - 1, vocab]] {
+        assert_eq!(lookup(&bounds), whole, "blocks at {bounds:?}");
+    }
+    // Blocks of different widths, or none, are refused.
+    let mut b = gpu().batch();
+    let out = poisoned(&[t, d]);
+    let ragged = [upload(&[10, d], &word[..10 * d]), upload(&[1, d - 1], &word[..d - 1])];
+    let e = elementwise::embeddings(&mut b, &ids_g, &tts_g, seq, &ragged, &pg, &tg, &out).unwrap_err();
+    assert!(e.to_string().contains("different widths"), "{e}");
+    let e = elementwise::embeddings(&mut b, &ids_g, &tts_g, seq, &[], &pg, &tg, &out).unwrap_err();
+    assert!(e.to_string().contains("no word table"), "{e}");
+    assert!(b.is_empty());
 }
 
 #[test]

@@ -25,14 +25,16 @@ impl EmbeddingLayout {
     }
 }
 
-/// The three tables as the lookup kernel reads them.
+/// The three tables as the lookup kernel reads them; the word table in blocks of consecutive
+/// rows, each within one storage binding (one block unless the table is larger: RoBERTa-base's
+/// and XLM-R's are, under WebGPU's and lavapipe's 128 MiB).
 ///
 /// BERT: word, position, token type. DistilBERT: `token_type` is one row of zeros. RoBERTa:
 /// `position` is zeros and `token_type` holds `position[p] + token_type[t]` at row `p · types + t`
 /// (so that padding-aware position ids go through the kernel's per-token index).
 #[derive(Clone)]
 pub struct EmbeddingTables {
-    pub word: GpuTensor,
+    pub word: Vec<GpuTensor>,
     pub position: GpuTensor,
     pub token_type: GpuTensor,
 }
@@ -61,6 +63,17 @@ fn upload(gpu: &Gpu, source: &dyn TensorSource, name: &str, shape: &[usize]) -> 
     GpuTensor::from_slice(gpu, shape, &read(source, name, shape)?)
 }
 
+/// The largest block of a table the device binds: one storage binding, one buffer.
+fn max_block_bytes(gpu: &Gpu) -> u64 {
+    gpu.max_binding_bytes().min(gpu.limits.max_buffer_size)
+}
+
+/// `values`, a `[rows, width]` table, uploaded in blocks of whole rows of at most `max_bytes`.
+fn upload_blocks(gpu: &Gpu, values: &[f32], width: usize, max_bytes: u64) -> Result<Vec<GpuTensor>> {
+    let rows = ((max_bytes / (4 * width as u64)) as usize).max(1);
+    values.chunks(rows * width).map(|block| GpuTensor::from_slice(gpu, &[block.len() / width, width], block)).collect()
+}
+
 impl Embeddings {
     pub(super) fn load(
         gpu: &Gpu,
@@ -73,7 +86,11 @@ impl Embeddings {
         if !layout.project && w != dims.hidden {
             bail!("embedding tables {w} wide for a {}-wide encoder, and no projection", dims.hidden);
         }
-        let tables = if resident { Some(Self::upload_tables(gpu, &*source, &dims, &layout)?) } else { None };
+        let tables = if resident {
+            Some(Self::upload_tables(gpu, &*source, &dims, &layout, max_block_bytes(gpu))?)
+        } else {
+            None
+        };
         let project = if layout.project {
             Some((
                 upload(gpu, &*source, "embeddings_project.weight", &[dims.hidden, w])?,
@@ -94,14 +111,17 @@ impl Embeddings {
         })
     }
 
+    /// The tables, the word table in blocks of at most `max_block_bytes`.
     fn upload_tables(
         gpu: &Gpu,
         source: &dyn TensorSource,
         dims: &Dims,
         layout: &EmbeddingLayout,
+        max_block_bytes: u64,
     ) -> Result<EmbeddingTables> {
         let w = layout.width;
-        let word = upload(gpu, source, "embeddings.word_embeddings.weight", &[dims.vocab, w])?;
+        let word = read(source, "embeddings.word_embeddings.weight", &[dims.vocab, w])?;
+        let word = upload_blocks(gpu, &word, w, max_block_bytes)?;
         let position_name = "embeddings.position_embeddings.weight";
         let type_name = "embeddings.token_type_embeddings.weight";
         let (position, token_type) = match (layout.padding_positions, layout.token_types) {
@@ -139,8 +159,9 @@ impl Embeddings {
         match &self.tables {
             Some(t) => Ok(t.clone()),
             None => {
-                let t = Self::upload_tables(gpu, &*self.source, &self.dims, &self.layout)?;
-                self.uploaded += t.word.bytes() + t.position.bytes() + t.token_type.bytes();
+                let t = Self::upload_tables(gpu, &*self.source, &self.dims, &self.layout, max_block_bytes(gpu))?;
+                self.uploaded +=
+                    t.word.iter().map(GpuTensor::bytes).sum::<u64>() + t.position.bytes() + t.token_type.bytes();
                 Ok(t)
             }
         }
@@ -217,5 +238,64 @@ impl Encoder {
             b.finish()?;
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_support::gpu;
+    use crate::types::Activation;
+    use std::borrow::Cow;
+    use std::collections::HashMap;
+
+    /// Tensors by name, as f32 bytes.
+    struct InMemory(HashMap<&'static str, Vec<f32>>);
+
+    impl TensorSource for InMemory {
+        fn bytes(&self, name: &str, shape: &[usize]) -> Result<Cow<'_, [u8]>> {
+            let v = self.0.get(name).ok_or_else(|| anyhow::anyhow!("no tensor {name}"))?;
+            assert_eq!(v.len(), shape.iter().product::<usize>(), "{name}");
+            Ok(Cow::Borrowed(bytemuck::cast_slice(v)))
+        }
+    }
+
+    /// A word table larger than a block is uploaded in blocks of whole rows, each within the
+    /// limit, that hold the table in order; the other tables stay whole.
+    #[test]
+    fn word_table_is_split_into_blocks_within_the_limit() {
+        let g = gpu();
+        let (vocab, w, positions, types) = (37, 6, 9, 2);
+        let dims = Dims {
+            hidden: w,
+            layers: 1,
+            heads: 1,
+            ffn: 4 * w,
+            act: Activation::Gelu,
+            eps: 1e-12,
+            max_positions: positions,
+            type_vocab: types,
+            vocab,
+        };
+        let table = |rows: usize, base: f32| (0..rows * w).map(|i| base + i as f32).collect::<Vec<f32>>();
+        let word = table(vocab, 0.5);
+        let source = InMemory(HashMap::from([
+            ("embeddings.word_embeddings.weight", word.clone()),
+            ("embeddings.position_embeddings.weight", table(positions, 1000.25)),
+            ("embeddings.token_type_embeddings.weight", table(types, 2000.75)),
+        ]));
+        let layout = EmbeddingLayout::bert(&dims);
+        for (max_bytes, want_rows) in
+            [(u64::MAX, vec![37]), (10 * 4 * 6, vec![10, 10, 10, 7]), (4 * 6 + 5, vec![1; 37])]
+        {
+            let t = Embeddings::upload_tables(&g, &source, &dims, &layout, max_bytes).unwrap();
+            let rows: Vec<usize> = t.word.iter().map(|b| b.shape[0]).collect();
+            assert_eq!(rows, want_rows, "blocks of at most {max_bytes} bytes");
+            assert!(t.word.iter().all(|b| b.shape[1] == w && b.bytes() <= max_bytes));
+            let joined: Vec<f32> = t.word.iter().flat_map(|b| b.to_vec(&g).unwrap()).collect();
+            assert_eq!(joined, word);
+            assert_eq!(t.position.shape, [positions, w]);
+            assert_eq!(t.token_type.shape, [types, w]);
+        }
     }
 }

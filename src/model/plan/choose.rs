@@ -39,9 +39,9 @@ pub fn choose(base: &PlanInput, choice: Choice, budget: Option<u64>, max_binding
         let weight = candidates[0].largest_weight;
         if weight > max {
             bail!(
-                "this model's largest weight (the word embeddings or an FFN matrix) needs {:.1} MiB, more than this \
-                 GPU's largest storage binding or buffer ({:.1} MiB): no batch size fits it (splitting a weight across \
-                 bindings is not implemented; under --limits webgpu the limit is WebGPU's 128 MiB)",
+                "this model's largest weight (an FFN matrix or a position table) needs {:.1} MiB, more than this \
+                 GPU's largest storage binding or buffer ({:.1} MiB): no batch size fits it (only the word \
+                 embeddings are split across bindings; under --limits webgpu the limit is WebGPU's 128 MiB)",
                 mib(weight),
                 mib(max)
             );

@@ -494,6 +494,7 @@ impl<'p> Replay<'p> {
         } else {
             2 * n_layers as u64 * self.layer_bytes + b4(self.tables.iter().sum::<u64>())
         };
+        let position_tables = self.tables[1].max(self.tables[2]);
         MemoryPlan {
             slots: self.slots,
             layers: n_layers,
@@ -503,13 +504,14 @@ impl<'p> Replay<'p> {
             batch: p.batch,
             peak: self.s.peak,
             streamed_per_step: streamed,
-            // The largest single tensors: word embeddings, an FFN activation, attention
-            // probabilities, an FFN weight.
-            largest_tensor: [b4(self.tables[0]), self.all.tf, self.all.probs, b4(ud * ffn_row_stride(self.f) as u64)]
+            // The largest single tensors: a position table, an FFN activation, attention
+            // probabilities, an FFN weight; not the word table, which is uploaded in blocks that
+            // each fit one binding (`encoder::EmbeddingTables`).
+            largest_tensor: [b4(position_tables), self.all.tf, self.all.probs, b4(ud * ffn_row_stride(self.f) as u64)]
                 .into_iter()
                 .max()
                 .unwrap_or(0),
-            largest_weight: b4(self.tables[0]).max(b4(ud * ffn_row_stride(self.f) as u64)),
+            largest_weight: b4(position_tables).max(b4(ud * ffn_row_stride(self.f) as u64)),
         }
     }
 }
