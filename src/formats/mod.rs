@@ -15,7 +15,7 @@ pub mod torch_bin;
 pub mod weights;
 
 use anyhow::{Context, Result};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +62,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     // Make the rename itself durable. Opening a directory for sync is a Unix thing; elsewhere
     // the rename is as durable as the platform makes it.
     #[cfg(unix)]
-    if let Ok(d) = File::open(dir) {
+    if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
