@@ -37,7 +37,11 @@ function drawLoss(dev) {
   g.strokeStyle = "#1565c0"; g.lineWidth = 1.5; g.beginPath();
   losses.forEach((v, i) => (i === 0 ? g.moveTo(x(i), y(v)) : g.lineTo(x(i), y(v))));
   g.stroke();
-  if (dev && dev.length) g.fillText(`dev accuracy by epoch: ${dev.map((a) => a.toFixed(3)).join(", ")}`, pad + 6, pad + 14);
+  if (dev && dev.length) {
+    const best = Math.max(...dev);
+    g.fillText(`dev accuracy: ${dev[dev.length - 1].toFixed(3)} after epoch ${dev.length} (best ${best.toFixed(3)}, ` +
+      `epoch ${dev.indexOf(best) + 1})`, pad + 6, pad + 14);
+  }
 }
 
 async function loadModel(folder, files) {
@@ -131,11 +135,15 @@ async function testJob() {
   await loadModel(model.split("/").pop(), files);
   const text = async (u) => (u ? (await fetch(u)).text() : "");
   const opts = JSON.parse(params.get("options") || "{}");
-  for (const [k, v] of Object.entries(opts)) { const el = { epochs: "epochs", lr: "lr", batch_size: "batch" }[k]; if (el) $(el).value = v; }
+  const fields = { epochs: "epochs", lr: "lr", batch_size: "batch", max_length: "max-length", reduction_factor: "rf" };
+  for (const [k, v] of Object.entries(opts)) if (fields[k]) $(fields[k]).value = v;
   const report = await train(await text(params.get("train")), await text(params.get("dev")), opts);
   const sentences = JSON.parse(params.get("sentences") || "[]");
   const predictions = [];
-  for (const s of sentences) predictions.push({ text: s, ...(await predict(s)) });
+  for (const s of sentences) {
+    $("text").value = s;
+    predictions.push({ text: s, ...(await predict(s)) });
+  }
   const zip = await session.export_zip("adapter");
   let bin = "";
   for (let i = 0; i < zip.length; i += 0x8000) bin += String.fromCharCode(...zip.subarray(i, i + 0x8000));

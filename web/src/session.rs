@@ -1,5 +1,9 @@
 //! What the page calls (wasm-bindgen): open the GPU, load a model folder from the files a user
 //! picked (or the page fetched), train, predict a sentence, export the adapter as a zip.
+//!
+//! A call holds the state for as long as it runs, awaits included: that is the "one call at a
+//! time" rule, and a second call meanwhile gets a "busy" error from `try_borrow_mut` (no panic).
+#![allow(clippy::await_holding_refcell_ref)]
 
 use crate::trainer::{self, StepReport, Task, TrainOptions, TrainReport, WebTrainee};
 use anyhow::{anyhow, bail, Context, Result};
