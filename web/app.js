@@ -96,7 +96,10 @@ function wireControls() {
     const folder = (files[0].webkitRelativePath || files[0].name).split("/")[0];
     try {
       const wanted = /^(config\.json|model\.safetensors|vocab\.txt|tokenizer\.json|tokenizer_config\.json)$/;
-      const picked = await Promise.all(files.filter((f) => wanted.test(f.name)).map(async (f) => [f.name, await readFile(f)]));
+      // Only the folder's own files (sentence-transformers folders hold another config.json in 1_Pooling/).
+      const top = (f) => !f.webkitRelativePath || f.webkitRelativePath.split("/").length === 2;
+      const picked = await Promise.all(
+        files.filter((f) => top(f) && wanted.test(f.name)).map(async (f) => [f.name, await readFile(f)]));
       await loadModel(folder, picked);
     } catch (e) { fail("loading the model", e); }
   });
