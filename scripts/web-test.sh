@@ -16,8 +16,14 @@ root=$(pwd)
 say() { echo "web-test: $*" >&2; }
 start=$(date +%s)
 
-CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)}
-[ -n "$CHROMIUM" ] || { say "no chromium: apt-get install chromium"; exit 1; }
+find_chromium() { command -v chromium || command -v chromium-browser || command -v google-chrome || true; }
+CHROMIUM=${CHROMIUM:-$(find_chromium)}
+if [ -z "$CHROMIUM" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing chromium (Debian's; it runs WebGPU headless on its SwiftShader)"
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    CHROMIUM=$(find_chromium)
+fi
+[ -n "$CHROMIUM" ] || { say "no chromium: apt-get install chromium (or set CHROMIUM)"; exit 1; }
 make --no-print-directory web
 if [ -z "${PEFT:-}" ]; then
     ${CARGO:-cargo} build --quiet --bin peft
