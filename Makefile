@@ -4,7 +4,7 @@ CARGO ?= cargo
 # Tests share one CPU Vulkan device on CI machines: keep the threads few.
 TEST_THREADS ?= 2
 
-.PHONY: demo fusion-demo ner-demo test test-webgpu-limits deps vulkan build fmt lint fuzz
+.PHONY: demo fusion-demo ner-demo test test-webgpu-limits deps vulkan build fmt lint fuzz web web-deps web-test
 
 MODEL := .cache/models/all-MiniLM-L6-v2
 DATA := .cache/data/rotten_tomatoes/all.csv
@@ -46,6 +46,7 @@ ner-demo: deps
 test: deps
 	$(CARGO) test -- --test-threads=$(TEST_THREADS)
 	$(MAKE) test-webgpu-limits
+	bash scripts/web-test.sh
 
 # The parity, training and fusion suites again with the device requested at exactly WebGPU's
 # default limits and no optional features (README: Choosing a GPU). tests/webgpu_limits.rs and
@@ -73,3 +74,21 @@ lint:
 # cargo-fuzz targets (nightly; installs cargo-fuzz when missing), FUZZ_SECONDS each (default 60).
 fuzz:
 	bash scripts/fuzz.sh
+
+# The browser build: web/pkg (wasm-bindgen --target web) for web/index.html. Serve web/ over HTTP
+# (e.g. `python3 -m http.server -d web`) and open it in a browser with WebGPU.
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/version = "\(.*\)"/\1/p;q}' Cargo.lock)
+web: web-deps
+	$(CARGO) build -p peft-web --target wasm32-unknown-unknown --release
+	wasm-bindgen --target web --no-typescript --out-dir web/pkg target/wasm32-unknown-unknown/release/peft_web.wasm
+	@ls -l web/pkg/peft_web_bg.wasm | awk '{printf "web: web/pkg/peft_web_bg.wasm %.1f MiB\n", $$5 / 1048576}'
+
+# The wasm target and the wasm-bindgen CLI of exactly the version in Cargo.lock.
+web-deps:
+	@rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@wasm-bindgen --version 2>/dev/null | grep -qF "$(WASM_BINDGEN_VERSION)" || \
+	  $(CARGO) install wasm-bindgen-cli --version "$(WASM_BINDGEN_VERSION)"
+
+# The browser test alone (headless Chromium; also part of `make test`).
+web-test:
+	bash scripts/web-test.sh

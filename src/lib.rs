@@ -8,6 +8,8 @@
 /// Benchmarks check each kernel against the f64 reference before timing it: they need it.
 #[cfg(feature = "reference")]
 pub mod bench;
+/// The command line (native only: progress bars, logging, Ctrl-C).
+#[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod datasets;
 pub mod env;

@@ -2,6 +2,7 @@
 //! a zero-copy byte path for streaming F32 tensors to the GPU, and atomic writing.
 
 use anyhow::{bail, Context, Result};
+#[cfg(not(target_arch = "wasm32"))]
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, TensorInfo, TensorView};
 use safetensors::SafeTensors;
@@ -72,8 +73,13 @@ impl WeightFile {
             bail!("{}: not a safetensors file ({len} bytes, shorter than the 8-byte header length)", path.display());
         }
         // SAFETY: the map is read-only; see the type's doc on concurrent modification.
-        let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("memory-mapping {}", path.display()))?;
-        Self::parse(path, Bytes::Map(mmap))
+        #[cfg(not(target_arch = "wasm32"))]
+        let bytes =
+            Bytes::Map(unsafe { Mmap::map(&file) }.with_context(|| format!("memory-mapping {}", path.display()))?);
+        // No memory maps in the browser build: the file is read (pages pass bytes to `from_bytes`).
+        #[cfg(target_arch = "wasm32")]
+        let bytes = Bytes::Owned(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
+        Self::parse(path, bytes)
     }
 
     /// A safetensors file already in memory; `origin` names it in errors. Validates the header
@@ -219,6 +225,7 @@ impl WeightFile {
 
 /// A file's bytes: memory-mapped, or owned (files parsed from memory).
 enum Bytes {
+    #[cfg(not(target_arch = "wasm32"))]
     Map(Mmap),
     Owned(Vec<u8>),
 }
@@ -227,6 +234,7 @@ impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
+            #[cfg(not(target_arch = "wasm32"))]
             Bytes::Map(m) => m,
             Bytes::Owned(v) => v,
         }

@@ -249,11 +249,18 @@ fn watch_faults(device: &wgpu::Device) -> Arc<Mutex<Faults>> {
 impl Gpu {
     /// Opens the GPU chosen by `options` (or [`GPU_ENV`], or the best one), its policy resolved
     /// from the device, `options` and the environment ([`KernelPolicy::resolve`]). Fails on an
-    /// environment variable of [`crate::env`] whose value does not parse.
+    /// environment variable of [`crate::env`] whose value does not parse. Blocks: [`open`](Self::open)
+    /// through pollster (the browser build, which cannot block, awaits `open` itself).
     pub fn new(options: &GpuOptions) -> Result<Arc<Self>> {
+        pollster::block_on(Self::open(options))
+    }
+
+    /// [`new`](Self::new) without blocking: in the browser (WebGPU) the adapter and the device
+    /// come from promises; the browser offers one adapter and grants the limits it grants.
+    pub async fn open(options: &GpuOptions) -> Result<Arc<Self>> {
         let env = EnvOverrides::from_env()?;
         let inst = instance();
-        let adapters = pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()));
+        let adapters = inst.enumerate_adapters(wgpu::Backends::all()).await;
         if adapters.is_empty() {
             bail!(NO_GPU_HELP);
         }
@@ -289,15 +296,17 @@ impl Gpu {
             wgpu::ExperimentalFeatures::disabled()
         };
         let policy = KernelPolicy::resolve(&DeviceFacts::new(&description, features, &limits), options, &env)?;
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("peft-wgpu"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: experimental,
-            memory_hints: wgpu::MemoryHints::Performance,
-            trace: wgpu::Trace::Off,
-        }))
-        .with_context(|| format!("opening GPU {}", description.summary()))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("peft-wgpu"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: experimental,
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .with_context(|| format!("opening GPU {}", description.summary()))?;
         let fault = watch_faults(&device);
         let memory = Arc::new(MemoryTracker::default());
         let dummies = (0..DUMMY_BINDINGS)

@@ -3,6 +3,7 @@
 
 use super::pipelines::{KernelSpec, Pipeline};
 use super::profile::{Label, Pending, ProfileMode, QUERIES_PER_SET};
+use super::tensor::Mapping;
 use super::{Gpu, GpuTensor};
 use anyhow::{anyhow, Result};
 use std::sync::Arc;
@@ -21,25 +22,38 @@ pub struct Readback {
     gpu: Arc<Gpu>,
     staging: wgpu::Buffer,
     lens: Vec<usize>,
-    rx: std::sync::mpsc::Receiver<Result<(), wgpu::BufferAsyncError>>,
+    mapping: Mapping,
+    /// Waited for natively; the browser needs no polling.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     index: wgpu::SubmissionIndex,
 }
 
 impl Readback {
-    /// Waits for the submission (not for later ones) and returns each tensor's values.
+    /// Waits for the submission (not for later ones) and returns each tensor's values. The
+    /// browser cannot block: there it is an error (the browser build awaits [`wait_async`](Self::wait_async)).
     pub fn wait(self) -> Result<Vec<Vec<f32>>> {
-        let poll = wgpu::PollType::Wait { submission_index: Some(self.index), timeout: None };
-        if let Err(e) = self.gpu.device.poll(poll) {
-            // A lost device or an error reported by wgpu explains a failed wait better: a full
-            // poll runs the device-lost callback, then reports it (or the first error).
-            self.gpu.sync()?;
-            return Err(anyhow!("GPU poll failed: {e}"));
+        #[cfg(not(target_arch = "wasm32"))]
+        return pollster::block_on(self.wait_async());
+        #[cfg(target_arch = "wasm32")]
+        anyhow::bail!("internal: a blocking GPU read-back in the browser build (await Readback::wait_async)")
+    }
+
+    /// [`wait`](Self::wait) without blocking: natively the same wait; in the browser the map's
+    /// promise is awaited.
+    pub async fn wait_async(self) -> Result<Vec<Vec<f32>>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let poll = wgpu::PollType::Wait { submission_index: Some(self.index), timeout: None };
+            if let Err(e) = self.gpu.device.poll(poll) {
+                // A lost device or an error reported by wgpu explains a failed wait better: a full
+                // poll runs the device-lost callback, then reports it (or the first error).
+                self.gpu.sync()?;
+                return Err(anyhow!("GPU poll failed: {e}"));
+            }
         }
         self.gpu.check()?;
-        self.rx
-            .recv()
-            .map_err(|_| anyhow!("GPU buffer map callback never ran"))?
-            .map_err(|e| anyhow!("mapping a GPU buffer for reading failed: {e}"))?;
+        self.mapping.done().await?;
+        self.gpu.check()?;
         let slice = self.staging.slice(..);
         let view = slice.get_mapped_range().map_err(|e| anyhow!("reading a GPU buffer: {e:?}"))?;
         let all: &[f32] = bytemuck::cast_slice(&view);
@@ -394,11 +408,8 @@ impl CommandRecorder {
         let index = gpu.queue.submit([enc.finish()]);
         self.after_submit();
         self.track_completion();
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        Ok(Readback { gpu, staging, lens, rx, index })
+        let mapping = Mapping::read(&staging);
+        Ok(Readback { gpu, staging, lens, mapping, index })
     }
 
     /// Submits and waits for completion.

@@ -2,7 +2,75 @@
 
 use super::Gpu;
 use anyhow::{anyhow, bail, Result};
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// A buffer being mapped for reading: the callback wgpu runs when the map is done, and the
+/// future that waits for it. Natively the callback runs inside a device poll (callers poll,
+/// then [`done`](Self::done) finds it ran); in the browser the page's event loop runs it, and
+/// `done` awaits it.
+pub(super) struct Mapping {
+    state: Arc<Mutex<MapState>>,
+}
+
+#[derive(Default)]
+struct MapState {
+    result: Option<Result<(), wgpu::BufferAsyncError>>,
+    waker: Option<Waker>,
+}
+
+impl Mapping {
+    /// Starts mapping all of `buffer` for reading.
+    pub(super) fn read(buffer: &wgpu::Buffer) -> Self {
+        let state: Arc<Mutex<MapState>> = Arc::default();
+        let slot = state.clone();
+        buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            s.result = Some(r);
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        });
+        Self { state }
+    }
+
+    /// The map's outcome. Natively the device was polled to completion first, so a callback
+    /// that has not run never will (an error, not a hang); in the browser it is awaited.
+    pub(super) async fn done(self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        let result = self.state.lock().unwrap_or_else(|p| p.into_inner()).result.take();
+        #[cfg(target_arch = "wasm32")]
+        let result = Some(self.await);
+        result
+            .ok_or_else(|| anyhow!("GPU buffer map callback never ran"))?
+            .map_err(|e| anyhow!("mapping a GPU buffer for reading failed: {e}"))
+    }
+}
+
+impl Future for Mapping {
+    type Output = Result<(), wgpu::BufferAsyncError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Waits for all submitted work natively (running the map callbacks); in the browser the device
+/// needs no polling, and only the errors reported so far are checked.
+pub(super) fn settle(gpu: &Gpu) -> Result<()> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return gpu.sync();
+    #[cfg(target_arch = "wasm32")]
+    return gpu.check();
+}
 
 /// A dense row-major f32 tensor in a GPU storage buffer.
 #[derive(Clone)]
@@ -92,8 +160,20 @@ impl GpuTensor {
         Ok(())
     }
 
-    /// Copies the contents back to the host (waits for all submitted work).
+    /// Copies the contents back to the host (waits for all submitted work). The browser cannot
+    /// block: there it is an error, and the browser build awaits [`to_vec_async`](Self::to_vec_async).
     pub fn to_vec(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        #[cfg(not(target_arch = "wasm32"))]
+        return pollster::block_on(self.to_vec_async(gpu));
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = gpu;
+            bail!("internal: a blocking GPU read-back in the browser build (await to_vec_async)")
+        }
+    }
+
+    /// [`to_vec`](Self::to_vec) without blocking (the browser's WebGPU cannot block).
+    pub async fn to_vec_async(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         let n = self.numel();
         if n == 0 {
             return Ok(vec![]);
@@ -108,15 +188,11 @@ impl GpuTensor {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
         gpu.queue.submit([enc.finish()]);
+        let mapping = Mapping::read(&staging);
+        settle(gpu)?;
+        mapping.done().await?;
+        gpu.check()?;
         let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        gpu.sync()?;
-        rx.recv()
-            .map_err(|_| anyhow!("GPU buffer map callback never ran"))?
-            .map_err(|e| anyhow!("mapping a GPU buffer for reading failed: {e}"))?;
         let view = slice.get_mapped_range().map_err(|e| anyhow!("reading a GPU buffer: {e:?}"))?;
         let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
         drop(view);

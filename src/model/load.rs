@@ -48,12 +48,34 @@ pub fn load_encoder(gpu: &Arc<Gpu>, model_dir: &Path, resident_layers: Option<us
     let cfg = BertConfig::from_model_dir(model_dir)?;
     let file = open_checkpoint(model_dir)?;
     super::weights::validate_bert_weights(&file, &cfg)?;
-    let dims = dims(&cfg);
-    let source = Arc::new(FileSource::for_family(file, cfg.family()));
-    let layout = EmbeddingLayout::from_config(&cfg);
-    let enc = Encoder::with_layout(gpu.clone(), dims, layout, source, resident_layers.unwrap_or(dims.layers))
-        .with_context(|| format!("loading {}", model_dir.display()))?;
+    let enc =
+        build_encoder(gpu, &cfg, file, resident_layers).with_context(|| format!("loading {}", model_dir.display()))?;
     Ok((cfg, enc))
+}
+
+/// [`load_encoder`] from a config and a checkpoint already open (the browser build: the files a
+/// user picked, as [`WeightFile::from_bytes`]).
+pub fn encoder_from_checkpoint(
+    gpu: &Arc<Gpu>,
+    cfg: &BertConfig,
+    file: WeightFile,
+    resident_layers: Option<usize>,
+) -> Result<Encoder> {
+    super::weights::validate_bert_weights(&file, cfg)?;
+    build_encoder(gpu, cfg, file, resident_layers)
+}
+
+/// The encoder on a checkpoint whose weights were validated against `cfg`.
+fn build_encoder(
+    gpu: &Arc<Gpu>,
+    cfg: &BertConfig,
+    file: WeightFile,
+    resident_layers: Option<usize>,
+) -> Result<Encoder> {
+    let dims = dims(cfg);
+    let source = Arc::new(FileSource::for_family(file, cfg.family()));
+    let layout = EmbeddingLayout::from_config(cfg);
+    Encoder::with_layout(gpu.clone(), dims, layout, source, resident_layers.unwrap_or(dims.layers))
 }
 
 /// Reads the tensors the engine names as BERT does (`bert.encoder.layer...`, `heads...`) from `map`,

@@ -91,8 +91,39 @@ impl Tokenizer {
     /// model's longest sequence, whichever is shorter; one token type when the model has one.
     pub fn for_model(dir: impl AsRef<Path>, cfg: &BertConfig, max_length: usize) -> Result<Self> {
         let dir = dir.as_ref();
+        Self::check_family_files(dir, cfg, dir.join("tokenizer.json").exists())?;
+        let mut t = Self::from_model_dir(dir, max_length.min(cfg.max_sequence_length()))?;
+        t.single_token_type = cfg.type_vocab_size == 1 || !cfg.layout.token_types;
+        Ok(t)
+    }
+
+    /// [`for_model`](Self::for_model) from the folder's files in memory (the browser build: the
+    /// files a user picked): `tokenizer.json`, else `vocab.txt` with `tokenizer_config.json`.
+    pub fn for_model_files(files: &TokenizerFiles, cfg: &BertConfig, max_length: usize) -> Result<Self> {
+        let dir = &files.folder;
+        Self::check_family_files(dir, cfg, files.tokenizer_json.is_some())?;
+        let max_length = max_length.min(cfg.max_sequence_length());
+        let mut t = match (&files.tokenizer_json, &files.vocab_txt) {
+            (Some(json), _) => Self::from_tokenizer_json_bytes(json, &dir.join("tokenizer.json"), max_length)?,
+            (None, Some(vocab)) => {
+                let opts = match &files.tokenizer_config {
+                    Some(text) => {
+                        BertVocabOptions::from_tokenizer_config_json(text, &dir.join("tokenizer_config.json"))?
+                    }
+                    None => BertVocabOptions::default(),
+                };
+                Self::from_vocab_txt_bytes(vocab, &dir.join("vocab.txt"), &opts, max_length)?
+            }
+            (None, None) => bail!("{}: no tokenizer.json or vocab.txt to build a tokenizer from", dir.display()),
+        };
+        t.single_token_type = cfg.type_vocab_size == 1 || !cfg.layout.token_types;
+        Ok(t)
+    }
+
+    /// Models that are not WordPiece need a `tokenizer.json`.
+    fn check_family_files(dir: &Path, cfg: &BertConfig, has_tokenizer_json: bool) -> Result<()> {
         let word_piece = matches!(cfg.family(), Family::Bert | Family::DistilBert | Family::Electra);
-        if !word_piece && !dir.join("tokenizer.json").exists() {
+        if !word_piece && !has_tokenizer_json {
             bail!(
                 "{}: no tokenizer.json ({} models need it; vocab.json / merges.txt / sentencepiece.bpe.model are not read: \
                  save one with `AutoTokenizer.from_pretrained(dir).save_pretrained(dir)`)",
@@ -100,9 +131,7 @@ impl Tokenizer {
                 cfg.model_type
             );
         }
-        let mut t = Self::from_model_dir(dir, max_length.min(cfg.max_sequence_length()))?;
-        t.single_token_type = cfg.type_vocab_size == 1 || !cfg.layout.token_types;
-        Ok(t)
+        Ok(())
     }
 
     /// `tokenizer.json` in `dir`, or else `vocab.txt` (lower-casing as `tokenizer_config.json`'s
@@ -125,7 +154,13 @@ impl Tokenizer {
     /// RoBERTa's and XLM-R's `<pad>`).
     pub fn from_tokenizer_json(path: impl AsRef<Path>, max_length: usize) -> Result<Self> {
         let path = path.as_ref();
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot load tokenizer", path.display()))?;
+        Self::from_tokenizer_json_bytes(&bytes, path, max_length)
+    }
+
+    /// [`from_tokenizer_json`](Self::from_tokenizer_json) from the file's bytes (`path` names it).
+    pub fn from_tokenizer_json_bytes(bytes: &[u8], path: &Path, max_length: usize) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
         let (pad_id, pad_token, pad_type_id) = match inner.get_padding() {
             Some(p) => (p.pad_id, p.pad_token.clone(), p.pad_type_id),
@@ -145,8 +180,14 @@ impl Tokenizer {
     /// Builds BERT's WordPiece pipeline from a `vocab.txt` (one token per line, id = line number).
     pub fn from_vocab_txt(path: impl AsRef<Path>, opts: &BertVocabOptions, max_length: usize) -> Result<Self> {
         let path = path.as_ref();
-        let vocab = WordPiece::read_file(&path.to_string_lossy())
-            .map_err(|e| anyhow!("{}: cannot read vocabulary: {e}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read vocabulary", path.display()))?;
+        Self::from_vocab_txt_bytes(&bytes, path, opts, max_length)
+    }
+
+    /// [`from_vocab_txt`](Self::from_vocab_txt) from the file's bytes (`path` names it).
+    pub fn from_vocab_txt_bytes(bytes: &[u8], path: &Path, opts: &BertVocabOptions, max_length: usize) -> Result<Self> {
+        let vocab =
+            WordPiece::read_bytes(bytes).map_err(|e| anyhow!("{}: cannot read vocabulary: {e}", path.display()))?;
         let id = |tok: &str| -> Result<u32> {
             vocab.get(tok).copied().with_context(|| format!("{}: vocabulary has no {tok} token", path.display()))
         };
@@ -319,6 +360,16 @@ fn prefix_space_pre_tokenizer(p: Option<&PreTokenizerWrapper>) -> Option<PreToke
     }
 }
 
+/// A model folder's tokenizer files in memory (the browser build: the files a user picked).
+#[derive(Clone, Debug, Default)]
+pub struct TokenizerFiles {
+    /// The folder's name, for the errors.
+    pub folder: PathBuf,
+    pub tokenizer_json: Option<Vec<u8>>,
+    pub vocab_txt: Option<Vec<u8>>,
+    pub tokenizer_config: Option<String>,
+}
+
 /// How to build the `vocab.txt` pipeline (BertTokenizer's options).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BertVocabOptions {
@@ -338,14 +389,19 @@ impl BertVocabOptions {
     /// Reads `do_lower_case`, `strip_accents`, `tokenize_chinese_chars` from
     /// `<dir>/tokenizer_config.json` when it exists; defaults otherwise.
     pub fn from_tokenizer_config(dir: &Path) -> Result<Self> {
-        let mut o = Self::default();
         let path = dir.join("tokenizer_config.json");
         if !path.exists() {
-            return Ok(o);
+            return Ok(Self::default());
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_tokenizer_config_json(&text, &path)
+    }
+
+    /// [`from_tokenizer_config`](Self::from_tokenizer_config) from the file's text (`path` names it).
+    pub fn from_tokenizer_config_json(text: &str, path: &Path) -> Result<Self> {
+        let mut o = Self::default();
         let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+            serde_json::from_str(text).with_context(|| format!("{}: invalid JSON", path.display()))?;
         let get_bool = |k: &str| -> Result<Option<bool>> {
             match v.get(k) {
                 None | Some(serde_json::Value::Null) => Ok(None),

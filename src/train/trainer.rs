@@ -5,7 +5,7 @@
 //! (Ctrl-C, `--stop-after-steps`). What it tells goes to a [`Reporter`].
 
 use crate::formats::adapterhub::WeightsFormat;
-use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
+use crate::gpu::{CommandRecorder, Gpu, GpuTensor, Readback};
 use crate::kernels::elementwise;
 use crate::model::adapters::ClassificationHead;
 use crate::model::config::BertConfig;
@@ -83,6 +83,21 @@ pub fn train_step_targets<T: Trainee>(
     targets: Targets,
     dropout: Option<PassDropout>,
 ) -> Result<StepOutput> {
+    submit_train_step(gpu, enc, trainee, optimizer, inputs, targets, dropout)?.wait()
+}
+
+/// [`train_step_targets`] up to its one read-back: the step is recorded and submitted (no read-back
+/// happens before the loss), and the returned [`SubmittedStep`] waits for its numbers (natively
+/// [`SubmittedStep::wait`]; the browser build awaits [`SubmittedStep::wait_async`]).
+pub fn submit_train_step<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    enc: &mut Encoder,
+    trainee: &mut T,
+    optimizer: &mut Optimizer,
+    inputs: &Inputs,
+    targets: Targets,
+    dropout: Option<PassDropout>,
+) -> Result<SubmittedStep> {
     trainee.before_train_pass();
     let mut b = gpu.batch();
     let rec = enc.record_targets(&mut b, &trainee.setup(), trainee.head(), inputs, Some(targets), true, dropout)?;
@@ -90,30 +105,56 @@ pub fn train_step_targets<T: Trainee>(
     finish_step(gpu, &mut b, trainee, optimizer, &[loss])
 }
 
-/// The end of a step, once the gradients are in place: the extra loss terms, AdamW, and one
-/// read-back of the `losses` (their mean is the step's loss), the gradient norm and the extra loss.
+/// A submitted training step: the read-back of its losses, gradient norm and extra loss.
+pub struct SubmittedStep {
+    readback: Readback,
+    /// How many loss tensors come first (their mean is the step's loss).
+    losses: usize,
+    lr: f32,
+}
+
+impl SubmittedStep {
+    /// Waits for the step's numbers (blocking: native only).
+    pub fn wait(self) -> Result<StepOutput> {
+        let (losses, lr) = (self.losses, self.lr);
+        Ok(Self::output(losses, lr, &self.readback.wait()?))
+    }
+
+    /// [`wait`](Self::wait) without blocking (the browser build).
+    pub async fn wait_async(self) -> Result<StepOutput> {
+        let (losses, lr) = (self.losses, self.lr);
+        Ok(Self::output(losses, lr, &self.readback.wait_async().await?))
+    }
+
+    fn output(k: usize, lr: f32, values: &[Vec<f32>]) -> StepOutput {
+        let loss = match &values[..k] {
+            [one] => one[0],
+            many => (many.iter().map(|v| v[0] as f64).sum::<f64>() / k as f64) as f32,
+        };
+        let extra_loss = values.get(k + 1).map_or(0.0, |v| v[0]);
+        StepOutput { loss: loss + extra_loss, extra_loss, lr, grad_norm: values[k][0].sqrt() }
+    }
+}
+
+/// The end of a step, once the gradients are in place: the extra loss terms, AdamW, and the
+/// submit with one read-back of the `losses` (their mean is the step's loss), the gradient norm
+/// and the extra loss.
 fn finish_step<T: Trainee>(
     gpu: &Arc<Gpu>,
     b: &mut CommandRecorder,
     trainee: &mut T,
     optimizer: &mut Optimizer,
     losses: &[GpuTensor],
-) -> Result<StepOutput> {
+) -> Result<SubmittedStep> {
     let extra = trainee.record_extra_loss(b)?;
     let params = trainee.params();
     let lr = optimizer.record_step(b, &params)?;
     let mut read: Vec<&GpuTensor> = losses.iter().collect();
     read.push(optimizer.sum_of_squares());
     read.extend(extra.as_ref());
-    let values = b.submit_with_readback(&read)?.wait()?;
+    let readback = b.submit_with_readback(&read)?;
     gpu.check()?;
-    let k = losses.len();
-    let loss = match &values[..k] {
-        [one] => one[0],
-        many => (many.iter().map(|v| v[0] as f64).sum::<f64>() / k as f64) as f32,
-    };
-    let extra_loss = values.get(k + 1).map_or(0.0, |v| v[0]);
-    Ok(StepOutput { loss: loss + extra_loss, extra_loss, lr, grad_norm: values[k][0].sqrt() })
+    Ok(SubmittedStep { readback, losses: losses.len(), lr })
 }
 
 /// One micro-batch of an accumulated step: its inputs, targets and training pass's dropout.
@@ -168,7 +209,7 @@ pub fn train_step_accumulated<T: Trainee>(
     for (sum, g) in sums.iter().zip(&grads) {
         elementwise::scale(&mut b, sum, 1.0 / n, g)?;
     }
-    finish_step(gpu, &mut b, trainee, optimizer, &losses)
+    finish_step(gpu, &mut b, trainee, optimizer, &losses)?.wait()
 }
 
 /// What the loop trains for and how (the options and the run's fixed facts).

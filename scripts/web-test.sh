@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The browser test: builds the page (`make web`, reused when up to date), serves web/ on 127.0.0.1,
+# runs headless Chromium (WebGPU on its SwiftShader) on the page's test mode, which trains a
+# Houlsby adapter on the tiny fixture model and writes the result (losses, dev accuracy, logits,
+# the adapter folder zipped, base64) into the DOM; then checks that the loss fell, that the native
+# `peft predict` on the downloaded adapter gives the browser's logits within 1e-4, and that
+# `peft eval` loads it; a screenshot goes to bench/results/web-swiftshader.png.
+#
+# Environment (all optional): WEB_MODEL (a model folder; default tiny-bert + tests/fixtures/web/vocab.txt),
+# WEB_TRAIN / WEB_DEV (CSVs), WEB_OPTIONS (training options, JSON), WEB_SCREENSHOT (PNG path, empty:
+# none), WEB_LOSS_MUST_FALL (default 1; 0 for runs too short to tell, e.g. speed measurements),
+# CHROMIUM (the browser), PEFT (the native binary; default: cargo's debug build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+say() { echo "web-test: $*" >&2; }
+start=$(date +%s)
+
+find_chromium() { command -v chromium || command -v chromium-browser || command -v google-chrome || true; }
+CHROMIUM=${CHROMIUM:-$(find_chromium)}
+if [ -z "$CHROMIUM" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing chromium (Debian's; it runs WebGPU headless on its SwiftShader)"
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    CHROMIUM=$(find_chromium)
+fi
+[ -n "$CHROMIUM" ] || { say "no chromium: apt-get install chromium (or set CHROMIUM)"; exit 1; }
+make --no-print-directory web
+if [ -z "${PEFT:-}" ]; then
+    ${CARGO:-cargo} build --quiet --bin peft
+    PEFT=$root/target/debug/peft
+fi
+
+work=$(mktemp -d /tmp/peft-web-test.XXXXXX)
+server_pid=""
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+# The site: the page and the job's files.
+site=$work/site
+mkdir -p "$site/job/model"
+ln -s "$root/web/index.html" "$root/web/app.js" "$root/web/pkg" "$site/"
+if [ -n "${WEB_MODEL:-}" ]; then
+    model=$(cd "$WEB_MODEL" && pwd)
+    for f in config.json model.safetensors vocab.txt tokenizer.json tokenizer_config.json; do
+        [ -e "$model/$f" ] && ln -s "$model/$f" "$site/job/model/$f"
+    done
+else
+    ln -s "$root/tests/fixtures/tiny-bert/base/config.json" "$root/tests/fixtures/tiny-bert/base/model.safetensors" \
+        "$root/tests/fixtures/web/vocab.txt" "$site/job/model/"
+fi
+model_dir=$site/job/model
+train=${WEB_TRAIN:-tests/fixtures/web/train.csv}
+dev=${WEB_DEV:-tests/fixtures/web/dev.csv}
+ln -s "$(cd "$(dirname "$train")" && pwd)/$(basename "$train")" "$site/job/train.csv"
+ln -s "$(cd "$(dirname "$dev")" && pwd)/$(basename "$dev")" "$site/job/dev.csv"
+options=${WEB_OPTIONS:-'{"epochs":100,"lr":0.01,"batch_size":16,"max_length":16,"reduction_factor":2,"seed":3}'}
+sentences=$(python3 -c 'import csv,json,sys; print(json.dumps([r["text"] for r in csv.DictReader(open(sys.argv[1]))]))' "$dev")
+
+python3 scripts/web-serve.py "$site" --port-file "$work/port" &
+server_pid=$!
+for _ in $(seq 50); do [ -s "$work/port" ] && break; sleep 0.1; done
+port=$(cat "$work/port")
+query=$(python3 -c 'import json,sys,urllib.parse as u; print(u.urlencode({"test":"1","model":"job/model","train":"job/train.csv","dev":"job/dev.csv","options":sys.argv[1],"sentences":sys.argv[2]}))' "$options" "$sentences")
+url="http://127.0.0.1:$port/index.html?$query"
+chrome() {
+    timeout 900 "$CHROMIUM" --headless --no-sandbox --enable-unsafe-webgpu --use-webgpu-adapter=swiftshader \
+        --user-data-dir="$work/profile" --window-size=1000,1250 "$@" "$url" 2>>"$work/chromium.log"
+}
+
+say "training in headless Chromium (WebGPU on SwiftShader) at $url"
+t0=$(date +%s)
+chrome --dump-dom >"$work/dom.html" || { tail -20 "$work/chromium.log" >&2; say "chromium failed"; exit 1; }
+browser_secs=$(( $(date +%s) - t0 ))
+
+mkdir -p "$work/out"
+python3 - "$work/dom.html" "$work/out" "${WEB_LOSS_MUST_FALL:-1}" <<'PY'
+import base64, html, io, json, re, sys, zipfile
+dom, out, must_fall = sys.argv[1], sys.argv[2], sys.argv[3] != "0"
+m = re.search(r'<pre id="result">(.*?)</pre>', open(dom, encoding="utf-8").read(), re.S)
+if not m or not m.group(1).strip():
+    sys.exit("web-test: the page wrote no result (see the page's #log / #status)")
+r = json.loads(html.unescape(m.group(1)))
+if not r.get("ok"):
+    sys.exit(f"web-test: the page failed: {r.get('error')}")
+rep = r["report"]
+losses = rep["losses"]
+print(f"web-test: GPU: {r['gpu']}")
+print("web-test: " + r["gpu_details"].replace("\n", "; "))
+acc = rep["dev_accuracy"]
+print(f"web-test: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; dev accuracy {acc[0]:.4f} after "
+      f"epoch 1, {acc[-1]:.4f} after epoch {len(acc)}; {rep['tokens_per_second']:.1f} real tokens/s "
+      f"({rep['real_tokens']} tokens in {rep['seconds']:.2f} s of training steps)")
+k = max(1, len(losses) // 4)
+first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+if must_fall and not last < first:
+    sys.exit(f"web-test: the loss did not fall (mean of the first {k} steps {first:.4f}, of the last {k} {last:.4f})")
+for p in r["predictions"]:
+    print(f"web-test: browser logits {p['logits']} for {p['text']!r}")
+zipfile.ZipFile(io.BytesIO(base64.b64decode(r["zip_base64"]))).extractall(out)
+json.dump(r, open(f"{out}/result.json", "w"))
+PY
+adapter=$work/out/adapter
+say "adapter files from the browser: $(cd "$adapter" && echo *)"
+
+# The native build on the same files: logits within 1e-4, and the adapter loads for eval.
+"$PEFT" predict --model "$model_dir" --adapter "$adapter" --data "$dev" --out "$work/native.jsonl" 2>>"$work/native.log"
+python3 - "$work/out/result.json" "$work/native.jsonl" <<'PY'
+import json, sys
+browser = json.load(open(sys.argv[1]))["predictions"]
+native = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+if len(browser) != len(native):
+    sys.exit(f"web-test: {len(browser)} browser predictions, {len(native)} native")
+worst = 0.0
+for b, n in zip(browser, native):
+    if b["text"] != n["text"] or b["label"] != n["label"]:
+        sys.exit(f"web-test: browser {b['text']!r} -> {b['label']}, native {n['text']!r} -> {n['label']}")
+    worst = max([worst] + [abs(x - y) for x, y in zip(b["logits"], n["logits"])])
+print(f"web-test: native peft predict on the browser's adapter: {len(native)} logits rows, worst difference {worst:.2e}")
+if not worst <= 1e-4:
+    sys.exit(f"web-test: browser and native logits differ by {worst:.2e} (> 1e-4)")
+PY
+# `peft eval` loads the folder and scores the dev set as the page did after the last epoch.
+"$PEFT" eval --model "$model_dir" --adapter "$adapter" --data "$dev" 2>>"$work/native.log" | tail -1 >"$work/eval.txt"
+python3 - "$work/out/result.json" "$work/eval.txt" <<'PY'
+import json, re, sys
+page = json.load(open(sys.argv[1]))["report"]["dev_accuracy"][-1]
+line = open(sys.argv[2]).read().strip()
+m = re.search(r"accuracy=([0-9.]+)", line)
+if not m:
+    sys.exit(f"web-test: peft eval printed no accuracy: {line!r}")
+print(f"web-test: native peft eval on the browser's adapter: {line} (the page: accuracy {page:.4f})")
+if abs(float(m.group(1)) - page) > 1e-4:
+    sys.exit(f"web-test: native eval accuracy {m.group(1)} differs from the page's {page:.4f}")
+PY
+
+if [ -n "${WEB_SCREENSHOT-bench/results/web-swiftshader.png}" ]; then
+    shot=${WEB_SCREENSHOT:-bench/results/web-swiftshader.png}
+    mkdir -p "$(dirname "$shot")"
+    case $shot in /*) ;; *) shot=$root/$shot ;; esac
+    chrome --screenshot="$shot" >/dev/null || say "screenshot failed (see $work/chromium.log)"
+    say "screenshot: $shot"
+fi
+say "passed in $(( $(date +%s) - start )) s (browser run $browser_secs s)"
