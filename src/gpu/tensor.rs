@@ -4,7 +4,7 @@ use super::Gpu;
 use anyhow::{anyhow, bail, Result};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 
 /// A buffer being mapped for reading: the callback wgpu runs when the map is done, and the
@@ -12,7 +12,7 @@ use std::task::{Context, Poll, Waker};
 /// then [`done`](Self::done) finds it ran); in the browser the page's event loop runs it, and
 /// `done` awaits it.
 pub(super) struct Mapping {
-    state: Arc<Mutex<MapState>>,
+    state: Arc<(Mutex<MapState>, Condvar)>,
 }
 
 #[derive(Default)]
@@ -24,23 +24,34 @@ struct MapState {
 impl Mapping {
     /// Starts mapping all of `buffer` for reading.
     pub(super) fn read(buffer: &wgpu::Buffer) -> Self {
-        let state: Arc<Mutex<MapState>> = Arc::default();
+        let state: Arc<(Mutex<MapState>, Condvar)> = Arc::default();
         let slot = state.clone();
         buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = slot.0.lock().unwrap_or_else(|p| p.into_inner());
             s.result = Some(r);
             if let Some(w) = s.waker.take() {
                 w.wake();
             }
+            slot.1.notify_all();
         });
         Self { state }
     }
 
-    /// The map's outcome. Natively the device was polled to completion first, so a callback
-    /// that has not run never will (an error, not a hang); in the browser it is awaited.
+    /// The map's outcome. Natively the device was polled to completion first; the callback may
+    /// still be running in another thread's poll of the same device (tests share one), so this
+    /// waits for it, unless wgpu dropped it without running it (an error, not a hang). In the
+    /// browser it is awaited.
     pub(super) async fn done(self) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
-        let result = self.state.lock().unwrap_or_else(|p| p.into_inner()).result.take();
+        let result = {
+            let (lock, ran) = &*self.state;
+            let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+            // The callback holds the other reference to the state until it has run or is dropped.
+            while s.result.is_none() && Arc::strong_count(&self.state) > 1 {
+                s = ran.wait_timeout(s, std::time::Duration::from_millis(10)).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            s.result.take()
+        };
         #[cfg(target_arch = "wasm32")]
         let result = Some(self.await);
         result
@@ -52,7 +63,7 @@ impl Mapping {
 impl Future for Mapping {
     type Output = Result<(), wgpu::BufferAsyncError>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.0.lock().unwrap_or_else(|p| p.into_inner());
         match s.result.take() {
             Some(r) => Poll::Ready(r),
             None => {
