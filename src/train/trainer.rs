@@ -102,7 +102,7 @@ pub fn submit_train_step<T: Trainee>(
     let mut b = gpu.batch();
     let rec = enc.record_targets(&mut b, &trainee.setup(), trainee.head(), inputs, Some(targets), true, dropout)?;
     let loss = rec.loss.ok_or_else(|| anyhow!("internal: no loss for a batch with labels"))?;
-    finish_step(gpu, &mut b, trainee, optimizer, &[loss])
+    finish_step(&mut b, trainee, optimizer, &[loss])
 }
 
 /// A submitted training step: the read-back of its losses, gradient norm and extra loss.
@@ -140,7 +140,6 @@ impl SubmittedStep {
 /// submit with one read-back of the `losses` (their mean is the step's loss), the gradient norm
 /// and the extra loss.
 fn finish_step<T: Trainee>(
-    gpu: &Arc<Gpu>,
     b: &mut CommandRecorder,
     trainee: &mut T,
     optimizer: &mut Optimizer,
@@ -152,8 +151,9 @@ fn finish_step<T: Trainee>(
     let mut read: Vec<&GpuTensor> = losses.iter().collect();
     read.push(optimizer.sum_of_squares());
     read.extend(extra.as_ref());
+    // Errors are checked by the wait, after its poll: a lost device is reported as lost then,
+    // not as the first invalid-buffer error its loss caused.
     let readback = b.submit_with_readback(&read)?;
-    gpu.check()?;
     Ok(SubmittedStep { readback, losses: losses.len(), lr })
 }
 
@@ -209,7 +209,7 @@ pub fn train_step_accumulated<T: Trainee>(
     for (sum, g) in sums.iter().zip(&grads) {
         elementwise::scale(&mut b, sum, 1.0 / n, g)?;
     }
-    finish_step(gpu, &mut b, trainee, optimizer, &losses)?.wait()
+    finish_step(&mut b, trainee, optimizer, &losses)?.wait()
 }
 
 /// What the loop trains for and how (the options and the run's fixed facts).
