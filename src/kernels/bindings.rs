@@ -6,6 +6,7 @@
 
 use crate::gpu::{Access, KernelSpec};
 use naga::{AddressSpace, StorageAccess, TypeInner};
+use std::collections::HashMap;
 
 /// Every kernel entry point of the crate with the size of the parameter block its host passes.
 pub(super) fn all_specs() -> Vec<(KernelSpec, usize)> {
@@ -21,6 +22,26 @@ pub(super) fn all_specs() -> Vec<(KernelSpec, usize)> {
     v.extend(super::optim::specs());
     v.extend(super::reduce::specs());
     v
+}
+
+/// The size constants (override sets) the hosts can dispatch each entry point with, by (shader,
+/// entry point): each kernel module's `launches()` (the translation and limits checks use them).
+pub(super) fn all_launches() -> HashMap<(&'static str, &'static str), Vec<super::Constants>> {
+    [
+        super::adapter::launches(),
+        super::attention::launches(),
+        super::dropout::launches(),
+        super::elementwise::launches(),
+        super::fusion::launches(),
+        super::layernorm::launches(),
+        super::loss::launches(),
+        super::matmul::launches(),
+        super::reduce::launches(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(spec, sets)| ((spec.shader.name, spec.entry), sets))
+    .collect()
 }
 
 /// How one entry point uses one `@group(0) @binding(i)`.

@@ -66,25 +66,6 @@ fn every_kernel_binds_at_most_webgpus_storage_buffers() {
     );
 }
 
-/// The host's size sets per entry point (as `kernels/translate.rs` gathers them).
-fn launches() -> HashMap<(&'static str, &'static str), Vec<Constants>> {
-    [
-        super::adapter::launches(),
-        super::attention::launches(),
-        super::dropout::launches(),
-        super::elementwise::launches(),
-        super::fusion::launches(),
-        super::layernorm::launches(),
-        super::loss::launches(),
-        super::matmul::launches(),
-        super::reduce::launches(),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|(spec, sets)| ((spec.shader.name, spec.entry), sets))
-    .collect()
-}
-
 /// What one specialised entry point asks of a workgroup.
 #[derive(Debug)]
 struct Usage {
@@ -149,7 +130,7 @@ fn every_launch_fits_webgpus_workgroup_limits() {
     let limits = webgpu_limits();
     let smem_index = MatmulVariant::ALL.iter().position(|v| *v == MatmulVariant::Smem).expect("smem is a variant");
     let smem = super::matmul::specs()[smem_index].0;
-    let sizes = launches();
+    let sizes = super::bindings::all_launches();
     let mut modules: HashMap<&str, (Module, ModuleInfo)> = HashMap::new();
     let (mut checked, mut refused, mut errors) = (0, vec![], vec![]);
     for (spec, _) in super::bindings::all_specs() {

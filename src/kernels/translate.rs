@@ -358,23 +358,7 @@ fn translate(jobs: &[Job], with_spirv_val: bool) -> Report {
 
 /// Every (kernel, override set) the hosts can dispatch.
 fn all_jobs() -> Result<Vec<Job>, Vec<String>> {
-    let mut launches: HashMap<(&str, &str), Vec<Constants>> = HashMap::new();
-    for (spec, sets) in [
-        super::adapter::launches(),
-        super::attention::launches(),
-        super::dropout::launches(),
-        super::elementwise::launches(),
-        super::fusion::launches(),
-        super::layernorm::launches(),
-        super::loss::launches(),
-        super::matmul::launches(),
-        super::reduce::launches(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        launches.insert((spec.shader.name, spec.entry), sets);
-    }
+    let launches = super::bindings::all_launches();
     let mut modules: HashMap<&str, Module> = HashMap::new();
     let mut jobs = vec![];
     let mut errors = vec![];
