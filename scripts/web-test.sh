@@ -119,11 +119,13 @@ print(f"web-test: native peft predict on the browser's adapter: {len(native)} lo
 if not worst <= 1e-4:
     sys.exit(f"web-test: browser and native logits differ by {worst:.2e} (> 1e-4)")
 PY
-# `peft eval` loads the folder and scores the dev set as the page did after the last epoch.
+# `peft eval` loads the folder and scores the dev set as the page did after the epoch it kept.
 "$PEFT" eval --model "$model_dir" --adapter "$adapter" --data "$dev" 2>>"$work/native.log" | tail -1 >"$work/eval.txt"
 python3 - "$work/out/result.json" "$work/eval.txt" <<'PY'
 import json, re, sys
-page = json.load(open(sys.argv[1]))["report"]["dev_accuracy"][-1]
+rep = json.load(open(sys.argv[1]))["report"]
+# The page keeps (and exports) its best dev epoch, as peft train does.
+page = rep["dev_accuracy"][rep["best_epoch"] - 1]
 line = open(sys.argv[2]).read().strip()
 m = re.search(r"accuracy=([0-9.]+)", line)
 if not m:

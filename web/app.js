@@ -72,9 +72,11 @@ async function train(trainCsv, devCsv, opts) {
     drawLoss();
   }));
   drawLoss(report.dev_accuracy);
-  const acc = report.dev_accuracy[report.dev_accuracy.length - 1];
-  $("status").textContent = `done: dev accuracy ${acc.toFixed(4)} (macro-F1 ` +
-    `${report.dev_macro_f1[report.dev_macro_f1.length - 1].toFixed(4)}), ${report.tokens_per_second.toFixed(0)} ` +
+  // The adapter kept (predict, download) is the best dev epoch's, as `peft train` keeps it.
+  const kept = (report.best_epoch || report.dev_accuracy.length) - 1;
+  const acc = report.dev_accuracy[kept];
+  $("status").textContent = `done: kept epoch ${kept + 1}, dev accuracy ${acc.toFixed(4)} (macro-F1 ` +
+    `${report.dev_macro_f1[kept].toFixed(4)}), ${report.tokens_per_second.toFixed(0)} ` +
     `tokens/s, ${((performance.now() - started) / 1000).toFixed(1)} s, ${report.trainable_parameters} trainable parameters`;
   $("train").disabled = false; $("predict").disabled = false; $("download").disabled = false;
   return report;

@@ -5,6 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use peft_wgpu::formats::adapterhub::{BottleneckConfig, HeadConfig, WeightsFormat};
 use peft_wgpu::gpu::{Gpu, GpuTensor};
+use peft_wgpu::kernels::elementwise;
 use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
 use peft_wgpu::model::adapters::{AdapterSet, ClassificationHead};
 use peft_wgpu::model::config::BertConfig;
@@ -140,6 +141,9 @@ pub(crate) struct TrainReport {
     pub losses: Vec<f32>,
     pub dev_accuracy: Vec<f64>,
     pub dev_macro_f1: Vec<f64>,
+    /// The epoch (from 1) whose adapter and head are kept, as `peft train` keeps them: the first
+    /// with the best dev accuracy.
+    pub best_epoch: usize,
     pub real_tokens: usize,
     pub seconds: f64,
     pub tokens_per_second: f64,
@@ -182,6 +186,17 @@ pub(crate) async fn train(
         ..Default::default()
     };
     let lengths: Vec<usize> = task.train.tokens.iter().map(|t| t.len()).collect();
+    // The best epoch's parameters, copied on the GPU (no read-back), restored after the last epoch.
+    let best: Vec<GpuTensor> =
+        trainee.params().iter().map(|(_, p, _)| GpuTensor::zeros(gpu, &p.shape)).collect::<Result<_>>()?;
+    let copy_all = |pairs: &mut dyn Iterator<Item = (&GpuTensor, &GpuTensor)>| -> Result<()> {
+        let mut b = gpu.batch();
+        for (src, dst) in pairs {
+            elementwise::copy(&mut b, src, dst)?;
+        }
+        b.submit();
+        gpu.check()
+    };
     let mut step = 0;
     for epoch in 1..=o.epochs {
         let start = now_ms();
@@ -206,8 +221,20 @@ pub(crate) async fn train(
         report.seconds += (now_ms() - start) / 1000.0;
         report.tokens_per_second = report.real_tokens as f64 / report.seconds.max(1e-9);
         let scores = evaluate(gpu, enc, &trainee, &task.dev, pad, o.batch_size).await?;
+        // A dev set without a finite accuracy (none) keeps the last epoch.
+        let better = scores.accuracy.is_finite()
+            && report.dev_accuracy.iter().filter(|a| a.is_finite()).all(|&a| scores.accuracy > a);
         report.dev_accuracy.push(scores.accuracy);
         report.dev_macro_f1.push(scores.macro_f1);
+        if better {
+            report.best_epoch = epoch;
+            if epoch < o.epochs {
+                copy_all(&mut trainee.params().into_iter().map(|(_, p, _)| p).zip(&best))?;
+            }
+        }
+    }
+    if report.best_epoch > 0 && report.best_epoch < o.epochs {
+        copy_all(&mut best.iter().zip(trainee.params().into_iter().map(|(_, p, _)| p)))?;
     }
     Ok((trainee, report))
 }
