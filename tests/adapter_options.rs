@@ -342,20 +342,7 @@ fn planned_peak_with_options_within_10_percent_of_measured() {
             let g = peft_wgpu::Gpu::for_tests();
             let bn = adapter.bottleneck_config(cfg.num_hidden_layers).unwrap();
             let spec = AdapterSpec::from_bottleneck(&cfg, &bn).unwrap();
-            let input = PlanInput {
-                cfg: &cfg,
-                batch,
-                seq,
-                labels: 2,
-                adapter: &spec,
-                resident_layers: cfg.num_hidden_layers,
-                recompute: false,
-                layer_chunk: 0,
-                keep_ffn_output: false,
-                dropout: Default::default(),
-                per_token_head: false,
-                gradient_accumulation: 1,
-            };
+            let input = PlanInput::resident(&cfg, &spec, batch, seq, 2);
             let choice =
                 Choice { resident_layers: None, recompute: Some(recompute), layer_chunk, keep_ffn_output: Some(false) };
             let planned = plan::choose_for(&g, &input, choice, None).unwrap();

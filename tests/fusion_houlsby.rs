@@ -249,20 +249,7 @@ fn planner_counts_fusion_at_both_sites() {
             let cfg = BertConfig::from_model_dir(base()).unwrap();
             let sets = fuse::load_source_adapters(&g, &dirs, &cfg).unwrap();
             let spec = AdapterSpec::fusion_over(&sets, cfg.num_hidden_layers, true);
-            let input = PlanInput {
-                cfg: &cfg,
-                batch: inputs.batch,
-                seq: inputs.seq,
-                labels: 3,
-                adapter: &spec,
-                resident_layers: cfg.num_hidden_layers,
-                recompute: false,
-                layer_chunk: 0,
-                keep_ffn_output: false,
-                dropout: Default::default(),
-                per_token_head: false,
-                gradient_accumulation: 1,
-            };
+            let input = PlanInput::resident(&cfg, &spec, inputs.batch, inputs.seq, 3);
             let planned = plan::choose_for(&g, &input, choice, None).unwrap();
             let (_, mut enc) = load::load_encoder(&g, &base(), Some(planned.resident_layers())).unwrap();
             enc.follow(&planned);

@@ -399,20 +399,7 @@ fn planner_counts_gradient_accumulation_sums() {
     let labels = 2;
     let head = d * d + d + labels * d + labels;
     let sums = 4 * (spec.parameters(cfg.hidden_size) + head);
-    let base = PlanInput {
-        cfg: &cfg,
-        batch: 32,
-        seq: 128,
-        labels: labels as usize,
-        per_token_head: false,
-        adapter: &spec,
-        resident_layers: cfg.num_hidden_layers,
-        recompute: false,
-        layer_chunk: 0,
-        keep_ffn_output: false,
-        dropout: Default::default(),
-        gradient_accumulation: 1,
-    };
+    let base = PlanInput::resident(&cfg, &spec, 32, 128, labels as usize);
     let with = |n: usize, slots: usize, recompute: bool, layer_chunk: usize| {
         plan(&PlanInput { gradient_accumulation: n, resident_layers: slots, recompute, layer_chunk, ..base.clone() })
             .unwrap()
@@ -459,18 +446,12 @@ fn planner_counts_dropout_sites() {
     {
         let peak = |dropout: Option<DropoutRates>| {
             let p = PlanInput {
-                cfg: &cfg,
-                batch: 32,
-                seq: 64,
-                labels: 2,
-                per_token_head: false,
-                adapter: &spec,
                 resident_layers: slots,
                 recompute,
                 layer_chunk,
                 keep_ffn_output,
                 dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
-                gradient_accumulation: 1,
+                ..PlanInput::resident(&cfg, &spec, 32, 64, 2)
             };
             plan(&p).unwrap().peak_bytes()
         };
@@ -489,20 +470,7 @@ fn max_gpu_memory_chooses_or_fails_clearly() {
     use peft_wgpu::model::plan::{choose, parse_size, AdapterSpec, Choice, PlanInput};
     let cfg = peft_wgpu::bench::model::preset("bert-base").unwrap();
     let spec = AdapterSpec::from_bottleneck(&cfg, &peft_wgpu::bench::memory::bench_adapter()).unwrap();
-    let base = PlanInput {
-        cfg: &cfg,
-        batch: 32,
-        seq: 128,
-        labels: 2,
-        per_token_head: false,
-        adapter: &spec,
-        resident_layers: cfg.num_hidden_layers,
-        recompute: false,
-        layer_chunk: 0,
-        keep_ffn_output: false,
-        dropout: Default::default(),
-        gradient_accumulation: 1,
-    };
+    let base = PlanInput::resident(&cfg, &spec, 32, 128, 2);
     let free = Choice::default();
     let fast = choose(&base, free, None, None).unwrap();
     assert!(fast.resident() && !fast.recompute);

@@ -180,20 +180,7 @@ fn tensors_batches_and_plans_beyond_webgpus_buffers_are_refused() {
     );
     // The planner bounds the largest tensor by the same limits.
     let spec = plan::AdapterSpec::from_bottleneck(&cfg, &peft_wgpu::bench::memory::bench_adapter()).unwrap();
-    let input = |batch: usize, seq: usize| plan::PlanInput {
-        cfg: &cfg,
-        batch,
-        seq,
-        labels: 2,
-        per_token_head: false,
-        adapter: &spec,
-        resident_layers: cfg.num_hidden_layers,
-        recompute: false,
-        layer_chunk: 0,
-        keep_ffn_output: false,
-        dropout: Default::default(),
-        gradient_accumulation: 1,
-    };
+    let input = |batch: usize, seq: usize| plan::PlanInput::resident(&cfg, &spec, batch, seq, 2);
     let ok = plan::choose_for(&g, &input(32, 128), plan::Choice::default(), None).unwrap();
     assert!(ok.largest_tensor <= 128 << 20);
     // RoBERTa-base's word embeddings (50265 × 768, 147.3 MiB) are larger than a binding: they are

@@ -118,18 +118,9 @@ pub fn plan_step(
 ) -> Result<MemoryPlan> {
     let spec = AdapterSpec::from_bottleneck(cfg, &bench_adapter())?;
     let input = PlanInput {
-        cfg,
-        batch,
-        seq,
-        labels: 2,
-        per_token_head: false,
-        adapter: &spec,
-        resident_layers: cfg.num_hidden_layers,
-        recompute: false,
-        layer_chunk: 0,
-        keep_ffn_output: false,
         dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
         gradient_accumulation,
+        ..PlanInput::resident(cfg, &spec, batch, seq, 2)
     };
     plan::choose_for(gpu, &input, choice, budget)
 }

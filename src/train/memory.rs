@@ -50,18 +50,10 @@ pub(crate) fn plan_memory(
     let mem_plan = plan::choose_for(
         gpu,
         &plan::PlanInput {
-            cfg,
-            batch: widest,
-            seq: longest,
-            labels: task.labels.len(),
             per_token_head: matches!(task.train.targets, crate::train::data::TaskTargets::Tokens(_)),
-            adapter,
-            resident_layers: cfg.num_hidden_layers,
-            recompute: false,
-            layer_chunk: 0,
-            keep_ffn_output: false,
             dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
             gradient_accumulation,
+            ..plan::PlanInput::resident(cfg, adapter, widest, longest, task.labels.len())
         },
         plan::Choice {
             resident_layers: mem.resident_layers,

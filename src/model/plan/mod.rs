@@ -120,6 +120,27 @@ pub struct PlanInput<'a> {
     pub gradient_accumulation: usize,
 }
 
+impl<'a> PlanInput<'a> {
+    /// A classification step with every layer resident: no recompute, no dropout, no gradient
+    /// accumulation (the other settings by struct update, `PlanInput { recompute: true, ..p }`).
+    pub fn resident(cfg: &'a BertConfig, adapter: &'a AdapterSpec, batch: usize, seq: usize, labels: usize) -> Self {
+        Self {
+            cfg,
+            batch,
+            seq,
+            labels,
+            per_token_head: false,
+            adapter,
+            resident_layers: cfg.num_hidden_layers,
+            recompute: false,
+            layer_chunk: 0,
+            keep_ffn_output: false,
+            dropout: DropoutSites::default(),
+            gradient_accumulation: 1,
+        }
+    }
+}
+
 /// Which dropout sites of a training pass allocate (`Encoder::dropout_rows` returns its input when
 /// a site's rate is 0, and `Encoder::probs_dropout` allocates no work tensor then); from
 /// [`DropoutRates::sites`](super::encoder::DropoutRates::sites). The default: no dropout.
