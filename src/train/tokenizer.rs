@@ -90,32 +90,14 @@ impl Tokenizer {
     /// The tokenizer of the model in `dir` with config `cfg`: truncating at `max_length` or the
     /// model's longest sequence, whichever is shorter; one token type when the model has one.
     pub fn for_model(dir: impl AsRef<Path>, cfg: &BertConfig, max_length: usize) -> Result<Self> {
-        let dir = dir.as_ref();
-        Self::check_family_files(dir, cfg, dir.join("tokenizer.json").exists())?;
-        let mut t = Self::from_model_dir(dir, max_length.min(cfg.max_sequence_length()))?;
-        t.single_token_type = cfg.type_vocab_size == 1 || !cfg.layout.token_types;
-        Ok(t)
+        Self::for_model_files(&TokenizerFiles::read(dir.as_ref())?, cfg, max_length)
     }
 
     /// [`for_model`](Self::for_model) from the folder's files in memory (the browser build: the
-    /// files a user picked): `tokenizer.json`, else `vocab.txt` with `tokenizer_config.json`.
+    /// files a user picked).
     pub fn for_model_files(files: &TokenizerFiles, cfg: &BertConfig, max_length: usize) -> Result<Self> {
-        let dir = &files.folder;
-        Self::check_family_files(dir, cfg, files.tokenizer_json.is_some())?;
-        let max_length = max_length.min(cfg.max_sequence_length());
-        let mut t = match (&files.tokenizer_json, &files.vocab_txt) {
-            (Some(json), _) => Self::from_tokenizer_json_bytes(json, &dir.join("tokenizer.json"), max_length)?,
-            (None, Some(vocab)) => {
-                let opts = match &files.tokenizer_config {
-                    Some(text) => {
-                        BertVocabOptions::from_tokenizer_config_json(text, &dir.join("tokenizer_config.json"))?
-                    }
-                    None => BertVocabOptions::default(),
-                };
-                Self::from_vocab_txt_bytes(vocab, &dir.join("vocab.txt"), &opts, max_length)?
-            }
-            (None, None) => bail!("{}: no tokenizer.json or vocab.txt to build a tokenizer from", dir.display()),
-        };
+        Self::check_family_files(&files.folder, cfg, files.tokenizer_json.is_some())?;
+        let mut t = Self::from_files(files, max_length.min(cfg.max_sequence_length()))?;
         t.single_token_type = cfg.type_vocab_size == 1 || !cfg.layout.token_types;
         Ok(t)
     }
@@ -137,17 +119,25 @@ impl Tokenizer {
     /// `tokenizer.json` in `dir`, or else `vocab.txt` (lower-casing as `tokenizer_config.json`'s
     /// `do_lower_case` says; true when absent, as for BERT's uncased models).
     pub fn from_model_dir(dir: impl AsRef<Path>, max_length: usize) -> Result<Self> {
-        let dir = dir.as_ref();
-        let json = dir.join("tokenizer.json");
-        if json.exists() {
-            return Self::from_tokenizer_json(&json, max_length);
+        Self::from_files(&TokenizerFiles::read(dir.as_ref())?, max_length)
+    }
+
+    /// [`from_model_dir`](Self::from_model_dir) from the folder's files in memory.
+    fn from_files(files: &TokenizerFiles, max_length: usize) -> Result<Self> {
+        let dir = &files.folder;
+        match (&files.tokenizer_json, &files.vocab_txt) {
+            (Some(json), _) => Self::from_tokenizer_json_bytes(json, &dir.join("tokenizer.json"), max_length),
+            (None, Some(vocab)) => {
+                let opts = match &files.tokenizer_config {
+                    Some(text) => {
+                        BertVocabOptions::from_tokenizer_config_json(text, &dir.join("tokenizer_config.json"))?
+                    }
+                    None => BertVocabOptions::default(),
+                };
+                Self::from_vocab_txt_bytes(vocab, &dir.join("vocab.txt"), &opts, max_length)
+            }
+            (None, None) => bail!("{}: no tokenizer.json or vocab.txt to build a tokenizer from", dir.display()),
         }
-        let vocab = dir.join("vocab.txt");
-        if vocab.exists() {
-            let opts = BertVocabOptions::from_tokenizer_config(dir)?;
-            return Self::from_vocab_txt(&vocab, &opts, max_length);
-        }
-        bail!("{}: no tokenizer.json or vocab.txt to build a tokenizer from", dir.display())
     }
 
     /// Loads a Hugging Face `tokenizer.json`. The file's padding token is kept (else `[PAD]`, or
@@ -368,6 +358,31 @@ pub struct TokenizerFiles {
     pub tokenizer_json: Option<Vec<u8>>,
     pub vocab_txt: Option<Vec<u8>>,
     pub tokenizer_config: Option<String>,
+}
+
+impl TokenizerFiles {
+    /// The files of `dir` a tokenizer is built from: `tokenizer.json` when there is one, else
+    /// `vocab.txt` and `tokenizer_config.json` (each when present).
+    pub fn read(dir: &Path) -> Result<Self> {
+        let mut files = Self { folder: dir.to_path_buf(), ..Default::default() };
+        let json = dir.join("tokenizer.json");
+        if json.exists() {
+            files.tokenizer_json =
+                Some(std::fs::read(&json).with_context(|| format!("{}: cannot load tokenizer", json.display()))?);
+            return Ok(files);
+        }
+        let vocab = dir.join("vocab.txt");
+        if vocab.exists() {
+            files.vocab_txt =
+                Some(std::fs::read(&vocab).with_context(|| format!("{}: cannot read vocabulary", vocab.display()))?);
+            let config = dir.join("tokenizer_config.json");
+            if config.exists() {
+                files.tokenizer_config =
+                    Some(std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?);
+            }
+        }
+        Ok(files)
+    }
 }
 
 /// How to build the `vocab.txt` pipeline (BertTokenizer's options).
