@@ -4,11 +4,12 @@
 # Houlsby adapter on the tiny fixture model and writes the result (losses, dev accuracy, logits,
 # the adapter folder zipped, base64) into the DOM; then checks that the loss fell, that the native
 # `peft predict` on the downloaded adapter gives the browser's logits within 1e-4, and that
-# `peft eval` loads it; a screenshot goes to bench/results/web-swiftshader.png.
+# `peft eval` loads it; then the same job with one resident layer and the rest streamed must train
+# bit for bit as the resident one; a screenshot goes to bench/results/web-swiftshader.png.
 #
 # Environment (all optional): WEB_MODEL (a model folder; default tiny-bert + tests/fixtures/web/vocab.txt),
 # WEB_TRAIN / WEB_DEV (CSVs), WEB_OPTIONS (training options, JSON), WEB_SCREENSHOT (PNG path, empty:
-# none), WEB_LOSS_MUST_FALL (default 1; 0 for runs too short to tell, e.g. speed measurements),
+# none), WEB_STREAMED (default 1: the job again with streamed layers, bit for bit), WEB_LOSS_MUST_FALL (default 1; 0 for runs too short to tell, e.g. speed measurements),
 # CHROMIUM (the browser), PEFT (the native binary; default: cargo's debug build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +61,12 @@ python3 scripts/web-serve.py "$site" --port-file "$work/port" &
 server_pid=$!
 for _ in $(seq 50); do [ -s "$work/port" ] && break; sleep 0.1; done
 port=$(cat "$work/port")
-query=$(python3 -c 'import json,sys,urllib.parse as u; print(u.urlencode({"test":"1","model":"job/model","train":"job/train.csv","dev":"job/dev.csv","options":sys.argv[1],"sentences":sys.argv[2]}))' "$options" "$sentences")
-url="http://127.0.0.1:$port/index.html?$query"
+page_url() {
+    local query
+    query=$(python3 -c 'import json,sys,urllib.parse as u; print(u.urlencode({"test":"1","model":"job/model","train":"job/train.csv","dev":"job/dev.csv","options":sys.argv[1],"sentences":sys.argv[2]}))' "$1" "$sentences")
+    echo "http://127.0.0.1:$port/index.html?$query"
+}
+url=$(page_url "$options")
 chrome() {
     timeout 900 "$CHROMIUM" --headless --no-sandbox --enable-unsafe-webgpu --use-webgpu-adapter=swiftshader \
         --user-data-dir="$work/profile" --window-size=1000,1250 "$@" "$url" 2>>"$work/chromium.log"
@@ -134,6 +139,36 @@ print(f"web-test: native peft eval on the browser's adapter: {line} (the page: a
 if abs(float(m.group(1)) - page) > 1e-4:
     sys.exit(f"web-test: native eval accuracy {m.group(1)} differs from the page's {page:.4f}")
 PY
+
+# The same job with one layer on the GPU and the others streamed (the memory plan's
+# `resident_layers`, as `--resident-layers 1`): the page must report the streamed plan and train
+# bit for bit as resident (the native engine's streaming is bit-identical; so must the browser's be).
+if [ "${WEB_STREAMED:-1}" != 0 ]; then
+    streamed=$(python3 -c 'import json,sys; o=json.loads(sys.argv[1]); o["resident_layers"]=1; print(json.dumps(o))' "$options")
+    say "again with streamed layers: $streamed"
+    url=$(page_url "$streamed")
+    chrome --dump-dom >"$work/dom-streamed.html" || { tail -20 "$work/chromium.log" >&2; say "chromium failed"; exit 1; }
+    python3 - "$work/dom-streamed.html" "$work/out/result.json" <<'PY'
+import html, json, re, sys
+m = re.search(r'<pre id="result">(.*?)</pre>', open(sys.argv[1], encoding="utf-8").read(), re.S)
+if not m or not m.group(1).strip():
+    sys.exit("web-test: the streamed run wrote no result")
+r = json.loads(html.unescape(m.group(1)))
+if not r.get("ok"):
+    sys.exit(f"web-test: the streamed run failed: {r.get('error')}")
+s, resident = r["report"], json.load(open(sys.argv[2]))["report"]
+print(f"web-test: streamed run: memory {s['memory']}")
+print(f"web-test: resident run: memory {resident['memory']}")
+if "1 of " not in s["memory"] or "streamed per step" not in s["memory"]:
+    sys.exit(f"web-test: the streamed run's plan is not streamed: {s['memory']}")
+if s["losses"] != resident["losses"] or s["dev_accuracy"] != resident["dev_accuracy"]:
+    diff = max(abs(a - b) for a, b in zip(s["losses"], resident["losses"]))
+    sys.exit(f"web-test: streamed and resident runs differ (worst loss difference {diff:.3e})")
+print(f"web-test: streamed = resident bit for bit ({len(s['losses'])} losses, dev accuracy {s['dev_accuracy'][-1]:.4f}); "
+      f"{s['tokens_per_second']:.1f} vs {resident['tokens_per_second']:.1f} real tokens/s")
+PY
+    url=$(page_url "$options")
+fi
 
 if [ -n "${WEB_SCREENSHOT-bench/results/web-swiftshader.png}" ]; then
     shot=${WEB_SCREENSHOT:-bench/results/web-swiftshader.png}

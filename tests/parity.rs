@@ -166,6 +166,17 @@ fn memory_accounting_and_streaming_peak() {
         peaks.push((a.peak_bytes, enc.store.gpu_bytes()));
     }
     println!("tiny-bert houlsby 3×11: peak {} B resident, {} B streaming one layer", peaks[0].0, peaks[1].0);
+    // The browser's memory plan: the resident encoder reloaded with one slot frees its own buffers
+    // first and gives the streamed encoder's bits.
+    let (_, mut enc) = load::load_encoder(&g, &model, None).unwrap();
+    let resident = enc.pass(&Setup::Adapter(&adapter), &head, &inputs, Some(&labels), true, false).unwrap();
+    let held = g.memory.in_use();
+    let mut enc = enc.restream(1).unwrap();
+    assert_eq!(enc.store.slots(), 1);
+    assert!(g.memory.in_use() < held, "the resident layers are freed, not kept beside the streamed slot");
+    let streamed = enc.pass(&Setup::Adapter(&adapter), &head, &inputs, Some(&labels), true, false).unwrap();
+    assert_eq!((streamed.logits, streamed.loss), (resident.logits, resident.loss));
+    assert_eq!(streamed.peak_bytes, peaks[1].0, "restreamed: the streamed encoder's peak");
     assert!(peaks[1].1 < peaks[0].1, "one slot holds fewer weight bytes than all layers");
     assert!(peaks[1].0 < peaks[0].0, "streaming must lower the peak");
 }

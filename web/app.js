@@ -53,10 +53,13 @@ async function loadModel(folder, files) {
 }
 
 function options() {
-  return {
+  const o = {
     epochs: +$("epochs").value, lr: +$("lr").value, batch_size: +$("batch").value,
     max_length: +$("max-length").value, reduction_factor: +$("rf").value,
   };
+  // A budget such as "64MiB" (empty: every layer on the GPU), planned as `peft train` plans it.
+  if ($("max-memory").value.trim()) o.max_gpu_memory = $("max-memory").value.trim();
+  return o;
 }
 
 async function train(trainCsv, devCsv, opts) {
@@ -72,6 +75,7 @@ async function train(trainCsv, devCsv, opts) {
     drawLoss();
   }));
   drawLoss(report.dev_accuracy);
+  log(`memory: ${report.memory}`);
   // The adapter kept (predict, download) is the best dev epoch's, as `peft train` keeps it.
   const kept = (report.best_epoch || report.dev_accuracy.length) - 1;
   const acc = report.dev_accuracy[kept];
@@ -140,7 +144,10 @@ async function testJob() {
   await loadModel(model.split("/").pop(), files);
   const text = async (u) => (u ? (await fetch(u)).text() : "");
   const opts = JSON.parse(params.get("options") || "{}");
-  const fields = { epochs: "epochs", lr: "lr", batch_size: "batch", max_length: "max-length", reduction_factor: "rf" };
+  const fields = {
+    epochs: "epochs", lr: "lr", batch_size: "batch", max_length: "max-length", reduction_factor: "rf",
+    max_gpu_memory: "max-memory",
+  };
   for (const [k, v] of Object.entries(opts)) if (fields[k]) $(fields[k]).value = v;
   const report = await train(await text(params.get("train")), await text(params.get("dev")), opts);
   const sentences = JSON.parse(params.get("sentences") || "[]");

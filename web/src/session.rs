@@ -191,6 +191,16 @@ async fn train(
     m.tokenizer.set_max_length(o.max_length.min(m.cfg.max_sequence_length()))?;
     let dev = (!dev_csv.trim().is_empty()).then_some(dev_csv.as_bytes());
     let task = Task::parse(&m.tokenizer, train_csv.as_bytes(), dev, &o)?;
+    let plan = trainer::memory_plan(gpu, &m.cfg, &task, &o)?;
+    if plan.resident_layers() != m.enc.store.slots() {
+        // Another number of layer slots: the encoder is loaded again (the old one freed first).
+        let Some(old) = model.take() else { bail!("internal: the model went away") };
+        let Model { name, cfg, enc, tokenizer, pad } = old;
+        let enc = enc.restream(plan.resident_layers()).context("loading the model again for the memory plan")?;
+        *model = Some(Model { name, cfg, enc, tokenizer, pad });
+    }
+    let m = model.as_mut().ok_or_else(|| anyhow!("internal: the model went away"))?;
+    m.enc.follow(&plan);
     let tell = |s: &StepReport| {
         if let Ok(j) = json(s) {
             let _ = progress.call1(&JsValue::NULL, &JsValue::from_str(&j));
@@ -199,6 +209,7 @@ async fn train(
     *trained = None;
     let (trainee, report): (WebTrainee, TrainReport) =
         trainer::train(gpu, &m.cfg, &mut m.enc, m.pad, &task, &o, &tell).await?;
+    let report = TrainReport { memory: plan.to_string(), ..report };
     *trained = Some(Trained { trainee, labels: task.labels.labels.clone() });
     json(&report)
 }

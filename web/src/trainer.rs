@@ -10,6 +10,7 @@ use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
 use peft_wgpu::model::adapters::{AdapterSet, ClassificationHead};
 use peft_wgpu::model::config::BertConfig;
 use peft_wgpu::model::encoder::{DropoutRates, Encoder, PassDropout, Setup, Targets};
+use peft_wgpu::model::plan::{self, AdapterSpec, Choice, MemoryPlan, PlanInput};
 use peft_wgpu::train::data::{self, DataOptions, Example, Format, LabelMap, Tokenized};
 use peft_wgpu::train::metrics::{self, Scores};
 use peft_wgpu::train::tokenizer::Tokenizer;
@@ -35,6 +36,12 @@ pub(crate) struct TrainOptions {
     pub max_train_examples: Option<usize>,
     /// `false`: no dropout (as `--no-dropout`).
     pub dropout: bool,
+    /// The GPU memory training may use (`"48MiB"`, `"1GiB"`; as `--max-gpu-memory`): the memory
+    /// planner then streams layers, recomputes and chunks as `peft train` does. None: everything
+    /// resident (the browser does not say how much memory its GPU has).
+    pub max_gpu_memory: Option<String>,
+    /// Layers kept on the GPU, the others streamed (as `--resident-layers`). None: the planner's.
+    pub resident_layers: Option<usize>,
 }
 
 impl Default for TrainOptions {
@@ -49,6 +56,8 @@ impl Default for TrainOptions {
             dev_fraction: 0.1,
             max_train_examples: None,
             dropout: true,
+            max_gpu_memory: None,
+            resident_layers: None,
         }
     }
 }
@@ -148,11 +157,31 @@ pub(crate) struct TrainReport {
     pub seconds: f64,
     pub tokens_per_second: f64,
     pub trainable_parameters: usize,
+    /// The memory plan's line (`peft train`'s `memory:` line).
+    pub memory: String,
 }
 
 /// Milliseconds on the page's clock (`std::time::Instant` does not exist in the browser).
 pub(crate) fn now_ms() -> f64 {
     js_sys::Date::now()
+}
+
+/// The adapter the page trains: AdapterHub's Houlsby (`double_seq_bn`), swish, `reduction_factor`.
+fn houlsby(o: &TrainOptions) -> BottleneckConfig {
+    BottleneckConfig::houlsby(o.reduction_factor, Activation::Silu)
+}
+
+/// The memory plan of training `task` as `o` says (`peft train`'s planner): every layer resident
+/// unless `o.max_gpu_memory` asks for less; fails clearly when the largest batch cannot fit.
+pub(crate) fn memory_plan(gpu: &Gpu, cfg: &BertConfig, task: &Task, o: &TrainOptions) -> Result<MemoryPlan> {
+    let budget = o.max_gpu_memory.as_deref().map(plan::parse_size).transpose()?;
+    let spec = AdapterSpec::from_bottleneck(cfg, &houlsby(o))?;
+    let longest = task.train.tokens.iter().chain(&task.dev.tokens).map(|t| t.len()).max().unwrap_or(1);
+    let widest = o.batch_size.min(task.train.tokens.len().max(task.dev.tokens.len())).max(1);
+    let dropout = if o.dropout { DropoutRates::from_config(cfg, None)?.sites() } else { Default::default() };
+    let input = PlanInput { dropout, ..PlanInput::resident(cfg, &spec, widest, longest, task.labels.len()) };
+    let choice = Choice { resident_layers: o.resident_layers, ..Choice::default() };
+    plan::choose_for(gpu, &input, choice, budget)
 }
 
 /// Trains a new Houlsby adapter (AdapterHub's `double_seq_bn`, swish, `reduction_factor`) and a
@@ -172,7 +201,7 @@ pub(crate) async fn train(
     if task.train.tokens.is_empty() {
         bail!("train.csv has no examples");
     }
-    let bn = BottleneckConfig::houlsby(o.reduction_factor, Activation::Silu);
+    let bn = houlsby(o);
     let head_config = HeadConfig::classification(&task.labels.labels);
     let (set, head) = new_adapter_with_head(gpu, cfg, &bn, "task", &head_config, o.seed)?;
     let mut trainee = WebTrainee { set, head, bn };

@@ -195,6 +195,19 @@ impl Encoder {
         Ok(Self { gpu, dims, embeddings, store, recompute: false, layer_chunk: 0, keep_ffn_output: false })
     }
 
+    /// The same frozen base with `resident_layers` layer slots (streamed below the layer count),
+    /// loaded again from the source this one was loaded from, once this one's GPU buffers are gone
+    /// (never both on the GPU). Recompute and layer chunks start off, as in [`Encoder::new`].
+    pub fn restream(self, resident_layers: usize) -> Result<Self> {
+        let (gpu, dims) = (self.gpu.clone(), self.dims);
+        let (source, layout) = (self.embeddings.source.clone(), self.embeddings.layout);
+        drop(self);
+        // The old buffers are dropped; natively, wait until the work that used them is done.
+        #[cfg(not(target_arch = "wasm32"))]
+        gpu.sync()?;
+        Self::with_layout(gpu, dims, layout, source, resident_layers)
+    }
+
     /// The first layer's input: embeddings looked up for `ids`/`types` (the batch `inp` on the
     /// GPU), then LayerNorm (then ELECTRA's projection). Streamed tables are freed (a wait) before
     /// any layer allocates.
