@@ -3,15 +3,15 @@
 //! step time; optionally the same step with and without `--recompute`.
 
 use super::step::random_inputs;
-use crate::formats::adapterhub::{BottleneckConfig, WeightsFormat};
-use crate::gpu::{Gpu, GpuTensor};
+use crate::formats::adapterhub::BottleneckConfig;
+use crate::gpu::Gpu;
 use crate::kernels::optim::{AdamW, LinearSchedule};
-use crate::model::adapters::{AdapterSet, ClassificationHead};
 use crate::model::config::BertConfig;
-use crate::model::encoder::{DropoutRates, Inputs, PassDropout, Setup, Targets};
+use crate::model::encoder::{DropoutRates, Inputs, PassDropout, Targets};
 use crate::model::load;
 use crate::model::plan::{self, AdapterSpec, Choice, MemoryPlan, PlanInput};
 use crate::train::trainer::{train_step_accumulated, MicroBatch, Trainee};
+use crate::train::AdapterTrainee;
 use crate::train::{new_adapter, Optimizer};
 use crate::types::Activation;
 use anyhow::{bail, Result};
@@ -154,7 +154,7 @@ pub fn measure(
     let (cfg, mut enc) = load::load_encoder(gpu, model_dir, Some(planned.resident_layers()))?;
     enc.follow(&planned);
     let (set, head) = new_adapter(gpu, &cfg, &bench_adapter(), "bench", 2, 0)?;
-    let mut trainee = BenchTrainee { set, head };
+    let mut trainee = AdapterTrainee::new(set, head, bench_adapter(), &cfg, "bench");
     let schedule = LinearSchedule { base_lr: 1e-4, warmup_steps: 0, total_steps: steps as u32 };
     let mut opt = Optimizer::new(gpu, &trainee.params(), AdamW::default(), schedule, 1.0)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
@@ -206,30 +206,6 @@ pub fn measure(
         device: gpu.description.info.name.clone(),
     };
     Ok((planned, run))
-}
-
-/// The Houlsby adapter + head the memory benchmark trains, as the training loop sees it.
-struct BenchTrainee {
-    set: AdapterSet,
-    head: ClassificationHead,
-}
-
-impl Trainee for BenchTrainee {
-    fn setup(&self) -> Setup<'_> {
-        Setup::Adapter(&self.set)
-    }
-
-    fn head(&self) -> &ClassificationHead {
-        &self.head
-    }
-
-    fn params(&self) -> Vec<(String, &GpuTensor, &GpuTensor)> {
-        self.set.named().into_iter().chain(self.head.named()).collect()
-    }
-
-    fn save(&mut self, _gpu: &Arc<Gpu>, _out: &Path, _format: WeightsFormat, _labels: &[String]) -> Result<()> {
-        bail!("the memory benchmark saves no weights")
-    }
 }
 
 fn is_model_dir(spec: &str) -> bool {

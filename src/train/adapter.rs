@@ -1,7 +1,7 @@
 //! `peft train`: a new bottleneck adapter + classification head on the frozen encoder, with
 //! AdapterHub's initialisation, trained by the shared loop ([`super::trainer`]).
 
-use crate::formats::adapterhub::{BottleneckConfig, HeadConfig, TrainedScaling, WeightsFormat, INIT_WEIGHTS};
+use crate::formats::adapterhub::{Adapter, BottleneckConfig, HeadConfig, TrainedScaling, WeightsFormat, INIT_WEIGHTS};
 use crate::gpu::{Gpu, GpuTensor};
 use crate::model::adapters::{
     adapter_tensor_names, option_tensor_names, AdapterSet, ClassificationHead, Location, ModuleOptions, Placement,
@@ -261,15 +261,45 @@ pub fn new_adapter_with_head(
     let head = ClassificationHead::from_config(gpu, name, d, head, &get)?;
     Ok((set, head))
 }
-/// A new adapter + head being trained (`peft train`).
-struct AdapterTrainee {
-    set: AdapterSet,
-    head: ClassificationHead,
-    bn: BottleneckConfig,
-    hidden: usize,
-    model_name: String,
+/// A new adapter + head being trained (`peft train`, the memory benchmark, the browser page).
+pub struct AdapterTrainee {
+    pub set: AdapterSet,
+    pub head: ClassificationHead,
+    pub bn: BottleneckConfig,
+    pub hidden: usize,
+    /// The base model's name in the saved config (`model_name`).
+    pub model_name: String,
     /// Saved with this family's names and `model_type`.
-    family: Family,
+    pub family: Family,
+}
+
+impl AdapterTrainee {
+    /// `set` and `head` (from [`new_adapter_with_head`]) trained over the model `cfg` describes.
+    pub fn new(
+        set: AdapterSet,
+        head: ClassificationHead,
+        bn: BottleneckConfig,
+        cfg: &BertConfig,
+        model_name: impl Into<String>,
+    ) -> Self {
+        Self { set, head, bn, hidden: cfg.hidden_size, model_name: model_name.into(), family: cfg.family() }
+    }
+
+    /// The adapter and head as AdapterHub's folder holds them, the values from `read` (a GPU
+    /// read-back natively; the browser's awaited copies).
+    pub fn to_adapterhub_with(&self, read: &checkpoint::HostRead, labels: &[String]) -> Result<Adapter> {
+        let mut a = checkpoint::to_adapterhub_with(
+            read,
+            &self.set,
+            &self.bn,
+            &self.head,
+            labels,
+            self.hidden,
+            &self.model_name,
+        )?;
+        a.set_family(self.family);
+        Ok(a)
+    }
 }
 
 impl Trainee for AdapterTrainee {
@@ -286,10 +316,7 @@ impl Trainee for AdapterTrainee {
     }
 
     fn save(&mut self, gpu: &Arc<Gpu>, out: &Path, format: WeightsFormat, labels: &[String]) -> Result<()> {
-        let mut a =
-            checkpoint::to_adapterhub(gpu, &self.set, &self.bn, &self.head, labels, self.hidden, &self.model_name)?;
-        a.set_family(self.family);
-        a.save_as(out, format)
+        self.to_adapterhub_with(&|t| t.to_vec(gpu), labels)?.save_as(out, format)
     }
 }
 
@@ -343,14 +370,7 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
     )?;
     let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
     enc.follow(&mem_plan);
-    let mut trainee = AdapterTrainee {
-        set,
-        head,
-        bn,
-        hidden: cfg.hidden_size,
-        model_name: model_name(&args.model),
-        family: cfg.family(),
-    };
+    let mut trainee = AdapterTrainee::new(set, head, bn, &cfg, model_name(&args.model));
     let setup = LoopSetup {
         optimizer: &args.optimizer,
         run: r,

@@ -27,7 +27,7 @@ pub mod task;
 pub mod tokenizer;
 pub mod trainer;
 
-pub use adapter::{new_adapter, new_adapter_with_head, train, train_with, AdapterArgs, TrainArgs};
+pub use adapter::{new_adapter, new_adapter_with_head, train, train_with, AdapterArgs, AdapterTrainee, TrainArgs};
 pub use infer::{evaluate, load_trained, predict, Loaded, Prediction};
 pub use optimizer::Optimizer;
 pub use options::{BatchOrder, Columns, DataArgs, LoopArgs, MemoryArgs, OptimizerArgs};

@@ -1,16 +1,14 @@
 //! The trained adapter as AdapterHub's folder, in memory: the files `peft train` writes (the
 //! library's own builders and serializers), zipped for the download.
 
-use crate::trainer::WebTrainee;
 use anyhow::{anyhow, Context, Result};
 use peft_wgpu::formats::adapterhub::{
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_BIN, ADAPTER_WEIGHTS_FILE, HEAD_CONFIG_FILE, HEAD_WEIGHTS_BIN,
     HEAD_WEIGHTS_FILE,
 };
-use peft_wgpu::formats::{torch_bin, weights, Family, TensorMap};
+use peft_wgpu::formats::{torch_bin, weights, TensorMap};
 use peft_wgpu::gpu::{Gpu, GpuTensor, TrackedBuffer};
-use peft_wgpu::train::checkpoint;
-use peft_wgpu::train::Trainee;
+use peft_wgpu::train::{AdapterTrainee, Trainee};
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
@@ -19,11 +17,8 @@ use std::sync::Arc;
 /// `pytorch_adapter.bin`, `head_config.json`, `model_head.safetensors`, `pytorch_model_head.bin`).
 pub(crate) async fn adapter_files(
     gpu: &Arc<Gpu>,
-    trainee: &WebTrainee,
+    trainee: &AdapterTrainee,
     labels: &[String],
-    hidden: usize,
-    model_name: &str,
-    family: Family,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     // The browser cannot block: every trained tensor is read back first (awaited), and the
     // library's builder reads them from here.
@@ -39,9 +34,7 @@ pub(crate) async fn adapter_files(
             .cloned()
             .ok_or_else(|| anyhow!("internal: tensor {:?} was not read back", t.shape))
     };
-    let mut a =
-        checkpoint::to_adapterhub_with(&read, &trainee.set, &trainee.bn, &trainee.head, labels, hidden, model_name)?;
-    a.set_family(family);
+    let a = trainee.to_adapterhub_with(&read, labels)?;
     let head = a.head.as_ref().ok_or_else(|| anyhow!("internal: the adapter has no head"))?;
     let pair = |m: &TensorMap| -> Result<(Vec<u8>, Vec<u8>)> {
         Ok((weights::serialize_tensors(m, None)?, torch_bin::serialize(m)?))

@@ -5,7 +5,7 @@
 //! time" rule, and a second call meanwhile gets a "busy" error from `try_borrow_mut` (no panic).
 #![allow(clippy::await_holding_refcell_ref)]
 
-use crate::trainer::{self, StepReport, Task, TrainOptions, TrainReport, WebTrainee};
+use crate::trainer::{self, StepReport, Task, TrainOptions, TrainReport};
 use anyhow::{anyhow, bail, Context, Result};
 use peft_wgpu::formats::{BertConfig, WeightFile};
 use peft_wgpu::gpu::{Gpu, GpuOptions};
@@ -13,6 +13,7 @@ use peft_wgpu::model::encoder::Encoder;
 use peft_wgpu::model::load;
 use peft_wgpu::train::data::{self, Example};
 use peft_wgpu::train::tokenizer::{Tokenizer, TokenizerFiles};
+use peft_wgpu::train::AdapterTrainee;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ struct Model {
 }
 
 struct Trained {
-    trainee: WebTrainee,
+    trainee: AdapterTrainee,
     labels: Vec<String>,
 }
 
@@ -207,8 +208,8 @@ async fn train(
         }
     };
     *trained = None;
-    let (trainee, report): (WebTrainee, TrainReport) =
-        trainer::train(gpu, &m.cfg, &mut m.enc, m.pad, &task, &o, &tell).await?;
+    let (trainee, report): (AdapterTrainee, TrainReport) =
+        trainer::train(gpu, &m.cfg, &m.name, &mut m.enc, m.pad, &task, &o, &tell).await?;
     let report = TrainReport { memory: plan.to_string(), ..report };
     *trained = Some(Trained { trainee, labels: task.labels.labels.clone() });
     json(&report)
@@ -240,9 +241,7 @@ async fn predict(inner: &mut Inner, text: &str) -> Result<String> {
 }
 
 async fn export(inner: &Inner, folder: &str) -> Result<Vec<u8>> {
-    let (Some(m), Some(t)) = (inner.model.as_ref(), inner.trained.as_ref()) else { bail!("train an adapter first") };
-    let files =
-        crate::export::adapter_files(&inner.gpu, &t.trainee, &t.labels, m.cfg.hidden_size, &m.name, m.cfg.family())
-            .await?;
+    let Some(t) = inner.trained.as_ref() else { bail!("train an adapter first") };
+    let files = crate::export::adapter_files(&inner.gpu, &t.trainee, &t.labels).await?;
     crate::export::zip(folder, &files)
 }

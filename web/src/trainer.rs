@@ -3,19 +3,18 @@
 //! dropout as the model's config says, dev accuracy after each epoch.
 
 use anyhow::{anyhow, bail, Context, Result};
-use peft_wgpu::formats::adapterhub::{BottleneckConfig, HeadConfig, WeightsFormat};
+use peft_wgpu::formats::adapterhub::{BottleneckConfig, HeadConfig};
 use peft_wgpu::gpu::{Gpu, GpuTensor};
 use peft_wgpu::kernels::elementwise;
 use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
-use peft_wgpu::model::adapters::{AdapterSet, ClassificationHead};
 use peft_wgpu::model::config::BertConfig;
-use peft_wgpu::model::encoder::{DropoutRates, Encoder, PassDropout, Setup, Targets};
+use peft_wgpu::model::encoder::{DropoutRates, Encoder, PassDropout, Targets};
 use peft_wgpu::model::plan::{self, AdapterSpec, Choice, MemoryPlan, PlanInput};
 use peft_wgpu::train::data::{self, DataOptions, Example, Format, LabelMap, Tokenized};
 use peft_wgpu::train::metrics::{self, Scores};
 use peft_wgpu::train::tokenizer::Tokenizer;
 use peft_wgpu::train::trainer::submit_train_step;
-use peft_wgpu::train::{new_adapter_with_head, Optimizer, Trainee};
+use peft_wgpu::train::{new_adapter_with_head, AdapterTrainee, Optimizer, Trainee};
 use peft_wgpu::Activation;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -108,31 +107,6 @@ impl Task {
     }
 }
 
-/// The adapter + head being trained.
-pub(crate) struct WebTrainee {
-    pub set: AdapterSet,
-    pub head: ClassificationHead,
-    pub bn: BottleneckConfig,
-}
-
-impl Trainee for WebTrainee {
-    fn setup(&self) -> Setup<'_> {
-        Setup::Adapter(&self.set)
-    }
-
-    fn head(&self) -> &ClassificationHead {
-        &self.head
-    }
-
-    fn params(&self) -> Vec<(String, &GpuTensor, &GpuTensor)> {
-        self.set.named().into_iter().chain(self.head.named()).collect()
-    }
-
-    fn save(&mut self, _gpu: &Arc<Gpu>, _out: &Path, _format: WeightsFormat, _labels: &[String]) -> Result<()> {
-        bail!("internal: the browser build has no file system; it exports the adapter in memory")
-    }
-}
-
 /// One training step, as the page is told it (JSON).
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct StepReport {
@@ -186,15 +160,17 @@ pub(crate) fn memory_plan(gpu: &Gpu, cfg: &BertConfig, task: &Task, o: &TrainOpt
 
 /// Trains a new Houlsby adapter (AdapterHub's `double_seq_bn`, swish, `reduction_factor`) and a
 /// classification head on `task`; `progress` hears every step, `epoch_done` every dev accuracy.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn train(
     gpu: &Arc<Gpu>,
     cfg: &BertConfig,
+    model_name: &str,
     enc: &mut Encoder,
     pad: u32,
     task: &Task,
     o: &TrainOptions,
     progress: &dyn Fn(&StepReport),
-) -> Result<(WebTrainee, TrainReport)> {
+) -> Result<(AdapterTrainee, TrainReport)> {
     if o.batch_size == 0 || o.epochs == 0 {
         bail!("batch_size and epochs must be at least 1");
     }
@@ -204,7 +180,7 @@ pub(crate) async fn train(
     let bn = houlsby(o);
     let head_config = HeadConfig::classification(&task.labels.labels);
     let (set, head) = new_adapter_with_head(gpu, cfg, &bn, "task", &head_config, o.seed)?;
-    let mut trainee = WebTrainee { set, head, bn };
+    let mut trainee = AdapterTrainee::new(set, head, bn, cfg, model_name);
     let total = task.train.tokens.len().div_ceil(o.batch_size) * o.epochs;
     let schedule = LinearSchedule { base_lr: o.lr, warmup_steps: 0, total_steps: total as u32 };
     let opt = AdamW { lr: o.lr, weight_decay: 0.0, ..AdamW::default() };
@@ -272,7 +248,7 @@ pub(crate) async fn train(
 pub(crate) async fn logits(
     gpu: &Arc<Gpu>,
     enc: &mut Encoder,
-    trainee: &WebTrainee,
+    trainee: &AdapterTrainee,
     tokens: &[Tokenized],
     pad: u32,
     batch_size: usize,
@@ -298,7 +274,7 @@ pub(crate) async fn logits(
 pub(crate) async fn evaluate(
     gpu: &Arc<Gpu>,
     enc: &mut Encoder,
-    trainee: &WebTrainee,
+    trainee: &AdapterTrainee,
     split: &Split,
     pad: u32,
     batch_size: usize,
