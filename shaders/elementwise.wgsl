@@ -1,7 +1,8 @@
 // ---- elementwise.wgsl: one thread per output element ----
 //
-// add, act_backward, copy, scale, fill, BERT embeddings (word + position + token type), and the row
-// gather / scatter that pick the [CLS] token of each sequence. The grid is 1-D, folded into x * y
+// add, act_backward, copy, scale, fill, BERT embeddings (word + position + token type), the row
+// gather / scatter that pick the [CLS] token of each sequence, and unpack_f16 (frozen weights
+// stored as f16). The grid is 1-D, folded into x * y
 // by the host for large tensors (linear_workgroup); every kernel guards its bound.
 
 struct Params {
@@ -156,4 +157,19 @@ fn embeddings(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let tt = min(type_ids[t], p.types - 1u);
     let pos = t % p.seq;
     emb_out[i] = word[(id - p.row_start) * d + c] + position[pos * d + c] + token_type[tt * d + c];
+}
+
+// ---- unpack_f16: out2[i] = the f16 value in half i of `packed` (two halves a word, element 2w in
+// the low half of word w), widened to f32 exactly. One thread a word; p.n = elements.
+@group(0) @binding(1) var<storage, read> packed: array<u32>;
+
+@compute @workgroup_size(WG)
+fn unpack_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let w = element(wid, nwg, lid);
+    let i = 2u * w;
+    if (i >= p.n) { return; }
+    let v = unpack2x16float(packed[w]);
+    out2[i] = v.x;
+    if (i + 1u < p.n) { out2[i + 1u] = v.y; }
 }

@@ -22,4 +22,4 @@ pub mod train;
 pub mod types;
 
 pub use gpu::{Gpu, GpuOptions, GpuTensor};
-pub use types::Activation;
+pub use types::{Activation, WeightPrecision};

@@ -55,3 +55,26 @@ impl Activation {
         }
     }
 }
+
+/// How the frozen encoder's weight matrices are stored on the GPU (`--precision`). Products
+/// always accumulate in f32 over f32 activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightPrecision {
+    /// As the checkpoint holds them (f32).
+    #[default]
+    F32,
+    /// The four matrices of each layer (Q|K|V, attention output, FFN in and out) rounded to f16
+    /// (half the bytes on the GPU and half the bytes streamed), widened to f32 exactly just before
+    /// the layer's products; biases, LayerNorms and embeddings stay f32.
+    F16,
+}
+
+impl std::fmt::Display for WeightPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightPrecision::F32 => "f32",
+            WeightPrecision::F16 => "f16",
+        })
+    }
+}

@@ -10,6 +10,7 @@ use common::*;
 use peft_wgpu::model::adapters::ClassificationHead;
 use peft_wgpu::model::encoder::{DropoutRates, Inputs, PassDropout, Setup};
 use peft_wgpu::model::load;
+use peft_wgpu::WeightPrecision;
 use std::path::{Path, PathBuf};
 
 /// How activations are kept: all, or recomputed (in layer chunks, keeping FFN outputs); and
@@ -212,6 +213,11 @@ type MemoryCase<'a> = (&'a str, &'a Path, usize, usize, peft_wgpu::model::plan::
 /// Plans and measures each case on a device of its own, each step over `gradient_accumulation`
 /// micro-batches; asserts the plan is within 10% of the measured peak. The measured peaks.
 fn planned_vs_measured(cases: &[MemoryCase], gradient_accumulation: usize) -> Vec<u64> {
+    planned_vs_measured_in(cases, gradient_accumulation, WeightPrecision::F32)
+}
+
+/// [`planned_vs_measured`] with the layers' matrices stored in `precision`.
+fn planned_vs_measured_in(cases: &[MemoryCase], gradient_accumulation: usize, precision: WeightPrecision) -> Vec<u64> {
     let mut measured = vec![];
     for &(what, dir, batch, seq, choice, dropout) in cases {
         // A device of its own: nothing else allocates on it.
@@ -227,10 +233,12 @@ fn planned_vs_measured(cases: &[MemoryCase], gradient_accumulation: usize) -> Ve
             1,
             dropout,
             gradient_accumulation,
+            precision,
         )
         .unwrap();
+        assert_eq!(plan.precision, precision);
         println!(
-            "{what}, gradient accumulation {gradient_accumulation}: planned {} B, measured {} B ({:+.2}%)",
+            "{what}, {precision} weights, gradient accumulation {gradient_accumulation}: planned {} B, measured {} B ({:+.2}%)",
             run.planned_bytes,
             run.measured_bytes,
             100.0 * run.plan_error()
@@ -297,6 +305,34 @@ fn planned_peak_within_10_percent_of_measured() {
     let measured = planned_vs_measured(&cases, 1);
     assert!(measured[2] < measured[1], "streaming + recompute must lower the measured peak");
     assert!(measured[4] < measured[2], "layer chunks must lower the measured peak");
+}
+
+/// With the layers' matrices in f16 (`--precision f16`): the planner counts the packed slots and
+/// the one layer of f32 matrices they widen into, within 10% of the measured peak, resident,
+/// streamed and recomputed; f16 lowers the measured resident peak, most where weights dominate.
+#[test]
+fn planned_peak_with_f16_weights_within_10_percent_of_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = small_model(tmp.path());
+    let minilm = peft_wgpu::train::cache::ensure_default_model().expect("fetching the default model");
+    let cases = [
+        ("small resident", small.as_path(), 5, 13, choice(None, false, None, false), None),
+        ("small 1 slot + recompute", small.as_path(), 5, 13, choice(Some(1), true, None, false), None),
+        ("minilm resident", minilm.as_path(), 2, 9, choice(None, false, None, false), None),
+    ];
+    let f16 = planned_vs_measured_in(&cases, 1, WeightPrecision::F16);
+    let f32 = planned_vs_measured_in(&cases, 1, WeightPrecision::F32);
+    for ((case, a), b) in cases.iter().zip(&f16).zip(&f32) {
+        println!("{}: measured peak f16 {a} B, f32 {b} B ({:.2}x)", case.0, *a as f64 / *b as f64);
+    }
+    // Resident, f16 lowers the peak. With one streamed slot it raises it: the one layer of f32
+    // matrices widened into outweighs the half slot saved (the planner counts both, above; what
+    // f16 saves there is half the bytes streamed per step).
+    assert!(f16[0] < f32[0], "small resident: f16 weights must lower the peak");
+    assert!(f16[1] > f32[1], "small 1 slot: the widened layer is counted");
+    // MiniLM at a small batch is mostly weights: the layers' matrices are 10.6 M of its 22.7 M
+    // values (the word table 11.7 M stays f32); halved, less one layer's f32 copy: ≈ 0.86x.
+    assert!((f16[2] as f64) < 0.9 * f32[2] as f64, "minilm: f16 saves too little ({} vs {} B)", f16[2], f32[2]);
 }
 
 /// With dropout on (a training pass's masks): the planner counts each site's dropped output and

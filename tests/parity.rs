@@ -171,7 +171,7 @@ fn memory_accounting_and_streaming_peak() {
     let (_, mut enc) = load::load_encoder(&g, &model, None).unwrap();
     let resident = enc.pass(&Setup::Adapter(&adapter), &head, &inputs, Some(&labels), true, false).unwrap();
     let held = g.memory.in_use();
-    let mut enc = enc.restream(1).unwrap();
+    let mut enc = enc.reload(1, peft_wgpu::WeightPrecision::F32).unwrap();
     assert_eq!(enc.store.slots(), 1);
     assert!(g.memory.in_use() < held, "the resident layers are freed, not kept beside the streamed slot");
     let streamed = enc.pass(&Setup::Adapter(&adapter), &head, &inputs, Some(&labels), true, false).unwrap();

@@ -65,9 +65,14 @@ fn encoder_from_bytes_and_awaited_read_backs_equal_the_folder_and_blocking_ones(
     let m = tiny_folder(dir.path());
     let (cfg, mut from_folder) = load::load_encoder(&g, &m, None).unwrap();
     let bytes = fs::read(m.join("model.safetensors")).unwrap();
-    let mut from_bytes =
-        load::encoder_from_checkpoint(&g, &cfg, WeightFile::from_bytes("model.safetensors", bytes).unwrap(), None)
-            .unwrap();
+    let mut from_bytes = load::encoder_from_checkpoint(
+        &g,
+        &cfg,
+        WeightFile::from_bytes("model.safetensors", bytes).unwrap(),
+        None,
+        Default::default(),
+    )
+    .unwrap();
     let tok = Tokenizer::for_model(&m, &cfg, 16).unwrap();
     let ex = examples();
     let tokens = data::tokenize(&tok, &ex).unwrap();

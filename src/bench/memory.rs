@@ -13,7 +13,7 @@ use crate::model::plan::{self, AdapterSpec, Choice, MemoryPlan, PlanInput};
 use crate::train::trainer::{train_step_accumulated, MicroBatch, Trainee};
 use crate::train::AdapterTrainee;
 use crate::train::{new_adapter, Optimizer};
-use crate::types::Activation;
+use crate::types::{Activation, WeightPrecision};
 use anyhow::{bail, Result};
 use rand::SeedableRng;
 use serde::Serialize;
@@ -115,11 +115,13 @@ pub fn plan_step(
     budget: Option<u64>,
     dropout: Option<DropoutRates>,
     gradient_accumulation: usize,
+    precision: WeightPrecision,
 ) -> Result<MemoryPlan> {
     let spec = AdapterSpec::from_bottleneck(cfg, &bench_adapter())?;
     let input = PlanInput {
         dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
         gradient_accumulation,
+        precision,
         ..PlanInput::resident(cfg, &spec, batch, seq, 2)
     };
     plan::choose_for(gpu, &input, choice, budget)
@@ -142,6 +144,7 @@ pub fn measure(
     steps: usize,
     dropout: Option<DropoutRates>,
     gradient_accumulation: usize,
+    precision: WeightPrecision,
 ) -> Result<(MemoryPlan, MemoryRun)> {
     if steps == 0 {
         bail!("--steps must be at least 1");
@@ -150,8 +153,8 @@ pub fn measure(
         bail!("--gradient-accumulation must be at least 1");
     }
     let cfg = BertConfig::from_model_dir(model_dir)?;
-    let planned = plan_step(gpu, &cfg, batch, seq, choice, budget, dropout, gradient_accumulation)?;
-    let (cfg, mut enc) = load::load_encoder(gpu, model_dir, Some(planned.resident_layers()))?;
+    let planned = plan_step(gpu, &cfg, batch, seq, choice, budget, dropout, gradient_accumulation, precision)?;
+    let (cfg, mut enc) = load::load_encoder_with(gpu, model_dir, Some(planned.resident_layers()), precision)?;
     enc.follow(&planned);
     let (set, head) = new_adapter(gpu, &cfg, &bench_adapter(), "bench", 2, 0)?;
     let mut trainee = AdapterTrainee::new(set, head, bench_adapter(), &cfg, "bench");
@@ -300,7 +303,10 @@ pub fn run(gpu: &Arc<Gpu>, o: &MemoryOptions) -> Result<()> {
     for spec in &o.configs {
         if o.plan_only {
             let cfg = model_config(spec, o.layers)?;
-            println!("{spec}: {}", plan_step(gpu, &cfg, o.batch, o.seq, choice, budget, None, 1)?);
+            println!(
+                "{spec}: {}",
+                plan_step(gpu, &cfg, o.batch, o.seq, choice, budget, None, 1, WeightPrecision::F32)?
+            );
             continue;
         }
         let (_, dir) = model_dir(spec, o.layers, &scratch)?;
@@ -317,7 +323,8 @@ pub fn run(gpu: &Arc<Gpu>, o: &MemoryOptions) -> Result<()> {
         };
         let first = runs.len();
         for c in choices {
-            let (planned, run) = measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps, None, 1)?;
+            let (planned, run) =
+                measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps, None, 1, WeightPrecision::F32)?;
             println!("{spec}: {planned}");
             println!("{}\n{}", table_header(), run.row());
             runs.push(run);

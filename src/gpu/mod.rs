@@ -89,6 +89,11 @@ impl GpuDescription {
         Self { index, info: adapter.get_info(), features, limits: adapter.limits(), coop_matrix }
     }
 
+    /// Whether the adapter offers `shader-f16` (a GPU with half-precision arithmetic).
+    pub fn has_shader_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
     /// Whether the adapter multiplies 16×16×16 f16 cooperative matrices into f32 accumulators.
     pub fn has_coop_16x16_f16_f32(&self) -> bool {
         self.coop_matrix.iter().any(|p| {

@@ -8,6 +8,7 @@ use super::source::FileSource;
 use crate::formats::adapterhub::{Adapter, Head};
 use crate::formats::weights::{TensorMap, WeightFile};
 use crate::gpu::Gpu;
+use crate::types::WeightPrecision;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -45,11 +46,21 @@ pub fn open_checkpoint(model_dir: &Path) -> Result<WeightFile> {
 /// Opens `model_dir` (`config.json` + `model.safetensors` or `pytorch_model.bin`, any supported
 /// family) on the GPU. `resident_layers`: how many layers stay on the GPU (`None`: all).
 pub fn load_encoder(gpu: &Arc<Gpu>, model_dir: &Path, resident_layers: Option<usize>) -> Result<(BertConfig, Encoder)> {
+    load_encoder_with(gpu, model_dir, resident_layers, WeightPrecision::F32)
+}
+
+/// [`load_encoder`] with the layers' matrices stored in `precision` (`--precision`).
+pub fn load_encoder_with(
+    gpu: &Arc<Gpu>,
+    model_dir: &Path,
+    resident_layers: Option<usize>,
+    precision: WeightPrecision,
+) -> Result<(BertConfig, Encoder)> {
     let cfg = BertConfig::from_model_dir(model_dir)?;
     let file = open_checkpoint(model_dir)?;
     super::weights::validate_bert_weights(&file, &cfg)?;
-    let enc =
-        build_encoder(gpu, &cfg, file, resident_layers).with_context(|| format!("loading {}", model_dir.display()))?;
+    let enc = build_encoder(gpu, &cfg, file, resident_layers, precision)
+        .with_context(|| format!("loading {}", model_dir.display()))?;
     Ok((cfg, enc))
 }
 
@@ -60,9 +71,10 @@ pub fn encoder_from_checkpoint(
     cfg: &BertConfig,
     file: WeightFile,
     resident_layers: Option<usize>,
+    precision: WeightPrecision,
 ) -> Result<Encoder> {
     super::weights::validate_bert_weights(&file, cfg)?;
-    build_encoder(gpu, cfg, file, resident_layers)
+    build_encoder(gpu, cfg, file, resident_layers, precision)
 }
 
 /// The encoder on a checkpoint whose weights were validated against `cfg`.
@@ -71,11 +83,12 @@ fn build_encoder(
     cfg: &BertConfig,
     file: WeightFile,
     resident_layers: Option<usize>,
+    precision: WeightPrecision,
 ) -> Result<Encoder> {
     let dims = dims(cfg);
     let source = Arc::new(FileSource::for_family(file, cfg.family()));
     let layout = EmbeddingLayout::from_config(cfg);
-    Encoder::with_layout(gpu.clone(), dims, layout, source, resident_layers.unwrap_or(dims.layers))
+    Encoder::with_layout(gpu.clone(), dims, layout, source, resident_layers.unwrap_or(dims.layers), precision)
 }
 
 /// Reads the tensors the engine names as BERT does (`bert.encoder.layer...`, `heads...`) from `map`,

@@ -366,9 +366,10 @@ pub fn train_with(gpu: &Arc<Gpu>, args: &TrainArgs, run: &RunControl, rep: &mut 
         Trained::Adapter,
         dropout,
         args.optimizer.gradient_accumulation,
+        r.precision,
         rep,
     )?;
-    let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
+    let (_, mut enc) = load::load_encoder_with(gpu, &args.model, Some(mem_plan.resident_layers()), r.precision)?;
     enc.follow(&mem_plan);
     let mut trainee = AdapterTrainee::new(set, head, bn, &cfg, model_name(&args.model));
     let setup = LoopSetup {

@@ -11,6 +11,7 @@ use crate::train::guard;
 use crate::train::options::MemoryArgs;
 use crate::train::report::Reporter;
 use crate::train::task::TaskData;
+use crate::types::WeightPrecision;
 use anyhow::{bail, Result};
 
 /// What is trained over the frozen encoder (layer chunks apply to adapters only).
@@ -34,6 +35,7 @@ pub(crate) fn plan_memory(
     trained: Trained,
     dropout: Option<DropoutRates>,
     gradient_accumulation: usize,
+    precision: WeightPrecision,
     rep: &mut dyn Reporter,
 ) -> Result<MemoryPlan> {
     // The largest batch must fit the GPU's buffers: found now, not in the middle of a step.
@@ -53,6 +55,7 @@ pub(crate) fn plan_memory(
             per_token_head: matches!(task.train.targets, crate::train::data::TaskTargets::Tokens(_)),
             dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
             gradient_accumulation,
+            precision,
             ..plan::PlanInput::resident(cfg, adapter, widest, longest, task.labels.len())
         },
         plan::Choice {

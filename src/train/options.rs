@@ -7,7 +7,7 @@
 
 use crate::formats::adapterhub::{HeadKind, WeightsFormat};
 use crate::train::data::{DataOptions, Format};
-use crate::types::Activation;
+use crate::types::{Activation, WeightPrecision};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -155,6 +155,16 @@ pub struct LoopArgs {
     #[arg(long = "no-dropout", overrides_with = "dropout_from_config")]
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_dropout: bool,
+    /// How the frozen layers' matrices are held on the GPU: f32 (as the checkpoint), or f16 (half
+    /// their memory and streaming traffic; the products still sum in f32, over f16-rounded
+    /// weights, so results differ slightly from f32's).
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: WeightPrecision,
+}
+
+fn is_f32(p: &WeightPrecision) -> bool {
+    *p == WeightPrecision::F32
 }
 
 impl Default for LoopArgs {
@@ -167,6 +177,7 @@ impl Default for LoopArgs {
             batch_order: BatchOrder::default(),
             dropout_from_config: true,
             no_dropout: false,
+            precision: WeightPrecision::F32,
         }
     }
 }

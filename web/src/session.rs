@@ -14,6 +14,7 @@ use peft_wgpu::model::load;
 use peft_wgpu::train::data::{self, Example};
 use peft_wgpu::train::tokenizer::{Tokenizer, TokenizerFiles};
 use peft_wgpu::train::AdapterTrainee;
+use peft_wgpu::WeightPrecision;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -165,7 +166,7 @@ fn load_model(inner: &mut Inner, folder: &str) -> Result<String> {
     let tokenizer = Tokenizer::for_model_files(&tok_files, &cfg, cfg.max_sequence_length())?;
     inner.model = None;
     inner.trained = None;
-    let enc = load::encoder_from_checkpoint(&inner.gpu, &cfg, file, None)?;
+    let enc = load::encoder_from_checkpoint(&inner.gpu, &cfg, file, None, WeightPrecision::F32)?;
     let line = format!(
         "{folder}: {} ({} layers, hidden {}, vocabulary {})",
         cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
@@ -193,11 +194,14 @@ async fn train(
     let dev = (!dev_csv.trim().is_empty()).then_some(dev_csv.as_bytes());
     let task = Task::parse(&m.tokenizer, train_csv.as_bytes(), dev, &o)?;
     let plan = trainer::memory_plan(gpu, &m.cfg, &task, &o)?;
-    if plan.resident_layers() != m.enc.store.slots() {
-        // Another number of layer slots: the encoder is loaded again (the old one freed first).
+    if plan.resident_layers() != m.enc.store.slots() || plan.precision != m.enc.store.precision() {
+        // Other layer slots or weights in another precision: the encoder is loaded again (the old
+        // one freed first).
         let Some(old) = model.take() else { bail!("internal: the model went away") };
         let Model { name, cfg, enc, tokenizer, pad } = old;
-        let enc = enc.restream(plan.resident_layers()).context("loading the model again for the memory plan")?;
+        let enc = enc
+            .reload(plan.resident_layers(), plan.precision)
+            .context("loading the model again for the memory plan")?;
         *model = Some(Model { name, cfg, enc, tokenizer, pad });
     }
     let m = model.as_mut().ok_or_else(|| anyhow!("internal: the model went away"))?;

@@ -15,7 +15,7 @@ use peft_wgpu::train::metrics::{self, Scores};
 use peft_wgpu::train::tokenizer::Tokenizer;
 use peft_wgpu::train::trainer::submit_train_step;
 use peft_wgpu::train::{new_adapter_with_head, AdapterTrainee, Optimizer, Trainee};
-use peft_wgpu::Activation;
+use peft_wgpu::{Activation, WeightPrecision};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +41,9 @@ pub(crate) struct TrainOptions {
     pub max_gpu_memory: Option<String>,
     /// Layers kept on the GPU, the others streamed (as `--resident-layers`). None: the planner's.
     pub resident_layers: Option<usize>,
+    /// How the frozen layers' matrices are held (as `--precision`, `"f16"` / `"f32"`). None: f16
+    /// where the browser offers `shader-f16` (a GPU with half-precision support), else f32.
+    pub precision: Option<WeightPrecision>,
 }
 
 impl Default for TrainOptions {
@@ -57,6 +60,7 @@ impl Default for TrainOptions {
             dropout: true,
             max_gpu_memory: None,
             resident_layers: None,
+            precision: None,
         }
     }
 }
@@ -153,7 +157,12 @@ pub(crate) fn memory_plan(gpu: &Gpu, cfg: &BertConfig, task: &Task, o: &TrainOpt
     let longest = task.train.tokens.iter().chain(&task.dev.tokens).map(|t| t.len()).max().unwrap_or(1);
     let widest = o.batch_size.min(task.train.tokens.len().max(task.dev.tokens.len())).max(1);
     let dropout = if o.dropout { DropoutRates::from_config(cfg, None)?.sites() } else { Default::default() };
-    let input = PlanInput { dropout, ..PlanInput::resident(cfg, &spec, widest, longest, task.labels.len()) };
+    let precision = o.precision.unwrap_or(if gpu.description.has_shader_f16() {
+        WeightPrecision::F16
+    } else {
+        WeightPrecision::F32
+    });
+    let input = PlanInput { dropout, precision, ..PlanInput::resident(cfg, &spec, widest, longest, task.labels.len()) };
     let choice = Choice { resident_layers: o.resident_layers, ..Choice::default() };
     plan::choose_for(gpu, &input, choice, budget)
 }

@@ -1,5 +1,6 @@
 //! `shaders/elementwise.wgsl`: one thread per output element — `add`, `act_backward`, `copy`,
-//! `fill`, BERT `embeddings`, and the [CLS]-row `gather_rows` / `scatter_rows`.
+//! `fill`, BERT `embeddings`, the [CLS]-row `gather_rows` / `scatter_rows`, and `unpack_f16` (with
+//! its host side [`pack_f16`]: frozen weights stored as f16).
 
 use super::expect_shape;
 use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
@@ -26,6 +27,7 @@ const GATHER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entr
 const SCATTER_ROWS: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "scatter_rows", bindings: &[R, W] };
 const SCALE: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "scale", bindings: &[R, W] };
 const FILL: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "fill", bindings: &[W] };
+const UNPACK_F16: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "unpack_f16", bindings: &[R, W] };
 const EMBEDDINGS: KernelSpec =
     KernelSpec { shader: &shaders::ELEMENTWISE, entry: "embeddings", bindings: &[R, R, R, R, R, W] };
 
@@ -64,6 +66,7 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
         (SCALE, p),
         (FILL, p),
         (EMBEDDINGS, p),
+        (UNPACK_F16, p),
     ]
 }
 
@@ -178,6 +181,44 @@ pub fn copy(batch: &mut CommandRecorder, src: &GpuTensor, dst: &GpuTensor) -> Re
     check_no_alias("copy", &[dst], &[Some(src)])?;
     let params = Params { n: count("copy", src.numel())?, ..Default::default() };
     run(batch, &COPY, None, params, &[Some(src), Some(dst)]);
+    Ok(())
+}
+
+/// The largest finite f16 value.
+const F16_MAX: f32 = 65504.0;
+
+/// `values` as f16, two to a u32 word (element 2w in the low half of word w; an odd count leaves
+/// the last high half zero), rounded to nearest even; what [`unpack_f16`] reads. Values under f16's
+/// smallest normal (6.1e-5) in magnitude are stored as (signed) zero: GPUs may flush f16
+/// subnormals when widening them, so the host does it for every GPU alike. Fails on a value that is
+/// not finite or beyond f16's range (±65504).
+pub fn pack_f16(values: &[f32]) -> Result<Vec<u32>> {
+    let half = |x: f32| -> Result<u32> {
+        if !x.is_finite() || x.abs() > F16_MAX {
+            bail!("the value {x} does not fit in f16 (finite, at most {F16_MAX} in magnitude)");
+        }
+        let h = half::f16::from_f32(x);
+        // A rounded value past F16_MAX becomes infinite: refused above, as the unrounded one is.
+        let h = if h.is_normal() { h } else { half::f16::from_bits(h.to_bits() & 0x8000) };
+        Ok(h.to_bits() as u32)
+    };
+    values
+        .chunks(2)
+        .map(|pair| Ok(half(pair[0])? | pair.get(1).map(|&y| half(y)).transpose()?.unwrap_or(0) << 16))
+        .collect()
+}
+
+/// `out` (n values) = the f16 values `packed` holds ([`pack_f16`]'s layout, ⌈n/2⌉ words), widened
+/// to f32 exactly.
+pub fn unpack_f16(batch: &mut CommandRecorder, packed: &GpuTensor, out: &GpuTensor) -> Result<()> {
+    let n = out.numel();
+    if packed.numel() != n.div_ceil(2) {
+        bail!("unpack_f16: {} packed words for {n} values (need {})", packed.numel(), n.div_ceil(2));
+    }
+    check_no_alias("unpack_f16", &[out], &[Some(packed)])?;
+    let params = Params { n: count("unpack_f16", n)?, ..Default::default() };
+    let words = count("unpack_f16", packed.numel())?;
+    batch.dispatch(&UNPACK_F16, &[("WG", WG as f64)], &params, &[Some(packed), Some(out)], groups(words));
     Ok(())
 }
 

@@ -219,3 +219,41 @@ fn gather_and_scatter_rows() {
     assert!(elementwise::scatter_rows(&mut b, &poisoned(&[2, 4]), 3, &poisoned(&[6, 5]), false).is_err());
     assert!(b.is_empty());
 }
+
+/// f16 weights: the host packs with round-to-nearest-even (subnormals to zero), the kernel widens
+/// exactly: every value comes back as the f16 the `half` crate rounds it to, for odd and even counts
+/// and counts past one workgroup; values beyond f16's range are refused.
+#[test]
+fn pack_and_unpack_f16() {
+    let mut rng = rng(731);
+    for &n in &[1usize, 2, 7, 513, 70_001] {
+        let mut v = rand_f32(&mut rng, n, 4.0);
+        // Edge values: f16's largest, its smallest normal, subnormal range, a tie, zero, negatives.
+        let edges = [65504.0f32, -65504.0, 6.1035156e-5, 3.0e-5, -1.0e-7, 1.0 + 1.0 / 4096.0, 0.0, -0.0];
+        for (x, e) in v.iter_mut().zip(edges) {
+            *x = e;
+        }
+        let packed = elementwise::pack_f16(&v).unwrap();
+        assert_eq!(packed.len(), n.div_ceil(2));
+        let pg = GpuTensor::from_u32(&gpu(), &[packed.len()], &packed).unwrap();
+        let out = poisoned(&[n]);
+        let mut b = gpu().batch();
+        elementwise::unpack_f16(&mut b, &pg, &out).unwrap();
+        b.finish().unwrap();
+        let got = out.to_vec(&gpu()).unwrap();
+        for (i, (&x, &g)) in v.iter().zip(&got).enumerate() {
+            let h = half::f16::from_f32(x);
+            let want = if h.is_normal() { h.to_f32() } else { 0.0 };
+            assert_eq!(g.to_bits() & 0x7fff_ffff, want.to_bits() & 0x7fff_ffff, "n {n}, element {i}: {x} -> {g}");
+            assert!(g == 0.0 || g.signum() == x.signum(), "n {n}, element {i}: sign of {x} -> {g}");
+            assert!((g - x).abs() <= x.abs() * 4.9e-4 + 6.2e-5, "n {n}, element {i}: {x} -> {g}");
+        }
+    }
+    for bad in [65520.0f32, -1.0e6, f32::NAN, f32::INFINITY] {
+        let err = elementwise::pack_f16(&[0.5, bad]).unwrap_err().to_string();
+        assert!(err.contains("does not fit in f16"), "{err}");
+    }
+    let pg = GpuTensor::from_u32(&gpu(), &[2], &[0, 0]).unwrap();
+    let err = elementwise::unpack_f16(&mut gpu().batch(), &pg, &poisoned(&[5])).unwrap_err().to_string();
+    assert!(err.contains("packed words"), "{err}");
+}

@@ -9,6 +9,7 @@ use super::{t, Dims, Encoder, Inputs};
 use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::matmul::linear;
 use crate::kernels::{elementwise, layernorm};
+use crate::types::WeightPrecision;
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
@@ -181,6 +182,7 @@ impl Encoder {
         layout: EmbeddingLayout,
         source: Arc<dyn TensorSource>,
         resident_layers: usize,
+        precision: WeightPrecision,
     ) -> Result<Self> {
         let resident = resident_layers >= dims.layers;
         let embeddings = Embeddings::load(&gpu, dims, layout, source.clone(), resident)?;
@@ -191,21 +193,23 @@ impl Encoder {
             dims.ffn,
             dims.layers,
             resident_layers,
+            precision,
         )?;
         Ok(Self { gpu, dims, embeddings, store, recompute: false, layer_chunk: 0, keep_ffn_output: false })
     }
 
-    /// The same frozen base with `resident_layers` layer slots (streamed below the layer count),
-    /// loaded again from the source this one was loaded from, once this one's GPU buffers are gone
-    /// (never both on the GPU). Recompute and layer chunks start off, as in [`Encoder::new`].
-    pub fn restream(self, resident_layers: usize) -> Result<Self> {
+    /// The same frozen base with `resident_layers` layer slots (streamed below the layer count) and
+    /// its matrices stored in `precision`, loaded again from the source this one was loaded from,
+    /// once this one's GPU buffers are gone (never both on the GPU). Recompute and layer chunks
+    /// start off, as in [`Encoder::new`].
+    pub fn reload(self, resident_layers: usize, precision: WeightPrecision) -> Result<Self> {
         let (gpu, dims) = (self.gpu.clone(), self.dims);
         let (source, layout) = (self.embeddings.source.clone(), self.embeddings.layout);
         drop(self);
         // The old buffers are dropped; natively, wait until the work that used them is done.
         #[cfg(not(target_arch = "wasm32"))]
         gpu.sync()?;
-        Self::with_layout(gpu, dims, layout, source, resident_layers)
+        Self::with_layout(gpu, dims, layout, source, resident_layers, precision)
     }
 
     /// The first layer's input: embeddings looked up for `ids`/`types` (the batch `inp` on the

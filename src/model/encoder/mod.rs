@@ -29,7 +29,7 @@ use crate::gpu::{CommandRecorder, Gpu, GpuTensor};
 use crate::kernels::attention::AttentionShape;
 use crate::kernels::dropout::Site;
 use crate::kernels::loss;
-use crate::types::Activation;
+use crate::types::{Activation, WeightPrecision};
 use anyhow::{bail, Result};
 use std::sync::Arc;
 
@@ -119,7 +119,7 @@ impl Encoder {
     /// the layers stream, and so do the embedding tables (uploaded for each pass, dropped after
     /// the lookup: the frozen base then needs no more than one layer slot between passes).
     pub fn new(gpu: Arc<Gpu>, dims: Dims, source: Arc<dyn TensorSource>, resident_layers: usize) -> Result<Self> {
-        Self::with_layout(gpu, dims, EmbeddingLayout::bert(&dims), source, resident_layers)
+        Self::with_layout(gpu, dims, EmbeddingLayout::bert(&dims), source, resident_layers, WeightPrecision::F32)
     }
 
     /// Keeps activations as `plan` says: recompute, layer chunks, FFN outputs kept. (Its resident

@@ -84,7 +84,7 @@ impl Encoder {
             Saved::All(Vec::with_capacity(n))
         };
         for l in 0..n {
-            let w = self.store.layer(l)?;
+            let w = self.store.layer(b, l)?;
             if chunks.len() > 1 {
                 let (y, h2) = self.layer_forward_chunked(b, &w, setup, l, &x, mask, s, &chunks, dropout)?;
                 if let Saved::Inputs { inputs, ffn_out, .. } = &mut saved {
@@ -168,7 +168,7 @@ impl Encoder {
             Saved::Inputs { inputs, ffn_out, top } => (vec![], inputs, ffn_out, top),
         };
         for l in (0..self.dims.layers).rev() {
-            let w = self.store.layer(l)?;
+            let w = self.store.layer(b, l)?;
             if chunks.len() > 1 {
                 let x = inputs.pop().ok_or_else(|| anyhow::anyhow!("internal: no input saved for layer {l}"))?;
                 let h2 = ffn_out.pop();

@@ -17,6 +17,7 @@ pub use step::plan;
 use super::adapters::{AdapterSet, Location, ModuleOptions, Placement};
 use super::config::BertConfig;
 use crate::formats::adapterhub::BottleneckConfig;
+use crate::types::WeightPrecision;
 use anyhow::Result;
 use std::fmt;
 
@@ -118,6 +119,9 @@ pub struct PlanInput<'a> {
     /// set of gradient sums lives through each later micro-batch's pass, and a second is made
     /// at its end.
     pub gradient_accumulation: usize,
+    /// How the layers' matrices are stored (`--precision`): f16 halves them in the slots (and
+    /// what streams), plus one layer's f32 matrices to widen into.
+    pub precision: WeightPrecision,
 }
 
 impl<'a> PlanInput<'a> {
@@ -136,6 +140,7 @@ impl<'a> PlanInput<'a> {
             layer_chunk: 0,
             keep_ffn_output: false,
             dropout: DropoutSites::default(),
+            precision: WeightPrecision::F32,
             gradient_accumulation: 1,
         }
     }
@@ -195,6 +200,8 @@ pub struct MemoryPlan {
     pub peak: Breakdown,
     /// Weight bytes uploaded per step when streaming (0 when resident).
     pub streamed_per_step: u64,
+    /// How the layers' matrices are stored.
+    pub precision: WeightPrecision,
     /// The largest single tensor (must fit one storage binding of the device).
     pub largest_tensor: u64,
     /// The largest frozen weight (the word embeddings or an FFN weight): unlike the activations it
@@ -252,11 +259,12 @@ fn mib(b: u64) -> f64 {
 impl fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = &self.peak;
+        let f16 = if self.precision == WeightPrecision::F16 { ", matrices in f16" } else { "" };
         let weights = if self.resident() {
-            format!("all {} layers resident", self.layers)
+            format!("all {} layers resident{f16}", self.layers)
         } else {
             format!(
-                "{} of {} layers on the GPU, {:.1} MiB streamed per step",
+                "{} of {} layers on the GPU{f16}, {:.1} MiB streamed per step",
                 self.slots,
                 self.layers,
                 mib(self.streamed_per_step)

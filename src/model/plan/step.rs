@@ -54,6 +54,8 @@ struct Replay<'p> {
     resident: bool,
     slots: usize,
     layer_bytes: u64,
+    /// The f32 matrices f16 slots are widened into (one layer's; 0 with f32 weights).
+    widened_bytes: u64,
     /// A wait after each layer (streaming or recompute).
     syncs: bool,
     /// One adapter's parameters (its gradients, and their running sum over chunks).
@@ -101,7 +103,8 @@ impl<'p> Replay<'p> {
             all: Sizes { tok4: 0, td: 0, tf: 0, probs: 0, tm: 0 },
             resident,
             slots: if resident { n_layers } else { p.resident_layers.max(1) },
-            layer_bytes: LayerWeights::bytes(d, f),
+            layer_bytes: LayerWeights::bytes(d, f, p.precision),
+            widened_bytes: LayerWeights::widened_bytes(d, f, p.precision),
             syncs: p.recompute || !resident,
             adapter_bytes: b4(2 * m * ud + m + ud),
             keep_h2: p.recompute && p.keep_ffn_output,
@@ -203,15 +206,18 @@ impl<'p> Replay<'p> {
             s.alloc(Cat::Embeddings, b4(n));
         }
         for _ in 0..self.slots {
-            // Q|K|V weights and biases (concatenated), attention output, LayerNorm.
-            for n in [3 * ud * ud, 3 * ud, ud * ud, ud, ud, ud] {
-                s.alloc(Cat::Weights, b4(n));
+            // Q|K|V weights and biases (concatenated), attention output, LayerNorm, FFN, LayerNorm.
+            for bytes in LayerWeights::field_bytes(self.d, self.f, self.p.precision) {
+                s.alloc(Cat::Weights, bytes);
             }
-            for n in [uf * ud, uf, ud * ffn_row_stride(self.f) as u64, ud, ud, ud] {
+        }
+        if self.widened_bytes > 0 {
+            // The f32 matrices f16 slots widen into.
+            for n in [3 * ud * ud, ud * ud, uf * ud, ud * ffn_row_stride(self.f) as u64] {
                 s.alloc(Cat::Weights, b4(n));
             }
         }
-        debug_assert_eq!(s.live[1], self.slots as u64 * self.layer_bytes);
+        debug_assert_eq!(s.live[1], self.slots as u64 * self.layer_bytes + self.widened_bytes);
         for l in 0..self.n_layers {
             for loc in [Location::Attention, Location::Output] {
                 if self.p.adapter.at(l, loc) && self.p.adapter.fusion.is_none() {
@@ -496,6 +502,7 @@ impl<'p> Replay<'p> {
         };
         let position_tables = self.tables[1].max(self.tables[2]);
         MemoryPlan {
+            precision: p.precision,
             slots: self.slots,
             layers: n_layers,
             recompute: p.recompute,

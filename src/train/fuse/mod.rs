@@ -203,9 +203,10 @@ pub fn fuse_with(gpu: &Arc<Gpu>, args: &FuseArgs, run: &RunControl, rep: &mut dy
         Trained::Fusion,
         dropout,
         args.optimizer.gradient_accumulation,
+        r.precision,
         rep,
     )?;
-    let (_, mut enc) = load::load_encoder(gpu, &args.model, Some(mem_plan.resident_layers()))?;
+    let (_, mut enc) = load::load_encoder_with(gpu, &args.model, Some(mem_plan.resident_layers()), r.precision)?;
     enc.follow(&mem_plan);
     let setup = LoopSetup {
         optimizer: &args.optimizer,
