@@ -1,13 +1,15 @@
 """Serves a folder on 127.0.0.1 for scripts/web-test.sh. GET /__hold__ is answered only once the
-page has POSTed /__done__ (or after --hold-seconds): the test page requests it before its load
-event, so headless Chromium's --dump-dom / --screenshot wait for the page's job to finish."""
+page has POSTed /__done__ after that request arrived (or after --hold-seconds): the test page
+requests it before its load event and before its job starts, so headless Chromium's --dump-dom /
+--screenshot wait for that page's own job to finish, however soon one page load follows another."""
 
 import argparse
 import functools
 import http.server
 import threading
 
-done = threading.Event()
+posted = threading.Condition()
+done_count = 0
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -17,15 +19,20 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.startswith("/__hold__"):
-            done.wait(self.hold_seconds)
+            with posted:
+                seen = done_count
+                posted.wait_for(lambda: done_count > seen, timeout=self.hold_seconds)
             self.send_response(204)
             self.end_headers()
             return
         super().do_GET()
 
     def do_POST(self):
+        global done_count
         if self.path.startswith("/__done__"):
-            done.set()
+            with posted:
+                done_count += 1
+                posted.notify_all()
             self.send_response(204)
             self.end_headers()
             return
@@ -46,14 +53,6 @@ def main():
     with open(a.port_file, "w") as f:
         f.write(str(server.server_address[1]))
 
-    # A new page load (the screenshot's run) holds again.
-    def reset_on_new_page():
-        while True:
-            done.wait()
-            threading.Event().wait(1.0)
-            done.clear()
-
-    threading.Thread(target=reset_on_new_page, daemon=True).start()
     server.serve_forever()
 
 

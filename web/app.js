@@ -59,6 +59,7 @@ function options() {
   };
   // A budget such as "64MiB" (empty: every layer on the GPU), planned as `peft train` plans it.
   if ($("max-memory").value.trim()) o.max_gpu_memory = $("max-memory").value.trim();
+  if ($("precision").value) o.precision = $("precision").value;
   return o;
 }
 
@@ -146,7 +147,7 @@ async function testJob() {
   const opts = JSON.parse(params.get("options") || "{}");
   const fields = {
     epochs: "epochs", lr: "lr", batch_size: "batch", max_length: "max-length", reduction_factor: "rf",
-    max_gpu_memory: "max-memory",
+    max_gpu_memory: "max-memory", precision: "precision",
   };
   for (const [k, v] of Object.entries(opts)) if (fields[k]) $(fields[k]).value = v;
   const report = await train(await text(params.get("train")), await text(params.get("dev")), opts);
