@@ -1,0 +1,45 @@
+//! [`AttentionKernel`]: which kernels compute masked self-attention (`kernels::attention`).
+
+use super::DeviceFacts;
+use anyhow::{bail, Result};
+
+/// How masked self-attention runs: `Fused` is `shaders/attention_fused.wgsl` (the forward in one
+/// dispatch: scores, mask, softmax, probability dropout and `P'·V`; the backward in two: one
+/// invocation per query row, then one per key row), `Separate` the shared matmul over the
+/// (batch, head) pairs plus the row kernels of `shaders/attention.wgsl` and the dropout kernel
+/// (3–4 dispatches forward, 5–7 backward). Both save the probabilities the same way and draw the
+/// same dropout masks; sums run in other orders, so they agree to fp32 rounding, not bit for bit.
+/// Fused takes sequences up to [`FUSED_MAX_SEQ`]; longer ones run separate whatever the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    Fused,
+    Separate,
+}
+
+/// The longest sequence the fused kernels take (each invocation walks a whole row of keys).
+pub const FUSED_MAX_SEQ: usize = 512;
+
+impl AttentionKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::Fused => "fused",
+            AttentionKernel::Separate => "separate",
+        }
+    }
+
+    /// `fused` or `separate` (case-insensitive).
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fused" => Ok(AttentionKernel::Fused),
+            "separate" => Ok(AttentionKernel::Separate),
+            _ => bail!("unknown attention kernel {s:?} (expected fused or separate)"),
+        }
+    }
+
+    /// The device rule: fused everywhere. GPUs: fewer dispatches is what issue 15 asks for (not
+    /// measured on one yet). CPU drivers: lavapipe ran a MiniLM step's attention phases faster
+    /// fused (bench/NOTES.md, "Fused attention").
+    pub fn for_device(_facts: &DeviceFacts) -> Self {
+        AttentionKernel::Fused
+    }
+}
