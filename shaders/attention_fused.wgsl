@@ -5,7 +5,9 @@
 // of one (batch, head) pair. A workgroup holds WG consecutive rows of one pair (K and V rows are
 // shared through the cache); the 1-D grid is pairs · blocks workgroups (blocks = ⌈seq / WG⌉),
 // folded into x·y by the host for large grids. No workgroup memory and no barriers: each
-// invocation reads back only what it wrote itself.
+// invocation reads back only what it wrote itself. Each invocation keeps its row's head_dim-wide
+// operand and accumulators in private arrays (head_dim ≤ MAX_HD): the loops over columns index them
+// with the same c in every invocation, which CPU drivers run as vector operations.
 //
 // forward (query row i of pair (b, h)):
 //   s_j = scale · q_i·k_j for unmasked keys j (into probs), m = max_j s_j
@@ -23,7 +25,8 @@
 //
 // Indexing: rows past seq and workgroups past pairs · blocks return at once; every index below is
 // inside [0, pairs·seq²) for the probability tensors and inside the activation views the host
-// validated (t · stride + off + h · head_dim + c with t < batch · seq, c < head_dim).
+// validated (t · stride + off + h · head_dim + c with t < batch · seq, c < head_dim); the private
+// arrays with c < head_dim ≤ MAX_HD (the host refuses wider heads).
 
 struct Params {
     pairs: u32,      // batch * heads
@@ -55,6 +58,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 override WG: u32 = 64u;
+// The widest head: each invocation keeps a row of head_dim values (a query row, its context or
+// gradient accumulators) in private arrays.
+const MAX_HD: u32 = 128u;
 const NEG_BIG: f32 = -3.4028234e38;
 
 // The row an invocation owns: pair = b · heads + h, row i (a query or a key) of the pair.
@@ -121,13 +127,17 @@ fn attention_fused_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
     let t0 = r.b * n;           // the sequence's first token
     let t = t0 + r.i;           // the query's token
     let base = (r.pair * n + r.i) * n;
+    // The query row once (a gather on CPU drivers, where each lane owns a row); the loops over
+    // columns below then index private arrays with the same c in every lane.
     let qo = act_at(t, p.q_off, r.h);
+    var qrow: array<f32, MAX_HD>;
+    for (var c = 0u; c < hd; c++) { qrow[c] = q_in[qo + c]; }
     var mx = NEG_BIG;
     for (var j = 0u; j < n; j++) {
         if (mask[t0 + j] > 0.5) {
             let ko = act_at(t0 + j, p.k_off, r.h);
             var s = 0.0;
-            for (var c = 0u; c < hd; c++) { s = fma(q_in[qo + c], k_in[ko + c], s); }
+            for (var c = 0u; c < hd; c++) { s = fma(qrow[c], k_in[ko + c], s); }
             s = s * p.scale;
             probs[base + j] = s;
             mx = max(mx, s);
@@ -149,16 +159,19 @@ fn attention_fused_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
         probs[base + j] = pj;
         if (p.drop != 0u) { dropped[base + j] = pj * keep_factor(&st, p.row0 + t, r.h * n + j); }
     }
-    let co = ctx_at(t, r.h);
-    for (var c = 0u; c < hd; c++) {
-        var acc = 0.0;
-        if (p.drop != 0u) {
-            for (var j = 0u; j < n; j++) { acc = fma(dropped[base + j], v_in[act_at(t0 + j, p.v_off, r.h) + c], acc); }
-        } else {
-            for (var j = 0u; j < n; j++) { acc = fma(probs[base + j], v_in[act_at(t0 + j, p.v_off, r.h) + c], acc); }
+    // ctx_i = Σ_j P'_ij v_j, j in order; masked keys (P' = 0, the same keys for every row of the
+    // workgroup) are skipped.
+    var acc: array<f32, MAX_HD>;
+    for (var j = 0u; j < n; j++) {
+        if (mask[t0 + j] > 0.5) {
+            var pj = probs[base + j];
+            if (p.drop != 0u) { pj = dropped[base + j]; }
+            let vo = act_at(t0 + j, p.v_off, r.h);
+            for (var c = 0u; c < hd; c++) { acc[c] = fma(pj, v_in[vo + c], acc[c]); }
         }
-        ctx[co + c] = acc;
     }
+    let co = ctx_at(t, r.h);
+    for (var c = 0u; c < hd; c++) { ctx[co + c] = acc[c]; }
 }
 
 // ---- attention_fused_backward_rows ----
@@ -181,6 +194,8 @@ fn attention_fused_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin
     let t = t0 + r.i;
     let base = (r.pair * n + r.i) * n;
     let go = ctx_at(t, r.h);
+    var drow: array<f32, MAX_HD>;
+    for (var c = 0u; c < hd; c++) { drow[c] = dctx_rows[go + c]; }
     var st = no_draws();
     var dot = vec4<f32>(0.0);
     for (var j = 0u; j < n; j++) {
@@ -189,7 +204,7 @@ fn attention_fused_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin
         // P = 0 (a masked key) gives dS = 0 whatever dP is.
         if (pj != 0.0) {
             let vo = act_at(t0 + j, p.v_off, r.h);
-            for (var c = 0u; c < hd; c++) { s = fma(dctx_rows[go + c], v_rows[vo + c], s); }
+            for (var c = 0u; c < hd; c++) { s = fma(drow[c], v_rows[vo + c], s); }
         }
         if (p.drop != 0u) {
             let f = keep_factor(&st, p.row0 + t, r.h * n + j);
@@ -200,15 +215,17 @@ fn attention_fused_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin
         dot[j % 4u] += pj * s;
     }
     let d = (dot.x + dot.y) + (dot.z + dot.w);
+    var acc: array<f32, MAX_HD>;
     for (var j = 0u; j < n; j++) {
-        ds_out[base + j] = p.scale * probs_rows[base + j] * (ds_out[base + j] - d);
+        let ds = p.scale * probs_rows[base + j] * (ds_out[base + j] - d);
+        ds_out[base + j] = ds;
+        if (ds != 0.0) {
+            let ko = act_at(t0 + j, p.k_off, r.h);
+            for (var c = 0u; c < hd; c++) { acc[c] = fma(ds, k_rows[ko + c], acc[c]); }
+        }
     }
     let qo = t * p.out_stride + p.dq_off + r.h * hd;
-    for (var c = 0u; c < hd; c++) {
-        var acc = 0.0;
-        for (var j = 0u; j < n; j++) { acc = fma(ds_out[base + j], k_rows[act_at(t0 + j, p.k_off, r.h) + c], acc); }
-        dq_out[qo + c] = acc;
-    }
+    for (var c = 0u; c < hd; c++) { dq_out[qo + c] = acc[c]; }
 }
 
 // ---- attention_fused_backward_keys ----
@@ -228,16 +245,22 @@ fn attention_fused_backward_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin
     let hd = p.head_dim;
     let t0 = r.b * n;
     let col = r.pair * n * n + r.i; // element (i = 0, j) of the pair; + i·n for query i
+    var dk: array<f32, MAX_HD>;
+    var dv: array<f32, MAX_HD>;
+    for (var i = 0u; i < n; i++) {
+        let e = col + i * n;
+        let ds = ds_in[e];
+        let pd = pd_in[e];
+        let qo = act_at(t0 + i, p.q_off, r.h);
+        let go = ctx_at(t0 + i, r.h);
+        for (var c = 0u; c < hd; c++) {
+            dk[c] = fma(ds, q_keys[qo + c], dk[c]);
+            dv[c] = fma(pd, dctx_keys[go + c], dv[c]);
+        }
+    }
     let ko = (t0 + r.i) * p.out_stride + r.h * hd;
     for (var c = 0u; c < hd; c++) {
-        var dk = 0.0;
-        var dv = 0.0;
-        for (var i = 0u; i < n; i++) {
-            let e = col + i * n;
-            dk = fma(ds_in[e], q_keys[act_at(t0 + i, p.q_off, r.h) + c], dk);
-            dv = fma(pd_in[e], dctx_keys[ctx_at(t0 + i, r.h) + c], dv);
-        }
-        dk_out[ko + p.dk_off + c] = dk;
-        dv_out[ko + p.dv_off + c] = dv;
+        dk_out[ko + p.dk_off + c] = dk[c];
+        dv_out[ko + p.dv_off + c] = dv[c];
     }
 }

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Result};
 
 mod attention_kernel;
 mod limits;
-pub use attention_kernel::{AttentionKernel, FUSED_MAX_SEQ};
+pub use attention_kernel::{AttentionKernel, FUSED_MAX_HEAD_DIM, FUSED_MAX_SEQ};
 pub use limits::{webgpu_limits, DeviceRequest, LimitsMode, MULTI_TENSOR_BINDINGS};
 
 pub use crate::env::{

@@ -9,7 +9,8 @@ use anyhow::{bail, Result};
 /// (batch, head) pairs plus the row kernels of `shaders/attention.wgsl` and the dropout kernel
 /// (3–4 dispatches forward, 5–7 backward). Both save the probabilities the same way and draw the
 /// same dropout masks; sums run in other orders, so they agree to fp32 rounding, not bit for bit.
-/// Fused takes sequences up to [`FUSED_MAX_SEQ`]; longer ones run separate whatever the policy.
+/// Fused takes sequences up to [`FUSED_MAX_SEQ`] and heads up to [`FUSED_MAX_HEAD_DIM`] wide;
+/// other shapes run separate whatever the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionKernel {
     Fused,
@@ -18,6 +19,8 @@ pub enum AttentionKernel {
 
 /// The longest sequence the fused kernels take (each invocation walks a whole row of keys).
 pub const FUSED_MAX_SEQ: usize = 512;
+/// The widest head the fused kernels take (each invocation keeps a row of a head in private arrays).
+pub const FUSED_MAX_HEAD_DIM: usize = 128;
 
 impl AttentionKernel {
     pub fn name(self) -> &'static str {

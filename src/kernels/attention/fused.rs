@@ -11,7 +11,7 @@
 
 use super::passes::Qkv;
 use super::{AttentionShape, ProbsDropout};
-use crate::gpu::policy::FUSED_MAX_SEQ;
+use crate::gpu::policy::{FUSED_MAX_HEAD_DIM, FUSED_MAX_SEQ};
 use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
@@ -94,9 +94,10 @@ fn workgroup(seq: usize, cpu: bool) -> u32 {
     }
 }
 
-/// Whether the fused kernels take this shape: sequences up to [`FUSED_MAX_SEQ`].
+/// Whether the fused kernels take this shape: sequences up to [`FUSED_MAX_SEQ`], heads up to
+/// [`FUSED_MAX_HEAD_DIM`] (the shader's `MAX_HD`).
 pub(super) fn supports(s: AttentionShape) -> bool {
-    s.seq <= FUSED_MAX_SEQ
+    s.seq <= FUSED_MAX_SEQ && s.head_dim <= FUSED_MAX_HEAD_DIM
 }
 
 /// The parameters shared by the three kernels; `grads` are dQ, dK, dV (backward) or unused.

@@ -20,13 +20,14 @@
 //! Two implementations, chosen by the GPU's policy ([`AttentionKernel`], `PEFT_ATTENTION_KERNEL`):
 //! `Separate` (`passes.rs`): the products are the matmul kernel over the (batch, head) pairs as an
 //! `InnerBatch`, the row softmax and its backward one workgroup-cooperative pass each, dropout its
-//! own kernel; `Fused` (`fused.rs`, sequences up to [`FUSED_MAX_SEQ`]): the forward in one dispatch,
+//! own kernel; `Fused` (`fused.rs`, sequences up to [`FUSED_MAX_SEQ`], heads up to
+//! [`FUSED_MAX_HEAD_DIM`]): the forward in one dispatch,
 //! the backward in two. Both take the same operands and save the same tensors. Every output is
 //! summed in a fixed order: results are bit-identical run to run.
 
 use super::dropout::{self, MaskKey, MaskLayout, Rate};
 use super::elementwise::check_no_alias;
-pub use crate::gpu::policy::{AttentionKernel, ATTENTION_KERNEL_ENV, FUSED_MAX_SEQ};
+pub use crate::gpu::policy::{AttentionKernel, ATTENTION_KERNEL_ENV, FUSED_MAX_HEAD_DIM, FUSED_MAX_SEQ};
 use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};

@@ -227,12 +227,25 @@ fn fused_attention_is_deterministic_in_both_layouts() {
     }
 }
 
-/// Sequences over `FUSED_MAX_SEQ` run the separate kernels whatever the policy.
+/// Sequences over `FUSED_MAX_SEQ` and heads wider than `FUSED_MAX_HEAD_DIM` run the separate
+/// kernels whatever the policy.
 #[test]
-fn long_sequences_fall_back_to_separate() {
+fn long_sequences_and_wide_heads_fall_back_to_separate() {
     let b = gpu().batch();
-    let s = |seq| AttentionShape { batch: 1, seq, heads: 1, head_dim: 4 };
-    let kernel = |seq| with(AttentionKernel::Fused, None, || attention::kernel_for(&b, s(seq)));
-    assert_eq!(kernel(attention::FUSED_MAX_SEQ), AttentionKernel::Fused);
-    assert_eq!(kernel(attention::FUSED_MAX_SEQ + 1), AttentionKernel::Separate);
+    let kernel = |seq, head_dim| {
+        let s = AttentionShape { batch: 1, seq, heads: 1, head_dim };
+        with(AttentionKernel::Fused, None, || attention::kernel_for(&b, s))
+    };
+    let (seq, hd) = (attention::FUSED_MAX_SEQ, attention::FUSED_MAX_HEAD_DIM);
+    assert_eq!(kernel(seq, hd), AttentionKernel::Fused);
+    assert_eq!(kernel(seq + 1, hd), AttentionKernel::Separate);
+    assert_eq!(kernel(seq, hd + 1), AttentionKernel::Separate);
+}
+
+/// The widest head and the longest sequence the fused kernels take, against the reference.
+#[test]
+fn fused_attention_widest_head_and_longest_sequence() {
+    let s =
+        AttentionShape { batch: 2, seq: attention::FUSED_MAX_SEQ, heads: 1, head_dim: attention::FUSED_MAX_HEAD_DIM };
+    reference_case(s, 990, true, Some(0.1), true);
 }
