@@ -8,7 +8,7 @@
 //! | `PEFT_MATMUL_VARIANT` | `auto`, `basic`, `register`, `tiled`, `subgroup`, `smem`, `f16`, `coop` | `auto`: `subgroup` or `register` on CPU drivers, `smem` on discrete GPUs, `tiled` elsewhere | `KernelPolicy::matmul_variant` |
 //! | `PEFT_SMEM_LARGE_TILE` | `auto`, `BMxBNxBK/TMxTN` (TM, TN 4 or 8) | `128x128x8/8x8`; `128x64x8/8x8` where workgroup memory is under 16.5 KiB (WebGPU's 16) | `KernelPolicy::smem_large_tile` |
 //! | `PEFT_ADAPTER_KERNEL` | `auto`, `fused`, `matmul` | `matmul` | `KernelPolicy::adapter_kernel` |
-//! | `PEFT_ATTENTION_KERNEL` | `auto`, `fused`, `separate` | `fused` | `KernelPolicy::attention_kernel` |
+//! | `PEFT_ATTENTION_KERNEL` | `auto`, `fused`, `separate` | `fused` on GPUs, `separate` on CPU drivers | `KernelPolicy::attention_kernel` |
 //! | `PEFT_SUBMIT_PER_LAYER` | `auto`, `1`/`on`/`true`/`yes`, `0`/`off`/`false`/`no` | per layer on GPUs, one per pass on CPU drivers | `KernelPolicy::submit` |
 //! | `PEFT_SHADER_CHECKS` | `auto`, `1`/`on`/…, `0`/`off`/… | on in debug builds, off (trusted shaders) in release builds | `KernelPolicy::shader_checks` |
 //! | `PEFT_COOP` | `auto`, `1`/`on`/…, `0`/`off`/… | on where the GPU offers cooperative matrices | `KernelPolicy::cooperative_matrix` |

@@ -302,7 +302,7 @@ pub struct KernelPolicy {
     pub smem_large_tile: TileConfig,
     /// The adapter through the matmul on every device unless overridden (see [`AdapterKernel`]).
     pub adapter_kernel: AdapterKernel,
-    /// Masked self-attention's kernels ([`AttentionKernel::for_device`]: fused).
+    /// Masked self-attention's kernels ([`AttentionKernel::for_device`]: fused on GPUs, separate on CPU drivers).
     pub attention_kernel: AttentionKernel,
     /// Per layer on GPUs, per pass on CPU drivers.
     pub submit: SubmitPolicy,

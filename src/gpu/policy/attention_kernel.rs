@@ -39,10 +39,15 @@ impl AttentionKernel {
         }
     }
 
-    /// The device rule: fused everywhere. GPUs: fewer dispatches is what issue 15 asks for (not
-    /// measured on one yet). CPU drivers: lavapipe ran a MiniLM step's attention phases faster
-    /// fused (bench/NOTES.md, "Fused attention").
-    pub fn for_device(_facts: &DeviceFacts) -> Self {
-        AttentionKernel::Fused
+    /// The device rule: fused on GPUs (3 dispatches a layer instead of 8, what issue 15 asks for;
+    /// not measured on a GPU yet), separate on CPU drivers, where lavapipe ran the fused kernels
+    /// 4–8× slower than the subgroup matmul and row kernels they replace (one lane a row: every
+    /// load of a row is a gather there; bench/NOTES.md, "Fused attention").
+    pub fn for_device(facts: &DeviceFacts) -> Self {
+        if facts.is_cpu() {
+            AttentionKernel::Separate
+        } else {
+            AttentionKernel::Fused
+        }
     }
 }
