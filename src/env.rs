@@ -8,6 +8,7 @@
 //! | `PEFT_MATMUL_VARIANT` | `auto`, `basic`, `register`, `tiled`, `subgroup`, `smem`, `f16`, `coop` | `auto`: `subgroup` or `register` on CPU drivers, `smem` on discrete GPUs, `tiled` elsewhere | `KernelPolicy::matmul_variant` |
 //! | `PEFT_SMEM_LARGE_TILE` | `auto`, `BMxBNxBK/TMxTN` (TM, TN 4 or 8) | `128x128x8/8x8`; `128x64x8/8x8` where workgroup memory is under 16.5 KiB (WebGPU's 16) | `KernelPolicy::smem_large_tile` |
 //! | `PEFT_ADAPTER_KERNEL` | `auto`, `fused`, `matmul` | `matmul` | `KernelPolicy::adapter_kernel` |
+//! | `PEFT_ATTENTION_KERNEL` | `auto`, `fused`, `separate` | `fused` on GPUs, `separate` on CPU drivers | `KernelPolicy::attention_kernel` |
 //! | `PEFT_SUBMIT_PER_LAYER` | `auto`, `1`/`on`/`true`/`yes`, `0`/`off`/`false`/`no` | per layer on GPUs, one per pass on CPU drivers | `KernelPolicy::submit` |
 //! | `PEFT_SHADER_CHECKS` | `auto`, `1`/`on`/…, `0`/`off`/… | on in debug builds, off (trusted shaders) in release builds | `KernelPolicy::shader_checks` |
 //! | `PEFT_COOP` | `auto`, `1`/`on`/…, `0`/`off`/… | on where the GPU offers cooperative matrices | `KernelPolicy::cooperative_matrix` |
@@ -28,6 +29,8 @@ pub const MATMUL_VARIANT: &str = "PEFT_MATMUL_VARIANT";
 pub const SMEM_LARGE_TILE: &str = "PEFT_SMEM_LARGE_TILE";
 /// The adapter's token-parallel path: the fused kernels or the shared matmul.
 pub const ADAPTER_KERNEL: &str = "PEFT_ADAPTER_KERNEL";
+/// Masked self-attention: the fused kernels or the matmul and row kernels.
+pub const ATTENTION_KERNEL: &str = "PEFT_ATTENTION_KERNEL";
 /// One submit per encoder layer (on) or one per pass (off), for a resident pass.
 pub const SUBMIT_PER_LAYER: &str = "PEFT_SUBMIT_PER_LAYER";
 /// Whether trusted shaders keep wgpu's runtime bounds checks.
@@ -43,6 +46,8 @@ pub const CACHE: &str = "PEFT_CACHE";
 pub const MATMUL_VARIANT_CHOICES: &[&str] = &["auto", "basic", "register", "tiled", "subgroup", "smem", "f16", "coop"];
 /// Names accepted by [`ADAPTER_KERNEL`].
 pub const ADAPTER_KERNEL_CHOICES: &[&str] = &["auto", "fused", "matmul"];
+/// Names accepted by [`ATTENTION_KERNEL`].
+pub const ATTENTION_KERNEL_CHOICES: &[&str] = &["auto", "fused", "separate"];
 /// Names accepted by [`LIMITS`] (`auto` is `adapter`).
 pub const LIMITS_CHOICES: &[&str] = &["auto", "adapter", "webgpu"];
 /// The format of [`SMEM_LARGE_TILE`].
@@ -50,8 +55,18 @@ pub const TILE_CHOICES: &str = "auto or BMxBNxBK/TMxTN, e.g. 128x128x8/8x8 (TM a
 const BOOL_CHOICES: &str = "auto, 1, on, true, yes, 0, off, false or no";
 
 /// Every variable of the table above, for listings.
-pub const ALL: &[&str] =
-    &[GPU, MATMUL_VARIANT, SMEM_LARGE_TILE, ADAPTER_KERNEL, SUBMIT_PER_LAYER, SHADER_CHECKS, COOP, LIMITS, CACHE];
+pub const ALL: &[&str] = &[
+    GPU,
+    MATMUL_VARIANT,
+    SMEM_LARGE_TILE,
+    ADAPTER_KERNEL,
+    ATTENTION_KERNEL,
+    SUBMIT_PER_LAYER,
+    SHADER_CHECKS,
+    COOP,
+    LIMITS,
+    CACHE,
+];
 
 /// The overrides the environment sets for the device policy, parsed; `None` where a variable is
 /// unset, empty or `auto`.
@@ -65,6 +80,8 @@ pub struct EnvOverrides {
     pub smem_large_tile: Option<[u32; 5]>,
     /// [`ADAPTER_KERNEL`]: `fused` or `matmul`.
     pub adapter_kernel: Option<&'static str>,
+    /// [`ATTENTION_KERNEL`]: `fused` or `separate`.
+    pub attention_kernel: Option<&'static str>,
     /// [`SUBMIT_PER_LAYER`].
     pub submit_per_layer: Option<bool>,
     /// [`SHADER_CHECKS`].
@@ -96,6 +113,9 @@ impl EnvOverrides {
             adapter_kernel: get(ADAPTER_KERNEL)
                 .map(|v| choice(ADAPTER_KERNEL, &v, ADAPTER_KERNEL_CHOICES))
                 .transpose()?,
+            attention_kernel: get(ATTENTION_KERNEL)
+                .map(|v| choice(ATTENTION_KERNEL, &v, ATTENTION_KERNEL_CHOICES))
+                .transpose()?,
             submit_per_layer: get(SUBMIT_PER_LAYER).map(|v| boolean(SUBMIT_PER_LAYER, &v)).transpose()?,
             shader_checks: get(SHADER_CHECKS).map(|v| boolean(SHADER_CHECKS, &v)).transpose()?,
             coop: get(COOP).map(|v| boolean(COOP, &v)).transpose()?,
@@ -111,6 +131,7 @@ impl EnvOverrides {
             (MATMUL_VARIANT, s.matmul_variant.is_some()),
             (SMEM_LARGE_TILE, s.smem_large_tile.is_some()),
             (ADAPTER_KERNEL, s.adapter_kernel.is_some()),
+            (ATTENTION_KERNEL, s.attention_kernel.is_some()),
             (SUBMIT_PER_LAYER, s.submit_per_layer.is_some()),
             (SHADER_CHECKS, s.shader_checks.is_some()),
             (COOP, s.coop.is_some()),
@@ -223,6 +244,13 @@ mod tests {
         assert_eq!(read(&[(ADAPTER_KERNEL, "fused")]).unwrap().adapter_kernel, Some("fused"));
         assert_eq!(read(&[(ADAPTER_KERNEL, " Matmul ")]).unwrap().adapter_kernel, Some("matmul"));
         assert_bad(ADAPTER_KERNEL, "both", ADAPTER_KERNEL_CHOICES);
+    }
+
+    #[test]
+    fn attention_kernel_values() {
+        assert_eq!(read(&[(ATTENTION_KERNEL, "fused")]).unwrap().attention_kernel, Some("fused"));
+        assert_eq!(read(&[(ATTENTION_KERNEL, " Separate ")]).unwrap().attention_kernel, Some("separate"));
+        assert_bad(ATTENTION_KERNEL, "flash", ATTENTION_KERNEL_CHOICES);
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub static MATMUL_SMEM: Shader = Shader {
     parts: &[COMMON, MATMUL_VEC4, include_str!("../shaders/matmul_smem.wgsl")],
     trusted: true,
 };
+/// The Philox4x32-10 generator of the dropout masks (a snippet: dropout.wgsl, attention_fused.wgsl).
+pub const PHILOX: &str = include_str!("../shaders/philox.wgsl");
 /// f16-input matmul, fragment products by plain invocations (`MatmulVariant::F16`; SHADER_F16).
 pub static MATMUL_F16: Shader =
     Shader { name: "matmul_f16", parts: &["enable f16;", COMMON, MATMUL_VEC4, MATMUL_F16_BODY], trusted: true };
@@ -79,8 +81,14 @@ pub static LAYERNORM: Shader =
     Shader { name: "layernorm", parts: &[COMMON, include_str!("../shaders/layernorm.wgsl")], trusted: false };
 pub static ATTENTION: Shader =
     Shader { name: "attention", parts: &[COMMON, include_str!("../shaders/attention.wgsl")], trusted: false };
+/// Masked self-attention forward in one dispatch, backward in two (`AttentionKernel::Fused`).
+pub static ATTENTION_FUSED: Shader = Shader {
+    name: "attention_fused",
+    parts: &[COMMON, PHILOX, include_str!("../shaders/attention_fused.wgsl")],
+    trusted: false,
+};
 pub static DROPOUT: Shader =
-    Shader { name: "dropout", parts: &[COMMON, include_str!("../shaders/dropout.wgsl")], trusted: false };
+    Shader { name: "dropout", parts: &[COMMON, PHILOX, include_str!("../shaders/dropout.wgsl")], trusted: false };
 pub static ELEMENTWISE: Shader =
     Shader { name: "elementwise", parts: &[COMMON, include_str!("../shaders/elementwise.wgsl")], trusted: false };
 pub static LOSS: Shader =
@@ -101,6 +109,7 @@ pub static ALL: &[&Shader] = &[
     &FUSION,
     &LAYERNORM,
     &ATTENTION,
+    &ATTENTION_FUSED,
     &DROPOUT,
     &ELEMENTWISE,
     &LOSS,

@@ -11,7 +11,9 @@ mod tensor;
 
 pub use memory::{MemoryTracker, TrackedBuffer};
 pub use pipelines::{Access, KernelSpec};
-pub use policy::{AdapterKernel, DeviceFacts, KernelPolicy, LimitsMode, MatmulVariant, SubmitPolicy, TileConfig};
+pub use policy::{
+    AdapterKernel, AttentionKernel, DeviceFacts, KernelPolicy, LimitsMode, MatmulVariant, SubmitPolicy, TileConfig,
+};
 pub use profile::{CounterSnapshot, DispatchRecord, ProfileMode};
 pub use recorder::{CommandRecorder, Readback, SubmitTiming};
 pub use tensor::GpuTensor;
@@ -56,6 +58,8 @@ pub struct GpuOptions {
     pub smem_large_tile: Option<TileConfig>,
     /// The adapter's path ([`KernelPolicy::adapter_kernel`]).
     pub adapter_kernel: Option<AdapterKernel>,
+    /// Masked self-attention's kernels ([`KernelPolicy::attention_kernel`]).
+    pub attention_kernel: Option<AttentionKernel>,
     /// How a resident pass is submitted ([`KernelPolicy::submit`]).
     pub submit: Option<SubmitPolicy>,
     /// Runtime checks in trusted shaders ([`KernelPolicy::shader_checks`]).

@@ -13,11 +13,14 @@ use super::{Gpu, GpuOptions};
 use crate::env::{self, EnvOverrides};
 use anyhow::{anyhow, bail, Result};
 
+mod attention_kernel;
 mod limits;
+pub use attention_kernel::{AttentionKernel, FUSED_MAX_HEAD_DIM, FUSED_MAX_SEQ};
 pub use limits::{webgpu_limits, DeviceRequest, LimitsMode, MULTI_TENSOR_BINDINGS};
 
 pub use crate::env::{
-    parse_dims, ADAPTER_KERNEL as ADAPTER_KERNEL_ENV, MATMUL_VARIANT as VARIANT_ENV, SMEM_LARGE_TILE as LARGE_TILE_ENV,
+    parse_dims, ADAPTER_KERNEL as ADAPTER_KERNEL_ENV, ATTENTION_KERNEL as ATTENTION_KERNEL_ENV,
+    MATMUL_VARIANT as VARIANT_ENV, SMEM_LARGE_TILE as LARGE_TILE_ENV,
 };
 
 /// What the policy's device rules look at: device type, enabled features, subgroup sizes, limits.
@@ -299,6 +302,8 @@ pub struct KernelPolicy {
     pub smem_large_tile: TileConfig,
     /// The adapter through the matmul on every device unless overridden (see [`AdapterKernel`]).
     pub adapter_kernel: AdapterKernel,
+    /// Masked self-attention's kernels ([`AttentionKernel::for_device`]: fused on GPUs, separate on CPU drivers).
+    pub attention_kernel: AttentionKernel,
     /// Per layer on GPUs, per pass on CPU drivers.
     pub submit: SubmitPolicy,
     /// Whether trusted shaders keep wgpu's runtime bounds checks: yes in debug builds, no in
@@ -383,6 +388,7 @@ impl KernelPolicy {
             t.validate().map_err(|e| anyhow!("GpuOptions::smem_large_tile: {e:#}"))?;
         }
         let env_adapter = env.adapter_kernel.map(AdapterKernel::parse).transpose()?;
+        let env_attention = env.attention_kernel.map(AttentionKernel::parse).transpose()?;
         let env_submit = env.submit_per_layer.map(|on| if on { SubmitPolicy::PerLayer } else { SubmitPolicy::PerPass });
         let (limits, limits_from) = LimitsMode::chosen(options, env)?;
         let cpu = facts.is_cpu();
@@ -405,6 +411,12 @@ impl KernelPolicy {
                 (options.adapter_kernel, "GpuOptions::adapter_kernel"),
                 (env_adapter, env::ADAPTER_KERNEL),
                 AdapterKernel::Matmul,
+            ),
+            attention_kernel: pick(
+                &mut from,
+                (options.attention_kernel, "GpuOptions::attention_kernel"),
+                (env_attention, env::ATTENTION_KERNEL),
+                AttentionKernel::for_device(facts),
             ),
             submit: pick(
                 &mut from,
@@ -443,11 +455,12 @@ impl std::fmt::Display for KernelPolicy {
         let on = |b: bool| if b { "on" } else { "off" };
         write!(
             f,
-            "matmul {} (smem large tile {}), adapter {}, submit per {}, shader checks {}, cooperative matrices {}, \
+            "matmul {} (smem large tile {}), adapter {}, attention {}, submit per {}, shader checks {}, cooperative matrices {}, \
              optimizer {}, limits {}",
             self.matmul_variant,
             self.smem_large_tile,
             self.adapter_kernel.name(),
+            self.attention_kernel.name(),
             if self.submit_per_layer() { "layer" } else { "pass" },
             on(self.shader_checks),
             on(self.cooperative_matrix),

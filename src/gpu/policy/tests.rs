@@ -61,6 +61,7 @@ fn device_defaults() {
             matmul_variant: MatmulVariant::Subgroup,
             smem_large_tile: TileConfig::LARGE,
             adapter_kernel: AdapterKernel::Matmul,
+            attention_kernel: AttentionKernel::Separate,
             submit: SubmitPolicy::PerPass,
             shader_checks: cfg!(debug_assertions),
             cooperative_matrix: false,
@@ -211,6 +212,30 @@ fn environment_choices_match_the_types() {
         assert_eq!(AdapterKernel::parse(c).unwrap().name(), c);
     }
     assert!(AdapterKernel::parse("both").is_err());
+    for &c in &env::ATTENTION_KERNEL_CHOICES[1..] {
+        assert_eq!(AttentionKernel::parse(c).unwrap().name(), c);
+    }
+    assert!(AttentionKernel::parse("flash").is_err());
+}
+
+/// The attention kernels: fused on GPUs, separate on CPU drivers by default; the variable, then
+/// the option, override.
+#[test]
+fn attention_kernel_default_and_overrides() {
+    let limits = adapter_limits();
+    for (facts, default, other) in [
+        (lavapipe(&limits), AttentionKernel::Separate, AttentionKernel::Fused),
+        (discrete(&limits), AttentionKernel::Fused, AttentionKernel::Separate),
+    ] {
+        assert_eq!(resolve(&facts, &GpuOptions::default(), &[]).attention_kernel, default);
+        let p = resolve(&facts, &GpuOptions::default(), &[(env::ATTENTION_KERNEL, other.name())]);
+        assert_eq!((p.attention_kernel, p.overridden_by.clone()), (other, vec![env::ATTENTION_KERNEL]));
+        let options = GpuOptions { attention_kernel: Some(default), ..Default::default() };
+        let p = resolve(&facts, &options, &[(env::ATTENTION_KERNEL, other.name())]);
+        assert_eq!(p.attention_kernel, default);
+        assert_eq!(p.overridden_by, ["GpuOptions::attention_kernel"]);
+        assert!(p.to_string().contains(&format!("attention {}", default.name())), "{p}");
+    }
 }
 
 #[test]
@@ -246,7 +271,8 @@ fn display_is_one_line() {
     assert!(!s.contains('\n'));
     assert!(
         s.starts_with(
-            "matmul subgroup (smem large tile 128x128x8/8x8), adapter matmul, submit per pass, shader checks "
+            "matmul subgroup (smem large tile 128x128x8/8x8), adapter matmul, attention separate, submit per pass, \
+             shader checks "
         ),
         "{s}"
     );

@@ -17,17 +17,23 @@
 //! `[batch·seq, 3·hidden]` tensor with them side by side (`*_packed`: the fused QKV projection's
 //! output, read and written through strided views, bit-identical to the separate tensors).
 //!
-//! The products are the matmul kernel over the (batch, head) pairs as an `InnerBatch`; the row
-//! softmax and its backward are one workgroup-cooperative pass each. Every output is summed in a
-//! fixed order: results are bit-identical run to run.
+//! Two implementations, chosen by the GPU's policy ([`AttentionKernel`], `PEFT_ATTENTION_KERNEL`):
+//! `Separate` (`passes.rs`): the products are the matmul kernel over the (batch, head) pairs as an
+//! `InnerBatch`, the row softmax and its backward one workgroup-cooperative pass each, dropout its
+//! own kernel; `Fused` (`fused.rs`, sequences up to [`FUSED_MAX_SEQ`], heads up to
+//! [`FUSED_MAX_HEAD_DIM`]): the forward in one dispatch,
+//! the backward in two. Both take the same operands and save the same tensors. Every output is
+//! summed in a fixed order: results are bit-identical run to run.
 
 use super::dropout::{self, MaskKey, MaskLayout, Rate};
 use super::elementwise::check_no_alias;
+pub use crate::gpu::policy::{AttentionKernel, ATTENTION_KERNEL_ENV, FUSED_MAX_HEAD_DIM, FUSED_MAX_SEQ};
 use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
 use anyhow::{bail, Result};
 use passes::Act;
 
+mod fused;
 mod passes;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
@@ -37,6 +43,8 @@ pub mod reference_dropout;
 mod tests;
 #[cfg(test)]
 mod tests_dropout;
+#[cfg(test)]
+mod tests_fused;
 #[cfg(test)]
 mod tests_packed;
 
@@ -78,7 +86,9 @@ struct Params {
 #[cfg(test)]
 pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     let p = std::mem::size_of::<Params>();
-    vec![(SOFTMAX_ROWS, p), (SOFTMAX_BACKWARD, p)]
+    let mut v = vec![(SOFTMAX_ROWS, p), (SOFTMAX_BACKWARD, p)];
+    v.extend(fused::specs());
+    v
 }
 
 const WG: u32 = 64;
@@ -106,7 +116,9 @@ pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
             }
         }
     }
-    vec![(SOFTMAX_ROWS, sets.clone()), (SOFTMAX_BACKWARD, sets)]
+    let mut v = vec![(SOFTMAX_ROWS, sets.clone()), (SOFTMAX_BACKWARD, sets)];
+    v.extend(fused::launches());
+    v
 }
 
 #[cfg(test)]
@@ -114,6 +126,24 @@ thread_local! {
     /// Tests: run the CPU drivers' (`Some(true)`) or the GPUs' (`Some(false)`) row layout on
     /// whatever device the tests have, so both are checked on lavapipe.
     pub(crate) static FORCE_CPU_ROWS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the attention kernel to run instead of the policy's.
+    pub(crate) static FORCE_KERNEL: std::cell::Cell<Option<AttentionKernel>> = const { std::cell::Cell::new(None) };
+}
+
+/// The kernels that run `s` on this recorder's GPU: the policy's ([`AttentionKernel`]), the
+/// separate ones for sequences the fused kernels do not take.
+pub fn kernel_for(batch: &CommandRecorder, s: AttentionShape) -> AttentionKernel {
+    let k = batch.gpu().policy().attention_kernel;
+    #[cfg(test)]
+    let k = FORCE_KERNEL.with(|f| f.get()).unwrap_or(k);
+    if k == AttentionKernel::Fused && !fused::supports(s) {
+        return AttentionKernel::Separate;
+    }
+    k
 }
 
 /// Whether the row kernels use the CPU drivers' layout on this recorder's GPU.
@@ -255,8 +285,23 @@ pub fn attention_forward_with(
     check("attention_forward", s, &[("q", q), ("k", k), ("v", v), ("ctx", ctx)], mask, &rows)?;
     let outputs: Vec<&GpuTensor> = [Some(probs), Some(ctx), work].into_iter().flatten().collect();
     check_no_alias("attention_forward", &outputs, &[Some(q), Some(k), Some(v), Some(mask)])?;
-    let qkv = [q, k, v].map(|t| Act::whole(t, s));
-    passes::forward(batch, s, qkv, mask, probs, Act::whole(ctx, s), dropout)
+    forward(batch, s, [q, k, v].map(|t| Act::whole(t, s)), mask, probs, ctx, dropout)
+}
+
+/// The forward of validated operands through the kernels of [`kernel_for`].
+fn forward(
+    batch: &mut CommandRecorder,
+    s: AttentionShape,
+    acts: passes::Qkv,
+    mask: &GpuTensor,
+    probs: &GpuTensor,
+    ctx: &GpuTensor,
+    dropout: Option<ProbsDropout>,
+) -> Result<()> {
+    match kernel_for(batch, s) {
+        AttentionKernel::Fused => fused::forward(batch, s, acts, mask, probs, ctx, dropout),
+        AttentionKernel::Separate => passes::forward(batch, s, acts, mask, probs, Act::whole(ctx, s), dropout),
+    }
 }
 
 /// Checks that `t` is a packed `[batch·seq, 3·heads·head_dim]` Q|K|V tensor (or its gradient).
@@ -293,8 +338,7 @@ pub fn attention_forward_packed(
     check_packed("attention_forward", s, "qkv", qkv)?;
     let outputs: Vec<&GpuTensor> = [Some(probs), Some(ctx), work].into_iter().flatten().collect();
     check_no_alias("attention_forward", &outputs, &[Some(qkv), Some(mask)])?;
-    let acts = [0, 1, 2].map(|i| Act::packed(qkv, s, i));
-    passes::forward(batch, s, acts, mask, probs, Act::whole(ctx, s), dropout)
+    forward(batch, s, [0, 1, 2].map(|i| Act::packed(qkv, s, i)), mask, probs, ctx, dropout)
 }
 
 /// Gradients of [`attention_forward`] with respect to q, k and v (all overwritten), given the saved
@@ -347,7 +391,27 @@ pub fn attention_backward_with(
     let outputs: Vec<&GpuTensor> = [Some(dq), Some(dk), Some(dv), Some(scratch), work].into_iter().flatten().collect();
     check_no_alias("attention_backward", &outputs, &[Some(q), Some(k), Some(v), Some(mask), Some(probs), Some(dctx)])?;
     let (qkv, grads) = ([q, k, v].map(|t| Act::whole(t, s)), [dq, dk, dv].map(|t| Act::whole(t, s)));
-    passes::backward(batch, s, qkv, probs, Act::whole(dctx, s), grads, scratch, dropout)
+    backward(batch, s, qkv, probs, dctx, grads, scratch, dropout)
+}
+
+/// The backward of validated operands through the kernels of [`kernel_for`].
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    batch: &mut CommandRecorder,
+    s: AttentionShape,
+    acts: passes::Qkv,
+    probs: &GpuTensor,
+    dctx: &GpuTensor,
+    grads: passes::Qkv,
+    scratch: &GpuTensor,
+    dropout: Option<ProbsDropout>,
+) -> Result<()> {
+    match kernel_for(batch, s) {
+        AttentionKernel::Fused => fused::backward(batch, s, acts, probs, dctx, grads, scratch, dropout),
+        AttentionKernel::Separate => {
+            passes::backward(batch, s, acts, probs, Act::whole(dctx, s), grads, scratch, dropout)
+        }
+    }
 }
 
 /// [`attention_backward_with`] of [`attention_forward_packed`]: reads Q, K, V from the packed `qkv`
@@ -372,5 +436,5 @@ pub fn attention_backward_packed(
     let outputs: Vec<&GpuTensor> = [Some(dqkv), Some(scratch), work].into_iter().flatten().collect();
     check_no_alias("attention_backward", &outputs, &[Some(qkv), Some(mask), Some(probs), Some(dctx)])?;
     let (acts, grads) = ([0, 1, 2].map(|i| Act::packed(qkv, s, i)), [0, 1, 2].map(|i| Act::packed(dqkv, s, i)));
-    passes::backward(batch, s, acts, probs, Act::whole(dctx, s), grads, scratch, dropout)
+    backward(batch, s, acts, probs, dctx, grads, scratch, dropout)
 }

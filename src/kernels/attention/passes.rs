@@ -11,9 +11,9 @@ use anyhow::Result;
 /// whole `[tokens, hidden]` tensor, or one third of a packed `[tokens, 3·hidden]` Q|K|V tensor).
 #[derive(Clone, Copy)]
 pub(super) struct Act<'a> {
-    t: &'a GpuTensor,
-    off: usize,
-    stride: usize,
+    pub(super) t: &'a GpuTensor,
+    pub(super) off: usize,
+    pub(super) stride: usize,
 }
 
 impl<'a> Act<'a> {

@@ -2,11 +2,20 @@
 //! random inputs with NaN-poisoned outputs.
 
 use super::reference as ops;
-use crate::kernels::attention::{self, AttentionShape};
+use crate::kernels::attention::{self, AttentionKernel, AttentionShape, FORCE_KERNEL};
 use crate::kernels::test_support::*;
 use rand::Rng;
 
 const TOL: f64 = 1e-4;
+
+/// Runs `f` once with each attention kernel forced (the separate and the fused path).
+pub(super) fn each_kernel(mut f: impl FnMut(AttentionKernel)) {
+    for k in [AttentionKernel::Separate, AttentionKernel::Fused] {
+        FORCE_KERNEL.with(|c| c.set(Some(k)));
+        f(k);
+    }
+    FORCE_KERNEL.with(|c| c.set(None));
+}
 
 /// A `[batch, seq]` mask: sequence b keeps `lens[b]` tokens, followed by padding; with `holes`,
 /// some kept tokens inside are masked too (the kernel must not assume suffix padding).
@@ -128,21 +137,26 @@ fn attention_matches_reference_over_shapes() {
         (2, 40, 4, 12),
         (1, 33, 3, 8),
     ];
-    // Both row layouts on this device: the GPUs' (several threads a row) and the CPU drivers'.
-    for cpu_rows in [false, true] {
-        crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(Some(cpu_rows)));
-        for (i, &(batch, seq, heads, head_dim)) in shapes.iter().enumerate() {
-            for holes in [false, true] {
-                let s = AttentionShape { batch, seq, heads, head_dim };
-                let (f, b) = attention_case(s, 200 + 2 * i as u64 + holes as u64, holes);
-                ef = ef.max(f);
-                eb = eb.max(b);
-                n += 1;
+    // Both kernels, each with both row layouts on this device: the GPUs' (several threads a row,
+    // or the fused kernels' wider workgroups) and the CPU drivers'.
+    each_kernel(|_| {
+        for cpu_rows in [false, true] {
+            crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(Some(cpu_rows)));
+            for (i, &(batch, seq, heads, head_dim)) in shapes.iter().enumerate() {
+                for holes in [false, true] {
+                    let s = AttentionShape { batch, seq, heads, head_dim };
+                    let (f, b) = attention_case(s, 200 + 2 * i as u64 + holes as u64, holes);
+                    ef = ef.max(f);
+                    eb = eb.max(b);
+                    n += 1;
+                }
             }
         }
-    }
+    });
     crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(None));
-    println!("attention: {n} cases (both row layouts); max relative error forward {ef:.2e}, backward {eb:.2e}");
+    println!(
+        "attention: {n} cases (both kernels and row layouts); max relative error forward {ef:.2e}, backward {eb:.2e}"
+    );
 }
 
 /// BERT-base-like head size and a longer sequence (the row kernels' widest threads-per-row).
@@ -151,15 +165,21 @@ fn attention_long_sequence() {
     let s = AttentionShape { batch: 2, seq: 130, heads: 2, head_dim: 64 };
     // The GPUs' layout (the CPU drivers' has at most 8 threads a row).
     crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(Some(false)));
-    let (f, b) = attention_case(s, 300, false);
+    each_kernel(|k| {
+        let (f, b) = attention_case(s, 300, false);
+        println!("attention {k:?} seq=130 hd=64: forward {f:.2e}, backward {b:.2e}");
+    });
     crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(None));
-    println!("attention seq=130 hd=64: forward {f:.2e}, backward {b:.2e}");
 }
 
 #[test]
 fn attention_backward_is_deterministic() {
     let a = AttnData::new(AttentionShape { batch: 2, seq: 37, heads: 3, head_dim: 16 }, 400, true);
-    let (x, y) = (run_attention(&a), run_attention(&a));
+    each_kernel(|k| deterministic(&a, k));
+}
+
+fn deterministic(a: &AttnData, k: AttentionKernel) {
+    let (x, y) = (run_attention(a), run_attention(a));
     for (name, p, q) in [
         ("probs", &x.probs, &y.probs),
         ("ctx", &x.ctx, &y.ctx),
@@ -167,7 +187,7 @@ fn attention_backward_is_deterministic() {
         ("dk", &x.dk, &y.dk),
         ("dv", &x.dv, &y.dv),
     ] {
-        assert_eq!(bits(p), bits(q), "{name} differs between two runs");
+        assert_eq!(bits(p), bits(q), "{k:?}: {name} differs between two runs");
     }
 }
 
@@ -180,7 +200,12 @@ fn attention_fully_masked_sequence_is_zero() {
     for j in 0..s.seq {
         a.mask[s.seq + j] = 0.0;
     }
-    let o = run_attention(&a);
+    each_kernel(|_| fully_masked(&a));
+}
+
+fn fully_masked(a: &AttnData) {
+    let s = a.s;
+    let o = run_attention(a);
     let half = s.seq * s.heads * s.head_dim;
     let phalf = s.heads * s.seq * s.seq;
     assert!(o.probs[phalf..].iter().all(|&p| p == 0.0));
@@ -223,6 +248,8 @@ fn attention_validates_shapes_and_aliasing() {
 #[test]
 fn attention_largest_head() {
     let s = AttentionShape { batch: 1, seq: 512, heads: 1, head_dim: 128 };
-    let (f, b) = attention_case(s, 310, true);
-    println!("attention seq=512 hd=128: forward {f:.2e}, backward {b:.2e}");
+    each_kernel(|k| {
+        let (f, b) = attention_case(s, 310, true);
+        println!("attention {k:?} seq=512 hd=128: forward {f:.2e}, backward {b:.2e}");
+    });
 }
