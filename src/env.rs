@@ -36,6 +36,8 @@ pub const SHADER_CHECKS: &str = "PEFT_SHADER_CHECKS";
 pub const COOP: &str = "PEFT_COOP";
 /// Which limits and features the device is requested with: the adapter's, or WebGPU's defaults.
 pub const LIMITS: &str = "PEFT_LIMITS";
+/// Whether the GPU keeps dropped buffers for reuse and caches bind groups (`0`/`off`: not).
+pub const BUFFER_POOL: &str = "PEFT_BUFFER_POOL";
 /// The cache of downloaded models and data sets.
 pub const CACHE: &str = "PEFT_CACHE";
 
@@ -50,8 +52,18 @@ pub const TILE_CHOICES: &str = "auto or BMxBNxBK/TMxTN, e.g. 128x128x8/8x8 (TM a
 const BOOL_CHOICES: &str = "auto, 1, on, true, yes, 0, off, false or no";
 
 /// Every variable of the table above, for listings.
-pub const ALL: &[&str] =
-    &[GPU, MATMUL_VARIANT, SMEM_LARGE_TILE, ADAPTER_KERNEL, SUBMIT_PER_LAYER, SHADER_CHECKS, COOP, LIMITS, CACHE];
+pub const ALL: &[&str] = &[
+    GPU,
+    MATMUL_VARIANT,
+    SMEM_LARGE_TILE,
+    ADAPTER_KERNEL,
+    SUBMIT_PER_LAYER,
+    SHADER_CHECKS,
+    COOP,
+    LIMITS,
+    BUFFER_POOL,
+    CACHE,
+];
 
 /// The overrides the environment sets for the device policy, parsed; `None` where a variable is
 /// unset, empty or `auto`.
@@ -73,6 +85,8 @@ pub struct EnvOverrides {
     pub coop: Option<bool>,
     /// [`LIMITS`]: `adapter` or `webgpu`.
     pub limits: Option<&'static str>,
+    /// [`BUFFER_POOL`].
+    pub buffer_pool: Option<bool>,
 }
 
 impl EnvOverrides {
@@ -100,6 +114,7 @@ impl EnvOverrides {
             shader_checks: get(SHADER_CHECKS).map(|v| boolean(SHADER_CHECKS, &v)).transpose()?,
             coop: get(COOP).map(|v| boolean(COOP, &v)).transpose()?,
             limits: get(LIMITS).map(|v| choice(LIMITS, &v, LIMITS_CHOICES)).transpose()?,
+            buffer_pool: get(BUFFER_POOL).map(|v| boolean(BUFFER_POOL, &v)).transpose()?,
         })
     }
 
@@ -115,6 +130,7 @@ impl EnvOverrides {
             (SHADER_CHECKS, s.shader_checks.is_some()),
             (COOP, s.coop.is_some()),
             (LIMITS, s.limits.is_some()),
+            (BUFFER_POOL, s.buffer_pool.is_some()),
         ]
         .into_iter()
         .filter_map(|(n, set)| set.then_some(n))

@@ -196,7 +196,7 @@ impl LayerStore {
                 // A padded row stride (the FFN output weight): each row, then zeros.
                 bytes = padded_rows(&bytes, shape[1], t.shape[1]).into();
             }
-            self.gpu.queue.write_buffer(&t.buffer, offset, &bytes);
+            self.gpu.write_buffer(&t.buffer, offset, &bytes);
             self.uploaded += bytes.len() as u64;
         }
         self.slot_layer[slot] = Some(layer);
