@@ -297,10 +297,10 @@ impl PoolBuffer {
         Self { id, buffer, pool: gpu.pool.clone(), mapped: false }
     }
 
-    /// Starts mapping the buffer for reading ([`Mapping::read`](super::tensor::Mapping::read)).
-    pub(crate) fn map_read(&mut self) -> super::tensor::Mapping {
+    /// A map of it is being started: until [`unmap`](Self::unmap) it does not go back to the pool.
+    pub(crate) fn mapping(&mut self) -> &wgpu::Buffer {
         self.mapped = true;
-        super::tensor::Mapping::read(&self.buffer)
+        &self.buffer
     }
 
     /// Unmaps it after reading: it may go back to the pool.

@@ -1,7 +1,7 @@
 //! The pool on the device: reused buffers read zeros from `zeros`, writes over a pending clear
 //! survive it, the budget and the high-water cap bound the free bytes.
 
-use super::super::{Gpu, GpuOptions, GpuTensor};
+use crate::gpu::{Gpu, GpuOptions, GpuTensor};
 use std::sync::Arc;
 
 fn pooled_gpu() -> Arc<Gpu> {

@@ -397,7 +397,7 @@ impl CommandRecorder {
         let index = self.submit_recorded(enc.finish());
         self.after_submit();
         self.track_completion();
-        let mapping = staging.map_read();
+        let mapping = Mapping::read(staging.mapping());
         Ok(Readback { gpu, staging, lens, mapping, index })
     }
 

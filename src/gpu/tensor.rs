@@ -189,7 +189,7 @@ impl GpuTensor {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
         gpu.submit_commands(enc.finish());
-        let mapping = staging.map_read();
+        let mapping = Mapping::read(staging.mapping());
         settle(gpu)?;
         mapping.done().await?;
         gpu.check()?;
