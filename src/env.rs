@@ -39,6 +39,8 @@ pub const SHADER_CHECKS: &str = "PEFT_SHADER_CHECKS";
 pub const COOP: &str = "PEFT_COOP";
 /// Which limits and features the device is requested with: the adapter's, or WebGPU's defaults.
 pub const LIMITS: &str = "PEFT_LIMITS";
+/// Whether the GPU keeps dropped buffers for reuse and caches bind groups (`0`/`off`: not).
+pub const BUFFER_POOL: &str = "PEFT_BUFFER_POOL";
 /// The cache of downloaded models and data sets.
 pub const CACHE: &str = "PEFT_CACHE";
 
@@ -65,6 +67,7 @@ pub const ALL: &[&str] = &[
     SHADER_CHECKS,
     COOP,
     LIMITS,
+    BUFFER_POOL,
     CACHE,
 ];
 
@@ -90,6 +93,8 @@ pub struct EnvOverrides {
     pub coop: Option<bool>,
     /// [`LIMITS`]: `adapter` or `webgpu`.
     pub limits: Option<&'static str>,
+    /// [`BUFFER_POOL`].
+    pub buffer_pool: Option<bool>,
 }
 
 impl EnvOverrides {
@@ -120,6 +125,7 @@ impl EnvOverrides {
             shader_checks: get(SHADER_CHECKS).map(|v| boolean(SHADER_CHECKS, &v)).transpose()?,
             coop: get(COOP).map(|v| boolean(COOP, &v)).transpose()?,
             limits: get(LIMITS).map(|v| choice(LIMITS, &v, LIMITS_CHOICES)).transpose()?,
+            buffer_pool: get(BUFFER_POOL).map(|v| boolean(BUFFER_POOL, &v)).transpose()?,
         })
     }
 
@@ -136,6 +142,7 @@ impl EnvOverrides {
             (SHADER_CHECKS, s.shader_checks.is_some()),
             (COOP, s.coop.is_some()),
             (LIMITS, s.limits.is_some()),
+            (BUFFER_POOL, s.buffer_pool.is_some()),
         ]
         .into_iter()
         .filter_map(|(n, set)| set.then_some(n))

@@ -91,37 +91,72 @@ impl MemoryTracker {
     }
 }
 
-/// A wgpu buffer that is counted in its GPU's [`MemoryTracker`] while it lives.
+/// A wgpu buffer that is counted in its GPU's [`MemoryTracker`] while it lives. A pooled one
+/// returns its wgpu buffer to the GPU's buffer pool when dropped (see [`super::pool`]).
 #[derive(Debug)]
 pub struct TrackedBuffer {
-    buffer: wgpu::Buffer,
+    /// `None` only while being dropped.
+    buffer: Option<wgpu::Buffer>,
+    /// Unique per wgpu buffer (kept across owners of a pooled one): the bind group cache's key.
+    id: u64,
     bytes: u64,
     tracker: Arc<MemoryTracker>,
+    pool: Option<Arc<super::pool::BufferPool>>,
 }
 
 impl TrackedBuffer {
+    /// Counts a newly created `buffer`, which is destroyed when this is dropped.
     pub fn new(buffer: wgpu::Buffer, tracker: &Arc<MemoryTracker>) -> Self {
+        tracker.counters.buffer();
+        Self::counted(super::pool::next_id(), buffer, tracker, None)
+    }
+
+    /// A buffer from `pool` (counted as created unless `reused`), returned to it when dropped.
+    pub(crate) fn pooled(
+        (id, buffer, reused): (u64, wgpu::Buffer, bool),
+        tracker: &Arc<MemoryTracker>,
+        pool: &Arc<super::pool::BufferPool>,
+    ) -> Self {
+        if !reused {
+            tracker.counters.buffer();
+        }
+        Self::counted(id, buffer, tracker, Some(pool.clone()))
+    }
+
+    fn counted(
+        id: u64,
+        buffer: wgpu::Buffer,
+        tracker: &Arc<MemoryTracker>,
+        pool: Option<Arc<super::pool::BufferPool>>,
+    ) -> Self {
         let bytes = buffer.size();
         tracker.add(bytes);
-        tracker.counters.buffer();
-        Self { buffer, bytes, tracker: tracker.clone() }
+        Self { buffer: Some(buffer), id, bytes, tracker: tracker.clone(), pool }
     }
 
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// The buffer's unique id (a pooled buffer keeps it across owners).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 }
 
 impl std::ops::Deref for TrackedBuffer {
     type Target = wgpu::Buffer;
     fn deref(&self) -> &wgpu::Buffer {
-        &self.buffer
+        self.buffer.as_ref().expect("a TrackedBuffer has its buffer until dropped")
     }
 }
 
 impl Drop for TrackedBuffer {
     fn drop(&mut self) {
         self.tracker.release(self.bytes);
+        if let (Some(pool), Some(buffer)) = (&self.pool, self.buffer.take()) {
+            pool.give(self.id, buffer);
+        }
     }
 }
 

@@ -2,9 +2,11 @@
 //! ([`pipelines`]), command batching with optional GPU timestamps ([`CommandRecorder`]) and the
 //! device policy resolved once per GPU ([`policy::KernelPolicy`], [`Gpu::policy`]).
 
+mod bind_cache;
 pub mod memory;
 pub mod pipelines;
 pub mod policy;
+mod pool;
 pub mod profile;
 mod recorder;
 mod tensor;
@@ -14,6 +16,7 @@ pub use pipelines::{Access, KernelSpec};
 pub use policy::{
     AdapterKernel, AttentionKernel, DeviceFacts, KernelPolicy, LimitsMode, MatmulVariant, SubmitPolicy, TileConfig,
 };
+pub use pool::PoolStats;
 pub use profile::{CounterSnapshot, DispatchRecord, ProfileMode};
 pub use recorder::{CommandRecorder, Readback, SubmitTiming};
 pub use tensor::GpuTensor;
@@ -69,6 +72,8 @@ pub struct GpuOptions {
     /// The limits and features requested of the device ([`KernelPolicy::device_request`]):
     /// the adapter's, or WebGPU's defaults and no optional feature (`--limits webgpu`).
     pub limits: Option<LimitsMode>,
+    /// Whether dropped buffers are kept for reuse and bind groups cached ([`KernelPolicy::buffer_pool`]).
+    pub buffer_pool: Option<bool>,
 }
 
 /// Facts about one GPU as wgpu sees it.
@@ -208,6 +213,8 @@ pub struct Gpu {
     pub(crate) dummies: Vec<Arc<TrackedBuffer>>,
     /// Every storage buffer of the project on this GPU, counted.
     pub memory: Arc<MemoryTracker>,
+    /// Dropped buffers kept for reuse, pending clears and cached bind groups ([`pool`]).
+    pub(crate) pool: Arc<pool::BufferPool>,
     /// Errors wgpu reported outside a call's result (out of memory, device lost, ...).
     fault: Arc<Mutex<Faults>>,
     /// Which kernels and submission pattern this GPU gets, resolved once at creation.
@@ -338,6 +345,7 @@ impl Gpu {
             pipelines: pipelines::PipelineCache::new(policy.shader_checks),
             dummies,
             memory,
+            pool: Arc::new(pool::BufferPool::new(policy.buffer_pool)),
             fault,
             policy,
             profiling: Default::default(),
@@ -397,6 +405,47 @@ impl Gpu {
         // Every submission is done (their callbacks ran): buffers dropped since are free.
         self.memory.idle();
         Ok(())
+    }
+
+    /// A storage tensor's buffer of `bytes`: from the pool when it has one (`true`), else new.
+    pub(crate) fn storage_buffer(&self, bytes: u64) -> (Arc<TrackedBuffer>, bool) {
+        let taken = self.pool.take(&self.device, bytes, tensor::USAGE, "tensor");
+        let reused = taken.2;
+        (Arc::new(TrackedBuffer::pooled(taken, &self.memory, &self.pool)), reused)
+    }
+
+    /// Queues a write of `data` at byte `offset` of `buffer` (executed before the next submit),
+    /// never wiped by a clear pending from [`GpuTensor::zeros`]. Every queue write into a tensor
+    /// goes through here.
+    pub fn write_buffer(&self, buffer: &TrackedBuffer, offset: u64, data: &[u8]) {
+        self.pool.write(&self.queue, buffer.id(), buffer, offset, data);
+    }
+
+    /// Submits `commands` after the clears pending from [`GpuTensor::zeros`] (every submit of the
+    /// gpu module goes through here).
+    pub(crate) fn submit_commands(&self, commands: wgpu::CommandBuffer) -> wgpu::SubmissionIndex {
+        self.pool.submit(&self.device, &self.queue, commands)
+    }
+
+    /// What the buffer pool holds now (free bytes are reserved, not in [`MemoryTracker::in_use`]).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// The memory budget (`--max-gpu-memory`) that live plus pooled free bytes stay within; the
+    /// pool is trimmed to it now.
+    pub fn set_memory_budget(&self, budget: Option<u64>) {
+        self.pool.set_budget(budget);
+    }
+
+    /// Drops every buffer the pool keeps for reuse (and the bind groups that bind them).
+    pub fn trim_pool(&self) {
+        self.pool.clear();
+    }
+
+    /// Bind groups cached now (while the pool is on).
+    pub fn cached_bind_groups(&self) -> usize {
+        self.pool.bind_groups.len()
     }
 
     /// The largest storage buffer binding, in bytes.

@@ -318,6 +318,9 @@ pub struct KernelPolicy {
     /// `sum_of_squares_and_clip`): where the requested limits allow [`MULTI_TENSOR_BINDINGS`]
     /// storage buffers per shader stage; otherwise (WebGPU's 8) one tensor a dispatch.
     pub multi_tensor_optimizer: bool,
+    /// Whether dropped buffers are kept for reuse and bind groups cached across steps
+    /// (`gpu::pool`): on unless turned off (`GpuOptions::buffer_pool`, [`env::BUFFER_POOL`]).
+    pub buffer_pool: bool,
     /// Where an override came from, per overridden field: a `GpuOptions` field or a variable.
     pub overridden_by: Vec<&'static str>,
 }
@@ -433,6 +436,12 @@ impl KernelPolicy {
             cooperative_matrix: facts.features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             limits,
             multi_tensor_optimizer: facts.limits.max_storage_buffers_per_shader_stage >= MULTI_TENSOR_BINDINGS,
+            buffer_pool: pick(
+                &mut from,
+                (options.buffer_pool, "GpuOptions::buffer_pool"),
+                (env.buffer_pool, env::BUFFER_POOL),
+                true,
+            ),
             overridden_by: vec![],
         };
         // The feature itself was decided before the device existed; note who turned it off.

@@ -20,7 +20,7 @@ struct Dispatch {
 /// Values copied out of a submitted batch ([`CommandRecorder::submit_with_readback`]).
 pub struct Readback {
     gpu: Arc<Gpu>,
-    staging: wgpu::Buffer,
+    staging: super::pool::PoolBuffer,
     lens: Vec<usize>,
     mapping: Mapping,
     /// Waited for natively; the browser needs no polling.
@@ -40,7 +40,7 @@ impl Readback {
 
     /// [`wait`](Self::wait) without blocking: natively the same wait; in the browser the map's
     /// promise is awaited.
-    pub async fn wait_async(self) -> Result<Vec<Vec<f32>>> {
+    pub async fn wait_async(mut self) -> Result<Vec<Vec<f32>>> {
         #[cfg(not(target_arch = "wasm32"))]
         {
             let poll = wgpu::PollType::Wait { submission_index: Some(self.index), timeout: None };
@@ -88,13 +88,25 @@ pub struct CommandRecorder {
     next_cost: Option<(f64, f64)>,
     /// The timestamps of the command buffer being recorded, read after its submit.
     pending: Option<Pending>,
+    /// The parameter blocks' buffer of the command buffer being recorded, returned to the pool
+    /// after its submit.
+    params_buffer: Option<super::pool::PoolBuffer>,
 }
 
 impl CommandRecorder {
     pub(crate) fn new(gpu: Arc<Gpu>) -> Self {
         let align = gpu.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
         let profiling = gpu.profiling();
-        Self { gpu, dispatches: vec![], params: vec![], align, profiling, next_cost: None, pending: None }
+        Self {
+            gpu,
+            dispatches: vec![],
+            params: vec![],
+            align,
+            profiling,
+            next_cost: None,
+            pending: None,
+            params_buffer: None,
+        }
     }
 
     /// Names the phase of the dispatches recorded from now on (`layer 3 / attention fwd`), for the
@@ -179,38 +191,12 @@ impl CommandRecorder {
             return enc;
         }
         // Not `create_buffer_init`, which panics once the device is lost (see `Gpu::check`).
-        let ubuf = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("params"),
-            size: self.params.len() as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        gpu.memory.counters.buffer();
-        gpu.memory.counters.bind_groups(self.dispatches.len());
+        let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+        let ubuf = super::pool::PoolBuffer::take(gpu, self.params.len() as u64, usage, "params");
         gpu.memory.counters.dispatches(self.dispatches.len());
         gpu.queue.write_buffer(&ubuf, 0, &self.params);
-        let groups: Vec<wgpu::BindGroup> = self
-            .dispatches
-            .iter()
-            .map(|d| {
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &ubuf,
-                        offset: d.params.start as u64,
-                        size: std::num::NonZeroU64::new((d.params.end - d.params.start) as u64),
-                    }),
-                }];
-                for (i, b) in d.buffers.iter().enumerate() {
-                    entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
-                }
-                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(&d.pipeline.label),
-                    layout: &d.pipeline.layout,
-                    entries: &entries,
-                })
-            })
-            .collect();
+        let groups: Vec<wgpu::BindGroup> = self.dispatches.iter().map(|d| bind_group(gpu, d, &ubuf)).collect();
+        self.params_buffer = Some(ubuf);
         let mode = if self.profiling { self.gpu.profile_mode() } else { None };
         let sets = mode.map(|_| self.query_sets());
         match (mode, &sets) {
@@ -258,9 +244,17 @@ impl CommandRecorder {
         if let Some(sets) = &sets {
             self.resolve_profile(&mut enc, sets);
         }
+        enc
+    }
+
+    /// Submits a command buffer from [`record`](Self::record), then lets go of its dispatches'
+    /// buffers and its parameter block (only now may the pool hand them out again).
+    fn submit_recorded(&mut self, commands: wgpu::CommandBuffer) -> wgpu::SubmissionIndex {
+        let index = self.gpu.submit_commands(commands);
         self.dispatches.clear();
         self.params.clear();
-        enc
+        self.params_buffer = None;
+        index
     }
 
     /// Query sets for two timestamps per queued dispatch (profiling).
@@ -320,7 +314,7 @@ impl CommandRecorder {
         }
         self.gpu.memory.begin_submit();
         let enc = self.record(None);
-        self.gpu.queue.submit([enc.finish()]);
+        self.submit_recorded(enc.finish());
         self.after_submit();
         self.track_completion();
     }
@@ -365,7 +359,7 @@ impl CommandRecorder {
         let mut enc = self.record(Some(&qs));
         enc.resolve_query_set(&qs, 0..2, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16);
-        gpu.queue.submit([enc.finish()]);
+        self.submit_recorded(enc.finish());
         self.after_submit();
         self.track_completion();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -388,13 +382,8 @@ impl CommandRecorder {
         let gpu = self.gpu.clone();
         let lens: Vec<usize> = tensors.iter().map(|t| t.numel()).collect();
         let total = (lens.iter().sum::<usize>() * 4).max(4) as u64;
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: total,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        gpu.memory.counters.buffer();
+        let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let mut staging = super::pool::PoolBuffer::take(&gpu, total, usage, "readback");
         gpu.memory.begin_submit();
         let mut enc = self.record(None);
         let mut off = 0u64;
@@ -405,10 +394,10 @@ impl CommandRecorder {
             }
             off += size;
         }
-        let index = gpu.queue.submit([enc.finish()]);
+        let index = self.submit_recorded(enc.finish());
         self.after_submit();
         self.track_completion();
-        let mapping = Mapping::read(&staging);
+        let mapping = Mapping::read(staging.mapping());
         Ok(Readback { gpu, staging, lens, mapping, index })
     }
 
@@ -434,6 +423,39 @@ impl Drop for CommandRecorder {
             self.submit();
         }
     }
+}
+
+/// The bind group of dispatch `d` with its parameter block in `ubuf`: cached across steps while
+/// the buffer pool is on (pooled buffers keep their ids), created afresh otherwise. Counted when
+/// created.
+fn bind_group(gpu: &Gpu, d: &Dispatch, ubuf: &super::pool::PoolBuffer) -> wgpu::BindGroup {
+    let create = || {
+        gpu.memory.counters.bind_groups(1);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: ubuf,
+                offset: d.params.start as u64,
+                size: std::num::NonZeroU64::new((d.params.end - d.params.start) as u64),
+            }),
+        }];
+        for (i, b) in d.buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
+        }
+        gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&d.pipeline.label),
+            layout: &d.pipeline.layout,
+            entries: &entries,
+        })
+    };
+    if !gpu.pool.enabled() {
+        return create();
+    }
+    // Pipelines live as long as the GPU's cache: the address identifies the layout.
+    let mut key =
+        vec![Arc::as_ptr(&d.pipeline) as u64, ubuf.id, d.params.start as u64, (d.params.end - d.params.start) as u64];
+    key.extend(d.buffers.iter().map(|b| b.id()));
+    gpu.pool.bind_groups.get_or_create(key, create).0
 }
 
 /// Folds a workgroup count whose x exceeds the per-dimension limit into x × y.

@@ -90,7 +90,7 @@ pub struct GpuTensor {
     pub shape: Vec<usize>,
 }
 
-const USAGE: wgpu::BufferUsages =
+pub(super) const USAGE: wgpu::BufferUsages =
     wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 fn numel(shape: &[usize]) -> usize {
@@ -118,16 +118,11 @@ impl GpuTensor {
         }
         Self::check_size(gpu, shape)?;
         let contents: &[u8] = if data.is_empty() { &[0u8; 4] } else { bytemuck::cast_slice(data) };
-        // Not `create_buffer_init`: its mapped-at-creation path panics once the device is lost,
-        // where this gives an error that `Gpu::check` reports.
-        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: contents.len() as u64,
-            usage: USAGE,
-            mapped_at_creation: false,
-        });
-        gpu.queue.write_buffer(&buffer, 0, contents);
-        Ok(Self { buffer: Arc::new(super::TrackedBuffer::new(buffer, &gpu.memory)), shape: shape.to_vec() })
+        // A pooled or new buffer (not `create_buffer_init`, whose mapped-at-creation path panics
+        // once the device is lost, where this gives an error that `Gpu::check` reports).
+        let (buffer, _) = gpu.storage_buffer(contents.len() as u64);
+        gpu.write_buffer(&buffer, 0, contents);
+        Ok(Self { buffer, shape: shape.to_vec() })
     }
 
     /// Uploads u32 data (token ids, labels); kernels read it as `array<u32>`.
@@ -135,16 +130,15 @@ impl GpuTensor {
         Self::from_slice(gpu, shape, bytemuck::cast_slice(data))
     }
 
-    /// A tensor whose contents are zero.
+    /// A tensor whose contents are zero (a reused buffer is cleared at the start of the next
+    /// submitted work, before anything recorded after this call).
     pub fn zeros(gpu: &Gpu, shape: &[usize]) -> Result<Self> {
         let bytes = Self::check_size(gpu, shape)?;
-        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: bytes,
-            usage: USAGE,
-            mapped_at_creation: false,
-        });
-        Ok(Self { buffer: Arc::new(super::TrackedBuffer::new(buffer, &gpu.memory)), shape: shape.to_vec() })
+        let (buffer, reused) = gpu.storage_buffer(bytes);
+        if reused {
+            gpu.pool.clear_before_next_submit(buffer.id(), &buffer);
+        }
+        Ok(Self { buffer, shape: shape.to_vec() })
     }
 
     /// A tensor filled with `value` (tests poison outputs with NaN this way).
@@ -166,7 +160,7 @@ impl GpuTensor {
             bail!("writing {} values into a tensor of shape {:?}", data.len(), self.shape);
         }
         if !data.is_empty() {
-            gpu.queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
+            gpu.write_buffer(&self.buffer, 0, bytemuck::cast_slice(data));
         }
         Ok(())
     }
@@ -190,16 +184,12 @@ impl GpuTensor {
             return Ok(vec![]);
         }
         let size = (n * 4) as u64;
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("download"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let mut staging = super::pool::PoolBuffer::take(gpu, size, usage, "download");
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
-        gpu.queue.submit([enc.finish()]);
-        let mapping = Mapping::read(&staging);
+        gpu.submit_commands(enc.finish());
+        let mapping = Mapping::read(staging.mapping());
         settle(gpu)?;
         mapping.done().await?;
         gpu.check()?;

@@ -288,7 +288,7 @@ impl LayerStore {
                 }
                 continue;
             }
-            self.gpu.queue.write_buffer(&t.buffer, offset, &bytes);
+            self.gpu.write_buffer(&t.buffer, offset, &bytes);
             self.uploaded += bytes.len() as u64;
         }
         for (t, values) in matrices {

@@ -67,5 +67,7 @@ pub(crate) fn plan_memory(
         mem.max_gpu_memory,
     )?;
     rep.message(&format!("memory: {mem_plan}"));
+    // Buffers the GPU keeps for reuse stay within the budget too.
+    gpu.set_memory_budget(mem.max_gpu_memory);
     Ok(mem_plan)
 }

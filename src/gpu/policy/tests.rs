@@ -67,6 +67,7 @@ fn device_defaults() {
             cooperative_matrix: false,
             limits: LimitsMode::Adapter,
             multi_tensor_optimizer: true,
+            buffer_pool: true,
             overridden_by: vec![],
         }
     );

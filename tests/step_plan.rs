@@ -1,0 +1,181 @@
+//! Step plans (issue 15, item 2): with the buffer pool on, a training step of a shape seen
+//! before creates no GPU buffer and no bind group; and pooling changes nothing computed (losses
+//! and trained weights bit for bit against the pool turned off, across a change of length).
+
+mod common;
+use common::*;
+use peft_wgpu::bench::memory::{bench_adapter, plan_step};
+use peft_wgpu::formats::adapterhub::WeightsFormat;
+use peft_wgpu::gpu::{CounterSnapshot, Gpu, GpuOptions, GpuTensor};
+use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
+use peft_wgpu::model::adapters::{AdapterSet, ClassificationHead};
+use peft_wgpu::model::config::BertConfig;
+use peft_wgpu::model::encoder::{Encoder, Setup};
+use peft_wgpu::model::load;
+use peft_wgpu::model::plan::Choice;
+use peft_wgpu::train::{new_adapter, train_step, Optimizer, Trainee};
+use peft_wgpu::WeightPrecision;
+use rand::SeedableRng;
+use std::path::Path;
+use std::sync::Arc;
+
+struct Houlsby {
+    set: AdapterSet,
+    head: ClassificationHead,
+}
+
+impl Trainee for Houlsby {
+    fn setup(&self) -> Setup<'_> {
+        Setup::Adapter(&self.set)
+    }
+    fn head(&self) -> &ClassificationHead {
+        &self.head
+    }
+    fn params(&self) -> Vec<(String, &GpuTensor, &GpuTensor)> {
+        self.set.named().into_iter().chain(self.head.named()).collect()
+    }
+    fn save(&mut self, _: &Arc<Gpu>, _: &Path, _: WeightsFormat, _: &[String]) -> anyhow::Result<()> {
+        anyhow::bail!("not saved")
+    }
+}
+
+/// A Houlsby adapter + head + AdamW on the tiny fixture, set up as `choice` plans it at
+/// `batch × plan_seq`.
+fn setup(gpu: &Arc<Gpu>, batch: usize, plan_seq: usize, choice: Choice) -> (Encoder, Houlsby, Optimizer) {
+    let dir = fixtures().join("tiny-bert/base");
+    let cfg = BertConfig::from_model_dir(&dir).unwrap();
+    let plan = plan_step(gpu, &cfg, batch, plan_seq, choice, None, None, 1, WeightPrecision::F32).unwrap();
+    let (cfg, mut enc) = load::load_encoder(gpu, &dir, Some(plan.resident_layers())).unwrap();
+    enc.follow(&plan);
+    let (set, head) = new_adapter(gpu, &cfg, &bench_adapter(), "t", 2, 0).unwrap();
+    let trainee = Houlsby { set, head };
+    let schedule = LinearSchedule { base_lr: 1e-3, warmup_steps: 0, total_steps: 20 };
+    let opt = Optimizer::new(gpu, &trainee.params(), AdamW::default(), schedule, 1.0).unwrap();
+    (enc, trainee, opt)
+}
+
+/// What a run of steps gave: each step's loss bits and created objects, then the trained weights' bits.
+struct Run {
+    losses: Vec<u32>,
+    created: Vec<CounterSnapshot>,
+    weights: Vec<(String, Vec<u32>)>,
+}
+
+/// One training step per entry of `seqs` (sequence lengths; the same seeded tokens per length).
+fn run(gpu: &Arc<Gpu>, batch: usize, seqs: &[usize], choice: Choice) -> Run {
+    let (mut enc, mut trainee, mut opt) = setup(gpu, batch, *seqs.iter().max().unwrap(), choice);
+    let vocab = BertConfig::from_model_dir(&fixtures().join("tiny-bert/base")).unwrap().vocab_size;
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
+    let (mut losses, mut created) = (vec![], vec![]);
+    for &seq in seqs {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seq as u64);
+        let lengths: Vec<usize> = (0..batch).map(|b| seq - b % 3).collect();
+        let inputs = peft_wgpu::bench::step::random_inputs(&mut rng, &lengths, vocab);
+        let before = gpu.counters();
+        let out = train_step(gpu, &mut enc, &mut trainee, &mut opt, &inputs, &labels, None).unwrap();
+        created.push(gpu.counters() - before);
+        assert!(out.loss.is_finite());
+        losses.push(out.loss.to_bits());
+    }
+    let weights = trainee
+        .params()
+        .iter()
+        .map(|(name, w, _)| (name.clone(), w.to_vec(gpu).unwrap().iter().map(|x| x.to_bits()).collect()))
+        .collect();
+    Run { losses, created, weights }
+}
+
+fn gpu_with_pool(on: bool) -> Arc<Gpu> {
+    Gpu::new(&GpuOptions { buffer_pool: Some(on), ..Default::default() }).unwrap()
+}
+
+fn resident() -> Choice {
+    Choice { resident_layers: None, recompute: Some(false), layer_chunk: None, keep_ffn_output: Some(false) }
+}
+
+fn recompute() -> Choice {
+    Choice { recompute: Some(true), ..resident() }
+}
+
+fn layer_chunks() -> Choice {
+    Choice { recompute: Some(true), layer_chunk: Some(2), ..resident() }
+}
+
+fn streamed() -> Choice {
+    Choice { resident_layers: Some(1), ..resident() }
+}
+
+/// Steps 3..5 of a fixed shape create nothing: every tensor comes from the pool, every bind group
+/// from the cache.
+fn assert_zero_after_warm_up(what: &str, choice: Choice) {
+    let gpu = gpu_with_pool(true);
+    let r = run(&gpu, 4, &[16; 5], choice);
+    for (i, c) in r.created.iter().enumerate() {
+        println!("{what}: step {}: {c:?}", i + 1);
+    }
+    assert!(r.created[0].buffers > 0 && r.created[0].bind_groups > 0);
+    for (i, c) in r.created.iter().enumerate().skip(2) {
+        assert_eq!((c.buffers, c.bind_groups), (0, 0), "{what}: step {} created {c:?}", i + 1);
+        assert!(c.dispatches > 0);
+    }
+}
+
+#[test]
+fn resident_steps_create_no_buffers_or_bind_groups_after_warm_up() {
+    assert_zero_after_warm_up("resident", resident());
+}
+
+#[test]
+fn recompute_and_layer_chunks_create_none_after_warm_up() {
+    assert_zero_after_warm_up("recompute", recompute());
+    assert_zero_after_warm_up("layer chunks", layer_chunks());
+}
+
+#[test]
+fn streamed_layers_create_none_after_warm_up() {
+    assert_zero_after_warm_up("streamed", streamed());
+}
+
+/// Pooled and unpooled runs compute the same bits: losses of every step and the trained
+/// weights, over a change of sequence length between steps (16 → 9 → 16 → 12 → 9).
+#[test]
+fn pooling_changes_nothing_computed() {
+    let seqs = [16, 9, 16, 12, 9];
+    for (what, choice) in [("resident", resident()), ("layer chunks", layer_chunks()), ("streamed", streamed())] {
+        let on = run(&gpu_with_pool(true), 4, &seqs, choice);
+        let off = run(&gpu_with_pool(false), 4, &seqs, choice);
+        assert_eq!(on.losses, off.losses, "{what}: losses differ");
+        assert_eq!(on.weights.len(), off.weights.len());
+        for ((name, a), (_, b)) in on.weights.iter().zip(&off.weights) {
+            assert!(a == b, "{what}: trained {name} differs");
+        }
+        // The unpooled path creates a bind group per dispatch, as before.
+        for c in &off.created {
+            assert_eq!(c.bind_groups, c.dispatches, "{what}");
+        }
+        // Pooled: the first length seen again (the third step) reuses part of what the first
+        // step created; how much depends on the free-bytes cap (the pool keeps at most the
+        // high water of live bytes free, and tiny-bert's activations are most of its bytes).
+        println!("{what}: pooled, lengths {seqs:?}: {:?}", on.created);
+        assert!(on.created[2].buffers < on.created[0].buffers, "{what}: {:?}", on.created);
+    }
+}
+
+/// The pool respects a budget: live + free bytes within it after training steps, and the
+/// results do not change.
+#[test]
+fn pool_stays_within_a_budget() {
+    let gpu = gpu_with_pool(true);
+    let free = run(&gpu, 4, &[16; 3], resident());
+    let s = gpu.pool_stats();
+    // Everything of the run is dropped: its buffers are free, within the high-water cap.
+    assert!(s.free_bytes > 0 && s.free_bytes <= s.live_high_water, "{s:?}");
+    let tight = gpu_with_pool(true);
+    let budget = s.live_high_water * 3 / 4;
+    tight.set_memory_budget(Some(budget));
+    let limited = run(&tight, 4, &[16; 3], resident());
+    let t = tight.pool_stats();
+    assert!(t.live_bytes + t.free_bytes <= budget.max(t.live_bytes), "{t:?} over {budget}");
+    assert_eq!(free.losses, limited.losses);
+    assert!(free.weights == limited.weights);
+}
