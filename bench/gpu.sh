@@ -62,18 +62,30 @@ write_results() {
     echo
     python3 bench/compare.py "$ours" "$torch" --card "$card"
     echo
-    echo "## Train step by matmul variant (bert-base shape)"
+    echo "## Train step by matmul variant (bert-base shape; the last: \`--precision f16\` weights, every config)"
     echo
-    for v in ${STEP_VARIANTS:-tiled smem f16 coop}; do
+    for v in ${STEP_VARIANTS:-tiled smem f16 coop} f16w; do
       [ -s "$work/step-$v.jsonl" ] && python3 - "$work/step-$v.jsonl" "$v" <<'PY'
 import json, sys
 for l in open(sys.argv[1]):
     m = json.loads(l)
     print(f"- {sys.argv[2]}: {m['name']} {m['variant']} {m['median_us'] / 1e3:.1f} ms/step, "
-          f"{m['gflops'] / 1e3:.1f} TFLOP/s, {m['extra'].get('tokens_per_s', 0):.0f} tokens/s")
+          f"{m['gflops'] / 1e3:.1f} TFLOP/s, {m['extra'].get('tokens_per_s', m['extra'].get('real_tokens_per_s', 0)):.0f} tokens/s")
 PY
     done
     echo
+    if ls "$work"/profile-*.txt >/dev/null 2>&1; then
+      echo "## Profiles (one train step, a GPU timestamp per dispatch: \`peft bench --profile\`)"
+      echo
+      for f in "$work"/profile-*.txt; do
+        echo "### $(basename "$f" .txt)"
+        echo
+        echo '```'
+        cat "$f"
+        echo '```'
+        echo
+      done
+    fi
     echo "## Log"
     echo
     echo '```'
@@ -81,6 +93,7 @@ PY
     echo '```'
   } > "$file"
   cat "$work"/step-*.jsonl > "$RESULTS_DIR/steps.jsonl" 2>/dev/null
+  for f in "$work"/profile-*.json; do [ -s "$f" ] && cp "$f" "$RESULTS_DIR/"; done
   cp "$ours" "$torch" "$RESULTS_DIR/" 2>/dev/null
   [ -s "$work/matmul.jsonl" ] && cp "$work/matmul.jsonl" "$RESULTS_DIR/"
   echo "wrote $file (and ours.jsonl, torch.jsonl, steps.jsonl, matmul.jsonl beside it)"
@@ -105,6 +118,36 @@ for v in ${STEP_VARIANTS:-tiled smem f16 coop}; do
   say "== peft bench --only step, PEFT_MATMUL_VARIANT=$v"
   PEFT_MATMUL_VARIANT=$v "$PEFT" bench --only step --config "${STEP_CONFIG:-bert-base}" --json "$work/step-$v.jsonl" "${extra[@]}" "${bench_args[@]}" 2>&1 | tee -a "$log" || say "variant $v: failed"
 done
+# Issue 15's rows with the frozen weights in f16 (`--precision f16`; the matrices stored as f16,
+# widened to f32 a layer at a time before the products).
+say "== peft bench --only step,demo --precision f16"
+"$PEFT" bench --only step,demo --precision f16 --json "$work/step-f16w.jsonl" "${extra[@]}" "${bench_args[@]}" 2>&1 | tee -a "$log" || say "f16 steps: failed"
+
+# Profiles (issue 15 item 1): BERT-base and MiniLM steps at 32 x 128 with the device's policy, then
+# BERT-base with each choice issue 15 compares: attention kernels, the buffer pool, f16 weights.
+# PROFILES=0 skips them.
+profile() { # name, env assignments..., -- peft arguments...
+  local name=$1; shift
+  local envs=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
+  shift
+  say "== peft bench --profile $* (${envs[*]:-device policy}) -> $name"
+  env "${envs[@]}" "$PEFT" bench --profile "$@" --json "$work/profile-$name.json" > "$work/profile-$name.txt" 2>&1 \
+    || say "profile $name: failed"
+  grep -E '^(profile|wall|created)' "$work/profile-$name.txt" | tee -a "$log"
+}
+if [ "${PROFILES:-1}" != 0 ]; then
+  p=(--batch "${PROFILE_BATCH:-32}" --seq "${PROFILE_SEQ:-128}")
+  profile bert-base -- bert-base "${p[@]}"
+  profile minilm -- minilm "${p[@]}"
+  profile bert-base-attention-separate PEFT_ATTENTION_KERNEL=separate -- bert-base "${p[@]}"
+  profile bert-base-attention-fused PEFT_ATTENTION_KERNEL=fused -- bert-base "${p[@]}"
+  profile bert-base-pool-off PEFT_BUFFER_POOL=0 -- bert-base "${p[@]}"
+  profile bert-base-f16 -- bert-base "${p[@]}" --precision f16
+  profile bert-base-coop PEFT_MATMUL_VARIANT=coop -- bert-base "${p[@]}"
+  write_results
+fi
+
 # Every matmul variant and tile configuration on the encoder's products (examples/matmul_bench.rs).
 MATMUL_BENCH=${MATMUL_BENCH:-$(dirname "$PEFT")/examples/matmul_bench}
 [ -x "$MATMUL_BENCH" ] || MATMUL_BENCH=$(dirname "$PEFT")/matmul_bench

@@ -8,6 +8,7 @@ use peft_wgpu::bench::kernels::{matmul_tolerance, KernelShapes, F32_TOLERANCE};
 use peft_wgpu::bench::{self, model, BenchOptions, Peaks, Reps};
 use peft_wgpu::kernels::attention::AttentionShape;
 use peft_wgpu::kernels::matmul::MatmulVariant;
+use peft_wgpu::WeightPrecision;
 use std::path::PathBuf;
 
 fn tiny_model() -> PathBuf {
@@ -36,6 +37,7 @@ fn options(only: &[&str], scratch: &std::path::Path, lengths: PathBuf) -> BenchO
         demo_sentences: Some(10),
         reps: Reps { warmup: 1, timed: 3 },
         peaks: Some(Peaks { bytes_per_s: 1e10, flops_per_s: 1e10, source: "test" }),
+        precision: WeightPrecision::F32,
         scratch: scratch.to_path_buf(),
     }
 }
@@ -100,6 +102,15 @@ fn train_step_and_demo_epoch() {
     assert_eq!(demo.extra["steps"].as_u64(), Some(3));
     assert_eq!(demo.extra["real_tokens"].as_u64(), Some(5 + 9 + 3 + 12 + 7 + 7 + 30 + 2 + 11 + 6));
     assert_eq!(demo.extra["padded_tokens"].as_u64(), Some(4 * 12 + 4 * 30 + 2 * 11));
+    // `--precision f16`: the same step with the layers' matrices in f16, labelled so.
+    let f16 = bench::run(
+        &gpu,
+        &BenchOptions { precision: WeightPrecision::F16, ..options(&["step"], tmp.path(), lengths.clone()) },
+    )
+    .unwrap();
+    assert_eq!(f16.iter().map(|m| m.variant.as_str()).collect::<Vec<_>>(), ["resident-f16", "stream-1-f16"], "{f16:?}");
+    let (l32, l16) = (results[0].extra["final_loss"].as_f64().unwrap(), f16[0].extra["final_loss"].as_f64().unwrap());
+    assert!(l16.is_finite() && l16 != l32 && (l16 - l32).abs() < 1e-2 * l32, "f16 loss {l16} vs f32 {l32}");
     // Bad lengths files give clear errors.
     std::fs::write(&lengths, "5\nabc\n").unwrap();
     let err = bench::step::read_lengths(&lengths).unwrap_err().to_string();

@@ -6,6 +6,7 @@ use common::*;
 use peft_wgpu::bench::profile::{profile_step, unprofiled_loss};
 use peft_wgpu::bench::Peaks;
 use peft_wgpu::gpu::ProfileMode;
+use peft_wgpu::WeightPrecision;
 
 #[test]
 fn profile_of_a_train_step() {
@@ -13,7 +14,7 @@ fn profile_of_a_train_step() {
     let dir = fixtures().join("tiny-bert/base");
     let peaks = Some(Peaks { bytes_per_s: 1e10, flops_per_s: 1e10, source: "test" });
     let (batch, seq) = (3, 11);
-    let p = profile_step(&gpu, "tiny", &dir, batch, seq, peaks, None).unwrap();
+    let p = profile_step(&gpu, "tiny", &dir, batch, seq, WeightPrecision::F32, peaks, None).unwrap();
     print!("{}", p.report());
 
     // At least one dispatch in every phase the step has (backward stops at layer 0's adapters:
@@ -76,7 +77,9 @@ fn profile_of_a_train_step() {
 
     // The fallback for GPUs without timestamps inside passes: a pass per dispatch, the same
     // dispatches in the same phases, the same loss.
-    let q = profile_step(&gpu, "tiny", &dir, batch, seq, peaks, Some(ProfileMode::PassPerDispatch)).unwrap();
+    let q =
+        profile_step(&gpu, "tiny", &dir, batch, seq, WeightPrecision::F32, peaks, Some(ProfileMode::PassPerDispatch))
+            .unwrap();
     assert_eq!(q.mode, ProfileMode::PassPerDispatch);
     assert_eq!(q.loss.to_bits(), plain.to_bits());
     let key = |p: &peft_wgpu::bench::profile::Profile| -> Vec<(String, String)> {

@@ -4,6 +4,7 @@ use super::memory::{self, MemoryOptions};
 use super::{kernels::KernelShapes, BenchOptions, Peaks, Reps};
 use crate::gpu::Gpu;
 use crate::kernels::attention::AttentionShape;
+use crate::types::WeightPrecision;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,6 +69,10 @@ pub struct BenchCli {
     /// phase (--json writes the whole profile).
     #[arg(long, value_name = "CONFIG")]
     pub profile: Option<String>,
+    /// How the frozen layers' matrices are held on the GPU in the train-step, demo, profile and
+    /// memory workloads: f32, or f16 (as `peft train --precision`).
+    #[arg(long, value_enum, default_value_t)]
+    pub precision: WeightPrecision,
     /// Memory benchmark instead: planned vs measured peak GPU memory of one Houlsby + AdamW
     /// training step per --config at --batch × --seq (default: a lean setup, --recompute with one
     /// resident layer and layer chunks of 8 sequences, unless --recompute/--resident-layers/
@@ -137,6 +142,7 @@ impl BenchCli {
             demo_sentences: self.demo_sentences,
             reps: Reps { warmup: self.warmup, timed: self.reps },
             peaks,
+            precision: self.precision,
             scratch: self.scratch.clone().unwrap_or_else(|| std::env::temp_dir().join("peft-bench")),
         })
     }
@@ -158,6 +164,7 @@ impl BenchCli {
             compare_recompute: self.compare_recompute,
             scratch: self.scratch.clone(),
             json: self.json.clone(),
+            precision: self.precision,
         }
     }
 
@@ -168,7 +175,16 @@ impl BenchCli {
         }
         let opts = self.options(gpu)?;
         if let Some(spec) = &self.profile {
-            super::profile::run(gpu, spec, opts.batch, opts.seq, opts.peaks, &opts.scratch, self.json.as_deref())?;
+            super::profile::run(
+                gpu,
+                spec,
+                opts.batch,
+                opts.seq,
+                opts.precision,
+                opts.peaks,
+                &opts.scratch,
+                self.json.as_deref(),
+            )?;
             return Ok(());
         }
         let results = super::run(gpu, &opts)?;

@@ -275,6 +275,8 @@ pub struct MemoryOptions {
     pub scratch: Option<PathBuf>,
     /// Write every run as one JSON object per line here.
     pub json: Option<PathBuf>,
+    /// How the frozen layers' matrices are held (`--precision`).
+    pub precision: WeightPrecision,
 }
 
 /// `peft bench --memory`.
@@ -303,10 +305,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &MemoryOptions) -> Result<()> {
     for spec in &o.configs {
         if o.plan_only {
             let cfg = model_config(spec, o.layers)?;
-            println!(
-                "{spec}: {}",
-                plan_step(gpu, &cfg, o.batch, o.seq, choice, budget, None, 1, WeightPrecision::F32)?
-            );
+            println!("{spec}: {}", plan_step(gpu, &cfg, o.batch, o.seq, choice, budget, None, 1, o.precision)?);
             continue;
         }
         let (_, dir) = model_dir(spec, o.layers, &scratch)?;
@@ -323,8 +322,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &MemoryOptions) -> Result<()> {
         };
         let first = runs.len();
         for c in choices {
-            let (planned, run) =
-                measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps, None, 1, WeightPrecision::F32)?;
+            let (planned, run) = measure(gpu, spec, &dir, o.batch, o.seq, c, budget, o.steps, None, 1, o.precision)?;
             println!("{spec}: {planned}");
             println!("{}\n{}", table_header(), run.row());
             runs.push(run);

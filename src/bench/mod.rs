@@ -257,6 +257,8 @@ pub struct BenchOptions {
     pub demo_sentences: Option<usize>,
     pub reps: Reps,
     pub peaks: Option<Peaks>,
+    /// How the frozen layers' matrices are held (`--precision`) in the step and demo workloads.
+    pub precision: crate::types::WeightPrecision,
     /// Where random-weight models are written (reused across runs).
     pub scratch: std::path::PathBuf,
 }
@@ -304,9 +306,12 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<Vec<Measurement>> {
     if want("step") {
         for spec in &o.configs {
             let (_, dir) = model::model_dir_for(spec, &o.scratch, 0)?;
-            emit(vec![step::train_step(gpu, &dir, o.batch, o.seq, None, o.reps, o.peaks)?], &mut out);
+            emit(vec![step::train_step(gpu, &dir, o.batch, o.seq, None, o.precision, o.reps, o.peaks)?], &mut out);
             if let Some(k) = o.stream_layers {
-                emit(vec![step::train_step(gpu, &dir, o.batch, o.seq, Some(k), o.reps, o.peaks)?], &mut out);
+                emit(
+                    vec![step::train_step(gpu, &dir, o.batch, o.seq, Some(k), o.precision, o.reps, o.peaks)?],
+                    &mut out,
+                );
             }
         }
     }
@@ -316,7 +321,7 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<Vec<Measurement>> {
             lengths.truncate(n.max(1));
         }
         let (_, dir) = model::model_dir_for(&o.demo_model, &o.scratch, 0)?;
-        emit(vec![step::demo_epoch(gpu, &dir, &lengths, o.demo_batch, o.peaks)?], &mut out);
+        emit(vec![step::demo_epoch(gpu, &dir, &lengths, o.demo_batch, o.precision, o.peaks)?], &mut out);
     }
     Ok(out)
 }

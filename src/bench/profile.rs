@@ -8,6 +8,7 @@
 use super::step::{random_inputs, Trainer};
 use super::Peaks;
 use crate::gpu::{CounterSnapshot, DispatchRecord, Gpu, ProfileMode};
+use crate::types::WeightPrecision;
 use anyhow::{Context, Result};
 use rand::SeedableRng;
 use serde::Serialize;
@@ -42,6 +43,8 @@ pub struct Profile {
     pub config: String,
     pub batch: usize,
     pub seq: usize,
+    /// How the frozen layers' matrices were held (`--precision`).
+    pub precision: WeightPrecision,
     pub mode: ProfileMode,
     pub peaks: Option<Peaks>,
     /// The step's loss (bit-identical to an unprofiled step's).
@@ -131,9 +134,10 @@ fn run_step(
     model_dir: &Path,
     batch: usize,
     seq: usize,
+    precision: WeightPrecision,
     profile: Option<Option<ProfileMode>>,
 ) -> Result<StepRun> {
-    let mut tr = Trainer::new(gpu, model_dir, None, 2)?;
+    let mut tr = Trainer::with_precision(gpu, model_dir, None, 2, precision)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let inp = random_inputs(&mut rng, &vec![seq; batch], tr.cfg.vocab_size);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
@@ -159,7 +163,7 @@ fn run_step(
 
 /// The loss of the same step unprofiled (for the bit-identity check).
 pub fn unprofiled_loss(gpu: &Arc<Gpu>, model_dir: &Path, batch: usize, seq: usize) -> Result<f32> {
-    Ok(run_step(gpu, model_dir, batch, seq, None)?.loss)
+    Ok(run_step(gpu, model_dir, batch, seq, WeightPrecision::F32, None)?.loss)
 }
 
 /// Profiles one Houlsby + AdamW train step of the model in `model_dir` at `batch × seq`, with
@@ -171,10 +175,11 @@ pub fn profile_step(
     model_dir: &Path,
     batch: usize,
     seq: usize,
+    precision: WeightPrecision,
     peaks: Option<Peaks>,
     mode: Option<ProfileMode>,
 ) -> Result<Profile> {
-    let run = run_step(gpu, model_dir, batch, seq, Some(mode))?;
+    let run = run_step(gpu, model_dir, batch, seq, precision, Some(mode))?;
     let (mode, records) = run.records.expect("profiled");
     let gpu_busy: f64 = records.iter().map(|r| r.gpu_seconds).sum();
     Ok(Profile {
@@ -182,6 +187,7 @@ pub fn profile_step(
         config: config.to_string(),
         batch,
         seq,
+        precision,
         mode,
         peaks,
         loss: run.loss,
@@ -227,8 +233,13 @@ impl Profile {
         let c = &self.created;
         let mut s = format!("device: {}\n", self.device);
         s += &format!(
-            "profile: {} B={} S={} ({:?} timestamps), loss {}\n",
-            self.config, self.batch, self.seq, self.mode, self.loss
+            "profile: {} B={} S={}{} ({:?} timestamps), loss {}\n",
+            self.config,
+            self.batch,
+            self.seq,
+            if self.precision == WeightPrecision::F16 { ", matrices in f16" } else { "" },
+            self.mode,
+            self.loss
         );
         if let Some(p) = self.peaks {
             s += &format!(
@@ -268,12 +279,13 @@ pub fn run(
     spec: &str,
     batch: usize,
     seq: usize,
+    precision: WeightPrecision,
     peaks: Option<Peaks>,
     scratch: &Path,
     json: Option<&Path>,
 ) -> Result<Profile> {
     let (_, dir) = super::model::model_dir_for(spec, scratch, 0)?;
-    let p = profile_step(gpu, spec, &dir, batch, seq, peaks, None)?;
+    let p = profile_step(gpu, spec, &dir, batch, seq, precision, peaks, None)?;
     print!("{}", p.report());
     if let Some(path) = json {
         crate::formats::write_atomic(path, serde_json::to_string_pretty(&p)?.as_bytes())

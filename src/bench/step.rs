@@ -10,7 +10,7 @@ use crate::model::config::BertConfig;
 use crate::model::encoder::{Inputs, Setup};
 use crate::model::load;
 use crate::train::{new_adapter, Optimizer};
-use crate::types::Activation;
+use crate::types::{Activation, WeightPrecision};
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
@@ -62,7 +62,18 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(gpu: &Arc<Gpu>, model_dir: &Path, resident_layers: Option<usize>, steps: u32) -> Result<Self> {
-        let (cfg, enc) = load::load_encoder(gpu, model_dir, resident_layers)?;
+        Self::with_precision(gpu, model_dir, resident_layers, steps, WeightPrecision::F32)
+    }
+
+    /// [`new`](Self::new) with the frozen layers' matrices held in `precision` (`--precision`).
+    pub fn with_precision(
+        gpu: &Arc<Gpu>,
+        model_dir: &Path,
+        resident_layers: Option<usize>,
+        steps: u32,
+        precision: WeightPrecision,
+    ) -> Result<Self> {
+        let (cfg, enc) = load::load_encoder_with(gpu, model_dir, resident_layers, precision)?;
         let bn = BottleneckConfig::houlsby(16.0, Activation::Silu);
         let (set, head) = new_adapter(gpu, &cfg, &bn, "bench", 2, 0)?;
         let trainable = set.parameters() + head.parameters();
@@ -115,10 +126,12 @@ pub fn train_step(
     batch: usize,
     seq: usize,
     resident_layers: Option<usize>,
+    precision: WeightPrecision,
     reps: Reps,
     peaks: Option<Peaks>,
 ) -> Result<Measurement> {
-    let mut tr = Trainer::new(gpu, model_dir, resident_layers, (reps.warmup + reps.timed) as u32)?;
+    let mut tr =
+        Trainer::with_precision(gpu, model_dir, resident_layers, (reps.warmup + reps.timed) as u32, precision)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let inp = random_inputs(&mut rng, &vec![seq; batch], tr.cfg.vocab_size);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
@@ -145,10 +158,13 @@ pub fn train_step(
     let pipelined = t0.elapsed().as_secs_f64() / reps.timed as f64;
     let cfg = &tr.cfg;
     let tokens = batch * seq;
-    let variant = match resident_layers {
+    let mut variant = match resident_layers {
         Some(k) if k < cfg.num_hidden_layers => format!("stream-{k}"),
-        _ => "resident".into(),
+        _ => "resident".to_string(),
     };
+    if precision == WeightPrecision::F16 {
+        variant += "-f16";
+    }
     let name = format!("train_step_{}x{}", cfg.num_hidden_layers, cfg.hidden_size);
     let m = Measurement::new(
         &name,
@@ -198,10 +214,11 @@ pub fn demo_epoch(
     model_dir: &Path,
     lengths: &[usize],
     batch_size: usize,
+    precision: WeightPrecision,
     peaks: Option<Peaks>,
 ) -> Result<Measurement> {
     let chunks: Vec<&[usize]> = lengths.chunks(batch_size.max(1)).collect();
-    let mut tr = Trainer::new(gpu, model_dir, None, 2 * chunks.len() as u32)?;
+    let mut tr = Trainer::with_precision(gpu, model_dir, None, 2 * chunks.len() as u32, precision)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(6);
     let batches: Vec<(Inputs, Vec<u32>)> = chunks
         .iter()
@@ -242,7 +259,12 @@ pub fn demo_epoch(
     let m = Measurement::new(
         "demo_epoch",
         format!("{} sentences, batch {batch_size}", lengths.len()),
-        &format!("{}x{}", tr.cfg.num_hidden_layers, tr.cfg.hidden_size),
+        &format!(
+            "{}x{}{}",
+            tr.cfg.num_hidden_layers,
+            tr.cfg.hidden_size,
+            if precision == WeightPrecision::F16 { "-f16" } else { "" }
+        ),
         &[epoch],
         Clock::Wall,
         flops,

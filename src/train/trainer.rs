@@ -176,9 +176,21 @@ pub fn train_step_accumulated<T: Trainee>(
     optimizer: &mut Optimizer,
     micro: &[MicroBatch],
 ) -> Result<StepOutput> {
+    submit_step_accumulated(gpu, enc, trainee, optimizer, micro)?.wait()
+}
+
+/// [`train_step_accumulated`] up to its one read-back (the epoch loop records the next step
+/// while this one runs).
+pub fn submit_step_accumulated<T: Trainee>(
+    gpu: &Arc<Gpu>,
+    enc: &mut Encoder,
+    trainee: &mut T,
+    optimizer: &mut Optimizer,
+    micro: &[MicroBatch],
+) -> Result<SubmittedStep> {
     match micro {
         [] => bail!("internal: an optimizer step over no batches"),
-        [one] => return train_step_targets(gpu, enc, trainee, optimizer, one.inputs, one.targets, one.dropout),
+        [one] => return submit_train_step(gpu, enc, trainee, optimizer, one.inputs, one.targets, one.dropout),
         _ => {}
     }
     trainee.before_train_pass();
@@ -209,7 +221,7 @@ pub fn train_step_accumulated<T: Trainee>(
     for (sum, g) in sums.iter().zip(&grads) {
         elementwise::scale(&mut b, sum, 1.0 / n, g)?;
     }
-    finish_step(&mut b, trainee, optimizer, &losses)?.wait()
+    finish_step(&mut b, trainee, optimizer, &losses)
 }
 
 /// What the loop trains for and how (the options and the run's fixed facts).

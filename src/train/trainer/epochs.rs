@@ -1,6 +1,6 @@
 //! The epoch loop itself: one [`Run`] holds everything a step and an epoch's end change.
 
-use super::{train_step_accumulated, LoopControl, LoopSetup, MicroBatch, Trainee};
+use super::{submit_step_accumulated, LoopControl, LoopSetup, MicroBatch, SubmittedStep, Trainee};
 use crate::gpu::Gpu;
 use crate::kernels::optim::{AdamW, LinearSchedule};
 use crate::model::encoder::{Encoder, PassDropout};
@@ -46,6 +46,23 @@ struct Run<'a, T: Trainee> {
     since_best: usize,
     /// The step of the last state file on disk, for the messages of a failed step.
     saved_step: Option<usize>,
+    /// Whether the next step is recorded while the last one runs: with the buffer pool on and no
+    /// memory budget. The memory tracker counts a step's buffers until the GPU has finished it, so
+    /// a step recorded meanwhile counts (and, where its shapes differ and the pool cannot hand it
+    /// the running step's buffers, holds) a second step's working set, which a budget must not see.
+    pipelined: bool,
+    /// The step submitted and not yet read back.
+    in_flight: Option<InFlight>,
+    /// Where the training time since the last read-back started (`None` between epochs).
+    mark: Option<Instant>,
+}
+
+/// A step submitted to the GPU whose numbers are not read back yet.
+struct InFlight {
+    submitted: SubmittedStep,
+    epoch: usize,
+    step: usize,
+    real_tokens: usize,
 }
 
 /// The epoch loop of `peft train` and `peft fuse`, also saving `trainer_state.safetensors` (every
@@ -203,6 +220,9 @@ impl<'a, T: Trainee> Run<'a, T> {
             train_secs: p.train_secs,
             since_best: p.since_best,
             saved_step: ctl.run.resume.then_some(p.step),
+            pipelined: gpu.policy().buffer_pool && gpu.pool_stats().budget.is_none(),
+            in_flight: None,
+            mark: None,
         }
     }
 
@@ -211,12 +231,17 @@ impl<'a, T: Trainee> Run<'a, T> {
     }
 
     /// One optimizer step on the batches `group` (the first is batch `bi` of `epoch`; more than
-    /// one with `--gradient-accumulation`), logged; saves the state when a stop is due or every
-    /// `save_steps`.
+    /// one with `--gradient-accumulation`): recorded and submitted, then the step before it (still
+    /// in flight) read back and logged, so the host records step i+1 while the GPU runs step i.
+    /// A step after which the state is saved (`save_steps`, a stop) is read back at once.
     fn step(&mut self, epoch: usize, bi: usize, group: &[Vec<usize>]) -> Result<Flow> {
         let (gpu, task, a) = (self.gpu, self.task, self.a);
-        let t0 = Instant::now();
-        let step = self.summary.steps + 1;
+        let step = self.summary.steps + usize::from(self.in_flight.is_some()) + 1;
+        if self.ctl.run.fault.is_some_and(|f| f.step() == step) {
+            // A fault injected before this step must not hit the one still in flight.
+            self.flush()?;
+        }
+        self.mark.get_or_insert_with(Instant::now);
         let saved_step = self.saved_step;
         let failed = || resume::failed_at(a.command, step, a.out, saved_step);
         resume::inject(gpu, self.ctl.run.fault, step, &self.trainee.params())?;
@@ -236,9 +261,43 @@ impl<'a, T: Trainee> Run<'a, T> {
                 b.targets.as_ref().map(|t| t.as_targets()).context("internal: a training batch without targets")?;
             micro.push(MicroBatch { inputs, targets, dropout });
         }
-        let s =
-            train_step_accumulated(gpu, self.enc, self.trainee, &mut self.optimizer, &micro).with_context(failed)?;
+        let submitted =
+            submit_step_accumulated(gpu, self.enc, self.trainee, &mut self.optimizer, &micro).with_context(failed)?;
         let real_tokens: usize = batches.iter().map(|b| b.real_tokens()).sum();
+        let this = InFlight { submitted, epoch, step, real_tokens };
+        if let Some(previous) = self.in_flight.replace(this) {
+            self.complete(previous)?;
+        }
+        if !self.pipelined || self.summary.steps == 0 {
+            // The first step completes alone (its peak is one step's: "step 1: measured peak").
+            self.flush()?;
+        }
+        let stop = resume::stop_requested() || self.ctl.run.stop_after_steps == Some(step);
+        let every = self.ctl.run.save_steps.is_some_and(|n| n > 0 && step % n == 0);
+        if stop || every {
+            self.flush()?;
+            self.save_state(epoch, bi + group.len(), false)?;
+        }
+        Ok(if stop { Flow::Stop } else { Flow::Continue })
+    }
+
+    /// Reads back the step in flight, if any (before an evaluation, a saved state, the end); the
+    /// time until the next step starts is not training time.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(f) = self.in_flight.take() {
+            self.complete(f)?;
+        }
+        self.mark = None;
+        Ok(())
+    }
+
+    /// A submitted step's numbers: waited for, checked, counted, logged and reported.
+    fn complete(&mut self, f: InFlight) -> Result<()> {
+        let (gpu, a) = (self.gpu, self.a);
+        let step = f.step;
+        let saved_step = self.saved_step;
+        let failed = || resume::failed_at(a.command, step, a.out, saved_step);
+        let s = f.submitted.wait().with_context(failed)?;
         gpu.check().with_context(failed)?;
         let (loss, lr, norm) = (s.loss, s.lr, s.grad_norm);
         if !loss.is_finite() || !norm.is_finite() {
@@ -248,8 +307,11 @@ impl<'a, T: Trainee> Run<'a, T> {
                 failed()
             );
         }
-        self.train_secs += t0.elapsed().as_secs_f64();
-        self.real_tokens += real_tokens;
+        let now = Instant::now();
+        if let Some(mark) = self.mark.replace(now) {
+            self.train_secs += now.duration_since(mark).as_secs_f64();
+        }
+        self.real_tokens += f.real_tokens;
         self.summary.steps += 1;
         if self.summary.steps == 1 {
             let peak = gpu.memory.peak() as f64 / 1048576.0;
@@ -258,8 +320,8 @@ impl<'a, T: Trainee> Run<'a, T> {
         self.summary.train_losses.push(loss);
         self.curves.loss.push((self.summary.steps, loss as f64));
         let tps = self.tokens_per_second();
-        let mut record = json!({"step": self.summary.steps, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": norm,
-            "tokens": real_tokens, "tokens_per_second": tps});
+        let mut record = json!({"step": self.summary.steps, "epoch": f.epoch, "loss": loss, "lr": lr, "grad_norm": norm,
+            "tokens": f.real_tokens, "tokens_per_second": tps});
         if s.extra_loss != 0.0 {
             record["regularization_loss"] = json!(s.extra_loss);
         }
@@ -272,12 +334,7 @@ impl<'a, T: Trainee> Run<'a, T> {
             tokens_per_second: tps,
             train_secs: self.train_secs,
         });
-        let stop = resume::stop_requested() || self.ctl.run.stop_after_steps == Some(self.summary.steps);
-        let every = self.ctl.run.save_steps.is_some_and(|n| n > 0 && self.summary.steps % n == 0);
-        if stop || every {
-            self.save_state(epoch, bi + group.len(), false)?;
-        }
-        Ok(if stop { Flow::Stop } else { Flow::Continue })
+        Ok(())
     }
 
     /// Writes the resume state (when the run has one), continuing at `epoch` / `batch`.
@@ -304,6 +361,7 @@ impl<'a, T: Trainee> Run<'a, T> {
     /// Dev evaluation, the checkpoint of a new best epoch, the state, early stopping.
     fn end_epoch(&mut self, epoch: usize) -> Result<Flow> {
         let (gpu, task, a) = (self.gpu, self.task, self.a);
+        self.flush()?;
         self.trainee.before_eval(gpu)?;
         let scores = {
             let (setup, head) = (self.trainee.setup(), self.trainee.head());
@@ -345,6 +403,7 @@ impl<'a, T: Trainee> Run<'a, T> {
 
     /// The training plot and the last lines.
     fn finish(mut self, stopped: bool) -> Result<TrainSummary> {
+        self.flush()?;
         let a = self.a;
         self.summary.tokens_per_second = self.tokens_per_second();
         metrics::plot_training(a.out.join("training.png"), &self.curves)?;
