@@ -161,6 +161,47 @@ fn pooling_changes_nothing_computed() {
     }
 }
 
+/// A training run's batches come in many lengths (length-bucketed, padded to their longest): once
+/// the longest has run, a shorter step takes the longest step's free buffers (the pool hands out a
+/// larger free buffer without a budget) and creates none, down to the length whose `[B, H, S, S]`
+/// scores are `REUSE_RATIO` (8) times smaller than the longest's (here 16 → 6); the tracker still
+/// counts the tensors' own bytes, so a shorter step's measured peak stays below the longest's.
+#[test]
+fn shorter_steps_run_in_the_longest_steps_buffers() {
+    let gpu = gpu_with_pool(true);
+    let seqs = [16, 16, 11, 7, 13, 9, 15, 6];
+    let r = run(&gpu, 4, &seqs, resident());
+    println!("lengths {seqs:?}: {:?}", r.created);
+    assert!(r.created[0].buffers > 0);
+    for (i, c) in r.created.iter().enumerate().skip(2) {
+        assert_eq!(c.buffers, 0, "step {} (length {}) created {c:?}", i + 1, seqs[i]);
+    }
+    // And the same lengths unpooled compute the same, bit for bit.
+    let off = run(&gpu_with_pool(false), 4, &seqs, resident());
+    assert_eq!(r.losses, off.losses);
+    assert!(r.weights == off.weights, "trained weights differ");
+    // Tensors' bytes, not buffers': a short step alone measures less than a long one.
+    let peak_of = |seq: usize| {
+        let gpu = gpu_with_pool(true);
+        let (mut enc, mut trainee, mut opt) = setup(&gpu, 4, 16, resident());
+        let vocab = BertConfig::from_model_dir(&fixtures().join("tiny-bert/base")).unwrap().vocab_size;
+        let labels: Vec<u32> = vec![0, 1, 0, 1];
+        let mut step = |seq: usize| {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seq as u64);
+            let inputs = peft_wgpu::bench::step::random_inputs(&mut rng, &[seq; 4], vocab);
+            train_step(&gpu, &mut enc, &mut trainee, &mut opt, &inputs, &labels, None).unwrap();
+        };
+        step(16);
+        gpu.sync().unwrap();
+        gpu.memory.reset_peak();
+        step(seq);
+        gpu.sync().unwrap();
+        gpu.memory.peak()
+    };
+    let (long, short) = (peak_of(16), peak_of(6));
+    assert!(short < long, "measured peak of a length-6 step {short} B, of a length-16 step {long} B");
+}
+
 /// The pool respects a budget: live + free bytes within it after training steps, and the
 /// results do not change.
 #[test]

@@ -108,28 +108,33 @@ impl TrackedBuffer {
     /// Counts a newly created `buffer`, which is destroyed when this is dropped.
     pub fn new(buffer: wgpu::Buffer, tracker: &Arc<MemoryTracker>) -> Self {
         tracker.counters.buffer();
-        Self::counted(super::pool::next_id(), buffer, tracker, None)
+        let bytes = buffer.size();
+        Self::counted(super::pool::next_id(), buffer, bytes, tracker, None)
     }
 
-    /// A buffer from `pool` (counted as created unless `reused`), returned to it when dropped.
+    /// A buffer from `pool` for a tensor of `bytes` (counted as created unless `reused`), returned
+    /// to it when dropped. The tracker counts the tensor's `bytes`, not the buffer's size (the
+    /// pool may hand out a larger free buffer: what it reserves beyond the tensors is
+    /// [`PoolStats`](super::PoolStats)' business, as PyTorch's allocated vs reserved memory).
     pub(crate) fn pooled(
         (id, buffer, reused): (u64, wgpu::Buffer, bool),
+        bytes: u64,
         tracker: &Arc<MemoryTracker>,
         pool: &Arc<super::pool::BufferPool>,
     ) -> Self {
         if !reused {
             tracker.counters.buffer();
         }
-        Self::counted(id, buffer, tracker, Some(pool.clone()))
+        Self::counted(id, buffer, bytes, tracker, Some(pool.clone()))
     }
 
     fn counted(
         id: u64,
         buffer: wgpu::Buffer,
+        bytes: u64,
         tracker: &Arc<MemoryTracker>,
         pool: Option<Arc<super::pool::BufferPool>>,
     ) -> Self {
-        let bytes = buffer.size();
         tracker.add(bytes);
         Self { buffer: Some(buffer), id, bytes, tracker: tracker.clone(), pool }
     }

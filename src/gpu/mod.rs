@@ -324,6 +324,7 @@ impl Gpu {
             .await
             .with_context(|| format!("opening GPU {}", description.summary()))?;
         let fault = watch_faults(&device);
+        let max_binding = limits.max_storage_buffer_binding_size as u64;
         let memory = Arc::new(MemoryTracker::default());
         let dummies = (0..DUMMY_BINDINGS)
             .map(|_| {
@@ -345,7 +346,7 @@ impl Gpu {
             pipelines: pipelines::PipelineCache::new(policy.shader_checks),
             dummies,
             memory,
-            pool: Arc::new(pool::BufferPool::new(policy.buffer_pool)),
+            pool: Arc::new(pool::BufferPool::new(policy.buffer_pool, max_binding)),
             fault,
             policy,
             profiling: Default::default(),
@@ -411,7 +412,7 @@ impl Gpu {
     pub(crate) fn storage_buffer(&self, bytes: u64) -> (Arc<TrackedBuffer>, bool) {
         let taken = self.pool.take(&self.device, bytes, tensor::USAGE, "tensor");
         let reused = taken.2;
-        (Arc::new(TrackedBuffer::pooled(taken, &self.memory, &self.pool)), reused)
+        (Arc::new(TrackedBuffer::pooled(taken, bytes, &self.memory, &self.pool)), reused)
     }
 
     /// Queues a write of `data` at byte `offset` of `buffer` (executed before the next submit),

@@ -1,9 +1,14 @@
 //! The buffer pool of a [`Gpu`](super::Gpu): a dropped tensor's wgpu buffer is kept, keyed by
-//! (size, usage), and handed out again by the next request of that key (the free one with the
-//! lowest id, so a step that starts with the same free buffers and allocates in the same order
-//! as the one before gets the same buffers back, and the bind group cache of
-//! [`super::bind_cache`] hits). Parameter blocks and read-back staging
-//! buffers come from it too.
+//! (usage, size), and handed out again by the next request of that usage: the smallest free size
+//! that holds the request — the exact size, or without a memory budget one up to
+//! [`REUSE_RATIO`] times larger (a training run's batches come in many lengths; a step shorter
+//! than the longest seen so far then runs in the longest step's buffers instead of new ones),
+//! never one larger than a storage binding may be when the request fits in one — and of that
+//! size the free one with the lowest id, so a step that starts with the same free buffers and
+//! allocates in the same order as the one before gets the same buffers back, and the bind group
+//! cache of [`super::bind_cache`] hits. Kernels read their tensors' shapes from their parameters,
+//! never a buffer's length, so a larger buffer computes the same. Parameter blocks and read-back
+//! staging buffers come from it too.
 //!
 //! Ordering: a buffer returns to the pool when its last [`TrackedBuffer`](super::TrackedBuffer)
 //! is dropped; recorders keep the buffers of their dispatches until after `queue.submit`, so a
@@ -24,7 +29,7 @@
 //! least recently returned buffers are dropped first. Off ([`KernelPolicy::buffer_pool`](
 //! super::KernelPolicy::buffer_pool)): every request creates a buffer and every drop destroys it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -35,7 +40,12 @@ pub(crate) fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-type Key = (u64, wgpu::BufferUsages);
+/// (usage bits, size): a usage's sizes in order, for the smallest one that holds a request.
+type Key = (u32, u64);
+
+/// How much larger than a request a reused buffer may be (without a memory budget; with one,
+/// only the exact size is reused, so the measured peak stays the planned one).
+pub(crate) const REUSE_RATIO: u64 = 8;
 
 struct Free {
     id: u64,
@@ -46,7 +56,7 @@ struct Free {
 
 #[derive(Default)]
 struct State {
-    free: HashMap<Key, Vec<Free>>,
+    free: BTreeMap<Key, Vec<Free>>,
     free_bytes: u64,
     /// Bytes of buffers handed out by the pool and not yet returned.
     live_bytes: u64,
@@ -71,6 +81,8 @@ pub struct PoolStats {
 
 pub(crate) struct BufferPool {
     enabled: bool,
+    /// The largest storage binding: a request that fits in one never gets a buffer that does not.
+    max_binding: u64,
     state: Mutex<State>,
     /// Buffers to clear before the next submitted work, by id.
     clears: Mutex<HashMap<u64, wgpu::Buffer>>,
@@ -89,9 +101,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl BufferPool {
-    pub(crate) fn new(enabled: bool) -> Self {
+    pub(crate) fn new(enabled: bool, max_binding: u64) -> Self {
         Self {
             enabled,
+            max_binding,
             state: Mutex::default(),
             clears: Mutex::default(),
             bind_groups: super::bind_cache::BindGroupCache::default(),
@@ -114,18 +127,37 @@ impl BufferPool {
         let mut trimmed = vec![];
         {
             let mut s = lock(&self.state);
-            s.live_bytes += size;
-            s.live_high_water = s.live_high_water.max(s.live_bytes);
             if self.enabled {
-                // The lowest id of the key: what a step takes depends only on which buffers are
-                // free, not on the order earlier steps returned them, so a step that starts with
-                // the same free buffers as the one before takes the same ones in the same roles.
-                if let Some(f) = s.free.get_mut(&(size, usage)).and_then(|v| v.pop()) {
-                    s.free_bytes -= size;
+                // The smallest size that holds the request, then its lowest id: what a step takes
+                // depends only on which buffers are free, not on the order earlier steps returned
+                // them, so a step that starts with the same free buffers as the one before takes
+                // the same ones in the same roles.
+                let mut largest = if s.budget.is_some() { size } else { size.saturating_mul(REUSE_RATIO) };
+                if size <= self.max_binding {
+                    largest = largest.min(self.max_binding);
+                }
+                let u = usage.bits();
+                let key =
+                    s.free.range((u, size)..=(u, largest.max(size))).find(|(_, v)| !v.is_empty()).map(|(k, _)| *k);
+                if let Some(key) = key {
+                    let list = s.free.get_mut(&key).expect("key just found");
+                    let f = list.pop().expect("non-empty");
+                    if list.is_empty() {
+                        s.free.remove(&key);
+                    }
+                    let got = f.buffer.size();
+                    s.free_bytes -= got;
+                    s.live_bytes += got;
+                    s.live_high_water = s.live_high_water.max(s.live_bytes);
                     return (f.id, f.buffer, true);
                 }
                 // A new buffer: make room under the budget first.
+                s.live_bytes += size;
+                s.live_high_water = s.live_high_water.max(s.live_bytes);
                 Self::trim(&mut s, None, &mut trimmed);
+            } else {
+                s.live_bytes += size;
+                s.live_high_water = s.live_high_water.max(s.live_bytes);
             }
         }
         self.forget(&trimmed);
@@ -152,7 +184,7 @@ impl BufferPool {
             s.returns += 1;
             let returned = s.returns;
             // Sorted by descending id: the lowest at the end, popped first.
-            let list = s.free.entry((size, buffer.usage())).or_default();
+            let list = s.free.entry((buffer.usage().bits(), size)).or_default();
             let at = list.partition_point(|f| f.id > id);
             list.insert(at, Free { id, buffer, returned });
             s.free_bytes += size;
@@ -222,7 +254,7 @@ impl BufferPool {
         let mut trimmed = vec![];
         {
             let mut s = lock(&self.state);
-            for (_, list) in s.free.drain() {
+            for (_, list) in std::mem::take(&mut s.free) {
                 trimmed.extend(list.iter().map(|f| f.id));
             }
             s.free_bytes = 0;

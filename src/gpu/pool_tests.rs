@@ -93,3 +93,39 @@ fn budget_and_high_water_bound_the_free_bytes() {
     gpu.trim_pool();
     assert_eq!(gpu.pool_stats().free_bytes, 0);
 }
+
+#[test]
+fn a_larger_free_buffer_serves_a_smaller_request_without_a_budget() {
+    let gpu = pooled_gpu();
+    let long: Vec<f32> = (0..100).map(|i| i as f32).collect();
+    let id = dropped_after_use(&gpu, &long);
+    // 60 values: the free 400-byte buffer (within REUSE_RATIO) is handed out, no new buffer.
+    let before = gpu.counters();
+    let short: Vec<f32> = (0..60).map(|i| -(i as f32)).collect();
+    let t = GpuTensor::from_slice(&gpu, &[60], &short).unwrap();
+    assert_eq!((t.buffer.id(), (gpu.counters() - before).buffers), (id, 0));
+    // It reads back its own 60 values, and the tracker counts 240 bytes, not 400.
+    assert_eq!(t.to_vec(&gpu).unwrap(), short);
+    assert_eq!(t.buffer.bytes(), 240);
+    // zeros in a larger reused buffer read zeros.
+    drop(t);
+    let z = GpuTensor::zeros(&gpu, &[30]).unwrap();
+    assert_eq!(z.buffer.id(), id);
+    assert_eq!(z.to_vec(&gpu).unwrap(), vec![0.0; 30]);
+    drop(z);
+    // Not a buffer more than REUSE_RATIO times the request: a new one.
+    let small = GpuTensor::from_slice(&gpu, &[2], &[1.0, 2.0]).unwrap();
+    assert_ne!(small.buffer.id(), id);
+}
+
+#[test]
+fn with_a_budget_only_the_exact_size_is_reused() {
+    let gpu = pooled_gpu();
+    gpu.set_memory_budget(Some(1 << 30));
+    let id = dropped_after_use(&gpu, &[1.0; 100]);
+    let t = GpuTensor::from_slice(&gpu, &[60], &[2.0; 60]).unwrap();
+    assert_ne!(t.buffer.id(), id, "a budgeted pool reused a larger buffer");
+    drop(t);
+    let t = GpuTensor::from_slice(&gpu, &[100], &[3.0; 100]).unwrap();
+    assert_eq!(t.buffer.id(), id);
+}

@@ -193,7 +193,7 @@ impl GpuTensor {
         settle(gpu)?;
         mapping.done().await?;
         gpu.check()?;
-        let slice = staging.slice(..);
+        let slice = staging.slice(..size);
         let view = slice.get_mapped_range().map_err(|e| anyhow!("reading a GPU buffer: {e:?}"))?;
         let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
         drop(view);

@@ -261,8 +261,17 @@ impl<'a, T: Trainee> Run<'a, T> {
                 b.targets.as_ref().map(|t| t.as_targets()).context("internal: a training batch without targets")?;
             micro.push(MicroBatch { inputs, targets, dropout });
         }
+        let before = gpu.counters();
         let submitted =
             submit_step_accumulated(gpu, self.enc, self.trainee, &mut self.optimizer, &micro).with_context(failed)?;
+        let created = gpu.counters() - before;
+        log::debug!(
+            "step {step} ({} x {}): {} buffers and {} bind groups created",
+            batches[0].batch,
+            batches[0].seq,
+            created.buffers,
+            created.bind_groups
+        );
         let real_tokens: usize = batches.iter().map(|b| b.real_tokens()).sum();
         let this = InFlight { submitted, epoch, step, real_tokens };
         if let Some(previous) = self.in_flight.replace(this) {
