@@ -456,3 +456,27 @@ fn the_checker_sees_every_form_of_import() {
     std::fs::remove_dir_all(&tmp).unwrap();
     assert_eq!(bad.len(), 3, "{bad:#?}");
 }
+
+/// Queue writes into pooled buffers go through `Gpu::write_buffer` (the pool's `write`): a raw
+/// `queue.write_buffer` into a tensor that `zeros` took from the pool runs before the pool's
+/// pending clear of that buffer (queue writes precede a submit's commands), which then wipes it —
+/// as it did the f16 weight slots when the pool handed them a reused buffer. Only `src/gpu`
+/// (parameter blocks, the pool itself) may write the queue directly.
+#[test]
+fn queue_writes_outside_the_gpu_module_go_through_the_pool() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![];
+    rust_files(&src, &mut files);
+    let mut raw = vec![];
+    for f in files {
+        let rel = f.strip_prefix(&src).unwrap();
+        if rel.starts_with("gpu") {
+            continue;
+        }
+        let code = strip(&std::fs::read_to_string(&f).unwrap());
+        if code.contains("queue.write_buffer(") || code.contains("queue().write_buffer(") {
+            raw.push(rel.display().to_string());
+        }
+    }
+    assert!(raw.is_empty(), "raw queue writes (use Gpu::write_buffer): {raw:?}");
+}

@@ -293,7 +293,7 @@ impl LayerStore {
         }
         for (t, values) in matrices {
             let words = elementwise::pack_f16(&values).with_context(|| format!("layer {layer}: weights as f16"))?;
-            self.gpu.queue.write_buffer(&t.buffer, 0, bytemuck::cast_slice(&words));
+            self.gpu.write_buffer(&t.buffer, 0, bytemuck::cast_slice(&words));
             self.uploaded += words.len() as u64 * 4;
         }
         self.slot_layer[slot] = Some(layer);
