@@ -66,6 +66,13 @@ impl MemoryTracker {
         s.current -= bytes;
     }
 
+    /// A pooled buffer was dropped: free now, in flight or not. The pool hands it only to work
+    /// submitted later, which the queue orders after every submission that used it, so its memory
+    /// serves the next tensor at once (no host wait needed, unlike a destroyed buffer's).
+    fn release_to_pool(&self, bytes: u64) {
+        self.lock().current -= bytes;
+    }
+
     /// After waiting for all submitted work: whatever was dropped since is free.
     pub(crate) fn idle(&self) {
         let mut s = self.lock();
@@ -158,9 +165,16 @@ impl std::ops::Deref for TrackedBuffer {
 
 impl Drop for TrackedBuffer {
     fn drop(&mut self) {
-        self.tracker.release(self.bytes);
-        if let (Some(pool), Some(buffer)) = (&self.pool, self.buffer.take()) {
-            pool.give(self.id, buffer);
+        match (&self.pool, self.buffer.take()) {
+            (Some(pool), Some(buffer)) if pool.enabled() => {
+                self.tracker.release_to_pool(self.bytes);
+                pool.give(self.id, buffer);
+            }
+            (Some(pool), Some(buffer)) => {
+                self.tracker.release(self.bytes);
+                pool.give(self.id, buffer);
+            }
+            _ => self.tracker.release(self.bytes),
         }
     }
 }

@@ -24,11 +24,25 @@ impl Encoder {
     /// drivers or with `PEFT_SUBMIT_PER_LAYER=0`).
     fn layer_done(&self, b: &mut CommandRecorder) -> Result<()> {
         if self.recompute || !self.store.is_resident() {
-            b.finish()?;
+            self.reuse_point(b)?;
         } else if self.gpu.policy().submit_per_layer() {
             b.submit_and_poll()?;
         }
         Ok(())
+    }
+
+    /// Where the buffers dropped so far must serve what is allocated next (a layer, a chunk, a
+    /// streamed slot's refill): with the buffer pool, a submit — the pool hands them only to work
+    /// submitted later, which the queue orders after every use, and a slot's refill is a queue
+    /// write, ordered the same way — so the host records on while the GPU runs (issue 15 item 5:
+    /// no host wait per chunk); without the pool, a submit and a wait (a dropped buffer's memory
+    /// is only free once the GPU is done with it).
+    fn reuse_point(&self, b: &mut CommandRecorder) -> Result<()> {
+        if self.gpu.policy().buffer_pool {
+            b.submit_and_poll()
+        } else {
+            b.finish()
+        }
     }
 
     /// The sequence ranges `(first, count)` a layer runs over at a time: the whole batch, or chunks
@@ -142,7 +156,7 @@ impl Encoder {
                 elementwise::copy_range(b, &h2c, 0, h2, at, n)?;
             }
             drop((la, h2c, xc, mc));
-            b.finish()?;
+            self.reuse_point(b)?;
         }
         Ok((y, h2))
     }
@@ -236,7 +250,7 @@ impl Encoder {
             let rows = dropout.map(|pass| RowsDropout { pass, row0: first * s.seq });
             let (la, _) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, true, h2c.as_ref(), rows)?;
             drop((xc, h2c));
-            b.finish()?;
+            self.reuse_point(b)?;
             let dxc = self.layer_backward(b, w, setup, l, &la, &mc, sc, &dyc, i > 0, rows)?;
             if let Some(dxc) = &dxc {
                 elementwise::copy_range(b, dxc, 0, &dx, first * s.seq * d, count * s.seq * d)?;
@@ -244,10 +258,10 @@ impl Encoder {
             below = dxc.is_some();
             drop((la, mc, dyc, dxc));
             if i + 1 == chunks.len() && below {
-                // Done with the layer's input and the old dy: freed by the wait below.
+                // Done with the layer's input and the old dy: reusable after the reuse point below.
                 (x, h2, dy) = (None, None, None);
             }
-            b.finish()?;
+            self.reuse_point(b)?;
         }
         drop((x, h2, dy));
         Ok(below.then_some(dx))
