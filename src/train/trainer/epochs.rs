@@ -47,9 +47,10 @@ struct Run<'a, T: Trainee> {
     /// The step of the last state file on disk, for the messages of a failed step.
     saved_step: Option<usize>,
     /// Whether the next step is recorded while the last one runs: with the buffer pool on and no
-    /// memory budget. The memory tracker counts a step's buffers until the GPU has finished it, so
-    /// a step recorded meanwhile counts (and, where its shapes differ and the pool cannot hand it
-    /// the running step's buffers, holds) a second step's working set, which a budget must not see.
+    /// memory budget. Under a budget the pool reuses exact sizes only, so a next step of another
+    /// length allocates while the running one still holds its buffers (and buffers the pool trims
+    /// meanwhile are destroyed only once the GPU is done): two working sets at once, which the
+    /// budget was not planned for.
     pipelined: bool,
     /// The step submitted and not yet read back.
     in_flight: Option<InFlight>,
