@@ -64,7 +64,7 @@ struct Run {
 /// One training step per entry of `seqs` (sequence lengths; the same seeded tokens per length).
 fn run(gpu: &Arc<Gpu>, batch: usize, seqs: &[usize], choice: Choice) -> Run {
     let (mut enc, mut trainee, mut opt) = setup(gpu, batch, *seqs.iter().max().unwrap(), choice);
-    let vocab = BertConfig::from_model_dir(&fixtures().join("tiny-bert/base")).unwrap().vocab_size;
+    let vocab = BertConfig::from_model_dir(fixtures().join("tiny-bert/base")).unwrap().vocab_size;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
     let (mut losses, mut created) = (vec![], vec![]);
     for &seq in seqs {
@@ -184,7 +184,7 @@ fn shorter_steps_run_in_the_longest_steps_buffers() {
     let peak_of = |seq: usize| {
         let gpu = gpu_with_pool(true);
         let (mut enc, mut trainee, mut opt) = setup(&gpu, 4, 16, resident());
-        let vocab = BertConfig::from_model_dir(&fixtures().join("tiny-bert/base")).unwrap().vocab_size;
+        let vocab = BertConfig::from_model_dir(fixtures().join("tiny-bert/base")).unwrap().vocab_size;
         let labels: Vec<u32> = vec![0, 1, 0, 1];
         let mut step = |seq: usize| {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seq as u64);

@@ -324,7 +324,7 @@ impl Gpu {
             .await
             .with_context(|| format!("opening GPU {}", description.summary()))?;
         let fault = watch_faults(&device);
-        let max_binding = limits.max_storage_buffer_binding_size as u64;
+        let max_binding = limits.max_storage_buffer_binding_size;
         let memory = Arc::new(MemoryTracker::default());
         let dummies = (0..DUMMY_BINDINGS)
             .map(|_| {
