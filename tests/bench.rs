@@ -110,7 +110,9 @@ fn train_step_and_demo_epoch() {
     .unwrap();
     assert_eq!(f16.iter().map(|m| m.variant.as_str()).collect::<Vec<_>>(), ["resident-f16", "stream-1-f16"], "{f16:?}");
     let (l32, l16) = (results[0].extra["final_loss"].as_f64().unwrap(), f16[0].extra["final_loss"].as_f64().unwrap());
-    assert!(l16.is_finite() && l16 != l32 && (l16 - l32).abs() < 1e-2 * l32, "f16 loss {l16} vs f32 {l32}");
+    // (Equal or not to f32's: the tiny model's loss sits at ln 2 to 8 digits; that f16 weights
+    // are rounded and still train is tests/f16_weights.rs's business.)
+    assert!(l16.is_finite() && (l16 - l32).abs() < 1e-2 * l32, "f16 loss {l16} vs f32 {l32}");
     // Bad lengths files give clear errors.
     std::fs::write(&lengths, "5\nabc\n").unwrap();
     let err = bench::step::read_lengths(&lengths).unwrap_err().to_string();
