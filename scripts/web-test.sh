@@ -82,12 +82,9 @@ mkdir -p "$work/out"
 python3 - "$work/dom.html" "$work/out" "${WEB_LOSS_MUST_FALL:-1}" <<'PY'
 import base64, html, io, json, re, sys, zipfile
 dom, out, must_fall = sys.argv[1], sys.argv[2], sys.argv[3] != "0"
-m = re.search(r'<pre id="result">(.*?)</pre>', open(dom, encoding="utf-8").read(), re.S)
-if not m or not m.group(1).strip():
-    sys.exit("web-test: the page wrote no result (see the page's #log / #status)")
-r = json.loads(html.unescape(m.group(1)))
-if not r.get("ok"):
-    sys.exit(f"web-test: the page failed: {r.get('error')}")
+sys.path.insert(0, "scripts")
+from web_result import page_result
+r = page_result(dom, "the page")
 rep = r["report"]
 losses = rep["losses"]
 print(f"web-test: GPU: {r['gpu']}")
@@ -151,13 +148,10 @@ if [ "${WEB_STREAMED:-1}" != 0 ]; then
     url=$(page_url "$streamed")
     chrome --dump-dom >"$work/dom-streamed.html" || { tail -20 "$work/chromium.log" >&2; say "chromium failed"; exit 1; }
     python3 - "$work/dom-streamed.html" "$work/out/result.json" <<'PY'
-import html, json, re, sys
-m = re.search(r'<pre id="result">(.*?)</pre>', open(sys.argv[1], encoding="utf-8").read(), re.S)
-if not m or not m.group(1).strip():
-    sys.exit("web-test: the streamed run wrote no result")
-r = json.loads(html.unescape(m.group(1)))
-if not r.get("ok"):
-    sys.exit(f"web-test: the streamed run failed: {r.get('error')}")
+import json, re, sys
+sys.path.insert(0, "scripts")
+from web_result import page_result
+r = page_result(sys.argv[1], "the streamed run")
 s, resident = r["report"], json.load(open(sys.argv[2]))["report"]
 print(f"web-test: streamed run: memory {s['memory']}")
 print(f"web-test: resident run: memory {resident['memory']}")
@@ -181,13 +175,10 @@ if [ "${WEB_F16:-1}" != 0 ]; then
     url=$(page_url "$half")
     chrome --dump-dom >"$work/dom-f16.html" || { tail -20 "$work/chromium.log" >&2; say "chromium failed"; exit 1; }
     python3 - "$work/dom-f16.html" "$work/out/result.json" <<'PY'
-import html, json, re, sys
-m = re.search(r'<pre id="result">(.*?)</pre>', open(sys.argv[1], encoding="utf-8").read(), re.S)
-if not m or not m.group(1).strip():
-    sys.exit("web-test: the f16 run wrote no result")
-r = json.loads(html.unescape(m.group(1)))
-if not r.get("ok"):
-    sys.exit(f"web-test: the f16 run failed: {r.get('error')}")
+import json, re, sys
+sys.path.insert(0, "scripts")
+from web_result import page_result
+r = page_result(sys.argv[1], "the f16 run")
 h, f = r["report"], json.load(open(sys.argv[2]))["report"]
 print(f"web-test: f16 run: memory {h['memory']}")
 if "matrices in f16" not in h["memory"]:

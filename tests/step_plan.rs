@@ -5,50 +5,27 @@
 mod common;
 use common::*;
 use peft_wgpu::bench::memory::{bench_adapter, plan_step};
-use peft_wgpu::formats::adapterhub::WeightsFormat;
-use peft_wgpu::gpu::{CounterSnapshot, Gpu, GpuOptions, GpuTensor};
+use peft_wgpu::gpu::{CounterSnapshot, Gpu, GpuOptions};
 use peft_wgpu::kernels::optim::{AdamW, LinearSchedule};
-use peft_wgpu::model::adapters::{AdapterSet, ClassificationHead};
 use peft_wgpu::model::config::BertConfig;
-use peft_wgpu::model::encoder::{Encoder, Setup};
+use peft_wgpu::model::encoder::Encoder;
 use peft_wgpu::model::load;
 use peft_wgpu::model::plan::Choice;
-use peft_wgpu::train::{new_adapter, train_step, Optimizer, Trainee};
+use peft_wgpu::train::{new_adapter, train_step, AdapterTrainee, Optimizer, Trainee};
 use peft_wgpu::WeightPrecision;
 use rand::SeedableRng;
-use std::path::Path;
 use std::sync::Arc;
-
-struct Houlsby {
-    set: AdapterSet,
-    head: ClassificationHead,
-}
-
-impl Trainee for Houlsby {
-    fn setup(&self) -> Setup<'_> {
-        Setup::Adapter(&self.set)
-    }
-    fn head(&self) -> &ClassificationHead {
-        &self.head
-    }
-    fn params(&self) -> Vec<(String, &GpuTensor, &GpuTensor)> {
-        self.set.named().into_iter().chain(self.head.named()).collect()
-    }
-    fn save(&mut self, _: &Arc<Gpu>, _: &Path, _: WeightsFormat, _: &[String]) -> anyhow::Result<()> {
-        anyhow::bail!("not saved")
-    }
-}
 
 /// A Houlsby adapter + head + AdamW on the tiny fixture, set up as `choice` plans it at
 /// `batch × plan_seq`.
-fn setup(gpu: &Arc<Gpu>, batch: usize, plan_seq: usize, choice: Choice) -> (Encoder, Houlsby, Optimizer) {
+fn setup(gpu: &Arc<Gpu>, batch: usize, plan_seq: usize, choice: Choice) -> (Encoder, AdapterTrainee, Optimizer) {
     let dir = fixtures().join("tiny-bert/base");
     let cfg = BertConfig::from_model_dir(&dir).unwrap();
     let plan = plan_step(gpu, &cfg, batch, plan_seq, choice, None, None, 1, WeightPrecision::F32).unwrap();
     let (cfg, mut enc) = load::load_encoder(gpu, &dir, Some(plan.resident_layers())).unwrap();
     enc.follow(&plan);
     let (set, head) = new_adapter(gpu, &cfg, &bench_adapter(), "t", 2, 0).unwrap();
-    let trainee = Houlsby { set, head };
+    let trainee = AdapterTrainee::new(set, head, bench_adapter(), &cfg, "tiny-bert");
     let schedule = LinearSchedule { base_lr: 1e-3, warmup_steps: 0, total_steps: 20 };
     let opt = Optimizer::new(gpu, &trainee.params(), AdamW::default(), schedule, 1.0).unwrap();
     (enc, trainee, opt)
