@@ -139,14 +139,22 @@ if abs(float(m.group(1)) - page) > 1e-4:
     sys.exit(f"web-test: native eval accuracy {m.group(1)} differs from the page's {page:.4f}")
 PY
 
+# The job again with one training option changed (`name`, option `key`, JSON `value`): the page's
+# DOM in $work/dom-<name>.html.
+rerun() {
+    local name=$1 key=$2 value=$3 changed
+    changed=$(python3 -c 'import json,sys; o=json.loads(sys.argv[1]); o[sys.argv[2]]=json.loads(sys.argv[3]); print(json.dumps(o))' "$options" "$key" "$value")
+    say "again with $key = $value: $changed"
+    url=$(page_url "$changed")
+    chrome --dump-dom >"$work/dom-$name.html" || { tail -20 "$work/chromium.log" >&2; say "chromium failed"; exit 1; }
+    url=$(page_url "$options")
+}
+
 # The same job with one layer on the GPU and the others streamed (the memory plan's
 # `resident_layers`, as `--resident-layers 1`): the page must report the streamed plan and train
 # bit for bit as resident (the native engine's streaming is bit-identical; so must the browser's be).
 if [ "${WEB_STREAMED:-1}" != 0 ]; then
-    streamed=$(python3 -c 'import json,sys; o=json.loads(sys.argv[1]); o["resident_layers"]=1; print(json.dumps(o))' "$options")
-    say "again with streamed layers: $streamed"
-    url=$(page_url "$streamed")
-    chrome --dump-dom >"$work/dom-streamed.html" || { tail -20 "$work/chromium.log" >&2; say "chromium failed"; exit 1; }
+    rerun streamed resident_layers 1
     python3 - "$work/dom-streamed.html" "$work/out/result.json" <<'PY'
 import json, re, sys
 sys.path.insert(0, "scripts")
@@ -163,17 +171,13 @@ if s["losses"] != resident["losses"] or s["dev_accuracy"] != resident["dev_accur
 print(f"web-test: streamed = resident bit for bit ({len(s['losses'])} losses, dev accuracy {s['dev_accuracy'][-1]:.4f}); "
       f"{s['tokens_per_second']:.1f} vs {resident['tokens_per_second']:.1f} real tokens/s")
 PY
-    url=$(page_url "$options")
 fi
 
 # And with the layers' matrices in f16 (`"precision": "f16"`, as `--precision f16`; SwiftShader
 # offers no shader-f16, so the page's default there is f32): the plan says f16 and holds fewer
 # layer-weight bytes, and the run trains as the f32 one does up to f16's rounding of the weights.
 if [ "${WEB_F16:-1}" != 0 ]; then
-    half=$(python3 -c 'import json,sys; o=json.loads(sys.argv[1]); o["precision"]="f16"; print(json.dumps(o))' "$options")
-    say "again with f16 weights: $half"
-    url=$(page_url "$half")
-    chrome --dump-dom >"$work/dom-f16.html" || { tail -20 "$work/chromium.log" >&2; say "chromium failed"; exit 1; }
+    rerun f16 precision '"f16"'
     python3 - "$work/dom-f16.html" "$work/out/result.json" <<'PY'
 import json, re, sys
 sys.path.insert(0, "scripts")
@@ -201,7 +205,6 @@ if not first <= 1e-3:
 if not h["losses"][-1] < 0.75 * h["losses"][0]:
     sys.exit(f"web-test: the f16 run's loss did not fall: {h['losses'][0]:.4f} -> {h['losses'][-1]:.4f}")
 PY
-    url=$(page_url "$options")
 fi
 
 if [ -n "${WEB_SCREENSHOT-bench/results/web-swiftshader.png}" ]; then
