@@ -1,7 +1,8 @@
 //! Bind groups kept across steps while the buffer pool is on: keyed by the pipeline (whose bind
 //! group layout it is), the parameter block's buffer id, offset and size, and the ids of the bound
 //! storage buffers. Pooled buffers keep their id across owners, so a step that takes the same
-//! buffers as the one before (the pool is last in, first out) binds them with the same groups.
+//! buffers as the one before (the pool hands out the lowest free id of a size) binds them with
+//! the same groups.
 //! Entries that bind a buffer the pool dropped are evicted ([`BindGroupCache::evict`]); beyond
 //! [`MAX_ENTRIES`] the least recently used half goes.
 
@@ -31,18 +32,14 @@ pub(crate) struct BindGroupCache {
 }
 
 impl BindGroupCache {
-    /// The cached group of `key`, or the one `create` makes (`true` when created).
-    pub(crate) fn get_or_create(
-        &self,
-        key: BindKey,
-        create: impl FnOnce() -> wgpu::BindGroup,
-    ) -> (wgpu::BindGroup, bool) {
+    /// The cached group of `key`, or the one `create` makes.
+    pub(crate) fn get_or_create(&self, key: BindKey, create: impl FnOnce() -> wgpu::BindGroup) -> wgpu::BindGroup {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.uses += 1;
         let now = s.uses;
         if let Some(e) = s.map.get_mut(&key) {
             e.last_use = now;
-            return (e.group.clone(), false);
+            return e.group.clone();
         }
         if s.map.len() >= MAX_ENTRIES {
             let mut uses: Vec<u64> = s.map.values().map(|e| e.last_use).collect();
@@ -52,7 +49,7 @@ impl BindGroupCache {
         }
         let group = create();
         s.map.insert(key, Entry { group: group.clone(), last_use: now });
-        (group, true)
+        group
     }
 
     /// Drops the groups that bind any of `ids` (buffers the pool dropped).

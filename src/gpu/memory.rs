@@ -165,16 +165,12 @@ impl std::ops::Deref for TrackedBuffer {
 
 impl Drop for TrackedBuffer {
     fn drop(&mut self) {
-        match (&self.pool, self.buffer.take()) {
-            (Some(pool), Some(buffer)) if pool.enabled() => {
-                self.tracker.release_to_pool(self.bytes);
-                pool.give(self.id, buffer);
-            }
-            (Some(pool), Some(buffer)) => {
-                self.tracker.release(self.bytes);
-                pool.give(self.id, buffer);
-            }
+        match &self.pool {
+            Some(pool) if pool.enabled() => self.tracker.release_to_pool(self.bytes),
             _ => self.tracker.release(self.bytes),
+        }
+        if let (Some(pool), Some(buffer)) = (&self.pool, self.buffer.take()) {
+            pool.give(self.id, buffer);
         }
     }
 }

@@ -127,37 +127,15 @@ impl BufferPool {
         let mut trimmed = vec![];
         {
             let mut s = lock(&self.state);
+            let reused = if self.enabled { self.take_free(&mut s, size, usage) } else { None };
+            s.live_bytes += reused.as_ref().map_or(size, |f| f.buffer.size());
+            s.live_high_water = s.live_high_water.max(s.live_bytes);
+            if let Some(f) = reused {
+                return (f.id, f.buffer, true);
+            }
             if self.enabled {
-                // The smallest size that holds the request, then its lowest id: what a step takes
-                // depends only on which buffers are free, not on the order earlier steps returned
-                // them, so a step that starts with the same free buffers as the one before takes
-                // the same ones in the same roles.
-                let mut largest = if s.budget.is_some() { size } else { size.saturating_mul(REUSE_RATIO) };
-                if size <= self.max_binding {
-                    largest = largest.min(self.max_binding);
-                }
-                let u = usage.bits();
-                let key =
-                    s.free.range((u, size)..=(u, largest.max(size))).find(|(_, v)| !v.is_empty()).map(|(k, _)| *k);
-                if let Some(key) = key {
-                    let list = s.free.get_mut(&key).expect("key just found");
-                    let f = list.pop().expect("non-empty");
-                    if list.is_empty() {
-                        s.free.remove(&key);
-                    }
-                    let got = f.buffer.size();
-                    s.free_bytes -= got;
-                    s.live_bytes += got;
-                    s.live_high_water = s.live_high_water.max(s.live_bytes);
-                    return (f.id, f.buffer, true);
-                }
                 // A new buffer: make room under the budget first.
-                s.live_bytes += size;
-                s.live_high_water = s.live_high_water.max(s.live_bytes);
                 Self::trim(&mut s, None, &mut trimmed);
-            } else {
-                s.live_bytes += size;
-                s.live_high_water = s.live_high_water.max(s.live_bytes);
             }
         }
         self.forget(&trimmed);
@@ -168,6 +146,26 @@ impl BufferPool {
             mapped_at_creation: false,
         });
         (next_id(), buffer, false)
+    }
+
+    /// The free buffer that serves a request of `size` and `usage`, taken off the free lists: the
+    /// smallest size that holds it, then its lowest id — what a step takes depends only on which
+    /// buffers are free, not on the order earlier steps returned them, so a step that starts with
+    /// the same free buffers as the one before takes the same ones in the same roles.
+    fn take_free(&self, s: &mut State, size: u64, usage: wgpu::BufferUsages) -> Option<Free> {
+        let mut largest = if s.budget.is_some() { size } else { size.saturating_mul(REUSE_RATIO) };
+        if size <= self.max_binding {
+            largest = largest.min(self.max_binding);
+        }
+        let u = usage.bits();
+        let key = *s.free.range((u, size)..=(u, largest.max(size))).find(|(_, v)| !v.is_empty())?.0;
+        let list = s.free.get_mut(&key).expect("key just found");
+        let f = list.pop().expect("non-empty");
+        if list.is_empty() {
+            s.free.remove(&key);
+        }
+        s.free_bytes -= f.buffer.size();
+        Some(f)
     }
 
     /// `buffer` (from [`take`](Self::take)) is no longer used by its owner: kept for reuse, or

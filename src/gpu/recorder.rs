@@ -455,7 +455,7 @@ fn bind_group(gpu: &Gpu, d: &Dispatch, ubuf: &super::pool::PoolBuffer) -> wgpu::
     let mut key =
         vec![Arc::as_ptr(&d.pipeline) as u64, ubuf.id, d.params.start as u64, (d.params.end - d.params.start) as u64];
     key.extend(d.buffers.iter().map(|b| b.id()));
-    gpu.pool.bind_groups.get_or_create(key, create).0
+    gpu.pool.bind_groups.get_or_create(key, create)
 }
 
 /// Folds a workgroup count whose x exceeds the per-dimension limit into x × y.
