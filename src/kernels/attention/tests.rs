@@ -44,17 +44,27 @@ fn make_mask(rng: &mut rand::rngs::StdRng, batch: usize, seq: usize, holes: bool
     m
 }
 
-struct AttnData {
-    s: AttentionShape,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    dctx: Vec<f32>,
-    mask: Vec<f32>,
+/// Seeded attention inputs (also the fused kernels' tests', `tests_fused.rs`).
+pub(super) struct AttnData {
+    pub(super) s: AttentionShape,
+    pub(super) q: Vec<f32>,
+    pub(super) k: Vec<f32>,
+    pub(super) v: Vec<f32>,
+    pub(super) dctx: Vec<f32>,
+    pub(super) mask: Vec<f32>,
 }
 
 impl AttnData {
     fn new(s: AttentionShape, seed: u64, holes: bool) -> Self {
+        Self::with_mask(s, seed, |rng| make_mask(rng, s.batch, s.seq, holes))
+    }
+
+    /// Q, K, V and dctx drawn from `seed`, then the mask `mask` makes (from the same generator).
+    pub(super) fn with_mask(
+        s: AttentionShape,
+        seed: u64,
+        mask: impl FnOnce(&mut rand::rngs::StdRng) -> Vec<f32>,
+    ) -> Self {
         let mut rng = rng(seed);
         let n = s.batch * s.seq * s.heads * s.head_dim;
         // Scores of a few units, so the softmax is neither flat nor one-hot.
@@ -62,7 +72,7 @@ impl AttnData {
         let k = rand_f32(&mut rng, n, 1.5);
         let v = rand_f32(&mut rng, n, 1.0);
         let dctx = rand_f32(&mut rng, n, 1.0);
-        let mask = make_mask(&mut rng, s.batch, s.seq, holes);
+        let mask = mask(&mut rng);
         Self { s, q, k, v, dctx, mask }
     }
 }

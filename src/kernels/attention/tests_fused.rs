@@ -3,6 +3,7 @@
 //! holes and an all-padding sequence, packed and whole Q|K|V, NaN-poisoned outputs, dropout off and
 //! on (the same Philox masks as the dropout kernel), both workgroup layouts (CPU drivers' and GPUs').
 
+use super::tests::AttnData;
 use super::{reference as ops, reference_dropout as rd};
 use crate::kernels::attention::{self, AttentionKernel, AttentionShape, ProbsDropout, FORCE_CPU_ROWS, FORCE_KERNEL};
 use crate::kernels::dropout::reference::keep_mask;
@@ -21,23 +22,10 @@ fn with<T>(kernel: AttentionKernel, cpu_rows: Option<bool>, f: impl FnOnce() -> 
     out
 }
 
-struct Inputs {
-    s: AttentionShape,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    dctx: Vec<f32>,
-    mask: Vec<f32>,
-}
-
-impl Inputs {
-    /// Sequence 0 unpadded, the last all padding (when batch > 1), the others suffix padding
-    /// plus a hole.
-    fn new(s: AttentionShape, seed: u64) -> Self {
-        let mut rng = rng(seed);
-        let n = s.batch * s.seq * s.hidden();
-        let (q, k) = (rand_f32(&mut rng, n, 1.5), rand_f32(&mut rng, n, 1.5));
-        let (v, dctx) = (rand_f32(&mut rng, n, 1.0), rand_f32(&mut rng, n, 1.0));
+/// Sequence 0 unpadded, the last all padding (when batch > 1), the others suffix padding plus a
+/// hole; Q, K, V and dctx as the separate path's tests draw them.
+fn inputs(s: AttentionShape, seed: u64) -> AttnData {
+    AttnData::with_mask(s, seed, |_| {
         let mut mask = vec![1.0f32; s.batch * s.seq];
         for b in 1..s.batch {
             let len = if b + 1 == s.batch { 0 } else { s.seq - (b * 3) % s.seq };
@@ -48,8 +36,8 @@ impl Inputs {
                 mask[b * s.seq + 1] = 0.0;
             }
         }
-        Self { s, q, k, v, dctx, mask }
-    }
+        mask
+    })
 }
 
 /// What one forward + backward returns.
@@ -68,7 +56,7 @@ fn pack(parts: [&[f32]; 3], hidden: usize) -> Vec<f32> {
 }
 
 /// Forward and backward through the packed entry points (`packed`) or the whole tensors.
-fn run(a: &Inputs, packed: bool, dropout: Option<(MaskKey, Rate, usize)>) -> Outputs {
+fn run(a: &AttnData, packed: bool, dropout: Option<(MaskKey, Rate, usize)>) -> Outputs {
     let s = a.s;
     let (act, pshape) = ([s.batch * s.seq, s.hidden()], attention::probs_shape(s));
     let (mask, dctx) = (upload(&[s.batch, s.seq], &a.mask), upload(&act, &a.dctx));
@@ -121,7 +109,7 @@ fn run(a: &Inputs, packed: bool, dropout: Option<(MaskKey, Rate, usize)>) -> Out
 
 /// The fused kernels against the f64 reference (with the dropout kernel's keep mask when `p` > 0).
 fn reference_case(s: AttentionShape, seed: u64, packed: bool, p: Option<f64>, cpu_rows: bool) {
-    let a = Inputs::new(s, seed);
+    let a = inputs(s, seed);
     let row0 = 5;
     let key = MaskKey { seed: 77, step: 4, layer: 1, site: Site::AttentionProbs };
     let dropout = p.map(|p| (key, Rate::new(p).unwrap(), row0));
@@ -183,7 +171,7 @@ fn fused_and_separate_draw_the_same_dropout_masks() {
         [(2usize, 13usize, 3usize, 8usize, 0.5f64), (3, 33, 2, 12, 0.2), (1, 6, 4, 4, 0.9)].iter().enumerate()
     {
         let s = AttentionShape { batch, seq, heads, head_dim };
-        let a = Inputs::new(s, 950 + i as u64);
+        let a = inputs(s, 950 + i as u64);
         let key = MaskKey { seed: 0x1234_5678_9abc, step: 11, layer: 3, site: Site::AttentionProbs };
         let dropout = Some((key, Rate::new(p).unwrap(), 40));
         let fused = with(AttentionKernel::Fused, None, || run(&a, true, dropout));
@@ -212,7 +200,7 @@ fn fused_and_separate_draw_the_same_dropout_masks() {
 /// Two runs agree bit for bit, and the packed and whole layouts give the same bits.
 #[test]
 fn fused_attention_is_deterministic_in_both_layouts() {
-    let a = Inputs::new(AttentionShape { batch: 2, seq: 21, heads: 3, head_dim: 8 }, 970);
+    let a = inputs(AttentionShape { batch: 2, seq: 21, heads: 3, head_dim: 8 }, 970);
     let key = MaskKey { seed: 3, step: 2, layer: 0, site: Site::AttentionProbs };
     let dropout = Some((key, Rate::new(0.25).unwrap(), 0));
     let runs = with(AttentionKernel::Fused, None, || {
