@@ -62,9 +62,9 @@ write_results() {
     echo
     python3 bench/compare.py "$ours" "$torch" --card "$card"
     echo
-    echo "## Train step by matmul variant (bert-base shape; the last: \`--precision f16\` weights, every config)"
+    echo "## Train step by matmul variant (bert-base shape; then \`--precision f16\` weights, every config; then the demo epoch padded to multiples of 8)"
     echo
-    for v in ${STEP_VARIANTS:-tiled smem f16 coop} f16w; do
+    for v in ${STEP_VARIANTS:-tiled smem f16 coop} f16w pad8; do
       [ -s "$work/step-$v.jsonl" ] && python3 - "$work/step-$v.jsonl" "$v" <<'PY'
 import json, sys
 for l in open(sys.argv[1]):
@@ -122,6 +122,12 @@ done
 # widened to f32 a layer at a time before the products).
 say "== peft bench --only step,demo --precision f16"
 "$PEFT" bench --only step,demo --precision f16 --json "$work/step-f16w.jsonl" "${extra[@]}" "${bench_args[@]}" 2>&1 | tee -a "$log" || say "f16 steps: failed"
+
+# The demo epoch with each batch padded to a multiple of 8 (the GPUs' default in `peft train`,
+# issue 15 item 2's length buckets): its padded tokens (+12 % on RT) against the buffers and bind
+# groups the unpadded epoch creates for new lengths.
+say "== peft bench --only demo --pad-to-multiple-of 8"
+"$PEFT" bench --only demo --pad-to-multiple-of 8 --json "$work/step-pad8.jsonl" "${extra[@]}" "${bench_args[@]}" 2>&1 | tee -a "$log" || say "demo pad 8: failed"
 
 # Profiles (issue 15 item 1): BERT-base and MiniLM steps at 32 x 128 with the device's policy, then
 # BERT-base with each choice issue 15 compares: attention kernels, the buffer pool, f16 weights.

@@ -35,6 +35,7 @@ fn options(only: &[&str], scratch: &std::path::Path, lengths: PathBuf) -> BenchO
         demo_model: tiny_model().display().to_string(),
         demo_batch: 4,
         demo_sentences: Some(10),
+        demo_pad_multiple: 1,
         reps: Reps { warmup: 1, timed: 3 },
         peaks: Some(Peaks { bytes_per_s: 1e10, flops_per_s: 1e10, source: "test" }),
         precision: WeightPrecision::F32,
@@ -102,6 +103,12 @@ fn train_step_and_demo_epoch() {
     assert_eq!(demo.extra["steps"].as_u64(), Some(3));
     assert_eq!(demo.extra["real_tokens"].as_u64(), Some(5 + 9 + 3 + 12 + 7 + 7 + 30 + 2 + 11 + 6));
     assert_eq!(demo.extra["padded_tokens"].as_u64(), Some(4 * 12 + 4 * 30 + 2 * 11));
+    // Padded to multiples of 8 (`--pad-to-multiple-of 8`): 12 → 16, 30 → 32, 11 → 16; labelled so.
+    let o8 = BenchOptions { demo_pad_multiple: 8, ..options(&["demo"], tmp.path(), lengths.clone()) };
+    let demo8 = &bench::run(&gpu, &o8).unwrap()[0];
+    assert_eq!(demo8.extra["real_tokens"], demo.extra["real_tokens"]);
+    assert_eq!(demo8.extra["padded_tokens"].as_u64(), Some(4 * 16 + 4 * 32 + 2 * 16));
+    assert!(demo8.shape.ends_with("padded to a multiple of 8"), "{demo8:?}");
     // `--precision f16`: the same step with the layers' matrices in f16, labelled so.
     let f16 = bench::run(
         &gpu,

@@ -3,6 +3,7 @@
 
 use peft_wgpu::train::data::{
     self, load_examples, make_batches, padding_efficiency, seeded_split, Batch, DataOptions, Example, Format, LabelMap,
+    Padding,
 };
 use peft_wgpu::train::metrics::{self, TrainingCurves};
 use peft_wgpu::train::tokenizer::{BertVocabOptions, Tokenizer};
@@ -316,7 +317,7 @@ fn tokenized_batches_are_padded_to_their_longest() {
     let labels = LabelMap::from_examples(&ex).unwrap().encode(&ex, "mem").unwrap();
     let pad = data::pad_id(&tok);
     assert_eq!(pad, 0);
-    let b = Batch::new(&toks, Some(&labels), &[1, 0], pad);
+    let b = Batch::new(&toks, Some(&labels), &[1, 0], Padding::to_longest(pad));
     assert_eq!((b.batch, b.seq), (2, 4));
     assert_eq!(b.ids, [2, 6, 3, 0, 2, 5, 7, 3]);
     assert_eq!(b.mask, [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
@@ -326,7 +327,16 @@ fn tokenized_batches_are_padded_to_their_longest() {
     let inputs = b.inputs();
     assert_eq!((inputs.batch, inputs.seq, inputs.ids.len()), (2, 4, 8));
     // Unlabelled batch (prediction).
-    assert!(Batch::new(&toks, None, &[3], pad).labels.is_empty());
+    assert!(Batch::new(&toks, None, &[3], Padding::to_longest(pad)).labels.is_empty());
+    // Rounded up to a multiple of 8: the same rows, more padding, masked.
+    let p8 = Batch::new(&toks, Some(&labels), &[1, 0], Padding { id: pad, multiple: 8, cap: 512 });
+    assert_eq!((p8.batch, p8.seq), (2, 8));
+    assert_eq!(p8.ids, [2, 6, 3, 0, 0, 0, 0, 0, 2, 5, 7, 3, 0, 0, 0, 0]);
+    assert_eq!(p8.real_tokens(), b.real_tokens());
+    assert_eq!(p8.mask.iter().filter(|&&m| m == 0.0).count(), 16 - 7);
+    // Never past the cap (the model's longest sequence), never below the longest example.
+    assert_eq!(Batch::new(&toks, None, &[1, 0], Padding { id: pad, multiple: 8, cap: 5 }).seq, 5);
+    assert_eq!(Batch::new(&toks, None, &[2], Padding { id: pad, multiple: 8, cap: 5 }).seq, 6);
 }
 
 #[test]

@@ -201,6 +201,17 @@ fn pool_stays_within_a_budget() {
 /// `peft train` on the toy data with `env` set; returns each step's (loss, grad norm) bits from
 /// metrics.jsonl and the trained adapter's bytes.
 fn train_cli(dir: &std::path::Path, name: &str, env: &[(&str, &str)], extra: &[&str]) -> (Vec<(u32, u32)>, Vec<u8>) {
+    let (steps, adapter, _) = train_cli_logged(dir, name, env, extra);
+    (steps, adapter)
+}
+
+/// [`train_cli`], also returning stderr (with `RUST_LOG` from `env`, if set there).
+fn train_cli_logged(
+    dir: &std::path::Path,
+    name: &str,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> (Vec<(u32, u32)>, Vec<u8>, String) {
     use common::cli::{s, text, tiny_model_with_dropout, toy_data, train_args};
     let model = tiny_model_with_dropout(&dir.join(format!("{name}-model")));
     let data = dir.join(format!("{name}-data"));
@@ -212,8 +223,8 @@ fn train_cli(dir: &std::path::Path, name: &str, env: &[(&str, &str)], extra: &[&
     args.extend(extra);
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_peft"))
         .args(&args)
-        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(run.status.success(), "{name}: {}", text(&run.stderr));
@@ -224,7 +235,7 @@ fn train_cli(dir: &std::path::Path, name: &str, env: &[(&str, &str)], extra: &[&
         .filter(|v| v.get("step").is_some())
         .map(|v| ((v["loss"].as_f64().unwrap() as f32).to_bits(), (v["grad_norm"].as_f64().unwrap() as f32).to_bits()))
         .collect();
-    (steps, std::fs::read(out.join("adapter.safetensors")).unwrap())
+    (steps, std::fs::read(out.join("adapter.safetensors")).unwrap(), text(&run.stderr))
 }
 
 /// The epoch loop records step i+1 while the GPU runs step i (pool on, no budget); reading each
@@ -240,5 +251,69 @@ fn pipelined_epoch_loop_trains_as_the_synchronous_one() {
         assert!(piped.len() >= 6, "{tag}: {} steps", piped.len());
         assert_eq!(piped, sync, "{tag}: step losses / gradient norms differ");
         assert!(piped_adapter == sync_adapter, "{tag}: the saved adapters differ");
+    }
+}
+
+/// Each step's (batch, padded length, buffers created, bind groups created) from the trainer's
+/// `RUST_LOG=peft_wgpu=debug` line "step N (B x S): X buffers and Y bind groups created".
+fn step_creations(log: &str) -> Vec<(usize, usize, u64, u64)> {
+    log.lines()
+        .filter_map(|l| {
+            let l = &l[l.find("step ")?..];
+            let (shape, rest) = l.split_once("): ")?;
+            let (b, s) = shape.split_once(" (")?.1.split_once(" x ")?;
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            (words.get(1) == Some(&"buffers") && words.get(5) == Some(&"groups")).then_some(())?;
+            Some((b.parse().ok()?, s.parse().ok()?, words[0].parse().ok()?, words[3].parse().ok()?))
+        })
+        .collect()
+}
+
+/// `--pad-to-multiple-of 8`: every training batch is padded to a multiple of 8 tokens (masked),
+/// so a run's steps take fewer shapes and every step after the first epoch runs in buffers made
+/// before it, and in bind groups made before it except the first step after an evaluation (the
+/// evaluation's freed buffers serve some requests better, so that step binds other buffers
+/// once); without dropout it trains as padding to each batch's longest
+/// does, up to f32 rounding (sums over the batch's tokens, e.g. bias gradients, group their
+/// terms by the padded length; the extra terms are exact zeros).
+#[test]
+fn padding_to_a_multiple_bounds_the_shapes_and_trains_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let debug = [("RUST_LOG", "peft_wgpu=debug")];
+    let run = |name: &str, multiple: &str| {
+        let (steps, adapter, log) =
+            train_cli_logged(tmp.path(), name, &debug, &["--no-dropout", "--pad-to-multiple-of", multiple]);
+        let made = step_creations(&log);
+        assert_eq!(made.len(), steps.len(), "{name}: one debug line a step:\n{log}");
+        (steps, adapter, made)
+    };
+    let (longest, _, made1) = run("longest", "1");
+    let (eight, _, made8) = run("eight", "8");
+    let shapes =
+        |m: &[(usize, usize, u64, u64)]| m.iter().map(|r| (r.0, r.1)).collect::<std::collections::BTreeSet<_>>();
+    assert!(made8.iter().all(|r| r.1 % 8 == 0), "{made8:?}");
+    assert!(
+        made1.iter().any(|r| r.1 % 8 != 0),
+        "the toy data should have lengths that are not multiples of 8: {made1:?}"
+    );
+    assert!(shapes(&made8).len() < shapes(&made1).len(), "{made8:?} vs {made1:?}");
+    // Epochs 2 and 3 (the toy run: 3 epochs of 4 steps) create no buffers, and no bind groups
+    // but in their first step (after the evaluation).
+    let per_epoch = made8.len() / 3;
+    assert!(per_epoch >= 3, "{made8:?}");
+    for (i, r) in made8.iter().enumerate().skip(per_epoch) {
+        assert_eq!(r.2, 0, "step {} created buffers: {made8:?}", i + 1);
+        if i % per_epoch != 0 {
+            assert_eq!(r.3, 0, "step {} created bind groups: {made8:?}", i + 1);
+        }
+    }
+    assert!(made8[0].2 > 0 && made8[0].3 > 0, "the first step creates its buffers: {made8:?}");
+    // The same training up to f32 rounding.
+    assert_eq!(longest.len(), eight.len());
+    for (i, (a, b)) in longest.iter().zip(&eight).enumerate() {
+        for (x, y) in [(a.0, b.0), (a.1, b.1)] {
+            let (x, y) = (f32::from_bits(x), f32::from_bits(y));
+            assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "step {}: {x} vs {y}", i + 1);
+        }
     }
 }

@@ -81,7 +81,7 @@ fn encoder_from_bytes_and_awaited_read_backs_equal_the_folder_and_blocking_ones(
     let names = vec!["negative".to_string(), "positive".to_string()];
     let (set, head) = new_adapter_with_head(&g, &cfg, &bn, "task", &HeadConfig::classification(&names), 3).unwrap();
     let idx: Vec<usize> = (0..6).collect();
-    let b = data::Batch::new(&tokens, Some(&labels), &idx, 0);
+    let b = data::Batch::new(&tokens, Some(&labels), &idx, data::Padding::to_longest(0));
     let setup = Setup::Adapter(&set);
     let a = from_folder.pass(&setup, &head, &b.inputs(), Some(&b.labels), false, false).unwrap();
     let mut rec = g.batch();
@@ -111,7 +111,7 @@ fn a_submitted_then_awaited_step_is_train_step() {
     let ex = examples();
     let tokens = data::tokenize(&tok, &ex).unwrap();
     let labels: Vec<u32> = (0..ex.len() as u32).map(|i| i % 2).collect();
-    let b = data::Batch::new(&tokens, Some(&labels), &[0, 1, 2, 3, 4], 0);
+    let b = data::Batch::new(&tokens, Some(&labels), &[0, 1, 2, 3, 4], data::Padding::to_longest(0));
     let bn = BottleneckConfig::houlsby(4.0, Activation::Silu);
     let head_cfg = HeadConfig::classification(&["a".to_string(), "b".to_string()]);
     let run = |submitted: bool| {

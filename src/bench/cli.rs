@@ -49,6 +49,10 @@ pub struct BenchCli {
     /// Only the first N sentences of the lengths file (CPU drivers: an epoch takes many minutes).
     #[arg(long)]
     pub demo_sentences: Option<usize>,
+    /// Demo workload: pad each batch to a multiple of N tokens (as `peft train
+    /// --pad-to-multiple-of`; default 1: to its longest sentence).
+    #[arg(long, default_value_t = 1, value_parser = crate::train::options::pad_multiple)]
+    pub pad_to_multiple_of: usize,
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     #[arg(long, default_value_t = 20)]
@@ -140,6 +144,7 @@ impl BenchCli {
             demo_model: self.demo_model.clone(),
             demo_batch: self.demo_batch,
             demo_sentences: self.demo_sentences,
+            demo_pad_multiple: self.pad_to_multiple_of,
             reps: Reps { warmup: self.warmup, timed: self.reps },
             peaks,
             precision: self.precision,

@@ -255,6 +255,8 @@ pub struct BenchOptions {
     pub demo_model: String,
     pub demo_batch: usize,
     pub demo_sentences: Option<usize>,
+    /// Each demo batch padded to a multiple of this many tokens (1: to its longest).
+    pub demo_pad_multiple: usize,
     pub reps: Reps,
     pub peaks: Option<Peaks>,
     /// How the frozen layers' matrices are held (`--precision`) in the step and demo workloads.
@@ -321,7 +323,10 @@ pub fn run(gpu: &Arc<Gpu>, o: &BenchOptions) -> Result<Vec<Measurement>> {
             lengths.truncate(n.max(1));
         }
         let (_, dir) = model::model_dir_for(&o.demo_model, &o.scratch, 0)?;
-        emit(vec![step::demo_epoch(gpu, &dir, &lengths, o.demo_batch, o.precision, o.peaks)?], &mut out);
+        emit(
+            vec![step::demo_epoch(gpu, &dir, &lengths, (o.demo_batch, o.demo_pad_multiple), o.precision, o.peaks)?],
+            &mut out,
+        );
     }
     Ok(out)
 }

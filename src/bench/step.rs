@@ -30,7 +30,13 @@ pub fn step_flops(cfg: &BertConfig, tokens: usize, seq: usize) -> f64 {
 /// Random token ids (first token 101 = `[CLS]`) with `lengths[i]` real tokens per sequence,
 /// padded to the longest.
 pub fn random_inputs(rng: &mut impl Rng, lengths: &[usize], vocab: usize) -> Inputs {
-    let seq = lengths.iter().copied().max().unwrap_or(1).max(1);
+    random_inputs_padded(rng, lengths, vocab, 1)
+}
+
+/// [`random_inputs`] padded to a multiple of `multiple` tokens (as `peft train --pad-to-multiple-of`).
+pub fn random_inputs_padded(rng: &mut impl Rng, lengths: &[usize], vocab: usize, multiple: usize) -> Inputs {
+    let padding = crate::train::data::Padding { id: 0, multiple, cap: usize::MAX };
+    let seq = padding.length(lengths.iter().copied().max().unwrap_or(1).max(1));
     let batch = lengths.len();
     let mut ids = vec![0u32; batch * seq];
     let mut mask = vec![0f32; batch * seq];
@@ -208,12 +214,13 @@ pub fn read_lengths(path: &Path) -> Result<Vec<usize>> {
 }
 
 /// One epoch of the demo workload: the sentences of `lengths` in file order, `batch_size` at a
-/// time, each batch padded to its longest; wall time of the whole epoch after a three-step warm-up.
+/// time, each batch padded to its longest rounded up to a multiple of `pad_multiple`; wall time
+/// of the whole epoch after a three-step warm-up.
 pub fn demo_epoch(
     gpu: &Arc<Gpu>,
     model_dir: &Path,
     lengths: &[usize],
-    batch_size: usize,
+    (batch_size, pad_multiple): (usize, usize),
     precision: WeightPrecision,
     peaks: Option<Peaks>,
 ) -> Result<Measurement> {
@@ -223,7 +230,7 @@ pub fn demo_epoch(
     let batches: Vec<(Inputs, Vec<u32>)> = chunks
         .iter()
         .map(|c| {
-            let inp = random_inputs(&mut rng, c, tr.cfg.vocab_size);
+            let inp = random_inputs_padded(&mut rng, c, tr.cfg.vocab_size, pad_multiple);
             let labels = (0..c.len() as u32).map(|i| i % 2).collect();
             (inp, labels)
         })
@@ -248,17 +255,15 @@ pub fn demo_epoch(
     tr.flush()?;
     let pipelined = t0.elapsed().as_secs_f64();
     let real: usize = lengths.iter().sum();
-    let padded: usize = chunks.iter().map(|c| c.len() * c.iter().max().copied().unwrap_or(0)).sum();
-    let flops: f64 = chunks
-        .iter()
-        .map(|c| {
-            let seq = c.iter().max().copied().unwrap_or(0);
-            step_flops(&tr.cfg, c.len() * seq, seq)
-        })
-        .sum();
+    let padded: usize = batches.iter().map(|(inp, _)| inp.batch * inp.seq).sum();
+    let flops: f64 = batches.iter().map(|(inp, _)| step_flops(&tr.cfg, inp.batch * inp.seq, inp.seq)).sum();
     let m = Measurement::new(
         "demo_epoch",
-        format!("{} sentences, batch {batch_size}", lengths.len()),
+        if pad_multiple > 1 {
+            format!("{} sentences, batch {batch_size}, padded to a multiple of {pad_multiple}", lengths.len())
+        } else {
+            format!("{} sentences, batch {batch_size}", lengths.len())
+        },
         &format!(
             "{}x{}{}",
             tr.cfg.num_hidden_layers,

@@ -321,6 +321,12 @@ pub struct KernelPolicy {
     /// Whether dropped buffers are kept for reuse and bind groups cached across steps
     /// (`gpu::pool`): on unless turned off (`GpuOptions::buffer_pool`, [`env::BUFFER_POOL`]).
     pub buffer_pool: bool,
+    /// Training batches' padded length is rounded up to a multiple of this
+    /// ([`KernelPolicy::SEQ_MULTIPLE_GPU`] on GPUs, 1 on CPU drivers) unless `--pad-to-multiple-of`
+    /// says otherwise: it bounds the shapes a run's steps take, so the buffer pool and the
+    /// bind-group cache serve every step after the first of each length bucket. On a CPU driver
+    /// the padding's extra compute costs more than creating buffers and bind groups does.
+    pub seq_multiple: usize,
     /// Where an override came from, per overridden field: a `GpuOptions` field or a variable.
     pub overridden_by: Vec<&'static str>,
 }
@@ -343,6 +349,9 @@ fn pick<T>(
 }
 
 impl KernelPolicy {
+    /// [`seq_multiple`](Self::seq_multiple) on GPUs: lengths 1..=64 fall into 8 buckets.
+    pub const SEQ_MULTIPLE_GPU: usize = 8;
+
     /// Whether to request EXPERIMENTAL_COOPERATIVE_MATRIX where the adapter offers it (decided
     /// before the device exists): the option, else [`env::COOP`], else yes.
     pub fn requests_cooperative_matrix(options: &GpuOptions, env: &EnvOverrides) -> bool {
@@ -442,6 +451,7 @@ impl KernelPolicy {
                 (env.buffer_pool, env::BUFFER_POOL),
                 true,
             ),
+            seq_multiple: if cpu { 1 } else { Self::SEQ_MULTIPLE_GPU },
             overridden_by: vec![],
         };
         // The feature itself was decided before the device existed; note who turned it off.
@@ -465,7 +475,7 @@ impl std::fmt::Display for KernelPolicy {
         write!(
             f,
             "matmul {} (smem large tile {}), adapter {}, attention {}, submit per {}, shader checks {}, cooperative matrices {}, \
-             optimizer {}, limits {}",
+             optimizer {}, limits {}, batches padded to a multiple of {}",
             self.matmul_variant,
             self.smem_large_tile,
             self.adapter_kernel.name(),
@@ -475,6 +485,7 @@ impl std::fmt::Display for KernelPolicy {
             on(self.cooperative_matrix),
             if self.multi_tensor_optimizer { "multi-tensor" } else { "per tensor" },
             self.limits,
+            self.seq_multiple,
         )?;
         if !self.overridden_by.is_empty() {
             write!(f, "; overridden by {}", self.overridden_by.join(", "))?;

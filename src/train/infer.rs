@@ -34,7 +34,7 @@ pub(crate) fn predict_rows(
     let mut order: Vec<usize> = (0..tokens.len()).collect();
     order.sort_by_key(|&i| tokens[i].len());
     for chunk in order.chunks(batch_size.max(1)) {
-        let b = data::Batch::new(tokens, None, chunk, pad);
+        let b = data::Batch::new(tokens, None, chunk, data::Padding::to_longest(pad));
         let r = enc.pass(setup, head, &b.inputs(), None, false, false)?;
         for (k, &i) in chunk.iter().enumerate() {
             out[i] = if head.kind().per_token() {

@@ -216,7 +216,8 @@ pub(crate) async fn train(
         let start = now_ms();
         for idx in data::make_batches(&lengths, o.batch_size, o.seed.wrapping_add(epoch as u64), true) {
             step += 1;
-            let b = data::Batch::new(&task.train.tokens, Some(&task.train.labels), &idx, pad);
+            let b =
+                data::Batch::new(&task.train.tokens, Some(&task.train.labels), &idx, data::Padding::to_longest(pad));
             let dropout = rates.map(|rates| PassDropout { rates, seed: o.seed, step: step as u32 });
             let targets = Targets::Classes(&b.labels);
             let s = submit_train_step(gpu, enc, &mut trainee, &mut optimizer, &b.inputs(), targets, dropout)?
@@ -267,7 +268,7 @@ pub(crate) async fn logits(
     let mut order: Vec<usize> = (0..tokens.len()).collect();
     order.sort_by_key(|&i| tokens[i].len());
     for chunk in order.chunks(batch_size.max(1)) {
-        let b = data::Batch::new(tokens, None, chunk, pad);
+        let b = data::Batch::new(tokens, None, chunk, data::Padding::to_longest(pad));
         let mut rec = gpu.batch();
         let r = enc.record(&mut rec, &trainee.setup(), &trainee.head, &b.inputs(), None, false, None)?;
         let values = rec.submit_with_readback(&[&r.logits])?.wait_async().await?;

@@ -68,13 +68,14 @@ fn device_defaults() {
             limits: LimitsMode::Adapter,
             multi_tensor_optimizer: true,
             buffer_pool: true,
+            seq_multiple: 1,
             overridden_by: vec![],
         }
     );
     let gpu = resolve(&discrete(&limits), &GpuOptions::default(), &[]);
     assert_eq!(
-        (gpu.is_cpu, gpu.matmul_variant, gpu.adapter_kernel, gpu.submit, gpu.cooperative_matrix),
-        (false, MatmulVariant::Smem, AdapterKernel::Matmul, SubmitPolicy::PerLayer, true)
+        (gpu.is_cpu, gpu.matmul_variant, gpu.adapter_kernel, gpu.submit, gpu.cooperative_matrix, gpu.seq_multiple),
+        (false, MatmulVariant::Smem, AdapterKernel::Matmul, SubmitPolicy::PerLayer, true, 8)
     );
 }
 
@@ -278,7 +279,10 @@ fn display_is_one_line() {
         "{s}"
     );
     assert!(
-        s.ends_with("cooperative matrices off, optimizer multi-tensor, limits adapter; overridden by PEFT_COOP"),
+        s.ends_with(
+            "cooperative matrices off, optimizer multi-tensor, limits adapter, batches padded to a multiple of 1; \
+             overridden by PEFT_COOP"
+        ),
         "{s}"
     );
 }

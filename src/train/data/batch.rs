@@ -22,11 +22,35 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
+/// How a batch is padded: with token `id`, to its longest example rounded up to a multiple of
+/// `multiple` (1: not rounded), never past `cap` (the longest sequence the model takes) unless
+/// an example is longer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Padding {
+    pub id: u32,
+    pub multiple: usize,
+    pub cap: usize,
+}
+
+impl Padding {
+    /// To the batch's longest example (`multiple` 1).
+    pub fn to_longest(id: u32) -> Self {
+        Self { id, multiple: 1, cap: usize::MAX }
+    }
+
+    /// The padded length of a batch whose longest example has `longest` tokens.
+    pub fn length(&self, longest: usize) -> usize {
+        let m = self.multiple.max(1);
+        longest.div_ceil(m).saturating_mul(m).min(self.cap).max(longest)
+    }
+}
+
 impl Batch {
-    /// Rows `indices` of `tokens` (and of `labels`, when given), padded with `pad_id`.
-    pub fn new(tokens: &[Tokenized], labels: Option<&[u32]>, indices: &[usize], pad_id: u32) -> Self {
+    /// Rows `indices` of `tokens` (and of `labels`, when given), padded as `pad` says.
+    pub fn new(tokens: &[Tokenized], labels: Option<&[u32]>, indices: &[usize], pad: Padding) -> Self {
         let batch = indices.len();
-        let seq = indices.iter().map(|&i| tokens[i].len()).max().unwrap_or(0);
+        let pad_id = pad.id;
+        let seq = pad.length(indices.iter().map(|&i| tokens[i].len()).max().unwrap_or(0));
         let mut ids = vec![pad_id; batch * seq];
         let mut mask = vec![0.0f32; batch * seq];
         let mut types = vec![0u32; batch * seq];
@@ -42,9 +66,9 @@ impl Batch {
         Self { ids, mask, types, batch, seq, labels, targets, indices: indices.to_vec() }
     }
 
-    /// Rows `indices` of `tokens` with their `targets` (any head kind), padded with `pad_id`.
-    pub fn with_targets(tokens: &[Tokenized], targets: &super::TaskTargets, indices: &[usize], pad_id: u32) -> Self {
-        let mut b = Self::new(tokens, None, indices, pad_id);
+    /// Rows `indices` of `tokens` with their `targets` (any head kind), padded as `pad` says.
+    pub fn with_targets(tokens: &[Tokenized], targets: &super::TaskTargets, indices: &[usize], pad: Padding) -> Self {
+        let mut b = Self::new(tokens, None, indices, pad);
         if let super::TaskTargets::Classes(c) = targets {
             b.labels = indices.iter().map(|&i| c[i]).collect();
         }
@@ -136,7 +160,7 @@ mod tests {
             Tokenized { ids: vec![101, 5, 102], types: vec![0, 0, 0] },
             Tokenized { ids: vec![101, 102], types: vec![0, 0] },
         ];
-        let b = Batch::new(&toks, Some(&[1, 0]), &[1, 0], 0);
+        let b = Batch::new(&toks, Some(&[1, 0]), &[1, 0], Padding::to_longest(0));
         assert_eq!((b.batch, b.seq), (2, 3));
         assert_eq!(b.ids, [101, 102, 0, 101, 5, 102]);
         assert_eq!(b.mask, [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]);

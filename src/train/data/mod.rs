@@ -30,7 +30,7 @@ mod tagging;
 mod targets;
 mod tokens;
 
-pub use batch::{batches_in_order, make_batches, padding_efficiency, Batch, BUCKET_WINDOW};
+pub use batch::{batches_in_order, make_batches, padding_efficiency, Batch, Padding, BUCKET_WINDOW};
 pub use inputs_json::{read_inputs_json, read_targets_json, OwnedTargets};
 pub use labels::{label_counts, LabelMap};
 pub use load::{load_examples, parse_examples, rotten_tomatoes, DataOptions, Format};

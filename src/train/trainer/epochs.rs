@@ -33,6 +33,8 @@ struct Run<'a, T: Trainee> {
     trainee: &'a mut T,
     task: &'a TaskData,
     pad: u32,
+    /// How training batches are padded (`--pad-to-multiple-of`, else the device policy's).
+    padding: data::Padding,
     a: &'a LoopSetup<'a>,
     ctl: &'a LoopControl,
     rep: &'a mut dyn Reporter,
@@ -103,6 +105,10 @@ pub(crate) fn run_loop_with<T: Trainee>(
         MetricsLog::create(&metrics_path)?
     };
     let mut run = Run::new(gpu, enc, trainee, task, pad, a, ctl, rep, optimizer, log, &p, total);
+    if run.padding.multiple > 1 {
+        let from = if a.run.pad_to_multiple_of.is_some() { "--pad-to-multiple-of" } else { "the device's default" };
+        run.rep.message(&format!("batches padded to a multiple of {} tokens ({from})", run.padding.multiple));
+    }
     run.rep.start(total, p.step);
     let lengths: Vec<usize> = task.train.tokens.iter().map(|t| t.len()).collect();
     let mut stopped = false;
@@ -203,12 +209,18 @@ impl<'a, T: Trainee> Run<'a, T> {
             out: a.out.to_path_buf(),
             stopped: false,
         };
+        let padding = data::Padding {
+            id: pad,
+            multiple: a.run.pad_to_multiple_of.unwrap_or(gpu.policy().seq_multiple),
+            cap: enc.dims.max_positions,
+        };
         Self {
             gpu,
             enc,
             trainee,
             task,
             pad,
+            padding,
             a,
             ctl,
             rep,
@@ -248,7 +260,7 @@ impl<'a, T: Trainee> Run<'a, T> {
         resume::inject(gpu, self.ctl.run.fault, step, &self.trainee.params())?;
         let batches: Vec<data::Batch> = group
             .iter()
-            .map(|idx| data::Batch::with_targets(&task.train.tokens, &task.train.targets, idx, self.pad))
+            .map(|idx| data::Batch::with_targets(&task.train.tokens, &task.train.targets, idx, self.padding))
             .collect();
         let inputs: Vec<_> = batches.iter().map(|b| b.inputs()).collect();
         let n = a.optimizer.gradient_accumulation;
