@@ -23,8 +23,8 @@ pub struct Batch {
 }
 
 /// How a batch is padded: with token `id`, to its longest example rounded up to a multiple of
-/// `multiple` (1: not rounded), never past `cap` (the longest sequence the model takes) unless
-/// an example is longer.
+/// `multiple` (1: not rounded), never past `cap` (the trainer's: the longest example of the
+/// run's data, which the memory plan was made for) unless an example is longer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Padding {
     pub id: u32,

@@ -212,7 +212,8 @@ impl<'a, T: Trainee> Run<'a, T> {
         let padding = data::Padding {
             id: pad,
             multiple: a.run.pad_to_multiple_of.unwrap_or(gpu.policy().seq_multiple),
-            cap: enc.dims.max_positions,
+            // Never past the longest example: the memory plan is made for it.
+            cap: task.largest_batch(a.run.batch_size).1.min(enc.dims.max_positions),
         };
         Self {
             gpu,
