@@ -32,14 +32,25 @@ fn state_json(out: &Path) -> Value {
 #[test]
 fn cli_stopped_and_resumed_equals_uninterrupted_bit_for_bit() {
     let d = tempfile::tempdir().unwrap();
-    stopped_and_resumed_case(d.path(), &tiny_model(d.path()));
+    stopped_and_resumed_case(d.path(), &tiny_model(d.path()), &[]);
+}
+
+/// With batches padded to a multiple of 8 (dropout on, so the masks depend on the padded shape):
+/// the setting is saved with the run and a resumed run pads as the stopped one did.
+#[test]
+fn cli_stopped_and_resumed_with_padded_batches_equals_uninterrupted_bit_for_bit() {
+    let d = tempfile::tempdir().unwrap();
+    let model = tiny_model_with_dropout(d.path());
+    stopped_and_resumed_case(d.path(), &model, &["--pad-to-multiple-of", "8"]);
+    let st = state_json(&d.path().join("full"));
+    assert_eq!(st["args"]["pad_to_multiple_of"], json!(8), "{st}");
 }
 
 #[test]
 fn cli_stopped_and_resumed_with_dropout_equals_uninterrupted_bit_for_bit() {
     let d = tempfile::tempdir().unwrap();
     let model = tiny_model_with_dropout(d.path());
-    stopped_and_resumed_case(d.path(), &model);
+    stopped_and_resumed_case(d.path(), &model, &[]);
     // Dropout was on: the same run with --no-dropout trains to other weights.
     let (train, dev) = toy_data(d.path());
     let (m, t, dv) = (s(&model), s(&train), s(&dev));
@@ -53,7 +64,7 @@ fn cli_stopped_and_resumed_with_dropout_equals_uninterrupted_bit_for_bit() {
     assert!(final_state(&off).1 != final_state(&d.path().join("full")).1, "dropout changed nothing");
 }
 
-fn stopped_and_resumed_case(d: &Path, model: &Path) {
+fn stopped_and_resumed_case(d: &Path, model: &Path, extra: &[&str]) {
     let (train, dev) = toy_data(d);
     let (m, t, dv) = (s(model), s(&train), s(&dev));
     // 16 examples, batch 5: 4 steps per epoch, 3 epochs = 12 steps.
@@ -61,6 +72,7 @@ fn stopped_and_resumed_case(d: &Path, model: &Path) {
     let fo = s(&full);
     let mut args = train_args(&m, &t, &dv, &fo);
     args.extend(["--epochs", "3"]);
+    args.extend(extra);
     let o = peft(&args);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let want = final_state(&full);
@@ -72,6 +84,7 @@ fn stopped_and_resumed_case(d: &Path, model: &Path) {
         let po = s(&part);
         let mut args = train_args(&m, &t, &dv, &po);
         args.extend(["--epochs", "3", "--stop-after-steps", stop]);
+        args.extend(extra);
         let o = peft(&args);
         assert!(o.status.success(), "{}", text(&o.stderr));
         let st = state_json(&part);
