@@ -1,33 +1,36 @@
 #!/usr/bin/env bash
 # AdapterFusion on a low-resource target with a related source (issue #19 item 3): IMDB sentiment
-# with 500 training reviews; sources: a sentiment adapter (Rotten Tomatoes) and an unrelated topic
+# with 500 training reviews (TARGET=imdb, the default) or the drug reviews (TARGET=drugs: negative /
+# neutral / positive, 600 training reviews in all); sources: a sentiment adapter (Rotten Tomatoes) and an unrelated topic
 # adapter (20 Newsgroups), both Pfeiffer, trained once with `peft train`. For each seed: the target's
 # head only (frozen base), its own Pfeiffer adapter, and AdapterFusion over the two sources
-# (`peft fuse`), each keeping its best epoch on a fixed 100-review dev set, then evaluated on IMDB
-# test reviews. Writes results.tsv (one row per run) in $OUT; bench/fusion/table.py makes the table.
+# (`peft fuse`), each keeping its best epoch on a fixed dev set (DEV_N reviews of the target's
+# training file), then evaluated on TEST_N of its test reviews. Writes results.tsv (one row per run) in $OUT; bench/fusion/table.py makes the table.
 #
 # usage: bench/fusion/low-resource.sh   (knobs from the environment, defaults below; PEFT=binary)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$here"
 PEFT="${PEFT:-$here/target/release/peft}"
+TARGET="${TARGET:-imdb}"
+case $TARGET in imdb | drugs) ;; *) echo "low-resource: TARGET must be imdb or drugs, not $TARGET" >&2; exit 2 ;; esac
 OUT="${OUT:-runs/fusion-low-resource}"
 : "${SEEDS:=0 1 2}" "${MAX_LENGTH:=64}" "${BATCH:=32}" "${EPOCHS:=3}" "${LR:=1e-3}" "${FUSE_LR:=5e-4}"
 : "${TRAIN_N:=500}" "${DEV_N:=100}" "${TEST_N:=500}" "${SENT_N:=3000}" "${TOPIC_N:=1000}" "${SRC_EPOCHS:=1}"
 data="${PEFT_CACHE:-$here/.cache}/data"
 model="$(bash scripts/fetch-model.sh --print-dir)"
 rt="$(bash scripts/fetch-data.sh --print-path)"
-bash scripts/fetch-fusion-data.sh orange imdb
-for task in newsgroups imdb; do
+bash scripts/fetch-fusion-data.sh orange "$TARGET"
+for task in newsgroups "$TARGET"; do
     [[ -s "$data/$task/train.csv" ]] || "$PEFT" data prepare "$task" --out "$data/$task"
 done
 mkdir -p "$OUT"
 t0=$(date +%s)
 say() { echo "low-resource [$(($(date +%s) - t0)) s]: $*"; }
 
-# A fixed split for every seed: TRAIN_N training and DEV_N dev reviews from IMDB's training file
-# (seeded shuffle), TEST_N from its test file.
-python3 - "$data/imdb" "$OUT" "$TRAIN_N" "$DEV_N" "$TEST_N" <<'PY'
+# A fixed split for every seed: TRAIN_N training and DEV_N dev reviews from the target's training
+# file (seeded shuffle), TEST_N from its test file.
+python3 - "$data/$TARGET" "$OUT" "$TRAIN_N" "$DEV_N" "$TEST_N" <<'PY'
 import csv, random, sys
 src, out, n_train, n_dev, n_test = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
 def rows(p):
@@ -62,7 +65,7 @@ results="$OUT/results.tsv"
 [[ -s "$results" ]] || printf 'seed\tvariant\ttest_accuracy\ttest_macro_f1\ttest_n\tbest_dev\ttrain_seconds\n' >"$results"
 acc() { sed -n 's/.*accuracy=\([0-9.]*\) macro_f1=\([0-9.]*\) n=\([0-9]*\).*/\1\t\2\t\3/p' | tail -1; }
 best_dev() { python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(max(x.get('dev_accuracy', 0) for x in r if 'dev_accuracy' in x))" "$1/metrics.jsonl" 2>/dev/null || echo "?"; }
-data_args=(--train "$OUT/train.csv" --dev "$OUT/dev.csv" --name imdb --epochs "$EPOCHS")
+data_args=(--train "$OUT/train.csv" --dev "$OUT/dev.csv" --name "$TARGET" --epochs "$EPOCHS")
 for seed in $SEEDS; do
     for variant in head-only adapter fusion; do
         dir="$OUT/seed$seed/$variant"
