@@ -217,12 +217,23 @@ def main():
     write_table(args, runs)
 
 
+def seeds_run(runs):
+    """Which seeds each trainer ran, e.g. `peft 0, 1; adapters 0, 1` (from the runs, not the
+    arguments: a combined table may hold more seeds of one trainer than of the other)."""
+    parts = []
+    for trainer in ("peft", "adapters"):
+        seeds = sorted({r["seed"] for r in runs if r["trainer"] == trainer})
+        if seeds:
+            parts.append(f"{trainer} " + ", ".join(str(k) for k in seeds))
+    return "; ".join(parts)
+
+
 def write_table(args, runs):
     lines = [f"# Dev accuracy: peft train vs the adapters library ({args.device_name or 'device not named'})", "",
              f"{args.train_examples} training examples (Rotten Tomatoes), {args.dev_examples} dev, {args.epochs} epoch(s), "
              f"{args.config} rf {args.reduction_factor}, AdamW lr {args.lr} linear decay, batch {args.batch_size}, "
              f"max length {args.max_length}, clip {args.max_grad_norm}; same examples, order and batches per seed; "
-             f"{args.seeds} seeds.", "",
+             f"seeds run: {seeds_run(runs)}.", "",
              "| trainer | dev accuracy (mean ± std) | seeds | real tokens/s (median) |", "|---|---|---|---|"]
     for trainer in ("peft", "adapters"):
         s = summary(runs, trainer)
