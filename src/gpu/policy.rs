@@ -468,14 +468,14 @@ impl KernelPolicy {
 
 impl std::fmt::Display for KernelPolicy {
     /// One line, e.g. `matmul smem (large tile 128x128x8/8x8), adapter matmul, submit per layer,
-    /// shader checks off, cooperative matrices on, optimizer multi-tensor, limits adapter`, then
+    /// shader checks off, cooperative matrices on, batches padded to a multiple of 8, optimizer multi-tensor, limits adapter`, then
     /// what overrode the device's defaults.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let on = |b: bool| if b { "on" } else { "off" };
         write!(
             f,
             "matmul {} (smem large tile {}), adapter {}, attention {}, submit per {}, shader checks {}, cooperative matrices {}, \
-             optimizer {}, limits {}, batches padded to a multiple of {}",
+             batches padded to a multiple of {}, optimizer {}, limits {}",
             self.matmul_variant,
             self.smem_large_tile,
             self.adapter_kernel.name(),
@@ -483,9 +483,9 @@ impl std::fmt::Display for KernelPolicy {
             if self.submit_per_layer() { "layer" } else { "pass" },
             on(self.shader_checks),
             on(self.cooperative_matrix),
+            self.seq_multiple,
             if self.multi_tensor_optimizer { "multi-tensor" } else { "per tensor" },
             self.limits,
-            self.seq_multiple,
         )?;
         if !self.overridden_by.is_empty() {
             write!(f, "; overridden by {}", self.overridden_by.join(", "))?;

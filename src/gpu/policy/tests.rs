@@ -280,7 +280,7 @@ fn display_is_one_line() {
     );
     assert!(
         s.ends_with(
-            "cooperative matrices off, optimizer multi-tensor, limits adapter, batches padded to a multiple of 1; \
+            "cooperative matrices off, batches padded to a multiple of 1, optimizer multi-tensor, limits adapter; \
              overridden by PEFT_COOP"
         ),
         "{s}"
