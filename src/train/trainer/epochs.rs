@@ -32,8 +32,8 @@ struct Run<'a, T: Trainee> {
     enc: &'a mut Encoder,
     trainee: &'a mut T,
     task: &'a TaskData,
-    pad: u32,
-    /// How training batches are padded (`--pad-to-multiple-of`, else the device policy's).
+    /// How training batches are padded (`--pad-to-multiple-of`, else the device policy's); its
+    /// token also pads the dev batches.
     padding: data::Padding,
     a: &'a LoopSetup<'a>,
     ctl: &'a LoopControl,
@@ -220,7 +220,6 @@ impl<'a, T: Trainee> Run<'a, T> {
             enc,
             trainee,
             task,
-            pad,
             padding,
             a,
             ctl,
@@ -388,7 +387,7 @@ impl<'a, T: Trainee> Run<'a, T> {
         self.trainee.before_eval(gpu)?;
         let scores = {
             let (setup, head) = (self.trainee.setup(), self.trainee.head());
-            infer::evaluate_prepared(self.enc, &setup, head, &task.dev, self.pad, a.run.batch_size)?
+            infer::evaluate_prepared(self.enc, &setup, head, &task.dev, self.padding.id, a.run.batch_size)?
         };
         self.summary.dev_accuracy.push(scores.accuracy);
         self.summary.dev_macro_f1.push(scores.macro_f1);
