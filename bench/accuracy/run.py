@@ -171,6 +171,8 @@ def main():
     p.add_argument("--dev-examples", type=int, default=800)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="run seeds FIRST..SEEDS-1 only (e.g. a second seed after an earlier call ran seed 0)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -204,6 +206,8 @@ def main():
     files, dev = prepare(args, work)
     runs = []
     for k, train_csv in enumerate(files):
+        if k < args.first_seed:
+            continue
         for trainer in ("peft", "adapters"):
             if args.only not in ("both", trainer):
                 continue
