@@ -1,6 +1,6 @@
 // ---- layernorm.wgsl: LayerNorm over the last dimension, forward and input gradient ----
 //
-// forward:  s = x (+ r),  y = (s - mean) * rstd * gamma + beta,  rstd = 1 / sqrt(var + eps),
+// forward:  s = x (+ r) (+ r2),  y = (s - mean) * rstd * gamma + beta,  rstd = 1 / sqrt(var + eps),
 //           optionally storing s (the sum, LayerNorm's input, which backward needs).
 // backward: g = dy * gamma,  dx (+)= rstd * (g - mean(g) - xhat * mean(g * xhat)),
 //           mean and rstd recomputed from the saved input (no saved statistics).
@@ -32,6 +32,8 @@ struct Params {
 override WG: u32 = 64u;
 override HAS_RESIDUAL: bool = false; // forward: normalise x + r
 override HAS_SUM: bool = false;      // forward: store x + r
+override HAS_RESIDUAL2: bool = false; // forward: normalise (x + r) + r2 (HAS_RESIDUAL too)
+override HAS_DX2: bool = false;       // backward: write dx into dx2 as well
 override PARTIALS: bool = false;     // four partial sums per thread (CPU drivers, see above)
 const MAX_WG: u32 = 256u;
 
@@ -89,8 +91,12 @@ fn sum3(s: array<vec3<f32>, 4>) -> vec3<f32> {
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
 @group(0) @binding(5) var<storage, read_write> sum_out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read> r2: array<f32>;
 
+// (x + r) + r2: the order in which an adapter's up product (β = 1 onto its residual) and the
+// two-term LayerNorm after it added the same three terms.
 fn input(i: u32) -> f32 {
+    if (HAS_RESIDUAL2) { return (x[i] + r[i]) + r2[i]; }
     if (HAS_RESIDUAL) { return x[i] + r[i]; }
     return x[i];
 }
@@ -132,6 +138,7 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 @group(0) @binding(2) var<storage, read> bgamma: array<f32>;
 @group(0) @binding(3) var<storage, read> bdy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> bdx: array<f32>;
+@group(0) @binding(5) var<storage, read_write> bdx2: array<f32>;
 
 @compute @workgroup_size(WG)
 fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -168,5 +175,6 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         var v = rstd * (g - mean_g - c * k);
         if (p.accumulate != 0u) { v += bdx[base + i]; }
         bdx[base + i] = v;
+        if (HAS_DX2) { bdx2[base + i] = v; }
     }
 }

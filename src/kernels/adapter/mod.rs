@@ -55,6 +55,19 @@ pub enum Residual<'a> {
     None,
 }
 
+/// How an adapter's backward writes its input gradient `dx`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DxMode {
+    /// `dx = dy + (the bottleneck's gradient)`: the adapter's input was its residual (Houlsby).
+    AddDy,
+    /// `dx = (the bottleneck's gradient)` alone; the residual's gradient `dy` is the caller's.
+    Separate,
+    /// `dx` already holds `dy` (the caller wrote it there, e.g. a LayerNorm backward's second
+    /// output): the matmul path adds the bottleneck's gradient onto it (no copy); the fused
+    /// kernel writes `dy + ...` over it, the same value.
+    OntoDy,
+}
+
 impl Residual<'_> {
     fn id(&self) -> f64 {
         match self {
@@ -298,6 +311,25 @@ impl AdapterShape {
         grads: &AdapterWeights,
         scratch: &AdapterScratch,
     ) -> Result<()> {
+        let mode = if separate_residual { DxMode::Separate } else { DxMode::AddDy };
+        self.backward_mode(kernel, batch, w, x, mode, a_saved, dy, dx, grads, scratch)
+    }
+
+    /// The backward through `kernel` with `dx` written as `mode` says.
+    pub(crate) fn backward_mode(
+        &self,
+        kernel: AdapterKernel,
+        batch: &mut CommandRecorder,
+        w: &AdapterWeights,
+        x: &GpuTensor,
+        mode: DxMode,
+        a_saved: &GpuTensor,
+        dy: &GpuTensor,
+        dx: &GpuTensor,
+        grads: &AdapterWeights,
+        scratch: &AdapterScratch,
+    ) -> Result<()> {
+        let separate_residual = mode == DxMode::Separate;
         self.check(w)?;
         self.check(grads)?;
         let t = self.tokens("adapter input", x)?;
@@ -309,7 +341,7 @@ impl AdapterShape {
         // g = act(a) for dW_up: saved by the matmul forward, else written into the scratch.
         let g = if kernel == AdapterKernel::Matmul {
             let saved_g = self.saves_activation(kernel);
-            self.backward_dx_matmul(batch, w, x, (a_saved, saved_g), separate_residual, dy, dx, scratch, t)?;
+            self.backward_dx_matmul(batch, w, x, (a_saved, saved_g), mode, dy, dx, scratch, t)?;
             if saved_g {
                 a_saved
             } else {
@@ -361,6 +393,14 @@ impl AdapterShape {
 }
 
 impl AdapterShape {
+    /// Whether this GPU runs the adapter through the matmul path (scale 1, the policy's kernel):
+    /// there the up product's residual can join in the LayerNorm after it
+    /// (`layernorm::layer_norm_sum`) with the same bits, and the backward can add onto a `dx`
+    /// that already holds `dy` ([`DxMode::OntoDy`]) without a copy.
+    pub fn runs_matmul_path(&self, gpu: &crate::gpu::Gpu) -> bool {
+        self.saves_activation(AdapterKernel::for_gpu(gpu))
+    }
+
     /// Whether the forward through `kernel` saves `act(a)` (the matmul path, scale 1) rather than
     /// `a` (the fused kernel, which also runs the matmul path's forward when s ≠ 1).
     fn saves_activation(&self, kernel: AdapterKernel) -> bool {
@@ -407,14 +447,15 @@ impl AdapterShape {
     /// for `act(a)` (the matmul forward's: `a = x W_downᵀ + b_down` is computed again, the
     /// forward's product, the same bits) or `(saved, false)` for `a` (the fused forward's:
     /// `g = act(a)` into the scratch for dW_up), then `da = act'(a) ⊙ s·(dy W_up)`,
-    /// `dx = da W_down (+ dy when the adapter's input was its residual)`.
+    /// `dx = da W_down (+ dy when the adapter's input was its residual, copied there first unless
+    /// `dx` holds it already)`.
     fn backward_dx_matmul(
         &self,
         batch: &mut CommandRecorder,
         w: &AdapterWeights,
         x: &GpuTensor,
         (saved, saved_g): (&GpuTensor, bool),
-        separate_residual: bool,
+        mode: DxMode,
         dy: &GpuTensor,
         dx: &GpuTensor,
         scratch: &AdapterScratch,
@@ -439,10 +480,10 @@ impl AdapterShape {
             View::rows(&dh, m),
         )?;
         elementwise::act_backward(batch, self.act, pre, &dh, &scratch.da)?;
-        if !separate_residual {
+        if mode == DxMode::AddDy {
             elementwise::copy(batch, dy, dx)?;
         }
-        Matmul::new(t, d, m).beta(if separate_residual { 0.0 } else { 1.0 }).run(
+        Matmul::new(t, d, m).beta(if mode == DxMode::Separate { 0.0 } else { 1.0 }).run(
             batch,
             View::rows(&scratch.da, m),
             View::rows(&w.w_down, d),

@@ -15,13 +15,21 @@ mod tests;
 const FORWARD: KernelSpec = KernelSpec {
     shader: &shaders::LAYERNORM,
     entry: "forward",
-    bindings: &[Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
+    bindings: &[
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::Read,
+        Access::ReadWrite,
+        Access::ReadWrite,
+        Access::Read,
+    ],
 };
 
 const BACKWARD: KernelSpec = KernelSpec {
     shader: &shaders::LAYERNORM,
     entry: "backward",
-    bindings: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite],
+    bindings: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
 };
 
 #[repr(C)]
@@ -118,6 +126,7 @@ fn rows_of(what: &str, x: &GpuTensor, gamma: &GpuTensor) -> Result<(usize, usize
 /// `sum_out` and `y` have the same shape `[.., d]`; `sum_out`, when given, receives `x + residual`
 /// (or `x`), the input [`layer_norm_backward`] needs. `y` and `sum_out` must not share a buffer with
 /// an input or each other.
+#[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
     batch: &mut CommandRecorder,
     x: &GpuTensor,
@@ -128,10 +137,31 @@ pub fn layer_norm(
     sum_out: Option<&GpuTensor>,
     y: &GpuTensor,
 ) -> Result<()> {
+    let residuals: Vec<&GpuTensor> = residual.into_iter().collect();
+    layer_norm_sum(batch, x, &residuals, gamma, beta, eps, sum_out, y)
+}
+
+/// [`layer_norm`] of `x` plus up to two residuals, added in order: `(x + r₀) + r₁` (an adapter's
+/// output, its residual and the sub-layer's input, in the order its up product's β = 1 epilogue
+/// and a two-term LayerNorm added them, so the same bits without the copy of the residual).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_sum(
+    batch: &mut CommandRecorder,
+    x: &GpuTensor,
+    residuals: &[&GpuTensor],
+    gamma: &GpuTensor,
+    beta: &GpuTensor,
+    eps: f32,
+    sum_out: Option<&GpuTensor>,
+    y: &GpuTensor,
+) -> Result<()> {
     let (rows, d) = rows_of("layer_norm", x, gamma)?;
     expect_shape("layer_norm beta", &beta.shape, &[d])?;
     expect_shape("layer_norm output", &y.shape, &x.shape)?;
-    if let Some(r) = residual {
+    if residuals.len() > 2 {
+        bail!("layer_norm: at most two residuals, got {}", residuals.len());
+    }
+    for r in residuals {
         expect_shape("layer_norm residual", &r.shape, &x.shape)?;
     }
     let mut outputs = vec![y];
@@ -139,17 +169,20 @@ pub fn layer_norm(
         expect_shape("layer_norm sum_out", &s.shape, &x.shape)?;
         outputs.push(s);
     }
-    check_no_alias("layer_norm", &outputs, &[Some(x), residual, Some(gamma), Some(beta)])?;
+    let (r0, r1) = (residuals.first().copied(), residuals.get(1).copied());
+    check_no_alias("layer_norm", &outputs, &[Some(x), r0, r1, Some(gamma), Some(beta)])?;
     if !(eps >= 0.0 && eps.is_finite()) {
         bail!("layer_norm: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: 0, _p0: 0, eps, _p1: [0; 3] };
     let [wg, partials] = row_constants(batch, d);
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let constants = [
         wg,
         partials,
-        ("HAS_RESIDUAL", if residual.is_some() { 1.0 } else { 0.0 }),
-        ("HAS_SUM", if sum_out.is_some() { 1.0 } else { 0.0 }),
+        ("HAS_RESIDUAL", flag(r0.is_some())),
+        ("HAS_SUM", flag(sum_out.is_some())),
+        ("HAS_RESIDUAL2", flag(r1.is_some())),
     ];
     batch.dispatch(
         &FORWARD,
@@ -157,7 +190,7 @@ pub fn layer_norm(
         &params,
         // An absent residual binds x (unread): the shared dummy buffer cannot fill both a read-only
         // and a read-write slot of one dispatch, and sum_out may need it.
-        &[Some(x), Some(residual.unwrap_or(x)), Some(gamma), Some(beta), sum_out, Some(y)],
+        &[Some(x), Some(r0.unwrap_or(x)), Some(gamma), Some(beta), sum_out, Some(y), Some(r1.unwrap_or(x))],
         [rows as u32, 1, 1],
     );
     Ok(())
@@ -175,15 +208,45 @@ pub fn layer_norm_backward(
     dx: &GpuTensor,
     accumulate: bool,
 ) -> Result<()> {
+    layer_norm_backward_twice(batch, x, gamma, eps, dy, dx, None, accumulate)
+}
+
+/// [`layer_norm_backward`] that also writes `dx` (its final value) into `dx2`, a second tensor
+/// (the gradient of a sum's two terms, e.g. a residual input and an adapter's output, in one
+/// dispatch instead of a copy). `dx2` must not share a buffer with `dx` or an input.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward_twice(
+    batch: &mut CommandRecorder,
+    x: &GpuTensor,
+    gamma: &GpuTensor,
+    eps: f32,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+    dx2: Option<&GpuTensor>,
+    accumulate: bool,
+) -> Result<()> {
     let (rows, d) = rows_of("layer_norm_backward", x, gamma)?;
     expect_shape("layer_norm_backward dy", &dy.shape, &x.shape)?;
     expect_shape("layer_norm_backward dx", &dx.shape, &x.shape)?;
-    check_no_alias("layer_norm_backward", &[dx], &[Some(x), Some(gamma), Some(dy)])?;
+    let mut outputs = vec![dx];
+    if let Some(d2) = dx2 {
+        expect_shape("layer_norm_backward dx2", &d2.shape, &x.shape)?;
+        outputs.push(d2);
+    }
+    check_no_alias("layer_norm_backward", &outputs, &[Some(x), Some(gamma), Some(dy)])?;
     if !(eps >= 0.0 && eps.is_finite()) {
         bail!("layer_norm_backward: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: accumulate as u32, _p0: 0, eps, _p1: [0; 3] };
-    let constants = row_constants(batch, d);
-    batch.dispatch(&BACKWARD, &constants, &params, &[Some(x), Some(gamma), Some(dy), Some(dx)], [rows as u32, 1, 1]);
+    let [wg, partials] = row_constants(batch, d);
+    let constants = [wg, partials, ("HAS_DX2", if dx2.is_some() { 1.0 } else { 0.0 })];
+    // An absent dx2 binds dx again (both read-write; the kernel writes it once).
+    batch.dispatch(
+        &BACKWARD,
+        &constants,
+        &params,
+        &[Some(x), Some(gamma), Some(dy), Some(dx), Some(dx2.unwrap_or(dx))],
+        [rows as u32, 1, 1],
+    );
     Ok(())
 }

@@ -118,3 +118,63 @@ fn layer_norm_backward_is_deterministic_and_validates() {
     assert!(layernorm::layer_norm(&mut b, &x, None, &wrong, &gamma, 1e-5, None, &dy).is_err());
     assert!(b.is_empty());
 }
+
+/// `LN((x + r₀) + r₁)` in one dispatch against the f64 reference and, bit for bit, against the two
+/// dispatches it replaces (`x + r₀` rounded to f32 first, then a two-term LayerNorm); the
+/// backward's second output equals its first bit for bit, with and without accumulate. Both row
+/// layouts, shapes that are not multiples of the workgroup, NaN-poisoned outputs.
+#[test]
+fn layer_norm_of_three_terms_and_backward_into_two() {
+    for cpu_rows in [false, true] {
+        layernorm::FORCE_CPU_ROWS.with(|f| f.set(Some(cpu_rows)));
+        for (seed, &(rows, d)) in [(5usize, 37usize), (3, 384), (2, 771)].iter().enumerate() {
+            let mut rng = rng(700 + seed as u64);
+            let eps = 1e-12f32;
+            let x = rand_f32(&mut rng, rows * d, 2.0);
+            let r0 = rand_f32(&mut rng, rows * d, 1.0);
+            let r1 = rand_f32(&mut rng, rows * d, 3.0);
+            let gamma = rand_f32(&mut rng, d, 1.0);
+            let beta = rand_f32(&mut rng, d, 1.0);
+            let dy = rand_f32(&mut rng, rows * d, 1.0);
+            let prev = rand_f32(&mut rng, rows * d, 1.0);
+            let sh = [rows, d];
+            let (xg, r0g, r1g) = (upload(&sh, &x), upload(&sh, &r0), upload(&sh, &r1));
+            let (gg, bg, dyg) = (upload(&[d], &gamma), upload(&[d], &beta), upload(&sh, &dy));
+            let x_r0: Vec<f32> = x.iter().zip(&r0).map(|(a, b)| a + b).collect();
+            let x_r0g = upload(&sh, &x_r0);
+            let (sum3, y3, sum2, y2) = (poisoned(&sh), poisoned(&sh), poisoned(&sh), poisoned(&sh));
+            let (dx, dx2) = (poisoned(&sh), poisoned(&sh));
+            let (dxa, dxa2) = (upload(&sh, &prev), poisoned(&sh));
+            let mut b = gpu().batch();
+            layernorm::layer_norm_sum(&mut b, &xg, &[&r0g, &r1g], &gg, &bg, eps, Some(&sum3), &y3).unwrap();
+            layernorm::layer_norm(&mut b, &x_r0g, Some(&r1g), &gg, &bg, eps, Some(&sum2), &y2).unwrap();
+            layernorm::layer_norm_backward_twice(&mut b, &sum3, &gg, eps, &dyg, &dx, Some(&dx2), false).unwrap();
+            layernorm::layer_norm_backward_twice(&mut b, &sum3, &gg, eps, &dyg, &dxa, Some(&dxa2), true).unwrap();
+            b.finish().unwrap();
+            let what = format!("LN3 rows={rows} d={d} cpu_rows={cpu_rows}");
+            assert_eq!(bits(&download(&sum3)), bits(&download(&sum2)), "{what}: saved sum");
+            assert_eq!(bits(&download(&y3)), bits(&download(&y2)), "{what}: output");
+            let want_sum: Vec<f32> = x_r0.iter().zip(&r1).map(|(a, b)| a + b).collect();
+            assert_eq!(bits(&download(&sum3)), bits(&want_sum), "{what}: (x + r0) + r1");
+            let s64 = f64s(&want_sum);
+            let (g64, b64) = (f64s(&gamma), f64s(&beta));
+            assert_close(&format!("{what} y"), &download(&y3), &ops::layer_norm(&s64, rows, d, &g64, &b64, eps as f64), TOL);
+            let rdx = ops::layer_norm_backward(&s64, &f64s(&dy), rows, d, &g64, eps as f64);
+            assert_close(&format!("{what} dx"), &download(&dx), &rdx, TOL);
+            assert_eq!(bits(&download(&dx)), bits(&download(&dx2)), "{what}: second output");
+            let racc: Vec<f64> = rdx.iter().zip(&prev).map(|(a, b)| a + *b as f64).collect();
+            assert_close(&format!("{what} dx (accumulate)"), &download(&dxa), &racc, TOL);
+            assert_eq!(bits(&download(&dxa)), bits(&download(&dxa2)), "{what}: second output (accumulate)");
+        }
+    }
+    layernorm::FORCE_CPU_ROWS.with(|f| f.set(None));
+    // Too many residuals, and a second output that is the first or an input, are errors.
+    let sh = [2, 8];
+    let (x, g, dy) = (poisoned(&sh), poisoned(&[8]), poisoned(&sh));
+    let (out, dx) = (poisoned(&sh), poisoned(&sh));
+    let mut b = gpu().batch();
+    assert!(layernorm::layer_norm_sum(&mut b, &x, &[&dy, &dy, &dy], &g, &g, 1e-5, None, &out).is_err());
+    assert!(layernorm::layer_norm_backward_twice(&mut b, &x, &g, 1e-5, &dy, &dx, Some(&dx), false).is_err());
+    assert!(layernorm::layer_norm_backward_twice(&mut b, &x, &g, 1e-5, &dy, &dx, Some(&dy), false).is_err());
+    assert!(b.is_empty());
+}

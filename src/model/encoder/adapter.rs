@@ -19,7 +19,7 @@ use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::adapter::channel::{
     channel_scale, scale_grad, trainable_layer_norm, trainable_layer_norm_backward, ChannelAdd,
 };
-use crate::kernels::adapter::{AdapterScratch, AdapterWeights, Residual};
+use crate::kernels::adapter::{AdapterKernel, AdapterScratch, AdapterWeights, DxMode, Residual};
 use crate::kernels::{elementwise, layernorm};
 use anyhow::Result;
 
@@ -166,7 +166,7 @@ impl Encoder {
         };
         let x = opts.xb.as_ref().unwrap_or(&around.hs);
         let dxb = t(gpu, &shape)?;
-        self.bottleneck_backward(b, ad, x, &acts.a, &dcore, &dxb, true, accumulate)?;
+        self.bottleneck_backward(b, ad, x, &acts.a, &dcore, &dxb, DxMode::Separate, accumulate)?;
         let dhs_adapter = match &ad.norm_before {
             Some(n) => {
                 let d = t(gpu, &shape)?;
@@ -222,13 +222,14 @@ impl Encoder {
         a: &GpuTensor,
         dy: &GpuTensor,
         dx: &GpuTensor,
-        separate: bool,
+        mode: DxMode,
         accumulate: bool,
     ) -> Result<()> {
         let gpu = &self.gpu;
         let scratch = AdapterScratch::new(gpu, dy.shape[0], ad.shape.m)?;
         let grads = if accumulate { AdapterWeights::zeros(gpu, ad.shape.d, ad.shape.m)? } else { ad.grad.clone() };
-        ad.shape.backward_residual(b, &ad.w, x, separate, a, dy, dx, &grads, &scratch)?;
+        let kernel = AdapterKernel::for_gpu(gpu);
+        ad.shape.backward_mode(kernel, b, &ad.w, x, mode, a, dy, dx, &grads, &scratch)?;
         if accumulate {
             // ad.grad += this chunk's gradients.
             for (sum, part) in [

@@ -7,6 +7,7 @@ use super::acts::{AdapterActs, LayerActs, SubActs};
 use super::dropout::RowsDropout;
 use super::{t, Encoder, Setup};
 use crate::gpu::{CommandRecorder, GpuTensor};
+use crate::kernels::adapter::DxMode;
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::dropout::Site;
 use crate::kernels::matmul::{Matmul, View};
@@ -153,8 +154,14 @@ impl Encoder {
             // No LayerNorm before the adapter (its input is its residual): dh = the adapter's
             // input gradient, dx_in = du (or 0).
             (None, _) => {
+                // On the matmul path the final LayerNorm's backward writes `du` into `dh` as well,
+                // and the bottleneck's input gradient is added onto it there (no copy).
+                if let Some(u) = around.u.as_ref().filter(|_| ad.shape.runs_matmul_path(&self.gpu)) {
+                    layernorm::layer_norm_backward_twice(b, u, ln_g, eps, dfinal, dx_in, Some(dh), false)?;
+                    return self.bottleneck_backward(b, ad, x, a, dx_in, dh, DxMode::OntoDy, accumulate);
+                }
                 let du = final_ln(b, Some(dx_in))?;
-                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), dh, false, accumulate)?;
+                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), dh, DxMode::AddDy, accumulate)?;
                 if du.is_none() {
                     elementwise::fill(b, dx_in, 0.0)?;
                 }
@@ -164,7 +171,7 @@ impl Encoder {
             (Some(s1), true) => {
                 let du = final_ln(b, Some(dh))?;
                 let dhs = t(&self.gpu, &dfinal.shape)?;
-                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), &dhs, true, accumulate)?;
+                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), &dhs, DxMode::Separate, accumulate)?;
                 if du.is_some() {
                     layernorm::layer_norm_backward(b, s1, ln_g, eps, &dhs, dh, true)?;
                     elementwise::copy(b, dh, dx_in)
@@ -177,7 +184,7 @@ impl Encoder {
             (Some(s1), false) => {
                 let du = final_ln(b, None)?;
                 let dhs = t(&self.gpu, &dfinal.shape)?;
-                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), &dhs, false, accumulate)?;
+                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), &dhs, DxMode::AddDy, accumulate)?;
                 layernorm::layer_norm_backward(b, s1, ln_g, eps, &dhs, dh, false)?;
                 match &du {
                     Some(du) => elementwise::add(b, du, dh, dx_in),

@@ -174,6 +174,21 @@ impl Encoder {
             _ if pl.separate_residual() => (Residual::Tensor(&h), x_in),
             _ => (Residual::Input, x_in),
         };
+        // On the matmul path with the pretrained LayerNorm after the adapter, its residual joins
+        // there too: `LN((y + residual) + x_in)` adds in the order the up product's β = 1 and a
+        // two-term LayerNorm did (the same bits), without a copy of the residual under `y`.
+        let joined = match residual {
+            Residual::Input => Some(&hs),
+            Residual::Tensor(r) => Some(r),
+            Residual::None => None,
+        };
+        if let Some(r) = joined.filter(|_| pl.original_ln_after && ad.shape.runs_matmul_path(gpu)) {
+            ad.shape.forward_residual(b, &ad.w, &hs, Residual::None, &adapted, &a)?;
+            let (u, out) = (t(gpu, &shape)?, t(gpu, &shape)?);
+            layernorm::layer_norm_sum(b, &adapted, &[r, after_input], ln_g, ln_b, self.dims.eps, Some(&u), &out)?;
+            let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u: Some(u) }, a, options: None };
+            return Ok(SubActs::Adapter { acts, out });
+        }
         ad.shape.forward_residual(b, &ad.w, &hs, residual, &adapted, &a)?;
         let (u, out) = self.adapter_output(b, pl, adapted, after_input, ln_g, ln_b)?;
         let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u }, a, options: None };
