@@ -34,3 +34,51 @@ fn col_sum(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     if (p.beta != 0.0) { v += p.beta * out[p.out_off + j]; }
     out[p.out_off + j] = v;
 }
+
+// col_sum2: two column sums in one dispatch (an adapter's two bias gradients): threads j < cols
+// sum x's columns into out, the next cols2 threads x2's into out2, each column exactly as col_sum
+// sums it (the same bits). Row-major, no offsets.
+struct Params2 {
+    rows: u32, cols: u32, cols2: u32, _p0: u32,
+    scale: f32, beta: f32, scale2: f32, beta2: f32,
+}
+
+@group(0) @binding(0) var<uniform> q: Params2;
+@group(0) @binding(1) var<storage, read> y1: array<f32>;
+@group(0) @binding(2) var<storage, read_write> o1: array<f32>;
+@group(0) @binding(3) var<storage, read> y2: array<f32>;
+@group(0) @binding(4) var<storage, read_write> o2: array<f32>;
+
+@compute @workgroup_size(WG)
+fn col_sum2(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = gid.x + gid.y * nwg.x * WG;
+    if (t < q.cols) {
+        let j = t;
+        var s = vec4<f32>(0.0);
+        var i = 0u;
+        for (; i + 4u <= q.rows; i += 4u) {
+            let base = i * q.cols + j;
+            s += vec4<f32>(y1[base], y1[base + q.cols], y1[base + 2u * q.cols], y1[base + 3u * q.cols]);
+        }
+        for (; i < q.rows; i++) {
+            s.x += y1[i * q.cols + j];
+        }
+        var v = q.scale * ((s.x + s.y) + (s.z + s.w));
+        if (q.beta != 0.0) { v += q.beta * o1[j]; }
+        o1[j] = v;
+    } else if (t < q.cols + q.cols2) {
+        let j = t - q.cols;
+        var s = vec4<f32>(0.0);
+        var i = 0u;
+        for (; i + 4u <= q.rows; i += 4u) {
+            let base = i * q.cols2 + j;
+            s += vec4<f32>(y2[base], y2[base + q.cols2], y2[base + 2u * q.cols2], y2[base + 3u * q.cols2]);
+        }
+        for (; i < q.rows; i++) {
+            s.x += y2[i * q.cols2 + j];
+        }
+        var v = q.scale2 * ((s.x + s.y) + (s.z + s.w));
+        if (q.beta2 != 0.0) { v += q.beta2 * o2[j]; }
+        o2[j] = v;
+    }
+}

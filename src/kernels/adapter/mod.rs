@@ -7,6 +7,7 @@
 //! thread in a fixed order, so gradients are bit-identical run to run (no float atomics).
 
 use super::matmul::{linear, Matmul, View};
+use super::reduce::ColSum;
 use super::{elementwise, expect_shape, reduce};
 use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
 use crate::shaders;
@@ -386,8 +387,13 @@ impl AdapterShape {
             None,
             View::rows(&grads.w_down, d),
         )?;
-        reduce::col_sum(batch, dy, t, d, self.scale, 0.0, &grads.b_up)?;
-        reduce::col_sum(batch, &scratch.da, t, m, 1.0, 0.0, &grads.b_down)?;
+        // Both bias gradients in one dispatch.
+        reduce::col_sums(
+            batch,
+            t,
+            ColSum { x: dy, cols: d, scale: self.scale, beta: 0.0, out: &grads.b_up },
+            ColSum { x: &scratch.da, cols: m, scale: 1.0, beta: 0.0, out: &grads.b_down },
+        )?;
         Ok(())
     }
 }

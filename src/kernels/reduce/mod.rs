@@ -12,6 +12,25 @@ mod tests;
 const COL_SUM: KernelSpec =
     KernelSpec { shader: &shaders::REDUCE, entry: "col_sum", bindings: &[Access::Read, Access::ReadWrite] };
 
+const COL_SUM2: KernelSpec = KernelSpec {
+    shader: &shaders::REDUCE,
+    entry: "col_sum2",
+    bindings: &[Access::Read, Access::ReadWrite, Access::Read, Access::ReadWrite],
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params2 {
+    rows: u32,
+    cols: u32,
+    cols2: u32,
+    _p0: u32,
+    scale: f32,
+    beta: f32,
+    scale2: f32,
+    beta2: f32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -29,8 +48,7 @@ struct Params {
 /// them against the WGSL).
 #[cfg(test)]
 pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
-    let p = std::mem::size_of::<Params>();
-    vec![(COL_SUM, p)]
+    vec![(COL_SUM, std::mem::size_of::<Params>()), (COL_SUM2, std::mem::size_of::<Params2>())]
 }
 
 /// Workgroup size of the column sum.
@@ -39,7 +57,7 @@ const WG: f64 = 64.0;
 /// Every set of override constants the host passes, per kernel (`kernels/translate.rs`).
 #[cfg(test)]
 pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
-    vec![(COL_SUM, vec![vec![("WG", WG)]])]
+    vec![(COL_SUM, vec![vec![("WG", WG)]]), (COL_SUM2, vec![vec![("WG", WG)]])]
 }
 
 /// `out[j] = scale · Σ_i x[i, j] + beta · out[j]` for a row-major `x` of `rows × cols`.
@@ -66,5 +84,46 @@ pub fn col_sum(
         beta,
     };
     batch.dispatch(&COL_SUM, &[("WG", WG)], &params, &[Some(x), Some(out)], [(cols as u32).div_ceil(64), 1, 1]);
+    Ok(())
+}
+
+/// One column sum of [`col_sums`]: `out[j] = scale · Σ_i x[i, j] + beta · out[j]` over a row-major
+/// `x` of `rows × cols` (the rows are the call's).
+pub struct ColSum<'a> {
+    pub x: &'a GpuTensor,
+    pub cols: usize,
+    pub scale: f32,
+    pub beta: f32,
+    pub out: &'a GpuTensor,
+}
+
+/// Two [`col_sum`]s over the same number of rows in one dispatch (e.g. an adapter's two bias
+/// gradients); each column is summed exactly as [`col_sum`] sums it. The outputs must not share a
+/// buffer with each other or an input.
+pub fn col_sums(batch: &mut CommandRecorder, rows: usize, a: ColSum, b: ColSum) -> Result<()> {
+    for s in [&a, &b] {
+        if rows * s.cols > s.x.numel() || s.cols > s.out.numel() {
+            bail!("col_sums: {rows}×{} does not fit x {:?} / out {:?}", s.cols, s.x.shape, s.out.shape);
+        }
+    }
+    super::elementwise::check_no_alias("col_sums", &[a.out, b.out], &[Some(a.x), Some(b.x)])?;
+    let total = u32::try_from(a.cols + b.cols).map_err(|_| anyhow::anyhow!("col_sums: too many columns"))?;
+    let params = Params2 {
+        rows: rows as u32,
+        cols: a.cols as u32,
+        cols2: b.cols as u32,
+        _p0: 0,
+        scale: a.scale,
+        beta: a.beta,
+        scale2: b.scale,
+        beta2: b.beta,
+    };
+    batch.dispatch(
+        &COL_SUM2,
+        &[("WG", WG)],
+        &params,
+        &[Some(a.x), Some(a.out), Some(b.x), Some(b.out)],
+        [total.div_ceil(64), 1, 1],
+    );
     Ok(())
 }
