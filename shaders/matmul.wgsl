@@ -7,6 +7,10 @@
 // and each operand adds inner_index * its inner stride (attention's (batch, head) pairs); inner = 1
 // with zero inner strides is the plain batched product.
 // beta == 0 never reads C (outputs may hold garbage or NaN before the kernel runs).
+// Epilogue options (override constants, so an unused one folds away per pipeline): PRE_OUT also
+// writes v = alpha * A·B + bias + beta * C into aux (a layer's pre-activation beside act(v));
+// GRAD_MUL writes C = v * act'(aux) instead of act(v) (a gradient through the activation whose
+// pre-activation aux holds). aux is indexed as C is (same offset and strides).
 //
 // Variants (entry points; the host picks one per device, see src/kernels/matmul.rs). Every variant
 // sums each output in k order 0, 1, ..., K-1 in one invocation, so results are deterministic, and
@@ -40,11 +44,24 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(5) var<storage, read_write> aux: array<f32>;
 
 override WG_X: u32 = 8u;
 override WG_Y: u32 = 8u;
 override HAS_BIAS: bool = false;
 override ACT: u32 = 3u; // identity
+override PRE_OUT: bool = false;
+override GRAD_MUL: bool = false;
+
+// C (and aux) at index ci from v (see the header).
+fn finish_c(ci: u32, v: f32) {
+    if (GRAD_MUL) {
+        c[ci] = v * activate_grad(ACT, aux[ci]);
+    } else {
+        if (PRE_OUT) { aux[ci] = v; }
+        c[ci] = activate(ACT, v);
+    }
+}
 
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -92,7 +109,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             if (HAS_BIAS) { v += bias[p.bias_off + j]; }
             let ci = c_base + i * p.c_si + j * p.c_sj;
             if (p.beta != 0.0) { v += p.beta * c[ci]; }
-            c[ci] = activate(ACT, v);
+            finish_c(ci, v);
         }
     }
 }
@@ -129,7 +146,7 @@ fn store_c(c_base: u32, i: u32, j: u32, acc: f32, bj: f32) {
         if (HAS_BIAS) { v += bj; }
         let ci = c_base + i * p.c_si + j * p.c_sj;
         if (USE_BETA) { v += p.beta * c[ci]; }
-        c[ci] = activate(ACT, v);
+        finish_c(ci, v);
     }
 }
 

@@ -32,9 +32,14 @@ struct Params {
 @group(0) @binding(4) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> c: array<f32>;
+@group(0) @binding(7) var<storage, read_write> aux: array<f32>;
 
 override HAS_BIAS: bool = false;
 override ACT: u32 = 3u; // identity
+// Epilogue options, as in matmul.wgsl: PRE_OUT also writes v into aux; GRAD_MUL writes
+// C = v * act'(aux) instead of act(v). aux is indexed as C is.
+override PRE_OUT: bool = false;
+override GRAD_MUL: bool = false;
 // beta != 0 (an override: no loads of C when it is 0, and C may hold NaN then).
 override USE_BETA: bool = false;
 // A's quads run along k (A_KQ, for a_sk = 1) or along i; B's along j (B_JQ, for b_sj = 1) or k.
@@ -70,7 +75,12 @@ fn store_c(c_base: u32, i: u32, j: u32, acc: f32) {
         if (HAS_BIAS) { v += bias_at(j); }
         let ci = c_base + i * p.c_si + j * p.c_sj;
         if (USE_BETA) { v += p.beta * c[ci]; }
-        c[ci] = activate(ACT, v);
+        if (GRAD_MUL) {
+            c[ci] = v * activate_grad(ACT, aux[ci]);
+        } else {
+            if (PRE_OUT) { aux[ci] = v; }
+            c[ci] = activate(ACT, v);
+        }
     }
 }
 

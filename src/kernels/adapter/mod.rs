@@ -6,7 +6,7 @@
 //! with the matmul kernel (`dW_up = s dyᵀ g`, `dW_down = daᵀ x`) and column sums for the biases. Every output element is summed by one
 //! thread in a fixed order, so gradients are bit-identical run to run (no float atomics).
 
-use super::matmul::{linear, Matmul, View};
+use super::matmul::{linear, Epilogue, Matmul, View};
 use super::reduce::ColSum;
 use super::{elementwise, expect_shape, reduce};
 use crate::gpu::{Access, CommandRecorder, GpuTensor, KernelSpec};
@@ -223,6 +223,28 @@ impl AdapterShape {
         self.forward_with(kernel, batch, w, x, residual, y, a_saved)
     }
 
+    /// [`forward_residual`](Self::forward_residual) that also keeps the pre-activation `a` in `pre`
+    /// (`[t, m]`) beside `act(a)` in `a_saved`, from the down product's epilogue, for a backward
+    /// that then need not compute it again ([`backward_mode`](Self::backward_mode) with
+    /// `Some(pre)`). Only on the matmul path ([`runs_matmul_path`](Self::runs_matmul_path)).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_keeping_pre(
+        &self,
+        batch: &mut CommandRecorder,
+        w: &AdapterWeights,
+        x: &GpuTensor,
+        residual: Residual,
+        y: &GpuTensor,
+        a_saved: &GpuTensor,
+        pre: &GpuTensor,
+    ) -> Result<()> {
+        let kernel = AdapterKernel::for_gpu(batch.gpu());
+        if !self.saves_activation(kernel) {
+            bail!("adapter: the pre-activation is kept only on the matmul path (scale 1)");
+        }
+        self.forward_kept(kernel, batch, w, x, residual, y, a_saved, Some(pre))
+    }
+
     /// [`forward_residual`](Self::forward_residual) through `kernel` (tests pick it explicitly).
     pub(crate) fn forward_with(
         &self,
@@ -233,6 +255,21 @@ impl AdapterShape {
         residual: Residual,
         y: &GpuTensor,
         a_saved: &GpuTensor,
+    ) -> Result<()> {
+        self.forward_kept(kernel, batch, w, x, residual, y, a_saved, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward_kept(
+        &self,
+        kernel: AdapterKernel,
+        batch: &mut CommandRecorder,
+        w: &AdapterWeights,
+        x: &GpuTensor,
+        residual: Residual,
+        y: &GpuTensor,
+        a_saved: &GpuTensor,
+        pre: Option<&GpuTensor>,
     ) -> Result<()> {
         self.check(w)?;
         let r = match residual {
@@ -245,9 +282,13 @@ impl AdapterShape {
         let t = self.tokens("adapter input", x)?;
         expect_shape("adapter output", &y.shape, &x.shape)?;
         expect_shape("adapter saved activations", &a_saved.shape, &[t, self.m])?;
+        if let Some(p) = pre {
+            expect_shape("adapter kept pre-activation", &p.shape, &[t, self.m])?;
+        }
         // The matmul epilogue adds the bias unscaled: s ≠ 1 stays on the fused kernel.
         if self.saves_activation(kernel) {
-            return self.forward_matmul(batch, w, x, r, matches!(residual, Residual::Input), y, a_saved, t);
+            let input_residual = matches!(residual, Residual::Input);
+            return self.forward_matmul(batch, w, x, (r, input_residual), y, (a_saved, pre), t);
         }
         let groups = t.div_ceil(TOKENS_PER_WORKGROUP) as u32;
         // For the profiler: the two products (4·T·d·m FLOPs); x, y, the weights and `a` moved once.
@@ -313,7 +354,7 @@ impl AdapterShape {
         scratch: &AdapterScratch,
     ) -> Result<()> {
         let mode = if separate_residual { DxMode::Separate } else { DxMode::AddDy };
-        self.backward_mode(kernel, batch, w, x, mode, a_saved, dy, dx, grads, scratch)
+        self.backward_mode(kernel, batch, w, x, (mode, None), a_saved, dy, dx, grads, scratch)
     }
 
     /// The backward through `kernel` with `dx` written as `mode` says.
@@ -323,7 +364,7 @@ impl AdapterShape {
         batch: &mut CommandRecorder,
         w: &AdapterWeights,
         x: &GpuTensor,
-        mode: DxMode,
+        (mode, pre): (DxMode, Option<&GpuTensor>),
         a_saved: &GpuTensor,
         dy: &GpuTensor,
         dx: &GpuTensor,
@@ -342,7 +383,13 @@ impl AdapterShape {
         // g = act(a) for dW_up: saved by the matmul forward, else written into the scratch.
         let g = if kernel == AdapterKernel::Matmul {
             let saved_g = self.saves_activation(kernel);
-            self.backward_dx_matmul(batch, w, x, (a_saved, saved_g), mode, dy, dx, scratch, t)?;
+            if let Some(p) = pre {
+                if !saved_g {
+                    bail!("adapter backward: a kept pre-activation without the matmul forward's act(a)");
+                }
+                expect_shape("adapter kept pre-activation", &p.shape, &[t, self.m])?;
+            }
+            self.backward_dx_matmul(batch, w, x, (a_saved, saved_g, pre), mode, dy, dx, scratch, t)?;
             if saved_g {
                 a_saved
             } else {
@@ -421,21 +468,20 @@ impl AdapterShape {
         batch: &mut CommandRecorder,
         w: &AdapterWeights,
         x: &GpuTensor,
-        r: Option<&GpuTensor>,
-        input_residual: bool,
+        (r, input_residual): (Option<&GpuTensor>, bool),
         y: &GpuTensor,
-        a_saved: &GpuTensor,
+        (a_saved, pre): (&GpuTensor, Option<&GpuTensor>),
         t: usize,
     ) -> Result<()> {
         let (d, m) = (self.d, self.m);
         let h = a_saved;
-        Matmul::new(t, m, d).act(self.act).run(
-            batch,
-            View::rows(x, d),
-            View::transposed(&w.w_down, d),
-            Some((&w.b_down, 0)),
-            View::rows(h, m),
-        )?;
+        let down = Matmul::new(t, m, d).act(self.act);
+        let (xv, wv, bias, hv) =
+            (View::rows(x, d), View::transposed(&w.w_down, d), Some((&w.b_down, 0)), View::rows(h, m));
+        match pre {
+            Some(pre) => down.epilogue(Epilogue::KeepPre).run_aux(batch, xv, wv, bias, hv, pre)?,
+            None => down.run(batch, xv, wv, bias, hv)?,
+        }
         let residual = if input_residual { Some(x) } else { r };
         if let Some(res) = residual {
             elementwise::copy(batch, res, y)?;
@@ -449,10 +495,10 @@ impl AdapterShape {
         )
     }
 
-    /// [`AdapterKernel::Matmul`] input gradient from the forward's saved tensor, `(saved, true)`
-    /// for `act(a)` (the matmul forward's: `a = x W_downᵀ + b_down` is computed again, the
-    /// forward's product, the same bits) or `(saved, false)` for `a` (the fused forward's:
-    /// `g = act(a)` into the scratch for dW_up), then `da = act'(a) ⊙ s·(dy W_up)`,
+    /// [`AdapterKernel::Matmul`] input gradient from the forward's saved tensor, `(saved, true, _)`
+    /// for `act(a)` (the matmul forward's: `a = x W_downᵀ + b_down` is the kept pre-activation or
+    /// is computed again, the forward's product, the same bits) or `(saved, false)` for `a` (the fused forward's:
+    /// `g = act(a)` into the scratch for dW_up), then `da = act'(a) ⊙ s·(dy W_up)` (one product),
     /// `dx = da W_down (+ dy when the adapter's input was its residual, copied there first unless
     /// `dx` holds it already)`.
     fn backward_dx_matmul(
@@ -460,7 +506,7 @@ impl AdapterShape {
         batch: &mut CommandRecorder,
         w: &AdapterWeights,
         x: &GpuTensor,
-        (saved, saved_g): (&GpuTensor, bool),
+        (saved, saved_g, kept_pre): (&GpuTensor, bool, Option<&GpuTensor>),
         mode: DxMode,
         dy: &GpuTensor,
         dx: &GpuTensor,
@@ -468,9 +514,10 @@ impl AdapterShape {
         t: usize,
     ) -> Result<()> {
         let (d, m) = (self.d, self.m);
-        let dh = GpuTensor::zeros(batch.gpu(), &[t, m])?;
         let computed;
-        let pre = if saved_g {
+        let pre = if let Some(p) = kept_pre {
+            p
+        } else if saved_g {
             computed = GpuTensor::zeros(batch.gpu(), &[t, m])?;
             linear(batch, x, &w.w_down, Some(&w.b_down), &computed)?;
             &computed
@@ -478,14 +525,15 @@ impl AdapterShape {
             elementwise::activate(batch, self.act, saved, &scratch.g)?;
             saved
         };
-        Matmul::new(t, m, d).alpha(self.scale).run(
+        // da = act'(a) ⊙ s·(dy W_up) in one product (the epilogue multiplies by act').
+        Matmul::new(t, m, d).alpha(self.scale).act(self.act).epilogue(Epilogue::TimesActGrad).run_aux(
             batch,
             View::rows(dy, d),
             View::rows(&w.w_up, m),
             None,
-            View::rows(&dh, m),
+            View::rows(&scratch.da, m),
+            pre,
         )?;
-        elementwise::act_backward(batch, self.act, pre, &dh, &scratch.da)?;
         if mode == DxMode::AddDy {
             elementwise::copy(batch, dy, dx)?;
         }

@@ -158,7 +158,12 @@ fn layer_norm_of_three_terms_and_backward_into_two() {
             assert_eq!(bits(&download(&sum3)), bits(&want_sum), "{what}: (x + r0) + r1");
             let s64 = f64s(&want_sum);
             let (g64, b64) = (f64s(&gamma), f64s(&beta));
-            assert_close(&format!("{what} y"), &download(&y3), &ops::layer_norm(&s64, rows, d, &g64, &b64, eps as f64), TOL);
+            assert_close(
+                &format!("{what} y"),
+                &download(&y3),
+                &ops::layer_norm(&s64, rows, d, &g64, &b64, eps as f64),
+                TOL,
+            );
             let rdx = ops::layer_norm_backward(&s64, &f64s(&dy), rows, d, &g64, eps as f64);
             assert_close(&format!("{what} dx"), &download(&dx), &rdx, TOL);
             assert_eq!(bits(&download(&dx)), bits(&download(&dx2)), "{what}: second output");

@@ -24,6 +24,8 @@ pub mod reference;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_epilogue;
+#[cfg(test)]
 mod tests_tiles;
 #[cfg(test)]
 mod tests_variants;
@@ -189,6 +191,20 @@ impl<'a> View<'a> {
     }
 }
 
+/// What a product's epilogue writes besides `C = act(v)`, `v = alpha·A·B + bias + beta·C`
+/// (`PRE_OUT` / `GRAD_MUL` in the shaders; override constants, so a plain product compiles as
+/// before). The aux tensor ([`Matmul::run_aux`]) is indexed as C is: the same offset and strides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `C = act(v)`.
+    #[default]
+    Plain,
+    /// `C = act(v)` and `aux = v`: a layer's pre-activation kept beside its activation.
+    KeepPre,
+    /// `C = v · act'(aux)`: a gradient through the activation whose pre-activation `aux` holds.
+    TimesActGrad,
+}
+
 /// Shape and scalars of one product: `C[b] (m×n) = act(alpha · A[b] (m×k) · B[b] (k×n) + bias + beta · C[b])`.
 #[derive(Clone, Copy, Debug)]
 pub struct Matmul {
@@ -199,6 +215,8 @@ pub struct Matmul {
     pub alpha: f32,
     pub beta: f32,
     pub act: Activation,
+    /// What the epilogue writes besides `act(v)` ([`Matmul::run_aux`]).
+    pub epilogue: Epilogue,
     /// The kernel to use; `None`: [`default_variant`].
     pub variant: Option<MatmulVariant>,
     /// Tile sizes for [`MatmulVariant::Smem`]; `None`: [`TileConfig::auto`].
@@ -217,6 +235,7 @@ impl Matmul {
             alpha: 1.0,
             beta: 0.0,
             act: Activation::Identity,
+            epilogue: Epilogue::Plain,
             variant: None,
             smem_tiles: None,
             frag_tiles: None,
@@ -248,6 +267,10 @@ impl Matmul {
         self.act = act;
         self
     }
+    pub fn epilogue(mut self, e: Epilogue) -> Self {
+        self.epilogue = e;
+        self
+    }
     /// Forces a kernel variant (tests, benchmarks); running it fails where the GPU cannot.
     pub fn variant(mut self, v: MatmulVariant) -> Self {
         self.variant = Some(v);
@@ -266,6 +289,26 @@ impl Matmul {
         self.run_inner(batch, InnerBatch::NONE, a, b, bias, c)
     }
 
+    /// [`run`](Self::run) with the [`Epilogue`]'s aux tensor, indexed as `c` is (its view's offset
+    /// and strides); it must not share a buffer with an operand.
+    pub fn run_aux(
+        &self,
+        batch: &mut CommandRecorder,
+        a: View,
+        b: View,
+        bias: Option<(&GpuTensor, usize)>,
+        c: View,
+        aux: &GpuTensor,
+    ) -> Result<()> {
+        if self.epilogue == Epilogue::Plain {
+            bail!("matmul: an aux tensor without an epilogue that uses it");
+        }
+        View { t: aux, ..c }.check_inner("aux", self.batch, (1, 0), self.m, self.n)?;
+        let operands = [Some(a.t), Some(b.t), bias.map(|b| b.0), Some(c.t)];
+        crate::kernels::elementwise::check_no_alias("matmul aux", &[aux], &operands)?;
+        self.run_full(batch, InnerBatch::NONE, a, b, bias, c, Some(aux))
+    }
+
     /// [`run`](Self::run) over `self.batch × inner.count` matrices (see [`InnerBatch`]).
     pub fn run_inner(
         &self,
@@ -275,6 +318,23 @@ impl Matmul {
         b: View,
         bias: Option<(&GpuTensor, usize)>,
         c: View,
+    ) -> Result<()> {
+        if self.epilogue != Epilogue::Plain {
+            bail!("matmul: the {:?} epilogue needs an aux tensor (Matmul::run_aux)", self.epilogue);
+        }
+        self.run_full(batch, inner, a, b, bias, c, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_full(
+        &self,
+        batch: &mut CommandRecorder,
+        inner: InnerBatch,
+        a: View,
+        b: View,
+        bias: Option<(&GpuTensor, usize)>,
+        c: View,
+        aux: Option<&GpuTensor>,
     ) -> Result<()> {
         let pa = a.check_inner("A", self.batch, (inner.count, inner.a), self.m, self.k)?;
         let pb = b.check_inner("B", self.batch, (inner.count, inner.b), self.k, self.n)?;
@@ -317,7 +377,7 @@ impl Matmul {
             bail!("matmul variant {variant} cannot run on {}: {why}", gpu.description.summary());
         }
         if matches!(variant, MatmulVariant::Smem | MatmulVariant::F16 | MatmulVariant::Coop) {
-            return self.run_vec4(batch, variant, &params, (a, b, c), bias.map(|b| b.0), total);
+            return self.run_vec4(batch, variant, &params, (a, b, c), (bias.map(|b| b.0), aux), total);
         }
         let (m, n) = (self.m, self.n);
         let bias_c = if bias.is_some() { 1.0 } else { 0.0 };
@@ -337,6 +397,7 @@ impl Matmul {
         }
         constants.push(("HAS_BIAS", bias_c));
         constants.push(("ACT", self.act.id()));
+        constants.extend(self.epilogue.constants());
         if variant != MatmulVariant::Basic {
             constants.push(("USE_BETA", if self.beta != 0.0 { 1.0 } else { 0.0 }));
         }
@@ -345,10 +406,19 @@ impl Matmul {
             &variant.spec(),
             &constants,
             &params,
-            &[Some(a.t), Some(b.t), bias.map(|b| b.0), Some(c.t)],
+            // Without an epilogue aux binds C again (read-write twice; the kernel never touches it).
+            &[Some(a.t), Some(b.t), bias.map(|b| b.0), Some(c.t), Some(aux.unwrap_or(c.t))],
             groups,
         );
         Ok(())
+    }
+}
+
+impl Epilogue {
+    /// The shaders' `PRE_OUT` and `GRAD_MUL` override constants.
+    pub(super) fn constants(self) -> [(&'static str, f64); 2] {
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        [("PRE_OUT", flag(self == Epilogue::KeepPre)), ("GRAD_MUL", flag(self == Epilogue::TimesActGrad))]
     }
 }
 

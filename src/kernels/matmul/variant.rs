@@ -10,7 +10,8 @@ use std::sync::LazyLock;
 /// The variant type lives in the device policy (`gpu::policy`), which chooses it.
 pub use crate::gpu::policy::{MatmulVariant, VARIANT_ENV};
 
-pub(super) const BINDINGS: &[Access] = &[Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+pub(super) const BINDINGS: &[Access] =
+    &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
 
 /// `shaders/matmul.wgsl`; everything from this line on needs the SUBGROUP feature.
 const SUBGROUP_MARKER: &str = "// ==== SUBGROUP KERNELS";
@@ -25,9 +26,9 @@ pub(super) static CORE: LazyLock<Shader> = LazyLock::new(|| {
 });
 
 /// Storage bindings of the workgroup-memory kernels (`matmul_vec4.wgsl`): A, A as vec4, B, B as
-/// vec4, bias, C.
+/// vec4, bias, C, the epilogue's aux.
 pub(super) const VEC4_BINDINGS: &[Access] =
-    &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite];
+    &[Access::Read, Access::Read, Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite];
 
 impl MatmulVariant {
     /// Why this GPU cannot run the variant, or `None` where it can.

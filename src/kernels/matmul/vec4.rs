@@ -21,7 +21,7 @@ impl Matmul {
         variant: MatmulVariant,
         params: &Params,
         (a, b, c): (View, View, View),
-        bias: Option<&GpuTensor>,
+        (bias, aux): (Option<&GpuTensor>, Option<&GpuTensor>),
         total: usize,
     ) -> Result<()> {
         let gpu = batch.gpu().clone();
@@ -59,6 +59,7 @@ impl Matmul {
             ("ACT", self.act.id()),
             ("USE_BETA", flag(self.beta != 0.0)),
         ];
+        constants.extend(self.epilogue.constants());
         let (bm, bn) = if variant == MatmulVariant::Smem {
             let t = self.smem_tiles.unwrap_or_else(|| TileConfig::auto(&gpu, m, n, total));
             t.check(&gpu)?;
@@ -84,7 +85,16 @@ impl Matmul {
             &variant.spec(),
             &constants,
             params,
-            &[Some(a.t), a_vec.then_some(a.t), Some(b.t), b_vec.then_some(b.t), bias, Some(c.t)],
+            // Without an epilogue aux binds C again (read-write twice; the kernel never touches it).
+            &[
+                Some(a.t),
+                a_vec.then_some(a.t),
+                Some(b.t),
+                b_vec.then_some(b.t),
+                bias,
+                Some(c.t),
+                Some(aux.unwrap_or(c.t)),
+            ],
             groups,
         );
         Ok(())

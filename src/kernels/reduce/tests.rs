@@ -38,7 +38,8 @@ fn col_sum_matches_reference() {
 /// workgroup and their total straddling one, NaN-poisoned outputs with `beta = 0`.
 #[test]
 fn col_sums_pair_equals_two_col_sums() {
-    for (i, &(rows, c1, c2)) in [(1usize, 1usize, 1usize), (33, 384, 24), (7, 65, 70), (130, 3, 129)].iter().enumerate() {
+    for (i, &(rows, c1, c2)) in [(1usize, 1usize, 1usize), (33, 384, 24), (7, 65, 70), (130, 3, 129)].iter().enumerate()
+    {
         let mut rng = rng(50 + i as u64);
         let x1 = rand_f32(&mut rng, rows * c1, 1.0);
         let x2 = rand_f32(&mut rng, rows * c2, 1.0);

@@ -21,8 +21,11 @@ pub(super) struct AdapterActs<'a> {
     pub module: &'a AdapterModule,
     pub placement: Placement,
     pub around: Around,
-    /// The adapter's saved pre-activation.
+    /// The adapter's saved pre-activation (on the matmul path its activation, `act(a)`).
     pub a: GpuTensor,
+    /// The pre-activation beside `act(a)`, where the forward kept it (the matmul path of a plain
+    /// adapter): the backward does not compute it again.
+    pub pre: Option<GpuTensor>,
     /// What an adapter with options keeps besides (`None`: a plain bottleneck).
     pub options: Option<Box<OptionActs>>,
 }

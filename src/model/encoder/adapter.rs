@@ -106,7 +106,7 @@ impl Encoder {
             None => normed,
         };
         let options = Some(Box::new(OptionActs { xb, u, v }));
-        let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u: None }, a, options };
+        let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u: None }, a, pre: None, options };
         Ok((acts, out))
     }
 
@@ -166,7 +166,7 @@ impl Encoder {
         };
         let x = opts.xb.as_ref().unwrap_or(&around.hs);
         let dxb = t(gpu, &shape)?;
-        self.bottleneck_backward(b, ad, x, &acts.a, &dcore, &dxb, DxMode::Separate, accumulate)?;
+        self.bottleneck_backward(b, ad, x, (&acts.a, None), &dcore, &dxb, DxMode::Separate, accumulate)?;
         let dhs_adapter = match &ad.norm_before {
             Some(n) => {
                 let d = t(gpu, &shape)?;
@@ -219,7 +219,7 @@ impl Encoder {
         b: &mut CommandRecorder,
         ad: &AdapterModule,
         x: &GpuTensor,
-        a: &GpuTensor,
+        (a, pre): (&GpuTensor, Option<&GpuTensor>),
         dy: &GpuTensor,
         dx: &GpuTensor,
         mode: DxMode,
@@ -229,7 +229,7 @@ impl Encoder {
         let scratch = AdapterScratch::new(gpu, dy.shape[0], ad.shape.m)?;
         let grads = if accumulate { AdapterWeights::zeros(gpu, ad.shape.d, ad.shape.m)? } else { ad.grad.clone() };
         let kernel = AdapterKernel::for_gpu(gpu);
-        ad.shape.backward_mode(kernel, b, &ad.w, x, mode, a, dy, dx, &grads, &scratch)?;
+        ad.shape.backward_mode(kernel, b, &ad.w, x, (mode, pre), a, dy, dx, &grads, &scratch)?;
         if accumulate {
             // ad.grad += this chunk's gradients.
             for (sum, part) in [

@@ -10,7 +10,7 @@ use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::adapter::DxMode;
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::dropout::Site;
-use crate::kernels::matmul::{Matmul, View};
+use crate::kernels::matmul::{Epilogue, Matmul, View};
 use crate::kernels::{elementwise, layernorm};
 use anyhow::{bail, Result};
 
@@ -52,10 +52,16 @@ impl Encoder {
         let dh2 = self.dropout_rows(b, dropout, l, Site::FfnOutput, dh2)?;
         // Rows of `fs` values, as in forward (padding zero, unread).
         let fs = ffn_row_stride(ffn);
-        let dinter = t(gpu, &[tok, fs])?;
-        Matmul::new(tok, ffn, d).run(b, View::rows(&dh2, d), View::rows(&w.o_w, fs), None, View::rows(&dinter, fs))?;
+        // dpre = (dh2 · W_o) ⊙ act'(pre) in one product.
         let dpre = t(gpu, &[tok, fs])?;
-        elementwise::act_backward(b, self.dims.act, &la.pre, &dinter, &dpre)?;
+        Matmul::new(tok, ffn, d).act(self.dims.act).epilogue(Epilogue::TimesActGrad).run_aux(
+            b,
+            View::rows(&dh2, d),
+            View::rows(&w.o_w, fs),
+            None,
+            View::rows(&dpre, fs),
+            &la.pre,
+        )?;
         Matmul::new(tok, d, ffn).beta(1.0).run(
             b,
             View::rows(&dpre, fs),
@@ -149,7 +155,7 @@ impl Encoder {
             layernorm::layer_norm_backward(b, u, ln_g, eps, dfinal, &du, false)?;
             Ok(Some(du))
         };
-        let (x, a) = (&around.hs, &acts.a);
+        let (x, a) = (&around.hs, (&acts.a, acts.pre.as_ref()));
         match (&around.s1, separate) {
             // No LayerNorm before the adapter (its input is its residual): dh = the adapter's
             // input gradient, dx_in = du (or 0).
@@ -171,7 +177,16 @@ impl Encoder {
             (Some(s1), true) => {
                 let du = final_ln(b, Some(dh))?;
                 let dhs = t(&self.gpu, &dfinal.shape)?;
-                self.bottleneck_backward(b, ad, x, a, du.as_ref().unwrap_or(dfinal), &dhs, DxMode::Separate, accumulate)?;
+                self.bottleneck_backward(
+                    b,
+                    ad,
+                    x,
+                    a,
+                    du.as_ref().unwrap_or(dfinal),
+                    &dhs,
+                    DxMode::Separate,
+                    accumulate,
+                )?;
                 if du.is_some() {
                     layernorm::layer_norm_backward(b, s1, ln_g, eps, &dhs, dh, true)?;
                     elementwise::copy(b, dh, dx_in)

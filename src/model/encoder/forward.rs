@@ -9,8 +9,8 @@ use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::adapter::Residual;
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::dropout::Site;
-use crate::kernels::matmul::{linear, linear_parts, Matmul, View};
-use crate::kernels::{elementwise, layernorm};
+use crate::kernels::layernorm;
+use crate::kernels::matmul::{linear, linear_parts, Epilogue, Matmul, View};
 use anyhow::Result;
 
 impl Encoder {
@@ -66,13 +66,18 @@ impl Encoder {
         // The intermediate activations have rows of `fs` values (padding unread, see ffn_row_stride).
         let pre = t(gpu, &[tok, fs])?;
         let ffn_in = Matmul::new(tok, ffn_dim, d);
-        ffn_in.run(b, View::rows(&y1, d), View::transposed(&w.i_w, d), Some((&w.i_b, 0)), View::rows(&pre, fs))?;
+        let (x_in, w_in, b_in) = (View::rows(&y1, d), View::transposed(&w.i_w, d), Some((&w.i_b, 0)));
         // The FFN's output dense: computed, or (recomputing with --keep-ffn-output) the saved one.
         let h2 = match ffn_out {
-            Some(h2) => h2.clone(),
+            Some(h2) => {
+                ffn_in.run(b, x_in, w_in, b_in, View::rows(&pre, fs))?;
+                h2.clone()
+            }
             None => {
+                // The pre-activation (saved for backward) and its activation from one product.
                 let inter = t(gpu, &[tok, fs])?;
-                elementwise::activate(b, self.dims.act, &pre, &inter)?;
+                let keep_pre = ffn_in.act(self.dims.act).epilogue(Epilogue::KeepPre);
+                keep_pre.run_aux(b, x_in, w_in, b_in, View::rows(&inter, fs), &pre)?;
                 let h2 = t(gpu, &[tok, d])?;
                 let (x, wo) = (View::rows(&inter, fs), View::transposed(&w.o_w, fs));
                 Matmul::new(tok, d, ffn_dim).run(b, x, wo, Some((&w.o_b, 0)), View::rows(&h2, d))?;
@@ -182,16 +187,25 @@ impl Encoder {
             Residual::Tensor(r) => Some(r),
             Residual::None => None,
         };
-        if let Some(r) = joined.filter(|_| pl.original_ln_after && ad.shape.runs_matmul_path(gpu)) {
-            ad.shape.forward_residual(b, &ad.w, &hs, Residual::None, &adapted, &a)?;
+        // On the matmul path the down product keeps the pre-activation beside act(a) (its
+        // epilogue), so the backward does not compute it again.
+        let matmul_path = ad.shape.runs_matmul_path(gpu);
+        let pre = if matmul_path { Some(t(gpu, &[shape[0], ad.shape.m])?) } else { None };
+        let forward = |b: &mut CommandRecorder, residual: Residual| match &pre {
+            Some(p) => ad.shape.forward_keeping_pre(b, &ad.w, &hs, residual, &adapted, &a, p),
+            None => ad.shape.forward_residual(b, &ad.w, &hs, residual, &adapted, &a),
+        };
+        if let Some(r) = joined.filter(|_| pl.original_ln_after && matmul_path) {
+            forward(b, Residual::None)?;
             let (u, out) = (t(gpu, &shape)?, t(gpu, &shape)?);
             layernorm::layer_norm_sum(b, &adapted, &[r, after_input], ln_g, ln_b, self.dims.eps, Some(&u), &out)?;
-            let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u: Some(u) }, a, options: None };
+            let around = Around { s1, hs, u: Some(u) };
+            let acts = AdapterActs { module: ad, placement: pl, around, a, pre, options: None };
             return Ok(SubActs::Adapter { acts, out });
         }
-        ad.shape.forward_residual(b, &ad.w, &hs, residual, &adapted, &a)?;
+        forward(b, residual)?;
         let (u, out) = self.adapter_output(b, pl, adapted, after_input, ln_g, ln_b)?;
-        let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u }, a, options: None };
+        let acts = AdapterActs { module: ad, placement: pl, around: Around { s1, hs, u }, a, pre, options: None };
         Ok(SubActs::Adapter { acts, out })
     }
 }

@@ -79,7 +79,9 @@ pub(super) fn sublayer_fwd(adapter: Option<SiteAdapter>, t: u64, m: u64) -> (u64
         None => (2 * t, 0, false),
         Some(a) if with_options(a) => options_fwd(a, t, m),
         Some((pl, _)) => {
-            let mut kept = m; // adapter pre-activation
+            // The adapter's activation and its pre-activation (the matmul path, every device's
+            // default, keeps both from one product).
+            let mut kept = 2 * m;
             let mut temp = 0;
             let h_kept = !pl.original_ln_before;
             if pl.original_ln_before {

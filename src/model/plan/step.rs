@@ -398,8 +398,8 @@ impl<'p> Replay<'p> {
         if !below && !a.at(l, Location::Attention) {
             return (work, true);
         }
-        // dinter, dpre, dh1, dx, and dh2 dropped
-        work += 2 * z.tf + 2 * z.td + self.site_bwd(l, Location::Attention, z);
+        // dpre (the product's epilogue multiplies by act'), dh1, dx, and dh2 dropped
+        work += z.tf + 2 * z.td + self.site_bwd(l, Location::Attention, z);
         work += when(self.drops.hidden, z.td);
         work += sums(Location::Attention);
         if !below {
