@@ -271,9 +271,11 @@ fn step_creations(log: &str) -> Vec<(usize, usize, u64, u64)> {
 
 /// `--pad-to-multiple-of 8`: every training batch is padded to a multiple of 8 tokens (masked),
 /// so a run's steps take fewer shapes and every step after the first epoch runs in buffers made
-/// before it, and in bind groups made before it except the first step after an evaluation (the
-/// evaluation's freed buffers serve some requests better, so that step binds other buffers
-/// once); without dropout it trains as padding to each batch's longest
+/// before it, and in bind groups made before it except the first step after an evaluation (it is
+/// recorded with no step in flight, while its shape was first recorded beside a step in flight
+/// whose buffers were taken: the pool then serves some of its requests from other free buffers,
+/// bound once more; seen on the toy run, a batch of 1 whose tensors fit in the batch-of-5
+/// buffers); without dropout it trains as padding to each batch's longest
 /// does, up to f32 rounding (sums over the batch's tokens, e.g. bias gradients, group their
 /// terms by the padded length; the extra terms are exact zeros).
 #[test]
@@ -298,7 +300,7 @@ fn padding_to_a_multiple_bounds_the_shapes_and_trains_the_same() {
     );
     assert!(shapes(&made8).len() < shapes(&made1).len(), "{made8:?} vs {made1:?}");
     // Epochs 2 and 3 (the toy run: 3 epochs of 4 steps) create no buffers, and no bind groups
-    // but in their first step (after the evaluation).
+    // but in their first step (after the evaluation, nothing in flight: see above).
     let per_epoch = made8.len() / 3;
     assert!(per_epoch >= 3, "{made8:?}");
     for (i, r) in made8.iter().enumerate().skip(per_epoch) {
