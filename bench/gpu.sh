@@ -140,7 +140,7 @@ profile() { # name, env assignments..., -- peft arguments...
   say "== peft bench --profile $* (${envs[*]:-device policy}) -> $name"
   env "${envs[@]}" "$PEFT" bench --profile "$@" --json "$work/profile-$name.json" > "$work/profile-$name.txt" 2>&1 \
     || say "profile $name: failed"
-  grep -E '^(profile|wall|created)' "$work/profile-$name.txt" | tee -a "$log"
+  grep -E '^(profile|wall|created|dispatches a layer)' "$work/profile-$name.txt" | tee -a "$log"
 }
 if [ "${PROFILES:-1}" != 0 ]; then
   p=(--batch "${PROFILE_BATCH:-32}" --seq "${PROFILE_SEQ:-128}")

@@ -36,6 +36,22 @@ fn profile_of_a_train_step() {
         assert!(p.phase_groups.iter().any(|r| r.name == g), "no phase group {g:?}");
     }
 
+    // Dispatches a layer: the top layer's phases, forward and backward (tiny-bert: layer 1), as
+    // the phase table counts them; no recompute in a plain step.
+    let l = p.layer_dispatches.expect("layer dispatches");
+    let count = |suffix: &str| {
+        p.phases
+            .iter()
+            .filter(|r| r.name.starts_with("layer 1 / ") && r.name.ends_with(suffix))
+            .map(|r| r.count)
+            .sum::<usize>()
+    };
+    assert_eq!((l.layer, l.forward, l.backward, l.recompute), (1, count(" fwd"), count(" bwd"), 0), "{l:?}");
+    assert!(l.forward >= 5 && l.backward >= 5, "{l:?}");
+    assert!(p
+        .report()
+        .contains(&format!("dispatches a layer (layer 1): {} forward + {} backward", l.forward, l.backward)));
+
     // Counts add up: dispatches created = profiled = sum over kernels = sum over phases.
     let n = p.dispatches.len();
     assert!(n > 0);

@@ -64,6 +64,41 @@ pub struct Profile {
     pub phases: Vec<Row>,
     /// Every dispatch in submission order.
     pub dispatches: Vec<DispatchRecord>,
+    /// Dispatches of the top layer (the one every part of the backward runs through), the issue's
+    /// "dispatches per layer forward + backward"; `None` for a step without layer phases.
+    pub layer_dispatches: Option<LayerDispatches>,
+}
+
+/// One layer's dispatches by pass (phases `layer L / … fwd`, `… bwd`, `… recompute`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LayerDispatches {
+    pub layer: usize,
+    pub forward: usize,
+    pub backward: usize,
+    /// Forward again in backward (`--recompute`, layer chunks): not part of the sum above.
+    pub recompute: usize,
+}
+
+impl LayerDispatches {
+    /// The highest-numbered layer's counts in `records`.
+    pub fn of(records: &[DispatchRecord]) -> Option<Self> {
+        fn layer_of(phase: &str) -> Option<(usize, &str)> {
+            let (l, rest) = phase.strip_prefix("layer ")?.split_once(" / ")?;
+            Some((l.parse().ok()?, rest))
+        }
+        let layer = records.iter().filter_map(|r| layer_of(&r.phase)).map(|(l, _)| l).max()?;
+        let mut c = LayerDispatches { layer, forward: 0, backward: 0, recompute: 0 };
+        for (_, part) in records.iter().filter_map(|r| layer_of(&r.phase)).filter(|(l, _)| *l == layer) {
+            if part.ends_with(" fwd") {
+                c.forward += 1;
+            } else if part.ends_with(" bwd") {
+                c.backward += 1;
+            } else {
+                c.recompute += 1;
+            }
+        }
+        Some(c)
+    }
 }
 
 /// `layer 3 / attention fwd` → `attention fwd`.
@@ -198,6 +233,7 @@ pub fn profile_step(
         kernels: aggregate(&records, peaks, |r| &r.kernel),
         phase_groups: aggregate(&records, peaks, |r| phase_group(&r.phase)),
         phases: aggregate(&records, peaks, |r| &r.phase),
+        layer_dispatches: LayerDispatches::of(&records),
         dispatches: records,
     })
 }
@@ -264,6 +300,16 @@ impl Profile {
             c.submits,
             self.host_record_us / c.dispatches.max(1) as f64
         );
+        if let Some(l) = self.layer_dispatches {
+            s += &format!(
+                "dispatches a layer (layer {}): {} forward + {} backward = {}{}\n\n",
+                l.layer,
+                l.forward,
+                l.backward,
+                l.forward + l.backward,
+                if l.recompute > 0 { format!(" (+ {} recomputing)", l.recompute) } else { String::new() }
+            );
+        }
         s += &table("kernel", &self.kernels, 20);
         s.push('\n');
         s += &table("phase (all layers)", &self.phase_groups, 20);
