@@ -20,14 +20,7 @@ log=$work/log.txt
 say() { echo "$@" | tee -a "$log"; }
 
 # 1. The Vulkan loader and the NVIDIA ICD.
-if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
-  for f in .gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done
-  ldconfig
-fi
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if [ -f "$icd" ] && [ -z "${VK_DRIVER_FILES:-}" ]; then
-  export VK_DRIVER_FILES=$icd
-fi
+source bench/vulkan-loader.sh
 
 # 2. The binary.
 PEFT=${PEFT_BIN:-}

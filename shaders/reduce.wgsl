@@ -49,36 +49,39 @@ struct Params2 {
 @group(0) @binding(3) var<storage, read> y2: array<f32>;
 @group(0) @binding(4) var<storage, read_write> o2: array<f32>;
 
+// Element i of the first (second = false) or the second tensor.
+fn pair_at(second: bool, i: u32) -> f32 {
+    if (second) { return y2[i]; }
+    return y1[i];
+}
+
 @compute @workgroup_size(WG)
 fn col_sum2(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let t = gid.x + gid.y * nwg.x * WG;
-    if (t < q.cols) {
-        let j = t;
-        var s = vec4<f32>(0.0);
-        var i = 0u;
-        for (; i + 4u <= q.rows; i += 4u) {
-            let base = i * q.cols + j;
-            s += vec4<f32>(y1[base], y1[base + q.cols], y1[base + 2u * q.cols], y1[base + 3u * q.cols]);
-        }
-        for (; i < q.rows; i++) {
-            s.x += y1[i * q.cols + j];
-        }
-        var v = q.scale * ((s.x + s.y) + (s.z + s.w));
-        if (q.beta != 0.0) { v += q.beta * o1[j]; }
-        o1[j] = v;
-    } else if (t < q.cols + q.cols2) {
-        let j = t - q.cols;
-        var s = vec4<f32>(0.0);
-        var i = 0u;
-        for (; i + 4u <= q.rows; i += 4u) {
-            let base = i * q.cols2 + j;
-            s += vec4<f32>(y2[base], y2[base + q.cols2], y2[base + 2u * q.cols2], y2[base + 3u * q.cols2]);
-        }
-        for (; i < q.rows; i++) {
-            s.x += y2[i * q.cols2 + j];
-        }
-        var v = q.scale2 * ((s.x + s.y) + (s.z + s.w));
-        if (q.beta2 != 0.0) { v += q.beta2 * o2[j]; }
+    if (t >= q.cols + q.cols2) {
+        return;
+    }
+    let second = t >= q.cols;
+    let j = select(t, t - q.cols, second);
+    let cols = select(q.cols, q.cols2, second);
+    var s = vec4<f32>(0.0);
+    var i = 0u;
+    for (; i + 4u <= q.rows; i += 4u) {
+        let base = i * cols + j;
+        s += vec4<f32>(pair_at(second, base), pair_at(second, base + cols), pair_at(second, base + 2u * cols),
+                       pair_at(second, base + 3u * cols));
+    }
+    for (; i < q.rows; i++) {
+        s.x += pair_at(second, i * cols + j);
+    }
+    let scale = select(q.scale, q.scale2, second);
+    let beta = select(q.beta, q.beta2, second);
+    var v = scale * ((s.x + s.y) + (s.z + s.w));
+    if (second) {
+        if (beta != 0.0) { v += beta * o2[j]; }
         o2[j] = v;
+    } else {
+        if (beta != 0.0) { v += beta * o1[j]; }
+        o1[j] = v;
     }
 }

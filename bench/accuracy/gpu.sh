@@ -30,13 +30,8 @@ work=$(mktemp -d)
 log=$work/log.txt
 say() { echo "$@" | tee -a "$log"; }
 
-# The Vulkan loader and the NVIDIA ICD (as bench/gpu.sh).
-if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
-  for f in .gl/*.deb; do [ -f "$f" ] && dpkg -x "$f" /; done
-  ldconfig
-fi
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f "$icd" ] && [ -z "${VK_DRIVER_FILES:-}" ] && export VK_DRIVER_FILES=$icd
+# The Vulkan loader and the NVIDIA ICD.
+source bench/vulkan-loader.sh
 
 # Unpack: the binary, the model (f16 widened to f32: both trainers read the same weights).
 xz -dc "$PACK/peft.xz" > "$work/peft" && chmod +x "$work/peft"
