@@ -235,6 +235,9 @@ fn attention_fused_backward_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin
 @group(0) @binding(4) var<storage, read> pd_in: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dk_out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> dv_out: array<f32>;
+// dK and dV are thirds of one packed [T, 3d] gradient: the host binds it once (as dk_out; WebGPU
+// rejects one buffer in two writable bindings) and dV goes there at its own offset.
+override KV_PACKED: bool = false;
 
 @compute @workgroup_size(WG)
 fn attention_fused_backward_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -261,6 +264,10 @@ fn attention_fused_backward_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin
     let ko = (t0 + r.i) * p.out_stride + r.h * hd;
     for (var c = 0u; c < hd; c++) {
         dk_out[ko + p.dk_off + c] = dk[c];
-        dv_out[ko + p.dv_off + c] = dv[c];
+        if (KV_PACKED) {
+            dk_out[ko + p.dv_off + c] = dv[c];
+        } else {
+            dv_out[ko + p.dv_off + c] = dv[c];
+        }
     }
 }

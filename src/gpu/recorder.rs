@@ -157,6 +157,16 @@ impl CommandRecorder {
             spec.shader.name,
             spec.entry
         );
+        // WebGPU (Dawn, in the browser) rejects a buffer bound writable twice, or writable and
+        // read-only, in one dispatch; native wgpu accepts the first, so check it here, where
+        // every test runs.
+        debug_assert!(
+            writable_aliasing(spec, tensors).is_none(),
+            "{}::{}: bindings {:?} share a buffer and one is writable (WebGPU rejects it)",
+            spec.shader.name,
+            spec.entry,
+            writable_aliasing(spec, tensors)
+        );
         let cost = self.next_cost.take();
         if groups.contains(&0) {
             return;
@@ -477,4 +487,19 @@ mod tests {
             assert!(g[0] as u64 * g[1] as u64 >= n as u64);
         }
     }
+}
+
+/// Two bindings of `tensors` on one buffer where one of them is writable (what WebGPU rejects in a
+/// dispatch), as binding indices.
+fn writable_aliasing(spec: &KernelSpec, tensors: &[Option<&GpuTensor>]) -> Option<(usize, usize)> {
+    for (i, a) in tensors.iter().enumerate() {
+        for (j, b) in tensors.iter().enumerate().skip(i + 1) {
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            let writable = |k: usize| spec.bindings.get(k) == Some(&super::Access::ReadWrite);
+            if Arc::ptr_eq(&a.buffer, &b.buffer) && (writable(i) || writable(j)) {
+                return Some((i, j));
+            }
+        }
+    }
+    None
 }

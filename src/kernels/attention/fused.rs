@@ -205,7 +205,10 @@ pub(super) fn backward(
     // The key pass reads P' where dropout dropped some of P, else P itself.
     let pd = work.unwrap_or(probs);
     batch.cost(4.0 * n * s.seq as f64 * hd, 4.0 * act_bytes + 2.0 * row_bytes);
-    let keys = [Some(q.t), Some(dctx), Some(scratch), Some(pd), Some(dk.t), Some(dv.t)];
-    batch.dispatch(&BACKWARD_KEYS, &constants, &p, &keys, groups(&p)?);
+    // dK and dV in one packed tensor: bound once (WebGPU rejects a buffer in two writable slots).
+    let packed = std::sync::Arc::ptr_eq(&dk.t.buffer, &dv.t.buffer);
+    let keys = [Some(q.t), Some(dctx), Some(scratch), Some(pd), Some(dk.t), (!packed).then_some(dv.t)];
+    let key_constants = [constants[0], ("KV_PACKED", if packed { 1.0 } else { 0.0 })];
+    batch.dispatch(&BACKWARD_KEYS, &key_constants, &p, &keys, groups(&p)?);
     Ok(())
 }

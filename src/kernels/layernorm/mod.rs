@@ -240,12 +240,13 @@ pub fn layer_norm_backward_twice(
     let params = Params { rows: rows as u32, d: d as u32, accumulate: accumulate as u32, _p0: 0, eps, _p1: [0; 3] };
     let [wg, partials] = row_constants(batch, d);
     let constants = [wg, partials, ("HAS_DX2", if dx2.is_some() { 1.0 } else { 0.0 })];
-    // An absent dx2 binds dx again (both read-write; the kernel writes it once).
+    // An absent dx2 binds its slot's dummy (never written): not dx again, as WebGPU forbids two
+    // writable bindings of one buffer in a dispatch.
     batch.dispatch(
         &BACKWARD,
         &constants,
         &params,
-        &[Some(x), Some(gamma), Some(dy), Some(dx), Some(dx2.unwrap_or(dx))],
+        &[Some(x), Some(gamma), Some(dy), Some(dx), dx2],
         [rows as u32, 1, 1],
     );
     Ok(())

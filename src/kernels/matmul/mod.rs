@@ -406,8 +406,9 @@ impl Matmul {
             &variant.spec(),
             &constants,
             &params,
-            // Without an epilogue aux binds C again (read-write twice; the kernel never touches it).
-            &[Some(a.t), Some(b.t), bias.map(|b| b.0), Some(c.t), Some(aux.unwrap_or(c.t))],
+            // Without an epilogue aux binds its slot's dummy (never touched): not C again, as
+            // WebGPU forbids two writable bindings of one buffer in a dispatch.
+            &[Some(a.t), Some(b.t), bias.map(|b| b.0), Some(c.t), aux],
             groups,
         );
         Ok(())

@@ -85,16 +85,8 @@ impl Matmul {
             &variant.spec(),
             &constants,
             params,
-            // Without an epilogue aux binds C again (read-write twice; the kernel never touches it).
-            &[
-                Some(a.t),
-                a_vec.then_some(a.t),
-                Some(b.t),
-                b_vec.then_some(b.t),
-                bias,
-                Some(c.t),
-                Some(aux.unwrap_or(c.t)),
-            ],
+            // Without an epilogue aux binds its slot's dummy (never touched; see `run_full`).
+            &[Some(a.t), a_vec.then_some(a.t), Some(b.t), b_vec.then_some(b.t), bias, Some(c.t), aux],
             groups,
         );
         Ok(())
