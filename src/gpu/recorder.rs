@@ -477,18 +477,6 @@ fn fold_groups(g: [u32; 3], max: u32) -> [u32; 3] {
     [g[0].div_ceil(y), y, g[2]]
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn fold_groups_covers_all() {
-        for n in [1u32, 7, 65535, 65536, 200_000, 10_000_000] {
-            let g = super::fold_groups([n, 1, 1], 65535);
-            assert!(g[0] <= 65535 && g[1] <= 65535);
-            assert!(g[0] as u64 * g[1] as u64 >= n as u64);
-        }
-    }
-}
-
 /// Two bindings of `tensors` on one buffer where one of them is writable (what WebGPU rejects in a
 /// dispatch), as binding indices.
 fn writable_aliasing(spec: &KernelSpec, tensors: &[Option<&GpuTensor>]) -> Option<(usize, usize)> {
@@ -502,4 +490,16 @@ fn writable_aliasing(spec: &KernelSpec, tensors: &[Option<&GpuTensor>]) -> Optio
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fold_groups_covers_all() {
+        for n in [1u32, 7, 65535, 65536, 200_000, 10_000_000] {
+            let g = super::fold_groups([n, 1, 1], 65535);
+            assert!(g[0] <= 65535 && g[1] <= 65535);
+            assert!(g[0] as u64 * g[1] as u64 >= n as u64);
+        }
+    }
 }
