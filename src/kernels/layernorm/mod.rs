@@ -188,9 +188,8 @@ pub fn layer_norm_sum(
         &FORWARD,
         &constants,
         &params,
-        // An absent residual binds x (unread): the shared dummy buffer cannot fill both a read-only
-        // and a read-write slot of one dispatch, and sum_out may need it.
-        &[Some(x), Some(r0.unwrap_or(x)), Some(gamma), Some(beta), sum_out, Some(y), Some(r1.unwrap_or(x))],
+        // An absent residual or sum binds its slot's own dummy (unread / unwritten).
+        &[Some(x), r0, Some(gamma), Some(beta), sum_out, Some(y), r1],
         [rows as u32, 1, 1],
     );
     Ok(())

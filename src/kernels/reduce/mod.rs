@@ -70,9 +70,7 @@ pub fn col_sum(
     beta: f32,
     out: &GpuTensor,
 ) -> Result<()> {
-    if rows * cols > x.numel() || cols > out.numel() {
-        bail!("col_sum: {rows}×{cols} does not fit x {:?} / out {:?}", x.shape, out.shape);
-    }
+    check_fits("col_sum", x, rows, cols, out)?;
     let params = Params {
         rows: rows as u32,
         cols: cols as u32,
@@ -102,9 +100,7 @@ pub struct ColSum<'a> {
 /// buffer with each other or an input.
 pub fn col_sums(batch: &mut CommandRecorder, rows: usize, a: ColSum, b: ColSum) -> Result<()> {
     for s in [&a, &b] {
-        if rows * s.cols > s.x.numel() || s.cols > s.out.numel() {
-            bail!("col_sums: {rows}×{} does not fit x {:?} / out {:?}", s.cols, s.x.shape, s.out.shape);
-        }
+        check_fits("col_sums", s.x, rows, s.cols, s.out)?;
     }
     super::elementwise::check_no_alias("col_sums", &[a.out, b.out], &[Some(a.x), Some(b.x)])?;
     let total = u32::try_from(a.cols + b.cols).map_err(|_| anyhow::anyhow!("col_sums: too many columns"))?;
@@ -125,5 +121,13 @@ pub fn col_sums(batch: &mut CommandRecorder, rows: usize, a: ColSum, b: ColSum) 
         &[Some(a.x), Some(a.out), Some(b.x), Some(b.out)],
         [total.div_ceil(64), 1, 1],
     );
+    Ok(())
+}
+
+/// That `x` holds `rows × cols` values and `out` `cols`.
+fn check_fits(what: &str, x: &GpuTensor, rows: usize, cols: usize, out: &GpuTensor) -> Result<()> {
+    if rows * cols > x.numel() || cols > out.numel() {
+        bail!("{what}: {rows}×{cols} does not fit x {:?} / out {:?}", x.shape, out.shape);
+    }
     Ok(())
 }
