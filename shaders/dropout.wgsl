@@ -8,7 +8,8 @@
 // below `threshold` (= p·2³², so P(drop) = p) and kept scaled by `scale` = 1/(1 − p) otherwise.
 //
 // Keys of an element `e` of the tensor:
-// - rows layout (`heads == 0`): row = row0 + e / cols, column = e % cols;
+// - rows layout (`heads == 0`): row = row0 + (e / cols)·seq, column = e % cols (`seq` is 1 for
+//   consecutive rows; a sequence's length for one row a sequence, e.g. the [CLS] rows);
 // - attention layout (`heads > 0`, probabilities `[batch, heads, seq, seq]`): row = row0 + b·seq + i
 //   (the query's token row), column = h·seq + j.
 // `row0` is the global row of the tensor's first row, so a chunk of the batch draws the same masks
@@ -21,7 +22,7 @@ struct Params {
     cols: u32,      // rows layout: elements per row
     row0: u32,      // global row of the tensor's first row
     heads: u32,     // attention layout when > 0
-    seq: u32,       // attention layout: tokens per sequence
+    seq: u32,       // attention layout: tokens per sequence; rows layout: global rows between rows
     threshold: u32, // dropped when the draw < threshold
     scale: f32,     // 1 / (1 - p)
     step: u32,      // optimizer step
@@ -59,7 +60,8 @@ fn element_at(r: u32, c: u32) -> u32 {
 
 // The four words of the group of columns 4g..4g+3 of row r.
 fn draws_of(r: u32, g: u32) -> vec4<u32> {
-    return philox4x32_10(vec4<u32>(g, p.row0 + r, p.step, p.stream), vec2<u32>(p.seed_lo, p.seed_hi));
+    let row = select(p.row0 + r, p.row0 + r * p.seq, p.heads == 0u);
+    return philox4x32_10(vec4<u32>(g, row, p.step, p.stream), vec2<u32>(p.seed_lo, p.seed_hi));
 }
 
 // ---- dropout_apply: out = x · mask · scale (forward on activations, backward on gradients) ----

@@ -95,6 +95,10 @@ impl MaskKey {
 pub enum MaskLayout {
     /// `[rows, cols]` row-major; the tensor's first row is row `row0` of the whole batch.
     Rows { cols: usize, row0: usize },
+    /// `[rows, cols]` row-major, one row of every `every` of the whole batch: row `r` of the
+    /// tensor is global row `row0 + r·every` (a sequence's `[CLS]` row, `every` = its length),
+    /// so it draws the mask that row draws in [`Rows`](MaskLayout::Rows) over all rows.
+    RowsEvery { cols: usize, row0: usize, every: usize },
     /// Attention probabilities `[batch, heads, seq, seq]`: row = `row0 + b·seq + i` (the query's
     /// token row in the whole batch), column = `h·seq + j`.
     Attention { heads: usize, seq: usize, row0: usize },
@@ -105,21 +109,24 @@ impl MaskLayout {
     /// and the columns of each.
     fn rows_width(&self, n: usize) -> (usize, usize) {
         match *self {
-            MaskLayout::Rows { cols, .. } => (n / cols.max(1), cols),
+            MaskLayout::Rows { cols, .. } | MaskLayout::RowsEvery { cols, .. } => (n / cols.max(1), cols),
             MaskLayout::Attention { heads, seq, .. } => (n / (heads * seq * seq).max(1) * seq, heads * seq),
         }
     }
 
     fn check(&self, what: &str, n: usize) -> Result<()> {
-        let (unit, row0) = match *self {
-            MaskLayout::Rows { cols, row0 } => (cols, row0),
-            MaskLayout::Attention { heads, seq, row0 } => (heads * seq * seq, row0),
+        let (unit, row0, every) = match *self {
+            MaskLayout::Rows { cols, row0 } => (cols, row0, 1),
+            MaskLayout::RowsEvery { cols, row0, every } => (cols, row0, every),
+            MaskLayout::Attention { heads, seq, row0 } => (heads * seq * seq, row0, 1),
         };
-        if unit == 0 || n % unit != 0 {
+        if unit == 0 || every == 0 || n % unit != 0 {
             bail!("dropout {what}: {n} elements are not whole rows of the mask layout {self:?}");
         }
         let (rows, _) = self.rows_width(n);
-        if u32::try_from(n).is_err() || u32::try_from(row0 + rows).is_err() {
+        // One past the last global row a draw is keyed by.
+        let end = row0 + rows.saturating_sub(1).saturating_mul(every) + 1;
+        if u32::try_from(n).is_err() || u32::try_from(end).is_err() {
             bail!("dropout {what}: {n} elements from row {row0} exceed u32 indexing");
         }
         Ok(())
@@ -154,7 +161,9 @@ impl Rate {
 
 fn params(key: MaskKey, layout: MaskLayout, n: usize, rate: Rate) -> Result<Params> {
     let (cols, row0, heads, seq) = match layout {
-        MaskLayout::Rows { cols, row0 } => (cols, row0, 0, 0),
+        // Rows layouts: `seq` is the global rows' step (1: consecutive).
+        MaskLayout::Rows { cols, row0 } => (cols, row0, 0, 1),
+        MaskLayout::RowsEvery { cols, row0, every } => (cols, row0, 0, every),
         MaskLayout::Attention { heads, seq, row0 } => (0, row0, heads, seq),
     };
     Ok(Params {

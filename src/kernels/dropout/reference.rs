@@ -26,6 +26,7 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 pub fn row_col(layout: MaskLayout, e: usize) -> (u32, u32) {
     match layout {
         MaskLayout::Rows { cols, row0 } => ((row0 + e / cols) as u32, (e % cols) as u32),
+        MaskLayout::RowsEvery { cols, row0, every } => ((row0 + (e / cols) * every) as u32, (e % cols) as u32),
         MaskLayout::Attention { heads, seq, row0 } => {
             let ss = seq * seq;
             let (b, h, i, j) = (e / (heads * ss), (e / ss) % heads, (e / seq) % seq, e % seq);

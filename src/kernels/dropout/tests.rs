@@ -32,11 +32,12 @@ fn gpu_draws_equal_the_cpu_philox() {
     let layouts = [
         MaskLayout::Rows { cols: 129, row0: 0 },
         MaskLayout::Rows { cols: 7, row0: 1000 },
+        MaskLayout::RowsEvery { cols: 65, row0: 17, every: 17 },
         MaskLayout::Attention { heads: 3, seq: 13, row0: 26 },
     ];
     for (i, layout) in layouts.into_iter().enumerate() {
         let n = match layout {
-            MaskLayout::Rows { cols, .. } => cols * 37,
+            MaskLayout::Rows { cols, .. } | MaskLayout::RowsEvery { cols, .. } => cols * 37,
             MaskLayout::Attention { heads, seq, .. } => 2 * heads * seq * seq,
         };
         let k = key(0x1234_5678_9abc_def0 + i as u64, 17 + i as u32, 5, Site::AttentionProbs);
@@ -130,6 +131,20 @@ fn a_chunk_draws_the_whole_batch_masks() {
     let whole = gpu_apply(k, rate, MaskLayout::Attention { heads, seq, row0: 0 }, &x);
     let part = gpu_apply(k, rate, MaskLayout::Attention { heads, seq, row0: 2 * seq }, &x[2 * per..4 * per]);
     assert_eq!(bits(&part), bits(&whole[2 * per..4 * per]));
+    // One row a sequence (the [CLS] rows of sequences 1..4, 9 tokens each, from global row 9):
+    // each draws the mask its row draws over the whole batch.
+    let (seq, cols) = (9, 33);
+    let x = rand_f32(&mut rng, 5 * seq * cols, 2.0);
+    let whole = gpu_apply(k, rate, MaskLayout::Rows { cols, row0: 0 }, &x);
+    let cls: Vec<f32> = (1..4).flat_map(|b| x[b * seq * cols..(b * seq + 1) * cols].to_vec()).collect();
+    let part = gpu_apply(k, rate, MaskLayout::RowsEvery { cols, row0: seq, every: seq }, &cls);
+    let want: Vec<f32> = (1..4).flat_map(|b| whole[b * seq * cols..(b * seq + 1) * cols].to_vec()).collect();
+    assert_eq!(bits(&part), bits(&want));
+    assert!(
+        part.iter().zip(&cls).any(|(y, x)| *y == 0.0 && *x != 0.0),
+        "rate 0.4 dropped nothing in {} values",
+        cls.len()
+    );
 }
 
 #[test]
@@ -138,6 +153,7 @@ fn forward_and_backward_match_the_f64_reference() {
     let cases = [
         (MaskLayout::Rows { cols: 129, row0: 3 }, 129 * 37),
         (MaskLayout::Rows { cols: 1, row0: 0 }, 1),
+        (MaskLayout::RowsEvery { cols: 67, row0: 13, every: 13 }, 67 * 5),
         (MaskLayout::Attention { heads: 3, seq: 11, row0: 11 }, 2 * 3 * 11 * 11),
     ];
     for (layout, n) in cases {
@@ -179,6 +195,10 @@ fn bad_calls_fail_clearly() {
     assert!(apply(&mut b, k, rate, MaskLayout::Rows { cols: 3, row0: 0 }, &x, &poisoned(&[5])).is_err());
     assert!(apply(&mut b, k, rate, MaskLayout::Rows { cols: 4, row0: 0 }, &x, &poisoned(&[6])).is_err());
     assert!(apply(&mut b, k, rate, MaskLayout::Attention { heads: 2, seq: 2, row0: 0 }, &x, &poisoned(&[6])).is_err());
+    let every0 = MaskLayout::RowsEvery { cols: 3, row0: 0, every: 0 };
+    assert!(apply(&mut b, k, rate, every0, &x, &poisoned(&[6])).is_err(), "a row step of 0");
+    let past_u32 = MaskLayout::RowsEvery { cols: 3, row0: 0, every: 1 << 32 };
+    assert!(apply(&mut b, k, rate, past_u32, &x, &poisoned(&[6])).is_err(), "global rows past u32");
     assert!(MaskKey { layer: 1 << 24, ..k }.stream().is_err());
     assert!(b.is_empty());
 }

@@ -91,6 +91,9 @@ pub(super) struct LayerActs<'a> {
     /// The FFN's intermediate pre-activation.
     pub pre: GpuTensor,
     pub ffn: SubActs<'a>,
+    /// Everything after the attention ran on the first token of each sequence only (the top
+    /// layer under a sequence head): `attn`, `pre` and `ffn` hold `[batch, …]` rows.
+    pub head_rows: bool,
 }
 
 /// What the forward keeps of every layer for backward.

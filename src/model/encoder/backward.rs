@@ -38,10 +38,16 @@ impl Encoder {
         if accumulate && setup.is_fusion() {
             bail!("internal: fusion gradients are not accumulated over chunks");
         }
+        // The rows after the attention: every token, or the first of each sequence (as forward).
+        let (rows, after_attention) =
+            if la.head_rows { (s.batch, dropout.map(|r| r.first_tokens(s.seq))) } else { (tok, dropout) };
+        if dy.shape != [rows, d] {
+            bail!("internal: layer {l}'s output gradient is {:?}, its output [{rows}, {d}]", dy.shape);
+        }
         // FFN sub-layer.
         b.phase(format_args!("layer {l} / adapters bwd"));
-        let dh2 = t(gpu, &[tok, d])?;
-        let dy1 = t(gpu, &[tok, d])?;
+        let dh2 = t(gpu, &[rows, d])?;
+        let dy1 = t(gpu, &[rows, d])?;
         self.sublayer_backward(b, &la.ffn, &w.ln2_g, dy, &dh2, &dy1, accumulate)?;
         // Nothing trainable below this point: the rest of the backward would be wasted work.
         let below = setup.trains_below(l);
@@ -49,12 +55,12 @@ impl Encoder {
             return Ok(None);
         }
         b.phase(format_args!("layer {l} / FFN bwd"));
-        let dh2 = self.dropout_rows(b, dropout, l, Site::FfnOutput, dh2)?;
+        let dh2 = self.dropout_rows(b, after_attention, l, Site::FfnOutput, dh2)?;
         // Rows of `fs` values, as in forward (padding zero, unread).
         let fs = ffn_row_stride(ffn);
         // dpre = (dh2 · W_o) ⊙ act'(pre) in one product.
-        let dpre = t(gpu, &[tok, fs])?;
-        Matmul::new(tok, ffn, d).act(self.dims.act).epilogue(Epilogue::TimesActGrad).run_aux(
+        let dpre = t(gpu, &[rows, fs])?;
+        Matmul::new(rows, ffn, d).act(self.dims.act).epilogue(Epilogue::TimesActGrad).run_aux(
             b,
             View::rows(&dh2, d),
             View::rows(&w.o_w, fs),
@@ -62,7 +68,7 @@ impl Encoder {
             View::rows(&dpre, fs),
             &la.pre,
         )?;
-        Matmul::new(tok, d, ffn).beta(1.0).run(
+        Matmul::new(rows, d, ffn).beta(1.0).run(
             b,
             View::rows(&dpre, fs),
             View::rows(&w.i_w, d),
@@ -71,16 +77,24 @@ impl Encoder {
         )?;
         // Attention sub-layer.
         b.phase(format_args!("layer {l} / adapters bwd"));
-        let dh1 = t(gpu, &[tok, d])?;
-        let dx = t(gpu, &[tok, d])?;
+        let dh1 = t(gpu, &[rows, d])?;
+        let dx = t(gpu, &[rows, d])?;
         self.sublayer_backward(b, &la.attn, &w.ln1_g, &dy1, &dh1, &dx, accumulate)?;
         if !below {
             return Ok(None);
         }
         b.phase(format_args!("layer {l} / attention bwd"));
-        let dh1 = self.dropout_rows(b, dropout, l, Site::AttentionOutput, dh1)?;
-        let dctx = t(gpu, &[tok, d])?;
-        Matmul::new(tok, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
+        let dh1 = self.dropout_rows(b, after_attention, l, Site::AttentionOutput, dh1)?;
+        let mut dctx = t(gpu, &[rows, d])?;
+        Matmul::new(rows, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
+        // Back to every row (the others' gradients are zero) for the attention and Q, K, V.
+        let mut dx = dx;
+        if la.head_rows {
+            let (all_dctx, all_dx) = (t(gpu, &[tok, d])?, t(gpu, &[tok, d])?);
+            elementwise::scatter_rows(b, &dctx, s.seq, &all_dctx, false)?;
+            elementwise::scatter_rows(b, &dx, s.seq, &all_dx, false)?;
+            (dctx, dx) = (all_dctx, all_dx);
+        }
         let dqkv = t(gpu, &[tok, 3 * d])?;
         let scratch = t(gpu, &[s.batch, s.heads, s.seq, s.seq])?;
         let mut work = None;

@@ -78,16 +78,28 @@ impl PassDropout {
 }
 
 /// A pass's dropout over some rows of the batch: `row0` is the global token row of the first
-/// (non-zero in a layer chunk).
+/// (non-zero in a layer chunk), `every` the global rows from one row to the next (1; a
+/// sequence's length where a tensor holds one row a sequence, the top layer's `[CLS]` rows).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct RowsDropout {
     pub pass: PassDropout,
     pub row0: usize,
+    pub every: usize,
 }
 
 impl RowsDropout {
     pub fn whole(pass: Option<PassDropout>) -> Option<Self> {
-        pass.map(|pass| Self { pass, row0: 0 })
+        pass.map(|pass| Self { pass, row0: 0, every: 1 })
+    }
+
+    /// Consecutive rows from global row `row0`.
+    pub fn from_row(pass: PassDropout, row0: usize) -> Self {
+        Self { pass, row0, every: 1 }
+    }
+
+    /// The same pass over one row of every `seq` (the first token of each sequence).
+    pub fn first_tokens(self, seq: usize) -> Self {
+        Self { every: self.every * seq, ..self }
     }
 }
 
@@ -115,7 +127,11 @@ impl Encoder {
         }
         let cols = *x.shape.last().unwrap_or(&1);
         let out = t(&self.gpu, &x.shape)?;
-        dropout::apply(b, d.pass.key(l, site), rate, MaskLayout::Rows { cols, row0: d.row0 }, &x, &out)?;
+        let layout = match d.every {
+            1 => MaskLayout::Rows { cols, row0: d.row0 },
+            every => MaskLayout::RowsEvery { cols, row0: d.row0, every },
+        };
+        dropout::apply(b, d.pass.key(l, site), rate, layout, &x, &out)?;
         Ok(out)
     }
 

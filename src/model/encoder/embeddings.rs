@@ -195,7 +195,16 @@ impl Encoder {
             resident_layers,
             precision,
         )?;
-        Ok(Self { gpu, dims, embeddings, store, recompute: false, layer_chunk: 0, keep_ffn_output: false })
+        Ok(Self {
+            gpu,
+            dims,
+            embeddings,
+            store,
+            recompute: false,
+            layer_chunk: 0,
+            keep_ffn_output: false,
+            head_rows_only: true,
+        })
     }
 
     /// The same frozen base with `resident_layers` layer slots (streamed below the layer count) and

@@ -9,8 +9,8 @@ use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::adapter::Residual;
 use crate::kernels::attention::{self, AttentionShape};
 use crate::kernels::dropout::Site;
-use crate::kernels::layernorm;
-use crate::kernels::matmul::{linear, linear_parts, Epilogue, Matmul, View};
+use crate::kernels::matmul::{linear_parts, Epilogue, Matmul, View};
+use crate::kernels::{elementwise, layernorm};
 use anyhow::Result;
 
 impl Encoder {
@@ -18,7 +18,9 @@ impl Encoder {
     /// when it runs again for backward (`--recompute`), where nothing but the activations may
     /// change (no fusion weights are recorded twice); `ffn_out`: a saved `h2` to use instead of
     /// computing it (`--keep-ffn-output`; saved after its dropout). `dropout`: the training pass's
-    /// dropout over these rows of the batch.
+    /// dropout over these rows of the batch. `head_rows`: after the attention, compute only the
+    /// first token of each sequence (the rows a sequence head reads: the top layer's output is
+    /// then `[batch, hidden]`); the attention itself still runs over every row.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn layer_forward<'s>(
         &self,
@@ -32,6 +34,7 @@ impl Encoder {
         recomputing: bool,
         ffn_out: Option<&GpuTensor>,
         dropout: Option<RowsDropout>,
+        head_rows: bool,
     ) -> Result<(LayerActs<'s>, GpuTensor)> {
         let gpu = &self.gpu;
         let (d, tok) = (self.dims.hidden, s.batch * s.seq);
@@ -50,8 +53,21 @@ impl Encoder {
         let probs_dropout = self.probs_dropout(dropout, l, s, &mut work)?;
         attention::attention_forward_packed(b, s, &qkv, mask, &probs, &ctx, probs_dropout)?;
         drop(work); // the dropped probabilities: P·V has them, nothing else needs them
-        let h1 = t(gpu, &[tok, d])?;
-        linear(b, &ctx, &w.ao_w, Some(&w.ao_b), &h1)?;
+                    // From here on every row, or the first token of each sequence (`head_rows`): the output
+                    // dense reads those rows of the context in place, the residual is gathered, and their
+                    // dropout masks are the ones those rows draw in the whole batch.
+        let (rows, ctx_rows, x_rows, dropout) = if head_rows {
+            let x_rows = t(gpu, &[s.batch, d])?;
+            elementwise::gather_rows(b, x, s.seq, &x_rows)?;
+            let every_seq = View { s_row: s.seq * d, ..View::rows(&ctx, d) };
+            (s.batch, every_seq, x_rows, dropout.map(|r| r.first_tokens(s.seq)))
+        } else {
+            (tok, View::rows(&ctx, d), x.clone(), dropout)
+        };
+        let x = &x_rows;
+        let h1 = t(gpu, &[rows, d])?;
+        let out_dense = Matmul::new(rows, d, d);
+        out_dense.run(b, ctx_rows, View::transposed(&w.ao_w, d), Some((&w.ao_b, 0)), View::rows(&h1, d))?;
         let h1 = self.dropout_rows(b, dropout, l, Site::AttentionOutput, h1)?;
         b.phase(format_args!("layer {l} / adapters {pass}"));
         // Softmax weights of a fusion summed over real tokens, when the caller records them.
@@ -64,8 +80,8 @@ impl Encoder {
         let (ffn_dim, fs) = (self.dims.ffn, ffn_row_stride(self.dims.ffn));
         b.phase(format_args!("layer {l} / FFN {pass}"));
         // The intermediate activations have rows of `fs` values (padding unread, see ffn_row_stride).
-        let pre = t(gpu, &[tok, fs])?;
-        let ffn_in = Matmul::new(tok, ffn_dim, d);
+        let pre = t(gpu, &[rows, fs])?;
+        let ffn_in = Matmul::new(rows, ffn_dim, d);
         let (x_in, w_in, b_in) = (View::rows(&y1, d), View::transposed(&w.i_w, d), Some((&w.i_b, 0)));
         // The FFN's output dense: computed, or (recomputing with --keep-ffn-output) the saved one.
         let h2 = match ffn_out {
@@ -75,12 +91,12 @@ impl Encoder {
             }
             None => {
                 // The pre-activation (saved for backward) and its activation from one product.
-                let inter = t(gpu, &[tok, fs])?;
+                let inter = t(gpu, &[rows, fs])?;
                 let keep_pre = ffn_in.act(self.dims.act).epilogue(Epilogue::KeepPre);
                 keep_pre.run_aux(b, x_in, w_in, b_in, View::rows(&inter, fs), &pre)?;
-                let h2 = t(gpu, &[tok, d])?;
+                let h2 = t(gpu, &[rows, d])?;
                 let (x, wo) = (View::rows(&inter, fs), View::transposed(&w.o_w, fs));
-                Matmul::new(tok, d, ffn_dim).run(b, x, wo, Some((&w.o_b, 0)), View::rows(&h2, d))?;
+                Matmul::new(rows, d, ffn_dim).run(b, x, wo, Some((&w.o_b, 0)), View::rows(&h2, d))?;
                 self.dropout_rows(b, dropout, l, Site::FfnOutput, h2)?
             }
         };
@@ -90,7 +106,7 @@ impl Encoder {
             Some(f) => self.fusion_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, f, (l, Location::Output), record)?,
             None => self.sublayer_forward(b, h2, &y1, &w.ln2_g, &w.ln2_b, setup.adapter(l, Location::Output))?,
         };
-        Ok((LayerActs { qkv, probs, attn, pre, ffn }, h2_out))
+        Ok((LayerActs { qkv, probs, attn, pre, ffn, head_rows }, h2_out))
     }
 
     /// `LN(x + x_in)` with the pretrained LayerNorm, keeping the sum for backward: `(sum, out)`.

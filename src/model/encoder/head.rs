@@ -47,7 +47,9 @@ impl Encoder {
         let gpu = &self.gpu;
         let d = self.dims.hidden;
         b.phase("head fwd");
-        let input = if head.kind().per_token() {
+        // Tagging heads read every row; sequence heads the first of each sequence (every row
+        // when the hidden state holds one a sequence).
+        let input = if head.kind().per_token() || seq == 1 {
             hidden.clone()
         } else {
             let cls = t(gpu, &[hidden.shape[0] / seq, d])?;
@@ -133,7 +135,7 @@ impl Encoder {
             }
         };
         let dinput = self.dropout_rows(b, *dropout, 0, Site::HeadInput, dinput)?;
-        if head.kind().per_token() {
+        if head.kind().per_token() || seq == 1 {
             return Ok(dinput);
         }
         let dhidden = t(gpu, &[rows * seq, d])?;

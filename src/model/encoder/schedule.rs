@@ -47,7 +47,7 @@ impl Encoder {
 
     /// The sequence ranges `(first, count)` a layer runs over at a time: the whole batch, or chunks
     /// of [`layer_chunk`](Self::layer_chunk) sequences with `--recompute`.
-    fn chunks(&self, batch: usize) -> Vec<Chunk> {
+    pub(super) fn chunks(&self, batch: usize) -> Vec<Chunk> {
         let c = if self.recompute && self.layer_chunk > 0 { self.layer_chunk.min(batch) } else { batch };
         (0..batch).step_by(c).map(|s0| (s0, c.min(batch - s0))).collect()
     }
@@ -77,7 +77,10 @@ impl Encoder {
     }
 
     /// Forward of every layer from the embeddings' output `x`: the last hidden state and what
-    /// backward needs (see [`Saved`]), with the training pass's `dropout`.
+    /// backward needs (see [`Saved`]), with the training pass's `dropout`. With `head_rows` the top
+    /// layer computes, after its attention, only the first token of each sequence (the last
+    /// hidden state is then `[batch, hidden]`); not with layer chunks.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn layers_forward<'s>(
         &mut self,
         b: &mut CommandRecorder,
@@ -86,11 +89,15 @@ impl Encoder {
         mask: &GpuTensor,
         s: AttentionShape,
         dropout: Option<PassDropout>,
+        head_rows: bool,
     ) -> Result<(GpuTensor, Saved<'s>)> {
         let n = self.dims.layers;
         let chunks = self.chunks(s.batch);
         if chunks.len() > 1 && setup.is_fusion() {
             bail!("layer chunks (--layer-chunk) apply to adapter training, not to AdapterFusion");
+        }
+        if chunks.len() > 1 && head_rows {
+            bail!("internal: the top layer on the head's rows only is not for layer chunks");
         }
         let mut saved = if self.recompute {
             Saved::Inputs { inputs: Vec::with_capacity(n), ffn_out: vec![], top: None }
@@ -109,7 +116,8 @@ impl Encoder {
                 continue;
             }
             let whole = RowsDropout::whole(dropout);
-            let (la, h2) = self.layer_forward(b, &w, setup, l, &x, mask, s, false, None, whole)?;
+            let top_rows = head_rows && l + 1 == n;
+            let (la, h2) = self.layer_forward(b, &w, setup, l, &x, mask, s, false, None, whole, top_rows)?;
             let y = la.ffn.out().clone();
             match &mut saved {
                 Saved::All(acts) => acts.push(la),
@@ -148,8 +156,8 @@ impl Encoder {
         let h2 = if self.keep_ffn_output { Some(t(&self.gpu, &[tok, d])?) } else { None };
         for &(first, count) in chunks {
             let (xc, mc, sc) = self.chunk_of(b, x, mask, s, (first, count))?;
-            let rows = dropout.map(|pass| RowsDropout { pass, row0: first * s.seq });
-            let (la, h2c) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, false, None, rows)?;
+            let rows = dropout.map(|pass| RowsDropout::from_row(pass, first * s.seq));
+            let (la, h2c) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, false, None, rows, false)?;
             let (at, n) = (first * s.seq * d, count * s.seq * d);
             elementwise::copy_range(b, la.ffn.out(), 0, &y, at, n)?;
             if let Some(h2) = &h2 {
@@ -198,7 +206,8 @@ impl Encoder {
                 (Some(_), Some(la)) => *la,
                 (Some(x), None) => {
                     let h2 = ffn_out.pop();
-                    let (la, _) = self.layer_forward(b, &w, setup, l, &x, mask, s, true, h2.as_ref(), whole)?;
+                    // (Not the top layer: its activations are kept, so `head_rows` never recomputes.)
+                    let (la, _) = self.layer_forward(b, &w, setup, l, &x, mask, s, true, h2.as_ref(), whole, false)?;
                     // Free the forward's temporaries before backward allocates.
                     self.layer_done(b)?;
                     la
@@ -247,8 +256,8 @@ impl Encoder {
                 Some(h2) => Some(self.rows_of(b, h2, s.seq, (first, count))?),
                 None => None,
             };
-            let rows = dropout.map(|pass| RowsDropout { pass, row0: first * s.seq });
-            let (la, _) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, true, h2c.as_ref(), rows)?;
+            let rows = dropout.map(|pass| RowsDropout::from_row(pass, first * s.seq));
+            let (la, _) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, true, h2c.as_ref(), rows, false)?;
             drop((xc, h2c));
             self.reuse_point(b)?;
             let dxc = self.layer_backward(b, w, setup, l, &la, &mc, sc, &dyc, i > 0, rows)?;

@@ -51,6 +51,11 @@ struct Replay<'p> {
     m: u64,
     /// Sizes of the whole batch's activations.
     all: Sizes,
+    /// The top layer computes only the first token of each sequence after its attention
+    /// (`Encoder::head_rows_only`: a sequence head, no fusion, no layer chunks), and
+    /// the sizes of those rows.
+    head_rows: bool,
+    rows: Sizes,
     resident: bool,
     slots: usize,
     layer_bytes: u64,
@@ -101,6 +106,8 @@ impl<'p> Replay<'p> {
             heads,
             m,
             all: Sizes { tok4: 0, td: 0, tf: 0, probs: 0, tm: 0 },
+            head_rows: false,
+            rows: Sizes { tok4: 0, td: 0, tf: 0, probs: 0, tm: 0 },
             resident,
             slots: if resident { n_layers } else { p.resident_layers.max(1) },
             layer_bytes: LayerWeights::bytes(d, f, p.precision),
@@ -113,20 +120,36 @@ impl<'p> Replay<'p> {
             embedding_resident,
         };
         r.all = r.sizes(p.batch);
+        r.head_rows = !p.per_token_head && p.adapter.fusion.is_none() && !r.chunked;
+        r.rows = r.sizes_of(p.batch as u64, 0);
         Ok(r)
     }
 
     /// Bytes of the activations of `seqs` sequences.
     fn sizes(&self, seqs: usize) -> Sizes {
         let p = self.p;
-        let tok = (seqs * p.seq) as u64;
+        self.sizes_of((seqs * p.seq) as u64, (seqs * self.heads * p.seq * p.seq) as u64)
+    }
+
+    /// Bytes of the activations of `tok` rows with `probs` attention probabilities.
+    fn sizes_of(&self, tok: u64, probs: u64) -> Sizes {
         Sizes {
             tok4: b4(tok),
             td: b4(tok * self.d as u64),
             // The intermediate's padded rows (`store::ffn_row_stride`).
             tf: b4(tok * ffn_row_stride(self.f) as u64),
-            probs: b4((seqs * self.heads * p.seq * p.seq) as u64),
+            probs: b4(probs),
             tm: b4(tok * self.m),
+        }
+    }
+
+    /// Sizes of layer `l`'s rows after its attention: the whole batch's, or at the top layer
+    /// with `head_rows` one row a sequence.
+    fn after_attention(&self, l: usize) -> Sizes {
+        if self.head_rows && l + 1 == self.n_layers {
+            self.rows
+        } else {
+            self.all
         }
     }
 
@@ -277,13 +300,18 @@ impl<'p> Replay<'p> {
     /// One layer's forward (`Encoder::layer_forward`) over sizes `z`, excluding the FFN output
     /// dense `h2` (`[tokens, hidden]`): (kept bytes, temporary bytes, `h2` kept by the FFN
     /// sub-layer as the adapter's input). Recomputing from a saved `h2` skips `inter` too.
-    fn layer_fwd_h2(&self, l: usize, z: &Sizes, from_saved_h2: bool) -> (u64, u64, bool) {
+    /// Past the attention, the sizes are `za`'s ([`after_attention`](Self::after_attention)).
+    fn layer_fwd_h2(&self, l: usize, z: &Sizes, za: &Sizes, from_saved_h2: bool) -> (u64, u64, bool) {
         let drops = self.drops;
         // Kept: q|k|v (one tensor), probs (before their dropout). Temporary: ctx; with dropout the dropped
         // probabilities' work tensor, and the attention output dense before its dropout (the
-        // dropped one is `h` below).
+        // dropped one is `h` below); with fewer rows after the attention, the gathered residual.
         let mut kept = 3 * z.td + z.probs;
-        let mut temp = z.td + when(drops.probs, z.probs) + when(drops.attention_output, z.td);
+        let mut temp = z.td + when(drops.probs, z.probs) + when(drops.attention_output, za.td);
+        if self.head_rows && l + 1 == self.n_layers {
+            temp += za.td;
+        }
+        let z = za;
         let (k1, t1, h1_kept) = self.site_fwd(l, Location::Attention, z);
         kept += k1 + z.tf; // attention sub-layer, pre
         temp += t1 + z.tf; // inter
@@ -304,12 +332,12 @@ impl<'p> Replay<'p> {
     }
 
     /// [`layer_fwd_h2`](Self::layer_fwd_h2) with `h2` in kept or temp (computed, not saved).
-    fn layer_fwd(&self, l: usize, z: &Sizes) -> (u64, u64) {
-        let (kept, temp, h2_kept) = self.layer_fwd_h2(l, z, false);
+    fn layer_fwd(&self, l: usize, z: &Sizes, za: &Sizes) -> (u64, u64) {
+        let (kept, temp, h2_kept) = self.layer_fwd_h2(l, z, za, false);
         if h2_kept {
-            (kept + z.td, temp)
+            (kept + za.td, temp)
         } else {
-            (kept, temp + z.td)
+            (kept, temp + za.td)
         }
     }
 
@@ -323,7 +351,7 @@ impl<'p> Replay<'p> {
             }
             for i in 0..self.chunks.len() {
                 let z = self.sizes(self.chunks[i]);
-                let (kept, temp) = self.layer_fwd(l, &z);
+                let (kept, temp) = self.layer_fwd(l, &z, &z);
                 let chunk_in = z.td + z.tok4; // its rows of x, its mask
                 self.s.alloc(Cat::Working, chunk_in + kept + temp);
                 self.s.free(Cat::Working, chunk_in + kept + temp);
@@ -334,7 +362,10 @@ impl<'p> Replay<'p> {
             }
             return;
         }
-        let (kept, temp, h2_kept) = self.layer_fwd_h2(l, &self.all, false);
+        let za = self.after_attention(l);
+        let (kept, temp, h2_kept) = self.layer_fwd_h2(l, &self.all, &za, false);
+        // The layer's output (`za` rows; h2 the same).
+        let td = za.td;
         let s = &mut self.s;
         s.alloc(Cat::Working, kept + temp + td);
         s.free(Cat::Working, temp);
@@ -371,8 +402,11 @@ impl<'p> Replay<'p> {
         let bd = b4(bsz * self.d as u64);
         // With dropout: cls and hact dropped (new tensors), and dhact and dcls in backward.
         let head_drop = when(self.drops.head, 2 * bd);
+        // With `head_rows` the last hidden state is the head's rows: no cls gathered, and its
+        // gradient (dcls) is the top layer's dy.
+        let (cls, dy) = if self.head_rows { (0, self.rows.td) } else { (bd, self.all.td) };
         let s = &mut self.s;
-        for n in [bd, bd, bd, b4(bsz * c), b4(bsz), 4, b4(bsz * c)] {
+        for n in [cls, bd, bd, b4(bsz * c), b4(bsz), 4, b4(bsz * c)] {
             s.alloc(Cat::Working, n); // cls, hpre, hact, logits, labels, loss, dlogits
         }
         if head_drop > 0 {
@@ -380,7 +414,7 @@ impl<'p> Replay<'p> {
         }
         s.alloc(Cat::Working, 3 * bd + head_drop); // dhact, dhpre, dcls
         s.free(Cat::Working, 3 * bd + head_drop);
-        s.alloc(Cat::Working, self.all.td); // dhidden = dy
+        s.alloc(Cat::Working, dy); // dhidden = dy
     }
 
     fn trainable(&self, l: usize) -> bool {
@@ -388,10 +422,11 @@ impl<'p> Replay<'p> {
     }
 
     /// The backward of one layer (or chunk) allocates this (see `Encoder::layer_backward`):
-    /// (bytes, backward stops here).
-    fn bwd_work(&self, l: usize, z: &Sizes, accumulate: bool) -> (u64, bool) {
+    /// (bytes, backward stops here). Past the attention, the sizes are `za`'s.
+    fn bwd_work(&self, l: usize, z: &Sizes, za: &Sizes, accumulate: bool) -> (u64, bool) {
         let a = self.p.adapter;
         let sums = |loc| if accumulate && a.at(l, loc) { 2 * self.adapter_bytes } else { 0 };
+        let (all, z) = (z, za);
         let mut work = 2 * z.td + self.site_bwd(l, Location::Output, z); // dh2, dy1
         work += sums(Location::Output);
         let below = (0..l).any(|k| self.trainable(k));
@@ -405,10 +440,12 @@ impl<'p> Replay<'p> {
         if !below {
             return (work, true);
         }
-        // dctx, dq|dk|dv (one tensor), scratch; with dropout dh1 dropped and the probabilities' work tensor
+        // dctx, dq|dk|dv (one tensor), scratch; with dropout dh1 dropped and the probabilities' work
+        // tensor; with fewer rows, dctx and dx scattered to every row.
         let drops = self.drops;
-        work += when(drops.attention_output, z.td) + when(drops.probs, z.probs);
-        (work + 4 * z.td + z.probs, false)
+        work += when(drops.attention_output, z.td) + when(drops.probs, all.probs);
+        work += when(self.head_rows && l + 1 == self.n_layers, 2 * all.td);
+        (work + z.td + 3 * all.td + all.probs, false)
     }
 
     /// The backward of layer `l` (`Encoder::layers_backward`): true when backward stops here.
@@ -417,13 +454,14 @@ impl<'p> Replay<'p> {
             return self.layer_backward_chunked(l);
         }
         let (td, keep_h2, recompute, top) = (self.all.td, self.keep_h2, self.p.recompute, l + 1 == self.n_layers);
+        let za = self.after_attention(l);
         let (kept, temp) = if keep_h2 && !top {
-            let (kept, temp, _) = self.layer_fwd_h2(l, &self.all, true); // h2 is the saved one
+            let (kept, temp, _) = self.layer_fwd_h2(l, &self.all, &za, true); // h2 is the saved one
             (kept, temp)
         } else {
-            self.layer_fwd(l, &self.all)
+            self.layer_fwd(l, &self.all, &za)
         };
-        let (work, stop) = self.bwd_work(l, &self.all, false);
+        let (work, stop) = self.bwd_work(l, &self.all, &za, false);
         let s = &mut self.s;
         let acts = if recompute && !top {
             s.alloc(Cat::Working, kept + temp); // recomputed, then a wait frees the temporaries
@@ -440,9 +478,9 @@ impl<'p> Replay<'p> {
         if stop {
             return true;
         }
-        // Done with this layer: its activations and temporaries, the old dy (dx, in `work`, is the
-        // new one) and, with recompute, its input.
-        s.free(Cat::Working, acts + work);
+        // Done with this layer: its activations and temporaries, the old dy (`za` rows; dx, the
+        // new one, is `td` of `work`) and, with recompute, its input.
+        s.free(Cat::Working, acts + work - td + za.td);
         if recompute {
             s.free(Cat::Saved, td);
             if keep_h2 && !top {
@@ -466,19 +504,19 @@ impl<'p> Replay<'p> {
                                                            // Recomputed; with --keep-ffn-output from its rows of the saved h2 (copied here, then
                                                            // counted as h2 is: kept by the adapter, or a temporary).
             let (kept, temp) = if keep_h2 {
-                let (kept, temp, h2_kept) = self.layer_fwd_h2(l, &z, true);
+                let (kept, temp, h2_kept) = self.layer_fwd_h2(l, &z, &z, true);
                 self.s.alloc(Cat::Working, z.td);
                 let (kept, temp) = if h2_kept { (kept + z.td, temp) } else { (kept, temp + z.td) };
                 self.s.alloc(Cat::Working, kept + temp - z.td);
                 (kept, temp)
             } else {
-                let (kept, temp) = self.layer_fwd(l, &z);
+                let (kept, temp) = self.layer_fwd(l, &z, &z);
                 self.s.alloc(Cat::Working, kept + temp);
                 (kept, temp)
             };
             self.s.free(Cat::Working, temp + z.td);
             self.s.sync();
-            let (work, stops) = self.bwd_work(l, &z, i > 0);
+            let (work, stops) = self.bwd_work(l, &z, &z, i > 0);
             self.s.alloc(Cat::Working, work);
             stop = stops;
             self.s.free(Cat::Working, kept + work + z.td + z.tok4);
