@@ -410,7 +410,8 @@ impl Gpu {
 
     /// A storage tensor's buffer of `bytes`: from the pool when it has one (`true`), else new.
     pub(crate) fn storage_buffer(&self, bytes: u64) -> (Arc<TrackedBuffer>, bool) {
-        let taken = self.pool.take(&self.device, bytes, tensor::USAGE, "tensor");
+        let size = bytes.max(pool::MIN_TENSOR_BUFFER);
+        let taken = self.pool.take(&self.device, size, tensor::USAGE, "tensor");
         let reused = taken.2;
         (Arc::new(TrackedBuffer::pooled(taken, bytes, &self.memory, &self.pool)), reused)
     }

@@ -47,6 +47,13 @@ type Key = (u32, u64);
 /// only the exact size is reused, so the measured peak stays the planned one).
 pub(crate) const REUSE_RATIO: u64 = 8;
 
+/// The smallest tensor buffer, in bytes. Every tiny tensor (a loss, a batch's labels, the
+/// `[CLS]` rows of a narrow layer for a batch of one) is then of one size, so any free one
+/// serves any of them: with sizes of their own, a step's tiny requests took the smallest free
+/// buffer that held them in an order that could leave a later one without (new buffers in a
+/// step whose shape had run before, seen on the toy runs of `tests/step_plan.rs`).
+pub(crate) const MIN_TENSOR_BUFFER: u64 = 256;
+
 struct Free {
     id: u64,
     buffer: wgpu::Buffer,

@@ -97,25 +97,41 @@ fn budget_and_high_water_bound_the_free_bytes() {
 #[test]
 fn a_larger_free_buffer_serves_a_smaller_request_without_a_budget() {
     let gpu = pooled_gpu();
-    let long: Vec<f32> = (0..100).map(|i| i as f32).collect();
+    let long: Vec<f32> = (0..1000).map(|i| i as f32).collect();
     let id = dropped_after_use(&gpu, &long);
-    // 60 values: the free 400-byte buffer (within REUSE_RATIO) is handed out, no new buffer.
+    // 600 values: the free 4000-byte buffer (within REUSE_RATIO) is handed out, no new buffer.
     let before = gpu.counters();
-    let short: Vec<f32> = (0..60).map(|i| -(i as f32)).collect();
-    let t = GpuTensor::from_slice(&gpu, &[60], &short).unwrap();
+    let short: Vec<f32> = (0..600).map(|i| -(i as f32)).collect();
+    let t = GpuTensor::from_slice(&gpu, &[600], &short).unwrap();
     assert_eq!((t.buffer.id(), (gpu.counters() - before).buffers), (id, 0));
-    // It reads back its own 60 values, and the tracker counts 240 bytes, not 400.
+    // It reads back its own 600 values, and the tracker counts 2400 bytes, not 4000.
     assert_eq!(t.to_vec(&gpu).unwrap(), short);
-    assert_eq!(t.buffer.bytes(), 240);
+    assert_eq!(t.buffer.bytes(), 2400);
     // zeros in a larger reused buffer read zeros.
     drop(t);
-    let z = GpuTensor::zeros(&gpu, &[30]).unwrap();
+    let z = GpuTensor::zeros(&gpu, &[300]).unwrap();
     assert_eq!(z.buffer.id(), id);
-    assert_eq!(z.to_vec(&gpu).unwrap(), vec![0.0; 30]);
+    assert_eq!(z.to_vec(&gpu).unwrap(), vec![0.0; 300]);
     drop(z);
     // Not a buffer more than REUSE_RATIO times the request: a new one.
-    let small = GpuTensor::from_slice(&gpu, &[2], &[1.0, 2.0]).unwrap();
+    let small = GpuTensor::from_slice(&gpu, &[100], &[1.0; 100]).unwrap();
     assert_ne!(small.buffer.id(), id);
+}
+
+/// Tensors under MIN_TENSOR_BUFFER bytes are all of that size: a free one serves any of them.
+#[test]
+fn tiny_tensors_share_one_size() {
+    let gpu = pooled_gpu();
+    let id = dropped_after_use(&gpu, &[1.0, 2.0]);
+    let before = gpu.counters();
+    let t = GpuTensor::from_slice(&gpu, &[50], &[5.0; 50]).unwrap();
+    assert_eq!((t.buffer.id(), (gpu.counters() - before).buffers), (id, 0));
+    assert_eq!(t.to_vec(&gpu).unwrap(), vec![5.0; 50]);
+    assert_eq!(t.buffer.bytes(), 200, "the tracker counts the tensor's bytes");
+    drop(t);
+    let z = GpuTensor::zeros(&gpu, &[1]).unwrap();
+    assert_eq!(z.buffer.id(), id);
+    assert_eq!(z.to_vec(&gpu).unwrap(), vec![0.0]);
 }
 
 #[test]
