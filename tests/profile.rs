@@ -36,8 +36,8 @@ fn profile_of_a_train_step() {
         assert!(p.phase_groups.iter().any(|r| r.name == g), "no phase group {g:?}");
     }
 
-    // Dispatches a layer: the top layer's phases, forward and backward (tiny-bert: layer 1), as
-    // the phase table counts them; no recompute in a plain step.
+    // Dispatches a layer: a middle layer's phases (the top one with two layers: tiny-bert's
+    // layer 1), forward and backward, as the phase table counts them; no recompute in a plain step.
     let l = p.layer_dispatches.expect("layer dispatches");
     let count = |suffix: &str| {
         p.phases

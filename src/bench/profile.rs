@@ -80,13 +80,16 @@ pub struct LayerDispatches {
 }
 
 impl LayerDispatches {
-    /// The highest-numbered layer's counts in `records`.
+    /// A middle layer's counts in `records`: the one below the top when there are three or more
+    /// (the top layer runs only the head's rows after its attention, plus their gathers and
+    /// scatters; the lowest stops its backward early), else the top one.
     pub fn of(records: &[DispatchRecord]) -> Option<Self> {
         fn layer_of(phase: &str) -> Option<(usize, &str)> {
             let (l, rest) = phase.strip_prefix("layer ")?.split_once(" / ")?;
             Some((l.parse().ok()?, rest))
         }
-        let layer = records.iter().filter_map(|r| layer_of(&r.phase)).map(|(l, _)| l).max()?;
+        let top = records.iter().filter_map(|r| layer_of(&r.phase)).map(|(l, _)| l).max()?;
+        let layer = if top >= 2 { top - 1 } else { top };
         let mut c = LayerDispatches { layer, forward: 0, backward: 0, recompute: 0 };
         for (_, part) in records.iter().filter_map(|r| layer_of(&r.phase)).filter(|(l, _)| *l == layer) {
             if part.ends_with(" fwd") {
@@ -369,5 +372,28 @@ mod tests {
         assert!((k[0].floor_us.unwrap() - 6.0).abs() < 1e-9);
         let g = aggregate(&r, peaks, |r| phase_group(&r.phase));
         assert_eq!((g.len(), g[0].count), (1, 3));
+    }
+
+    /// The counted layer: below the top one from three layers on, the top one with one or two.
+    #[test]
+    fn layer_dispatches_count_a_middle_layer() {
+        let layers = |n: usize| -> Vec<DispatchRecord> {
+            (0..n)
+                .flat_map(|l| {
+                    // Layer l: l + 1 forward dispatches, 2 backward, one recompute.
+                    let fwd = (0..=l).map(move |_| rec("k", &format!("layer {l} / FFN fwd"), 1.0, None));
+                    let rest = ["adapters bwd", "FFN bwd", "attention recompute"]
+                        .map(|p| rec("k", &format!("layer {l} / {p}"), 1.0, None));
+                    fwd.chain(rest)
+                })
+                .chain([rec("k", "optimizer", 1.0, None)])
+                .collect()
+        };
+        let c = |n| LayerDispatches::of(&layers(n)).map(|l| (l.layer, l.forward, l.backward, l.recompute));
+        assert_eq!(c(1), Some((0, 1, 2, 1)));
+        assert_eq!(c(2), Some((1, 2, 2, 1)));
+        assert_eq!(c(3), Some((1, 2, 2, 1)));
+        assert_eq!(c(6), Some((4, 5, 2, 1)));
+        assert_eq!(LayerDispatches::of(&[rec("k", "optimizer", 1.0, None)]), None);
     }
 }
