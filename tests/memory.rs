@@ -468,7 +468,8 @@ fn planner_counts_gradient_accumulation_sums() {
 }
 
 /// The plan with dropout: more than without for every setup, the same when every rate is 0, and
-/// in between with only some sites on.
+/// in between with only some sites on. (Sequences of 128: at 64 the leanest setup's peak is the
+/// streamed word table's upload, before any dropout, since the top layer runs only the head's rows.)
 #[test]
 fn planner_counts_dropout_sites() {
     use peft_wgpu::kernels::dropout::Rate;
@@ -487,7 +488,7 @@ fn planner_counts_dropout_sites() {
                 layer_chunk,
                 keep_ffn_output,
                 dropout: dropout.map(|r| r.sites()).unwrap_or_default(),
-                ..PlanInput::resident(&cfg, &spec, 32, 64, 2)
+                ..PlanInput::resident(&cfg, &spec, 32, 128, 2)
             };
             plan(&p).unwrap().peak_bytes()
         };

@@ -113,8 +113,8 @@ pub struct Encoder {
     /// token of each sequence, the top layer computes only those rows after its attention (the
     /// rest of its rows are unread forward and carry zero gradients backward): the same loss,
     /// logits and gradients, bit for bit, for about three quarters of the top layer's work less.
-    /// Not with layer chunks, AdapterFusion (its recorded weights average every token) or when
-    /// the whole last hidden state is asked for. On by default; off in tests that compare.
+    /// Not with AdapterFusion (its recorded weights average every token) or when the whole last
+    /// hidden state is asked for. On by default; off in tests that compare.
     pub head_rows_only: bool,
 }
 
@@ -296,11 +296,7 @@ impl Encoder {
         let ashape = AttentionShape { batch: inp.batch, seq: inp.seq, heads: dims.heads, head_dim: d / dims.heads };
         let x = self.embed(b, &ids, &types, inp)?;
         let x = self.dropout_rows(b, dropout::RowsDropout::whole(dropout), 0, Site::Embeddings, x)?;
-        let head_rows = self.head_rows_only
-            && !whole_hidden
-            && !head.kind().per_token()
-            && !setup.is_fusion()
-            && self.chunks(inp.batch).len() == 1;
+        let head_rows = self.head_rows_only && !whole_hidden && !head.kind().per_token() && !setup.is_fusion();
         let (hidden, acts) = self.layers_forward(b, setup, x, &mask, ashape, dropout, head_rows)?;
         // Rows of the last hidden state a sequence: all, or the first alone (`head_rows`).
         let seq = if head_rows { 1 } else { inp.seq };
@@ -310,7 +306,7 @@ impl Encoder {
             let (loss_t, dlogits) = self.record_loss(b, head, inp, &h.logits, targets)?;
             if backward {
                 let dhidden = self.head_backward(b, head, &h, &dlogits, seq)?;
-                self.layers_backward(b, setup, acts, &mask, ashape, dhidden, dropout)?;
+                self.layers_backward(b, setup, acts, &mask, ashape, dhidden, dropout, head_rows)?;
             }
             loss = Some(loss_t);
         }

@@ -47,7 +47,7 @@ impl Encoder {
 
     /// The sequence ranges `(first, count)` a layer runs over at a time: the whole batch, or chunks
     /// of [`layer_chunk`](Self::layer_chunk) sequences with `--recompute`.
-    pub(super) fn chunks(&self, batch: usize) -> Vec<Chunk> {
+    fn chunks(&self, batch: usize) -> Vec<Chunk> {
         let c = if self.recompute && self.layer_chunk > 0 { self.layer_chunk.min(batch) } else { batch };
         (0..batch).step_by(c).map(|s0| (s0, c.min(batch - s0))).collect()
     }
@@ -79,7 +79,7 @@ impl Encoder {
     /// Forward of every layer from the embeddings' output `x`: the last hidden state and what
     /// backward needs (see [`Saved`]), with the training pass's `dropout`. With `head_rows` the top
     /// layer computes, after its attention, only the first token of each sequence (the last
-    /// hidden state is then `[batch, hidden]`); not with layer chunks.
+    /// hidden state is then `[batch, hidden]`), chunk by chunk too.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn layers_forward<'s>(
         &mut self,
@@ -96,9 +96,6 @@ impl Encoder {
         if chunks.len() > 1 && setup.is_fusion() {
             bail!("layer chunks (--layer-chunk) apply to adapter training, not to AdapterFusion");
         }
-        if chunks.len() > 1 && head_rows {
-            bail!("internal: the top layer on the head's rows only is not for layer chunks");
-        }
         let mut saved = if self.recompute {
             Saved::Inputs { inputs: Vec::with_capacity(n), ffn_out: vec![], top: None }
         } else {
@@ -106,8 +103,9 @@ impl Encoder {
         };
         for l in 0..n {
             let w = self.store.layer(b, l)?;
+            let top_rows = head_rows && l + 1 == n;
             if chunks.len() > 1 {
-                let (y, h2) = self.layer_forward_chunked(b, &w, setup, l, &x, mask, s, &chunks, dropout)?;
+                let (y, h2) = self.layer_forward_chunked(b, &w, setup, l, &x, mask, s, &chunks, (dropout, top_rows))?;
                 if let Saved::Inputs { inputs, ffn_out, .. } = &mut saved {
                     inputs.push(x);
                     ffn_out.extend(h2);
@@ -116,7 +114,6 @@ impl Encoder {
                 continue;
             }
             let whole = RowsDropout::whole(dropout);
-            let top_rows = head_rows && l + 1 == n;
             let (la, h2) = self.layer_forward(b, &w, setup, l, &x, mask, s, false, None, whole, top_rows)?;
             let y = la.ffn.out().clone();
             match &mut saved {
@@ -137,7 +134,8 @@ impl Encoder {
     }
 
     /// Forward of layer `l` chunk by chunk, each chunk's activations freed (a wait) before the
-    /// next: the layer's output and, with `keep_ffn_output`, its FFN output dense result.
+    /// next: the layer's output and, with `keep_ffn_output`, its FFN output dense result (with
+    /// `head_rows`, one row a sequence).
     #[allow(clippy::too_many_arguments)]
     fn layer_forward_chunked(
         &self,
@@ -149,16 +147,17 @@ impl Encoder {
         mask: &GpuTensor,
         s: AttentionShape,
         chunks: &[Chunk],
-        dropout: Option<PassDropout>,
+        (dropout, head_rows): (Option<PassDropout>, bool),
     ) -> Result<(GpuTensor, Option<GpuTensor>)> {
-        let (tok, d) = (s.batch * s.seq, self.dims.hidden);
-        let y = t(&self.gpu, &[tok, d])?;
-        let h2 = if self.keep_ffn_output { Some(t(&self.gpu, &[tok, d])?) } else { None };
+        // Output rows a sequence: all, or the first (`head_rows`).
+        let (out_seq, d) = (if head_rows { 1 } else { s.seq }, self.dims.hidden);
+        let y = t(&self.gpu, &[s.batch * out_seq, d])?;
+        let h2 = if self.keep_ffn_output { Some(t(&self.gpu, &[s.batch * out_seq, d])?) } else { None };
         for &(first, count) in chunks {
             let (xc, mc, sc) = self.chunk_of(b, x, mask, s, (first, count))?;
             let rows = dropout.map(|pass| RowsDropout::from_row(pass, first * s.seq));
-            let (la, h2c) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, false, None, rows, false)?;
-            let (at, n) = (first * s.seq * d, count * s.seq * d);
+            let (la, h2c) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, false, None, rows, head_rows)?;
+            let (at, n) = (first * out_seq * d, count * out_seq * d);
             elementwise::copy_range(b, la.ffn.out(), 0, &y, at, n)?;
             if let Some(h2) = &h2 {
                 elementwise::copy_range(b, &h2c, 0, h2, at, n)?;
@@ -170,8 +169,8 @@ impl Encoder {
     }
 
     /// Backward of every layer, top first, from `dy` (the gradient of the last hidden state),
-    /// with what the forward kept and its `dropout`; it stops below the lowest layer where
-    /// something trains.
+    /// with what the forward kept and its `dropout` and `head_rows` (as the forward's); it stops
+    /// below the lowest layer where something trains.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn layers_backward(
         &mut self,
@@ -182,6 +181,7 @@ impl Encoder {
         s: AttentionShape,
         mut dy: GpuTensor,
         dropout: Option<PassDropout>,
+        head_rows: bool,
     ) -> Result<()> {
         let whole = RowsDropout::whole(dropout);
         let chunks = self.chunks(s.batch);
@@ -194,6 +194,7 @@ impl Encoder {
             if chunks.len() > 1 {
                 let x = inputs.pop().ok_or_else(|| anyhow::anyhow!("internal: no input saved for layer {l}"))?;
                 let h2 = ffn_out.pop();
+                let dropout = (dropout, head_rows && l + 1 == self.dims.layers);
                 match self.layer_backward_chunked(b, &w, setup, l, (x, h2), mask, s, dy, &chunks, dropout)? {
                     Some(dx) => dy = dx,
                     None => break,
@@ -240,9 +241,11 @@ impl Encoder {
         s: AttentionShape,
         dy: GpuTensor,
         chunks: &[Chunk],
-        dropout: Option<PassDropout>,
+        (dropout, head_rows): (Option<PassDropout>, bool),
     ) -> Result<Option<GpuTensor>> {
         let d = self.dims.hidden;
+        // Rows a sequence of `dy` and the saved `h2`: all, or the first (`head_rows`).
+        let out_seq = if head_rows { 1 } else { s.seq };
         let (mut x, mut h2, mut dy) = (Some(x), h2, Some(dy));
         let dx = t(&self.gpu, &[s.batch * s.seq, d])?;
         let mut below = false;
@@ -251,13 +254,13 @@ impl Encoder {
                 bail!("internal: layer {l}'s input was freed before its last chunk");
             };
             let (xc, mc, sc) = self.chunk_of(b, xl, mask, s, (first, count))?;
-            let dyc = self.rows_of(b, dyl, s.seq, (first, count))?;
+            let dyc = self.rows_of(b, dyl, out_seq, (first, count))?;
             let h2c = match &h2 {
-                Some(h2) => Some(self.rows_of(b, h2, s.seq, (first, count))?),
+                Some(h2) => Some(self.rows_of(b, h2, out_seq, (first, count))?),
                 None => None,
             };
             let rows = dropout.map(|pass| RowsDropout::from_row(pass, first * s.seq));
-            let (la, _) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, true, h2c.as_ref(), rows, false)?;
+            let (la, _) = self.layer_forward(b, w, setup, l, &xc, &mc, sc, true, h2c.as_ref(), rows, head_rows)?;
             drop((xc, h2c));
             self.reuse_point(b)?;
             let dxc = self.layer_backward(b, w, setup, l, &la, &mc, sc, &dyc, i > 0, rows)?;

@@ -52,8 +52,7 @@ struct Replay<'p> {
     /// Sizes of the whole batch's activations.
     all: Sizes,
     /// The top layer computes only the first token of each sequence after its attention
-    /// (`Encoder::head_rows_only`: a sequence head, no fusion, no layer chunks), and
-    /// the sizes of those rows.
+    /// (`Encoder::head_rows_only`: a sequence head, no fusion), and the sizes of those rows.
     head_rows: bool,
     rows: Sizes,
     resident: bool,
@@ -120,7 +119,7 @@ impl<'p> Replay<'p> {
             embedding_resident,
         };
         r.all = r.sizes(p.batch);
-        r.head_rows = !p.per_token_head && p.adapter.fusion.is_none() && !r.chunked;
+        r.head_rows = !p.per_token_head && p.adapter.fusion.is_none();
         r.rows = r.sizes_of(p.batch as u64, 0);
         Ok(r)
     }
@@ -146,10 +145,15 @@ impl<'p> Replay<'p> {
     /// Sizes of layer `l`'s rows after its attention: the whole batch's, or at the top layer
     /// with `head_rows` one row a sequence.
     fn after_attention(&self, l: usize) -> Sizes {
+        self.after_attention_of(l, self.p.batch)
+    }
+
+    /// [`after_attention`](Self::after_attention) for a chunk of `seqs` sequences.
+    fn after_attention_of(&self, l: usize, seqs: usize) -> Sizes {
         if self.head_rows && l + 1 == self.n_layers {
-            self.rows
+            self.sizes_of(seqs as u64, 0)
         } else {
-            self.all
+            self.sizes(seqs)
         }
     }
 
@@ -343,15 +347,16 @@ impl<'p> Replay<'p> {
 
     /// The forward of layer `l` (`Encoder::layers_forward`).
     fn layer_forward(&mut self, l: usize) {
-        let td = self.all.td;
         if self.chunked {
+            let td = self.after_attention(l).td; // the layer's output rows
             self.s.alloc(Cat::Working, td); // y
             if self.keep_h2 {
                 self.s.alloc(Cat::Saved, td);
             }
             for i in 0..self.chunks.len() {
                 let z = self.sizes(self.chunks[i]);
-                let (kept, temp) = self.layer_fwd(l, &z, &z);
+                let za = self.after_attention_of(l, self.chunks[i]);
+                let (kept, temp) = self.layer_fwd(l, &z, &za);
                 let chunk_in = z.td + z.tok4; // its rows of x, its mask
                 self.s.alloc(Cat::Working, chunk_in + kept + temp);
                 self.s.free(Cat::Working, chunk_in + kept + temp);
@@ -496,34 +501,37 @@ impl<'p> Replay<'p> {
     /// The backward of layer `l` chunk by chunk: true when backward stops here.
     fn layer_backward_chunked(&mut self, l: usize) -> bool {
         let (td, keep_h2) = (self.all.td, self.keep_h2);
+        // The layer's output (dy, and the saved h2) rows: the head's at the top with `head_rows`.
+        let out_td = self.after_attention(l).td;
         self.s.alloc(Cat::Working, td); // dx
         let mut stop = false;
         for i in 0..self.chunks.len() {
             let z = self.sizes(self.chunks[i]);
-            self.s.alloc(Cat::Working, 2 * z.td + z.tok4); // its rows of x and dy, its mask
-                                                           // Recomputed; with --keep-ffn-output from its rows of the saved h2 (copied here, then
-                                                           // counted as h2 is: kept by the adapter, or a temporary).
+            let za = self.after_attention_of(l, self.chunks[i]);
+            self.s.alloc(Cat::Working, z.td + za.td + z.tok4); // its rows of x and dy, its mask
+                                                               // Recomputed; with --keep-ffn-output from its rows of the saved h2 (copied here, then
+                                                               // counted as h2 is: kept by the adapter, or a temporary).
             let (kept, temp) = if keep_h2 {
-                let (kept, temp, h2_kept) = self.layer_fwd_h2(l, &z, &z, true);
-                self.s.alloc(Cat::Working, z.td);
-                let (kept, temp) = if h2_kept { (kept + z.td, temp) } else { (kept, temp + z.td) };
-                self.s.alloc(Cat::Working, kept + temp - z.td);
+                let (kept, temp, h2_kept) = self.layer_fwd_h2(l, &z, &za, true);
+                self.s.alloc(Cat::Working, za.td);
+                let (kept, temp) = if h2_kept { (kept + za.td, temp) } else { (kept, temp + za.td) };
+                self.s.alloc(Cat::Working, kept + temp - za.td);
                 (kept, temp)
             } else {
-                let (kept, temp) = self.layer_fwd(l, &z, &z);
+                let (kept, temp) = self.layer_fwd(l, &z, &za);
                 self.s.alloc(Cat::Working, kept + temp);
                 (kept, temp)
             };
             self.s.free(Cat::Working, temp + z.td);
             self.s.sync();
-            let (work, stops) = self.bwd_work(l, &z, &z, i > 0);
+            let (work, stops) = self.bwd_work(l, &z, &za, i > 0);
             self.s.alloc(Cat::Working, work);
             stop = stops;
-            self.s.free(Cat::Working, kept + work + z.td + z.tok4);
+            self.s.free(Cat::Working, kept + work + za.td + z.tok4);
             if i + 1 == self.chunks.len() && !stop {
                 // The layer's input (and saved h2) and the old dy, dropped before the last wait.
-                self.s.free(Cat::Saved, if keep_h2 { 2 * td } else { td });
-                self.s.free(Cat::Working, td);
+                self.s.free(Cat::Saved, if keep_h2 { td + out_td } else { td });
+                self.s.free(Cat::Working, out_td);
             }
             self.s.sync();
         }
