@@ -2,7 +2,7 @@
 //! attention, the top layer computes only each sequence's first token. Against the same pass over
 //! every row: logits and loss the same bits; every gradient the same but for the grouping of
 //! column sums over rows (bias gradients), within 1e-6 relative — with dropout (the masks keyed
-//! by the rows' global index), `--recompute`, layer chunks, streamed layers; classification, regression and
+//! by the rows' global index), `--recompute`, layer chunks, streamed layers, f16 weights; classification, regression and
 //! multi-label heads, a plain and an optioned adapter; against float64 no worse than
 //! max(4 × PyTorch fp32's error, 2e-6), as `parity_f64.rs` bounds every case. Tagging heads keep
 //! every row (the same bits and peak either way); the path lowers the measured peak.
@@ -15,7 +15,7 @@ use peft_wgpu::model::config::BertConfig;
 use peft_wgpu::model::encoder::{DropoutRates, PassDropout, Setup};
 use peft_wgpu::model::load;
 use peft_wgpu::train::data::read_targets_json;
-use peft_wgpu::Gpu;
+use peft_wgpu::{Gpu, WeightPrecision};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -47,6 +47,7 @@ struct Mode {
     chunk: usize,
     resident: Option<usize>,
     dropout: bool,
+    precision: WeightPrecision,
 }
 
 /// One training pass (forward, backward) of the case on `g`, gradients poisoned first.
@@ -56,7 +57,7 @@ fn run(g: &Arc<Gpu>, (dir, model, kind): &(PathBuf, PathBuf, HeadKind), m: Mode)
     let head = head.expect("the case saves its head");
     assert_eq!(head.kind(), *kind, "{}", dir.display());
     let (inputs, targets) = read_targets_json(&dir.join("inputs.json"), *kind).unwrap();
-    let (_, mut enc) = load::load_encoder(g, model, m.resident).unwrap();
+    let (_, mut enc) = load::load_encoder_with(g, model, m.resident, m.precision).unwrap();
     enc.recompute = m.recompute;
     enc.layer_chunk = m.chunk;
     enc.head_rows_only = m.head_rows;
@@ -97,13 +98,20 @@ fn same_results_as_every_row() {
     for case in cases() {
         let name = case.0.strip_prefix(fixtures()).unwrap().display().to_string();
         for dropout in [false, true] {
-            for (recompute, chunk, resident) in
-                [(false, 0, None), (true, 0, None), (true, 0, Some(1)), (true, 2, None), (true, 1, Some(1))]
-            {
-                let mode = |head_rows| Mode { head_rows, recompute, chunk, resident, dropout };
+            let f16 = WeightPrecision::F16;
+            for (recompute, chunk, resident, precision) in [
+                (false, 0, None, WeightPrecision::F32),
+                (true, 0, None, WeightPrecision::F32),
+                (true, 0, Some(1), WeightPrecision::F32),
+                (true, 2, None, WeightPrecision::F32),
+                (true, 1, Some(1), WeightPrecision::F32),
+                (false, 0, None, f16),
+            ] {
+                let mode = |head_rows| Mode { head_rows, recompute, chunk, resident, dropout, precision };
                 let (all, top) = (run(&g, &case, mode(false)), run(&g, &case, mode(true)));
-                let what =
-                    format!("{name} dropout {dropout} recompute {recompute} chunk {chunk} resident {resident:?}");
+                let what = format!(
+                    "{name} dropout {dropout} recompute {recompute} chunk {chunk} resident {resident:?} {precision} weights"
+                );
                 assert_eq!(bits(&top.logits), bits(&all.logits), "{what}: logits");
                 assert_eq!(top.loss.to_bits(), all.loss.to_bits(), "{what}: loss {} vs {}", top.loss, all.loss);
                 let mut same = 0;
@@ -127,7 +135,18 @@ fn against_float64() {
     let g = gpu();
     for case in cases().into_iter().filter(|c| c.0.join("expected_f64.safetensors").exists()) {
         let name = case.0.strip_prefix(fixtures()).unwrap().display().to_string();
-        let out = run(&g, &case, Mode { head_rows: true, recompute: false, chunk: 0, resident: None, dropout: false });
+        let out = run(
+            &g,
+            &case,
+            Mode {
+                head_rows: true,
+                recompute: false,
+                chunk: 0,
+                resident: None,
+                dropout: false,
+                precision: WeightPrecision::F32,
+            },
+        );
         let exact = WeightFile::open(case.0.join("expected_f64.safetensors")).unwrap();
         let torch = WeightFile::open(case.0.join("expected.safetensors")).unwrap();
         let mut ours: Vec<(String, Vec<f32>)> = vec![("logits".into(), out.logits), ("loss".into(), vec![out.loss])];
@@ -164,7 +183,18 @@ fn lower_peak_and_tagging_unchanged() {
     let tagging = (f.join("heads-bert/tagging"), bert, HeadKind::Tagging);
     let peak = |case, head_rows| {
         let g = Gpu::for_tests();
-        run(&g, case, Mode { head_rows, recompute: false, chunk: 0, resident: None, dropout: true })
+        run(
+            &g,
+            case,
+            Mode {
+                head_rows,
+                recompute: false,
+                chunk: 0,
+                resident: None,
+                dropout: true,
+                precision: WeightPrecision::F32,
+            },
+        )
     };
     let (all, top) = (peak(&classification, false), peak(&classification, true));
     assert!(
