@@ -53,9 +53,10 @@ impl Encoder {
         let probs_dropout = self.probs_dropout(dropout, l, s, &mut work)?;
         attention::attention_forward_packed(b, s, &qkv, mask, &probs, &ctx, probs_dropout)?;
         drop(work); // the dropped probabilities: P·V has them, nothing else needs them
-                    // From here on every row, or the first token of each sequence (`head_rows`): the output
-                    // dense reads those rows of the context in place, the residual is gathered, and their
-                    // dropout masks are the ones those rows draw in the whole batch.
+
+        // From here on every row, or the first token of each sequence (`head_rows`): the output
+        // dense reads those rows of the context in place, the residual is gathered, and their
+        // dropout masks are the ones those rows draw in the whole batch.
         let (rows, ctx_rows, x_rows, dropout) = if head_rows {
             let x_rows = t(gpu, &[s.batch, d])?;
             elementwise::gather_rows(b, x, s.seq, &x_rows)?;

@@ -508,9 +508,10 @@ impl<'p> Replay<'p> {
         for i in 0..self.chunks.len() {
             let z = self.sizes(self.chunks[i]);
             let za = self.after_attention_of(l, self.chunks[i]);
-            self.s.alloc(Cat::Working, z.td + za.td + z.tok4); // its rows of x and dy, its mask
-                                                               // Recomputed; with --keep-ffn-output from its rows of the saved h2 (copied here, then
-                                                               // counted as h2 is: kept by the adapter, or a temporary).
+            // Its rows of x and dy, its mask.
+            self.s.alloc(Cat::Working, z.td + za.td + z.tok4);
+            // Recomputed; with --keep-ffn-output from its rows of the saved h2 (copied here, then
+            // counted as h2 is: kept by the adapter, or a temporary).
             let (kept, temp) = if keep_h2 {
                 let (kept, temp, h2_kept) = self.layer_fwd_h2(l, &z, &za, true);
                 self.s.alloc(Cat::Working, za.td);
