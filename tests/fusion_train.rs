@@ -49,6 +49,55 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
     peft_wgpu::kernels::reference::rel_err(a, &f64s(b))
 }
 
+/// A training pass (no weights recorded) computes the top layer on the head's rows only
+/// (`Encoder::head_rows_only`): the same logits and loss bits as over every row, and every
+/// fusion and head gradient within 1e-6 (bias sums group their terms by rows); with the weights
+/// recorded (evaluation's heat map) every row runs, the same bits either way.
+#[test]
+fn training_passes_on_the_head_rows_match_every_row() {
+    let (cfg, mut enc) = tiny();
+    let (inputs, labels) = fixture_inputs();
+    for preset in [FusionPreset::Dynamic, FusionPreset::Static] {
+        let mut t = new_trainee(&cfg, preset, 5);
+        for recording in [false, true] {
+            if recording {
+                t.fusion.start_recording(&gpu()).unwrap();
+            }
+            let mut run = |head_rows: bool| {
+                enc.head_rows_only = head_rows;
+                for (_, _, grad) in t.params() {
+                    grad.write(&gpu(), &vec![f32::NAN; grad.numel()]).unwrap();
+                }
+                let out = enc.pass(&t.setup(), t.head(), &inputs, Some(&labels), true, false).unwrap();
+                let grads: Vec<(String, Vec<f32>)> = t.params().into_iter().map(|(n, _, g)| (n, download(g))).collect();
+                (out.logits, out.loss.unwrap(), grads)
+            };
+            let (all, top) = (run(false), run(true));
+            let what = format!("{preset:?} recording {recording}");
+            assert_eq!(bits(&top.0), bits(&all.0), "{what}: logits");
+            assert_eq!(top.1.to_bits(), all.1.to_bits(), "{what}: loss");
+            let max_abs = |v: &[f32]| v.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+            for ((n, a), (_, b)) in top.2.iter().zip(&all.2) {
+                assert!(a.iter().all(|x| x.is_finite()), "{what}: {n} not written");
+                // A bias gradient near zero (the query's: its terms cancel) on its weight
+                // gradient's scale, as `parity_f64.rs` measures `key.bias`.
+                let weight = n.strip_suffix(".bias").map(|stem| format!("{stem}.weight"));
+                let scale = match weight.and_then(|w| all.2.iter().find(|(m, _)| *m == w)) {
+                    Some((_, w)) => max_abs(w).max(max_abs(b)),
+                    None => max_abs(b),
+                };
+                let diff = a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+                let r = diff / scale.max(f64::MIN_POSITIVE);
+                assert!(r <= 1e-6, "{what}: {n} differs by {r:.2e} of its scale {scale:.2e}");
+                if recording {
+                    assert_eq!(bits(a), bits(b), "{what}: {n} (every row runs while recording)");
+                }
+            }
+        }
+        enc.head_rows_only = true;
+    }
+}
+
 #[test]
 fn fusion_training_lowers_the_loss_on_the_tiny_fixture() {
     let g = gpu();

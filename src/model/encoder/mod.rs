@@ -113,8 +113,8 @@ pub struct Encoder {
     /// token of each sequence, the top layer computes only those rows after its attention (the
     /// rest of its rows are unread forward and carry zero gradients backward): the same loss,
     /// logits and gradients, bit for bit, for about three quarters of the top layer's work less.
-    /// Not with AdapterFusion (its recorded weights average every token) or when the whole last
-    /// hidden state is asked for. On by default; off in tests that compare.
+    /// Not while an AdapterFusion records its weights (they average every token: evaluation's
+    /// heat map) or when the whole last hidden state is asked for. On by default; off in tests that compare.
     pub head_rows_only: bool,
 }
 
@@ -296,7 +296,8 @@ impl Encoder {
         let ashape = AttentionShape { batch: inp.batch, seq: inp.seq, heads: dims.heads, head_dim: d / dims.heads };
         let x = self.embed(b, &ids, &types, inp)?;
         let x = self.dropout_rows(b, dropout::RowsDropout::whole(dropout), 0, Site::Embeddings, x)?;
-        let head_rows = self.head_rows_only && !whole_hidden && !head.kind().per_token() && !setup.is_fusion();
+        let head_rows =
+            self.head_rows_only && !whole_hidden && !head.kind().per_token() && !setup.records_fusion_weights();
         let (hidden, acts) = self.layers_forward(b, setup, x, &mask, ashape, dropout, head_rows)?;
         // Rows of the last hidden state a sequence: all, or the first alone (`head_rows`).
         let seq = if head_rows { 1 } else { inp.seq };

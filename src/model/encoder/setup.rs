@@ -39,6 +39,11 @@ impl<'a> Setup<'a> {
         matches!(self, Setup::Fusion { .. })
     }
 
+    /// A fusion recording its softmax weights over every real token (evaluation's heat map).
+    pub(super) fn records_fusion_weights(&self) -> bool {
+        matches!(self, Setup::Fusion { fusion, .. } if fusion.weight_sums.is_some())
+    }
+
     /// Something trains at `loc` of layer `l`.
     pub(super) fn trains(&self, l: usize, loc: Location) -> bool {
         match self {

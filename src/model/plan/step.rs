@@ -52,7 +52,7 @@ struct Replay<'p> {
     /// Sizes of the whole batch's activations.
     all: Sizes,
     /// The top layer computes only the first token of each sequence after its attention
-    /// (`Encoder::head_rows_only`: a sequence head, no fusion), and the sizes of those rows.
+    /// (`Encoder::head_rows_only`: a sequence head; a training step records no fusion weights).
     head_rows: bool,
     rows: Sizes,
     resident: bool,
@@ -119,7 +119,7 @@ impl<'p> Replay<'p> {
             embedding_resident,
         };
         r.all = r.sizes(p.batch);
-        r.head_rows = !p.per_token_head && p.adapter.fusion.is_none();
+        r.head_rows = !p.per_token_head;
         r.rows = r.sizes_of(p.batch as u64, 0);
         Ok(r)
     }
