@@ -78,7 +78,7 @@ impl Encoder {
         // Attention sub-layer.
         b.phase(format_args!("layer {l} / adapters bwd"));
         let dh1 = t(gpu, &[rows, d])?;
-        let dx = t(gpu, &[rows, d])?;
+        let mut dx = t(gpu, &[rows, d])?;
         self.sublayer_backward(b, &la.attn, &w.ln1_g, &dy1, &dh1, &dx, accumulate)?;
         if !below {
             return Ok(None);
@@ -88,7 +88,6 @@ impl Encoder {
         let mut dctx = t(gpu, &[rows, d])?;
         Matmul::new(rows, d, d).run(b, View::rows(&dh1, d), View::rows(&w.ao_w, d), None, View::rows(&dctx, d))?;
         // Back to every row (the others' gradients are zero) for the attention and Q, K, V.
-        let mut dx = dx;
         if la.head_rows {
             let (all_dctx, all_dx) = (t(gpu, &[tok, d])?, t(gpu, &[tok, d])?);
             elementwise::scatter_rows(b, &dctx, s.seq, &all_dctx, false)?;

@@ -89,7 +89,7 @@ pub(super) struct RowsDropout {
 
 impl RowsDropout {
     pub fn whole(pass: Option<PassDropout>) -> Option<Self> {
-        pass.map(|pass| Self { pass, row0: 0, every: 1 })
+        pass.map(|pass| Self::from_row(pass, 0))
     }
 
     /// Consecutive rows from global row `row0`.

@@ -54,7 +54,6 @@ struct Replay<'p> {
     /// The top layer computes only the first token of each sequence after its attention
     /// (`Encoder::head_rows_only`: a sequence head; a training step records no fusion weights).
     head_rows: bool,
-    rows: Sizes,
     resident: bool,
     slots: usize,
     layer_bytes: u64,
@@ -105,8 +104,7 @@ impl<'p> Replay<'p> {
             heads,
             m,
             all: Sizes { tok4: 0, td: 0, tf: 0, probs: 0, tm: 0 },
-            head_rows: false,
-            rows: Sizes { tok4: 0, td: 0, tf: 0, probs: 0, tm: 0 },
+            head_rows: !p.per_token_head,
             resident,
             slots: if resident { n_layers } else { p.resident_layers.max(1) },
             layer_bytes: LayerWeights::bytes(d, f, p.precision),
@@ -119,8 +117,6 @@ impl<'p> Replay<'p> {
             embedding_resident,
         };
         r.all = r.sizes(p.batch);
-        r.head_rows = !p.per_token_head;
-        r.rows = r.sizes_of(p.batch as u64, 0);
         Ok(r)
     }
 
@@ -148,9 +144,14 @@ impl<'p> Replay<'p> {
         self.after_attention_of(l, self.p.batch)
     }
 
+    /// Layer `l` runs only the head's rows after its attention (the top one, with `head_rows`).
+    fn head_rows_at(&self, l: usize) -> bool {
+        self.head_rows && l + 1 == self.n_layers
+    }
+
     /// [`after_attention`](Self::after_attention) for a chunk of `seqs` sequences.
     fn after_attention_of(&self, l: usize, seqs: usize) -> Sizes {
-        if self.head_rows && l + 1 == self.n_layers {
+        if self.head_rows_at(l) {
             self.sizes_of(seqs as u64, 0)
         } else {
             self.sizes(seqs)
@@ -312,7 +313,7 @@ impl<'p> Replay<'p> {
         // dropped one is `h` below); with fewer rows after the attention, the gathered residual.
         let mut kept = 3 * z.td + z.probs;
         let mut temp = z.td + when(drops.probs, z.probs) + when(drops.attention_output, za.td);
-        if self.head_rows && l + 1 == self.n_layers {
+        if self.head_rows_at(l) {
             temp += za.td;
         }
         let z = za;
@@ -409,7 +410,8 @@ impl<'p> Replay<'p> {
         let head_drop = when(self.drops.head, 2 * bd);
         // With `head_rows` the last hidden state is the head's rows: no cls gathered, and its
         // gradient (dcls) is the top layer's dy.
-        let (cls, dy) = if self.head_rows { (0, self.rows.td) } else { (bd, self.all.td) };
+        let dy = self.after_attention(self.n_layers.saturating_sub(1)).td;
+        let cls = if self.head_rows { 0 } else { bd };
         let s = &mut self.s;
         for n in [cls, bd, bd, b4(bsz * c), b4(bsz), 4, b4(bsz * c)] {
             s.alloc(Cat::Working, n); // cls, hpre, hact, logits, labels, loss, dlogits
@@ -449,7 +451,7 @@ impl<'p> Replay<'p> {
         // tensor; with fewer rows, dctx and dx scattered to every row.
         let drops = self.drops;
         work += when(drops.attention_output, z.td) + when(drops.probs, all.probs);
-        work += when(self.head_rows && l + 1 == self.n_layers, 2 * all.td);
+        work += when(self.head_rows_at(l), 2 * all.td);
         (work + z.td + 3 * all.td + all.probs, false)
     }
 
