@@ -397,9 +397,94 @@ fn matmul_subgroup(
     var c29 = vec4<f32>(0.0);
     var c30 = vec4<f32>(0.0);
     var c31 = vec4<f32>(0.0);
+    // Two k per iteration, both steps' loads first and then both steps' multiply-adds (in k
+    // order, so every output is the same chain as one k at a time): on lavapipe the loads are
+    // per-lane blocks with branches, and the accumulators spill less when no load block sits
+    // between the two steps (67 vs 61 GFLOP/s; see bench/NOTES.md). An odd K ends with one step.
     var ak = 0u;
     var bk = 0u;
-    for (var kk = 0u; kk < p.k; kk++) {
+    let k_pairs = p.k / 2u;
+    for (var kk = 0u; kk < k_pairs; kk++) {
+        let ak1 = ak + p.a_sk;
+        let bk1 = bk + p.b_sk;
+        let a0 = a[ra0 + ak];
+        let a1 = a[ra1 + ak];
+        let a2 = a[ra2 + ak];
+        let a3 = a[ra3 + ak];
+        let bv = vec4<f32>(b[cb0 + bk], b[cb1 + bk], b[cb2 + bk], b[cb3 + bk]);
+        let a0n = a[ra0 + ak1];
+        let a1n = a[ra1 + ak1];
+        let a2n = a[ra2 + ak1];
+        let a3n = a[ra3 + ak1];
+        let bvn = vec4<f32>(b[cb0 + bk1], b[cb1 + bk1], b[cb2 + bk1], b[cb3 + bk1]);
+        c0 = fma(vec4<f32>(subgroupBroadcast(a0, 0u)), bv, c0);
+        c1 = fma(vec4<f32>(subgroupBroadcast(a0, 1u)), bv, c1);
+        c2 = fma(vec4<f32>(subgroupBroadcast(a0, 2u)), bv, c2);
+        c3 = fma(vec4<f32>(subgroupBroadcast(a0, 3u)), bv, c3);
+        c4 = fma(vec4<f32>(subgroupBroadcast(a0, 4u)), bv, c4);
+        c5 = fma(vec4<f32>(subgroupBroadcast(a0, 5u)), bv, c5);
+        c6 = fma(vec4<f32>(subgroupBroadcast(a0, 6u)), bv, c6);
+        c7 = fma(vec4<f32>(subgroupBroadcast(a0, 7u)), bv, c7);
+        c8 = fma(vec4<f32>(subgroupBroadcast(a1, 0u)), bv, c8);
+        c9 = fma(vec4<f32>(subgroupBroadcast(a1, 1u)), bv, c9);
+        c10 = fma(vec4<f32>(subgroupBroadcast(a1, 2u)), bv, c10);
+        c11 = fma(vec4<f32>(subgroupBroadcast(a1, 3u)), bv, c11);
+        c12 = fma(vec4<f32>(subgroupBroadcast(a1, 4u)), bv, c12);
+        c13 = fma(vec4<f32>(subgroupBroadcast(a1, 5u)), bv, c13);
+        c14 = fma(vec4<f32>(subgroupBroadcast(a1, 6u)), bv, c14);
+        c15 = fma(vec4<f32>(subgroupBroadcast(a1, 7u)), bv, c15);
+        c16 = fma(vec4<f32>(subgroupBroadcast(a2, 0u)), bv, c16);
+        c17 = fma(vec4<f32>(subgroupBroadcast(a2, 1u)), bv, c17);
+        c18 = fma(vec4<f32>(subgroupBroadcast(a2, 2u)), bv, c18);
+        c19 = fma(vec4<f32>(subgroupBroadcast(a2, 3u)), bv, c19);
+        c20 = fma(vec4<f32>(subgroupBroadcast(a2, 4u)), bv, c20);
+        c21 = fma(vec4<f32>(subgroupBroadcast(a2, 5u)), bv, c21);
+        c22 = fma(vec4<f32>(subgroupBroadcast(a2, 6u)), bv, c22);
+        c23 = fma(vec4<f32>(subgroupBroadcast(a2, 7u)), bv, c23);
+        c24 = fma(vec4<f32>(subgroupBroadcast(a3, 0u)), bv, c24);
+        c25 = fma(vec4<f32>(subgroupBroadcast(a3, 1u)), bv, c25);
+        c26 = fma(vec4<f32>(subgroupBroadcast(a3, 2u)), bv, c26);
+        c27 = fma(vec4<f32>(subgroupBroadcast(a3, 3u)), bv, c27);
+        c28 = fma(vec4<f32>(subgroupBroadcast(a3, 4u)), bv, c28);
+        c29 = fma(vec4<f32>(subgroupBroadcast(a3, 5u)), bv, c29);
+        c30 = fma(vec4<f32>(subgroupBroadcast(a3, 6u)), bv, c30);
+        c31 = fma(vec4<f32>(subgroupBroadcast(a3, 7u)), bv, c31);
+        c0 = fma(vec4<f32>(subgroupBroadcast(a0n, 0u)), bvn, c0);
+        c1 = fma(vec4<f32>(subgroupBroadcast(a0n, 1u)), bvn, c1);
+        c2 = fma(vec4<f32>(subgroupBroadcast(a0n, 2u)), bvn, c2);
+        c3 = fma(vec4<f32>(subgroupBroadcast(a0n, 3u)), bvn, c3);
+        c4 = fma(vec4<f32>(subgroupBroadcast(a0n, 4u)), bvn, c4);
+        c5 = fma(vec4<f32>(subgroupBroadcast(a0n, 5u)), bvn, c5);
+        c6 = fma(vec4<f32>(subgroupBroadcast(a0n, 6u)), bvn, c6);
+        c7 = fma(vec4<f32>(subgroupBroadcast(a0n, 7u)), bvn, c7);
+        c8 = fma(vec4<f32>(subgroupBroadcast(a1n, 0u)), bvn, c8);
+        c9 = fma(vec4<f32>(subgroupBroadcast(a1n, 1u)), bvn, c9);
+        c10 = fma(vec4<f32>(subgroupBroadcast(a1n, 2u)), bvn, c10);
+        c11 = fma(vec4<f32>(subgroupBroadcast(a1n, 3u)), bvn, c11);
+        c12 = fma(vec4<f32>(subgroupBroadcast(a1n, 4u)), bvn, c12);
+        c13 = fma(vec4<f32>(subgroupBroadcast(a1n, 5u)), bvn, c13);
+        c14 = fma(vec4<f32>(subgroupBroadcast(a1n, 6u)), bvn, c14);
+        c15 = fma(vec4<f32>(subgroupBroadcast(a1n, 7u)), bvn, c15);
+        c16 = fma(vec4<f32>(subgroupBroadcast(a2n, 0u)), bvn, c16);
+        c17 = fma(vec4<f32>(subgroupBroadcast(a2n, 1u)), bvn, c17);
+        c18 = fma(vec4<f32>(subgroupBroadcast(a2n, 2u)), bvn, c18);
+        c19 = fma(vec4<f32>(subgroupBroadcast(a2n, 3u)), bvn, c19);
+        c20 = fma(vec4<f32>(subgroupBroadcast(a2n, 4u)), bvn, c20);
+        c21 = fma(vec4<f32>(subgroupBroadcast(a2n, 5u)), bvn, c21);
+        c22 = fma(vec4<f32>(subgroupBroadcast(a2n, 6u)), bvn, c22);
+        c23 = fma(vec4<f32>(subgroupBroadcast(a2n, 7u)), bvn, c23);
+        c24 = fma(vec4<f32>(subgroupBroadcast(a3n, 0u)), bvn, c24);
+        c25 = fma(vec4<f32>(subgroupBroadcast(a3n, 1u)), bvn, c25);
+        c26 = fma(vec4<f32>(subgroupBroadcast(a3n, 2u)), bvn, c26);
+        c27 = fma(vec4<f32>(subgroupBroadcast(a3n, 3u)), bvn, c27);
+        c28 = fma(vec4<f32>(subgroupBroadcast(a3n, 4u)), bvn, c28);
+        c29 = fma(vec4<f32>(subgroupBroadcast(a3n, 5u)), bvn, c29);
+        c30 = fma(vec4<f32>(subgroupBroadcast(a3n, 6u)), bvn, c30);
+        c31 = fma(vec4<f32>(subgroupBroadcast(a3n, 7u)), bvn, c31);
+        ak = ak1 + p.a_sk;
+        bk = bk1 + p.b_sk;
+    }
+    if (p.k > 2u * k_pairs) {
         let a0 = a[ra0 + ak];
         let a1 = a[ra1 + ak];
         let a2 = a[ra2 + ak];
@@ -437,8 +522,6 @@ fn matmul_subgroup(
         c29 = fma(vec4<f32>(subgroupBroadcast(a3, 5u)), bv, c29);
         c30 = fma(vec4<f32>(subgroupBroadcast(a3, 6u)), bv, c30);
         c31 = fma(vec4<f32>(subgroupBroadcast(a3, 7u)), bv, c31);
-        ak += p.a_sk;
-        bk += p.b_sk;
     }
     let bj = vec4<f32>(bias_at(j0), bias_at(j0 + 8u), bias_at(j0 + 16u), bias_at(j0 + 24u));
     // The epilogue as a loop: store 4 rows, shift the next ones up. Fully inlined, the 128 stores
