@@ -168,10 +168,35 @@ fn layout(seq: usize, cpu: bool) -> (u32, u32) {
     }
 }
 
-/// The row kernels' override constants for rows of `seq` keys.
-fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 2] {
+/// The row kernels' override constants for rows of `seq` keys: on CPU drivers, rows of at most
+/// [`ROW_KEYS`] keys one thread each (`ROW_THREAD`, the same bits as TPR threads a row).
+fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 4] {
     let (wg, tpr) = layout(seq, cpu);
-    [("WG", wg as f64), ("TPR", tpr as f64)]
+    let row_thread = row_thread(seq, cpu);
+    let row_loop = if row_thread { seq.next_power_of_two() } else { ROW_KEYS };
+    [
+        ("WG", wg as f64),
+        ("TPR", tpr as f64),
+        ("ROW_THREAD", f64::from(u8::from(row_thread))),
+        ("ROW_LOOP", row_loop as f64),
+    ]
+}
+
+/// Keys a row may have for one thread to take it (`ROW_KEYS` in attention.wgsl).
+const ROW_KEYS: usize = 64;
+
+/// Whether one thread takes a whole row (CPU drivers, rows of at most [`ROW_KEYS`] keys).
+fn row_thread(seq: usize, cpu: bool) -> bool {
+    let on = cpu && seq <= ROW_KEYS;
+    #[cfg(test)]
+    let on = on && !NO_ROW_THREAD.with(|f| f.get());
+    on
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the CPU drivers' threads-per-row layout even for rows one thread could take.
+    pub(crate) static NO_ROW_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Validates the shapes of every operand of an attention call.
@@ -221,7 +246,8 @@ fn row_kernel(batch: &mut CommandRecorder, spec: &KernelSpec, s: AttentionShape,
         scale: 1.0 / (s.head_dim as f32).sqrt(),
         _p1: [0; 3],
     };
-    let groups = (rows as u32).div_ceil(wg / tpr);
+    let rows_per_group = if row_thread(s.seq, cpu) { wg } else { wg / tpr };
+    let groups = (rows as u32).div_ceil(rows_per_group);
     batch.dispatch(spec, &constants(s.seq, cpu), &params, &[Some(a), Some(b)], [groups, 1, 1]);
 }
 

@@ -182,6 +182,38 @@ fn attention_long_sequence() {
     crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(None));
 }
 
+/// The CPU drivers' one-thread-a-row softmax (rows of at most 64 keys) keeps the partial sums of
+/// their threads-per-row layout, so both give the same bits (probabilities, context and the three
+/// gradients), with masked keys and at the lengths around the switch (65 runs threads a row in both).
+#[test]
+fn softmax_row_layouts_give_the_same_bits() {
+    use crate::kernels::attention::{FORCE_CPU_ROWS, NO_ROW_THREAD};
+    FORCE_KERNEL.with(|c| c.set(Some(AttentionKernel::Separate)));
+    FORCE_CPU_ROWS.with(|f| f.set(Some(true)));
+    for (i, &seq) in [1usize, 5, 8, 32, 33, 61, 64, 65].iter().enumerate() {
+        let a = AttnData::new(AttentionShape { batch: 3, seq, heads: 2, head_dim: 8 }, 500 + i as u64, true);
+        let run = |threads_a_row: bool| {
+            NO_ROW_THREAD.with(|f| f.set(threads_a_row));
+            run_attention(&a)
+        };
+        let (threads, one) = (run(true), run(false));
+        for (name, x, y) in [
+            ("probs", &threads.probs, &one.probs),
+            ("ctx", &threads.ctx, &one.ctx),
+            ("dq", &threads.dq, &one.dq),
+            ("dk", &threads.dk, &one.dk),
+            ("dv", &threads.dv, &one.dv),
+        ] {
+            assert!(y.iter().all(|v| v.is_finite()), "seq {seq}: {name} not finite");
+            let differ = bits(x).iter().zip(bits(y)).filter(|(p, q)| **p != *q).count();
+            assert_eq!(differ, 0, "seq {seq}: {name}: {differ} of {} values differ between the row layouts", x.len());
+        }
+    }
+    NO_ROW_THREAD.with(|f| f.set(false));
+    FORCE_CPU_ROWS.with(|f| f.set(None));
+    FORCE_KERNEL.with(|c| c.set(None));
+}
+
 #[test]
 fn attention_backward_is_deterministic() {
     let a = AttnData::new(AttentionShape { batch: 2, seq: 37, heads: 3, head_dim: 16 }, 400, true);
