@@ -35,6 +35,12 @@ override HAS_SUM: bool = false;      // forward: store x + r
 override HAS_RESIDUAL2: bool = false; // forward: normalise (x + r) + r2 (HAS_RESIDUAL too)
 override HAS_DX2: bool = false;       // backward: write dx into dx2 as well
 override PARTIALS: bool = false;     // four partial sums per thread (CPU drivers, see above)
+// CACHED (CPU drivers, at most LN_CACHE columns a thread): each thread keeps its columns' values
+// from the first pass in a private array and reads them there in the later passes, instead of
+// reading (and adding) its inputs again: on lavapipe each storage access is a per-lane block of
+// instructions. The same values in the same order, so the same bits.
+override CACHED: bool = false;
+const LN_CACHE: u32 = 128u;
 const MAX_WG: u32 = 256u;
 
 var<workgroup> part1: array<f32, MAX_WG>;
@@ -112,24 +118,33 @@ fn forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let d = p.d;
     let base = row * d;
     var s = vec4<f32>(0.0);
+    var xs: array<f32, LN_CACHE>;
+    var n = 0u;
     for (var i = lid; i < d; i += WG) {
         let v = input(base + i);
         if (HAS_SUM) { sum_out[base + i] = v; }
+        if (CACHED) { xs[n] = v; n++; }
         s = add1(s, v);
     }
     part1[lid] = sum1(s);
     workgroupBarrier();
     let mean = total1() / f32(d);
     var q = vec4<f32>(0.0);
+    n = 0u;
     for (var i = lid; i < d; i += WG) {
-        let c = input(base + i) - mean;
+        var v: f32;
+        if (CACHED) { v = xs[n]; n++; } else { v = input(base + i); }
+        let c = v - mean;
         q = add1(q, c * c);
     }
     part3[lid] = vec3<f32>(sum1(q), 0.0, 0.0);
     workgroupBarrier();
     let rstd = inverseSqrt(total3().x / f32(d) + p.eps);
+    n = 0u;
     for (var i = lid; i < d; i += WG) {
-        y[base + i] = (input(base + i) - mean) * rstd * gamma[i] + beta[i];
+        var v: f32;
+        if (CACHED) { v = xs[n]; n++; } else { v = input(base + i); }
+        y[base + i] = (v - mean) * rstd * gamma[i] + beta[i];
     }
 }
 
@@ -156,9 +171,13 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let mean = total1() / f32(d);
     // (Σ (x - mean)², Σ g, Σ g (x - mean))
     var acc = array<vec3<f32>, 4>(vec3<f32>(0.0), vec3<f32>(0.0), vec3<f32>(0.0), vec3<f32>(0.0));
+    var cs: array<f32, LN_CACHE>;
+    var gs: array<f32, LN_CACHE>;
+    var n = 0u;
     for (var i = lid; i < d; i += WG) {
         let c = bx[base + i] - mean;
         let g = bdy[base + i] * bgamma[i];
+        if (CACHED) { cs[n] = c; gs[n] = g; n++; }
         add3(&acc, vec3<f32>(c * c, g, g * c));
     }
     part3[lid] = sum3(acc);
@@ -169,9 +188,18 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let mean_g = t.y * inv_d;
     // mean(g * xhat) = rstd * mean(g * (x - mean)); xhat * that = (x - mean) * rstd² * mean(g (x - mean))
     let k = rstd * rstd * t.z * inv_d;
+    n = 0u;
     for (var i = lid; i < d; i += WG) {
-        let c = bx[base + i] - mean;
-        let g = bdy[base + i] * bgamma[i];
+        var c: f32;
+        var g: f32;
+        if (CACHED) {
+            c = cs[n];
+            g = gs[n];
+            n++;
+        } else {
+            c = bx[base + i] - mean;
+            g = bdy[base + i] * bgamma[i];
+        }
         var v = rstd * (g - mean_g - c * k);
         if (p.accumulate != 0u) { v += bdx[base + i]; }
         bdx[base + i] = v;

@@ -17,6 +17,8 @@ mod tests;
 
 const APPLY: KernelSpec =
     KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_apply", bindings: &[Access::Read, Access::ReadWrite] };
+const APPLY4: KernelSpec =
+    KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_apply4", bindings: &[Access::Read, Access::ReadWrite] };
 const DRAWS: KernelSpec =
     KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_draws", bindings: &[Access::ReadWrite] };
 
@@ -44,7 +46,7 @@ struct Params {
 #[cfg(test)]
 pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     let p = std::mem::size_of::<Params>();
-    vec![(APPLY, p), (DRAWS, p)]
+    vec![(APPLY, p), (APPLY4, p), (DRAWS, p)]
 }
 
 /// Every set of override constants the host passes, per kernel (`kernels/translate.rs`).
@@ -105,6 +107,15 @@ pub enum MaskLayout {
 }
 
 impl MaskLayout {
+    /// Whether every group of four columns is four consecutive elements from a multiple of 4
+    /// (`dropout_apply4`): rows of a multiple of 4 columns, attention rows of a multiple of 4 keys.
+    fn groups_of_four_consecutive(&self) -> bool {
+        match *self {
+            MaskLayout::Rows { cols, .. } | MaskLayout::RowsEvery { cols, .. } => cols % 4 == 0,
+            MaskLayout::Attention { seq, .. } => seq % 4 == 0,
+        }
+    }
+
     /// `(rows, width)` of `n` elements: the tensor's rows (tokens for attention probabilities)
     /// and the columns of each.
     fn rows_width(&self, n: usize) -> (usize, usize) {
@@ -185,6 +196,19 @@ fn params(key: MaskKey, layout: MaskLayout, n: usize, rate: Rate) -> Result<Para
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: the one-element-at-a-time kernel even where the vec4 one applies.
+    pub(crate) static FORCE_SCALAR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn scalar_forced() -> bool {
+    #[cfg(test)]
+    return FORCE_SCALAR.with(|f| f.get());
+    #[cfg(not(test))]
+    false
+}
+
 /// `out = x · mask · 1/(1 − p)` with the mask of `key` over `layout`: the forward of dropout on
 /// activations and, applied to the gradient with the same key, its backward. `out` has `x`'s
 /// shape and does not share its buffer.
@@ -206,7 +230,8 @@ pub fn apply(
         return Ok(());
     }
     let p = params(key, layout, n, rate)?;
-    batch.dispatch(&APPLY, &[("WG", WG as f64)], &p, &[Some(x), Some(out)], [p.groups.div_ceil(WG), 1, 1]);
+    let spec = if layout.groups_of_four_consecutive() && !scalar_forced() { &APPLY4 } else { &APPLY };
+    batch.dispatch(spec, &[("WG", WG as f64)], &p, &[Some(x), Some(out)], [p.groups.div_ceil(WG), 1, 1]);
     Ok(())
 }
 

@@ -155,6 +155,10 @@ fn forward_and_backward_match_the_f64_reference() {
         (MaskLayout::Rows { cols: 1, row0: 0 }, 1),
         (MaskLayout::RowsEvery { cols: 67, row0: 13, every: 13 }, 67 * 5),
         (MaskLayout::Attention { heads: 3, seq: 11, row0: 11 }, 2 * 3 * 11 * 11),
+        // Groups of four consecutive elements: the vec4 kernel.
+        (MaskLayout::Rows { cols: 132, row0: 5 }, 132 * 9),
+        (MaskLayout::RowsEvery { cols: 68, row0: 13, every: 13 }, 68 * 5),
+        (MaskLayout::Attention { heads: 3, seq: 12, row0: 12 }, 2 * 3 * 12 * 12),
     ];
     for (layout, n) in cases {
         for p in [0.1, 0.37] {
@@ -180,6 +184,33 @@ fn forward_and_backward_match_the_f64_reference() {
             assert!((lhs - rhs).abs() <= 2f64.powi(-23) * size, "adjoint: {lhs} vs {rhs}");
         }
     }
+}
+
+/// Where a group's four columns are consecutive elements (rows of a multiple of 4 columns,
+/// attention rows of a multiple of 4 keys) the vec4 kernel runs: the same bits as the scalar one.
+#[test]
+fn vec4_kernel_gives_the_scalar_kernels_bits() {
+    let mut rng = rng(93);
+    for (layout, n) in [
+        (MaskLayout::Rows { cols: 384, row0: 7 }, 384 * 11),
+        (MaskLayout::Rows { cols: 4, row0: 0 }, 4 * 3),
+        (MaskLayout::RowsEvery { cols: 8, row0: 2, every: 5 }, 8 * 7),
+        (MaskLayout::Attention { heads: 2, seq: 8, row0: 16 }, 3 * 2 * 8 * 8),
+        (MaskLayout::Attention { heads: 12, seq: 32, row0: 0 }, 2 * 12 * 32 * 32),
+    ] {
+        assert!(layout.groups_of_four_consecutive(), "{layout:?}");
+        let (k, rate) = (key(5, 9, 2, Site::AttentionProbs), Rate::new(0.1).unwrap());
+        let mut x = rand_f32(&mut rng, n, 2.0);
+        x[n / 2] = f32::NAN;
+        let vec4 = gpu_apply(k, rate, layout, &x);
+        super::FORCE_SCALAR.with(|f| f.set(true));
+        let scalar = gpu_apply(k, rate, layout, &x);
+        super::FORCE_SCALAR.with(|f| f.set(false));
+        assert!(vec4.iter().enumerate().all(|(i, v)| v.is_finite() || i == n / 2), "{layout:?}: poison left");
+        assert_eq!(bits(&vec4), bits(&scalar), "{layout:?}");
+    }
+    assert!(!MaskLayout::Rows { cols: 6, row0: 0 }.groups_of_four_consecutive());
+    assert!(!MaskLayout::Attention { heads: 2, seq: 10, row0: 0 }.groups_of_four_consecutive());
 }
 
 #[test]

@@ -98,12 +98,27 @@ thread_local! {
     pub(crate) static FORCE_CPU_ROWS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-/// The override constants of the row layout: `WG` threads a row, and `PARTIALS` on CPU drivers.
-fn row_constants(batch: &CommandRecorder, d: usize) -> [(&'static str, f64); 2] {
+/// Columns a thread may keep in registers (`LN_CACHE` in layernorm.wgsl).
+const LN_CACHE: usize = 128;
+
+/// The override constants of the row layout: `WG` threads a row, and `PARTIALS` on CPU drivers,
+/// with `CACHED` (a thread's values kept between the passes) where its columns fit [`LN_CACHE`].
+fn row_constants(batch: &CommandRecorder, d: usize) -> [(&'static str, f64); 3] {
     let cpu = batch.gpu().policy().is_cpu;
     #[cfg(test)]
     let cpu = FORCE_CPU_ROWS.with(|f| f.get()).unwrap_or(cpu);
-    [("WG", workgroup_size(d, cpu)), ("PARTIALS", if cpu { 1.0 } else { 0.0 })]
+    let wg = workgroup_size(d, cpu);
+    let cached = cpu && d.div_ceil(wg as usize) <= LN_CACHE;
+    #[cfg(test)]
+    let cached = cached && !NO_CACHE.with(|f| f.get());
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    [("WG", wg), ("PARTIALS", flag(cpu)), ("CACHED", flag(cached))]
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the CPU drivers' layout reading its inputs again in every pass.
+    pub(crate) static NO_CACHE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Rows and row length of `x` for a LayerNorm with `gamma` of shape `[d]`.
@@ -175,11 +190,12 @@ pub fn layer_norm_sum(
         bail!("layer_norm: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: 0, _p0: 0, eps, _p1: [0; 3] };
-    let [wg, partials] = row_constants(batch, d);
+    let [wg, partials, cached] = row_constants(batch, d);
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let constants = [
         wg,
         partials,
+        cached,
         ("HAS_RESIDUAL", flag(r0.is_some())),
         ("HAS_SUM", flag(sum_out.is_some())),
         ("HAS_RESIDUAL2", flag(r1.is_some())),
@@ -237,8 +253,8 @@ pub fn layer_norm_backward_twice(
         bail!("layer_norm_backward: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: accumulate as u32, _p0: 0, eps, _p1: [0; 3] };
-    let [wg, partials] = row_constants(batch, d);
-    let constants = [wg, partials, ("HAS_DX2", if dx2.is_some() { 1.0 } else { 0.0 })];
+    let [wg, partials, cached] = row_constants(batch, d);
+    let constants = [wg, partials, cached, ("HAS_DX2", if dx2.is_some() { 1.0 } else { 0.0 })];
     // An absent dx2 binds its slot's dummy (never written): not dx again, as WebGPU forbids two
     // writable bindings of one buffer in a dispatch.
     batch.dispatch(

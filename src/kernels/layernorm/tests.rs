@@ -183,3 +183,50 @@ fn layer_norm_of_three_terms_and_backward_into_two() {
     assert!(layernorm::layer_norm_backward_twice(&mut b, &x, &g, 1e-5, &dy, &dx, Some(&dy), false).is_err());
     assert!(b.is_empty());
 }
+
+/// CPU drivers: a thread keeping its columns' values between the passes (`CACHED`, rows of up to
+/// 8 × 128 values) gives the bits of reading them again, forward (three terms with the sum, one
+/// term) and backward (written and accumulated), at the sizes around the switch.
+#[test]
+fn cached_rows_give_the_same_bits() {
+    layernorm::FORCE_CPU_ROWS.with(|f| f.set(Some(true)));
+    for (seed, &(rows, d)) in [(3usize, 37usize), (4, 384), (2, 771), (2, 1024), (2, 1025)].iter().enumerate() {
+        let mut rng = rng(900 + seed as u64);
+        let sh = [rows, d];
+        let t = |rng: &mut rand::rngs::StdRng, n: usize, scale: f32| rand_f32(rng, n, scale);
+        let (x, r0, r1, dy, prev) = (
+            t(&mut rng, rows * d, 2.0),
+            t(&mut rng, rows * d, 1.0),
+            t(&mut rng, rows * d, 3.0),
+            t(&mut rng, rows * d, 1.0),
+            t(&mut rng, rows * d, 1.0),
+        );
+        let (gamma, beta) = (t(&mut rng, d, 1.0), t(&mut rng, d, 1.0));
+        let run = |no_cache: bool| {
+            layernorm::NO_CACHE.with(|f| f.set(no_cache));
+            let (xg, r0g, r1g, dyg) = (upload(&sh, &x), upload(&sh, &r0), upload(&sh, &r1), upload(&sh, &dy));
+            let (gg, bg) = (upload(&[d], &gamma), upload(&[d], &beta));
+            let (sum, y3, y1, dx, dxa) =
+                (poisoned(&sh), poisoned(&sh), poisoned(&sh), poisoned(&sh), upload(&sh, &prev));
+            let mut b = gpu().batch();
+            layernorm::layer_norm_sum(&mut b, &xg, &[&r0g, &r1g], &gg, &bg, 1e-12, Some(&sum), &y3).unwrap();
+            layernorm::layer_norm(&mut b, &xg, None, &gg, &bg, 1e-5, None, &y1).unwrap();
+            layernorm::layer_norm_backward(&mut b, &sum, &gg, 1e-12, &dyg, &dx, false).unwrap();
+            layernorm::layer_norm_backward(&mut b, &sum, &gg, 1e-12, &dyg, &dxa, true).unwrap();
+            b.finish().unwrap();
+            layernorm::NO_CACHE.with(|f| f.set(false));
+            [sum, y3, y1, dx, dxa].map(|g| download(&g))
+        };
+        let (cached, reread) = (run(false), run(true));
+        for (name, a, b) in ["sum", "y (three terms)", "y (one term)", "dx", "dx (accumulate)"]
+            .iter()
+            .zip(&cached)
+            .zip(&reread)
+            .map(|((n, a), b)| (n, a, b))
+        {
+            assert!(a.iter().all(|v| v.is_finite()), "rows={rows} d={d}: {name} not finite");
+            assert_eq!(bits(a), bits(b), "rows={rows} d={d}: {name}");
+        }
+    }
+    layernorm::FORCE_CPU_ROWS.with(|f| f.set(None));
+}
