@@ -36,8 +36,8 @@ override TPR: u32 = 8u; // threads per row, a power of two dividing WG
 const MAX_WG: u32 = 256u;
 const NEG_BIG: f32 = -3.4028234e38;
 override ROW_THREAD: bool = false;
-override ROW_LOOP: u32 = 64u; // keys walked: seq rounded up to a power of two (at most ROW_KEYS)
-const ROW_KEYS: u32 = 64u;
+override ROW_LOOP: u32 = 128u; // keys walked: seq rounded up to a power of two (at most ROW_KEYS)
+const ROW_KEYS: u32 = 128u;
 
 var<workgroup> part_a: array<f32, MAX_WG>;
 var<workgroup> part_b: array<f32, MAX_WG>;

@@ -183,7 +183,7 @@ fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 4] {
 }
 
 /// Keys a row may have for one thread to take it (`ROW_KEYS` in attention.wgsl).
-const ROW_KEYS: usize = 64;
+const ROW_KEYS: usize = 128;
 
 /// Whether one thread takes a whole row (CPU drivers, rows of at most [`ROW_KEYS`] keys).
 fn row_thread(seq: usize, cpu: bool) -> bool {

@@ -182,15 +182,15 @@ fn attention_long_sequence() {
     crate::kernels::attention::FORCE_CPU_ROWS.with(|f| f.set(None));
 }
 
-/// The CPU drivers' one-thread-a-row softmax (rows of at most 64 keys) keeps the partial sums of
+/// The CPU drivers' one-thread-a-row softmax (rows of at most 128 keys) keeps the partial sums of
 /// their threads-per-row layout, so both give the same bits (probabilities, context and the three
-/// gradients), with masked keys and at the lengths around the switch (65 runs threads a row in both).
+/// gradients), with masked keys and at the lengths around the switch (129 runs threads a row in both).
 #[test]
 fn softmax_row_layouts_give_the_same_bits() {
     use crate::kernels::attention::{FORCE_CPU_ROWS, NO_ROW_THREAD};
     FORCE_KERNEL.with(|c| c.set(Some(AttentionKernel::Separate)));
     FORCE_CPU_ROWS.with(|f| f.set(Some(true)));
-    for (i, &seq) in [1usize, 5, 8, 32, 33, 61, 64, 65].iter().enumerate() {
+    for (i, &seq) in [1usize, 5, 8, 32, 33, 61, 64, 65, 100, 128, 129].iter().enumerate() {
         let a = AttnData::new(AttentionShape { batch: 3, seq, heads: 2, head_dim: 8 }, 500 + i as u64, true);
         let run = |threads_a_row: bool| {
             NO_ROW_THREAD.with(|f| f.set(threads_a_row));
