@@ -58,6 +58,12 @@ fn element_at(r: u32, c: u32) -> u32 {
     return ((b * p.heads + h) * p.seq + i) * p.seq + j;
 }
 
+// Thread t's row r of the tensor and group g (columns 4g..4g+3): (r, g).
+fn row_and_group(t: u32) -> vec2<u32> {
+    let per_row = (row_width() + 3u) / 4u;
+    return vec2<u32>(t / per_row, t % per_row);
+}
+
 // The four words of the group of columns 4g..4g+3 of row r.
 fn draws_of(r: u32, g: u32) -> vec4<u32> {
     let row = select(p.row0 + r, p.row0 + r * p.seq, p.heads == 0u);
@@ -74,9 +80,9 @@ fn dropout_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let t = element(wid, nwg, lid);
     if (t >= p.groups) { return; }
     let width = row_width();
-    let per_row = (width + 3u) / 4u;
-    let r = t / per_row;
-    let g = t % per_row;
+    let rg = row_and_group(t);
+    let r = rg.x;
+    let g = rg.y;
     let d = draws_of(r, g);
     for (var w = 0u; w < 4u; w = w + 1u) {
         let c = 4u * g + w;
@@ -101,18 +107,10 @@ fn dropout_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
                   @builtin(local_invocation_index) lid: u32) {
     let t = element(wid, nwg, lid);
     if (t >= p.groups) { return; }
-    let per_row = row_width() / 4u;
-    let r = t / per_row;
-    let g = t % per_row;
-    let d = draws_of(r, g);
-    let e4 = element_at(r, 4u * g) / 4u;
-    let keep = vec4<f32>(
-        select(p.scale, 0.0, d.x < p.threshold),
-        select(p.scale, 0.0, d.y < p.threshold),
-        select(p.scale, 0.0, d.z < p.threshold),
-        select(p.scale, 0.0, d.w < p.threshold),
-    );
-    y_out4[e4] = x_in4[e4] * keep;
+    let rg = row_and_group(t);
+    let e4 = element_at(rg.x, 4u * rg.y) / 4u;
+    let dropped = draws_of(rg.x, rg.y) < vec4<u32>(p.threshold);
+    y_out4[e4] = x_in4[e4] * select(vec4<f32>(p.scale), vec4<f32>(0.0), dropped);
 }
 
 // ---- dropout_draws: each element's word (tests of the generator) ----
@@ -124,9 +122,9 @@ fn dropout_draws(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let t = element(wid, nwg, lid);
     if (t >= p.groups) { return; }
     let width = row_width();
-    let per_row = (width + 3u) / 4u;
-    let r = t / per_row;
-    let g = t % per_row;
+    let rg = row_and_group(t);
+    let r = rg.x;
+    let g = rg.y;
     let d = draws_of(r, g);
     for (var w = 0u; w < 4u; w = w + 1u) {
         let c = 4u * g + w;
