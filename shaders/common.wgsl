@@ -76,3 +76,26 @@ fn activate_grad(kind: u32, x: f32) -> f32 {
 fn linear_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
+
+// ---- divmod(a, b) = (a / b, a % b) for b > 0 ----
+// With FAST_DIVMOD (set by the host only where every dividend and divisor the kernel splits is
+// below 2^22, `kernels::divmod_override`) without an integer division: CPU drivers divide integers lane by lane
+// (x86 has no vector integer division: eight scalar `div`s), GPUs in a software loop. The f32
+// quotient is within 2.5 ulp of a / b (Vulkan's bound for a division): below 2^22, within 0.625,
+// so its truncation is the quotient or one off either way, and the remainder's sign and size say
+// which. Else the exact `/` and `%`.
+override FAST_DIVMOD: bool = false;
+
+fn divmod(a: u32, b: u32) -> vec2<u32> {
+    if (FAST_DIVMOD) {
+        // Signed conversions: x86 converts i32 <-> f32 in one instruction, u32 in several.
+        let ai = i32(a);
+        let bi = i32(b);
+        let q0 = i32(f32(ai) / f32(bi));
+        let r0 = ai - q0 * bi;
+        let over = select(0, 1, r0 >= bi);
+        let under = select(0, 1, r0 < 0);
+        return vec2<u32>(u32(q0 + over - under), u32(r0 + (under - over) * bi));
+    }
+    return vec2<u32>(a / b, a % b);
+}

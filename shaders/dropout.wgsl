@@ -15,7 +15,8 @@
 // `row0` is the global row of the tensor's first row, so a chunk of the batch draws the same masks
 // as the whole batch. A thread per (row, group of four columns): `groups` = rows · ⌈width / 4⌉,
 // width = `cols` (rows) or heads·seq (attention). The grid is 1-D, folded into x * y by the host
-// for large tensors.
+// for large tensors. Indices are split with `divmod` (common.wgsl; FAST_DIVMOD where the host
+// finds the threads, rows and row widths below its limit).
 
 struct Params {
     n: u32,         // elements
@@ -51,17 +52,14 @@ fn row_width() -> u32 {
 // The element at (row r of the tensor, column c) (see the keys above); < n for r < rows, c < width.
 fn element_at(r: u32, c: u32) -> u32 {
     if (p.heads == 0u) { return r * p.cols + c; }
-    let b = r / p.seq;
-    let i = r % p.seq;
-    let h = c / p.seq;
-    let j = c % p.seq;
-    return ((b * p.heads + h) * p.seq + i) * p.seq + j;
+    let bi = divmod(r, p.seq);
+    let hj = divmod(c, p.seq);
+    return ((bi.x * p.heads + hj.x) * p.seq + bi.y) * p.seq + hj.y;
 }
 
 // Thread t's row r of the tensor and group g (columns 4g..4g+3): (r, g).
 fn row_and_group(t: u32) -> vec2<u32> {
-    let per_row = (row_width() + 3u) / 4u;
-    return vec2<u32>(t / per_row, t % per_row);
+    return divmod(t, (row_width() + 3u) / 4u);
 }
 
 // The four words of the group of columns 4g..4g+3 of row r.
@@ -111,6 +109,44 @@ fn dropout_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let e4 = element_at(rg.x, 4u * rg.y) / 4u;
     let dropped = draws_of(rg.x, rg.y) < vec4<u32>(p.threshold);
     y_out4[e4] = x_in4[e4] * select(vec4<f32>(p.scale), vec4<f32>(0.0), dropped);
+}
+
+// ---- dropout_pair / dropout_pair4: one mask on two tensors of the same layout in one pass,
+// each mask word drawn once: y_out = x_in · mask · scale, and z_io = z_io · mask · scale in place
+// (the attention backward: the probabilities P into P' for dV, and dP' into dP). The same products
+// as two dropout_apply calls, so the same bits.
+@group(0) @binding(3) var<storage, read_write> z_io: array<f32>;
+@group(0) @binding(3) var<storage, read_write> z_io4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn dropout_pair(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let t = element(wid, nwg, lid);
+    if (t >= p.groups) { return; }
+    let width = row_width();
+    let rg = row_and_group(t);
+    let d = draws_of(rg.x, rg.y);
+    for (var w = 0u; w < 4u; w = w + 1u) {
+        let c = 4u * rg.y + w;
+        if (c < width) {
+            let e = element_at(rg.x, c);
+            let m = select(p.scale, 0.0, d[w] < p.threshold);
+            y_out[e] = x_in[e] * m;
+            z_io[e] = z_io[e] * m;
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn dropout_pair4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let t = element(wid, nwg, lid);
+    if (t >= p.groups) { return; }
+    let rg = row_and_group(t);
+    let e4 = element_at(rg.x, 4u * rg.y) / 4u;
+    let m = select(vec4<f32>(p.scale), vec4<f32>(0.0), draws_of(rg.x, rg.y) < vec4<u32>(p.threshold));
+    y_out4[e4] = x_in4[e4] * m;
+    z_io4[e4] = z_io4[e4] * m;
 }
 
 // ---- dropout_draws: each element's word (tests of the generator) ----

@@ -96,9 +96,8 @@ fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                @builtin(local_invocation_index) lid: u32) {
     let i = element(wid, nwg, lid);
     if (i >= p.n) { return; }
-    let b = i / p.d;
-    let c = i - b * p.d;
-    out2[i] = in_a[b * p.stride * p.d + c];
+    let bc = divmod(i, p.d);
+    out2[i] = in_a[bc.x * p.stride * p.d + bc.y];
 }
 
 // out2 [B * stride, d]: row b * stride = in_a row b, other rows 0; with accumulate, n = B * d
@@ -109,16 +108,14 @@ fn scatter_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let i = element(wid, nwg, lid);
     if (i >= p.n) { return; }
     if (p.accumulate != 0u) {
-        let b = i / p.d;
-        let c = i - b * p.d;
-        let o = b * p.stride * p.d + c;
+        let bc = divmod(i, p.d);
+        let o = bc.x * p.stride * p.d + bc.y;
         out2[o] = out2[o] + in_a[i];
         return;
     }
-    let t = i / p.d;
-    let c = i - t * p.d;
-    let b = t / p.stride;
-    out2[i] = select(0.0, in_a[b * p.d + c], t == b * p.stride);
+    let tc = divmod(i, p.d);
+    let b = divmod(tc.x, p.stride).x;
+    out2[i] = select(0.0, in_a[b * p.d + tc.y], tc.x == b * p.stride);
 }
 
 // ---- fill ----
@@ -148,14 +145,15 @@ fn embeddings(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let i = element(wid, nwg, lid);
     if (i >= p.n) { return; }
     let d = p.d;
-    let t = i / d;
-    let c = i - t * d;
+    let tc = divmod(i, d);
+    let t = tc.x;
+    let c = tc.y;
     let id = min(ids[t], p.vocab - 1u);
     // A word table split into blocks is looked up one block a dispatch: each token is written by
     // the dispatch of the block that holds its row.
     if (id < p.row_start || id - p.row_start >= p.block_rows) { return; }
     let tt = min(type_ids[t], p.types - 1u);
-    let pos = t % p.seq;
+    let pos = divmod(t, p.seq).y;
     emb_out[i] = word[(id - p.row_start) * d + c] + position[pos * d + c] + token_type[tt * d + c];
 }
 

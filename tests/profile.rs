@@ -7,14 +7,19 @@ use peft_wgpu::bench::profile::{profile_step, unprofiled_loss};
 use peft_wgpu::bench::Peaks;
 use peft_wgpu::gpu::ProfileMode;
 use peft_wgpu::WeightPrecision;
+use std::sync::Mutex;
+
+/// The profiler is the GPU's (one profile at a time): the tests of this file take turns.
+static PROFILER: Mutex<()> = Mutex::new(());
 
 #[test]
 fn profile_of_a_train_step() {
+    let _turn = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
     let gpu = gpu();
     let dir = fixtures().join("tiny-bert/base");
     let peaks = Some(Peaks { bytes_per_s: 1e10, flops_per_s: 1e10, source: "test" });
     let (batch, seq) = (3, 11);
-    let p = profile_step(&gpu, "tiny", &dir, batch, seq, WeightPrecision::F32, peaks, None).unwrap();
+    let p = profile_step(&gpu, "tiny", &dir, batch, seq, WeightPrecision::F32, false, peaks, None).unwrap();
     print!("{}", p.report());
 
     // At least one dispatch in every phase the step has (backward stops at layer 0's adapters:
@@ -85,7 +90,7 @@ fn profile_of_a_train_step() {
     assert!(mm.flops.is_some_and(|f| f > 0.0) && mm.gflops.is_some(), "{mm:?}");
 
     // Profiling changes nothing computed: the same step unprofiled has the same loss, bit for bit.
-    let plain = unprofiled_loss(&gpu, &dir, batch, seq).unwrap();
+    let plain = unprofiled_loss(&gpu, &dir, batch, seq, false).unwrap();
     assert!(p.loss.is_finite());
     assert_eq!(p.loss.to_bits(), plain.to_bits(), "profiled {} vs unprofiled {plain}", p.loss);
     let json = serde_json::to_value(&p).unwrap();
@@ -93,9 +98,18 @@ fn profile_of_a_train_step() {
 
     // The fallback for GPUs without timestamps inside passes: a pass per dispatch, the same
     // dispatches in the same phases, the same loss.
-    let q =
-        profile_step(&gpu, "tiny", &dir, batch, seq, WeightPrecision::F32, peaks, Some(ProfileMode::PassPerDispatch))
-            .unwrap();
+    let q = profile_step(
+        &gpu,
+        "tiny",
+        &dir,
+        batch,
+        seq,
+        WeightPrecision::F32,
+        false,
+        peaks,
+        Some(ProfileMode::PassPerDispatch),
+    )
+    .unwrap();
     assert_eq!(q.mode, ProfileMode::PassPerDispatch);
     assert_eq!(q.loss.to_bits(), plain.to_bits());
     let key = |p: &peft_wgpu::bench::profile::Profile| -> Vec<(String, String)> {
@@ -104,4 +118,28 @@ fn profile_of_a_train_step() {
     assert_eq!(key(&q), key(&p));
     assert!(q.dispatches.iter().all(|d| d.gpu_seconds.is_finite() && d.gpu_seconds >= 0.0));
     assert!(q.gpu_busy_us > 0.0);
+}
+
+/// `--dropout`: the step drops as `peft train` does by default (the model config's rates): the
+/// dropout kernels are in the profile, the loss differs from the step without dropout, and the
+/// profiled step computes what the unprofiled one with the same masks does, bit for bit.
+#[test]
+fn profile_of_a_train_step_with_dropout() {
+    let _turn = PROFILER.lock().unwrap_or_else(|e| e.into_inner());
+    let gpu = gpu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::cli::tiny_model_with_dropout(tmp.path());
+    let (batch, seq) = (3, 11);
+    let p = profile_step(&gpu, "tiny", &dir, batch, seq, WeightPrecision::F32, true, None, None).unwrap();
+    assert!(p.dropout && p.report().contains("dropout on"));
+    let drops: usize = p.kernels.iter().filter(|r| r.name.starts_with("dropout::")).map(|r| r.count).sum();
+    // The embeddings, each layer's attention and FFN output (forward and backward) and the
+    // head's input at least; the probabilities' dropout runs inside the attention kernels.
+    let least = 1 + 2 * 2 + 1;
+    assert!(drops >= least, "dropout dispatches {drops}: {:?}", p.kernels);
+    let with = unprofiled_loss(&gpu, &dir, batch, seq, true).unwrap();
+    let without = unprofiled_loss(&gpu, &dir, batch, seq, false).unwrap();
+    assert!(p.loss.is_finite());
+    assert_eq!(p.loss.to_bits(), with.to_bits(), "profiled {} vs unprofiled {with}", p.loss);
+    assert_ne!(with.to_bits(), without.to_bits(), "dropout changed nothing: {with}");
 }

@@ -73,6 +73,10 @@ pub struct BenchCli {
     /// phase (--json writes the whole profile).
     #[arg(long, value_name = "CONFIG")]
     pub profile: Option<String>,
+    /// Profile a step with dropout on (the model config's rates, as `peft train` trains by
+    /// default; masks drawn in the step, redrawn in its backward).
+    #[arg(long, requires = "profile")]
+    pub dropout: bool,
     /// How the frozen layers' matrices are held on the GPU in the train-step, demo, profile and
     /// memory workloads: f32, or f16 (as `peft train --precision`).
     #[arg(long, value_enum, default_value_t)]
@@ -186,6 +190,7 @@ impl BenchCli {
                 opts.batch,
                 opts.seq,
                 opts.precision,
+                self.dropout,
                 opts.peaks,
                 &opts.scratch,
                 self.json.as_deref(),

@@ -8,6 +8,7 @@
 use super::step::{random_inputs, Trainer};
 use super::Peaks;
 use crate::gpu::{CounterSnapshot, DispatchRecord, Gpu, ProfileMode};
+use crate::model::encoder::DropoutRates;
 use crate::types::WeightPrecision;
 use anyhow::{Context, Result};
 use rand::SeedableRng;
@@ -45,6 +46,8 @@ pub struct Profile {
     pub seq: usize,
     /// How the frozen layers' matrices were held (`--precision`).
     pub precision: WeightPrecision,
+    /// Dropout on in the step (`--dropout`: the model config's rates).
+    pub dropout: bool,
     pub mode: ProfileMode,
     pub peaks: Option<Peaks>,
     /// The step's loss (bit-identical to an unprofiled step's).
@@ -173,9 +176,13 @@ fn run_step(
     batch: usize,
     seq: usize,
     precision: WeightPrecision,
+    dropout: bool,
     profile: Option<Option<ProfileMode>>,
 ) -> Result<StepRun> {
     let mut tr = Trainer::with_precision(gpu, model_dir, None, 2, precision)?;
+    if dropout {
+        tr.dropout = Some(DropoutRates::from_config(&tr.cfg, None)?);
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let inp = random_inputs(&mut rng, &vec![seq; batch], tr.cfg.vocab_size);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
@@ -200,12 +207,13 @@ fn run_step(
 }
 
 /// The loss of the same step unprofiled (for the bit-identity check).
-pub fn unprofiled_loss(gpu: &Arc<Gpu>, model_dir: &Path, batch: usize, seq: usize) -> Result<f32> {
-    Ok(run_step(gpu, model_dir, batch, seq, WeightPrecision::F32, None)?.loss)
+pub fn unprofiled_loss(gpu: &Arc<Gpu>, model_dir: &Path, batch: usize, seq: usize, dropout: bool) -> Result<f32> {
+    Ok(run_step(gpu, model_dir, batch, seq, WeightPrecision::F32, dropout, None)?.loss)
 }
 
 /// Profiles one Houlsby + AdamW train step of the model in `model_dir` at `batch × seq`, with
-/// timestamps taken as `mode` says (`None`: inside passes where the device can).
+/// timestamps taken as `mode` says (`None`: inside passes where the device can); with `dropout`,
+/// the model config's dropout rates on, as `peft train` trains by default.
 #[allow(clippy::too_many_arguments)]
 pub fn profile_step(
     gpu: &Arc<Gpu>,
@@ -214,10 +222,11 @@ pub fn profile_step(
     batch: usize,
     seq: usize,
     precision: WeightPrecision,
+    dropout: bool,
     peaks: Option<Peaks>,
     mode: Option<ProfileMode>,
 ) -> Result<Profile> {
-    let run = run_step(gpu, model_dir, batch, seq, precision, Some(mode))?;
+    let run = run_step(gpu, model_dir, batch, seq, precision, dropout, Some(mode))?;
     let (mode, records) = run.records.expect("profiled");
     let gpu_busy: f64 = records.iter().map(|r| r.gpu_seconds).sum();
     Ok(Profile {
@@ -226,6 +235,7 @@ pub fn profile_step(
         batch,
         seq,
         precision,
+        dropout,
         mode,
         peaks,
         loss: run.loss,
@@ -272,11 +282,12 @@ impl Profile {
         let c = &self.created;
         let mut s = format!("device: {}\n", self.device);
         s += &format!(
-            "profile: {} B={} S={}{} ({:?} timestamps), loss {}\n",
+            "profile: {} B={} S={}{}{} ({:?} timestamps), loss {}\n",
             self.config,
             self.batch,
             self.seq,
             if self.precision == WeightPrecision::F16 { ", matrices in f16" } else { "" },
+            if self.dropout { ", dropout on" } else { "" },
             self.mode,
             self.loss
         );
@@ -329,12 +340,13 @@ pub fn run(
     batch: usize,
     seq: usize,
     precision: WeightPrecision,
+    dropout: bool,
     peaks: Option<Peaks>,
     scratch: &Path,
     json: Option<&Path>,
 ) -> Result<Profile> {
     let (_, dir) = super::model::model_dir_for(spec, scratch, 0)?;
-    let p = profile_step(gpu, spec, &dir, batch, seq, precision, peaks, None)?;
+    let p = profile_step(gpu, spec, &dir, batch, seq, precision, dropout, peaks, None)?;
     print!("{}", p.report());
     if let Some(path) = json {
         crate::formats::write_atomic(path, serde_json::to_string_pretty(&p)?.as_bytes())

@@ -7,7 +7,7 @@ use crate::formats::adapterhub::BottleneckConfig;
 use crate::gpu::{Gpu, GpuTensor, Readback};
 use crate::kernels::optim::{AdamW, LinearSchedule};
 use crate::model::config::BertConfig;
-use crate::model::encoder::{Inputs, Setup};
+use crate::model::encoder::{DropoutRates, Inputs, PassDropout, Setup};
 use crate::model::load;
 use crate::train::{new_adapter, Optimizer};
 use crate::types::{Activation, WeightPrecision};
@@ -62,6 +62,10 @@ pub struct Trainer {
     opt: Optimizer,
     in_flight: Option<Readback>,
     pub trainable: usize,
+    /// Dropout in the steps (the model config's rates, as `peft train` trains by default), with
+    /// masks keyed by the step's number; `None` (the default): no dropout.
+    pub dropout: Option<DropoutRates>,
+    steps_recorded: u32,
     /// Host seconds the last [`step`](Self::step) took to record, up to its submit.
     pub last_record_seconds: f64,
 }
@@ -88,7 +92,18 @@ impl Trainer {
             let schedule = LinearSchedule { base_lr: 1e-4, warmup_steps: 0, total_steps: steps.max(1) };
             Optimizer::new(gpu, &params, AdamW::default(), schedule, 1.0)?
         };
-        Ok(Self { cfg, enc, set, head, opt, in_flight: None, trainable, last_record_seconds: 0.0 })
+        Ok(Self {
+            cfg,
+            enc,
+            set,
+            head,
+            opt,
+            in_flight: None,
+            trainable,
+            dropout: None,
+            steps_recorded: 0,
+            last_record_seconds: 0.0,
+        })
     }
 
     /// Forward, loss, backward and the optimizer step recorded into one command buffer and
@@ -97,7 +112,9 @@ impl Trainer {
     pub fn step(&mut self, gpu: &Arc<Gpu>, inp: &Inputs, labels: &[u32]) -> Result<Option<(f32, f32)>> {
         let t0 = Instant::now();
         let mut b = gpu.batch();
-        let rec = self.enc.record(&mut b, &Setup::Adapter(&self.set), &self.head, inp, Some(labels), true, None)?;
+        let dropout = self.dropout.map(|rates| PassDropout { rates, seed: 42, step: self.steps_recorded });
+        self.steps_recorded += 1;
+        let rec = self.enc.record(&mut b, &Setup::Adapter(&self.set), &self.head, inp, Some(labels), true, dropout)?;
         let params: Vec<(String, &GpuTensor, &GpuTensor)> =
             self.set.named().into_iter().chain(self.head.named()).collect();
         self.opt.record_step(&mut b, &params)?;

@@ -37,3 +37,23 @@ pub(crate) fn expect_shape(what: &str, got: &[usize], want: &[usize]) -> Result<
     }
     Ok(())
 }
+
+/// Where `divmod` (`shaders/common.wgsl`) may split indices without an integer division: every
+/// dividend and divisor below this (its f32 quotient is then within one of the exact one).
+pub const FAST_DIVMOD_LIMIT: usize = 1 << 22;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the exact integer division even where the fast one applies.
+    pub(crate) static FORCE_EXACT_DIVMOD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The `FAST_DIVMOD` override of a kernel whose `divmod` dividends and divisors are all at most
+/// `largest`: on below [`FAST_DIVMOD_LIMIT`].
+pub(crate) fn divmod_override(largest: usize) -> (&'static str, f64) {
+    #[cfg(test)]
+    let forced = FORCE_EXACT_DIVMOD.with(|f| f.get());
+    #[cfg(not(test))]
+    let forced = false;
+    ("FAST_DIVMOD", if largest < FAST_DIVMOD_LIMIT && !forced { 1.0 } else { 0.0 })
+}

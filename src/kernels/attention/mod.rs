@@ -267,6 +267,19 @@ impl ProbsDropout<'_> {
         let layout = MaskLayout::Attention { heads: s.heads, seq: s.seq, row0: self.row0 };
         dropout::apply(batch, self.key, self.rate, layout, x, out)
     }
+
+    /// [`apply`](Self::apply) to `x` into `out` and to `z` in place, in one dispatch.
+    fn apply_pair(
+        &self,
+        batch: &mut CommandRecorder,
+        s: AttentionShape,
+        x: &GpuTensor,
+        out: &GpuTensor,
+        z: &GpuTensor,
+    ) -> Result<()> {
+        let layout = MaskLayout::Attention { heads: s.heads, seq: s.seq, row0: self.row0 };
+        dropout::apply_pair(batch, self.key, self.rate, layout, x, out, z)
+    }
 }
 
 /// `ctx = softmax(q·kᵀ/√head_dim, masked)·v` per batch and head; saves the probabilities in `probs`

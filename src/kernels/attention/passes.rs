@@ -126,12 +126,7 @@ pub(super) fn backward(
     let (n, hd) = (s.seq, s.head_dim);
     let pv = Matmul::new(n, hd, n).batch(s.batch);
     let pv_inner = l.inner(Which::Rows, Which::Act, Which::Act);
-    // With dropout, dV = P'ᵀ dctx first (P' regenerated into work, which then takes dP).
-    if let Some(d) = dropout {
-        d.apply(batch, s, probs, d.work)?;
-        pv.run_inner(batch, pv_inner, l.rows_t(d.work), l.act(dctx), None, l.act(dv))?;
-    }
-    // dP = dctx Vᵀ (with dropout: dP' into scratch, then dP = dropout(dP') into work)
+    // dP = dctx Vᵀ (with dropout: dP', made dP below)
     Matmul::new(n, n, hd).batch(s.batch).run_inner(
         batch,
         l.inner(Which::Act, Which::Act, Which::Rows),
@@ -140,13 +135,13 @@ pub(super) fn backward(
         None,
         l.rows(scratch),
     )?;
-    let ds = match dropout {
-        Some(d) => {
-            d.apply(batch, s, scratch, d.work)?;
-            d.work
-        }
-        None => scratch,
-    };
+    // With dropout, one mask drawn once for both: P' = dropout(P) into work (regenerated, for
+    // dV = P'ᵀ dctx) and dP = dropout(dP') in place in scratch.
+    if let Some(d) = dropout {
+        d.apply_pair(batch, s, probs, d.work, scratch)?;
+        pv.run_inner(batch, pv_inner, l.rows_t(d.work), l.act(dctx), None, l.act(dv))?;
+    }
+    let ds = scratch;
     // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)), in place
     row_kernel(batch, &SOFTMAX_BACKWARD, s, probs, ds);
     // dQ = dS K

@@ -19,6 +19,16 @@ const APPLY: KernelSpec =
     KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_apply", bindings: &[Access::Read, Access::ReadWrite] };
 const APPLY4: KernelSpec =
     KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_apply4", bindings: &[Access::Read, Access::ReadWrite] };
+const PAIR: KernelSpec = KernelSpec {
+    shader: &shaders::DROPOUT,
+    entry: "dropout_pair",
+    bindings: &[Access::Read, Access::ReadWrite, Access::ReadWrite],
+};
+const PAIR4: KernelSpec = KernelSpec {
+    shader: &shaders::DROPOUT,
+    entry: "dropout_pair4",
+    bindings: &[Access::Read, Access::ReadWrite, Access::ReadWrite],
+};
 const DRAWS: KernelSpec =
     KernelSpec { shader: &shaders::DROPOUT, entry: "dropout_draws", bindings: &[Access::ReadWrite] };
 
@@ -46,13 +56,14 @@ struct Params {
 #[cfg(test)]
 pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     let p = std::mem::size_of::<Params>();
-    vec![(APPLY, p), (APPLY4, p), (DRAWS, p)]
+    vec![(APPLY, p), (APPLY4, p), (PAIR, p), (PAIR4, p), (DRAWS, p)]
 }
 
 /// Every set of override constants the host passes, per kernel (`kernels/translate.rs`).
 #[cfg(test)]
 pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
-    specs().into_iter().map(|(s, _)| (s, vec![vec![("WG", WG as f64)]])).collect()
+    let sets = [0.0, 1.0].map(|fast| vec![("WG", WG as f64), ("FAST_DIVMOD", fast)]);
+    specs().into_iter().map(|(s, _)| (s, sets.to_vec())).collect()
 }
 
 /// Where in the model a mask is drawn: one stream of draws per (layer, site).
@@ -196,6 +207,14 @@ fn params(key: MaskKey, layout: MaskLayout, n: usize, rate: Rate) -> Result<Para
     })
 }
 
+/// The kernels' override constants: the workgroup size, and `divmod` without integer division
+/// where the threads (`groups`), rows and row widths it splits are small enough.
+fn constants(layout: MaskLayout, n: usize, p: &Params) -> [(&'static str, f64); 2] {
+    let (rows, width) = layout.rows_width(n);
+    let largest = (p.groups as usize).max(rows).max(width.div_ceil(4)).max(p.seq as usize);
+    [("WG", WG as f64), super::divmod_override(largest)]
+}
+
 #[cfg(test)]
 thread_local! {
     /// Tests: the one-element-at-a-time kernel even where the vec4 one applies.
@@ -231,7 +250,37 @@ pub fn apply(
     }
     let p = params(key, layout, n, rate)?;
     let spec = if layout.groups_of_four_consecutive() && !scalar_forced() { &APPLY4 } else { &APPLY };
-    batch.dispatch(spec, &[("WG", WG as f64)], &p, &[Some(x), Some(out)], [p.groups.div_ceil(WG), 1, 1]);
+    batch.dispatch(spec, &constants(layout, n, &p), &p, &[Some(x), Some(out)], [p.groups.div_ceil(WG), 1, 1]);
+    Ok(())
+}
+
+/// [`apply`] with one mask on two tensors of the layout in one dispatch, each draw made once:
+/// `out = x · mask · 1/(1 − p)` and `z = z · mask · 1/(1 − p)` in place (the attention backward's
+/// probabilities and their gradient). The same bits as two [`apply`] calls.
+pub fn apply_pair(
+    batch: &mut CommandRecorder,
+    key: MaskKey,
+    rate: Rate,
+    layout: MaskLayout,
+    x: &GpuTensor,
+    out: &GpuTensor,
+    z: &GpuTensor,
+) -> Result<()> {
+    for (what, t) in [("output", out), ("in-place operand", z)] {
+        if t.shape != x.shape {
+            bail!("dropout pair: {what} shape {:?} differs from the input's {:?}", t.shape, x.shape);
+        }
+    }
+    check_no_alias("dropout pair", &[out, z], &[Some(x)])?;
+    let n = x.numel();
+    layout.check("apply_pair", n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let p = params(key, layout, n, rate)?;
+    let spec = if layout.groups_of_four_consecutive() && !scalar_forced() { &PAIR4 } else { &PAIR };
+    let tensors = [Some(x), Some(out), Some(z)];
+    batch.dispatch(spec, &constants(layout, n, &p), &p, &tensors, [p.groups.div_ceil(WG), 1, 1]);
     Ok(())
 }
 
@@ -244,6 +293,6 @@ pub fn draws(batch: &mut CommandRecorder, key: MaskKey, layout: MaskLayout, out:
         return Ok(());
     }
     let p = params(key, layout, n, Rate { p: 0.0 })?;
-    batch.dispatch(&DRAWS, &[("WG", WG as f64)], &p, &[Some(out)], [p.groups.div_ceil(WG), 1, 1]);
+    batch.dispatch(&DRAWS, &constants(layout, n, &p), &p, &[Some(out)], [p.groups.div_ceil(WG), 1, 1]);
     Ok(())
 }

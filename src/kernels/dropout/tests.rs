@@ -4,7 +4,7 @@
 //! with NaN-poisoned outputs.
 
 use super::reference as r;
-use super::{apply, draws, MaskKey, MaskLayout, Rate, Site};
+use super::{apply, apply_pair, draws, MaskKey, MaskLayout, Rate, Site};
 use crate::kernels::test_support::*;
 
 fn key(seed: u64, step: u32, layer: u32, site: Site) -> MaskKey {
@@ -43,6 +43,35 @@ fn gpu_draws_equal_the_cpu_philox() {
         let k = key(0x1234_5678_9abc_def0 + i as u64, 17 + i as u32, 5, Site::AttentionProbs);
         let want: Vec<u32> = (0..n).map(|e| r::draw(k, layout, e)).collect();
         assert_eq!(gpu_draws(k, layout, n), want, "draws of {layout:?}");
+    }
+}
+
+/// The threads split into (row, group) by `divmod` without an integer division (FAST_DIVMOD)
+/// up to its limit: thread indices just below 2²², three groups a row (a divisor that is not a
+/// power of two): the draws are the exact division's and the CPU Philox's.
+#[test]
+fn fast_divmod_splits_threads_up_to_its_limit() {
+    let cols: usize = 9;
+    let rows = (crate::kernels::FAST_DIVMOD_LIMIT - 1) / cols.div_ceil(4);
+    let layout = MaskLayout::Rows { cols, row0: 3 };
+    let n = cols * rows;
+    assert_eq!(
+        super::constants(
+            layout,
+            n,
+            &super::params(key(1, 0, 0, Site::Embeddings), layout, n, Rate { p: 0.0 }).unwrap()
+        )[1]
+        .1,
+        1.0
+    );
+    let k = key(77, 3, 1, Site::FfnOutput);
+    let fast = gpu_draws(k, layout, n);
+    crate::kernels::FORCE_EXACT_DIVMOD.with(|f| f.set(true));
+    let exact = gpu_draws(k, layout, n);
+    crate::kernels::FORCE_EXACT_DIVMOD.with(|f| f.set(false));
+    assert!(fast == exact, "fast and exact divmod draw differently");
+    for e in (0..n).step_by(9973).chain(n - 5000..n) {
+        assert_eq!(fast[e], r::draw(k, layout, e), "element {e} of {n}");
     }
 }
 
@@ -211,6 +240,44 @@ fn vec4_kernel_gives_the_scalar_kernels_bits() {
     }
     assert!(!MaskLayout::Rows { cols: 6, row0: 0 }.groups_of_four_consecutive());
     assert!(!MaskLayout::Attention { heads: 2, seq: 10, row0: 0 }.groups_of_four_consecutive());
+}
+
+/// The pair kernels (the attention backward's P → P' and dP' → dP in one dispatch): the same bits
+/// as two single calls with the key, in the vec4 and the scalar kernels, every element written
+/// (outputs poisoned), a NaN input kept NaN where dropped too.
+#[test]
+fn pair_gives_two_single_calls_bits() {
+    let mut rng = rng(94);
+    for (layout, n) in [
+        (MaskLayout::Attention { heads: 3, seq: 8, row0: 16 }, 2 * 3 * 8 * 8),
+        (MaskLayout::Attention { heads: 2, seq: 13, row0: 5 }, 3 * 2 * 13 * 13),
+        (MaskLayout::Rows { cols: 37, row0: 4 }, 37 * 9),
+    ] {
+        let (k, rate) = (key(8, 3, 1, Site::AttentionProbs), Rate::new(0.3).unwrap());
+        let mut x = rand_f32(&mut rng, n, 2.0);
+        let mut z = rand_f32(&mut rng, n, 3.0);
+        x[n / 3] = f32::NAN;
+        z[n / 2] = f32::NAN;
+        let want = (gpu_apply(k, rate, layout, &x), gpu_apply(k, rate, layout, &z));
+        for scalar in [false, true] {
+            super::FORCE_SCALAR.with(|f| f.set(scalar));
+            let (xg, out, zg) = (upload(&[n], &x), poisoned(&[n]), upload(&[n], &z));
+            let mut b = gpu().batch();
+            apply_pair(&mut b, k, rate, layout, &xg, &out, &zg).unwrap();
+            b.finish().unwrap();
+            super::FORCE_SCALAR.with(|f| f.set(false));
+            assert_eq!(bits(&download(&out)), bits(&want.0), "{layout:?} scalar {scalar}: out");
+            assert_eq!(bits(&download(&zg)), bits(&want.1), "{layout:?} scalar {scalar}: z in place");
+        }
+    }
+    let t = |n: usize| upload(&[n], &vec![0.0; n]);
+    let (x, out, z) = (t(8), t(8), t(12));
+    let mut b = gpu().batch();
+    let layout = MaskLayout::Rows { cols: 4, row0: 0 };
+    let err = apply_pair(&mut b, key(1, 0, 0, Site::AttentionProbs), Rate::new(0.1).unwrap(), layout, &x, &out, &z);
+    assert!(format!("{:#}", err.unwrap_err()).contains("in-place operand shape"));
+    let err = apply_pair(&mut b, key(1, 0, 0, Site::AttentionProbs), Rate::new(0.1).unwrap(), layout, &x, &out, &out);
+    assert!(format!("{:#}", err.unwrap_err()).contains("shares its buffer"));
 }
 
 #[test]

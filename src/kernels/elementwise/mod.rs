@@ -87,10 +87,21 @@ pub(crate) fn check_no_alias(what: &str, outputs: &[&GpuTensor], inputs: &[Optio
 }
 
 /// Every set of override constants the host passes, per kernel, apart from the activation
-/// (`kernels/translate.rs`): the one workgroup size.
+/// (`kernels/translate.rs`): the one workgroup size, and for the kernels that split indices
+/// ([`run_split`]) either `divmod`.
 #[cfg(test)]
 pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
-    specs().into_iter().map(|(s, _)| (s, vec![vec![("WG", WG as f64)]])).collect()
+    let split = [GATHER_ROWS.entry, SCATTER_ROWS.entry, EMBEDDINGS.entry];
+    specs()
+        .into_iter()
+        .map(|(s, _)| {
+            let sets = match split.contains(&s.entry) {
+                true => [0.0, 1.0].map(|fast| vec![("WG", WG as f64), ("FAST_DIVMOD", fast)]).to_vec(),
+                false => vec![vec![("WG", WG as f64)]],
+            };
+            (s, sets)
+        })
+        .collect()
 }
 
 fn count(what: &str, n: usize) -> Result<u32> {
@@ -99,6 +110,14 @@ fn count(what: &str, n: usize) -> Result<u32> {
 
 fn groups(n: u32) -> [u32; 3] {
     [n.div_ceil(WG), 1, 1]
+}
+
+/// [`run`] for the kernels that split element indices into rows and columns (`divmod`): without
+/// an integer division where the elements and the divisors allow.
+fn run_split(batch: &mut CommandRecorder, spec: &KernelSpec, params: Params, tensors: &[Option<&GpuTensor>]) {
+    let largest = [params.n, params.d, params.seq, params.stride].into_iter().max().unwrap_or(0) as usize;
+    let constants = [("WG", WG as f64), crate::kernels::divmod_override(largest)];
+    batch.dispatch(spec, &constants, &params, tensors, groups(params.n));
 }
 
 fn run(
@@ -327,7 +346,7 @@ pub fn embeddings(
             ..Default::default()
         };
         let bindings = [Some(ids), Some(token_types), Some(block), Some(position), Some(token_type), Some(out)];
-        run(batch, &EMBEDDINGS, None, params, &bindings);
+        run_split(batch, &EMBEDDINGS, params, &bindings);
     }
     Ok(())
 }
@@ -349,7 +368,7 @@ pub fn gather_rows(batch: &mut CommandRecorder, x: &GpuTensor, stride: usize, ou
     let (b, d) = gather_shapes("gather_rows", x, out, stride)?;
     check_no_alias("gather_rows", &[out], &[Some(x)])?;
     let params = Params { n: count("gather_rows", b * d)?, d: d as u32, stride: stride as u32, ..Default::default() };
-    run(batch, &GATHER_ROWS, None, params, &[Some(x), Some(out)]);
+    run_split(batch, &GATHER_ROWS, params, &[Some(x), Some(out)]);
     Ok(())
 }
 
@@ -372,6 +391,6 @@ pub fn scatter_rows(
         accumulate: accumulate as u32,
         ..Default::default()
     };
-    run(batch, &SCATTER_ROWS, None, params, &[Some(src), Some(out)]);
+    run_split(batch, &SCATTER_ROWS, params, &[Some(src), Some(out)]);
     Ok(())
 }
