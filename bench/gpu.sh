@@ -122,7 +122,8 @@ say "== peft bench --only step,demo --precision f16"
 say "== peft bench --only demo --pad-to-multiple-of 8"
 "$PEFT" bench --only demo --pad-to-multiple-of 8 --json "$work/step-pad8.jsonl" "${extra[@]}" "${bench_args[@]}" 2>&1 | tee -a "$log" || say "demo pad 8: failed"
 
-# Profiles (issue 15 item 1): BERT-base and MiniLM steps at 32 x 128 with the device's policy, then
+# Profiles (issue 15 item 1): BERT-base and MiniLM steps at 32 x 128 with the device's policy (and
+# MiniLM with the default recipe's dropout, as `peft train` trains), then
 # BERT-base with each choice issue 15 compares: attention kernels, the buffer pool, f16 weights.
 # PROFILES=0 skips them.
 profile() { # name, env assignments..., -- peft arguments...
@@ -139,6 +140,7 @@ if [ "${PROFILES:-1}" != 0 ]; then
   p=(--batch "${PROFILE_BATCH:-32}" --seq "${PROFILE_SEQ:-128}")
   profile bert-base -- bert-base "${p[@]}"
   profile minilm -- minilm "${p[@]}"
+  profile minilm-dropout -- minilm "${p[@]}" --dropout
   profile bert-base-attention-separate PEFT_ATTENTION_KERNEL=separate -- bert-base "${p[@]}"
   profile bert-base-attention-fused PEFT_ATTENTION_KERNEL=fused -- bert-base "${p[@]}"
   profile bert-base-pool-off PEFT_BUFFER_POOL=0 -- bert-base "${p[@]}"

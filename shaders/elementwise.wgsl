@@ -118,6 +118,28 @@ fn scatter_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     out2[i] = select(0.0, in_a[b * p.d + tc.y], tc.x == b * p.stride);
 }
 
+// scatter_rows over column quads (d % 4 == 0): thread q writes quad q of out2 (with
+// accumulate, quad q of the B target rows); the same values in the same order as scatter_rows.
+@group(0) @binding(1) var<storage, read> in_a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> out4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn scatter_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let q = element(wid, nwg, lid);
+    if (q >= p.n / 4u) { return; }
+    let d4 = p.d / 4u;
+    if (p.accumulate != 0u) {
+        let bc = divmod(q, d4);
+        let o = bc.x * p.stride * d4 + bc.y;
+        out4[o] = out4[o] + in_a4[q];
+        return;
+    }
+    let tc = divmod(q, d4);
+    let b = divmod(tc.x, p.stride).x;
+    out4[q] = select(vec4<f32>(0.0), in_a4[b * d4 + tc.y], tc.x == b * p.stride);
+}
+
 // ---- fill ----
 @group(0) @binding(1) var<storage, read_write> out1: array<f32>;
 
@@ -155,6 +177,29 @@ fn embeddings(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let tt = min(type_ids[t], p.types - 1u);
     let pos = divmod(t, p.seq).y;
     emb_out[i] = word[(id - p.row_start) * d + c] + position[pos * d + c] + token_type[tt * d + c];
+}
+
+// embeddings over column quads (d % 4 == 0): thread q writes quad q of the output, the same
+// three-term sums as embeddings.
+@group(0) @binding(3) var<storage, read> word4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> position4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> token_type4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> emb_out4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn embeddings4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let q = element(wid, nwg, lid);
+    if (q >= p.n / 4u) { return; }
+    let d4 = p.d / 4u;
+    let tc = divmod(q, d4);
+    let t = tc.x;
+    let c = tc.y;
+    let id = min(ids[t], p.vocab - 1u);
+    if (id < p.row_start || id - p.row_start >= p.block_rows) { return; }
+    let tt = min(type_ids[t], p.types - 1u);
+    let pos = divmod(t, p.seq).y;
+    emb_out4[q] = word4[(id - p.row_start) * d4 + c] + position4[pos * d4 + c] + token_type4[tt * d4 + c];
 }
 
 // ---- unpack_f16: out2[i] = the f16 value in half i of `packed` (two halves a word, element 2w in

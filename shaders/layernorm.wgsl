@@ -206,3 +206,79 @@ fn backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         if (HAS_DX2) { bdx2[base + i] = v; }
     }
 }
+
+// ---- backward4: CPU drivers (WG = 8) where d is a multiple of 4 ----
+// Thread t owns the column quads t, t + WG, ... of its row, read and written as vec4: on lavapipe
+// each storage access is a per-lane block of instructions, one a quad here instead of one a
+// column. A thread's sums keep one partial per quad component, added pairwise at the end,
+// (s.x + s.y) + (s.z + s.w): four partial sums as with PARTIALS, over other columns, so results
+// are close to `backward`'s but not the same bits. CACHED keeps up to LN_CACHE columns.
+// (A forward over quads was tried: 22 % faster, as accurate on random rows, but it moved the
+// saturated-fusion fixture's last hidden state from 1.2e-5 to 2.0e-5 of float64, over that
+// case's bound; bench/NOTES.md.)
+const LN_CACHE4: u32 = LN_CACHE / 4u;
+
+fn hsum(s: vec4<f32>) -> f32 {
+    return (s.x + s.y) + (s.z + s.w);
+}
+
+@group(0) @binding(1) var<storage, read> bx4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bgamma4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bdy4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> bdx4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> bdx2_4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let row = linear_workgroup(wid, nwg);
+    if (row >= p.rows) {
+        return;
+    }
+    let d4 = p.d / 4u;
+    let base = row * d4;
+    var s = vec4<f32>(0.0);
+    for (var i = lid; i < d4; i += WG) { s += bx4[base + i]; }
+    part1[lid] = hsum(s);
+    workgroupBarrier();
+    let mean = total1() / f32(p.d);
+    // (Σ (x - mean)², Σ g, Σ g (x - mean)), one partial per quad component
+    var scc = vec4<f32>(0.0);
+    var sg = vec4<f32>(0.0);
+    var sgc = vec4<f32>(0.0);
+    var cs: array<vec4<f32>, LN_CACHE4>;
+    var gs: array<vec4<f32>, LN_CACHE4>;
+    var n = 0u;
+    for (var i = lid; i < d4; i += WG) {
+        let c = bx4[base + i] - mean;
+        let g = bdy4[base + i] * bgamma4[i];
+        if (CACHED) { cs[n] = c; gs[n] = g; n++; }
+        scc += c * c;
+        sg += g;
+        sgc += g * c;
+    }
+    part3[lid] = vec3<f32>(hsum(scc), hsum(sg), hsum(sgc));
+    workgroupBarrier();
+    let t = total3();
+    let inv_d = 1.0 / f32(p.d);
+    let rstd = inverseSqrt(t.x * inv_d + p.eps);
+    let mean_g = t.y * inv_d;
+    let k = rstd * rstd * t.z * inv_d;
+    n = 0u;
+    for (var i = lid; i < d4; i += WG) {
+        var c: vec4<f32>;
+        var g: vec4<f32>;
+        if (CACHED) {
+            c = cs[n];
+            g = gs[n];
+            n++;
+        } else {
+            c = bx4[base + i] - mean;
+            g = bdy4[base + i] * bgamma4[i];
+        }
+        var v = rstd * (g - mean_g - c * k);
+        if (p.accumulate != 0u) { v += bdx4[base + i]; }
+        bdx4[base + i] = v;
+        if (HAS_DX2) { bdx2_4[base + i] = v; }
+    }
+}

@@ -30,6 +30,9 @@ const FILL: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "fil
 const UNPACK_F16: KernelSpec = KernelSpec { shader: &shaders::ELEMENTWISE, entry: "unpack_f16", bindings: &[R, W] };
 const EMBEDDINGS: KernelSpec =
     KernelSpec { shader: &shaders::ELEMENTWISE, entry: "embeddings", bindings: &[R, R, R, R, R, W] };
+/// [`SCATTER_ROWS`] and [`EMBEDDINGS`] over column quads (vec4), where `d % 4 == 0`.
+const SCATTER_ROWS4: KernelSpec = KernelSpec { entry: "scatter_rows4", ..SCATTER_ROWS };
+const EMBEDDINGS4: KernelSpec = KernelSpec { entry: "embeddings4", ..EMBEDDINGS };
 
 const WG: u32 = 256;
 
@@ -66,6 +69,8 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
         (SCALE, p),
         (FILL, p),
         (EMBEDDINGS, p),
+        (SCATTER_ROWS4, p),
+        (EMBEDDINGS4, p),
         (UNPACK_F16, p),
     ]
 }
@@ -91,7 +96,7 @@ pub(crate) fn check_no_alias(what: &str, outputs: &[&GpuTensor], inputs: &[Optio
 /// ([`run_split`]) either `divmod`.
 #[cfg(test)]
 pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
-    let split = [GATHER_ROWS.entry, SCATTER_ROWS.entry, EMBEDDINGS.entry];
+    let split = [GATHER_ROWS.entry, SCATTER_ROWS.entry, EMBEDDINGS.entry, SCATTER_ROWS4.entry, EMBEDDINGS4.entry];
     specs()
         .into_iter()
         .map(|(s, _)| {
@@ -112,12 +117,34 @@ fn groups(n: u32) -> [u32; 3] {
     [n.div_ceil(WG), 1, 1]
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: the element-at-a-time kernels even where the quad ones apply.
+    pub(crate) static NO_QUADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// [`run`] for the kernels that split element indices into rows and columns (`divmod`): without
-/// an integer division where the elements and the divisors allow.
-fn run_split(batch: &mut CommandRecorder, spec: &KernelSpec, params: Params, tensors: &[Option<&GpuTensor>]) {
+/// an integer division where the elements and the divisors allow; with `quads` (the kernel's
+/// vec4 form), a thread per four elements of a row where `d` is a multiple of 4.
+fn run_split(
+    batch: &mut CommandRecorder,
+    spec: &KernelSpec,
+    quads: Option<&KernelSpec>,
+    params: Params,
+    tensors: &[Option<&GpuTensor>],
+) {
     let largest = [params.n, params.d, params.seq, params.stride].into_iter().max().unwrap_or(0) as usize;
     let constants = [("WG", WG as f64), crate::kernels::divmod_override(largest)];
-    batch.dispatch(spec, &constants, &params, tensors, groups(params.n));
+    #[cfg(test)]
+    let no_quads = NO_QUADS.with(|f| f.get());
+    #[cfg(not(test))]
+    let no_quads = false;
+    match quads {
+        Some(q) if params.d % 4 == 0 && !no_quads => {
+            batch.dispatch(q, &constants, &params, tensors, groups(params.n / 4))
+        }
+        _ => batch.dispatch(spec, &constants, &params, tensors, groups(params.n)),
+    }
 }
 
 fn run(
@@ -346,7 +373,7 @@ pub fn embeddings(
             ..Default::default()
         };
         let bindings = [Some(ids), Some(token_types), Some(block), Some(position), Some(token_type), Some(out)];
-        run_split(batch, &EMBEDDINGS, params, &bindings);
+        run_split(batch, &EMBEDDINGS, Some(&EMBEDDINGS4), params, &bindings);
     }
     Ok(())
 }
@@ -368,7 +395,7 @@ pub fn gather_rows(batch: &mut CommandRecorder, x: &GpuTensor, stride: usize, ou
     let (b, d) = gather_shapes("gather_rows", x, out, stride)?;
     check_no_alias("gather_rows", &[out], &[Some(x)])?;
     let params = Params { n: count("gather_rows", b * d)?, d: d as u32, stride: stride as u32, ..Default::default() };
-    run_split(batch, &GATHER_ROWS, params, &[Some(x), Some(out)]);
+    run_split(batch, &GATHER_ROWS, None, params, &[Some(x), Some(out)]);
     Ok(())
 }
 
@@ -391,6 +418,6 @@ pub fn scatter_rows(
         accumulate: accumulate as u32,
         ..Default::default()
     };
-    run_split(batch, &SCATTER_ROWS, params, &[Some(src), Some(out)]);
+    run_split(batch, &SCATTER_ROWS, Some(&SCATTER_ROWS4), params, &[Some(src), Some(out)]);
     Ok(())
 }

@@ -67,9 +67,18 @@ fn add_copy_fill_and_act_backward() {
 #[test]
 fn embeddings_match_reference() {
     let mut rng = rng(800);
-    for &(batch, seq, d, vocab, types, positions) in
-        [(1usize, 1usize, 32usize, 50usize, 2usize, 8usize), (3, 7, 48, 100, 2, 7), (2, 33, 100, 1000, 3, 64)].iter()
+    // d = 30: the element-at-a-time kernel; the others (multiples of 4): the quad kernel, and
+    // forced, the element-at-a-time one too.
+    for &(batch, seq, d, vocab, types, positions, no_quads) in [
+        (1usize, 1usize, 32usize, 50usize, 2usize, 8usize, false),
+        (3, 7, 48, 100, 2, 7, false),
+        (3, 7, 48, 100, 2, 7, true),
+        (2, 33, 100, 1000, 3, 64, false),
+        (2, 5, 30, 40, 2, 9, false),
+    ]
+    .iter()
     {
+        elementwise::NO_QUADS.with(|f| f.set(no_quads));
         let t = batch * seq;
         let ids: Vec<u32> = (0..t).map(|_| rng.random_range(0..vocab as u32)).collect();
         let tts: Vec<u32> = (0..t).map(|_| rng.random_range(0..types as u32)).collect();
@@ -92,7 +101,8 @@ fn embeddings_match_reference() {
         .unwrap();
         b.finish().unwrap();
         let r = ops::embeddings(&ids, &tts, seq, d, &f64s(&word), &f64s(&pos), &f64s(&tt));
-        assert_close(&format!("embeddings B={batch} S={seq} d={d}"), &download(&out), &r, TOL);
+        elementwise::NO_QUADS.with(|f| f.set(false));
+        assert_close(&format!("embeddings B={batch} S={seq} d={d} no_quads={no_quads}"), &download(&out), &r, TOL);
     }
     // Ids past the tables are clamped to their last rows instead of reading out of bounds.
     let (d, vocab, types) = (8, 5, 2);
@@ -188,7 +198,19 @@ fn embeddings_from_a_split_word_table_equal_the_whole_table() {
 #[test]
 fn gather_and_scatter_rows() {
     let mut rng = rng(900);
-    for &(batch, stride, d) in [(1usize, 1usize, 32usize), (3, 7, 48), (5, 33, 100), (2, 4, 384)].iter() {
+    // d = 30: the element-at-a-time scatter; the others the quad one (and d = 48 forced, the
+    // element-at-a-time one too).
+    for &(batch, stride, d, no_quads) in [
+        (1usize, 1usize, 32usize, false),
+        (3, 7, 48, false),
+        (3, 7, 48, true),
+        (5, 33, 100, false),
+        (2, 4, 384, false),
+        (3, 5, 30, false),
+    ]
+    .iter()
+    {
+        elementwise::NO_QUADS.with(|f| f.set(no_quads));
         let x = rand_f32(&mut rng, batch * stride * d, 1.0);
         let src = rand_f32(&mut rng, batch * d, 1.0);
         let prev = rand_f32(&mut rng, batch * stride * d, 1.0);

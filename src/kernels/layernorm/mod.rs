@@ -32,6 +32,9 @@ const BACKWARD: KernelSpec = KernelSpec {
     bindings: &[Access::Read, Access::Read, Access::Read, Access::ReadWrite, Access::ReadWrite],
 };
 
+/// [`BACKWARD`] over column quads (vec4), for CPU drivers where `d % 4 == 0`.
+const BACKWARD4: KernelSpec = KernelSpec { entry: "backward4", ..BACKWARD };
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -48,7 +51,7 @@ struct Params {
 #[cfg(test)]
 pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     let p = std::mem::size_of::<Params>();
-    vec![(FORWARD, p), (BACKWARD, p)]
+    vec![(FORWARD, p), (BACKWARD, p), (BACKWARD4, p)]
 }
 
 /// Largest supported hidden size (a thread walks `d / WG` columns; nothing breaks above it, but
@@ -68,7 +71,8 @@ pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
             }
         }
     }
-    vec![(FORWARD, sets.clone()), (BACKWARD, sets)]
+    let cpu = vec![("WG", CPU_WG)];
+    vec![(FORWARD, sets.clone()), (BACKWARD, sets), (BACKWARD4, vec![cpu])]
 }
 
 /// Threads per row. GPUs: enough for coalesced loads, few enough that short rows keep them busy.
@@ -100,6 +104,22 @@ thread_local! {
 
 /// Columns a thread may keep in registers (`LN_CACHE` in layernorm.wgsl).
 const LN_CACHE: usize = 128;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the column-at-a-time backward on CPU drivers even where the quad one applies.
+    pub(crate) static NO_QUADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether rows of `d` run the quad backward ([`BACKWARD4`]): CPU drivers' row layout (`WG` =
+/// [`CPU_WG`]) and `d` a multiple of 4.
+fn quads(constants: &[(&'static str, f64); 3], d: usize) -> bool {
+    #[cfg(test)]
+    if NO_QUADS.with(|f| f.get()) {
+        return false;
+    }
+    constants[0].1 == CPU_WG && d % 4 == 0
+}
 
 /// The override constants of the row layout: `WG` threads a row, and `PARTIALS` on CPU drivers,
 /// with `CACHED` (a thread's values kept between the passes) where its columns fit [`LN_CACHE`].
@@ -253,16 +273,12 @@ pub fn layer_norm_backward_twice(
         bail!("layer_norm_backward: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: accumulate as u32, _p0: 0, eps, _p1: [0; 3] };
-    let [wg, partials, cached] = row_constants(batch, d);
+    let row = row_constants(batch, d);
+    let spec = if quads(&row, d) { &BACKWARD4 } else { &BACKWARD };
+    let [wg, partials, cached] = row;
     let constants = [wg, partials, cached, ("HAS_DX2", if dx2.is_some() { 1.0 } else { 0.0 })];
     // An absent dx2 binds its slot's dummy (never written): not dx again, as WebGPU forbids two
     // writable bindings of one buffer in a dispatch.
-    batch.dispatch(
-        &BACKWARD,
-        &constants,
-        &params,
-        &[Some(x), Some(gamma), Some(dy), Some(dx), dx2],
-        [rows as u32, 1, 1],
-    );
+    batch.dispatch(spec, &constants, &params, &[Some(x), Some(gamma), Some(dy), Some(dx), dx2], [rows as u32, 1, 1]);
     Ok(())
 }

@@ -69,10 +69,12 @@ fn layer_norm_case(rows: usize, d: usize, seed: u64) -> (f64, f64) {
 
 #[test]
 fn layer_norm_matches_reference_over_shapes() {
-    // Both row layouts on this device: the GPUs' (64–256 threads a row) and the CPU drivers' (8
-    // threads with four partial sums each).
-    for cpu_rows in [false, true] {
+    // Every row layout on this device: the GPUs' (64–256 threads a row) and the CPU drivers' (8
+    // threads with four partial sums each), the latter's backward over column quads where
+    // d % 4 == 0 and, forced, a column at a time there too.
+    for (cpu_rows, no_quads) in [(false, false), (true, false), (true, true)] {
         layernorm::FORCE_CPU_ROWS.with(|f| f.set(Some(cpu_rows)));
+        layernorm::NO_QUADS.with(|f| f.set(no_quads));
         let (mut ef, mut eb, mut n) = (0f64, 0f64, 0);
         for (ri, &rows) in [1usize, 7, 33].iter().enumerate() {
             for (di, &d) in [32usize, 48, 100, 384, 768].iter().enumerate() {
@@ -88,10 +90,15 @@ fn layer_norm_matches_reference_over_shapes() {
             eb = eb.max(b);
             n += 1;
         }
-        let layout = if cpu_rows { "CPU-driver" } else { "GPU" };
+        let layout = match (cpu_rows, no_quads) {
+            (false, _) => "GPU",
+            (true, false) => "CPU-driver, backward over quads",
+            (true, true) => "CPU-driver, backward over columns",
+        };
         println!("LayerNorm ({layout} rows): {n} shapes; max relative error forward {ef:.2e}, backward {eb:.2e}");
     }
     layernorm::FORCE_CPU_ROWS.with(|f| f.set(None));
+    layernorm::NO_QUADS.with(|f| f.set(false));
 }
 
 #[test]

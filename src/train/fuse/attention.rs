@@ -121,3 +121,26 @@ impl FusionAttention {
         crate::formats::write_atomic(path, text.as_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FusionAttention;
+
+    /// The JSON file gives back the table's means bit for bit (serde_json's `float_roundtrip`:
+    /// its default parser was one ulp off for values like this one, from a real run).
+    #[test]
+    fn json_round_trip_is_exact() {
+        let t = FusionAttention {
+            adapter_names: vec!["a".into(), "b".into()],
+            layers: vec![0],
+            mean: vec![vec![0.5014217745873236, 0.49857825617636403]],
+            attention_layers: vec![],
+            attention_mean: vec![],
+            tokens: 62,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attention.json");
+        t.save_json(&path).unwrap();
+        assert_eq!(FusionAttention::load_json(&path).unwrap(), t);
+    }
+}
