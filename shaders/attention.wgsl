@@ -98,7 +98,7 @@ fn softmax_row_thread(row: u32) {
     if (row >= p.rows) { return; }
     let n = p.seq;
     let base = row * n;
-    let mbase = (row / (p.heads * n)) * n;
+    let mbase = divmod(row, p.heads * n).x * n;
     var v: array<f32, ROW_KEYS>;
     var keep: array<bool, ROW_KEYS>;
     var mx = NEG_BIG;
@@ -177,5 +177,95 @@ fn softmax_backward_thread(row: u32) {
     for (var i = 0u; i < TPR; i++) { dot += part[i]; }
     for (var j = 0u; j < ROW_LOOP; j++) {
         if (j < n) { grad[base + j] = p.scale * pv[j] * (gv[j] - dot); }
+    }
+}
+
+// ---- softmax_rows4 / softmax_backward4: the one-thread-a-row kernels over key quads ----
+// For rows of a multiple of 4 keys (CPU drivers): the row read and written as vec4 (on lavapipe
+// one per-lane block of instructions a quad instead of one a key) and held as quads between the
+// passes. The maximum is still taken key by key in key order and key j still goes into partial
+// j % TPR in key order: the same bits as softmax_row_thread / softmax_backward_thread.
+@group(0) @binding(1) var<storage, read> mask4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> scores4: array<vec4<f32>>;
+
+const ROW_QUADS: u32 = ROW_KEYS / 4u;
+
+// The quad q's four terms into the partials of keys 4q .. 4q + 3, in key order.
+fn add_quad(part: ptr<function, array<f32, 8>>, q: u32, e: vec4<f32>) {
+    let j = 4u * q;
+    (*part)[j % TPR] += e.x;
+    (*part)[(j + 1u) % TPR] += e.y;
+    (*part)[(j + 2u) % TPR] += e.z;
+    (*part)[(j + 3u) % TPR] += e.w;
+}
+
+fn sum_parts(part: array<f32, 8>) -> f32 {
+    var z = 0.0;
+    for (var i = 0u; i < TPR; i++) { z += part[i]; }
+    return z;
+}
+
+@compute @workgroup_size(WG)
+fn softmax_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let row = linear_workgroup(wid, nwg) * WG + lid;
+    if (row >= p.rows) { return; }
+    let n4 = p.seq / 4u;
+    let base = row * n4;
+    let mbase = divmod(row, p.heads * p.seq).x * n4;
+    var v: array<vec4<f32>, ROW_QUADS>;
+    var keep: array<vec4<bool>, ROW_QUADS>;
+    var mx = NEG_BIG;
+    for (var q = 0u; q < ROW_LOOP / 4u; q++) {
+        if (q < n4) {
+            let k = mask4[mbase + q] > vec4<f32>(0.5);
+            let s = scores4[base + q];
+            keep[q] = k;
+            v[q] = s;
+            if (k.x) { mx = max(mx, s.x); }
+            if (k.y) { mx = max(mx, s.y); }
+            if (k.z) { mx = max(mx, s.z); }
+            if (k.w) { mx = max(mx, s.w); }
+        }
+    }
+    var part = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (var q = 0u; q < ROW_LOOP / 4u; q++) {
+        if (q < n4) {
+            // Masked keys: exactly 0 (their exp, possibly infinite, is not used).
+            let e = select(vec4<f32>(0.0), exp(v[q] - mx), keep[q]);
+            v[q] = e;
+            add_quad(&part, q, e);
+        }
+    }
+    let z = sum_parts(part);
+    let inv = select(0.0, 1.0 / z, z > 0.0);
+    for (var q = 0u; q < ROW_LOOP / 4u; q++) {
+        if (q < n4) { scores4[base + q] = v[q] * inv; }
+    }
+}
+
+@group(0) @binding(1) var<storage, read> probs4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> grad4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn softmax_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+    let row = linear_workgroup(wid, nwg) * WG + lid;
+    if (row >= p.rows) { return; }
+    let n4 = p.seq / 4u;
+    let base = row * n4;
+    var pv: array<vec4<f32>, ROW_QUADS>;
+    var gv: array<vec4<f32>, ROW_QUADS>;
+    var part = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (var q = 0u; q < ROW_LOOP / 4u; q++) {
+        if (q < n4) {
+            pv[q] = probs4[base + q];
+            gv[q] = grad4[base + q];
+            add_quad(&part, q, pv[q] * gv[q]);
+        }
+    }
+    let dot = sum_parts(part);
+    for (var q = 0u; q < ROW_LOOP / 4u; q++) {
+        if (q < n4) { grad4[base + q] = p.scale * pv[q] * (gv[q] - dot); }
     }
 }

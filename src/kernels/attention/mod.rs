@@ -65,10 +65,20 @@ impl AttentionShape {
     }
 }
 
-const SOFTMAX_ROWS: KernelSpec =
-    KernelSpec { shader: &shaders::ATTENTION, entry: "softmax_rows", bindings: &[Access::Read, Access::ReadWrite] };
-const SOFTMAX_BACKWARD: KernelSpec =
-    KernelSpec { shader: &shaders::ATTENTION, entry: "softmax_backward", bindings: &[Access::Read, Access::ReadWrite] };
+/// A row kernel (`attention.wgsl`) and its one-thread-a-row form over key quads, for rows of a
+/// multiple of 4 keys where one thread takes a row.
+struct RowKernel {
+    keys: KernelSpec,
+    quads: KernelSpec,
+}
+
+const fn row_spec(entry: &'static str) -> KernelSpec {
+    KernelSpec { shader: &shaders::ATTENTION, entry, bindings: &[Access::Read, Access::ReadWrite] }
+}
+
+const SOFTMAX_ROWS: RowKernel = RowKernel { keys: row_spec("softmax_rows"), quads: row_spec("softmax_rows4") };
+const SOFTMAX_BACKWARD: RowKernel =
+    RowKernel { keys: row_spec("softmax_backward"), quads: row_spec("softmax_backward4") };
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -86,7 +96,8 @@ struct Params {
 #[cfg(test)]
 pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     let p = std::mem::size_of::<Params>();
-    let mut v = vec![(SOFTMAX_ROWS, p), (SOFTMAX_BACKWARD, p)];
+    let mut v: Vec<(KernelSpec, usize)> =
+        [SOFTMAX_ROWS, SOFTMAX_BACKWARD].into_iter().flat_map(|k| [(k.keys, p), (k.quads, p)]).collect();
     v.extend(fused::specs());
     v
 }
@@ -109,14 +120,19 @@ pub fn probs_shape(s: AttentionShape) -> [usize; 4] {
 pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
     let mut sets: Vec<crate::kernels::Constants> = vec![];
     for seq in 1..=4096 {
-        for cpu in [false, true] {
-            let c = constants(seq, cpu).to_vec();
+        for (cpu, fast) in [(false, 0.0), (false, 1.0), (true, 0.0), (true, 1.0)] {
+            let mut c = constants(seq, cpu);
+            c[4].1 = fast;
+            let c = c.to_vec();
             if !sets.contains(&c) {
                 sets.push(c);
             }
         }
     }
-    let mut v = vec![(SOFTMAX_ROWS, sets.clone()), (SOFTMAX_BACKWARD, sets)];
+    let mut v: Vec<(KernelSpec, Vec<crate::kernels::Constants>)> = [SOFTMAX_ROWS, SOFTMAX_BACKWARD]
+        .into_iter()
+        .flat_map(|k| [(k.keys, sets.clone()), (k.quads, sets.clone())])
+        .collect();
     v.extend(fused::launches());
     v
 }
@@ -170,7 +186,7 @@ fn layout(seq: usize, cpu: bool) -> (u32, u32) {
 
 /// The row kernels' override constants for rows of `seq` keys: on CPU drivers, rows of at most
 /// [`ROW_KEYS`] keys one thread each (`ROW_THREAD`, the same bits as TPR threads a row).
-fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 4] {
+fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 5] {
     let (wg, tpr) = layout(seq, cpu);
     let row_thread = row_thread(seq, cpu);
     let row_loop = if row_thread { seq.next_power_of_two() } else { ROW_KEYS };
@@ -179,6 +195,8 @@ fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 4] {
         ("TPR", tpr as f64),
         ("ROW_THREAD", f64::from(u8::from(row_thread))),
         ("ROW_LOOP", row_loop as f64),
+        // The row-thread kernels split a row index by heads · seq (rows below 2²² where it is on).
+        super::divmod_override(0),
     ]
 }
 
@@ -197,6 +215,16 @@ fn row_thread(seq: usize, cpu: bool) -> bool {
 thread_local! {
     /// Tests: the CPU drivers' threads-per-row layout even for rows one thread could take.
     pub(crate) static NO_ROW_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Tests: one thread a row key by key even where the quad kernels apply.
+    pub(crate) static NO_ROW_QUADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a row of `seq` keys runs the one-thread-a-row kernels over key quads.
+fn row_quads(seq: usize, cpu: bool) -> bool {
+    let on = row_thread(seq, cpu) && seq % 4 == 0;
+    #[cfg(test)]
+    let on = on && !NO_ROW_QUADS.with(|f| f.get());
+    on
 }
 
 /// Validates the shapes of every operand of an attention call.
@@ -234,9 +262,10 @@ fn check(
     Ok(())
 }
 
-fn row_kernel(batch: &mut CommandRecorder, spec: &KernelSpec, s: AttentionShape, a: &GpuTensor, b: &GpuTensor) {
+fn row_kernel(batch: &mut CommandRecorder, kernel: &RowKernel, s: AttentionShape, a: &GpuTensor, b: &GpuTensor) {
     let rows = s.batch * s.heads * s.seq;
     let cpu = cpu_rows(batch);
+    let spec = if row_quads(s.seq, cpu) { &kernel.quads } else { &kernel.keys };
     let (wg, tpr) = layout(s.seq, cpu);
     let params = Params {
         rows: rows as u32,
@@ -248,7 +277,9 @@ fn row_kernel(batch: &mut CommandRecorder, spec: &KernelSpec, s: AttentionShape,
     };
     let rows_per_group = if row_thread(s.seq, cpu) { wg } else { wg / tpr };
     let groups = (rows as u32).div_ceil(rows_per_group);
-    batch.dispatch(spec, &constants(s.seq, cpu), &params, &[Some(a), Some(b)], [groups, 1, 1]);
+    let mut constants = constants(s.seq, cpu);
+    constants[4] = super::divmod_override(rows.max(s.heads * s.seq));
+    batch.dispatch(spec, &constants, &params, &[Some(a), Some(b)], [groups, 1, 1]);
 }
 
 /// Dropout on the attention probabilities (training): the mask of `key` over the probabilities'

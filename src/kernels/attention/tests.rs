@@ -187,20 +187,26 @@ fn attention_long_sequence() {
 /// gradients), with masked keys and at the lengths around the switch (129 runs threads a row in both).
 #[test]
 fn softmax_row_layouts_give_the_same_bits() {
-    use crate::kernels::attention::{FORCE_CPU_ROWS, NO_ROW_THREAD};
+    use crate::kernels::attention::{FORCE_CPU_ROWS, NO_ROW_QUADS, NO_ROW_THREAD};
     FORCE_KERNEL.with(|c| c.set(Some(AttentionKernel::Separate)));
     FORCE_CPU_ROWS.with(|f| f.set(Some(true)));
+    // Threads a row; one thread a row key by key; and where the length is a multiple of 4 (8, 32,
+    // 64, 100, 128), one thread a row over key quads.
     for (i, &seq) in [1usize, 5, 8, 32, 33, 61, 64, 65, 100, 128, 129].iter().enumerate() {
         let a = AttnData::new(AttentionShape { batch: 3, seq, heads: 2, head_dim: 8 }, 500 + i as u64, true);
-        let run = |threads_a_row: bool| {
+        let run = |threads_a_row: bool, no_quads: bool| {
             NO_ROW_THREAD.with(|f| f.set(threads_a_row));
+            NO_ROW_QUADS.with(|f| f.set(no_quads));
             run_attention(&a)
         };
-        let (threads, one) = (run(true), run(false));
-        assert!(one.probs.iter().chain(&one.dq).all(|v| v.is_finite()), "seq {seq}: poison left");
-        assert_same_bits(&threads, &one, &format!("seq {seq}: the row layouts"));
+        let (threads, keys, quads) = (run(true, true), run(false, true), run(false, false));
+        for (one, name) in [(&keys, "key by key"), (&quads, "over quads")] {
+            assert!(one.probs.iter().chain(&one.dq).all(|v| v.is_finite()), "seq {seq} {name}: poison left");
+            assert_same_bits(&threads, one, &format!("seq {seq}: threads a row vs one thread a row {name}"));
+        }
     }
     NO_ROW_THREAD.with(|f| f.set(false));
+    NO_ROW_QUADS.with(|f| f.set(false));
     FORCE_CPU_ROWS.with(|f| f.set(None));
     FORCE_KERNEL.with(|c| c.set(None));
 }
