@@ -22,11 +22,16 @@ struct Params {
     rows: u32,   // batch * heads * seq
     seq: u32,
     heads: u32,
-    _p0: u32,
+    row0: u32,   // softmax_rows4_dropout: the global token row of the batch's first query
     scale: f32,  // softmax_backward: 1 / sqrt(head_dim)
-    _p1: u32,
-    _p2: u32,
-    _p3: u32,
+    // softmax_rows4_dropout: the probabilities' dropout mask, drawn as dropout.wgsl draws it
+    threshold: u32,
+    drop_scale: f32,
+    step: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    stream: u32,
+    _p0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -205,15 +210,14 @@ fn sum_parts(part: array<f32, 8>) -> f32 {
     return z;
 }
 
-@compute @workgroup_size(WG)
-fn softmax_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                 @builtin(local_invocation_index) lid: u32) {
-    let row = linear_workgroup(wid, nwg) * WG + lid;
-    if (row >= p.rows) { return; }
+// The row's quads between the passes (private: each invocation its own).
+var<private> quad_row: array<vec4<f32>, ROW_QUADS>;
+
+// The softmax of `row` into quad_row (the probabilities once scaled by the returned 1 / z).
+fn softmax_quads(row: u32) -> f32 {
     let n4 = p.seq / 4u;
     let base = row * n4;
     let mbase = divmod(row, p.heads * p.seq).x * n4;
-    var v: array<vec4<f32>, ROW_QUADS>;
     var keep: array<vec4<bool>, ROW_QUADS>;
     var mx = NEG_BIG;
     for (var q = 0u; q < ROW_LOOP / 4u; q++) {
@@ -221,7 +225,7 @@ fn softmax_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             let k = mask4[mbase + q] > vec4<f32>(0.5);
             let s = scores4[base + q];
             keep[q] = k;
-            v[q] = s;
+            quad_row[q] = s;
             if (k.x) { mx = max(mx, s.x); }
             if (k.y) { mx = max(mx, s.y); }
             if (k.z) { mx = max(mx, s.z); }
@@ -232,15 +236,55 @@ fn softmax_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     for (var q = 0u; q < ROW_LOOP / 4u; q++) {
         if (q < n4) {
             // Masked keys: exactly 0 (their exp, possibly infinite, is not used).
-            let e = select(vec4<f32>(0.0), exp(v[q] - mx), keep[q]);
-            v[q] = e;
+            let e = select(vec4<f32>(0.0), exp(quad_row[q] - mx), keep[q]);
+            quad_row[q] = e;
             add_quad(&part, q, e);
         }
     }
     let z = sum_parts(part);
-    let inv = select(0.0, 1.0 / z, z > 0.0);
+    return select(0.0, 1.0 / z, z > 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn softmax_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let row = linear_workgroup(wid, nwg) * WG + lid;
+    if (row >= p.rows) { return; }
+    let inv = softmax_quads(row);
+    let n4 = p.seq / 4u;
     for (var q = 0u; q < ROW_LOOP / 4u; q++) {
-        if (q < n4) { scores4[base + q] = v[q] * inv; }
+        if (q < n4) { scores4[row * n4 + q] = quad_row[q] * inv; }
+    }
+}
+
+// ---- softmax_rows4_dropout: softmax_rows4 that also writes the dropped probabilities P' ----
+// P into scores4 (backward needs it undropped) and P' = P · mask · 1/(1 − p) into dropped4, the
+// mask drawn exactly as dropout.wgsl's attention layout draws it (one Philox4x32-10 call a quad:
+// counter (column / 4, global query row, step, stream), key (seed low, seed high)): the bits of
+// softmax_rows4 followed by dropout_apply4, in one pass over the row.
+@group(0) @binding(3) var<storage, read_write> dropped4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn softmax_rows4_dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    let row = linear_workgroup(wid, nwg) * WG + lid;
+    if (row >= p.rows) { return; }
+    let inv = softmax_quads(row);
+    let n4 = p.seq / 4u;
+    // row = (b · heads + h) · seq + i: the query's token row b · seq + i, and head h's first
+    // column group h · seq / 4.
+    let bh_i = divmod(row, p.seq);
+    let b_h = divmod(bh_i.x, p.heads);
+    let token_row = p.row0 + b_h.x * p.seq + bh_i.y;
+    let g0 = b_h.y * n4;
+    let key = vec2<u32>(p.seed_lo, p.seed_hi);
+    for (var q = 0u; q < ROW_LOOP / 4u; q++) {
+        if (q < n4) {
+            let probs = quad_row[q] * inv;
+            scores4[row * n4 + q] = probs;
+            let dropped = philox4x32_10(vec4<u32>(g0 + q, token_row, p.step, p.stream), key) < vec4<u32>(p.threshold);
+            dropped4[row * n4 + q] = probs * select(vec4<f32>(p.drop_scale), vec4<f32>(0.0), dropped);
+        }
     }
 }
 

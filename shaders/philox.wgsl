@@ -1,6 +1,6 @@
 // ---- philox.wgsl: the counter-based generator of the dropout masks (a snippet) ----
 //
-// Joined before shaders that draw dropout masks (dropout.wgsl, attention_fused.wgsl), so every
+// Joined before shaders that draw dropout masks (dropout.wgsl, attention.wgsl, attention_fused.wgsl), so every
 // kernel that draws a mask runs the same generator.
 
 // (high, low) 32-bit halves of the 64-bit product a·b, from 16-bit pieces (WGSL has no u64).

@@ -57,7 +57,8 @@ pub static MATMUL_SMEM: Shader = Shader {
     parts: &[COMMON, MATMUL_VEC4, include_str!("../shaders/matmul_smem.wgsl")],
     trusted: true,
 };
-/// The Philox4x32-10 generator of the dropout masks (a snippet: dropout.wgsl, attention_fused.wgsl).
+/// The Philox4x32-10 generator of the dropout masks (a snippet: dropout.wgsl, attention.wgsl,
+/// attention_fused.wgsl).
 pub const PHILOX: &str = include_str!("../shaders/philox.wgsl");
 /// f16-input matmul, fragment products by plain invocations (`MatmulVariant::F16`; SHADER_F16).
 pub static MATMUL_F16: Shader =
@@ -80,7 +81,7 @@ pub static REDUCE: Shader =
 pub static LAYERNORM: Shader =
     Shader { name: "layernorm", parts: &[COMMON, include_str!("../shaders/layernorm.wgsl")], trusted: false };
 pub static ATTENTION: Shader =
-    Shader { name: "attention", parts: &[COMMON, include_str!("../shaders/attention.wgsl")], trusted: false };
+    Shader { name: "attention", parts: &[COMMON, PHILOX, include_str!("../shaders/attention.wgsl")], trusted: false };
 /// Masked self-attention forward in one dispatch, backward in two (`AttentionKernel::Fused`).
 pub static ATTENTION_FUSED: Shader = Shader {
     name: "attention_fused",

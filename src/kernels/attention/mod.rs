@@ -80,15 +80,29 @@ const SOFTMAX_ROWS: RowKernel = RowKernel { keys: row_spec("softmax_rows"), quad
 const SOFTMAX_BACKWARD: RowKernel =
     RowKernel { keys: row_spec("softmax_backward"), quads: row_spec("softmax_backward4") };
 
+/// The row-thread softmax that also drops the probabilities it writes (rows of a multiple of 4
+/// keys, CPU drivers): bindings mask, probabilities, dropped probabilities.
+const SOFTMAX_ROWS4_DROPOUT: KernelSpec = KernelSpec {
+    shader: &shaders::ATTENTION,
+    entry: "softmax_rows4_dropout",
+    bindings: &[Access::Read, Access::ReadWrite, Access::ReadWrite],
+};
+
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     rows: u32,
     seq: u32,
     heads: u32,
-    _p0: u32,
+    row0: u32,
     scale: f32,
-    _p1: [u32; 3],
+    threshold: u32,
+    drop_scale: f32,
+    step: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    stream: u32,
+    _p0: u32,
 }
 
 /// Every kernel of this module with the size of its parameter block (`kernels/bindings.rs` checks
@@ -98,6 +112,7 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     let p = std::mem::size_of::<Params>();
     let mut v: Vec<(KernelSpec, usize)> =
         [SOFTMAX_ROWS, SOFTMAX_BACKWARD].into_iter().flat_map(|k| [(k.keys, p), (k.quads, p)]).collect();
+    v.push((SOFTMAX_ROWS4_DROPOUT, p));
     v.extend(fused::specs());
     v
 }
@@ -133,6 +148,7 @@ pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
         .into_iter()
         .flat_map(|k| [(k.keys, sets.clone()), (k.quads, sets.clone())])
         .collect();
+    v.push((SOFTMAX_ROWS4_DROPOUT, sets));
     v.extend(fused::launches());
     v
 }
@@ -263,23 +279,68 @@ fn check(
 }
 
 fn row_kernel(batch: &mut CommandRecorder, kernel: &RowKernel, s: AttentionShape, a: &GpuTensor, b: &GpuTensor) {
-    let rows = s.batch * s.heads * s.seq;
     let cpu = cpu_rows(batch);
     let spec = if row_quads(s.seq, cpu) { &kernel.quads } else { &kernel.keys };
+    row_dispatch(batch, spec, s, Params::default(), &[Some(a), Some(b)]);
+}
+
+/// One dispatch of a row kernel over the `[batch, heads, seq, seq]` rows of `s`, with `params`'
+/// dropout words (if any) and the shape's own.
+fn row_dispatch(
+    batch: &mut CommandRecorder,
+    spec: &KernelSpec,
+    s: AttentionShape,
+    params: Params,
+    tensors: &[Option<&GpuTensor>],
+) {
+    let rows = s.batch * s.heads * s.seq;
+    let cpu = cpu_rows(batch);
     let (wg, tpr) = layout(s.seq, cpu);
     let params = Params {
         rows: rows as u32,
         seq: s.seq as u32,
         heads: s.heads as u32,
-        _p0: 0,
         scale: 1.0 / (s.head_dim as f32).sqrt(),
-        _p1: [0; 3],
+        ..params
     };
     let rows_per_group = if row_thread(s.seq, cpu) { wg } else { wg / tpr };
     let groups = (rows as u32).div_ceil(rows_per_group);
     let mut constants = constants(s.seq, cpu);
     constants[4] = super::divmod_override(rows.max(s.heads * s.seq));
-    batch.dispatch(spec, &constants, &params, &[Some(a), Some(b)], [groups, 1, 1]);
+    batch.dispatch(spec, &constants, &params, tensors, [groups, 1, 1]);
+}
+
+/// The softmax of the scores in `probs` (in place) and, in the same pass, their dropout into
+/// `d.work`, where one thread takes a row over key quads (CPU drivers, rows of a multiple of 4
+/// keys): the bits of the softmax followed by [`dropout::apply`]. `false` (nothing recorded)
+/// where that layout does not apply.
+fn softmax_with_dropout(
+    batch: &mut CommandRecorder,
+    s: AttentionShape,
+    mask: &GpuTensor,
+    probs: &GpuTensor,
+    d: &ProbsDropout,
+) -> Result<bool> {
+    if !row_quads(s.seq, cpu_rows(batch)) {
+        return Ok(false);
+    }
+    let k = dropout::draw_key(d.key, d.rate)?;
+    let row0 = u32::try_from(d.row0)
+        .ok()
+        .filter(|r| r.checked_add((s.batch * s.seq) as u32).is_some())
+        .ok_or_else(|| anyhow::anyhow!("attention dropout: row {} exceeds u32 indexing", d.row0))?;
+    let params = Params {
+        row0,
+        threshold: k.threshold,
+        drop_scale: k.scale,
+        step: k.step,
+        seed_lo: k.seed_lo,
+        seed_hi: k.seed_hi,
+        stream: k.stream,
+        ..Default::default()
+    };
+    row_dispatch(batch, &SOFTMAX_ROWS4_DROPOUT, s, params, &[Some(mask), Some(probs), Some(d.work)]);
+    Ok(true)
 }
 
 /// Dropout on the attention probabilities (training): the mask of `key` over the probabilities'

@@ -2,7 +2,7 @@
 //! whole `[tokens, hidden]` tensors or thirds of a packed `[tokens, 3·hidden]` Q|K|V tensor (the
 //! fused QKV projection's output and its gradient). The callers in `mod.rs` validate the operands.
 
-use super::{row_kernel, AttentionShape, ProbsDropout, SOFTMAX_BACKWARD, SOFTMAX_ROWS};
+use super::{row_kernel, softmax_with_dropout, AttentionShape, ProbsDropout, SOFTMAX_BACKWARD, SOFTMAX_ROWS};
 use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::matmul::{InnerBatch, Matmul, View};
 use anyhow::Result;
@@ -89,14 +89,20 @@ pub(super) fn forward(
         None,
         l.rows(probs),
     )?;
-    row_kernel(batch, &SOFTMAX_ROWS, s, mask, probs);
-    // P' = dropout(P) when training with dropout
+    // P = softmax(S) in place, and P' = dropout(P) when training with dropout (in the same pass
+    // where one thread takes a row over key quads)
     let used = match dropout {
         Some(d) => {
-            d.apply(batch, s, probs, d.work)?;
+            if !softmax_with_dropout(batch, s, mask, probs, &d)? {
+                row_kernel(batch, &SOFTMAX_ROWS, s, mask, probs);
+                d.apply(batch, s, probs, d.work)?;
+            }
             d.work
         }
-        None => probs,
+        None => {
+            row_kernel(batch, &SOFTMAX_ROWS, s, mask, probs);
+            probs
+        }
     };
     // ctx = P' V
     Matmul::new(n, hd, n).batch(s.batch).run_inner(

@@ -10,7 +10,9 @@ use crate::kernels::test_support::*;
 
 const TOL: f64 = 2e-5;
 
-fn case(s: AttentionShape, row0: usize, p: f64, seed: u64) {
+/// Runs attention forward and backward with dropout, checks them against the f64 reference and
+/// returns (ctx, dq, dk, dv, probs).
+fn case(s: AttentionShape, row0: usize, p: f64, seed: u64) -> [Vec<f32>; 5] {
     let mut rng = rng(seed);
     let n = s.batch * s.seq * s.hidden();
     let (q, k, v, dctx) = (
@@ -64,6 +66,7 @@ fn case(s: AttentionShape, row0: usize, p: f64, seed: u64) {
     // The saved probabilities are the softmax itself (backward needs them undropped).
     let (_, rprobs) = attention::reference::attention(&q, &k, &v, &m, s);
     assert_close(&format!("{what} probs"), &download(&probs), &rprobs, TOL);
+    [ctx, dq, dk, dv, probs].map(|t| download(&t))
 }
 
 #[test]
@@ -72,7 +75,33 @@ fn attention_with_probs_dropout_matches_the_f64_reference() {
         case(AttentionShape { batch: 3, seq: 13, heads: 2, head_dim: 5 }, 0, 0.1, 81);
         case(AttentionShape { batch: 2, seq: 33, heads: 3, head_dim: 17 }, 66, 0.37, 82);
         case(AttentionShape { batch: 1, seq: 1, heads: 1, head_dim: 1 }, 4, 0.5, 83);
+        // Multiples of 4 keys: on CPU drivers the softmax and the dropout in one pass.
+        case(AttentionShape { batch: 2, seq: 32, heads: 3, head_dim: 7 }, 100, 0.2, 84);
     });
+}
+
+/// CPU drivers, rows of a multiple of 4 keys: the softmax that drops its probabilities in the
+/// same pass gives the bits of the softmax followed by the dropout kernel (and the reference's
+/// values: `case`), padding holes included.
+#[test]
+fn softmax_with_dropout_in_one_pass_gives_the_two_passes_bits() {
+    use crate::kernels::attention::{AttentionKernel, FORCE_CPU_ROWS, FORCE_KERNEL, NO_ROW_QUADS};
+    FORCE_KERNEL.with(|c| c.set(Some(AttentionKernel::Separate)));
+    FORCE_CPU_ROWS.with(|f| f.set(Some(true)));
+    for (i, &(seq, row0)) in [(4usize, 0usize), (8, 13), (64, 640), (128, 0)].iter().enumerate() {
+        let s = AttentionShape { batch: 2, seq, heads: 3, head_dim: 5 };
+        let run = |no_quads: bool| {
+            NO_ROW_QUADS.with(|f| f.set(no_quads));
+            case(s, row0, 0.3, 90 + i as u64)
+        };
+        let (two, one) = (run(true), run(false));
+        for (name, a, b) in ["ctx", "dq", "dk", "dv", "probs"].iter().zip(&two).zip(&one).map(|((n, a), b)| (n, a, b)) {
+            assert_eq!(bits(a), bits(b), "seq {seq}: {name}");
+        }
+    }
+    NO_ROW_QUADS.with(|f| f.set(false));
+    FORCE_CPU_ROWS.with(|f| f.set(None));
+    FORCE_KERNEL.with(|c| c.set(None));
 }
 
 #[test]

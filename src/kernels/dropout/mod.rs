@@ -181,6 +181,29 @@ impl Rate {
     }
 }
 
+/// The words a kernel needs to draw the mask of `key` at `rate` as these kernels do (for kernels
+/// of other families that apply a mask in passing: the row-thread softmax).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DrawKey {
+    pub threshold: u32,
+    pub scale: f32,
+    pub step: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub stream: u32,
+}
+
+pub(crate) fn draw_key(key: MaskKey, rate: Rate) -> Result<DrawKey> {
+    Ok(DrawKey {
+        threshold: rate.threshold(),
+        scale: rate.scale(),
+        step: key.step,
+        seed_lo: key.seed as u32,
+        seed_hi: (key.seed >> 32) as u32,
+        stream: key.stream()?,
+    })
+}
+
 fn params(key: MaskKey, layout: MaskLayout, n: usize, rate: Rate) -> Result<Params> {
     let (cols, row0, heads, seq) = match layout {
         // Rows layouts: `seq` is the global rows' step (1: consecutive).
@@ -188,18 +211,19 @@ fn params(key: MaskKey, layout: MaskLayout, n: usize, rate: Rate) -> Result<Para
         MaskLayout::RowsEvery { cols, row0, every } => (cols, row0, 0, every),
         MaskLayout::Attention { heads, seq, row0 } => (0, row0, heads, seq),
     };
+    let k = draw_key(key, rate)?;
     Ok(Params {
         n: n as u32,
         cols: cols as u32,
         row0: row0 as u32,
         heads: heads as u32,
         seq: seq as u32,
-        threshold: rate.threshold(),
-        scale: rate.scale(),
-        step: key.step,
-        seed_lo: key.seed as u32,
-        seed_hi: (key.seed >> 32) as u32,
-        stream: key.stream()?,
+        threshold: k.threshold,
+        scale: k.scale,
+        step: k.step,
+        seed_lo: k.seed_lo,
+        seed_hi: k.seed_hi,
+        stream: k.stream,
         groups: {
             let (rows, width) = layout.rows_width(n);
             (rows * width.div_ceil(4)) as u32
