@@ -313,3 +313,41 @@ fn softmax_backward4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         if (q < n4) { grad4[base + q] = p.scale * pv[q] * (gv[q] - dot); }
     }
 }
+
+// ---- softmax_backward4_dropout: the pair dropout and softmax_backward4 in one pass ----
+// Bindings: P (read), dP' (read_write: dS on exit), P' (written, for dV = P'ᵀ · dctx). Each quad's
+// mask is drawn once, as softmax_rows4_dropout draws it; dP = dP' · mask · 1/(1 − p) and
+// P' = P · mask · 1/(1 − p) are the products dropout_pair4 computes, and dS the one
+// softmax_backward4 computes from them: the same bits as those two dispatches.
+@group(0) @binding(3) var<storage, read_write> dropped_probs4: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn softmax_backward4_dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                             @builtin(local_invocation_index) lid: u32) {
+    let row = linear_workgroup(wid, nwg) * WG + lid;
+    if (row >= p.rows) { return; }
+    let n4 = p.seq / 4u;
+    let base = row * n4;
+    let bh_i = divmod(row, p.seq);
+    let b_h = divmod(bh_i.x, p.heads);
+    let token_row = p.row0 + b_h.x * p.seq + bh_i.y;
+    let g0 = b_h.y * n4;
+    let key = vec2<u32>(p.seed_lo, p.seed_hi);
+    var pv: array<vec4<f32>, ROW_QUADS>;
+    var gv: array<vec4<f32>, ROW_QUADS>;
+    var part = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (var q = 0u; q < ROW_LOOP / 4u; q++) {
+        if (q < n4) {
+            let dropped = philox4x32_10(vec4<u32>(g0 + q, token_row, p.step, p.stream), key) < vec4<u32>(p.threshold);
+            let m = select(vec4<f32>(p.drop_scale), vec4<f32>(0.0), dropped);
+            pv[q] = probs4[base + q];
+            dropped_probs4[base + q] = pv[q] * m;
+            gv[q] = grad4[base + q] * m;
+            add_quad(&part, q, pv[q] * gv[q]);
+        }
+    }
+    let dot = sum_parts(part);
+    for (var q = 0u; q < ROW_LOOP / 4u; q++) {
+        if (q < n4) { grad4[base + q] = p.scale * pv[q] * (gv[q] - dot); }
+    }
+}

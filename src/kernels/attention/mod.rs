@@ -88,6 +88,11 @@ const SOFTMAX_ROWS4_DROPOUT: KernelSpec = KernelSpec {
     bindings: &[Access::Read, Access::ReadWrite, Access::ReadWrite],
 };
 
+/// Its backward with the pair dropout in the same pass: bindings probabilities, dP' (dS on exit),
+/// dropped probabilities.
+const SOFTMAX_BACKWARD4_DROPOUT: KernelSpec =
+    KernelSpec { entry: "softmax_backward4_dropout", ..SOFTMAX_ROWS4_DROPOUT };
+
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -113,6 +118,7 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
     let mut v: Vec<(KernelSpec, usize)> =
         [SOFTMAX_ROWS, SOFTMAX_BACKWARD].into_iter().flat_map(|k| [(k.keys, p), (k.quads, p)]).collect();
     v.push((SOFTMAX_ROWS4_DROPOUT, p));
+    v.push((SOFTMAX_BACKWARD4_DROPOUT, p));
     v.extend(fused::specs());
     v
 }
@@ -148,7 +154,8 @@ pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
         .into_iter()
         .flat_map(|k| [(k.keys, sets.clone()), (k.quads, sets.clone())])
         .collect();
-    v.push((SOFTMAX_ROWS4_DROPOUT, sets));
+    v.push((SOFTMAX_ROWS4_DROPOUT, sets.clone()));
+    v.push((SOFTMAX_BACKWARD4_DROPOUT, sets));
     v.extend(fused::launches());
     v
 }
@@ -324,23 +331,49 @@ fn softmax_with_dropout(
     if !row_quads(s.seq, cpu_rows(batch)) {
         return Ok(false);
     }
-    let k = dropout::draw_key(d.key, d.rate)?;
-    let row0 = u32::try_from(d.row0)
-        .ok()
-        .filter(|r| r.checked_add((s.batch * s.seq) as u32).is_some())
-        .ok_or_else(|| anyhow::anyhow!("attention dropout: row {} exceeds u32 indexing", d.row0))?;
-    let params = Params {
-        row0,
-        threshold: k.threshold,
-        drop_scale: k.scale,
-        step: k.step,
-        seed_lo: k.seed_lo,
-        seed_hi: k.seed_hi,
-        stream: k.stream,
-        ..Default::default()
-    };
+    let params = d.row_params(s)?;
     row_dispatch(batch, &SOFTMAX_ROWS4_DROPOUT, s, params, &[Some(mask), Some(probs), Some(d.work)]);
     Ok(true)
+}
+
+/// The backward's counterpart of [`softmax_with_dropout`]: from the saved `probs` and dP' in
+/// `grad`, P' into `d.work` and dS into `grad` (in place), in one pass where one thread takes a
+/// row over key quads: the bits of [`dropout::apply_pair`] followed by the softmax backward.
+/// `false` (nothing recorded) where that layout does not apply.
+fn softmax_backward_with_dropout(
+    batch: &mut CommandRecorder,
+    s: AttentionShape,
+    probs: &GpuTensor,
+    grad: &GpuTensor,
+    d: &ProbsDropout,
+) -> Result<bool> {
+    if !row_quads(s.seq, cpu_rows(batch)) {
+        return Ok(false);
+    }
+    let params = d.row_params(s)?;
+    row_dispatch(batch, &SOFTMAX_BACKWARD4_DROPOUT, s, params, &[Some(probs), Some(grad), Some(d.work)]);
+    Ok(true)
+}
+
+impl ProbsDropout<'_> {
+    /// The row kernels' dropout words for this mask.
+    fn row_params(&self, s: AttentionShape) -> Result<Params> {
+        let k = dropout::draw_key(self.key, self.rate)?;
+        let row0 = u32::try_from(self.row0)
+            .ok()
+            .filter(|r| r.checked_add((s.batch * s.seq) as u32).is_some())
+            .ok_or_else(|| anyhow::anyhow!("attention dropout: row {} exceeds u32 indexing", self.row0))?;
+        Ok(Params {
+            row0,
+            threshold: k.threshold,
+            drop_scale: k.scale,
+            step: k.step,
+            seed_lo: k.seed_lo,
+            seed_hi: k.seed_hi,
+            stream: k.stream,
+            ..Default::default()
+        })
+    }
 }
 
 /// Dropout on the attention probabilities (training): the mask of `key` over the probabilities'

@@ -2,7 +2,10 @@
 //! whole `[tokens, hidden]` tensors or thirds of a packed `[tokens, 3·hidden]` Q|K|V tensor (the
 //! fused QKV projection's output and its gradient). The callers in `mod.rs` validate the operands.
 
-use super::{row_kernel, softmax_with_dropout, AttentionShape, ProbsDropout, SOFTMAX_BACKWARD, SOFTMAX_ROWS};
+use super::{
+    row_kernel, softmax_backward_with_dropout, softmax_with_dropout, AttentionShape, ProbsDropout, SOFTMAX_BACKWARD,
+    SOFTMAX_ROWS,
+};
 use crate::gpu::{CommandRecorder, GpuTensor};
 use crate::kernels::matmul::{InnerBatch, Matmul, View};
 use anyhow::Result;
@@ -141,15 +144,19 @@ pub(super) fn backward(
         None,
         l.rows(scratch),
     )?;
-    // With dropout, one mask drawn once for both: P' = dropout(P) into work (regenerated, for
-    // dV = P'ᵀ dctx) and dP = dropout(dP') in place in scratch.
-    if let Some(d) = dropout {
-        d.apply_pair(batch, s, probs, d.work, scratch)?;
-        pv.run_inner(batch, pv_inner, l.rows_t(d.work), l.act(dctx), None, l.act(dv))?;
-    }
+    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)), in place in scratch. With dropout, one mask drawn
+    // once for both P' = dropout(P) into work (regenerated, for dV = P'ᵀ dctx) and
+    // dP = dropout(dP'), in the softmax backward's pass where one thread takes a row over quads.
     let ds = scratch;
-    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)), in place
-    row_kernel(batch, &SOFTMAX_BACKWARD, s, probs, ds);
+    if let Some(d) = dropout {
+        if !softmax_backward_with_dropout(batch, s, probs, ds, &d)? {
+            d.apply_pair(batch, s, probs, d.work, ds)?;
+            row_kernel(batch, &SOFTMAX_BACKWARD, s, probs, ds);
+        }
+        pv.run_inner(batch, pv_inner, l.rows_t(d.work), l.act(dctx), None, l.act(dv))?;
+    } else {
+        row_kernel(batch, &SOFTMAX_BACKWARD, s, probs, ds);
+    }
     // dQ = dS K
     pv.run_inner(batch, pv_inner, l.rows(ds), l.act(k), None, l.act(dq))?;
     // dK = dSᵀ Q
