@@ -257,6 +257,21 @@ fn softmax_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
+// The mask words of row `row` (= (b · heads + h) · seq + i): the query's global token row
+// row0 + b · seq + i and head h's first column group h · seq / 4, as dropout.wgsl keys them.
+fn row_draw_base(row: u32) -> vec2<u32> {
+    let bh_i = divmod(row, p.seq);
+    let b_h = divmod(bh_i.x, p.heads);
+    return vec2<u32>(p.row0 + b_h.x * p.seq + bh_i.y, b_h.y * (p.seq / 4u));
+}
+
+// The factor of quad q of a row whose words `row_draw_base` gave: 0 where dropped, 1 / (1 − p)
+// where kept (one Philox4x32-10 call a quad, as dropout_apply4 draws it).
+fn quad_keep_scale(base: vec2<u32>, q: u32) -> vec4<f32> {
+    let draws = philox4x32_10(vec4<u32>(base.y + q, base.x, p.step, p.stream), vec2<u32>(p.seed_lo, p.seed_hi));
+    return select(vec4<f32>(p.drop_scale), vec4<f32>(0.0), draws < vec4<u32>(p.threshold));
+}
+
 // ---- softmax_rows4_dropout: softmax_rows4 that also writes the dropped probabilities P' ----
 // P into scores4 (backward needs it undropped) and P' = P · mask · 1/(1 − p) into dropped4, the
 // mask drawn exactly as dropout.wgsl's attention layout draws it (one Philox4x32-10 call a quad:
@@ -271,19 +286,12 @@ fn softmax_rows4_dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     if (row >= p.rows) { return; }
     let inv = softmax_quads(row);
     let n4 = p.seq / 4u;
-    // row = (b · heads + h) · seq + i: the query's token row b · seq + i, and head h's first
-    // column group h · seq / 4.
-    let bh_i = divmod(row, p.seq);
-    let b_h = divmod(bh_i.x, p.heads);
-    let token_row = p.row0 + b_h.x * p.seq + bh_i.y;
-    let g0 = b_h.y * n4;
-    let key = vec2<u32>(p.seed_lo, p.seed_hi);
+    let words = row_draw_base(row);
     for (var q = 0u; q < ROW_LOOP / 4u; q++) {
         if (q < n4) {
             let probs = quad_row[q] * inv;
             scores4[row * n4 + q] = probs;
-            let dropped = philox4x32_10(vec4<u32>(g0 + q, token_row, p.step, p.stream), key) < vec4<u32>(p.threshold);
-            dropped4[row * n4 + q] = probs * select(vec4<f32>(p.drop_scale), vec4<f32>(0.0), dropped);
+            dropped4[row * n4 + q] = probs * quad_keep_scale(words, q);
         }
     }
 }
@@ -328,18 +336,13 @@ fn softmax_backward4_dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     if (row >= p.rows) { return; }
     let n4 = p.seq / 4u;
     let base = row * n4;
-    let bh_i = divmod(row, p.seq);
-    let b_h = divmod(bh_i.x, p.heads);
-    let token_row = p.row0 + b_h.x * p.seq + bh_i.y;
-    let g0 = b_h.y * n4;
-    let key = vec2<u32>(p.seed_lo, p.seed_hi);
+    let words = row_draw_base(row);
     var pv: array<vec4<f32>, ROW_QUADS>;
     var gv: array<vec4<f32>, ROW_QUADS>;
     var part = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     for (var q = 0u; q < ROW_LOOP / 4u; q++) {
         if (q < n4) {
-            let dropped = philox4x32_10(vec4<u32>(g0 + q, token_row, p.step, p.stream), key) < vec4<u32>(p.threshold);
-            let m = select(vec4<f32>(p.drop_scale), vec4<f32>(0.0), dropped);
+            let m = quad_keep_scale(words, q);
             pv[q] = probs4[base + q];
             dropped_probs4[base + q] = pv[q] * m;
             gv[q] = grad4[base + q] * m;

@@ -267,14 +267,27 @@ pub fn apply(
         bail!("dropout: output shape {:?} differs from the input's {:?}", out.shape, x.shape);
     }
     check_no_alias("dropout", &[out], &[Some(x)])?;
-    let n = x.numel();
+    dispatch_mask(batch, key, rate, layout, [&APPLY4, &APPLY], &[Some(x), Some(out)])
+}
+
+/// One dispatch of a masking kernel over `tensors[0]`'s elements: the vec4 form (`specs[0]`)
+/// where a group's four columns are consecutive elements, else the scalar one; nothing for none.
+fn dispatch_mask(
+    batch: &mut CommandRecorder,
+    key: MaskKey,
+    rate: Rate,
+    layout: MaskLayout,
+    specs: [&KernelSpec; 2],
+    tensors: &[Option<&GpuTensor>],
+) -> Result<()> {
+    let n = tensors[0].map_or(0, |t| t.numel());
     layout.check("apply", n)?;
     if n == 0 {
         return Ok(());
     }
     let p = params(key, layout, n, rate)?;
-    let spec = if layout.groups_of_four_consecutive() && !scalar_forced() { &APPLY4 } else { &APPLY };
-    batch.dispatch(spec, &constants(layout, n, &p), &p, &[Some(x), Some(out)], [p.groups.div_ceil(WG), 1, 1]);
+    let spec = if layout.groups_of_four_consecutive() && !scalar_forced() { specs[0] } else { specs[1] };
+    batch.dispatch(spec, &constants(layout, n, &p), &p, tensors, [p.groups.div_ceil(WG), 1, 1]);
     Ok(())
 }
 
@@ -296,16 +309,7 @@ pub fn apply_pair(
         }
     }
     check_no_alias("dropout pair", &[out, z], &[Some(x)])?;
-    let n = x.numel();
-    layout.check("apply_pair", n)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let p = params(key, layout, n, rate)?;
-    let spec = if layout.groups_of_four_consecutive() && !scalar_forced() { &PAIR4 } else { &PAIR };
-    let tensors = [Some(x), Some(out), Some(z)];
-    batch.dispatch(spec, &constants(layout, n, &p), &p, &tensors, [p.groups.div_ceil(WG), 1, 1]);
-    Ok(())
+    dispatch_mask(batch, key, rate, layout, [&PAIR4, &PAIR], &[Some(x), Some(out), Some(z)])
 }
 
 /// Each element's 32-bit word of the generator for every element of `out` (read back as f32 bit patterns;
