@@ -48,6 +48,13 @@ thread_local! {
     pub(crate) static FORCE_EXACT_DIVMOD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Tests' launch enumeration (`kernels/translate.rs`): `set` with either `FAST_DIVMOD` a host
+/// may pass beside it ([`divmod_override`]).
+#[cfg(test)]
+pub(crate) fn with_either_divmod(set: &[(&'static str, f64)]) -> Vec<Constants> {
+    [0.0, 1.0].into_iter().map(|fast| set.iter().copied().chain([("FAST_DIVMOD", fast)]).collect()).collect()
+}
+
 /// The `FAST_DIVMOD` override of a kernel whose `divmod` dividends and divisors are all at most
 /// `largest`: on below [`FAST_DIVMOD_LIMIT`].
 pub(crate) fn divmod_override(largest: usize) -> (&'static str, f64) {

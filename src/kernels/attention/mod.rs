@@ -141,12 +141,11 @@ pub fn probs_shape(s: AttentionShape) -> [usize; 4] {
 pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
     let mut sets: Vec<crate::kernels::Constants> = vec![];
     for seq in 1..=4096 {
-        for (cpu, fast) in [(false, 0.0), (false, 1.0), (true, 0.0), (true, 1.0)] {
-            let mut c = constants(seq, cpu);
-            c[4].1 = fast;
-            let c = c.to_vec();
-            if !sets.contains(&c) {
-                sets.push(c);
+        for cpu in [false, true] {
+            for c in super::with_either_divmod(&constants(seq, cpu)) {
+                if !sets.contains(&c) {
+                    sets.push(c);
+                }
             }
         }
     }
@@ -209,7 +208,7 @@ fn layout(seq: usize, cpu: bool) -> (u32, u32) {
 
 /// The row kernels' override constants for rows of `seq` keys: on CPU drivers, rows of at most
 /// [`ROW_KEYS`] keys one thread each (`ROW_THREAD`, the same bits as TPR threads a row).
-fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 5] {
+fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 4] {
     let (wg, tpr) = layout(seq, cpu);
     let row_thread = row_thread(seq, cpu);
     let row_loop = if row_thread { seq.next_power_of_two() } else { ROW_KEYS };
@@ -218,8 +217,6 @@ fn constants(seq: usize, cpu: bool) -> [(&'static str, f64); 5] {
         ("TPR", tpr as f64),
         ("ROW_THREAD", f64::from(u8::from(row_thread))),
         ("ROW_LOOP", row_loop as f64),
-        // The row-thread kernels split a row index by heads · seq (rows below 2²² where it is on).
-        super::divmod_override(0),
     ]
 }
 
@@ -312,8 +309,10 @@ fn row_dispatch(
     };
     let rows_per_group = if row_thread(s.seq, cpu) { wg } else { wg / tpr };
     let groups = (rows as u32).div_ceil(rows_per_group);
-    let mut constants = constants(s.seq, cpu);
-    constants[4] = super::divmod_override(rows.max(s.heads * s.seq));
+    // The row-thread kernels split a row index by seq, heads and heads · seq: every dividend and
+    // divisor is at most the rows (batch ≥ 1).
+    let [wg_c, tpr_c, thread_c, loop_c] = constants(s.seq, cpu);
+    let constants = [wg_c, tpr_c, thread_c, loop_c, super::divmod_override(rows)];
     batch.dispatch(spec, &constants, &params, tensors, [groups, 1, 1]);
 }
 

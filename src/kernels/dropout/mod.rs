@@ -62,8 +62,8 @@ pub(crate) fn specs() -> Vec<(KernelSpec, usize)> {
 /// Every set of override constants the host passes, per kernel (`kernels/translate.rs`).
 #[cfg(test)]
 pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
-    let sets = [0.0, 1.0].map(|fast| vec![("WG", WG as f64), ("FAST_DIVMOD", fast)]);
-    specs().into_iter().map(|(s, _)| (s, sets.to_vec())).collect()
+    let sets = super::with_either_divmod(&[("WG", WG as f64)]);
+    specs().into_iter().map(|(s, _)| (s, sets.clone())).collect()
 }
 
 /// Where in the model a mask is drawn: one stream of draws per (layer, site).

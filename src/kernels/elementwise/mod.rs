@@ -101,7 +101,7 @@ pub(crate) fn launches() -> Vec<(KernelSpec, Vec<crate::kernels::Constants>)> {
         .into_iter()
         .map(|(s, _)| {
             let sets = match split.contains(&s.entry) {
-                true => [0.0, 1.0].map(|fast| vec![("WG", WG as f64), ("FAST_DIVMOD", fast)]).to_vec(),
+                true => crate::kernels::with_either_divmod(&[("WG", WG as f64)]),
                 false => vec![vec![("WG", WG as f64)]],
             };
             (s, sets)

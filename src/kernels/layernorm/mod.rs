@@ -111,22 +111,28 @@ thread_local! {
     pub(crate) static NO_QUADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether rows of `d` run the quad backward ([`BACKWARD4`]): CPU drivers' row layout (`WG` =
-/// [`CPU_WG`]) and `d` a multiple of 4.
-fn quads(constants: &[(&'static str, f64); 3], d: usize) -> bool {
+/// Whether rows of `d` run the quad backward ([`BACKWARD4`]): the CPU drivers' row layout
+/// (`cpu`, [`cpu_rows`]) and `d` a multiple of 4.
+fn quads(cpu: bool, d: usize) -> bool {
     #[cfg(test)]
     if NO_QUADS.with(|f| f.get()) {
         return false;
     }
-    constants[0].1 == CPU_WG && d % 4 == 0
+    cpu && d % 4 == 0
 }
 
-/// The override constants of the row layout: `WG` threads a row, and `PARTIALS` on CPU drivers,
-/// with `CACHED` (a thread's values kept between the passes) where its columns fit [`LN_CACHE`].
-fn row_constants(batch: &CommandRecorder, d: usize) -> [(&'static str, f64); 3] {
+/// Whether the CPU drivers' row layout runs (the device's policy, or the tests' choice).
+fn cpu_rows(batch: &CommandRecorder) -> bool {
     let cpu = batch.gpu().policy().is_cpu;
     #[cfg(test)]
     let cpu = FORCE_CPU_ROWS.with(|f| f.get()).unwrap_or(cpu);
+    cpu
+}
+
+/// The override constants of the row layout: `WG` threads a row, and `PARTIALS` on CPU drivers
+/// (`cpu`), with `CACHED` (a thread's values kept between the passes) where its columns fit
+/// [`LN_CACHE`].
+fn row_constants(cpu: bool, d: usize) -> [(&'static str, f64); 3] {
     let wg = workgroup_size(d, cpu);
     let cached = cpu && d.div_ceil(wg as usize) <= LN_CACHE;
     #[cfg(test)]
@@ -210,7 +216,7 @@ pub fn layer_norm_sum(
         bail!("layer_norm: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: 0, _p0: 0, eps, _p1: [0; 3] };
-    let [wg, partials, cached] = row_constants(batch, d);
+    let [wg, partials, cached] = row_constants(cpu_rows(batch), d);
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     let constants = [
         wg,
@@ -273,9 +279,9 @@ pub fn layer_norm_backward_twice(
         bail!("layer_norm_backward: eps must be a finite number ≥ 0, got {eps}");
     }
     let params = Params { rows: rows as u32, d: d as u32, accumulate: accumulate as u32, _p0: 0, eps, _p1: [0; 3] };
-    let row = row_constants(batch, d);
-    let spec = if quads(&row, d) { &BACKWARD4 } else { &BACKWARD };
-    let [wg, partials, cached] = row;
+    let cpu = cpu_rows(batch);
+    let spec = if quads(cpu, d) { &BACKWARD4 } else { &BACKWARD };
+    let [wg, partials, cached] = row_constants(cpu, d);
     let constants = [wg, partials, cached, ("HAS_DX2", if dx2.is_some() { 1.0 } else { 0.0 })];
     // An absent dx2 binds its slot's dummy (never written): not dx again, as WebGPU forbids two
     // writable bindings of one buffer in a dispatch.
